@@ -1,0 +1,48 @@
+"""The `svdzoo` command line: one subcommand per stage, shared by Snakemake and DVC."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Each name is a module in svdzoo.commands exposing NAME, HELP, add_arguments(p), run(args).
+# Modules are imported only to build the parser; heavy imports happen inside run().
+COMMANDS: tuple[str, ...] = (
+    "corpora",
+    "train_reference",
+    "evaluate",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="svdzoo", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        mod = importlib.import_module(f"svdzoo.commands.{name}")
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from svdzoo.errors import SvdzooError
+
+    try:
+        return int(args._run(args) or 0)
+    except SvdzooError as exc:
+        print(f"svdzoo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""`svdzoo evaluate`: perplexity, zero-shot accuracy and efficiency of one (compressed) model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+NAME = "evaluate"
+HELP = "evaluate a dense or compressed model: perplexity, lm-eval zero-shot, efficiency"
+
+log = logging.getLogger(__name__)
+
+
+def _csv(s: str) -> list[str]:
+    return [x for x in s.split(",") if x]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", required=True, help="hub id, saved model dir, or compressed model dir"
+    )
+    p.add_argument("--model-name", help="model key for the results (default: the --model value)")
+    p.add_argument("--method", help="label (default: from the compressed manifest, else 'dense')")
+    p.add_argument(
+        "--ratio", type=float, help="label (default: from the compressed manifest, else 0)"
+    )
+    p.add_argument(
+        "--corpora", type=_csv, default=[], help="comma-separated corpora for perplexity"
+    )
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument(
+        "--max-windows", type=int, default=None, help="cap on evaluation windows per corpus"
+    )
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--tasks", type=_csv, default=[], help="comma-separated lm-eval tasks")
+    p.add_argument("--task-dir", default=None, help="directory of offline lm-eval task YAMLs")
+    p.add_argument("--zeroshot-limit", type=int, default=None, help="lm-eval limit per task")
+    p.add_argument(
+        "--efficiency-batch-sizes", type=lambda s: [int(x) for x in _csv(s)], default=[1, 4, 16]
+    )
+    p.add_argument("--efficiency-prompt-len", type=int, default=128)
+    p.add_argument("--efficiency-gen-len", type=int, default=32)
+    p.add_argument("--ppl-out")
+    p.add_argument("--zeroshot-out")
+    p.add_argument("--efficiency-out")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--seed", type=int, default=1234)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from svdzoo.errors import ConfigError
+    from svdzoo.io import read_json, write_json
+    from svdzoo.models import is_compressed_dir, load_model, load_tokenizer, resolve_device
+    from svdzoo.paths import DENSE, MANIFEST
+
+    if args.ppl_out and not args.corpora:
+        raise ConfigError("--ppl-out needs --corpora")
+    if args.zeroshot_out and not args.tasks:
+        raise ConfigError("--zeroshot-out needs --tasks")
+    if not (args.ppl_out or args.zeroshot_out or args.efficiency_out):
+        raise ConfigError(
+            "nothing to do: give at least one of --ppl-out, --zeroshot-out, --efficiency-out"
+        )
+    if args.corpora:  # fail on an unknown corpus before loading the model
+        from svdzoo.data import get_corpus
+
+        for c in args.corpora:
+            get_corpus(c)
+    torch.manual_seed(args.seed)
+    path = Path(args.model)
+    manifest = read_json(path / MANIFEST) if is_compressed_dir(path) else None
+    labels = {
+        "model": args.model_name or args.model,
+        "method": args.method or (manifest["method"] if manifest else DENSE),
+        "ratio": args.ratio if args.ratio is not None else (manifest["ratio"] if manifest else 0.0),
+    }
+    device = resolve_device(args.device)
+    model = load_model(args.model, dtype=args.dtype, device=device)
+    tokenizer = load_tokenizer(args.model)
+
+    if args.ppl_out:
+        from svdzoo.data import evaluation_windows
+        from svdzoo.evaluation.perplexity import perplexity
+
+        ppl, nwin = {}, {}
+        for corpus in args.corpora:
+            windows = evaluation_windows(
+                tokenizer, corpus, args.seqlen, max_windows=args.max_windows
+            )
+            ppl[corpus] = perplexity(
+                model, windows, batch_size=args.batch_size, device=device, desc=f"ppl {corpus}"
+            )
+            nwin[corpus] = int(windows.shape[0])
+            log.info(
+                "%s %s r=%.2f %s perplexity %.4f",
+                labels["model"],
+                labels["method"],
+                labels["ratio"],
+                corpus,
+                ppl[corpus],
+            )
+        write_json(
+            args.ppl_out, {**labels, "seqlen": args.seqlen, "perplexity": ppl, "n_windows": nwin}
+        )
+
+    if args.zeroshot_out:
+        from svdzoo.evaluation.zeroshot import run_zeroshot
+
+        res = run_zeroshot(
+            model,
+            tokenizer,
+            args.tasks,
+            task_dir=Path(args.task_dir) if args.task_dir else None,
+            batch_size=args.batch_size,
+            limit=args.zeroshot_limit,
+            seed=args.seed,
+            device=device,
+        )
+        write_json(args.zeroshot_out, {**labels, **res})
+
+    if args.efficiency_out:
+        from svdzoo.evaluation.efficiency import measure_efficiency
+
+        res = measure_efficiency(
+            model,
+            batch_sizes=tuple(args.efficiency_batch_sizes),
+            prompt_len=args.efficiency_prompt_len,
+            gen_len=args.efficiency_gen_len,
+            device=device,
+            manifest=manifest,
+        )
+        write_json(args.efficiency_out, {**labels, **res})
+    return 0

@@ -1,0 +1,38 @@
+"""`svdzoo train-reference`: train a small reference LM for the offline default run."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+NAME = "train-reference"
+HELP = "train a small reference causal LM (llama GQA or opt family) on an offline corpus"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from svdzoo.reference import REFERENCE_FAMILIES, TrainConfig
+
+    p.add_argument("--family", choices=REFERENCE_FAMILIES, required=True)
+    p.add_argument("--out", required=True, help="output model directory")
+    for f in fields(TrainConfig):
+        if f.name == "family":
+            continue
+        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], int)
+        p.add_argument(
+            f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"default {f.default}"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from svdzoo.reference import TrainConfig, train_reference
+
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in fields(TrainConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    summary = train_reference(TrainConfig(**overrides), args.out)
+    print(
+        f"validation perplexity {summary['validation_perplexity']:.3f} after {summary['train_time_s']:.0f}s"
+    )
+    return 0

