@@ -232,3 +232,17 @@ def fingerprint(model: nn.Module) -> str:
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _get(root: nn.Module, dotted: str) -> nn.Module:
+    try:
+        return root.get_submodule(dotted)
+    except AttributeError as exc:
+        raise ModelError(f"{type(root).__name__} has no submodule {dotted!r}") from exc
+
+
+def replace_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    """Swap the submodule at `dotted` (e.g. 'model.layers.3.mlp.up_proj') for `new`."""
+    parent_name, _, child = dotted.rpartition(".")
+    parent = _get(root, parent_name) if parent_name else root
+    setattr(parent, child, new)
