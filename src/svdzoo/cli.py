@@ -13,6 +13,7 @@ COMMANDS: tuple[str, ...] = (
     "corpora",
     "train_reference",
     "evaluate",
+    "build_tasks",
 )
 
 

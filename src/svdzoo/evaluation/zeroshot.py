@@ -1,0 +1,196 @@
+"""Zero-shot accuracy with lm-eval on an in-memory model (compressed or dense).
+
+The model object is wrapped by lm-eval's `HFLM` as is (low-rank modules included) and the
+tokenizer object is passed explicitly, so nothing reaches for the hub. Offline tasks
+(built by `svdzoo build-tasks`) are found through `TaskManager(include_path=task_dir)`;
+when every requested task lives there, lm-eval's ~15k bundled task configs are not
+indexed at all (that index alone takes ~15 s).
+
+lm-eval is imported inside the functions: commands that never evaluate zero-shot should
+not pay its import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from svdzoo.errors import SvdzooError
+
+log = logging.getLogger(__name__)
+
+PAPER_TASKS = (
+    "openbookqa",
+    "arc_easy",
+    "arc_challenge",
+    "winogrande",
+    "hellaswag",
+    "piqa",
+    "mathqa",
+)
+METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
+
+
+class ZeroShotError(SvdzooError, ValueError):
+    pass
+
+
+def lm_eval_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lm_eval")
+    except PackageNotFoundError:  # pragma: no cover - lm-eval is a dependency
+        return "unknown"
+
+
+def _task_manager(tasks: list[str], task_dir: Path | None):
+    """Index only `task_dir` when it holds every requested task; else add lm-eval's own."""
+    from lm_eval.tasks import TaskManager
+
+    if task_dir is not None:
+        task_dir = Path(task_dir)
+        if not task_dir.is_dir():
+            raise ZeroShotError(
+                f"task directory {task_dir} does not exist; run `svdzoo build-tasks` first"
+            )
+        local = TaskManager(include_path=str(task_dir), include_defaults=False)
+        if all(t in local.all_tasks for t in tasks):
+            return local
+    tm = TaskManager(include_path=str(task_dir) if task_dir is not None else None)
+    unknown = [t for t in tasks if t not in tm.all_tasks]
+    if unknown:
+        where = f" in {task_dir} or" if task_dir is not None else ""
+        raise ZeroShotError(
+            f"unknown zero-shot task(s) {unknown}: not found{where} among lm-eval's tasks"
+        )
+    return tm
+
+
+def _dataset_of(tm, task: str) -> str | None:
+    """`'allenai/ai2_arc' ARC-Easy` for a hub task, read from its YAML (best effort)."""
+    try:
+        from lm_eval.tasks._yaml_loader import load_yaml
+
+        cfg = load_yaml(tm.task_index[task].yaml_path, resolve_func=False)
+    except Exception:  # only used to word an error message
+        return None
+    path, name = cfg.get("dataset_path"), cfg.get("dataset_name")
+    if not path:
+        return None
+    return f"datasets.load_dataset({path!r}{', ' + repr(name) if name else ''})"
+
+
+def _load_tasks(tm, tasks: list[str]) -> None:
+    """Build every task once up front, so a missing dataset is a clear error before compute."""
+    failures: dict[str, BaseException] = {}
+    for task in tasks:
+        try:
+            tm.load([task])
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # datasets raises many types for an uncached/offline dataset
+            failures[task] = exc
+    if not failures:
+        return
+    lines = []
+    for task, exc in failures.items():
+        how = _dataset_of(tm, task)
+        lines.append(
+            f"  {task}: {type(exc).__name__}: {exc}" + (f"  [download with {how}]" if how else "")
+        )
+    raise ZeroShotError(
+        "could not load the dataset of zero-shot task(s) "
+        f"{sorted(failures)} (HF_DATASETS_OFFLINE={os.environ.get('HF_DATASETS_OFFLINE', 'unset')}):\n"
+        + "\n".join(lines)
+        + "\nHub tasks need their datasets in the local Hugging Face cache when offline: on a "
+        "connected machine run the datasets.load_dataset call shown (or `lm_eval --model dummy "
+        "--tasks <task> --limit 1`), copy ~/.cache/huggingface to this machine, or use the "
+        "offline tasks built by `svdzoo build-tasks`."
+    ) from next(iter(failures.values()))
+
+
+def _float(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def summarise(results: dict) -> dict:
+    """lm-eval's `results` -> `{"tasks": {task: {acc, acc_stderr, acc_norm, acc_norm_stderr}},
+    "groups": {...}, "mean_acc"}`; `mean_acc` is the unweighted mean over leaf tasks."""
+    groups = set(results.get("group_subtasks", {})) | set(results.get("groups", {}))
+    per_task: dict[str, dict] = {}
+    per_group: dict[str, dict] = {}
+    for name, vals in results.get("results", {}).items():
+        row = {m: _float(vals.get(f"{m},none")) for m in METRICS}
+        (per_group if name in groups else per_task)[name] = row
+    accs = [r["acc"] for r in per_task.values() if r["acc"] is not None]
+    return {
+        "tasks": dict(sorted(per_task.items())),
+        "groups": dict(sorted(per_group.items())),
+        "mean_acc": sum(accs) / len(accs) if accs else None,
+    }
+
+
+def run_zeroshot(
+    model,
+    tokenizer,
+    tasks: list[str],
+    *,
+    task_dir: Path | None,
+    batch_size: int = 8,
+    limit: int | float | None = None,
+    seed: int = 1234,
+    device: str | None = None,
+) -> dict:
+    """Evaluate `model` on lm-eval `tasks` (names of tasks or groups), zero-shot.
+
+    Returns `{"tasks": {task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}},
+    "groups": {...}, "mean_acc", "lm_eval_version", "n_samples": {task: n}}`.
+    """
+    if not tasks:
+        raise ZeroShotError("no zero-shot tasks requested")
+    if batch_size < 1:
+        raise ZeroShotError(f"batch_size must be positive, got {batch_size}")
+    tasks = list(tasks)
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    tm = _task_manager(tasks, task_dir)
+    _load_tasks(tm, tasks)
+    if device is not None:
+        model.to(device)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    was_training = model.training
+    model.eval()
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    log.info("zero-shot: %s (batch %d, limit %s)", ", ".join(tasks), batch_size, limit)
+    try:
+        results = simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            num_fewshot=0,
+            limit=limit,
+            task_manager=tm,
+            log_samples=False,
+            bootstrap_iters=1000,  # acc/acc_norm stderr is closed-form; this caps other metrics
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    finally:
+        model.train(was_training)
+    if results is None:  # non-zero rank under distributed launch
+        raise ZeroShotError("lm-eval returned no results (not rank 0?)")
+    out = summarise(results)
+    out["lm_eval_version"] = lm_eval_version()
+    out["n_samples"] = {t: v.get("effective") for t, v in results.get("n-samples", {}).items()}
+    return out

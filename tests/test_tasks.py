@@ -1,0 +1,175 @@
+"""Offline lm-eval tasks: deterministic build, sound questions, real lm-eval scoring."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import json
+from pathlib import Path
+
+import pytest
+
+from svdzoo.evaluation.tasks import (
+    GROUP,
+    TaskBuildError,
+    TaskSpec,
+    build_tasks,
+    read_questions,
+    task_names,
+)
+
+_SENTENCES = [
+    "the quick brown fox jumps over the lazy dog near the river bank today",
+    "a function returns a value to its caller when the body has finished running",
+    "every object has an identity a type and a value that may change over time",
+    "lists are mutable sequences while tuples cannot be changed once they are built",
+    "the interpreter reads each line of source and compiles it to byte code first",
+]
+
+
+def _text(n_lines: int = 400, salt: int = 0) -> str:
+    lines = []
+    for i in range(n_lines):
+        s = _SENTENCES[(i * 7 + salt) % len(_SENTENCES)].split()
+        rot = (i * 3) % len(s)
+        lines.append(f"{i}: " + " ".join(s[rot:] + s[:rot]))
+    return "\n".join(lines)
+
+
+TEXTS = {"alpha": _text(), "beta": _text(salt=2)}
+N = 60
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tasks") / "tasks"
+    build_tasks(out, TEXTS, seed=3, n_examples=N)
+    return out
+
+
+def test_build_is_deterministic_and_seeded(task_dir: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    build_tasks(again, TEXTS, seed=3, n_examples=N)
+    other = tmp_path / "other"
+    build_tasks(other, TEXTS, seed=4, n_examples=N)
+    names = sorted(p.name for p in task_dir.iterdir())
+    assert names == sorted(p.name for p in again.iterdir())
+    for name in names:
+        assert (task_dir / name).read_bytes() == (again / name).read_bytes(), name
+    assert (task_dir / "alpha_continuation.jsonl").read_bytes() != (
+        other / "alpha_continuation.jsonl"
+    ).read_bytes()
+    # a corpus's questions do not depend on which other corpora are built beside it
+    alone = tmp_path / "alone"
+    build_tasks(alone, {"alpha": TEXTS["alpha"]}, seed=3, n_examples=N)
+    assert (alone / "alpha_wordorder.jsonl").read_bytes() == (
+        task_dir / "alpha_wordorder.jsonl"
+    ).read_bytes()
+
+
+def test_files_and_group(task_dir: Path) -> None:
+    for task in task_names(list(TEXTS)):
+        assert (task_dir / f"{task}.jsonl").exists() and (task_dir / f"{task}.yaml").exists()
+        yaml_text = (task_dir / f"{task}.yaml").read_text()
+        assert "output_type: multiple_choice" in yaml_text and "acc_norm" in yaml_text
+    group = (task_dir / f"{GROUP}.yaml").read_text()
+    assert all(t in group for t in task_names(list(TEXTS)))
+    manifest = json.loads((task_dir / "tasks_manifest.json").read_text())
+    assert manifest["seed"] == 3 and set(manifest["tasks"]) == set(task_names(list(TEXTS)))
+
+
+def test_continuation_questions_are_sound(task_dir: Path) -> None:
+    qs = read_questions(task_dir, "alpha_continuation")
+    assert len(qs) == N
+    text = TEXTS["alpha"]
+    for q in qs:
+        choices, gold = q["choices"], q["gold"]
+        assert len(choices) == 4 and 0 <= gold < 4
+        assert len(set(choices)) == 4, "choices must be distinct"
+        assert len({len(c) for c in choices}) == 1, "equal lengths keep a blind model at chance"
+        assert q["context"] + choices[gold] in text
+
+
+def test_wordorder_questions_are_permutations(task_dir: Path) -> None:
+    qs = read_questions(task_dir, "beta_wordorder")
+    assert len(qs) == N
+    for q in qs:
+        words = sorted(q["choices"][q["gold"]].split(" "))
+        assert len(q["choices"]) == len(set(q["choices"])) == 4
+        assert all(sorted(c.split(" ")) == words for c in q["choices"])
+        assert q["context"] + q["choices"][q["gold"]] in TEXTS["beta"]
+
+
+def test_gold_position_is_spread(task_dir: Path) -> None:
+    golds = [q["gold"] for t in task_names(list(TEXTS)) for q in read_questions(task_dir, t)]
+    counts = [golds.count(i) for i in range(4)]
+    assert min(counts) > len(golds) / 4 * 0.6, counts
+
+
+def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TaskBuildError, match="too short"):
+        build_tasks(tmp_path / "x", {"tiny": "just a few words here"}, seed=0, n_examples=5)
+    with pytest.raises(TaskBuildError, match="task name"):
+        build_tasks(tmp_path / "x", {"bad name": TEXTS["alpha"]}, seed=0)
+    with pytest.raises(TaskBuildError):
+        build_tasks(tmp_path / "x", TEXTS, spec=TaskSpec(n_choices=1))
+    assert not (tmp_path / "x").exists()
+
+
+def _first_choice_lm():
+    """An lm-eval LM that always prefers choice 0: tests the task and metric wiring."""
+    from lm_eval.api.model import LM
+
+    class FirstChoiceLM(LM):
+        def loglikelihood(self, requests):
+            return [(-float(r.idx), False) for r in requests]
+
+        def loglikelihood_rolling(self, requests):
+            raise NotImplementedError
+
+        def generate_until(self, requests):
+            raise NotImplementedError
+
+    return FirstChoiceLM()
+
+
+def test_first_choice_model_scores_gold0_fraction(task_dir: Path) -> None:
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=str(task_dir), include_defaults=False)
+    tasks = task_names(list(TEXTS))
+    res = simple_evaluate(
+        model=_first_choice_lm(), tasks=tasks, task_manager=tm, log_samples=False, bootstrap_iters=0
+    )
+    for task in tasks:
+        golds = [q["gold"] for q in read_questions(task_dir, task)]
+        expected = golds.count(0) / len(golds)
+        assert res["results"][task]["acc,none"] == pytest.approx(expected, abs=1e-12), task
+        assert res["results"][task]["acc_norm,none"] == pytest.approx(expected, abs=1e-12), task
+
+
+def test_tasks_work_from_another_cwd_after_moving(
+    task_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    moved = tmp_path / "moved"
+    build_tasks(moved, TEXTS, seed=3, n_examples=N)
+    final = tmp_path / "elsewhere" / "tasks"
+    final.parent.mkdir()
+    moved.rename(final)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    tm = TaskManager(include_path=str(final), include_defaults=False)
+    res = simple_evaluate(
+        model=_first_choice_lm(),
+        tasks=[GROUP],
+        task_manager=tm,
+        log_samples=False,
+        bootstrap_iters=0,
+    )
+    assert set(task_names(list(TEXTS))) <= set(res["results"])

@@ -1,0 +1,113 @@
+"""run_zeroshot: real lm-eval on a tiny random model with the byte tokenizer."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from svdzoo.evaluation.tasks import build_tasks, task_names
+from svdzoo.evaluation.zeroshot import ZeroShotError, run_zeroshot, summarise
+from svdzoo.tokenizer import build_byte_tokenizer
+
+TEXT = "\n".join(
+    f"line {i} of the held out text says that item {i % 17} belongs to group {i % 5} and not to {i % 3}"
+    for i in range(300)
+)
+
+
+def _tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        vocab_size=258,
+        max_position_embeddings=512,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("zs") / "tasks"
+    build_tasks(out, {"toy": TEXT}, seed=0, n_examples=16)
+    return out
+
+
+def test_run_zeroshot_is_deterministic_and_bounded(task_dir: Path) -> None:
+    model, tok = _tiny_llama(), build_byte_tokenizer()
+    tasks = task_names(["toy"])
+    a = run_zeroshot(model, tok, tasks, task_dir=task_dir, batch_size=4)
+    b = run_zeroshot(model, tok, tasks, task_dir=task_dir, batch_size=4)
+    assert set(a["tasks"]) == set(tasks)
+    for t in tasks:
+        row = a["tasks"][t]
+        assert 0.0 <= row["acc"] <= 1.0 and 0.0 <= row["acc_norm"] <= 1.0
+        assert row["acc_stderr"] > 0
+        assert row == b["tasks"][t]
+    assert a["mean_acc"] == pytest.approx(sum(a["tasks"][t]["acc"] for t in tasks) / len(tasks))
+    assert a["n_samples"] == {t: 16 for t in tasks}
+    assert a["lm_eval_version"][0].isdigit()
+
+
+def test_run_zeroshot_accepts_a_model_with_replaced_linears(task_dir: Path) -> None:
+    """Compressed models are HF models whose decoder linears became other modules."""
+    model = _tiny_llama(1)
+    layer = model.model.layers[0]
+    dense = layer.mlp.down_proj
+    k = 8
+    pair = nn.Sequential(
+        nn.Linear(dense.in_features, k, bias=False), nn.Linear(k, dense.out_features, bias=False)
+    )
+    layer.mlp.down_proj = pair
+    out = run_zeroshot(
+        model, build_byte_tokenizer(), ["toy_continuation"], task_dir=task_dir, limit=8
+    )
+    assert 0.0 <= out["tasks"]["toy_continuation"]["acc"] <= 1.0
+    assert out["n_samples"] == {"toy_continuation": 8}
+
+
+def test_missing_task_dir_and_bad_args(tmp_path: Path) -> None:
+    model, tok = _tiny_llama(), build_byte_tokenizer()
+    with pytest.raises(ZeroShotError, match="build-tasks"):
+        run_zeroshot(model, tok, ["toy_continuation"], task_dir=tmp_path / "nope")
+    with pytest.raises(ZeroShotError, match="no zero-shot tasks"):
+        run_zeroshot(model, tok, [], task_dir=None)
+
+
+def test_summarise_separates_groups_from_tasks() -> None:
+    res = {
+        "results": {
+            "g": {"acc,none": 0.5, "acc_stderr,none": 0.1},
+            "a": {
+                "acc,none": 0.25,
+                "acc_stderr,none": 0.05,
+                "acc_norm,none": 0.3,
+                "acc_norm_stderr,none": 0.05,
+            },
+            "b": {"acc,none": 0.75, "acc_stderr,none": "N/A"},
+        },
+        "group_subtasks": {"g": ["a", "b"]},
+    }
+    out = summarise(res)
+    assert set(out["tasks"]) == {"a", "b"} and set(out["groups"]) == {"g"}
+    assert out["mean_acc"] == pytest.approx(0.5)
+    assert out["tasks"]["b"]["acc_stderr"] is None and out["tasks"]["b"]["acc_norm"] is None
+
+
+def test_hub_task_offline_is_a_clear_error() -> None:
+    """Indexes lm-eval's ~15k bundled tasks (~15 s): the one slow test here."""
+    with pytest.raises(ZeroShotError, match=r"arc_easy.*\n.*load_dataset"):
+        run_zeroshot(_tiny_llama(), build_byte_tokenizer(), ["arc_easy"], task_dir=None, limit=2)
