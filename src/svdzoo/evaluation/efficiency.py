@@ -1,0 +1,223 @@
+"""Parameter counts, weight bytes, peak memory and throughput of a (compressed) model.
+
+Peak memory, and why it differs by device:
+- CUDA: `torch.cuda.max_memory_allocated` over the measurement, after resetting the peak
+  counter; the model lives on the device, so this is weights + activations + KV cache.
+- CPU: torch has no allocator statistics and `ru_maxrss` cannot be reset, so a thread
+  samples the process RSS (psutil) every few milliseconds during the runs; reported
+  value = weight bytes + (peak RSS - RSS before the runs). It is approximate: the
+  allocator keeps freed memory, so earlier work in the same process can hide growth.
+  The field `peak_memory_method` says which one was used.
+
+Throughput is greedy decoding with the KV cache and no sampling: prefill = one forward
+over `batch x prompt_len` random tokens (seeded); decode = `gen_len` single-token steps
+feeding back the argmax. Each is timed `repeats` times after `warmup` untimed runs, and
+the median is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from svdzoo.errors import SvdzooError
+
+log = logging.getLogger(__name__)
+
+
+class EfficiencyError(SvdzooError, ValueError):
+    pass
+
+
+def _unique_params(module: nn.Module) -> list[nn.Parameter]:
+    return list(module.parameters())  # parameters() already skips tied duplicates
+
+
+def count_target_params(model: nn.Module) -> int:
+    """Parameters now sitting where the family's target linears were (dense or low-rank).
+
+    Compressed models replace target `nn.Linear`s with other modules, so look them up by
+    path rather than with `iter_targets` (which insists on `nn.Linear`)."""
+    from svdzoo.models import adapter_for
+
+    adapter = adapter_for(model)
+    seen: set[int] = set()
+    total = 0
+    for layer in adapter.layers(model):
+        for target in adapter.targets:
+            for p in layer.get_submodule(target).parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel()
+    return total
+
+
+def weight_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in _unique_params(model))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def _prefill_and_decode(model: nn.Module, ids: torch.Tensor, gen_len: int) -> tuple[float, float]:
+    """Seconds for one prefill and for `gen_len` greedy cached decode steps."""
+    device = ids.device
+    _sync(device)
+    t0 = time.perf_counter()
+    out = model(input_ids=ids, use_cache=True)
+    _sync(device)
+    t1 = time.perf_counter()
+    past = out.past_key_values
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    for _ in range(gen_len):
+        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    _sync(device)
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1
+
+
+class _RssSampler:
+    """Peak RSS of this process while the block runs, sampled by a daemon thread."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self.start_rss = self.peak_rss = self._proc.memory_info().rss
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> _RssSampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def measure_efficiency(
+    model: nn.Module,
+    *,
+    batch_sizes: Sequence[int] = (1, 4, 16),
+    prompt_len: int = 128,
+    gen_len: int = 32,
+    device: str | torch.device | None = None,
+    warmup: int = 1,
+    repeats: int = 3,
+    manifest: dict | None = None,
+    seed: int = 0,
+) -> dict:
+    """Measure `model`; returns the body of efficiency.json (minus model/method/ratio).
+
+    Keys: params_total, params_targets, weight_bytes, peak_memory_bytes,
+    peak_memory_method, throughput [{batch_size, prefill_tokens_per_s,
+    decode_tokens_per_s, prefill_s, decode_s}], compression_time_s (from `manifest`,
+    else None), device, dtype, prompt_len, gen_len, repeats.
+    """
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise EfficiencyError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if prompt_len < 1 or gen_len < 0 or repeats < 1 or warmup < 0:
+        raise EfficiencyError("need prompt_len >= 1, gen_len >= 0, repeats >= 1, warmup >= 0")
+    config = getattr(model, "config", None)
+    max_pos = getattr(config, "max_position_embeddings", None)
+    if max_pos is not None and prompt_len + gen_len > max_pos:
+        raise EfficiencyError(
+            f"prompt_len + gen_len = {prompt_len + gen_len} exceeds the model's "
+            f"max_position_embeddings {max_pos}"
+        )
+    vocab = getattr(config, "vocab_size", None)
+    if not vocab:
+        raise EfficiencyError("model has no config.vocab_size to draw prompt tokens from")
+    if device is not None:
+        model.to(device)
+    dev = _model_device(model)
+    was_training = model.training
+    model.eval()
+
+    params_total = sum(p.numel() for p in _unique_params(model))
+    params_targets = count_target_params(model)
+    wbytes = weight_bytes(model)
+    gen = torch.Generator().manual_seed(seed)
+
+    rows = []
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    sampler = _RssSampler() if dev.type != "cuda" else None
+    try:
+        if sampler is not None:
+            sampler.__enter__()
+        for bs in batch_sizes:
+            ids = torch.randint(0, vocab, (int(bs), prompt_len), generator=gen).to(dev)
+            for _ in range(warmup):
+                _prefill_and_decode(model, ids, gen_len)
+            timings = [_prefill_and_decode(model, ids, gen_len) for _ in range(repeats)]
+            prefill_s = statistics.median(t[0] for t in timings)
+            decode_s = statistics.median(t[1] for t in timings)
+            row = {
+                "batch_size": int(bs),
+                "prefill_s": prefill_s,
+                "decode_s": decode_s,
+                "prefill_tokens_per_s": int(bs) * prompt_len / prefill_s,
+                "decode_tokens_per_s": (int(bs) * gen_len / decode_s) if gen_len else None,
+            }
+            rows.append(row)
+            log.info(
+                "batch %d: prefill %.0f tok/s, decode %s tok/s",
+                bs,
+                row["prefill_tokens_per_s"],
+                f"{row['decode_tokens_per_s']:.0f}" if gen_len else "-",
+            )
+    finally:
+        if sampler is not None:
+            sampler.__exit__(None, None, None)
+        model.train(was_training)
+    if dev.type == "cuda":
+        peak = int(torch.cuda.max_memory_allocated(dev))
+        method = "cuda_max_memory_allocated"
+    else:
+        assert sampler is not None
+        peak = wbytes + max(0, sampler.peak_rss - sampler.start_rss)
+        method = "cpu_weight_bytes_plus_rss_delta"
+    comp_time = (manifest or {}).get("compression_time_s")
+    dtype = next((p.dtype for p in model.parameters()), None)
+    return {
+        "params_total": params_total,
+        "params_targets": params_targets,
+        "weight_bytes": wbytes,
+        "peak_memory_bytes": peak,
+        "peak_memory_method": method,
+        "throughput": rows,
+        "compression_time_s": float(comp_time) if comp_time is not None else None,
+        "device": str(dev),
+        "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
+        "prompt_len": prompt_len,
+        "gen_len": gen_len,
+        "warmup": warmup,
+        "repeats": repeats,
+        "torch_threads": torch.get_num_threads(),
+    }
