@@ -11,9 +11,12 @@ import sys
 # Modules are imported only to build the parser; heavy imports happen inside run().
 COMMANDS: tuple[str, ...] = (
     "corpora",
+    "methods",
     "train_reference",
+    "compress",
     "evaluate",
     "build_tasks",
+    "calibrate",
 )
 
 

@@ -1,0 +1,62 @@
+"""`svdzoo compress`: compress a model with a registered method at one ratio."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+NAME = "compress"
+HELP = "compress a model with a registered method; writes safetensors weights and manifest.json"
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="hub id or local model directory")
+    p.add_argument("--method", required=True)
+    p.add_argument(
+        "--ratio", type=float, required=True, help="fraction of parameters removed, in (0, 1)"
+    )
+    p.add_argument("--stats", help="Gram statistics directory (svdzoo calibrate)")
+    p.add_argument("--fisher", help="Fisher statistics directory (svdzoo calibrate --kind fisher)")
+    p.add_argument("--sensitivity-duo", help="Duo-SVD sensitivity table directory")
+    p.add_argument("--sensitivity-asvd", help="ASVD sensitivity table directory")
+    p.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="method option override"
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32")
+
+
+def parse_options(items: list[str]) -> dict:
+    import yaml
+
+    from svdzoo.errors import ConfigError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option expects KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from svdzoo.api import compress_to_dir
+
+    compress_to_dir(
+        model=args.model,
+        method=args.method,
+        ratio=args.ratio,
+        out=args.out,
+        stats=args.stats,
+        fisher=args.fisher,
+        sensitivity_duo=args.sensitivity_duo,
+        sensitivity_asvd=args.sensitivity_asvd,
+        options=parse_options(args.option),
+        device=args.device,
+        dtype=args.dtype,
+    )
+    return 0

@@ -1,0 +1,340 @@
+"""Apply a registered method to a model; save and load compressed models.
+
+Everything that can be wrong with the request (ratio, method, statistics from another
+model or calibration set) is checked before any matrix is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from svdzoo import __version__, allocation, linalg, lowrank
+from svdzoo.errors import CacheError, ConfigError
+from svdzoo.io import atomic_dir, read_json, write_json
+from svdzoo.methods import get_method
+from svdzoo.methods.base import (
+    FISHER,
+    GRAM,
+    SENS_ASVD,
+    SENS_DUO,
+    AllocationContext,
+    MatrixContext,
+    Method,
+)
+from svdzoo.models import adapter_for, count_params, fingerprint, replace_module, resolve_device
+from svdzoo.paths import MANIFEST
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class Statistics:
+    """The cached calibration products a method may read, keyed by kind."""
+
+    gram: Any = None  # calibration.CalibrationStats
+    fisher: Any = None  # calibration fisher stats
+    sensitivity: dict[str, Any] = field(default_factory=dict)  # "duo"/"asvd" -> table
+
+    def has(self, kind: str) -> bool:
+        return {
+            GRAM: self.gram is not None,
+            FISHER: self.fisher is not None,
+            SENS_DUO: "duo" in self.sensitivity,
+            SENS_ASVD: "asvd" in self.sensitivity,
+        }[kind]
+
+
+def check_ratio(ratio: float) -> None:
+    if not (isinstance(ratio, int | float) and 0.0 < float(ratio) < 1.0):
+        raise ConfigError(
+            f"compression ratio must be in (0, 1) (fraction of parameters removed), got {ratio!r}"
+        )
+
+
+def check_statistics(method: Method, stats: Statistics, model_fp: str) -> None:
+    """Every product the method needs is present and was computed on this very model."""
+    missing = [k for k in sorted(method.needs) if not stats.has(k)]
+    if missing:
+        raise ConfigError(
+            f"method {method.name!r} needs statistics {missing}; compute them first (svdzoo calibrate/sensitivity)"
+        )
+    products = {
+        "gram": stats.gram,
+        "fisher": stats.fisher,
+        **{f"sensitivity-{k}": v for k, v in stats.sensitivity.items()},
+    }
+    for kind, product in products.items():
+        if product is None:
+            continue
+        manifest = getattr(product, "manifest", None) or {}
+        fp = manifest.get("model_fingerprint")
+        if fp is not None and fp != model_fp:
+            raise CacheError(
+                f"{kind} statistics were computed on another model (fingerprint {fp}, this model is {model_fp})"
+            )
+    if stats.gram is not None:
+        calib = _calib_key(stats.gram.manifest)
+        for kind, product in products.items():
+            other = getattr(product, "manifest", None) or {}
+            if (
+                kind != "gram"
+                and other
+                and _calib_key(other) != calib
+                and other.get("calibration") is None
+            ):
+                raise CacheError(
+                    f"{kind} statistics come from another calibration set than the Gram cache: {_calib_key(other)} vs {calib}"
+                )
+
+
+def _calib_key(manifest: Mapping[str, Any]) -> tuple:
+    return tuple(manifest.get(k) for k in ("corpus", "seqlen", "seed"))
+
+
+def matrix_infos(model: nn.Module) -> list[allocation.MatrixInfo]:
+    adapter = adapter_for(model)
+    return [
+        allocation.MatrixInfo(
+            name=name,
+            layer=layer,
+            type=adapter.matrix_type(t),
+            m=lin.out_features,
+            n=lin.in_features,
+        )
+        for name, layer, t, lin in adapter.iter_targets(model)
+    ]
+
+
+def _context(
+    model: nn.Module, name: str, layer: int, target: str, lin: nn.Linear, stats: Statistics, device
+) -> MatrixContext:
+    adapter = adapter_for(model)
+    group = adapter.group_of(target)
+    ctx = MatrixContext(
+        name=name,
+        layer=layer,
+        type=adapter.matrix_type(target),
+        group=group,
+        W=lin.weight.detach().to(device=device, dtype=torch.float64),
+        bias=None if lin.bias is None else lin.bias.detach(),
+    )
+    if stats.gram is not None:
+        ctx.H = stats.gram.gram(layer, group).to(device=device, dtype=torch.float64)
+        ctx.absmean = stats.gram.absmean(layer, group).to(device=device, dtype=torch.float64)
+        ctx.count = int(stats.gram.count(layer, group))
+    if stats.fisher is not None:
+        ctx.fisher_row = stats.fisher.row(name).to(device=device, dtype=torch.float64)
+        ctx.fisher_col = stats.fisher.col(name).to(device=device, dtype=torch.float64)
+    return ctx
+
+
+def build_module(lin: nn.Linear, result: Any) -> nn.Module:
+    """The drop-in replacement for `lin` from a factoriser's result."""
+    dtype, device = lin.weight.dtype, lin.weight.device
+    bias = None if lin.bias is None else lin.bias.detach()
+    if isinstance(result, linalg.ColumnSplit):
+        return lowrank.ColumnPreservingLinear.from_split(
+            result, bias=bias, dtype=dtype, device=device
+        )
+    return lowrank.LowRankLinear.from_factors(
+        result.A, result.B, bias=bias, dtype=dtype, device=device
+    )
+
+
+def _weight_params(module: nn.Module) -> int:
+    """Parameters excluding biases: biases are never compressed, so they stay out of ratios."""
+    return sum(p.numel() for n, p in module.named_parameters() if not n.endswith("bias"))
+
+
+def _module_record(info: allocation.MatrixInfo, module: nn.Module, dense: bool) -> dict[str, Any]:
+    dense_w = info.m * info.n
+    if dense:
+        kept, rank, params = 0, min(info.m, info.n), dense_w
+    else:
+        spec = lowrank.module_spec(module)
+        rank, kept = int(spec.get("rank", 0)), int(spec.get("kept_columns", 0))
+        params = _weight_params(module)
+    return {
+        "m": info.m,
+        "n": info.n,
+        "layer": info.layer,
+        "type": info.type,
+        "rank": rank,
+        "kept_columns": kept,
+        "params_dense": dense_w,
+        "params": params,
+        "ratio": 1.0 - params / dense_w,
+        "dense": dense,
+        "spec": None if dense else lowrank.module_spec(module),
+    }
+
+
+def compress(
+    model: nn.Module,
+    method: str | Method,
+    ratio: float,
+    *,
+    stats: Statistics | None = None,
+    tokenizer: Any = None,
+    device: str | torch.device | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Compress `model` in place; returns the manifest (ranks, columns, parameter counts)."""
+    check_ratio(ratio)
+    method = get_method(method) if isinstance(method, str) else method
+    stats = stats or Statistics()
+    adapter = adapter_for(model)
+    model_fp = fingerprint(model)
+    check_statistics(method, stats, model_fp)
+    if method.sequential and tokenizer is None:
+        raise ConfigError(
+            f"method {method.name!r} is sequential and needs the tokenizer to replay calibration data"
+        )
+    opts = {**method.options, **(options or {})}
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
+    t0 = time.perf_counter()
+    infos = matrix_infos(model)
+    by_name = {i.name: i for i in infos}
+    modules = {name: (layer, t, lin) for name, layer, t, lin in adapter.iter_targets(model)}
+
+    def spectrum(name: str) -> torch.Tensor:
+        layer, t, lin = modules[name]
+        fact = method.spectrum_factoriser or method.factoriser
+        return fact.spectrum(_context(model, name, layer, t, lin, stats, device))
+
+    actx = AllocationContext(
+        stats=stats.gram, sensitivity=stats.sensitivity, spectrum=spectrum, options=opts
+    )
+    log.info(
+        "allocating ranks for %s at ratio %.2f over %d matrices", method.name, ratio, len(infos)
+    )
+    ranks = method.allocator(infos, ratio, actx)
+    records: dict[str, dict[str, Any]] = {}
+
+    def replace(name: str, result: Any) -> None:
+        layer, t, lin = modules[name]
+        info = by_name[name]
+        new = build_module(lin, result)
+        dense = _weight_params(new) >= info.m * info.n
+        if dense:
+            log.debug("%s: factored form is not smaller (rank %d); kept dense", name, ranks[name])
+        else:
+            replace_module(model, name, new)
+        records[name] = _module_record(info, new, dense)
+
+    if method.sequential:
+        from svdzoo.methods.sequential import run_sequential
+
+        run_sequential(model, method, ranks, stats, tokenizer, device, replace, _context, opts)
+    else:
+        for name in tqdm(list(modules), desc=f"compress {method.name}", unit="matrix"):
+            layer, t, lin = modules[name]
+            if ranks[name] >= min(by_name[name].m, by_name[name].n) or not lowrank.worth_factoring(
+                by_name[name].m, by_name[name].n, ranks[name]
+            ):
+                records[name] = _module_record(by_name[name], lin, True)
+                continue
+            ctx = _context(model, name, layer, t, lin, stats, device)
+            replace(name, method.factoriser(ctx, ranks[name]))
+    elapsed = time.perf_counter() - t0
+    params_dense = sum(i.m * i.n for i in infos)
+    params_comp = sum(r["params"] for r in records.values())
+    manifest = {
+        "method": method.name,
+        "ratio": float(ratio),
+        "achieved_ratio": 1.0 - params_comp / params_dense,
+        "params_dense": params_dense,
+        "params_compressed": params_comp,
+        "model_params_dense": None,  # filled by the caller that still knows the dense count
+        "model_params_compressed": count_params(model),
+        "compression_time_s": elapsed,
+        "allocation": actx.report,
+        "options": {k: v for k, v in opts.items() if isinstance(v, int | float | str | bool)},
+        "base_fingerprint": model_fp,
+        "family": adapter.name,
+        "svdzoo_version": __version__,
+        "modules": records,
+    }
+    manifest["model_params_dense"] = (
+        manifest["model_params_compressed"] + params_dense - params_comp
+    )
+    log.info(
+        "%s r=%.2f: achieved %.4f over targets in %.1fs",
+        method.name,
+        ratio,
+        manifest["achieved_ratio"],
+        elapsed,
+    )
+    return manifest
+
+
+# ---------------------------------------------------------------- persistence
+
+
+def save_compressed(
+    model: nn.Module, manifest: Mapping[str, Any], out_dir: str | Path, tokenizer: Any = None
+) -> None:
+    """Weights (safetensors), config, tokenizer and manifest, written atomically as one directory."""
+    from safetensors.torch import save_model
+
+    with atomic_dir(out_dir) as tmp:
+        model.config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        save_model(model, str(tmp / WEIGHTS))
+        write_json(tmp / MANIFEST, dict(manifest))
+
+
+def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu") -> nn.Module:
+    """Rebuild the architecture from config + manifest, then load the saved weights."""
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from svdzoo.models import resolve_dtype
+
+    path = Path(path)
+    manifest = read_json(path / MANIFEST)
+    if not (path / WEIGHTS).exists():
+        raise CacheError(
+            f"compressed model {path} has a manifest but no {WEIGHTS}: the write did not complete"
+        )
+    config = AutoConfig.from_pretrained(str(path))
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config)
+        for name, rec in manifest["modules"].items():
+            if not rec["dense"]:
+                replace_module(
+                    model,
+                    name,
+                    lowrank.build_from_spec(rec["spec"], dtype=torch.float32, device="cpu"),
+                )
+    try:
+        state = load_file(str(path / WEIGHTS))
+    except Exception as exc:
+        raise CacheError(f"compressed model {path}: cannot read {WEIGHTS} ({exc})") from exc
+    result = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in result.missing_keys if not _is_tied(model, k)]
+    if missing or result.unexpected_keys:
+        raise CacheError(
+            f"compressed model {path}: weights do not match the manifest (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+    model.tie_weights()
+    model.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
+    model.eval()
+    return model
+
+
+def _is_tied(model: nn.Module, key: str) -> bool:
+    return key.startswith("lm_head.") and bool(getattr(model.config, "tie_word_embeddings", False))

@@ -1,0 +1,100 @@
+"""Shared factorisers and allocators; named methods are compositions of these."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from svdzoo import allocation, linalg
+from svdzoo.errors import ConfigError
+from svdzoo.methods.base import AllocationContext, MatrixContext
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- factorisers
+
+
+@dataclass(frozen=True)
+class PlainSVD:
+    """Truncated SVD of W: ignores the data entirely."""
+
+    def __call__(self, ctx: MatrixContext, rank: int):
+        return linalg.svd_truncate(ctx.W, rank)
+
+
+@dataclass(frozen=True)
+class FisherWeighted:
+    """FWSVD, the paper's form: SVD of diag(sqrt(I_row)) W, scaling undone on A."""
+
+    def __call__(self, ctx: MatrixContext, rank: int):
+        ctx.require("fisher_row")
+        r = ctx.fisher_row.to(ctx.W).clamp_min(0).sqrt()
+        floor = r[r > 0].min() if bool((r > 0).any()) else torch.tensor(1.0, dtype=r.dtype)
+        r = torch.where(
+            r > 0, r, floor * 1e-3
+        )  # rows with no gradient keep a tiny weight, never zero
+        return linalg.output_scaled_truncate(ctx.W, r, rank)
+
+
+@dataclass(frozen=True)
+class ActivationScaled:
+    """ASVD: SVD of W diag(s), s_j = mean|x_j|^alpha, scaling undone on B."""
+
+    alpha: float = 0.5
+
+    def __call__(self, ctx: MatrixContext, rank: int):
+        ctx.require("absmean")
+        s = ctx.absmean.to(ctx.W).clamp_min(0).pow(self.alpha)
+        floor = s[s > 0].min() if bool((s > 0).any()) else torch.tensor(1.0, dtype=s.dtype)
+        s = torch.where(s > 0, s, floor * 1e-3)  # dead features: tiny scale, no division by zero
+        return linalg.input_scaled_truncate(ctx.W, s, rank)
+
+
+@dataclass(frozen=True)
+class Whitened:
+    """SVD-LLM (cholesky) or SVD-LLM V2 loss-optimised truncation (eigen)."""
+
+    whitening: str = "cholesky"
+
+    def whitener(self, H: torch.Tensor):
+        if self.whitening == "cholesky":
+            return linalg.cholesky_whitener(H)
+        if self.whitening == "eigen":
+            return linalg.eigen_whitener(H)
+        raise ConfigError(f"unknown whitening {self.whitening!r}")
+
+    def __call__(self, ctx: MatrixContext, rank: int):
+        ctx.require("H")
+        return linalg.truncate(ctx.W, self.whitener(ctx.H), rank)
+
+    def spectrum(self, ctx: MatrixContext) -> torch.Tensor:
+        ctx.require("H")
+        _, sigma, _ = linalg.whitened_svd(ctx.W, self.whitener(ctx.H))
+        return sigma
+
+
+# ---------------------------------------------------------------- allocators
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """Every matrix loses the same fraction of its parameters."""
+
+    def __call__(self, infos: list, target: float, ctx: AllocationContext) -> dict[str, int]:
+        return allocation.uniform(infos, target)
+
+
+@dataclass(frozen=True)
+class SensitivityThreshold:
+    """ASVD: one perplexity threshold over the (module, retained ratio) sensitivity table."""
+
+    kind: str = "asvd"
+
+    def __call__(self, infos: list, target: float, ctx: AllocationContext) -> dict[str, int]:
+        table = ctx.sensitivity.get(self.kind)
+        if table is None:
+            raise ConfigError(f"this allocator needs the sensitivity-{self.kind} table")
+        return allocation.threshold_allocation(infos, table, target)

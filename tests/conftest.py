@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny reference models trained once per test session, offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from svdzoo.reference import TrainConfig, train_reference  # noqa: E402
+
+# Small enough to train in seconds, trained enough to react to compression.
+TINY = dict(
+    corpus="pydoc",
+    hidden=64,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    ffn=192,
+    seqlen=64,
+    batch=16,
+    steps=150,
+    lr=5e-3,
+    warmup=10,
+    seed=0,
+)
+
+
+def _train(tmp_path_factory: pytest.TempPathFactory, family: str) -> Path:
+    out = tmp_path_factory.mktemp(f"ref-{family}") / "model"
+    train_reference(TrainConfig(family=family, **TINY), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained 2-layer LLaMA-style model with grouped-query attention (saved dir)."""
+    return _train(tmp_path_factory, "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_opt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained 2-layer OPT-style model (biases, fc1/fc2) (saved dir)."""
+    return _train(tmp_path_factory, "opt")
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
