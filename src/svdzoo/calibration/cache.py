@@ -1,0 +1,281 @@
+"""The statistics cache: one directory = `stats.safetensors` + `manifest.json`.
+
+The manifest says what the tensors were computed from (model fingerprint, corpus and its
+fingerprint, nsamples, seqlen, seed, dtype, package version, group/module names, token
+counts) and carries the sha256 of the tensor file. Loading compares it with what the
+caller expects and verifies the hash, so a stale, truncated or corrupted cache raises
+`CacheError` instead of silently feeding wrong statistics to a method.
+
+The tensor file is written tensor by tensor (`SafetensorsWriter`), so statistics that do not
+fit in memory at once (a 70B model's Grams) can still be stored; the layout is the standard
+safetensors format, readable by `safetensors.safe_open` with lazy per-tensor loading.
+Everything is written inside `svdzoo.io.atomic_dir`: a cache directory exists complete or
+not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from svdzoo import __version__
+from svdzoo.calibration.stats import CalibrationStats, FisherStats, _Cached
+from svdzoo.errors import CacheError
+from svdzoo.io import atomic_dir
+
+MANIFEST = "manifest.json"
+TENSORS = "stats.safetensors"
+FORMAT_VERSION = 1
+KINDS = ("gram", "fisher")
+
+_ST_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+}
+
+
+class SafetensorsWriter:
+    """Append tensors one at a time to a body file; `finish` prepends the header.
+
+    Deterministic: same tensors in the same order give the same bytes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self._body_path = self.path.with_name(self.path.name + ".body")
+        self._body = open(self._body_path, "wb")  # noqa: SIM115 (closed in finish)
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._offset = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self._entries:
+            raise ValueError(f"tensor {name!r} written twice")
+        t = tensor.detach().to("cpu").contiguous()
+        if t.dtype not in _ST_DTYPES:
+            raise ValueError(f"unsupported dtype {t.dtype} for {name!r}")
+        data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+        nbytes = t.numel() * t.element_size()
+        self._body.write(memoryview(data))
+        self._entries[name] = {
+            "dtype": _ST_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [self._offset, self._offset + nbytes],
+        }
+        self._offset += nbytes
+
+    def finish(self, metadata: Mapping[str, str] | None = None) -> str:
+        """Write the final file and return its sha256."""
+        self._body.close()
+        header: dict[str, Any] = {}
+        if metadata:
+            header["__metadata__"] = dict(metadata)
+        header.update(self._entries)
+        hb = json.dumps(header, separators=(",", ":")).encode()
+        hb += b" " * (-len(hb) % 8)  # keep the data 8-byte aligned, as safetensors does
+        sha = hashlib.sha256()
+        with open(self.path, "wb") as out, open(self._body_path, "rb") as body:
+            for chunk in (struct.pack("<Q", len(hb)), hb):
+                out.write(chunk)
+                sha.update(chunk)
+            while chunk := body.read(1 << 24):
+                out.write(chunk)
+                sha.update(chunk)
+        self._body_path.unlink()
+        return sha.hexdigest()
+
+    def abort(self) -> None:
+        self._body.close()
+        self._body_path.unlink(missing_ok=True)
+
+
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def base_manifest(kind: str, **fields: Any) -> dict[str, Any]:
+    if kind not in KINDS:
+        raise ValueError(f"unknown cache kind {kind!r}")
+    return {"kind": kind, "format_version": FORMAT_VERSION, "svdzoo_version": __version__, **fields}
+
+
+def write_cache(
+    out: str | os.PathLike[str], manifest: dict[str, Any], tensors: Mapping[str, torch.Tensor]
+) -> dict[str, Any]:
+    """Atomically write a cache directory from in-memory tensors; returns the final manifest."""
+    with CacheDirWriter(out, manifest) as w:
+        for name, t in tensors.items():
+            w.add(name, t)
+    return w.manifest
+
+
+class CacheDirWriter:
+    """Stream tensors into a new cache directory; it appears (atomically) on clean exit.
+
+    Use as a context manager; `manifest` may be updated before the block ends (token
+    counts known only at the end). The manifest is written last, inside the atomic dir.
+    """
+
+    def __init__(self, out: str | os.PathLike[str], manifest: dict[str, Any]):
+        self.out = Path(out)
+        self.manifest = dict(manifest)
+        self._ctx = atomic_dir(self.out)
+        self._writer: SafetensorsWriter | None = None
+        self._names: list[str] = []
+
+    def __enter__(self) -> CacheDirWriter:
+        self._tmp = self._ctx.__enter__()
+        self._writer = SafetensorsWriter(self._tmp / TENSORS)
+        return self
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        assert self._writer is not None, "use CacheDirWriter as a context manager"
+        self._writer.add(name, tensor)
+        self._names.append(name)
+
+    def __exit__(self, exc_type, exc, tb) -> bool | None:
+        assert self._writer is not None
+        if exc_type is None:
+            sha = self._writer.finish({"kind": self.manifest["kind"]})
+            path = self._tmp / TENSORS
+            self.manifest.update(
+                file=TENSORS, sha256=sha, bytes=path.stat().st_size, tensors=self._names
+            )
+            (self._tmp / MANIFEST).write_text(
+                json.dumps(self.manifest, indent=2, sort_keys=True) + "\n"
+            )
+        else:
+            self._writer.abort()
+        return self._ctx.__exit__(exc_type, exc, tb)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    mpath = Path(path) / MANIFEST
+    if not mpath.exists():
+        raise CacheError(
+            f"{path}: no {MANIFEST}; not a statistics cache (or it was never completed)"
+        )
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CacheError(f"{mpath}: corrupted manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("kind") not in KINDS:
+        raise CacheError(f"{mpath}: not a statistics cache manifest (kind must be one of {KINDS})")
+    return manifest
+
+
+def check_expected(
+    manifest: Mapping[str, Any], expect: Mapping[str, Any] | None, where: str
+) -> None:
+    """Raise CacheError naming every key whose value differs from the request."""
+    if not expect:
+        return
+    diffs = [
+        f"{k}: cache has {manifest.get(k, '<missing>')!r}, requested {v!r}"
+        for k, v in expect.items()
+        if manifest.get(k, _MISSING) != v
+    ]
+    if diffs:
+        raise CacheError(
+            f"{where}: statistics cache does not match the request ({'; '.join(diffs)})"
+        )
+
+
+_MISSING = object()
+
+
+def _open(path: str | os.PathLike[str], kind: str, expect, verify: bool) -> tuple[dict, Any]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    if manifest["kind"] != kind:
+        raise CacheError(
+            f"{path}: a {manifest['kind']!r} cache, but a {kind!r} cache was requested"
+        )
+    check_expected(manifest, expect, str(path))
+    fpath = path / manifest.get("file", TENSORS)
+    if not fpath.exists():
+        raise CacheError(f"{fpath}: tensor file missing")
+    size = fpath.stat().st_size
+    if size != manifest.get("bytes"):
+        raise CacheError(
+            f"{fpath}: {size} bytes, manifest says {manifest.get('bytes')} (truncated?)"
+        )
+    if verify and file_sha256(fpath) != manifest.get("sha256"):
+        raise CacheError(f"{fpath}: sha256 does not match the manifest (corrupted file)")
+    try:
+        handle = safe_open(str(fpath), framework="pt")
+        names = set(handle.keys())
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise CacheError(f"{fpath}: unreadable safetensors file ({exc})") from exc
+    missing = [n for n in manifest.get("tensors", []) if n not in names]
+    if missing:
+        raise CacheError(f"{fpath}: tensors named in the manifest are missing: {missing[:5]}")
+
+    def get(name: str) -> torch.Tensor:
+        if name not in names:
+            raise CacheError(f"{fpath}: no tensor {name!r}")
+        try:
+            return handle.get_tensor(name)
+        except Exception as exc:
+            raise CacheError(f"{fpath}: cannot read tensor {name!r} ({exc})") from exc
+
+    return manifest, get
+
+
+def load_stats(
+    path: str | os.PathLike[str], *, expect: Mapping[str, Any] | None = None, verify: bool = True
+) -> CalibrationStats:
+    """Open a Gram cache lazily (tensors are read on access).
+
+    `expect` maps manifest keys to required values (e.g. `{"model_fingerprint": ...,
+    "nsamples": 256}`); any difference raises CacheError naming the keys. `verify` hashes
+    the whole file (a few seconds per 10 GB); turn it off only for trusted local caches.
+    """
+    return CalibrationStats(*_open(path, "gram", expect, verify))
+
+
+def load_fisher(
+    path: str | os.PathLike[str], *, expect: Mapping[str, Any] | None = None, verify: bool = True
+) -> FisherStats:
+    """Open a Fisher cache lazily; same checks as `load_stats`."""
+    return FisherStats(*_open(path, "fisher", expect, verify))
+
+
+def save_stats(stats: _Cached, out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write in-memory (or loaded) statistics to a cache directory; returns its manifest."""
+    manifest = {
+        k: v for k, v in stats.manifest.items() if k not in ("file", "sha256", "bytes", "tensors")
+    }
+    with CacheDirWriter(out, manifest) as w:
+        for name in stats.tensor_names():
+            w.add(name, stats.tensor(name))
+    return w.manifest
+
+
+def expected(model: torch.nn.Module | None = None, **fields: Any) -> dict[str, Any]:
+    """An `expect` dict: the model's fingerprint plus any non-None manifest fields given."""
+    out = {k: v for k, v in fields.items() if v is not None}
+    if model is not None:
+        from svdzoo.models import fingerprint
+
+        out["model_fingerprint"] = fingerprint(model)
+    return out

@@ -1,0 +1,218 @@
+"""Gram calibration: `H`, `mean |x|` per input group and the input/output cosine per layer.
+
+Streams layer by layer (see `capture`): memory on the device is one decoder layer plus one
+batch of activations plus that layer's float64 Grams; host memory is the model, the
+activation store (bounded by its budget, the rest offloaded to disk) and, for the
+in-memory API, the finished statistics. `calibrate_to_dir` writes each layer's tensors to
+the cache file as soon as the layer is done, so host memory does not hold them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from svdzoo.calibration.cache import CacheDirWriter, base_manifest
+from svdzoo.calibration.capture import (
+    CallArgsOnDevice,
+    call_layer,
+    capture_layer_inputs,
+    group_input_hooks,
+    on_device,
+)
+from svdzoo.calibration.stats import (
+    CalibrationStats,
+    CosineAccumulator,
+    GramCollector,
+    absmean_name,
+    cosine_name,
+    count_key,
+    gram_name,
+)
+from svdzoo.calibration.store import DEFAULT_BUDGET_BYTES, ActivationStore, MemoryBudget
+from svdzoo.models import adapter_for, fingerprint, resolve_device
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[str, torch.Tensor], None]
+LayerCallback = Callable[[int, float], None]
+
+
+def stream_gram_stats(
+    model: nn.Module,
+    windows: torch.Tensor,
+    sink: Sink,
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 8,
+    memory_budget: int = DEFAULT_BUDGET_BYTES,
+    offload_dir: str | os.PathLike[str] | None = None,
+    layer_callback: LayerCallback | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Compute every layer's statistics and hand each tensor to `sink(name, tensor)`.
+
+    Returns the token count per `layers.{i}.{group}`. `layer_callback(i, seconds)` runs
+    after each layer (the benchmark uses it for per-layer time and memory).
+    """
+    adapter = adapter_for(model)
+    device = resolve_device(device)
+    budget = MemoryBudget(memory_budget, offload_dir)
+    counts: dict[str, int] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = capture_layer_inputs(model, adapter, windows, batch_size, budget)
+        hidden = inputs.hidden
+        layers = adapter.layers(model)
+        for i, layer in enumerate(
+            tqdm(layers, desc="calibrate", unit="layer", disable=not progress)
+        ):
+            t0 = time.perf_counter()
+            with on_device(layer, device), torch.no_grad():
+                accs = GramCollector()
+                cos = CosineAccumulator()
+                out = ActivationStore(budget)
+                to_dev = CallArgsOnDevice(device)
+                with group_input_hooks(layer, adapter, accs):
+                    for b, call in enumerate(inputs.calls):
+                        h = hidden[b].to(device)
+                        y = call_layer(layer, h, to_dev(call))
+                        cos.add(h, y)
+                        out.append(y)
+                hidden.close()
+                hidden = out
+                for group in adapter.groups:
+                    acc = accs[group]
+                    sink(gram_name(i, group), acc.H.cpu())
+                    sink(absmean_name(i, group), acc.absmean().cpu())
+                    counts[count_key(i, group)] = acc.count
+                sink(cosine_name(i), torch.tensor(cos.mean(), dtype=torch.float64))
+                del accs
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t0
+            log.debug("layer %d: %.2fs, cosine %.4f", i, dt, cos.mean())
+            if layer_callback is not None:
+                layer_callback(i, dt)
+        hidden.close()
+        if budget.offloaded_bytes:
+            log.info(
+                "activation store: peak %.1f MiB in memory, %.1f MiB offloaded in total",
+                budget.peak / 2**20,
+                budget.offloaded_bytes / 2**20,
+            )
+    finally:
+        budget.cleanup()
+        model.train(was_training)
+    return counts
+
+
+def gram_manifest(
+    model: nn.Module,
+    *,
+    corpus: Any,
+    nsamples: int,
+    seqlen: int,
+    seed: int,
+    model_id: str | None,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Everything that identifies a Gram cache (tensor names and hash are added on write)."""
+    from svdzoo.data import get_corpus
+
+    adapter = adapter_for(model)
+    corp = get_corpus(corpus) if isinstance(corpus, str) else corpus
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return base_manifest(
+        "gram",
+        model=model_id or getattr(model.config, "_name_or_path", "") or model.config.model_type,
+        model_fingerprint=fingerprint(model),
+        model_type=model.config.model_type,
+        family=adapter.name,
+        layers_path=adapter.layers_path,
+        num_layers=len(adapter.layers(model)),
+        groups={g: list(m) for g, m in adapter.groups.items()},
+        corpus=corp.name,
+        corpus_fingerprint=corp.fingerprint,
+        nsamples=nsamples,
+        seqlen=seqlen,
+        seed=seed,
+        dtype=dtype,
+        batch_size=batch_size,
+    )
+
+
+def calibrate(
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    corpus: Any,
+    nsamples: int,
+    seqlen: int,
+    seed: int,
+    device: str | torch.device | None = None,
+    batch_size: int = 8,
+    memory_budget: int = DEFAULT_BUDGET_BYTES,
+    offload_dir: str | os.PathLike[str] | None = None,
+    model_id: str | None = None,
+    progress: bool = True,
+) -> CalibrationStats:
+    """Gram statistics of `model` on `nsamples` windows of `corpus`, held in memory."""
+    from svdzoo.data import calibration_windows
+
+    manifest = gram_manifest(
+        model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
+        model_id=model_id, batch_size=batch_size,
+    )  # fmt: skip
+    windows = calibration_windows(tokenizer, corpus, nsamples, seqlen, seed)
+    tensors: dict[str, torch.Tensor] = {}
+    counts = stream_gram_stats(
+        model, windows, tensors.__setitem__, device=device, batch_size=batch_size,
+        memory_budget=memory_budget, offload_dir=offload_dir, progress=progress,
+    )  # fmt: skip
+    manifest.update(counts=counts, tokens=nsamples * seqlen, tensors=list(tensors))
+    return CalibrationStats(manifest, tensors.__getitem__)
+
+
+def calibrate_to_dir(
+    model: nn.Module,
+    tokenizer: Any,
+    out: str | os.PathLike[str],
+    *,
+    corpus: Any,
+    nsamples: int,
+    seqlen: int,
+    seed: int,
+    device: str | torch.device | None = None,
+    batch_size: int = 8,
+    memory_budget: int = DEFAULT_BUDGET_BYTES,
+    offload_dir: str | os.PathLike[str] | None = None,
+    model_id: str | None = None,
+    layer_callback: LayerCallback | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Like `calibrate`, but streams each layer's tensors into the cache at `out`."""
+    from svdzoo.data import calibration_windows
+
+    manifest = gram_manifest(
+        model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
+        model_id=model_id, batch_size=batch_size,
+    )  # fmt: skip
+    windows = calibration_windows(tokenizer, corpus, nsamples, seqlen, seed)
+    with CacheDirWriter(Path(out), manifest) as w:
+        counts = stream_gram_stats(
+            model, windows, w.add, device=device, batch_size=batch_size,
+            memory_budget=memory_budget, offload_dir=offload_dir,
+            layer_callback=layer_callback, progress=progress,
+        )  # fmt: skip
+        w.manifest.update(counts=counts, tokens=nsamples * seqlen)
+    return w.manifest

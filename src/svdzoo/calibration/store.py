@@ -1,0 +1,108 @@
+"""Activation store: the hidden states that flow between decoder layers, per batch.
+
+Layer-by-layer calibration keeps every calibration batch's hidden state between two
+layers. For 256 x 2048 tokens of a 70B model that is ~8 GiB in fp16, so the store keeps
+batches in CPU memory only while a shared byte budget allows and writes the rest, one
+file per batch, to an offload directory (a fresh temp dir unless one is given). Memory
+therefore stops growing with `nsamples` once the budget is reached; the budget is shared
+by all stores alive at once (two for plain calibration, four in sequential mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUDGET_BYTES = 2 * 1024**3
+
+
+class MemoryBudget:
+    """Bytes of activations that may stay in memory, shared by several stores."""
+
+    def __init__(
+        self, limit_bytes: int = DEFAULT_BUDGET_BYTES, offload_dir: str | Path | None = None
+    ):
+        if limit_bytes < 0:
+            raise ValueError(f"memory budget must be non-negative, got {limit_bytes}")
+        self.limit = int(limit_bytes)
+        self.used = 0
+        self.peak = 0
+        self.offloaded_bytes = 0
+        self._root = Path(offload_dir) if offload_dir is not None else None
+        self._tmp: Path | None = None
+        self._counter = 0
+
+    def take(self, nbytes: int) -> bool:
+        """Reserve `nbytes` if the budget allows; False means: offload it."""
+        if self.used + nbytes > self.limit:
+            return False
+        self.used += nbytes
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def give(self, nbytes: int) -> None:
+        self.used -= nbytes
+
+    def new_dir(self) -> Path:
+        """A fresh folder for one store's files, created lazily on first offload."""
+        if self._tmp is None:
+            if self._root is not None:
+                self._root.mkdir(parents=True, exist_ok=True)
+            self._tmp = Path(tempfile.mkdtemp(prefix="svdzoo-act-", dir=self._root))
+            log.info("offloading activations beyond %d MiB to %s", self.limit >> 20, self._tmp)
+        self._counter += 1
+        d = self._tmp / f"store{self._counter}"
+        d.mkdir()
+        return d
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+class ActivationStore:
+    """An append-only list of CPU tensors, in memory under the budget, else on disk."""
+
+    def __init__(self, budget: MemoryBudget):
+        self.budget = budget
+        self._items: list[torch.Tensor | Path] = []
+        self._dir: Path | None = None
+        self._held = 0
+
+    def append(self, t: torch.Tensor) -> None:
+        t = t.detach().to("cpu").contiguous()
+        nbytes = t.numel() * t.element_size()
+        if self.budget.take(nbytes):
+            self._items.append(t)
+            self._held += nbytes
+            return
+        if self._dir is None:
+            self._dir = self.budget.new_dir()
+        path = self._dir / f"{len(self._items):06d}.safetensors"
+        save_file({"x": t}, str(path))
+        self.budget.offloaded_bytes += nbytes
+        self._items.append(path)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        item = self._items[i]
+        return item if isinstance(item, torch.Tensor) else load_file(str(item))["x"]
+
+    def close(self) -> None:
+        """Free the memory and files; the store is empty afterwards."""
+        self.budget.give(self._held)
+        self._held = 0
+        self._items = []
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None

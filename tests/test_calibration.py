@@ -1,0 +1,279 @@
+"""Gram calibration and its cache: exactness against whole-model hooks, sharing, determinism, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM  # noqa: E402
+
+from svdzoo.calibration import (  # noqa: E402
+    calibrate,
+    calibrate_to_dir,
+    expected,
+    load_fisher,
+    load_stats,
+    save_stats,
+    stream_gram_stats,
+)
+from svdzoo.data import calibration_windows  # noqa: E402
+from svdzoo.errors import CacheError  # noqa: E402
+from svdzoo.models import adapter_for, fingerprint  # noqa: E402
+from svdzoo.tokenizer import build_byte_tokenizer  # noqa: E402
+
+BATCH = 3  # does not divide nsamples: the last batch is smaller
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+        num_hidden_layers=2, vocab_size=258,
+    )  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_opt() -> OPTForCausalLM:
+    torch.manual_seed(0)
+    cfg = OPTConfig(
+        hidden_size=64, num_attention_heads=4, ffn_dim=128, num_hidden_layers=2,
+        vocab_size=258, word_embed_proj_dim=64, max_position_embeddings=128,
+    )  # fmt: skip
+    return OPTForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_byte_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def windows(tok) -> torch.Tensor:
+    return calibration_windows(tok, "pydoc", nsamples=4, seqlen=32, seed=0)
+
+
+def direct_stats(model, windows: torch.Tensor, batch_size: int):
+    """Inputs of every group's first linear and every layer's in/out, from a whole-model forward."""
+    adapter = adapter_for(model)
+    xs: dict[tuple[int, str], list[torch.Tensor]] = {}
+    io: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    handles = []
+    for i, layer in enumerate(adapter.layers(model)):
+        for g, members in adapter.groups.items():
+            for t in members:
+
+                def pre(_m, args, key=(i, g, t)):
+                    xs.setdefault(key, []).append(args[0].reshape(-1, args[0].shape[-1]))
+
+                handles.append(layer.get_submodule(t).register_forward_pre_hook(pre))
+
+        def fwd(_m, args, kwargs, out, i=i):
+            h = args[0] if args else kwargs["hidden_states"]
+            y = out[0] if isinstance(out, tuple) else out
+            io.setdefault(i, []).append((h, y))
+
+        handles.append(layer.register_forward_hook(fwd, with_kwargs=True))
+    with torch.no_grad():
+        for s in range(0, windows.shape[0], batch_size):
+            model(input_ids=windows[s : s + batch_size], use_cache=False)
+    for h in handles:
+        h.remove()
+    return {k: torch.cat(v) for k, v in xs.items()}, io
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_opt], ids=["llama-gqa", "opt"])
+def test_gram_equals_whole_model_hooks(build, tok, windows):
+    model = build()
+    stats = calibrate(
+        model, tok, corpus="pydoc", nsamples=4, seqlen=32, seed=0, batch_size=BATCH, progress=False
+    )
+    xs, io = direct_stats(model, windows, BATCH)
+    adapter = adapter_for(model)
+    for i in range(len(adapter.layers(model))):
+        for g, members in adapter.groups.items():
+            X = xs[(i, g, members[0])].double()
+            H = stats.gram(i, g)
+            assert H.dtype == torch.float64
+            assert rel(H, X.T @ X) < 1e-10
+            assert rel(stats.absmean(i, g), X.abs().mean(0)) < 1e-10
+            assert stats.count(i, g) == X.shape[0] == 4 * 32
+            for t in members[1:]:  # every member reads the same input, so one Gram is right
+                assert torch.equal(xs[(i, g, t)], xs[(i, g, members[0])])
+        pairs = io[i]
+        cos = torch.cat(
+            [
+                torch.nn.functional.cosine_similarity(h.double(), y.double(), dim=-1).reshape(-1)
+                for h, y in pairs
+            ]
+        )
+        assert stats.cosine(i) == pytest.approx(float(cos.mean()), rel=1e-12)
+
+
+def test_groups_share_one_tensor(tok):
+    model = tiny_llama()
+    stats = calibrate(model, tok, corpus="pydoc", nsamples=2, seqlen=16, seed=0, progress=False)
+    names = stats.tensor_names()
+    assert "layers.0.attn_in.gram" in names
+    assert not any("q_proj" in n or "k_proj" in n or "v_proj" in n for n in names)
+    assert len([n for n in names if n.endswith(".gram")]) == 2 * 4
+    q = stats.stats_for_target("model.layers.1.self_attn.q_proj")
+    k = stats.stats_for_target("model.layers.1.self_attn.k_proj")
+    assert q.group == k.group == "attn_in" and torch.equal(q.gram, k.gram)
+    assert stats.gram_for_target("model.layers.0.mlp.up_proj").shape == (64, 64)
+    assert stats.gram_for_target("model.layers.0.mlp.down_proj").shape == (128, 128)
+    with pytest.raises(CacheError, match="not a target"):
+        stats.stats_for_target("model.layers.0.mlp.act_fn")
+
+
+def test_offloaded_store_gives_identical_stats(tok, windows, tmp_path):
+    """A zero memory budget puts every batch on disk; the statistics must not change."""
+    model = tiny_llama()
+    mem, disk = {}, {}
+    stream_gram_stats(model, windows, mem.__setitem__, batch_size=2, progress=False)
+    off = tmp_path / "offload"
+    stream_gram_stats(
+        model, windows, disk.__setitem__, batch_size=2, memory_budget=0, offload_dir=off,
+        progress=False,
+    )  # fmt: skip
+    assert mem.keys() == disk.keys()
+    assert all(torch.equal(mem[k], disk[k]) for k in mem)
+    assert list(off.iterdir()) == []  # offload files are cleaned up
+
+
+def test_same_seed_bitwise_identical_cache(tok, tmp_path):
+    model = tiny_llama()
+    kw = dict(corpus="pydoc", nsamples=4, seqlen=32, seed=0, batch_size=BATCH, progress=False)
+    m1 = calibrate_to_dir(model, tok, tmp_path / "a", **kw)
+    m2 = calibrate_to_dir(model, tok, tmp_path / "b", **kw)
+    assert (tmp_path / "a/stats.safetensors").read_bytes() == (
+        tmp_path / "b/stats.safetensors"
+    ).read_bytes()
+    assert (tmp_path / "a/manifest.json").read_bytes() == (
+        tmp_path / "b/manifest.json"
+    ).read_bytes()
+    assert m1 == m2
+    # the in-memory API saved afterwards gives the same file
+    save_stats(calibrate(model, tok, **kw), tmp_path / "c")
+    assert (tmp_path / "c/stats.safetensors").read_bytes() == (
+        tmp_path / "a/stats.safetensors"
+    ).read_bytes()
+    m3 = calibrate_to_dir(model, tok, tmp_path / "d", **{**kw, "seed": 1})
+    assert m3["sha256"] != m1["sha256"]
+
+
+@pytest.fixture
+def cache_dir(tok, tmp_path) -> tuple[Path, torch.nn.Module]:
+    model = tiny_llama()
+    out = tmp_path / "gram"
+    calibrate_to_dir(model, tok, out, corpus="pydoc", nsamples=2, seqlen=16, seed=0, progress=False)
+    return out, model
+
+
+def test_manifest_records_the_request(cache_dir):
+    out, model = cache_dir
+    m = json.loads((out / "manifest.json").read_text())
+    for key in ("model_fingerprint", "corpus", "corpus_fingerprint", "nsamples", "seqlen", "seed",
+                "dtype", "svdzoo_version", "groups", "counts", "sha256", "kind"):  # fmt: skip
+        assert key in m, key
+    assert m["model_fingerprint"] == fingerprint(model)
+    assert m["kind"] == "gram" and m["dtype"] == "float32" and m["tokens"] == 32
+    assert m["groups"]["attn_in"] == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+    stats = load_stats(out, expect=expected(model, corpus="pydoc", nsamples=2, seqlen=16, seed=0))
+    assert stats.gram(0, "attn_in").shape == (64, 64)
+    assert 0 < stats.cosine(1) <= 1
+
+
+def test_manifest_mismatch_raises_naming_keys(cache_dir):
+    out, _ = cache_dir
+    with pytest.raises(CacheError, match="nsamples.*seed|seed.*nsamples") as err:
+        load_stats(out, expect={"nsamples": 256, "seed": 3, "seqlen": 16})
+    assert "seqlen" not in str(err.value)
+    other = tiny_llama()
+    with torch.no_grad():
+        other.model.layers[0].mlp.up_proj.weight.mul_(2)
+    with pytest.raises(CacheError, match="model_fingerprint"):
+        load_stats(out, expect=expected(other))
+    with pytest.raises(CacheError, match="'gram' cache"):
+        load_fisher(out)
+
+
+def test_corrupted_or_truncated_file_raises(cache_dir):
+    out, _ = cache_dir
+    f = out / "stats.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-5] ^= 0xFF  # flip a byte of tensor data
+    f.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="sha256"):
+        load_stats(out)
+    f.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(CacheError, match="truncated"):
+        load_stats(out)
+    (out / "manifest.json").write_text("{not json")
+    with pytest.raises(CacheError, match="corrupted manifest"):
+        load_stats(out)
+    with pytest.raises(CacheError, match="no manifest"):
+        load_stats(out.parent / "nowhere")
+
+
+def test_corrupted_header_raises_without_hash(cache_dir):
+    out, _ = cache_dir
+    f = out / "stats.safetensors"
+    data = bytearray(f.read_bytes())
+    data[10:20] = b"\x00" * 10  # garbage in the JSON header, same size
+    f.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="unreadable safetensors"):
+        load_stats(out, verify=False)
+
+
+def test_failed_calibration_leaves_no_cache(tok, tmp_path):
+    model = tiny_llama()
+    out = tmp_path / "gram"
+    with pytest.raises(Exception, match="seqlen"):
+        calibrate_to_dir(model, tok, out, corpus="pydoc", nsamples=2, seqlen=10**9, seed=0)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_reference_model_calibrates_on_cpu_in_seconds(tok):
+    """A reference-sized model (4 layers, hidden 128): 32 x 128 tokens in seconds (~5 s on 2 cores)."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=128, num_attention_heads=4, num_key_value_heads=2, intermediate_size=384,
+        num_hidden_layers=4, vocab_size=258,
+    )  # fmt: skip
+    model = LlamaForCausalLM(cfg).eval()
+    t0 = time.perf_counter()
+    stats = calibrate(model, tok, corpus="pydoc", nsamples=32, seqlen=128, seed=0, progress=False)
+    elapsed = time.perf_counter() - t0
+    assert stats.count(3, "mlp_out") == 32 * 128
+    assert elapsed < 20, f"calibration took {elapsed:.1f}s"
+
+
+def test_cli_calibrate_gram_and_fisher(tok, tmp_path):
+    from svdzoo.cli import main
+
+    model = tiny_llama()
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    common = ["--model", str(tmp_path / "m"), "--corpus", "pydoc", "--nsamples", "3",
+              "--seqlen", "16", "--seed", "0", "--device", "cpu"]  # fmt: skip
+    assert main(["calibrate", *common, "--out", str(tmp_path / "g"), "--batch-size", "2"]) == 0
+    assert main(["calibrate", "--kind", "fisher", *common, "--out", str(tmp_path / "f")]) == 0
+    g = load_stats(tmp_path / "g", expect={"model_fingerprint": fingerprint(model), "nsamples": 3})
+    assert g.manifest["model"] == str(tmp_path / "m")
+    f = load_fisher(tmp_path / "f", expect={"nsamples": 3, "batch_size": 1})
+    assert f.row("model.layers.0.self_attn.k_proj").shape == (32,)
+    # bad input: a clear error (exit code 2) before any compute
+    assert main(["calibrate", *common, "--nsamples", "0", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,137 @@
+"""Sequential mode: original vs actual input statistics while layers are compressed in order."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import copy  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM  # noqa: E402
+
+from svdzoo.calibration import SequentialCalibrator, stream_gram_stats  # noqa: E402
+from svdzoo.calibration.sequential import SequentialError  # noqa: E402
+from svdzoo.calibration.stats import gram_name  # noqa: E402
+from svdzoo.data import calibration_windows  # noqa: E402
+from svdzoo.models import adapter_for  # noqa: E402
+from svdzoo.tokenizer import build_byte_tokenizer  # noqa: E402
+
+
+def tiny(family: str, layers: int = 3):
+    torch.manual_seed(0)
+    if family == "llama":
+        cfg = LlamaConfig(
+            hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+            num_hidden_layers=layers, vocab_size=258,
+        )  # fmt: skip
+        return LlamaForCausalLM(cfg).eval()
+    cfg = OPTConfig(
+        hidden_size=64, num_attention_heads=4, ffn_dim=128, num_hidden_layers=layers,
+        vocab_size=258, word_embed_proj_dim=64, max_position_embeddings=128,
+    )  # fmt: skip
+    return OPTForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def windows() -> torch.Tensor:
+    return calibration_windows(build_byte_tokenizer(), "pydoc", nsamples=4, seqlen=32, seed=0)
+
+
+def group_inputs(model, windows, batch_size):
+    """Whole-model forward hooks: the input of each group's first linear, per layer."""
+    adapter = adapter_for(model)
+    xs: dict[tuple[int, str], list[torch.Tensor]] = {}
+    handles = []
+    for i, layer in enumerate(adapter.layers(model)):
+        for g, members in adapter.groups.items():
+
+            def pre(_m, args, key=(i, g)):
+                xs.setdefault(key, []).append(args[0].reshape(-1, args[0].shape[-1]).double())
+
+            handles.append(layer.get_submodule(members[0]).register_forward_pre_hook(pre))
+    with torch.no_grad():
+        for s in range(0, windows.shape[0], batch_size):
+            model(input_ids=windows[s : s + batch_size], use_cache=False)
+    for h in handles:
+        h.remove()
+    return {k: torch.cat(v) for k, v in xs.items()}
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_without_compression_actual_equals_original(family, windows):
+    model = tiny(family)
+    ref = {}
+    stream_gram_stats(model, windows, ref.__setitem__, batch_size=3, progress=False)
+    seq = SequentialCalibrator(model, windows, batch_size=3, progress=False)
+    seen = []
+    for i, _layer in seq.layers():
+        st = seq.layer_stats(i)
+        assert set(st) == set(adapter_for(model).groups)
+        for g, s in st.items():
+            assert torch.equal(s.H_actual, s.H) and torch.equal(s.C, s.H)
+            assert s.count == 4 * 32
+            assert torch.equal(s.H, ref[gram_name(i, g)])  # same as plain calibration
+        assert seq.streams_coincide
+        seen.append(i)
+    assert seen == [0, 1, 2]
+
+
+def test_compressed_layer_changes_actual_stream(windows):
+    model = tiny("llama")
+    original = copy.deepcopy(model)
+    noise = torch.Generator().manual_seed(1)
+    seq = SequentialCalibrator(model, windows, batch_size=2, memory_budget=0, progress=False)
+    for i, layer in seq.layers():
+        st = seq.layer_stats(i)
+        if i == 0:
+            assert torch.equal(st["mlp_in"].C, st["mlp_in"].H)
+            with torch.no_grad():  # "compress" layer 0: perturb its down projection
+                w = layer.mlp.down_proj.weight
+                w.add_(0.5 * torch.randn(w.shape, generator=noise))
+            seq.advance(i)
+            assert not seq.streams_coincide and seq.divergence() > 0
+        if i == 1:
+            # X: inputs in the original model; X': inputs in the model compressed so far
+            X = group_inputs(original, windows, 2)
+            Xa = group_inputs(model, windows, 2)
+            for g, s in st.items():
+                x, xa = X[(1, g)], Xa[(1, g)]
+                assert not torch.equal(x, xa)
+                for got, want in ((s.H, x.T @ x), (s.H_actual, xa.T @ xa), (s.C, x.T @ xa)):
+                    assert float((got - want).norm() / want.norm()) < 1e-10
+    # the compression stays in the model; every layer is back on its home device
+    assert not torch.equal(
+        model.model.layers[0].mlp.down_proj.weight, original.model.layers[0].mlp.down_proj.weight
+    )
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_stats_reflect_partial_compression_within_a_layer(windows):
+    """Asking again after replacing q/k/v: attn_out's actual inputs include their effect."""
+    model = tiny("llama", layers=1)
+    seq = SequentialCalibrator(model, windows, batch_size=4, progress=False)
+    for i, layer in seq.layers():
+        before = seq.layer_stats(i, groups=("attn_out",))["attn_out"]
+        with torch.no_grad():
+            layer.self_attn.v_proj.weight.mul_(0.5)
+        after = seq.layer_stats(i, groups=("attn_out",))["attn_out"]
+        assert torch.equal(after.H, before.H)  # the original stream is unaffected
+        assert not torch.allclose(after.H_actual, before.H_actual)
+        torch.testing.assert_close(after.H_actual, 0.25 * after.H, rtol=1e-10, atol=1e-10)
+
+
+def test_out_of_order_use_raises(windows):
+    seq = SequentialCalibrator(tiny("llama"), windows, progress=False)
+    with pytest.raises(SequentialError, match="in order"):
+        seq.layer_stats(1)
+    seq.layer_stats(0)
+    seq.advance(0)
+    with pytest.raises(SequentialError, match="in order"):
+        seq.advance(0)
+    with pytest.raises(SequentialError, match="unknown groups"):
+        seq.layer_stats(1, groups=("nope",))
+    seq.close()
