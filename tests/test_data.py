@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from svdzoo.data import calibration_windows, evaluation_windows, get_corpus, interleave_split
+from svdzoo.errors import CorpusError
+from svdzoo.tokenizer import build_byte_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_byte_tokenizer()
+
+
+@pytest.mark.parametrize("name", ["pydoc", "pysource"])
+def test_offline_corpus_splits_are_deterministic_and_disjoint(name):
+    a = get_corpus(name)
+    get_corpus.cache_clear()
+    b = get_corpus(name)
+    assert (a.train, a.validation, a.test) == (b.train, b.validation, b.test)
+    assert a.fingerprint == b.fingerprint
+    assert len(a.train) > 10 * len(a.test) > 0 and len(a.validation) > 0
+    # documents are disjoint: no test document appears in train or validation
+    test_docs = a.test.split("\n\n")
+    probe = [d for d in test_docs if len(d) > 200][:5]
+    assert probe
+    for d in probe:
+        assert d not in a.train and d not in a.validation
+
+
+def test_interleave_split_assigns_each_document_once():
+    docs = [f"doc{i}" for i in range(45)]
+    train, val, test = interleave_split(docs)
+    got = train.split("\n\n") + val.split("\n\n") + test.split("\n\n")
+    assert sorted(got) == sorted(docs)
+    assert test.split("\n\n") == ["doc0", "doc20", "doc40"]
+
+
+def test_calibration_sampling_is_reproducible(tok):
+    a = calibration_windows(tok, "pydoc", nsamples=8, seqlen=32, seed=3)
+    b = calibration_windows(tok, "pydoc", nsamples=8, seqlen=32, seed=3)
+    c = calibration_windows(tok, "pydoc", nsamples=8, seqlen=32, seed=4)
+    assert a.shape == (8, 32) and a.dtype == torch.long
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_evaluation_windows_are_non_overlapping_chunks_of_test(tok):
+    corpus = get_corpus("pydoc")
+    ids = tok(corpus.test, add_special_tokens=False)["input_ids"]
+    w = evaluation_windows(tok, corpus, seqlen=100)
+    assert w.shape == (len(ids) // 100, 100)
+    assert w.flatten().tolist() == ids[: w.numel()]
+
+
+def test_local_txt_and_jsonl(tmp_path, tok):
+    docs = [" ".join([f"document number {i}"] * 5) for i in range(40)]
+    txt = tmp_path / "c.txt"
+    txt.write_text("\n\n".join(docs))
+    jl = tmp_path / "c.jsonl"
+    jl.write_text("\n".join('{"text": "%s"}' % d for d in docs))
+    assert get_corpus(str(txt)).test == get_corpus(str(jl)).test
+    assert evaluation_windows(tok, str(txt), 16).shape[1] == 16
+
+
+def test_errors_name_the_problem(tmp_path, tok):
+    with pytest.raises(CorpusError, match="unknown corpus 'nope'"):
+        get_corpus("nope")
+    with pytest.raises(CorpusError, match="does not exist"):
+        get_corpus(str(tmp_path / "missing.txt"))
+    with pytest.raises(CorpusError, match="seqlen 10000000 is longer"):
+        evaluation_windows(tok, "pydoc", 10_000_000)
+    with pytest.raises(CorpusError, match="seqlen 10000000 is longer"):
+        calibration_windows(tok, "pydoc", 2, 10_000_000, 0)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"nottext": 1}\n')
+    with pytest.raises(CorpusError, match="'text' field"):
+        get_corpus(str(bad))
+
+
+def test_hub_corpus_offline_gives_actionable_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("SVDZOO_PTB_DIR", raising=False)
+    get_corpus.cache_clear()
+    with pytest.raises(CorpusError, match="corpus 'wikitext2'.*copy ~/.cache/huggingface"):
+        get_corpus("wikitext2")

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+
+from svdzoo.errors import ModelError
+from svdzoo.models import adapter_for, fingerprint, load_model, replace_module
+
+SMALL = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+
+
+def _tiny(kind: str):
+    if kind == "llama":
+        cfg = tf.LlamaConfig(**SMALL, num_key_value_heads=2, intermediate_size=48)
+    elif kind == "mistral":
+        cfg = tf.MistralConfig(**SMALL, num_key_value_heads=2, intermediate_size=48)
+    elif kind == "qwen2":
+        cfg = tf.Qwen2Config(**SMALL, num_key_value_heads=2, intermediate_size=48)
+    elif kind == "opt":
+        cfg = tf.OPTConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            ffn_dim=48,
+            word_embed_proj_dim=32,
+        )
+    elif kind == "gpt_neox":
+        cfg = tf.GPTNeoXConfig(**SMALL, intermediate_size=48)
+    else:
+        raise AssertionError(kind)
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(cfg)
+
+
+EXPECTED = {
+    "llama": {
+        "self_attn.q_proj": (32, 32),
+        "self_attn.k_proj": (16, 32),
+        "self_attn.v_proj": (16, 32),
+        "self_attn.o_proj": (32, 32),
+        "mlp.gate_proj": (48, 32),
+        "mlp.up_proj": (48, 32),
+        "mlp.down_proj": (32, 48),
+    },
+    "opt": {
+        "self_attn.q_proj": (32, 32),
+        "self_attn.k_proj": (32, 32),
+        "self_attn.v_proj": (32, 32),
+        "self_attn.out_proj": (32, 32),
+        "fc1": (48, 32),
+        "fc2": (32, 48),
+    },
+    "gpt_neox": {
+        "attention.query_key_value": (96, 32),
+        "attention.dense": (32, 32),
+        "mlp.dense_h_to_4h": (48, 32),
+        "mlp.dense_4h_to_h": (32, 48),
+    },
+}
+EXPECTED["mistral"] = EXPECTED["qwen2"] = EXPECTED["llama"]
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+def test_adapter_finds_every_decoder_linear(kind):
+    model = _tiny(kind)
+    ad = adapter_for(model)
+    found = list(ad.iter_targets(model))
+    assert len(found) == 2 * len(EXPECTED[kind])
+    for name, layer, target, lin in found:
+        assert name == f"{ad.layers_path}.{layer}.{target}"
+        assert (lin.out_features, lin.in_features) == EXPECTED[kind][target]
+    # every nn.Linear inside the decoder blocks is a target, nothing else is
+    in_blocks = {
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and n.startswith(ad.layers_path + ".")
+    }
+    assert in_blocks == {n for n, *_ in found}
+
+
+def test_shared_input_groups():
+    ad = adapter_for(_tiny("llama"))
+    assert ad.groups["attn_in"] == ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+    assert ad.group_of("mlp.up_proj") == ad.group_of("mlp.gate_proj") == "mlp_in"
+    assert ad.matrix_type("self_attn.k_proj") == "k_proj"
+
+
+def test_unknown_family_is_a_clear_error():
+    cfg = tf.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32)
+    with pytest.raises(ModelError, match="unsupported model family 'gpt2'"):
+        adapter_for(tf.GPT2LMHeadModel(cfg))
+
+
+def test_fingerprint_is_stable_and_weight_sensitive():
+    a, b = _tiny("llama"), _tiny("llama")
+    assert fingerprint(a) == fingerprint(b)
+    with torch.no_grad():
+        b.model.layers[0].mlp.up_proj.weight[0, 0] += 1e-3
+    assert fingerprint(a) != fingerprint(b)
+
+
+def test_replace_module():
+    model = _tiny("opt")
+    new = torch.nn.Identity()
+    replace_module(model, "model.decoder.layers.1.fc1", new)
+    assert model.model.decoder.layers[1].fc1 is new
+
+
+def test_missing_model_offline_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="huggingface-cli download"):
+        load_model("someone/definitely-not-cached-model")
