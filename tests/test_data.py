@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -58,7 +60,7 @@ def test_local_txt_and_jsonl(tmp_path, tok):
     txt = tmp_path / "c.txt"
     txt.write_text("\n\n".join(docs))
     jl = tmp_path / "c.jsonl"
-    jl.write_text("\n".join('{"text": "%s"}' % d for d in docs))
+    jl.write_text("\n".join(json.dumps({"text": d}) for d in docs))
     assert get_corpus(str(txt)).test == get_corpus(str(jl)).test
     assert evaluation_windows(tok, str(txt), 16).shape[1] == 16
 
