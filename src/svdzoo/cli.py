@@ -16,6 +16,7 @@ COMMANDS: tuple[str, ...] = (
     "compress",
     "evaluate",
     "build_tasks",
+    "report",
     "calibrate",
 )
 

@@ -1,0 +1,61 @@
+"""Reporting: tidy metrics, tables (md/tex/csv), figures (png/pdf), published vs ours.
+
+`build_report` is what `svdzoo report` runs; the submodules can be used on their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def build_report(
+    results_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    published: str | Path | None = None,
+    model_names: dict[str, str] | None = None,
+    expected: Iterable[str | Path] | None = None,
+    require_complete: bool = False,
+    figures: bool = True,
+) -> dict[str, list[Path]]:
+    """Collect metrics under `results_dir`, write metrics.csv, tables and figures under
+    `out_dir` (tables/, figures/), and the published comparison when `published` is given."""
+    from svdzoo.report import metrics, tables
+
+    out_dir = Path(out_dir)
+    tidy = metrics.collect(results_dir, expected=expected, require_complete=require_complete)
+    written: dict[str, list[Path]] = {}
+    csv_path = out_dir / "metrics.csv"
+    metrics.write_tidy(tidy, csv_path)
+    written["metrics"] = [csv_path]
+    written["tables"] = tables.write_all(tidy, out_dir / "tables")
+    if published is not None:
+        from svdzoo.report import published as pub
+
+        ref = pub.load_published(published)
+        comp = pub.compare(tidy, ref, model_names)
+        n_ours = len(pub.ours_long(tidy))
+        written["tables"] += pub.write(
+            comp,
+            out_dir / "tables" / "published_vs_reproduced",
+            published_path=published,
+            n_ours=n_ours,
+        )
+        log.info("published vs reproduced: %d matching row(s)", len(comp))
+    if figures:
+        from svdzoo.report import figures as figs
+
+        manifests = metrics.load_manifests(results_dir)
+        written["figures"] = figs.write_all(tidy, manifests, out_dir / "figures")
+    log.info(
+        "report: %d rows in %s, %d table files, %d figure files",
+        len(tidy),
+        csv_path,
+        len(written["tables"]),
+        len(written.get("figures", [])),
+    )
+    return written

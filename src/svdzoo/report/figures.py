@@ -1,0 +1,302 @@
+"""Figures (PNG and PDF) from the tidy metrics and the compressed manifests.
+
+- `ppl_vs_ratio_<model>`: perplexity vs compression ratio, one panel per corpus (log y),
+  one line per method, the dense model as a dashed horizontal line.
+- `zeroshot_vs_ratio_<model>`: accuracy vs ratio, one panel per task plus the mean.
+- `allocation_<model>_<method>`: heatmap of the per-matrix ratio (layer x matrix type),
+  one panel per target ratio, for methods whose manifests allocate non-uniformly.
+- `efficiency_vs_ratio_<model>`: prefill / decode throughput (largest batch) and peak
+  memory vs ratio.
+- `compression_time_<model>`: compression time per method, grouped by ratio (bars).
+
+Matplotlib runs on the Agg backend: no display needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from svdzoo.paths import DENSE, ratio_tag
+from svdzoo.report.tables import METHOD_ORDER, _method_rank
+
+log = logging.getLogger(__name__)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    from svdzoo.io import atomic_path
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in ("png", "pdf"):
+        path = stem.with_name(f"{stem.name}.{ext}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+        out.append(path)
+    _plt().close(fig)
+    return out
+
+
+def _methods(sub: pd.DataFrame) -> list[str]:
+    ms = [m for m in sub["method"].unique() if m != DENSE]
+    rank = _method_rank(ms, METHOD_ORDER)
+    return sorted(ms, key=rank.__getitem__)
+
+
+def _grid(n: int, size: tuple[float, float] = (4.2, 3.2)):
+    plt = _plt()
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False
+    )
+    flat = axes.ravel().tolist()
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _metric_vs_ratio(
+    sub: pd.DataFrame, metric: str, datasets: list[str], *, logy: bool, ylabel: str, title: str
+):
+    fig, axes = _grid(len(datasets))
+    methods = _methods(sub)
+    for ax, ds in zip(axes, datasets, strict=True):
+        d = sub[(sub["metric"] == metric) & (sub["dataset"] == ds)]
+        for method in methods:
+            line = d[d["method"] == method].sort_values("ratio")
+            if not line.empty:
+                ax.plot(line["ratio"], line["value"], marker="o", label=method)
+        dense = d[d["method"] == DENSE]["value"]
+        if not dense.empty:
+            ax.axhline(
+                float(dense.iloc[0]), color="black", linestyle="--", linewidth=1, label="dense"
+            )
+        if logy and (d["value"] > 0).any():
+            ax.set_yscale("log")
+        ax.set_title(ds)
+        ax.set_xlabel("compression ratio (fraction of parameters removed)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3, which="both")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(
+            handles,
+            labels,
+            loc="upper center",
+            ncol=min(len(labels), 6),
+            bbox_to_anchor=(0.5, 1.02 + 0.02 * (len(axes) > 3)),
+        )
+    fig.suptitle(title, y=1.08 + 0.02 * (len(axes) > 3))
+    fig.tight_layout()
+    return fig
+
+
+def ppl_vs_ratio(df: pd.DataFrame, model: str, out_dir: Path) -> list[Path]:
+    sub = df[df["model"] == model]
+    corpora = sorted(sub.loc[sub["metric"] == "perplexity", "dataset"].unique())
+    if not corpora:
+        return []
+    fig = _metric_vs_ratio(
+        sub,
+        "perplexity",
+        corpora,
+        logy=True,
+        ylabel="perplexity (log)",
+        title=f"{model}: perplexity vs ratio",
+    )
+    return _save(fig, out_dir / f"ppl_vs_ratio_{model}")
+
+
+def zeroshot_vs_ratio(df: pd.DataFrame, model: str, out_dir: Path) -> list[Path]:
+    sub = df[df["model"] == model]
+    tasks = sorted(t for t in sub.loc[sub["metric"] == "acc", "dataset"].unique() if t != "mean")
+    if not tasks:
+        return []
+    datasets = tasks + (
+        ["mean"] if ((sub["metric"] == "acc") & (sub["dataset"] == "mean")).any() else []
+    )
+    fig = _metric_vs_ratio(
+        sub,
+        "acc",
+        datasets,
+        logy=False,
+        ylabel="accuracy",
+        title=f"{model}: zero-shot accuracy vs ratio",
+    )
+    return _save(fig, out_dir / f"zeroshot_vs_ratio_{model}")
+
+
+def allocation_matrix(manifest: dict) -> pd.DataFrame:
+    """Layer x matrix-type table of per-matrix ratios (dense matrices count as 0)."""
+    rows = []
+    for name, mod in manifest.get("modules", {}).items():
+        layer = mod.get("layer")
+        mtype = mod.get("type") or name.rsplit(".", 1)[-1]
+        ratio = 0.0 if mod.get("dense") else mod.get("ratio")
+        if layer is None or ratio is None:
+            continue
+        rows.append((int(layer), mtype, float(ratio)))
+    if not rows:
+        return pd.DataFrame()
+    t = pd.DataFrame(rows, columns=["layer", "type", "ratio"])
+    return t.pivot_table(index="layer", columns="type", values="ratio", aggfunc="mean", sort=False)
+
+
+def is_allocating(manifest: dict, tol: float = 1e-3) -> bool:
+    """True when matrices of one model got different ratios (or some stayed dense)."""
+    m = allocation_matrix(manifest)
+    if m.empty:
+        return False
+    vals = m.to_numpy().ravel()
+    vals = vals[~pd.isna(vals)]
+    return len(vals) > 1 and float(vals.max() - vals.min()) > tol
+
+
+def allocation_heatmaps(
+    manifests: dict[tuple[str, str, float], dict], model: str, out_dir: Path
+) -> list[Path]:
+    written: list[Path] = []
+    by_method: dict[str, list[tuple[float, dict]]] = {}
+    for (mdl, method, ratio), man in manifests.items():
+        if mdl == model and method != DENSE and is_allocating(man):
+            by_method.setdefault(method, []).append((ratio, man))
+    for method, items in sorted(by_method.items()):
+        items.sort(key=lambda x: x[0])
+        fig, axes = _grid(len(items), size=(4.2, 3.6))
+        im = None
+        for ax, (ratio, man) in zip(axes, items, strict=True):
+            mat = allocation_matrix(man).sort_index()
+            im = ax.imshow(
+                mat.to_numpy(dtype=float), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0
+            )
+            ax.set_xticks(range(mat.shape[1]), list(mat.columns), rotation=45, ha="right")
+            ax.set_yticks(range(mat.shape[0]), [str(i) for i in mat.index])
+            ax.set_ylabel("layer")
+            ax.set_title(f"target {ratio_tag(ratio)}")
+            if mat.size <= 120:
+                for (i, j), v in pd.DataFrame(mat.to_numpy()).stack().items():
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if v < 0.6 else "black",
+                    )
+        if im is not None:
+            fig.colorbar(im, ax=axes, label="ratio removed", shrink=0.9)
+        fig.suptitle(f"{model} / {method}: per-matrix compression ratio", y=1.04)
+        written += _save(fig, out_dir / f"allocation_{model}_{method}")
+    return written
+
+
+def efficiency_vs_ratio(df: pd.DataFrame, model: str, out_dir: Path) -> list[Path]:
+    sub = df[df["model"] == model]
+    panels: list[tuple[str, str | None, str]] = []
+    for metric, label in (
+        ("prefill_tokens_per_s", "prefill tokens/s"),
+        ("decode_tokens_per_s", "decode tokens/s"),
+    ):
+        bss = sub.loc[sub["metric"] == metric, "dataset"].unique()
+        if len(bss):
+            biggest = max(bss, key=lambda b: int(b[2:]))
+            panels.append((metric, biggest, f"{label} ({biggest})"))
+    if (sub["metric"] == "peak_memory_bytes").any():
+        panels.append(("peak_memory_bytes", None, "peak memory (MB)"))
+    if (sub["metric"] == "weight_bytes").any():
+        panels.append(("weight_bytes", None, "weights (MB)"))
+    if not panels:
+        return []
+    fig, axes = _grid(len(panels))
+    methods = _methods(sub)
+    for ax, (metric, ds, label) in zip(axes, panels, strict=True):
+        d = sub[sub["metric"] == metric]
+        if ds is not None:
+            d = d[d["dataset"] == ds]
+        scale = 2**20 if metric.endswith("_bytes") else 1.0
+        for method in methods:
+            line = d[d["method"] == method].sort_values("ratio")
+            if not line.empty:
+                ax.plot(line["ratio"], line["value"] / scale, marker="o", label=method)
+        dense = d[d["method"] == DENSE]["value"]
+        if not dense.empty:
+            ax.axhline(
+                float(dense.iloc[0]) / scale,
+                color="black",
+                linestyle="--",
+                linewidth=1,
+                label="dense",
+            )
+        ax.set_title(label)
+        ax.set_xlabel("compression ratio")
+        ax.grid(True, alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(
+            handles,
+            labels,
+            loc="upper center",
+            ncol=min(len(labels), 6),
+            bbox_to_anchor=(0.5, 1.02 + 0.02 * (len(axes) > 3)),
+        )
+    fig.suptitle(f"{model}: throughput and memory vs ratio", y=1.08 + 0.02 * (len(axes) > 3))
+    fig.tight_layout()
+    return _save(fig, out_dir / f"efficiency_vs_ratio_{model}")
+
+
+def compression_time(df: pd.DataFrame, model: str, out_dir: Path) -> list[Path]:
+    sub = df[
+        (df["model"] == model) & (df["metric"] == "compression_time_s") & (df["method"] != DENSE)
+    ]
+    if sub.empty:
+        return []
+    plt = _plt()
+    methods = _methods(sub)
+    ratios = sorted(sub["ratio"].unique())
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(methods) + 2), 3.6))
+    width = 0.8 / max(1, len(ratios))
+    for j, ratio in enumerate(ratios):
+        vals = [sub[(sub["method"] == m) & (sub["ratio"] == ratio)]["value"] for m in methods]
+        heights = [float(v.iloc[0]) if not v.empty else 0.0 for v in vals]
+        xs = [i + (j - (len(ratios) - 1) / 2) * width for i in range(len(methods))]
+        ax.bar(xs, heights, width=width, label=ratio_tag(ratio))
+    ax.set_xticks(range(len(methods)), methods, rotation=20, ha="right")
+    ax.set_ylabel("compression time (s)")
+    ax.set_title(f"{model}: compression time per method")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(title="ratio", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out_dir / f"compression_time_{model}")
+
+
+def write_all(
+    df: pd.DataFrame,
+    manifests: dict[tuple[str, str, float], dict],
+    out_dir: str | Path,
+    *,
+    models: Sequence[str] | None = None,
+) -> list[Path]:
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    for model in models or sorted(df["model"].unique()):
+        written += ppl_vs_ratio(df, model, out_dir)
+        written += zeroshot_vs_ratio(df, model, out_dir)
+        written += allocation_heatmaps(manifests, model, out_dir)
+        written += efficiency_vs_ratio(df, model, out_dir)
+        written += compression_time(df, model, out_dir)
+    return written

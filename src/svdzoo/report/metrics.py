@@ -1,0 +1,295 @@
+"""Collect every per-run JSON into one tidy table: model, method, ratio, metric, dataset,
+value, stderr (one row per model x method x ratio x metric x corpus/task).
+
+Runs are found under the results directory with the layout of `svdzoo.paths.Layout`
+(`metrics/<model>/<method>/r<ratio>/{ppl,zeroshot,efficiency}.json`, compressed manifests
+under `compressed/<model>/<method>/r<ratio>/`). Labels come from the path, which the
+layout makes authoritative; a JSON whose own labels disagree is reported in the log.
+
+Metric names (column `metric`; `dataset` is `-` where none applies):
+- `perplexity` per corpus; `acc`, `acc_norm` per task, and `acc` for dataset `mean`
+- `params_total`, `params_targets`, `weight_bytes`, `peak_memory_bytes`,
+  `compression_time_s`; `prefill_tokens_per_s`, `decode_tokens_per_s` per `bs<N>`
+- from manifests: `achieved_ratio` (targeted linears), `model_achieved_ratio` (whole
+  model), and `compression_time_s` when efficiency.json has none
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from svdzoo.errors import SvdzooError
+from svdzoo.paths import Layout
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["model", "method", "ratio", "metric", "dataset", "value", "stderr"]
+KINDS = ("ppl", "zeroshot", "efficiency")
+NO_DATASET = "-"
+LOWER_IS_BETTER = {
+    "perplexity",
+    "params_total",
+    "params_targets",
+    "weight_bytes",
+    "peak_memory_bytes",
+    "compression_time_s",
+}
+
+
+class MetricsError(SvdzooError, ValueError):
+    pass
+
+
+def _under_results(path: Path) -> tuple[str, ...]:
+    """Parts of a Layout path below `results/`, so any directory can play `results`."""
+    return path.relative_to(Layout(Path("/__root__")).results).parts
+
+
+def metric_file(results_dir: Path, kind: str, model: str, method: str, ratio: float) -> Path:
+    """Where `kind` (ppl/zeroshot/efficiency) of a run lives under `results_dir`."""
+    layout = Layout(Path("/__root__"))
+    fn = {"ppl": layout.ppl, "zeroshot": layout.zeroshot, "efficiency": layout.efficiency}[kind]
+    return Path(results_dir, *_under_results(fn(model, method, ratio)))
+
+
+def manifest_file(results_dir: Path, model: str, method: str, ratio: float) -> Path:
+    layout = Layout(Path("/__root__"))
+    return Path(results_dir, *_under_results(layout.compressed_manifest(model, method, ratio)))
+
+
+def _glob_pattern(path_fn) -> tuple[str, int, int, int]:
+    """Turn a Layout path function into a glob and the indices of model/method/ratio."""
+    parts = list(_under_results(path_fn("__M__", "__X__", 0.0)))
+    im, ix, ir = parts.index("__M__"), parts.index("__X__"), parts.index("r0.00")
+    parts[im] = parts[ix] = "*"
+    parts[ir] = "r*"
+    return "/".join(parts), im, ix, ir
+
+
+def _parse_ratio(tag: str) -> float | None:
+    try:
+        return float(tag[1:]) if tag.startswith("r") else None
+    except ValueError:
+        return None
+
+
+@dataclass
+class Run:
+    model: str
+    method: str
+    ratio: float
+    files: dict[str, Path] = field(default_factory=dict)  # kind -> existing file
+    manifest: Path | None = None
+
+
+def discover(results_dir: str | Path) -> dict[tuple[str, str, float], Run]:
+    """Every run with at least one metric file, keyed by (model, method, ratio)."""
+    results_dir = Path(results_dir)
+    layout = Layout(Path("/__root__"))
+    runs: dict[tuple[str, str, float], Run] = {}
+    for kind, fn in (
+        ("ppl", layout.ppl),
+        ("zeroshot", layout.zeroshot),
+        ("efficiency", layout.efficiency),
+    ):
+        pattern, im, ix, ir = _glob_pattern(fn)
+        for path in sorted(results_dir.glob(pattern)):
+            parts = path.relative_to(results_dir).parts
+            ratio = _parse_ratio(parts[ir])
+            if ratio is None:
+                log.warning("skipping %s: %r is not a ratio tag like r0.40", path, parts[ir])
+                continue
+            key = (parts[im], parts[ix], ratio)
+            run = runs.setdefault(key, Run(*key))
+            run.files[kind] = path
+    for (model, method, ratio), run in runs.items():
+        mpath = manifest_file(results_dir, model, method, ratio)
+        if mpath.exists():
+            run.manifest = mpath
+    return runs
+
+
+def _read(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MetricsError(
+            f"{path} is not valid JSON ({exc}); re-run the stage that writes it"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise MetricsError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def _need(obj: dict, key: str, path: Path):
+    if key not in obj:
+        raise MetricsError(f"{path}: missing key {key!r}")
+    return obj[key]
+
+
+def _num(x) -> float:
+    if x is None:
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _check_labels(obj: dict, run: Run, path: Path) -> None:
+    for key, want in (("method", run.method), ("ratio", run.ratio)):
+        got = obj.get(key)
+        if got is None:
+            continue
+        same = abs(_num(got) - want) < 5e-3 if key == "ratio" else got == want
+        if not same:
+            log.warning(
+                "%s says %s=%r but sits at %s=%r; using the path", path, key, got, key, want
+            )
+
+
+def _rows_ppl(obj: dict, path: Path) -> Iterable[tuple]:
+    for corpus, v in _need(obj, "perplexity", path).items():
+        yield "perplexity", corpus, _num(v), math.nan
+
+
+def _rows_zeroshot(obj: dict, path: Path) -> Iterable[tuple]:
+    for task, vals in _need(obj, "tasks", path).items():
+        yield "acc", task, _num(vals.get("acc")), _num(vals.get("acc_stderr"))
+        if vals.get("acc_norm") is not None:
+            yield "acc_norm", task, _num(vals.get("acc_norm")), _num(vals.get("acc_norm_stderr"))
+    if obj.get("mean_acc") is not None:
+        yield "acc", "mean", _num(obj["mean_acc"]), math.nan
+
+
+_EFF_SCALARS = (
+    "params_total",
+    "params_targets",
+    "weight_bytes",
+    "peak_memory_bytes",
+    "compression_time_s",
+)
+
+
+def _rows_efficiency(obj: dict, path: Path) -> Iterable[tuple]:
+    for key in _EFF_SCALARS:
+        if obj.get(key) is not None:
+            yield key, NO_DATASET, _num(obj[key]), math.nan
+    for row in obj.get("throughput", []):
+        bs = f"bs{int(_need(row, 'batch_size', path))}"
+        for key in ("prefill_tokens_per_s", "decode_tokens_per_s"):
+            if row.get(key) is not None:
+                yield key, bs, _num(row[key]), math.nan
+
+
+def _rows_manifest(obj: dict, path: Path) -> Iterable[tuple]:
+    if obj.get("achieved_ratio") is not None:
+        yield "achieved_ratio", NO_DATASET, _num(obj["achieved_ratio"]), math.nan
+    dense, comp = obj.get("model_params_dense"), obj.get("model_params_compressed")
+    if dense and comp is not None:
+        yield "model_achieved_ratio", NO_DATASET, 1.0 - _num(comp) / _num(dense), math.nan
+    if obj.get("compression_time_s") is not None:
+        yield "compression_time_s", NO_DATASET, _num(obj["compression_time_s"]), math.nan
+
+
+_READERS = {"ppl": _rows_ppl, "zeroshot": _rows_zeroshot, "efficiency": _rows_efficiency}
+
+
+def missing_files(
+    runs: dict[tuple[str, str, float], Run], kinds: Iterable[str] = KINDS
+) -> list[Path]:
+    """Metric files a run lacks although other runs of the tree have that kind: partial
+    results (a crashed or still-running job), not a deliberate choice of metrics."""
+    present = {k for run in runs.values() for k in run.files}
+    wanted = [k for k in kinds if k in present]
+    out = []
+    for run in runs.values():
+        any_file = next(iter(run.files.values()))
+        for k in wanted:
+            if k not in run.files:
+                out.append(any_file.with_name(f"{k}.json"))
+    return sorted(out)
+
+
+def collect(
+    results_dir: str | Path,
+    *,
+    expected: Iterable[str | Path] | None = None,
+    require_complete: bool = False,
+) -> pd.DataFrame:
+    """The tidy table of every run under `results_dir`.
+
+    `expected`: metric files that must exist (e.g. Snakemake's inputs); any missing is an
+    error naming them all. Otherwise runs are globbed, and runs lacking a kind that other
+    runs have are listed in a warning (an error with `require_complete`).
+    """
+    results_dir = Path(results_dir)
+    if expected is not None:
+        expected = [Path(p) for p in expected]
+        absent = [p for p in expected if not p.exists()]
+        if absent:
+            raise MetricsError(
+                f"{len(absent)} expected metric file(s) missing:\n  "
+                + "\n  ".join(map(str, absent))
+            )
+    if not results_dir.is_dir():
+        raise MetricsError(f"results directory {results_dir} does not exist")
+    runs = discover(results_dir)
+    if not runs:
+        example = metric_file(results_dir, "ppl", "<model>", "<method>", 0.4)
+        raise MetricsError(f"no metric files under {results_dir} (expected files like {example})")
+    partial = missing_files(runs)
+    if partial:
+        msg = (
+            f"{len(partial)} metric file(s) missing for runs that have other metrics:\n  "
+            + "\n  ".join(map(str, partial))
+        )
+        if require_complete:
+            raise MetricsError(msg)
+        log.warning("%s", msg)
+    rows = []
+    for (model, method, ratio), run in sorted(runs.items()):
+        seen_time = False
+        for kind, path in sorted(run.files.items()):
+            obj = _read(path)
+            _check_labels(obj, run, path)
+            for metric, dataset, value, stderr in _READERS[kind](obj, path):
+                seen_time |= metric == "compression_time_s"
+                rows.append((model, method, ratio, metric, dataset, value, stderr))
+        if run.manifest is not None:
+            for metric, dataset, value, stderr in _rows_manifest(_read(run.manifest), run.manifest):
+                if metric == "compression_time_s" and seen_time:
+                    continue
+                rows.append((model, method, ratio, metric, dataset, value, stderr))
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.sort_values(
+        ["model", "method", "ratio", "metric", "dataset"], kind="stable"
+    ).reset_index(drop=True)
+
+
+def load_manifests(results_dir: str | Path) -> dict[tuple[str, str, float], dict]:
+    """Every compressed manifest under `results_dir`, keyed by (model, method, ratio)."""
+    results_dir = Path(results_dir)
+    layout = Layout(Path("/__root__"))
+    pattern, im, ix, ir = _glob_pattern(layout.compressed_manifest)
+    out = {}
+    for path in sorted(results_dir.glob(pattern)):
+        parts = path.relative_to(results_dir).parts
+        ratio = _parse_ratio(parts[ir])
+        if ratio is not None:
+            out[(parts[im], parts[ix], ratio)] = _read(path)
+    return out
+
+
+def write_tidy(df: pd.DataFrame, path: str | Path) -> None:
+    from svdzoo.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.10g")

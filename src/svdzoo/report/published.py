@@ -1,0 +1,150 @@
+"""Published vs reproduced: the papers' numbers (data/published.csv) beside ours.
+
+Rows join on model, method, ratio and metric. Our model keys (from params.yaml, e.g.
+`llama-7b`) map to the papers' names through `model_names` (`{"llama-7b": "LLaMA-7B"}`);
+without an entry a key matches a published name case-insensitively. Our `dense` method
+is the papers' `original`. Metrics: `wikitext2_ppl`, `ptb_ppl`, `c4_ppl` (our corpora
+`wikitext2`, `ptb`, `c4`) and `zero_shot_avg` (our mean accuracy, a fraction). AdaSVD
+reports accuracy in percent: any `zero_shot_avg` above 1 is divided by 100. The papers
+average different task sets (see their `note`), so compare zero-shot with care.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from svdzoo.errors import SvdzooError
+from svdzoo.io import write_text
+from svdzoo.paths import DENSE
+
+CORPUS_COLUMNS = {"wikitext2": "wikitext2_ppl", "ptb": "ptb_ppl", "c4": "c4_ppl"}
+ZERO_SHOT = "zero_shot_avg"
+METRICS = (*CORPUS_COLUMNS.values(), ZERO_SHOT)
+METHOD_ALIASES = {DENSE: "original"}
+OUT_COLUMNS = [
+    "model",
+    "published_model",
+    "method",
+    "ratio",
+    "metric",
+    "published",
+    "reproduced",
+    "diff",
+    "rel_diff",
+    "source",
+    "table",
+    "note",
+]
+
+
+class PublishedError(SvdzooError, ValueError):
+    pass
+
+
+def load_published(path: str | Path) -> pd.DataFrame:
+    """Long table: source, table, model, method, ratio, metric, value, note."""
+    path = Path(path)
+    if not path.exists():
+        raise PublishedError(f"published results file {path} does not exist")
+    wide = pd.read_csv(path)
+    need = {"source", "table", "model", "method", "ratio", *METRICS}
+    missing = need - set(wide.columns)
+    if missing:
+        raise PublishedError(f"{path}: missing column(s) {sorted(missing)}")
+    if "note" not in wide.columns:
+        wide["note"] = ""
+    long = wide.melt(
+        id_vars=["source", "table", "model", "method", "ratio", "note"],
+        value_vars=list(METRICS),
+        var_name="metric",
+        value_name="value",
+    ).dropna(subset=["value"])
+    long["value"] = long["value"].astype(float)
+    pct = (long["metric"] == ZERO_SHOT) & (long["value"] > 1.0)
+    long.loc[pct, "value"] = long.loc[pct, "value"] / 100.0
+    long["note"] = long["note"].fillna("")
+    long["ratio"] = long["ratio"].astype(float).round(4)
+    return long.reset_index(drop=True)
+
+
+def ours_long(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Our tidy metrics reduced to the published metrics: model, method, ratio, metric, value."""
+    ppl = tidy[(tidy["metric"] == "perplexity") & tidy["dataset"].isin(list(CORPUS_COLUMNS))]
+    ppl = ppl.assign(metric=ppl["dataset"].map(CORPUS_COLUMNS))
+    acc = tidy[(tidy["metric"] == "acc") & (tidy["dataset"] == "mean")].assign(metric=ZERO_SHOT)
+    out = pd.concat([ppl, acc])[["model", "method", "ratio", "metric", "value"]]
+    out = out.assign(
+        method_pub=out["method"].map(lambda m: METHOD_ALIASES.get(m, m)),
+        ratio=out["ratio"].astype(float).round(4),
+    )
+    return out.reset_index(drop=True)
+
+
+def compare(
+    tidy: pd.DataFrame, published: pd.DataFrame, model_names: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """Every (model, method, ratio, metric) that both we and a paper report."""
+    model_names = dict(model_names or {})
+    ours = ours_long(tidy)
+    pub_models = {m.lower(): m for m in published["model"].unique()}
+    ours["published_model"] = ours["model"].map(
+        lambda k: model_names.get(k, pub_models.get(str(k).lower()))
+    )
+    ours = ours.dropna(subset=["published_model"])
+    merged = ours.merge(
+        published.rename(
+            columns={"model": "published_model", "method": "method_pub", "value": "published"}
+        ),
+        on=["published_model", "method_pub", "ratio", "metric"],
+        how="inner",
+    ).rename(columns={"value": "reproduced"})
+    if merged.empty:
+        return pd.DataFrame(columns=OUT_COLUMNS)
+    merged["diff"] = merged["reproduced"] - merged["published"]
+    merged["rel_diff"] = merged["diff"] / merged["published"].abs()
+    merged = merged.sort_values(["model", "ratio", "method", "metric", "source"], kind="stable")
+    return merged[OUT_COLUMNS].reset_index(drop=True)
+
+
+def write(
+    comparison: pd.DataFrame, stem: str | Path, *, published_path: str | Path = "", n_ours: int = 0
+) -> list[Path]:
+    """`<stem>.csv` and `<stem>.md`; with no matches, a header-only CSV and a Markdown line
+    saying so (and why matches can be absent)."""
+    stem = Path(stem)
+    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    write_text(csv_path, comparison.to_csv(index=False, float_format="%.10g"))
+    title = "### Published vs reproduced"
+    if comparison.empty:
+        body = (
+            f"No matching rows: none of our {n_ours} (model, method, ratio, metric) results "
+            f"matches a published one in {published_path or 'the published table'}. Matches need "
+            "the same model (map keys with `--model-names key=Name`), method, ratio and a corpus "
+            "among wikitext2/ptb/c4 or the zero-shot mean."
+        )
+    else:
+        show = comparison.copy()
+        for col in ("published", "reproduced", "diff"):
+            show[col] = show[col].map(lambda v: f"{v:.4g}")
+        show["rel_diff"] = show["rel_diff"].map(lambda v: f"{100 * v:+.1f}%")
+        show["ratio"] = show["ratio"].map(lambda v: f"{v:.2f}")
+        body = show.drop(columns=["note"]).to_markdown(index=False, disable_numparse=True)
+        body += (
+            "\n\nzero_shot_avg is a fraction (AdaSVD's percentages divided by 100); papers "
+            "average different task sets, see the CSV's note column."
+        )
+    write_text(md_path, f"{title}\n\n{body}\n")
+    return [csv_path, md_path]
+
+
+def parse_model_names(items: list[str] | None) -> dict[str, str]:
+    """`["llama-7b=LLaMA-7B", ...] -> {"llama-7b": "LLaMA-7B"}` with a clear error."""
+    out = {}
+    for item in items or []:
+        key, sep, name = item.partition("=")
+        if not sep or not key or not name:
+            raise PublishedError(f"--model-names expects key=Name, got {item!r}")
+        out[key.strip()] = name.strip()
+    return out

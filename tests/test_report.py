@@ -1,0 +1,313 @@
+"""Reporting on a small synthetic metrics tree: tidy CSV, tables, figures, published join."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from svdzoo.cli import main
+from svdzoo.io import write_json
+from svdzoo.paths import Layout
+from svdzoo.report import build_report
+from svdzoo.report.metrics import COLUMNS, MetricsError, collect
+from svdzoo.report.published import compare, load_published
+from svdzoo.report.tables import best_mask, table1
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "data" / "published.csv"
+CORPORA = ("wikitext2", "pydoc")
+TASKS = ("task_a", "task_b")
+# (method, ratio) -> wikitext2 perplexity; other metrics derive from it
+RUNS = {
+    ("dense", 0.0): 6.0,
+    ("svd", 0.2): 900.0,
+    ("svd-llm", 0.2): 8.0,
+    ("svd-llm-v2", 0.2): 7.5,
+    ("svd", 0.4): 5000.0,
+    ("svd-llm", 0.4): 14.0,
+    ("svd-llm-v2", 0.4): 11.0,
+}
+MODELS = ("llama-7b", "ref-llama")
+
+
+def _manifest(method: str, ratio: float) -> dict:
+    modules = {}
+    types = ("q_proj", "k_proj", "down_proj")
+    for layer in range(3):
+        for j, t in enumerate(types):
+            r = ratio if method != "svd-llm-v2" else ratio + 0.1 * (j - 1) + 0.02 * layer
+            modules[f"model.layers.{layer}.{t}"] = {
+                "m": 64, "n": 64, "rank": 8, "kept_columns": 0, "ratio": r,
+                "dense": False, "layer": layer, "type": t,
+            }  # fmt: skip
+    return {
+        "method": method, "ratio": ratio, "achieved_ratio": ratio,
+        "params_dense": 1000, "params_compressed": int(1000 * (1 - ratio)),
+        "model_params_dense": 2000, "model_params_compressed": 2000 - int(1000 * ratio),
+        "compression_time_s": 10.0 + 100 * ratio + (5.0 if method == "svd-llm-v2" else 0.0),
+        "modules": modules,
+    }  # fmt: skip
+
+
+def make_tree(root: Path, *, skip: set[tuple[str, str, float, str]] = frozenset()) -> Path:
+    """results/ under `root` for MODELS x RUNS; `skip` removes (model, method, ratio, kind)."""
+    layout = Layout(root)
+    for model in MODELS:
+        for (method, ratio), ppl in RUNS.items():
+            labels = {"model": model, "method": method, "ratio": ratio}
+            acc = 0.6 if ppl < 10 else 0.5 if ppl < 100 else 0.26
+            files = {
+                "ppl": (
+                    layout.ppl(model, method, ratio),
+                    {
+                        **labels,
+                        "seqlen": 128,
+                        "perplexity": {"wikitext2": ppl, "pydoc": ppl / 2},
+                        "n_windows": {"wikitext2": 4, "pydoc": 4},
+                    },
+                ),
+                "zeroshot": (
+                    layout.zeroshot(model, method, ratio),
+                    {
+                        **labels,
+                        "tasks": {
+                            t: {
+                                "acc": acc + 0.01 * i,
+                                "acc_stderr": 0.02,
+                                "acc_norm": acc,
+                                "acc_norm_stderr": 0.02,
+                            }
+                            for i, t in enumerate(TASKS)
+                        },
+                        "mean_acc": acc + 0.005,
+                    },
+                ),
+                "efficiency": (
+                    layout.efficiency(model, method, ratio),
+                    {
+                        **labels,
+                        "params_total": 2000 - int(1000 * ratio),
+                        "params_targets": int(1000 * (1 - ratio)),
+                        "weight_bytes": 4 * (2000 - int(1000 * ratio)),
+                        "peak_memory_bytes": 10_000 - int(3000 * ratio),
+                        "throughput": [
+                            {
+                                "batch_size": bs,
+                                "prefill_tokens_per_s": 1000.0 * bs * (1 + ratio),
+                                "decode_tokens_per_s": 50.0 * bs * (1 + ratio),
+                            }
+                            for bs in (1, 4)
+                        ],
+                        "compression_time_s": None,
+                    },
+                ),
+            }
+            for kind, (path, obj) in files.items():
+                if (model, method, ratio, kind) not in skip:
+                    write_json(path, obj)
+            if method != "dense":
+                write_json(
+                    layout.compressed_manifest(model, method, ratio), _manifest(method, ratio)
+                )
+    return layout.results
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    results = make_tree(root)
+    build_report(results, results, published=PUBLISHED, model_names={"ref-llama": "NoSuchModel"})
+    return results
+
+
+def test_tidy_csv_rows_and_columns(report: Path) -> None:
+    df = pd.read_csv(report / "metrics.csv", keep_default_na=False, na_values=[""])
+    assert list(df.columns) == COLUMNS
+    n_runs = len(MODELS) * len(RUNS)
+    ppl = df[df["metric"] == "perplexity"]
+    assert len(ppl) == n_runs * len(CORPORA)
+    assert set(ppl["dataset"]) == set(CORPORA)
+    acc = df[df["metric"] == "acc"]
+    assert len(acc) == n_runs * (len(TASKS) + 1)  # tasks + mean
+    row = ppl[
+        (ppl["model"] == "llama-7b")
+        & (ppl["method"] == "svd-llm")
+        & (ppl["ratio"] == 0.4)
+        & (ppl["dataset"] == "wikitext2")
+    ]
+    assert row["value"].tolist() == [14.0]
+    dec = df[(df["metric"] == "decode_tokens_per_s") & (df["dataset"] == "bs4")]
+    assert len(dec) == n_runs
+    # compression time comes from the manifest when efficiency.json has none; dense has none
+    ct = df[df["metric"] == "compression_time_s"]
+    assert len(ct) == len(MODELS) * (len(RUNS) - 1)
+    assert not df.duplicated(["model", "method", "ratio", "metric", "dataset"]).any()
+
+
+def test_table1_files_and_bold_best(report: Path) -> None:
+    tables = report / "tables"
+    t = pd.read_csv(tables / "table1_llama-7b.csv")
+    assert list(t.columns[:2]) == ["method", "ratio"]
+    assert {"ppl:wikitext2", "ppl:pydoc", "acc:task_a", "acc:task_b", "acc:mean"} <= set(t.columns)
+    assert t["method"].iloc[0] == "dense" and len(t) == len(RUNS)
+    md = (tables / "table1_llama-7b.md").read_text()
+    lines = {
+        ln.split("|")[1].strip(): ln
+        for ln in md.splitlines()
+        if ln.startswith("|") and "---" not in ln
+    }
+    svd_llm_v2 = [ln for ln in md.splitlines() if "| svd-llm-v2" in ln]
+    assert len(svd_llm_v2) == 2 and all("**" in ln for ln in svd_llm_v2)  # best at both ratios
+    assert "**" not in lines["dense"] and not any(
+        "**" in ln for ln in md.splitlines() if "| svd " in ln
+    )
+    tex = (tables / "table1_llama-7b.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"\textbf{" in tex and r"svd-llm-v2" in tex
+    assert r"task\_a" in tex
+    s = pd.read_csv(tables / "summary_ref-llama.csv")
+    assert "compression time (s)" in s.columns and "decode tok/s (bs4)" in s.columns
+    assert (tables / "summary_ref-llama.md").exists() and (
+        tables / "summary_ref-llama.tex"
+    ).exists()
+
+
+def test_best_mask_directions() -> None:
+    df = pd.DataFrame(
+        [
+            ("m", "a", 0.4, "perplexity", "c", 10.0, None),
+            ("m", "b", 0.4, "perplexity", "c", 20.0, None),
+            ("m", "a", 0.4, "acc", "t", 0.3, None),
+            ("m", "b", 0.4, "acc", "t", 0.5, None),
+            ("m", "a", 0.6, "perplexity", "c", 50.0, None),
+            ("m", "dense", 0.0, "perplexity", "c", 1.0, None),
+        ],
+        columns=COLUMNS,
+    )
+    t = table1(df, "m")
+    mask = best_mask(t)
+    at = {(r.method, r.ratio): i for i, r in t.iterrows()}
+    assert mask.at[at[("a", 0.4)], "ppl:c"] and not mask.at[at[("b", 0.4)], "ppl:c"]
+    assert mask.at[at[("b", 0.4)], "acc:t"] and not mask.at[at[("a", 0.4)], "acc:t"]
+    assert not mask.at[at[("a", 0.6)], "ppl:c"]  # alone at its ratio: nothing to beat
+    assert not mask.loc[at[("dense", 0.0)]].any()
+
+
+def test_figures_are_readable_images(report: Path) -> None:
+    import matplotlib.image as mpimg
+
+    figs = report / "figures"
+    for model in MODELS:
+        for stem in (
+            "ppl_vs_ratio",
+            "zeroshot_vs_ratio",
+            "efficiency_vs_ratio",
+            "compression_time",
+        ):
+            png = figs / f"{stem}_{model}.png"
+            assert png.exists() and (figs / f"{stem}_{model}.pdf").exists(), png
+            img = mpimg.imread(png)
+            assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    # only the allocating method gets a heatmap
+    heatmaps = sorted(p.name for p in figs.glob("allocation_*.png"))
+    assert heatmaps == [f"allocation_{m}_svd-llm-v2.png" for m in MODELS]
+
+
+def test_published_vs_reproduced(report: Path) -> None:
+    comp = pd.read_csv(report / "tables" / "published_vs_reproduced.csv")
+    assert len(comp) > 0
+    assert set(comp["model"]) == {"llama-7b"}  # ref-llama maps to a name with no rows
+    row = comp[
+        (comp["method"] == "svd-llm") & (comp["ratio"] == 0.4) & (comp["metric"] == "wikitext2_ppl")
+    ]
+    assert row["published"].tolist() == [13.73] and row["reproduced"].tolist() == [14.0]
+    assert row["diff"].iloc[0] == pytest.approx(0.27)
+    dense = comp[(comp["method"] == "dense") & (comp["metric"] == "wikitext2_ppl")]
+    assert dense["published"].tolist() == [5.68]
+    md = (report / "tables" / "published_vs_reproduced.md").read_text()
+    assert "13.73" in md and "LLaMA-7B" in md
+
+
+def test_published_percent_is_normalised_and_mapping_applies() -> None:
+    pub = load_published(PUBLISHED)
+    ada = pub[
+        (pub["model"] == "LLaMA-2-7B")
+        & (pub["method"] == "adasvd")
+        & (pub["ratio"] == 0.4)
+        & (pub["metric"] == "zero_shot_avg")
+    ]
+    assert ada["value"].tolist() == [pytest.approx(0.4263)]
+    ours = pd.DataFrame([("l2", "adasvd", 0.4, "acc", "mean", 0.40, None)], columns=COLUMNS)
+    assert compare(ours, pub).empty
+    comp = compare(ours, pub, {"l2": "LLaMA-2-7B"})
+    assert comp["diff"].tolist() == [pytest.approx(0.40 - 0.4263)]
+
+
+def test_no_matching_rows_writes_a_clear_file(tmp_path: Path) -> None:
+    results = make_tree(tmp_path)
+    build_report(
+        results,
+        tmp_path / "out",
+        published=PUBLISHED,
+        model_names={"llama-7b": "Nope", "ref-llama": "Nope"},
+        figures=False,
+    )
+    md = (tmp_path / "out" / "tables" / "published_vs_reproduced.md").read_text()
+    assert "No matching rows" in md
+    assert len(pd.read_csv(tmp_path / "out" / "tables" / "published_vs_reproduced.csv")) == 0
+
+
+def test_missing_metrics_are_clear_errors(tmp_path: Path, caplog) -> None:
+    skip = {("ref-llama", "svd", 0.4, "zeroshot")}
+    results = make_tree(tmp_path, skip=skip)
+    layout = Layout(tmp_path)
+    missing = layout.zeroshot("ref-llama", "svd", 0.4)
+    with caplog.at_level(logging.WARNING):
+        df = collect(results)
+    assert str(missing) in caplog.text
+    assert not (
+        (df["model"] == "ref-llama")
+        & (df["method"] == "svd")
+        & (df["ratio"] == 0.4)
+        & (df["metric"] == "acc")
+    ).any()
+    with pytest.raises(MetricsError, match="zeroshot.json"):
+        collect(results, require_complete=True)
+    expected = [layout.ppl("ref-llama", "svd", 0.4), missing]
+    with pytest.raises(
+        MetricsError, match=r"1 expected metric file\(s\) missing:\n  .*r0.40/zeroshot.json"
+    ):
+        collect(results, expected=expected)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MetricsError, match="no metric files"):
+        collect(tmp_path / "empty")
+
+
+def test_cli_reports_and_fails_cleanly(tmp_path: Path, capsys) -> None:
+    results = make_tree(tmp_path)
+    rc = main(
+        [
+            "report",
+            "--results",
+            str(results),
+            "--out",
+            str(tmp_path / "o"),
+            "--published",
+            str(PUBLISHED),
+            "--model-names",
+            "ref-llama=LLaMA-7B",
+            "--no-figures",
+        ]
+    )
+    assert rc == 0
+    comp = pd.read_csv(tmp_path / "o" / "tables" / "published_vs_reproduced.csv")
+    assert set(comp["model"]) == {"llama-7b", "ref-llama"}
+    (results / "metrics" / "llama-7b" / "svd" / "r0.20" / "ppl.json").write_text("{not json")
+    rc = main(["report", "--results", str(results), "--out", str(tmp_path / "o2"), "--no-figures"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "ppl.json is not valid JSON" in err and "Traceback" not in err
+    rc = main(["report", "--results", str(tmp_path / "nope"), "--no-figures"])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+    rc = main(["report", "--results", str(results), "--model-names", "oops", "--no-figures"])
+    assert rc == 2 and "key=Name" in capsys.readouterr().err
