@@ -202,7 +202,7 @@ def load_model(
         raise ModelError(_hub_hint(str(model_id))) from exc
     adapter_for(config)  # fail before loading weights
     model = AutoModelForCausalLM.from_pretrained(
-        str(model_id), torch_dtype=resolve_dtype(dtype), low_cpu_mem_usage=True
+        str(model_id), dtype=resolve_dtype(dtype), low_cpu_mem_usage=True
     )
     model.to(resolve_device(device))
     model.eval()
