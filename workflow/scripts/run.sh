@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Set up (or reuse) the virtual environment, then run the default reproduction or the tests.
+#   bash workflow/scripts/run.sh reproduce [snakemake args...]
+#   bash workflow/scripts/run.sh test [pytest args...]
+# Environment: PYTHON (default python3), SVDZOO_VENV (default .venv),
+# SVDZOO_TORCH (default "torch==2.13.0"; set e.g. "torch" after configuring a CUDA index for GPUs).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+mode="${1:-}"
+[ $# -gt 0 ] && shift
+case "$mode" in
+  reproduce|test|setup) ;;
+  *) echo "usage: bash workflow/scripts/run.sh {reproduce|test|setup} [args...]" >&2; exit 2 ;;
+esac
+
+PYTHON="${PYTHON:-python3}"
+VENV="${SVDZOO_VENV:-.venv}"
+TORCH_SPEC="${SVDZOO_TORCH:-torch==2.13.0}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[svdzoo] creating virtual environment $VENV" >&2
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+
+stamp="$VENV/.svdzoo-install"
+want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) $TORCH_SPEC"
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+  echo "[svdzoo] installing dependencies into $VENV" >&2
+  "$PY" -m pip install -q --upgrade pip
+  # torch first, pinned: every later requirement is then already satisfied by it, so no
+  # CUDA build is pulled in behind our back.
+  if ! "$PY" -c "import torch" 2>/dev/null; then
+    "$PY" -m pip install -q "$TORCH_SPEC"
+  fi
+  "$PY" -m pip install -q -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
+
+export PATH="$PWD/$VENV/bin:$PATH"
+export TOKENIZERS_PARALLELISM=false
+case "$mode" in
+  setup) echo "[svdzoo] environment ready: source $VENV/bin/activate" >&2 ;;
+  reproduce)
+    export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
+    exec snakemake --cores all "$@" ;;
+  test)
+    export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+    exec "$PY" -m pytest -q "$@" ;;
+esac
