@@ -18,6 +18,7 @@ COMMANDS: tuple[str, ...] = (
     "build_tasks",
     "report",
     "calibrate",
+    "validate_params",
 )
 
 

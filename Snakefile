@@ -1,0 +1,47 @@
+"""svdzoo: every configured model x method x ratio, compressed, evaluated and reported.
+
+    snakemake --cores all                                    # params.yaml (offline default)
+    snakemake --cores all --config params=workflow/configs/paper-llama-7b.yaml
+
+The experiment lives in one params file, validated (svdzoo.config) before any job runs;
+paths come from svdzoo.paths.Layout, the scheme dvc.yaml spells out literally. The rules
+only call the `svdzoo` CLI. See docs/workflow.md.
+"""
+
+from snakemake.exceptions import WorkflowError
+
+from svdzoo import config as svdconf
+from svdzoo.errors import ConfigError
+from svdzoo.paths import DENSE, Layout
+
+
+PARAMS_FILE = config.get("params", "params.yaml")
+try:
+    P = svdconf.load_params(PARAMS_FILE)
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+L = Layout()
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    model=_alt(P["models"]),
+    method=_alt(P["methods"]),
+    ratio=r"[0-9]+\.[0-9]{2}",
+    calib=_alt([CALIB]),
+    kind="duo|asvd",
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/calibrate.smk"
+include: "workflow/rules/compress.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        report_outputs(),
+    default_target: True

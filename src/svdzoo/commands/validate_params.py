@@ -1,0 +1,38 @@
+"""`svdzoo validate-params`: check a params file the way the Snakefile does, before any job."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "validate-params"
+HELP = "validate a params.yaml (schema, method/corpus/task names, ratio range) and summarise it"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("params", nargs="?", default="params.yaml", help="params file")
+    p.add_argument(
+        "--schema", help="JSON schema (default: workflow/schemas/params.schema.json nearby)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+
+
+def run(args: argparse.Namespace) -> int:
+    from svdzoo.config import calib_tag, load_params, needed_stats
+
+    params = load_params(args.params, args.schema)
+    if not args.quiet:
+        n_models, n_methods, n_ratios = (
+            len(params["models"]),
+            len(params["methods"]),
+            len(params["ratios"]),
+        )
+        print(f"{args.params}: valid")
+        print(f"  models      {', '.join(params['models'])}")
+        print(f"  methods     {', '.join(params['methods'])}")
+        print(f"  ratios      {', '.join(params['ratios'])}")
+        print(f"  calibration {calib_tag(params)} -> {', '.join(sorted(needed_stats(params)))}")
+        print(
+            f"  {n_models * n_methods * n_ratios} compressed models, "
+            f"{n_models * (n_methods * n_ratios + 1)} evaluations"
+        )
+    return 0

@@ -1,0 +1,71 @@
+# Statistics, once per model x calibration set, shared by every method and ratio.
+
+
+rule calibrate:
+    """Gram matrices, abs-means and layer cosines (svdzoo calibrate)."""
+    input:
+        lambda w: model_input(w.model),
+    output:
+        directory(str(L.gram("{model}", "{calib}"))),
+    params:
+        model=lambda w: model_arg(w.model),
+        extra=flags("calibration"),
+    log:
+        log_path("calibrate", "{model}", "{calib}"),
+    conda:
+        "../envs/svdzoo.yaml"
+    threads: res("calibrate")["threads"]
+    resources:
+        gpu=res("calibrate")["gpu"],
+        mem_mb=res("calibrate")["mem_mb"],
+        runtime=res("calibrate")["runtime"],
+    shell:
+        "OMP_NUM_THREADS={threads} svdzoo calibrate --model {params.model}"
+        " --model-name {wildcards.model} {params.extra} --out {output} > {log} 2>&1"
+
+
+rule calibrate_fisher:
+    """FWSVD's squared-gradient Fisher importances (svdzoo calibrate --kind fisher)."""
+    input:
+        lambda w: model_input(w.model),
+    output:
+        directory(str(L.fisher("{model}", "{calib}"))),
+    params:
+        model=lambda w: model_arg(w.model),
+        extra=flags("calibration"),
+    log:
+        log_path("calibrate_fisher", "{model}", "{calib}"),
+    conda:
+        "../envs/svdzoo.yaml"
+    threads: res("fisher")["threads"]
+    resources:
+        gpu=res("fisher")["gpu"],
+        mem_mb=res("fisher")["mem_mb"],
+        runtime=res("fisher")["runtime"],
+    shell:
+        "OMP_NUM_THREADS={threads} svdzoo calibrate --kind fisher --model {params.model}"
+        " --model-name {wildcards.model} {params.extra} --out {output} > {log} 2>&1"
+
+
+rule sensitivity:
+    """Module sensitivity table (Duo-SVD KL or ASVD perplexity), reused by every ratio."""
+    input:
+        model=lambda w: model_input(w.model),
+        gram=str(L.gram("{model}", "{calib}")),
+    output:
+        directory(str(L.sensitivity("{model}", "{calib}", "{kind}"))),
+    params:
+        model=lambda w: model_arg(w.model),
+        extra=flags("sensitivity"),
+    log:
+        log_path("sensitivity", "{model}", "{calib}", "{kind}"),
+    conda:
+        "../envs/svdzoo.yaml"
+    threads: res("sensitivity")["threads"]
+    resources:
+        gpu=res("sensitivity")["gpu"],
+        mem_mb=res("sensitivity")["mem_mb"],
+        runtime=res("sensitivity")["runtime"],
+    shell:
+        "OMP_NUM_THREADS={threads} svdzoo sensitivity --model {params.model} --stats {input.gram}"
+        " --kind {wildcards.kind} {params.extra} --out {output} > {log} 2>&1"

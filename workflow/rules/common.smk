@@ -1,0 +1,120 @@
+# Shared helpers: path patterns from svdzoo.paths.Layout, wildcard constraints, resources.
+
+from pathlib import Path
+
+from svdzoo.paths import ratio_tag
+
+CALIB = svdconf.calib_tag(P)
+REFERENCE_MODELS = [m for m, s in P["models"].items() if s["source"] == "reference"]
+STATS_NEEDED = svdconf.needed_stats(P)
+OFFLINE_TASKS = svdconf.uses_offline_tasks(P)
+NEVER = "(?!)"  # a wildcard constraint that matches nothing
+
+
+def _alt(names):
+    return svdconf.regex_alternation(list(names)) if names else NEVER
+
+
+def ratio_pattern(path):
+    """A Layout path built at ratio 0 with its r0.00 component turned into r{ratio}."""
+    tag = ratio_tag(0.0)
+    return str(Path(*[("r{ratio}" if part == tag else part) for part in Path(path).parts]))
+
+
+def res(stage):
+    """threads + resources of a stage (params `resources`, else svdzoo.config defaults)."""
+    return svdconf.resources(P, stage)
+
+
+def model_input(model):
+    """Input files of a model (its trained directory), none for a hub model."""
+    return [str(L.reference_model(model))] if model in REFERENCE_MODELS else []
+
+
+def model_arg(model):
+    return svdconf.model_arg(P, model, L)
+
+
+def flags(section):
+    """A params section as CLI flags, as dvc.yaml's ${section} expansion gives them."""
+    return " ".join(svdconf.cli_flags(P.get(section) or {}))
+
+
+def log_path(rule_name, *parts):
+    return str(L.results / "logs" / rule_name / ("-".join(parts) + ".log"))
+
+
+# ---- compress
+
+STATS_FLAGS = {
+    "gram": "--stats",
+    "fisher": "--fisher",
+    "sensitivity-duo": "--sensitivity-duo",
+    "sensitivity-asvd": "--sensitivity-asvd",
+}
+
+
+def stats_path(kind, model):
+    if kind == "gram":
+        return str(L.gram(model, CALIB))
+    if kind == "fisher":
+        return str(L.fisher(model, CALIB))
+    return str(L.sensitivity(model, CALIB, kind.removeprefix("sensitivity-")))
+
+
+def compress_inputs(w):
+    needs = sorted(svdconf.method_requirements(w.method))
+    return {"model": model_input(w.model), **{k: stats_path(k, w.model) for k in needs}}
+
+
+def stats_flags(w, input):
+    return " ".join(f"{STATS_FLAGS[k]} {input[k]}" for k in STATS_FLAGS if k in input.keys())
+
+
+def compressed_output():
+    out = directory(ratio_pattern(L.compressed("{model}", "{method}", 0.0)))
+    return out if P["keep_compressed"] else temp(out)
+
+
+# ---- evaluate
+
+def tasks_input():
+    return [str(L.tasks())] if OFFLINE_TASKS else []
+
+
+def task_dir_flag():
+    return f"--task-dir {L.tasks()}" if OFFLINE_TASKS else ""
+
+
+# ---- report
+
+def metric_files():
+    """Every metric JSON the configuration asks for (dense + model x method x ratio)."""
+    files = []
+    for model in P["models"]:
+        runs = [(DENSE, 0.0)] + [(m, r) for m in P["methods"] for r in svdconf.ratios(P)]
+        for method, ratio in runs:
+            files += [
+                str(L.ppl(model, method, ratio)),
+                str(L.zeroshot(model, method, ratio)),
+                str(L.efficiency(model, method, ratio)),
+            ]
+    return files
+
+
+def report_outputs():
+    outs = [str(L.metrics_csv), str(L.tables)]
+    return outs + [str(L.figures)] if P["report"]["figures"] else outs
+
+
+def report_flags():
+    argv = []
+    published = P["report"].get("published")
+    if published and Path(published).is_file():
+        argv += ["--published", published]
+    names = [f"{k}={s['published_name']}" for k, s in P["models"].items() if "published_name" in s]
+    if names:
+        argv += ["--model-names", *names]
+    if not P["report"]["figures"]:
+        argv.append("--no-figures")
+    return " ".join(argv)

@@ -1,0 +1,26 @@
+# Compression, per model x method x ratio; each method depends on exactly the statistics
+# it reads (svdzoo.methods.requirements): plain SVD needs none and never waits for them.
+
+rule compress:
+    """Compress one model with one method at one ratio (svdzoo compress)."""
+    input:
+        unpack(compress_inputs),
+    output:
+        compressed_output(),
+    params:
+        model=lambda w: model_arg(w.model),
+        stats=stats_flags,
+        extra=flags("compress"),
+    log:
+        log_path("compress", "{model}", "{method}", "r{ratio}"),
+    conda:
+        "../envs/svdzoo.yaml"
+    threads: res("compress")["threads"]
+    resources:
+        gpu=res("compress")["gpu"],
+        mem_mb=res("compress")["mem_mb"],
+        runtime=res("compress")["runtime"],
+    shell:
+        "OMP_NUM_THREADS={threads} svdzoo compress --model {params.model} {params.stats}"
+        " --method {wildcards.method} --ratio {wildcards.ratio} {params.extra}"
+        " --out {output} > {log} 2>&1"

@@ -1,0 +1,26 @@
+# The report: tidy metrics.csv, tables and figures over every evaluation, plus the
+# published-vs-reproduced comparison when the published numbers are present.
+
+rule report:
+    """Collect every metric into results/metrics.csv; write tables/ and figures/."""
+    input:
+        metrics=metric_files(),
+    output:
+        csv=str(L.metrics_csv),
+        tables=directory(str(L.tables)),
+        figures=directory(str(L.figures)) if P["report"]["figures"] else [],
+    params:
+        results=lambda w, output: str(Path(output.csv).parent),
+        extra=report_flags(),
+    log:
+        log_path("report", "report"),
+    conda:
+        "../envs/svdzoo.yaml"
+    threads: res("report")["threads"]
+    resources:
+        gpu=res("report")["gpu"],
+        mem_mb=res("report")["mem_mb"],
+        runtime=res("report")["runtime"],
+    shell:
+        "svdzoo report --results {params.results} --out {params.results} {params.extra}"
+        " --expect {input.metrics} > {log} 2>&1"
