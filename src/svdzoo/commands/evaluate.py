@@ -15,6 +15,13 @@ def _csv(s: str) -> list[str]:
     return [x for x in s.split(",") if x]
 
 
+class _Names(argparse.Action):
+    """`--x a,b` or `--x a b`: dvc.yaml's `${dict}` expansion writes lists space-separated."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [x for v in values for x in _csv(v)])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, help="hub id, saved model dir, or compressed model dir"
@@ -25,14 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--ratio", type=float, help="label (default: from the compressed manifest, else 0)"
     )
     p.add_argument(
-        "--corpora", type=_csv, default=[], help="comma-separated corpora for perplexity"
+        "--corpora", nargs="+", action=_Names, default=[], help="corpora for perplexity (a,b)"
     )
     p.add_argument("--seqlen", type=int, default=2048)
     p.add_argument(
         "--max-windows", type=int, default=None, help="cap on evaluation windows per corpus"
     )
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--tasks", type=_csv, default=[], help="comma-separated lm-eval tasks")
+    p.add_argument("--tasks", nargs="+", action=_Names, default=[], help="lm-eval tasks (a,b)")
     p.add_argument("--task-dir", default=None, help="directory of offline lm-eval task YAMLs")
     p.add_argument("--zeroshot-limit", type=int, default=None, help="lm-eval limit per task")
     p.add_argument(
