@@ -96,8 +96,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_gram_equals_whole_model_hooks(build, tok, windows):
     model = build()
     stats = calibrate(
-        model, tok, corpus="pydoc", nsamples=4, seqlen=32, seed=0, batch_size=BATCH, progress=False
-    )
+        model, tok, corpus="pydoc", nsamples=4, seqlen=32, seed=0, batch_size=BATCH,
+        device="cpu", progress=False,
+    )  # fmt: skip
     xs, io = direct_stats(model, windows, BATCH)
     adapter = adapter_for(model)
     for i in range(len(adapter.layers(model))):
@@ -140,11 +141,11 @@ def test_offloaded_store_gives_identical_stats(tok, windows, tmp_path):
     """A zero memory budget puts every batch on disk; the statistics must not change."""
     model = tiny_llama()
     mem, disk = {}, {}
-    stream_gram_stats(model, windows, mem.__setitem__, batch_size=2, progress=False)
+    stream_gram_stats(model, windows, mem.__setitem__, batch_size=2, device="cpu", progress=False)
     off = tmp_path / "offload"
     stream_gram_stats(
         model, windows, disk.__setitem__, batch_size=2, memory_budget=0, offload_dir=off,
-        progress=False,
+        device="cpu", progress=False,
     )  # fmt: skip
     assert mem.keys() == disk.keys()
     assert all(torch.equal(mem[k], disk[k]) for k in mem)
@@ -153,7 +154,15 @@ def test_offloaded_store_gives_identical_stats(tok, windows, tmp_path):
 
 def test_same_seed_bitwise_identical_cache(tok, tmp_path):
     model = tiny_llama()
-    kw = dict(corpus="pydoc", nsamples=4, seqlen=32, seed=0, batch_size=BATCH, progress=False)
+    kw = dict(
+        corpus="pydoc",
+        nsamples=4,
+        seqlen=32,
+        seed=0,
+        batch_size=BATCH,
+        device="cpu",
+        progress=False,
+    )
     m1 = calibrate_to_dir(model, tok, tmp_path / "a", **kw)
     m2 = calibrate_to_dir(model, tok, tmp_path / "b", **kw)
     assert (tmp_path / "a/stats.safetensors").read_bytes() == (
@@ -277,3 +286,20 @@ def test_cli_calibrate_gram_and_fisher(tok, tmp_path):
     # bad input: a clear error (exit code 2) before any compute
     assert main(["calibrate", *common, "--nsamples", "0", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_layer_streaming_matches_cpu(tok, windows):
+    """The model stays on the host; each layer visits the GPU and goes back."""
+    model = tiny_llama()
+    cpu, gpu = {}, {}
+    stream_gram_stats(
+        model, windows, cpu.__setitem__, batch_size=BATCH, device="cpu", progress=False
+    )
+    stream_gram_stats(
+        model, windows, gpu.__setitem__, batch_size=BATCH, device="cuda", progress=False
+    )
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    for k, v in cpu.items():
+        assert gpu[k].device.type == "cpu" and gpu[k].dtype == v.dtype
+        assert rel(gpu[k], v) < 1e-5, k

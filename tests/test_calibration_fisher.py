@@ -54,7 +54,7 @@ def direct(model, ids: torch.Tensor) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("family", ["llama", "opt"])
 def test_fisher_equals_direct_autograd(family, windows):
     model = tiny(family)
-    info = fisher_information(model, windows, batch_size=2, progress=False)
+    info = fisher_information(model, windows, batch_size=2, device="cpu", progress=False)
     expect = [direct(model, windows[:2]), direct(model, windows[2:])]
     for full, (row, col) in info.items():
         g2 = expect[0][full] + expect[1][full]  # summed over batches
@@ -91,3 +91,14 @@ def test_fisher_cache_roundtrip(tok, tmp_path):
 def test_fisher_rejects_bad_windows():
     with pytest.raises(ModelError, match="seqlen>=2"):
         fisher_information(tiny("llama"), torch.zeros(2, 1, dtype=torch.long), progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fisher_on_cuda_matches_cpu(windows):
+    model = tiny("llama")
+    cpu = fisher_information(model, windows, batch_size=2, device="cpu", progress=False)
+    gpu = fisher_information(model, windows, batch_size=2, device="cuda", progress=False)
+    assert all(p.device.type == "cpu" for p in model.parameters())  # moved back
+    for k, (row, col) in cpu.items():
+        torch.testing.assert_close(gpu[k][0], row, rtol=1e-3, atol=1e-12)
+        torch.testing.assert_close(gpu[k][1], col, rtol=1e-3, atol=1e-12)

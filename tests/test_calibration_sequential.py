@@ -65,8 +65,8 @@ def group_inputs(model, windows, batch_size):
 def test_without_compression_actual_equals_original(family, windows):
     model = tiny(family)
     ref = {}
-    stream_gram_stats(model, windows, ref.__setitem__, batch_size=3, progress=False)
-    seq = SequentialCalibrator(model, windows, batch_size=3, progress=False)
+    stream_gram_stats(model, windows, ref.__setitem__, batch_size=3, device="cpu", progress=False)
+    seq = SequentialCalibrator(model, windows, batch_size=3, device="cpu", progress=False)
     seen = []
     for i, _layer in seq.layers():
         st = seq.layer_stats(i)
@@ -84,7 +84,9 @@ def test_compressed_layer_changes_actual_stream(windows):
     model = tiny("llama")
     original = copy.deepcopy(model)
     noise = torch.Generator().manual_seed(1)
-    seq = SequentialCalibrator(model, windows, batch_size=2, memory_budget=0, progress=False)
+    seq = SequentialCalibrator(
+        model, windows, batch_size=2, memory_budget=0, device="cpu", progress=False
+    )
     for i, layer in seq.layers():
         st = seq.layer_stats(i)
         if i == 0:
@@ -113,7 +115,7 @@ def test_compressed_layer_changes_actual_stream(windows):
 def test_stats_reflect_partial_compression_within_a_layer(windows):
     """Asking again after replacing q/k/v: attn_out's actual inputs include their effect."""
     model = tiny("llama", layers=1)
-    seq = SequentialCalibrator(model, windows, batch_size=4, progress=False)
+    seq = SequentialCalibrator(model, windows, batch_size=4, device="cpu", progress=False)
     for i, layer in seq.layers():
         before = seq.layer_stats(i, groups=("attn_out",))["attn_out"]
         with torch.no_grad():
@@ -135,3 +137,16 @@ def test_out_of_order_use_raises(windows):
     with pytest.raises(SequentialError, match="unknown groups"):
         seq.layer_stats(1, groups=("nope",))
     seq.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sequential_on_cuda_model_on_host(windows):
+    model = tiny("llama")
+    seq = SequentialCalibrator(model, windows, batch_size=3, device="cuda", progress=False)
+    for i, layer in seq.layers():
+        assert next(layer.parameters()).device.type == "cuda"  # on the device during its turn
+        for s in seq.layer_stats(i).values():
+            assert s.H.device.type == "cuda"
+            torch.testing.assert_close(s.H_actual, s.H, rtol=1e-6, atol=0)
+            torch.testing.assert_close(s.C, s.H, rtol=1e-6, atol=0)
+    assert all(p.device.type == "cpu" for p in model.parameters())

@@ -37,7 +37,12 @@ from svdzoo.calibration.stats import (
     count_key,
     gram_name,
 )
-from svdzoo.calibration.store import DEFAULT_BUDGET_BYTES, ActivationStore, MemoryBudget
+from svdzoo.calibration.store import (
+    DEFAULT_BUDGET_BYTES,
+    ActivationStore,
+    MemoryBudget,
+    as_budget,
+)
 from svdzoo.models import adapter_for, fingerprint, resolve_device
 
 log = logging.getLogger(__name__)
@@ -53,7 +58,7 @@ def stream_gram_stats(
     *,
     device: str | torch.device | None = None,
     batch_size: int = 8,
-    memory_budget: int = DEFAULT_BUDGET_BYTES,
+    memory_budget: int | MemoryBudget = DEFAULT_BUDGET_BYTES,
     offload_dir: str | os.PathLike[str] | None = None,
     layer_callback: LayerCallback | None = None,
     progress: bool = True,
@@ -65,7 +70,7 @@ def stream_gram_stats(
     """
     adapter = adapter_for(model)
     device = resolve_device(device)
-    budget = MemoryBudget(memory_budget, offload_dir)
+    budget = as_budget(memory_budget, offload_dir)
     counts: dict[str, int] = {}
     was_training = model.training
     model.eval()
@@ -161,7 +166,7 @@ def calibrate(
     seed: int,
     device: str | torch.device | None = None,
     batch_size: int = 8,
-    memory_budget: int = DEFAULT_BUDGET_BYTES,
+    memory_budget: int | MemoryBudget = DEFAULT_BUDGET_BYTES,
     offload_dir: str | os.PathLike[str] | None = None,
     model_id: str | None = None,
     progress: bool = True,
@@ -194,7 +199,7 @@ def calibrate_to_dir(
     seed: int,
     device: str | torch.device | None = None,
     batch_size: int = 8,
-    memory_budget: int = DEFAULT_BUDGET_BYTES,
+    memory_budget: int | MemoryBudget = DEFAULT_BUDGET_BYTES,
     offload_dir: str | os.PathLike[str] | None = None,
     model_id: str | None = None,
     layer_callback: LayerCallback | None = None,

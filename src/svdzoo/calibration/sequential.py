@@ -52,7 +52,12 @@ from svdzoo.calibration.capture import (
     module_device,
 )
 from svdzoo.calibration.stats import CrossGramAccumulator
-from svdzoo.calibration.store import DEFAULT_BUDGET_BYTES, ActivationStore, MemoryBudget
+from svdzoo.calibration.store import (
+    DEFAULT_BUDGET_BYTES,
+    ActivationStore,
+    MemoryBudget,
+    as_budget,
+)
 from svdzoo.errors import SvdzooError
 from svdzoo.models import adapter_for, resolve_device
 
@@ -83,7 +88,7 @@ class SequentialCalibrator:
         *,
         device: str | torch.device | None = None,
         batch_size: int = 8,
-        memory_budget: int = DEFAULT_BUDGET_BYTES,
+        memory_budget: int | MemoryBudget = DEFAULT_BUDGET_BYTES,
         offload_dir: str | os.PathLike[str] | None = None,
         progress: bool = True,
     ):
@@ -91,7 +96,7 @@ class SequentialCalibrator:
         self.adapter = adapter_for(model)
         self.device = resolve_device(device)
         self.progress = progress
-        self._budget = MemoryBudget(memory_budget, offload_dir)
+        self._budget = as_budget(memory_budget, offload_dir)
         model.eval()
         with torch.no_grad():
             inputs = capture_layer_inputs(model, self.adapter, windows, batch_size, self._budget)

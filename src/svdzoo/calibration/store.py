@@ -68,6 +68,13 @@ class MemoryBudget:
             self._tmp = None
 
 
+def as_budget(budget: int | MemoryBudget, offload_dir: str | Path | None = None) -> MemoryBudget:
+    """Accept a byte count or a ready budget (whose accounting the caller wants to read)."""
+    if isinstance(budget, MemoryBudget):
+        return budget
+    return MemoryBudget(budget, offload_dir)
+
+
 class ActivationStore:
     """An append-only list of CPU tensors, in memory under the budget, else on disk."""
 
