@@ -1,0 +1,691 @@
+"""The numerical core: whitening, truncation, ALS refinement, residual and column splits.
+
+Conventions (docs/architecture.md, /work/shared/methods.md): `W` is `m x n` (out x in),
+`H = X X^T` is the plain-sum Gram of the layer inputs, a rank-`k` pair is `A` (`m x k`)
+and `B` (`k x n`) with `W ~ A B`, singular values split symmetrically
+(`A = U_k sqrt(S_k)`, `B = sqrt(S_k) V_k^T ...`).
+
+Everything is computed in float64 on the device of the input tensors and returned in
+float64; callers cast. Solves, never explicit inverses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from svdzoo.errors import SvdzooError
+
+log = logging.getLogger(__name__)
+
+Tensor = torch.Tensor
+F64 = torch.float64
+
+__all__ = [
+    "NumericsError",
+    "Whitener",
+    "LowRankFactors",
+    "ColumnSplit",
+    "rank_for_ratio",
+    "cholesky_whitener",
+    "eigen_whitener",
+    "diag_whitener",
+    "identity_whitener",
+    "whitened_svd",
+    "truncate",
+    "svd_truncate",
+    "input_scaled_truncate",
+    "output_scaled_truncate",
+    "layer_loss",
+    "compensated_target",
+    "compensated_truncate",
+    "als_refine",
+    "residual_truncate",
+    "column_preserving_split",
+    "column_counts",
+]
+
+
+class NumericsError(SvdzooError, ValueError):
+    """Bad numerical input (shape, NaN, rank out of range) or a factorisation that cannot succeed."""
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _as64(x: Tensor) -> Tensor:
+    return x.detach().to(dtype=F64)
+
+
+def _check_matrix(W: Tensor, what: str = "W") -> Tensor:
+    if not isinstance(W, Tensor) or W.dim() != 2:
+        raise NumericsError(f"{what} must be a 2-D tensor, got {getattr(W, 'shape', type(W))}")
+    W = _as64(W)
+    if not bool(torch.isfinite(W).all()):
+        raise NumericsError(f"{what} contains NaN or inf")
+    return W
+
+
+def _check_gram(H: Tensor, n: int | None = None, what: str = "H") -> Tensor:
+    H = _check_matrix(H, what)
+    if H.shape[0] != H.shape[1]:
+        raise NumericsError(f"{what} must be square, got {tuple(H.shape)}")
+    if n is not None and H.shape[0] != n:
+        raise NumericsError(f"{what} is {tuple(H.shape)} but the weight has {n} input features")
+    return 0.5 * (H + H.T)  # accumulated sums are symmetric only up to rounding
+
+
+def _check_rank(k: int, m: int, n: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= min(m, n):
+        raise NumericsError(f"rank {k!r} is outside [0, {min(m, n)}] for a {m}x{n} matrix")
+    return k
+
+
+def rank_for_ratio(m: int, n: int, ratio: float) -> int:
+    """Rank that removes `ratio` of an `m x n` matrix's parameters: floor((1-r) m n / (m+n)).
+
+    `ratio` is the fraction REMOVED (SVD-LLM/AdaSVD convention).
+    """
+    if m <= 0 or n <= 0:
+        raise NumericsError(f"matrix shape must be positive, got {m}x{n}")
+    if not math.isfinite(ratio):
+        raise NumericsError(f"ratio must be finite, got {ratio}")
+    # the tiny epsilon keeps exact products (e.g. 0.5 * 64*64/128 = 16) from flooring to 15
+    k = math.floor((1.0 - ratio) * m * n / (m + n) + 1e-9)
+    return max(0, min(k, min(m, n)))
+
+
+# ---------------------------------------------------------------- whitening
+
+
+@dataclass
+class Whitener:
+    """A right factor `S` of the Gram, `H ~ S S^T`, and the pseudo-inverse `S^+`.
+
+    kind:
+      - `cholesky`: `factor` is lower-triangular `L` (`n x n`), `S = L`.
+      - `eigen`: `factor` is `Q_p` (`n x p`, kept eigenvectors), `scale` is `sqrt(lambda_p)`;
+        `S = Q_p diag(scale)`, `S^+ = diag(1/scale) Q_p^T` (directions with no energy dropped).
+      - `diag`: `factor` is the vector `s`, `S = diag(s)` (ASVD's activation scaling).
+      - `identity`: `S = I` (plain SVD).
+    `fallback` records what was done when the plain factorisation failed (None if nothing),
+    `shift` the diagonal added to `H` before factorising.
+    """
+
+    kind: str
+    n: int
+    factor: Tensor | None = None
+    scale: Tensor | None = None
+    fallback: str | None = None
+    shift: float = 0.0
+
+    @property
+    def rank(self) -> int:
+        """Number of whitened directions (columns of `S`)."""
+        if self.kind == "eigen":
+            assert self.scale is not None
+            return int(self.scale.numel())
+        return self.n
+
+    def apply(self, W: Tensor) -> Tensor:
+        """`W @ S` (`m x rank`)."""
+        W = _as64(W)
+        if self.kind == "identity":
+            return W.clone()
+        f = self.factor.to(W.device)  # type: ignore[union-attr]
+        if self.kind == "cholesky":
+            return W @ f
+        if self.kind == "eigen":
+            return (W @ f) * self.scale.to(W.device)  # type: ignore[union-attr]
+        if self.kind == "diag":
+            return W * f
+        raise NumericsError(f"unknown whitener kind {self.kind!r}")
+
+    def unapply(self, M: Tensor) -> Tensor:
+        """`M @ S^+` (`. x n`), by a triangular solve or the eigen pseudo-inverse."""
+        M = _as64(M)
+        if self.kind == "identity":
+            return M.clone()
+        f = self.factor.to(M.device)  # type: ignore[union-attr]
+        if self.kind == "cholesky":
+            return torch.linalg.solve_triangular(f, M, upper=False, left=False)
+        if self.kind == "eigen":
+            return (M / self.scale.to(M.device)) @ f.T  # type: ignore[union-attr]
+        if self.kind == "diag":
+            return M / f
+        raise NumericsError(f"unknown whitener kind {self.kind!r}")
+
+    def solve_gram(self, M: Tensor) -> Tensor:
+        """`M @ H^+` with `H^+ = S^{+T} S^+` (the inverse when `H` is positive definite)."""
+        M = _as64(M)
+        if self.kind == "identity":
+            return M.clone()
+        f = self.factor.to(M.device)  # type: ignore[union-attr]
+        if self.kind == "cholesky":
+            # M L^{-T} = (L^{-1} M^T)^T, then one more right-solve with L
+            Y = torch.linalg.solve_triangular(f, M.T, upper=False).T
+            return torch.linalg.solve_triangular(f, Y, upper=False, left=False)
+        if self.kind == "eigen":
+            lam = self.scale.to(M.device).square()  # type: ignore[union-attr]
+            return ((M @ f) / lam) @ f.T
+        if self.kind == "diag":
+            return M / f.square()
+        raise NumericsError(f"unknown whitener kind {self.kind!r}")
+
+    def gram(self) -> Tensor:
+        """`S S^T`: the Gram this whitener actually represents (after any shift or truncation)."""
+        if self.kind == "identity":
+            return torch.eye(self.n, dtype=F64)
+        f = self.factor
+        if self.kind == "cholesky":
+            return f @ f.T  # type: ignore[union-attr]
+        if self.kind == "eigen":
+            return (f * self.scale.square()) @ f.T  # type: ignore[union-attr]
+        return torch.diag(f.square())  # type: ignore[union-attr]
+
+
+_FALLBACKS = ("eigen-shift", "diag-damp", "raise")
+
+
+def cholesky_whitener(H: Tensor, *, fallback: str = "eigen-shift", max_tries: int = 8) -> Whitener:
+    """SVD-LLM whitening: `H = L L^T` in float64.
+
+    When Cholesky fails (rank-deficient `H`: dead features, fewer tokens than features)
+    the fallback is explicit and logged, never silent, and never produces NaN:
+
+    - `eigen-shift` (SVD-LLM's official fix, made scale-aware): add
+      `(-lambda_min + 1e-6 * mean(diag H)) I`. The official code adds an absolute `1e-6`;
+      our `H` is an unnormalised sum over tokens, so the damping is relative to its scale.
+    - `diag-damp` (Duo-SVD / CPSVD code): add `0.05 * mean(diag H) I`.
+    - `raise`: raise `NumericsError`.
+
+    If the shifted matrix still fails (round-off), the extra damping grows 10x per retry.
+    The truncation loss reported later is then exact for the shifted Gram, not for `H`.
+    """
+    if fallback not in _FALLBACKS:
+        raise NumericsError(f"unknown Cholesky fallback {fallback!r}; choose from {_FALLBACKS}")
+    H = _check_gram(H)
+    n = H.shape[0]
+    L, info = torch.linalg.cholesky_ex(H)
+    if int(info) == 0 and bool(torch.isfinite(L).all()):
+        return Whitener("cholesky", n, factor=L)
+    if fallback == "raise":
+        raise NumericsError(f"Cholesky of the {n}x{n} Gram failed (leading minor {int(info)})")
+    mean_diag = float(torch.diagonal(H).mean())
+    scale = mean_diag if mean_diag > 0 else 1.0
+    eye = torch.eye(n, dtype=F64, device=H.device)
+    if fallback == "eigen-shift":
+        lam_min = float(torch.linalg.eigvalsh(H)[0])
+        base, extra = max(-lam_min, 0.0), 1e-6 * scale
+    else:
+        lam_min, base, extra = float("nan"), 0.0, 0.05 * scale
+    for _ in range(max_tries):
+        shift = base + extra
+        L, info = torch.linalg.cholesky_ex(H + shift * eye)
+        if int(info) == 0 and bool(torch.isfinite(L).all()):
+            log.warning(
+                "Cholesky of the %dx%d Gram failed (rank-deficient); %s fallback added %.3e*I "
+                "(lambda_min %.3e, mean diag %.3e)",
+                n,
+                n,
+                fallback,
+                shift,
+                lam_min,
+                mean_diag,
+            )
+            return Whitener("cholesky", n, factor=L, fallback=fallback, shift=shift)
+        extra *= 10.0
+    raise NumericsError(f"Cholesky of the {n}x{n} Gram failed even after {fallback} damping")
+
+
+def eigen_whitener(H: Tensor, *, rtol: float = 1e-10) -> Whitener:
+    """SVD-LLM V2 loss-optimised truncation: `H = Q Lambda Q^T`, `S = Q Lambda^{1/2}`.
+
+    Eigenvalues `<= rtol * lambda_max` carry no energy; they are dropped (pseudo-inverse),
+    not damped, so this works on rank-deficient `H` and leaves the objective untouched.
+    """
+    H = _check_gram(H)
+    n = H.shape[0]
+    lam, Q = torch.linalg.eigh(H)
+    lam_max = float(lam[-1]) if n else 0.0
+    keep = lam > rtol * lam_max if lam_max > 0 else torch.zeros_like(lam, dtype=torch.bool)
+    dropped = n - int(keep.sum())
+    if dropped:
+        log.info(
+            "eigen whitening: dropped %d of %d directions with eigenvalue <= %.1e * lambda_max",
+            dropped,
+            n,
+            rtol,
+        )
+    return Whitener(
+        "eigen",
+        n,
+        factor=Q[:, keep].contiguous(),
+        scale=lam[keep].sqrt(),
+        fallback=f"dropped {dropped}" if dropped else None,
+    )
+
+
+def diag_whitener(s: Tensor) -> Whitener:
+    """`S = diag(s)`, `s > 0`: ASVD's per-input-feature activation scaling."""
+    if not isinstance(s, Tensor) or s.dim() != 1:
+        raise NumericsError("scale must be a 1-D tensor")
+    s = _as64(s)
+    if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
+        raise NumericsError("scale must be finite and strictly positive")
+    return Whitener("diag", s.numel(), factor=s)
+
+
+def identity_whitener(n: int) -> Whitener:
+    """`S = I`: the plain (data-free) objective."""
+    return Whitener("identity", n)
+
+
+# ---------------------------------------------------------------- truncation
+
+
+@dataclass
+class LowRankFactors:
+    """`W ~ A @ B`. `sigma`: the (whitened) spectrum the truncation came from (None for
+    refinements that have no spectrum); `loss`: the objective's value (see each producer)."""
+
+    A: Tensor
+    B: Tensor
+    sigma: Tensor | None
+    loss: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[1])
+
+    def product(self) -> Tensor:
+        return self.A @ self.B
+
+
+def whitened_svd(W: Tensor, whitener: Whitener) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD of `W S`: `(U, sigma, Vh)`, sigma descending."""
+    W = _check_matrix(W)
+    if W.shape[1] != whitener.n:
+        raise NumericsError(f"W has {W.shape[1]} inputs but the whitener is for {whitener.n}")
+    return torch.linalg.svd(whitener.apply(W), full_matrices=False)
+
+
+def _split(U: Tensor, sigma: Tensor, Vh: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    r = sigma[:k].clamp_min(0).sqrt()
+    return U[:, :k] * r, r[:, None] * Vh[:k]
+
+
+def truncate(W: Tensor, whitener: Whitener, k: int) -> LowRankFactors:
+    """Optimal rank-`k` approximation under `||(W - A B) S||_F`.
+
+    `A = U_k sqrt(S_k)`, `B = sqrt(S_k) V_k^T S^+`; `loss = sum_{i>k} sigma_i^2`, which is the
+    layer loss `tr((W-AB) H (W-AB)^T)` exactly when `S S^T = H`.
+
+    If `k` exceeds the whitened rank (eigen whitening of a rank-deficient `H`) the loss is
+    already zero; the spare rank then approximates, by plain SVD, the part of `W` acting on
+    the directions `H` never saw, so the factor keeps rank `k` and generalises better than
+    zeros would. This part adds nothing to the loss on `H`.
+    """
+    W = _check_matrix(W)
+    m, n = W.shape
+    _check_rank(k, m, n)
+    U, sigma, Vh = whitened_svd(W, whitener)
+    kk = min(k, sigma.numel())
+    A, Bw = _split(U, sigma, Vh, kk)
+    B = whitener.unapply(Bw)
+    loss = float(sigma[kk:].square().sum())
+    if k > kk:
+        extra = svd_truncate(W - A @ B, k - kk)
+        log.info(
+            "rank %d exceeds whitened rank %d: %d spare directions from plain SVD", k, kk, k - kk
+        )
+        A, B = torch.cat([A, extra.A], 1), torch.cat([B, extra.B], 0)
+    return LowRankFactors(A, B, sigma, loss)
+
+
+def svd_truncate(W: Tensor, k: int) -> LowRankFactors:
+    """Plain truncated SVD (the `SVD` baseline); `loss = ||W - A B||_F^2`."""
+    W = _check_matrix(W)
+    return truncate(W, identity_whitener(W.shape[1]), k)
+
+
+def input_scaled_truncate(W: Tensor, s: Tensor, k: int) -> LowRankFactors:
+    """ASVD: SVD of `W diag(s)`, then `B <- B diag(s)^-1`; loss in the scaled norm."""
+    W = _check_matrix(W)
+    if s.numel() != W.shape[1]:
+        raise NumericsError(f"input scale has {s.numel()} entries, W has {W.shape[1]} inputs")
+    return truncate(W, diag_whitener(s), k)
+
+
+def output_scaled_truncate(W: Tensor, r: Tensor, k: int) -> LowRankFactors:
+    """FWSVD (paper form): SVD of `diag(r) W` with row importance `r = sqrt(I)`, then
+    `A <- diag(r)^-1 A`; loss = `||diag(r)(W - A B)||_F^2`."""
+    W = _check_matrix(W)
+    m, n = W.shape
+    _check_rank(k, m, n)
+    if not isinstance(r, Tensor) or r.dim() != 1 or r.numel() != m:
+        raise NumericsError(f"row scale must be a 1-D tensor of {m} entries")
+    r = _as64(r).to(W.device)
+    if not bool(torch.isfinite(r).all()) or not bool((r > 0).all()):
+        raise NumericsError("row scale must be finite and strictly positive")
+    U, sigma, Vh = torch.linalg.svd(r[:, None] * W, full_matrices=False)
+    A, B = _split(U, sigma, Vh, k)
+    return LowRankFactors(A / r[:, None], B, sigma, float(sigma[k:].square().sum()))
+
+
+def layer_loss(W: Tensor, A: Tensor, B: Tensor, H: Tensor) -> float:
+    """`tr((W - A B) H (W - A B)^T) = ||(W - A B) X||_F^2`."""
+    W = _check_matrix(W)
+    D = W - _as64(A).to(W.device) @ _as64(B).to(W.device)
+    H = _check_gram(H, W.shape[1]).to(W.device)
+    return float(((D @ H) * D).sum())
+
+
+# ---------------------------------------------------------------- AdaSVD: error compensation
+
+
+def _spd_solve(G: Tensor, R: Tensor, what: str) -> Tensor:
+    """Solve `G X = R` for symmetric PSD `G` by Cholesky; if singular, add a tiny logged
+    ridge (`1e-10 * mean diag`, growing 100x per retry)."""
+    G = 0.5 * (G + G.T)
+    L, info = torch.linalg.cholesky_ex(G)
+    if int(info) == 0:
+        return torch.cholesky_solve(R, L)
+    md = float(torch.diagonal(G).mean())
+    ridge = 1e-10 * (md if md > 0 else 1.0)
+    eye = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+    for _ in range(8):
+        L, info = torch.linalg.cholesky_ex(G + ridge * eye)
+        if int(info) == 0:
+            log.warning("%s is singular; solved with ridge %.3e", what, ridge)
+            return torch.cholesky_solve(R, L)
+        ridge *= 100.0
+    raise NumericsError(f"{what} could not be factorised even with a ridge")
+
+
+def _check_cross(H_actual: Tensor, C: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    Hp = _check_gram(H_actual, n, "H_actual")
+    C = _check_matrix(C, "C")
+    if C.shape != (n, n):
+        raise NumericsError(f"C must be {n}x{n}, got {tuple(C.shape)}")
+    return Hp, C
+
+
+def compensated_target(W: Tensor, C: Tensor, whitener_actual: Whitener) -> Tensor:
+    """`T = W C H'^+`: the full-rank map that best reproduces `W X` from the actual inputs `X'`."""
+    return whitener_actual.solve_gram(_as64(W) @ _as64(C).to(W.device))
+
+
+def compensated_truncate(
+    W: Tensor, H_actual: Tensor, C: Tensor, k: int, *, whitening: str = "eigen"
+) -> LowRankFactors:
+    """Closed-form rank-`k` optimum of `||W X - A B X'||_F^2` (AdaSVD error compensation).
+
+    With `H' = X' X'^T` and `C = X X'^T`, the objective splits exactly into
+    `||W X - T X'||^2 + ||(T - A B) X'||^2` with `T = W C H'^+` (the cross term vanishes
+    because `(W C - T H') = W C (I - H'^+ H')` and `X'^T H'^+ H' = X'^T`). The first part does
+    not depend on the factors, so the optimum is the whitened truncation of `T` under `H'`.
+    `loss` is the second, rank-induced part. With `H' = C = H` (no earlier compression),
+    `T = W` and this is exactly `truncate(W, whitener(H), k)`: compensation only acts
+    through the difference between `X` and `X'`.
+
+    `whitening`: `eigen` (pseudo-inverse; default because `H'` of a compressed model is
+    more often near-singular) or `cholesky` (with the logged eigen-shift fallback).
+    """
+    W = _check_matrix(W)
+    m, n = W.shape
+    _check_rank(k, m, n)
+    Hp, C = _check_cross(H_actual, C, n)
+    wh = _whitener(Hp.to(W.device), whitening)
+    T = compensated_target(W, C.to(W.device), wh)
+    return truncate(T, wh, k)
+
+
+def als_refine(
+    W: Tensor, A: Tensor, B: Tensor, H_actual: Tensor, C: Tensor, iters: int = 1
+) -> LowRankFactors:
+    """AdaSVD adaComp: alternating least squares on `||W X - A B X'||_F^2`.
+
+    Each iteration: `A = W C B^T (B H' B^T)^-1`, then `B = (A^T A)^-1 A^T W C H'^-1`
+    (Cholesky solves; a tiny logged ridge if a system is singular). Each half-step is an
+    exact minimiser, so the objective never increases. Starting from the whitened optimum
+    with `H' = C = H` this is a fixed point (methods.md's collapse trap); it helps from a
+    plain-SVD start or when `H', C` come from the compressed model's inputs.
+
+    `loss` = `||(T - A B) X'||^2`, `T = W C H'^+`: the objective minus its constant
+    (rank-independent) part, comparable with `compensated_truncate`'s loss.
+    """
+    W = _check_matrix(W)
+    m, n = W.shape
+    A, B = _as64(A).to(W.device), _as64(B).to(W.device)
+    if (
+        A.dim() != 2
+        or B.dim() != 2
+        or A.shape[0] != m
+        or B.shape[1] != n
+        or A.shape[1] != B.shape[0]
+    ):
+        raise NumericsError(
+            f"factor shapes {tuple(A.shape)} x {tuple(B.shape)} do not fit W {m}x{n}"
+        )
+    if iters < 0:
+        raise NumericsError(f"iters must be >= 0, got {iters}")
+    Hp, C = _check_cross(H_actual, C, n)
+    Hp, C = Hp.to(W.device), C.to(W.device)
+    WC = W @ C
+    for _ in range(iters):
+        # A^T = (B H' B^T)^-1 B C^T W^T
+        A = _spd_solve(B @ Hp @ B.T, B @ WC.T, "B H' B^T").T
+        # B = (A^T A)^-1 A^T W C H'^-1 ; then the right-solve with H' (symmetric)
+        Y = _spd_solve(A.T @ A, A.T @ WC, "A^T A")
+        B = _spd_solve(Hp, Y.T, "H'").T
+    T = _spd_solve(Hp, WC.T, "H'").T
+    return LowRankFactors(A, B, None, layer_loss(T, A, B, Hp))
+
+
+# ---------------------------------------------------------------- ResSVD: residual stages
+
+
+def residual_truncate(
+    W: Tensor,
+    first: Whitener | None,
+    second: Whitener,
+    k1: int,
+    k2: int,
+    *,
+    target: Tensor | None = None,
+) -> LowRankFactors:
+    """ResSVD: rank-`k1` approximation `W1` of `W` under `first` (plain SVD when None),
+    then rank-`k2` approximation of the residual `R = target - W1` under `second`;
+    both pairs stacked into one rank-`(k1+k2)` pair (same parameters as two pairs).
+
+    `target` defaults to `W`; pass `compensated_target(...)` to fit the residual to the
+    compressed model's inputs. If both stages whiten with the same `S`, the result is
+    exactly plain whitened truncation at rank `k1+k2` (the second stage just picks the
+    next singular directions), so a gain needs the stages to differ.
+    `sigma` is the second stage's (residual) spectrum; `loss` is `||(target - A B) S_2||_F^2`.
+    """
+    W = _check_matrix(W)
+    m, n = W.shape
+    _check_rank(k1, m, n)
+    _check_rank(k2, m, n)
+    _check_rank(k1 + k2, m, n)
+    s1 = truncate(W, first, k1) if first is not None else svd_truncate(W, k1)
+    tgt = W if target is None else _check_matrix(target, "target").to(W.device)
+    if tgt.shape != W.shape:
+        raise NumericsError(f"target is {tuple(tgt.shape)}, W is {tuple(W.shape)}")
+    R = tgt - s1.A @ s1.B
+    s2 = truncate(R, second, k2)
+    A = torch.cat([s1.A, s2.A], 1)
+    B = torch.cat([s1.B, s2.B], 0)
+    loss = float(second.apply(tgt - A @ B).square().sum())
+    return LowRankFactors(A, B, s2.sigma, loss)
+
+
+# ---------------------------------------------------------------- Duo-SVD: column preserving
+
+
+@dataclass
+class ColumnSplit:
+    """`W ~ [W_kept on kept_idx] + A B on rest_idx` (Duo-SVD column-preserving form).
+
+    `rank` = `k - delta_r`; `params` excludes the bias; `loss` = `tr(D H D^T)` (whitened,
+    exact for the Gram the whitener represents); `baseline_loss` = plain rank-`k` loss.
+    """
+
+    kept_idx: Tensor
+    W_kept: Tensor
+    rest_idx: Tensor
+    A: Tensor
+    B: Tensor
+    params: int
+    loss: float
+    baseline_loss: float
+    delta_r: int
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[1])
+
+    @property
+    def n_kept(self) -> int:
+        return int(self.kept_idx.numel())
+
+    def product(self) -> Tensor:
+        """The dense `m x n` approximation (for tests)."""
+        m, n = self.W_kept.shape[0], self.kept_idx.numel() + self.rest_idx.numel()
+        out = torch.zeros(m, n, dtype=self.A.dtype, device=self.A.device)
+        out[:, self.kept_idx] = self.W_kept
+        out[:, self.rest_idx] = self.A @ self.B
+        return out
+
+
+def column_counts(m: int, n: int, k: int, delta_r: int) -> tuple[int, int]:
+    """`(c, k')`: dense columns bought with `delta_r` rank units, and the remaining rank.
+
+    `c = round(delta_r (m+n) / (m - (k - delta_r)))`, then lowered until
+    `c m + k' (m + n - c) <= k (m + n)` (never more parameters than plain rank `k`);
+    `k'` is clamped to what the remaining columns allow.
+    """
+    kr = k - delta_r
+    if delta_r <= 0:
+        return 0, k
+    denom = m - kr
+    c = n if denom <= 0 else min(n, round(delta_r * (m + n) / denom))
+    budget = k * (m + n)
+    while c > 0 and c * m + min(kr, m, n - c) * (m + n - c) > budget:
+        c -= 1
+    return c, max(0, min(kr, m, n - c))
+
+
+def _whitener(H: Tensor, kind: str) -> Whitener:
+    if kind == "cholesky":
+        return cholesky_whitener(H)
+    if kind == "eigen":
+        return eigen_whitener(H)
+    raise NumericsError(f"unknown whitening {kind!r}; use 'cholesky' or 'eigen'")
+
+
+def _golden_int(f: Callable[[int], float], lo: int, hi: int) -> int:
+    """Integer golden-section search for a minimum of `f` on `[lo, hi]` (assumes unimodal,
+    as Duo-SVD does); the final bracket of <= 4 points is scanned. Returns the argmin seen."""
+    cache: dict[int, float] = {}
+
+    def F(x: int) -> float:
+        if x not in cache:
+            cache[x] = f(x)
+        return cache[x]
+
+    invphi = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    while b - a > 3:
+        c = b - round(invphi * (b - a))
+        d = a + round(invphi * (b - a))
+        if c >= d:
+            c, d = (a + b) // 2, (a + b) // 2 + 1
+        if F(c) <= F(d):
+            b = d
+        else:
+            a = c
+    for x in range(a, b + 1):
+        F(x)
+    F(lo)  # always compare against the plain factorisation
+    return min(cache, key=lambda x: (cache[x], x))
+
+
+def column_preserving_split(
+    W: Tensor, H: Tensor, k: int, *, accept: float = 0.01, whitener: str = "cholesky"
+) -> ColumnSplit | None:
+    """Duo-SVD column-preserving factorisation, or None when it does not pay off.
+
+    1. Whitened rank-`k` baseline; residual `R = W - A B`; column score
+       `imp_j = ||R[:, j]||^2 H_jj`.
+    2. For `delta_r` rank units traded, keep the `c` top-scored columns dense
+       (`column_counts`), and approximate the rest by whitened rank-`(k - delta_r)`
+       truncation under `H` restricted to the rest.
+    3. `f(delta_r) = sqrt(sum of truncated sigma^2)` of the rest. Because kept columns are
+       reproduced exactly, `W - W'` is zero on them and the cross terms `H[kept, rest]`
+       of the full-layer loss vanish: `f^2` IS the full-layer loss `tr(D H D^T)` (for the
+       Gram the whitener represents), so the paper's criterion and the honest one agree.
+    4. Golden-section search over integer `delta_r in [0, k]`; accept only if the error
+       drops by more than `accept` (1%) relative to plain.
+    """
+    W = _check_matrix(W)
+    m, n = W.shape
+    _check_rank(k, m, n)
+    H = _check_gram(H, n).to(W.device)
+    base = truncate(W, _whitener(H, whitener), k)
+    f0 = math.sqrt(max(base.loss, 0.0))
+    if k == 0:
+        return None
+    R = W - base.A @ base.B
+    score = R.square().sum(0) * torch.diagonal(H).clamp_min(0)
+    order = torch.argsort(score, descending=True, stable=True)
+
+    def fit(dr: int) -> tuple[float, Tensor, Tensor, LowRankFactors | None, int]:
+        c, kr = column_counts(m, n, k, dr)
+        kept = torch.sort(order[:c]).values
+        mask = torch.ones(n, dtype=torch.bool, device=W.device)
+        mask[kept] = False
+        rest = torch.nonzero(mask).squeeze(1)
+        if rest.numel() == 0:
+            return 0.0, kept, rest, None, c
+        Hr = H.index_select(0, rest).index_select(1, rest)
+        fac = truncate(W.index_select(1, rest), _whitener(Hr, whitener), kr)
+        return math.sqrt(max(fac.loss, 0.0)), kept, rest, fac, c
+
+    def evaluate(dr: int) -> float:
+        # only the error is cached: factors of ~20 candidates would not fit on a GPU
+        if dr == 0 or column_counts(m, n, k, dr)[0] == 0:
+            return f0
+        return fit(dr)[0]
+
+    best = _golden_int(evaluate, 0, k)
+    if best == 0 or column_counts(m, n, k, best)[0] == 0:
+        return None
+    err, kept, rest, fac, c = fit(best)
+    if not err < (1.0 - accept) * f0:
+        log.debug("column split rejected: error %.4g vs plain %.4g", err, f0)
+        return None
+    if fac is None:  # every column kept
+        A = torch.zeros(m, 0, dtype=F64, device=W.device)
+        B = torch.zeros(0, 0, dtype=F64, device=W.device)
+    else:
+        A, B = fac.A, fac.B
+    params = c * m + A.shape[1] * (m + rest.numel())
+    assert params <= k * (m + n)
+    return ColumnSplit(
+        kept_idx=kept.to(torch.long),
+        W_kept=W.index_select(1, kept),
+        rest_idx=rest.to(torch.long),
+        A=A,
+        B=B,
+        params=int(params),
+        loss=err * err,
+        baseline_loss=base.loss,
+        delta_r=best,
+    )

@@ -1,0 +1,400 @@
+"""The numerical core: identities, fallbacks and the collapse traps of methods.md."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+
+from svdzoo import linalg
+from svdzoo.linalg import NumericsError
+
+F64 = torch.float64
+
+
+def _data(m: int = 24, n: int = 16, N: int = 200, seed: int = 0):
+    """A weight and correlated, unevenly scaled inputs (like real activations)."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(m, n, generator=g, dtype=F64)
+    mix = torch.randn(n, n, generator=g, dtype=F64) / math.sqrt(n)
+    scale = torch.logspace(0, 1.5, n, dtype=F64)
+    X = (torch.eye(n, dtype=F64) + mix) @ (
+        scale[:, None] * torch.randn(n, N, generator=g, dtype=F64)
+    )
+    return W, X, X @ X.T
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+# ---------------------------------------------------------------- ranks
+
+
+def test_rank_for_ratio():
+    assert linalg.rank_for_ratio(64, 64, 0.5) == 16  # exact product must not floor to 15
+    assert linalg.rank_for_ratio(64, 64, 0.2) == math.floor(0.8 * 64 * 64 / 128)
+    assert linalg.rank_for_ratio(32, 64, 0.6) == math.floor(0.4 * 32 * 64 / 96)
+    assert linalg.rank_for_ratio(10, 10, 1.0) == 0
+    assert linalg.rank_for_ratio(10, 10, -5.0) == 10  # clamped to min(m, n)
+    with pytest.raises(NumericsError):
+        linalg.rank_for_ratio(0, 10, 0.2)
+
+
+# ---------------------------------------------------------------- SVD-LLM identities
+
+
+@pytest.mark.parametrize("kind", ["cholesky", "eigen"])
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_truncation_loss_identity(kind, k):
+    W, X, H = _data()
+    wh = linalg.cholesky_whitener(H) if kind == "cholesky" else linalg.eigen_whitener(H)
+    assert wh.fallback is None
+    f = linalg.truncate(W, wh, k)
+    assert f.A.shape == (24, k) and f.B.shape == (k, 16)
+    direct = float(((W - f.A @ f.B) @ X).square().sum())
+    assert f.loss == pytest.approx(direct, rel=1e-6)
+    assert f.loss == pytest.approx(float(f.sigma[k:].square().sum()), rel=1e-12)
+    assert linalg.layer_loss(W, f.A, f.B, H) == pytest.approx(direct, rel=1e-6)
+    # symmetric split: both factors carry sqrt(sigma)
+    assert torch.allclose(f.A.norm(dim=0).square(), f.sigma[:k], rtol=1e-8)
+
+
+def test_eigen_and_cholesky_agree_on_pd_gram():
+    W, _, H = _data()
+    for k in (3, 8, 15):
+        a = linalg.truncate(W, linalg.cholesky_whitener(H), k)
+        b = linalg.truncate(W, linalg.eigen_whitener(H), k)
+        assert _rel(a.product(), b.product()) < 1e-8
+        assert a.loss == pytest.approx(b.loss, rel=1e-8)
+
+
+def test_full_rank_reconstructs():
+    W, _, H = _data()
+    k = 16
+    s = torch.linspace(0.5, 2.0, 16, dtype=F64)
+    r = torch.linspace(0.3, 3.0, 24, dtype=F64)
+    for f in (
+        linalg.truncate(W, linalg.cholesky_whitener(H), k),
+        linalg.truncate(W, linalg.eigen_whitener(H), k),
+        linalg.svd_truncate(W, k),
+        linalg.input_scaled_truncate(W, s, k),
+        linalg.output_scaled_truncate(W, r, k),
+    ):
+        assert _rel(f.product(), W) < 1e-10
+        assert f.loss == pytest.approx(0.0, abs=1e-12 * float(f.sigma.square().sum()))
+
+
+def test_whitened_truncation_is_optimal_under_H():
+    W, _, H = _data(seed=3)
+    k = 6
+    best = linalg.truncate(W, linalg.cholesky_whitener(H), k)
+    plain = linalg.svd_truncate(W, k)
+    assert best.loss < linalg.layer_loss(W, plain.A, plain.B, H)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        A = best.A + 1e-3 * torch.randn(best.A.shape, generator=g, dtype=F64)
+        assert linalg.layer_loss(W, A, best.B, H) >= best.loss
+
+
+def test_plain_and_scaled_losses():
+    W, _, _ = _data()
+    k = 5
+    f = linalg.svd_truncate(W, k)
+    assert f.loss == pytest.approx(float((W - f.product()).square().sum()), rel=1e-10)
+    s = torch.linspace(0.5, 2.0, 16, dtype=F64)
+    f = linalg.input_scaled_truncate(W, s, k)
+    assert f.loss == pytest.approx(float(((W - f.product()) * s).square().sum()), rel=1e-10)
+    r = torch.linspace(0.3, 3.0, 24, dtype=F64)
+    f = linalg.output_scaled_truncate(W, r, k)
+    assert f.loss == pytest.approx(
+        float((r[:, None] * (W - f.product())).square().sum()), rel=1e-10
+    )
+    # the scaling matters: heavier rows are reproduced better than by plain SVD
+    plain = linalg.svd_truncate(W, k)
+    err = lambda P: float((r[:, None] * (W - P)).square().sum())  # noqa: E731
+    assert err(f.product()) < err(plain.product())
+
+
+def test_whitener_algebra():
+    W, _, H = _data()
+    for wh in (
+        linalg.cholesky_whitener(H),
+        linalg.eigen_whitener(H),
+        linalg.diag_whitener(torch.linspace(1, 2, 16, dtype=F64)),
+        linalg.identity_whitener(16),
+    ):
+        assert _rel(wh.unapply(wh.apply(W)), W) < 1e-10
+        assert _rel(wh.solve_gram(W @ wh.gram()), W) < 1e-8
+    assert _rel(linalg.cholesky_whitener(H).gram(), H) < 1e-12
+    assert _rel(linalg.eigen_whitener(H).gram(), H) < 1e-12
+
+
+# ---------------------------------------------------------------- rank-deficient Grams
+
+
+def _deficient():
+    W, X, _ = _data(m=20, n=16, N=200)
+    X = X.clone()
+    X[3] = 0.0  # a dead feature
+    X = X[:, :10]  # fewer tokens than features: rank 10 at most
+    return W, X, X @ X.T
+
+
+def test_cholesky_fallback_eigen_shift_is_logged_and_finite(caplog):
+    W, X, H = _deficient()
+    with caplog.at_level(logging.WARNING, logger="svdzoo.linalg"):
+        wh = linalg.cholesky_whitener(H)
+    assert wh.fallback == "eigen-shift"
+    lam_min = float(torch.linalg.eigvalsh(H)[0])
+    assert wh.shift >= -lam_min + 1e-6 * float(torch.diagonal(H).mean()) * 0.999
+    assert any("fallback" in r.message for r in caplog.records)
+    f = linalg.truncate(W, wh, 6)
+    assert torch.isfinite(f.A).all() and torch.isfinite(f.B).all()
+    # exact identity for the shifted Gram the whitener represents
+    assert f.loss == pytest.approx(linalg.layer_loss(W, f.A, f.B, wh.gram()), rel=1e-6)
+
+
+def test_cholesky_fallback_diag_damp_and_raise():
+    _, _, H = _deficient()
+    wh = linalg.cholesky_whitener(H, fallback="diag-damp")
+    assert wh.fallback == "diag-damp"
+    assert wh.shift == pytest.approx(0.05 * float(torch.diagonal(H).mean()))
+    with pytest.raises(NumericsError):
+        linalg.cholesky_whitener(H, fallback="raise")
+    with pytest.raises(NumericsError):
+        linalg.cholesky_whitener(H, fallback="nope")
+    # a healthy Gram takes no fallback
+    assert linalg.cholesky_whitener(_data()[2], fallback="raise").fallback is None
+
+
+def test_eigen_whitener_on_rank_deficient_gram():
+    W, X, H = _deficient()
+    wh = linalg.eigen_whitener(H)
+    assert wh.rank <= 10 and wh.fallback is not None
+    for k in (3, 6):
+        f = linalg.truncate(W, wh, k)
+        direct = float(((W - f.product()) @ X).square().sum())
+        assert f.loss == pytest.approx(direct, rel=1e-6, abs=1e-9 * float(H.trace()))
+        # no damping: at least as good on the real data as the shifted Cholesky
+        g = linalg.truncate(W, linalg.cholesky_whitener(H), k)
+        assert direct <= float(((W - g.product()) @ X).square().sum()) * (1 + 1e-9)
+    # rank above the whitened rank: zero loss, spare rank filled, shapes honest
+    f = linalg.truncate(W, wh, 12)
+    assert f.A.shape == (20, 12) and f.B.shape == (12, 16)
+    assert float(((W - f.product()) @ X).square().sum()) < 1e-9 * float(H.trace())
+    assert (W - f.product()).norm() < (W - linalg.truncate(W, wh, wh.rank).product()).norm()
+
+
+def test_zero_gram_never_nan():
+    W = _data()[0]
+    H = torch.zeros(16, 16, dtype=F64)
+    f = linalg.truncate(W, linalg.cholesky_whitener(H), 4)
+    assert torch.isfinite(f.product()).all()
+    f = linalg.truncate(W, linalg.eigen_whitener(H), 4)
+    assert torch.isfinite(f.product()).all() and f.A.shape == (24, 4)
+
+
+def test_bad_input_is_rejected_before_compute():
+    W, _, H = _data()
+    with pytest.raises(NumericsError, match="rank"):
+        linalg.truncate(W, linalg.cholesky_whitener(H), 17)
+    with pytest.raises(NumericsError, match="inputs"):
+        linalg.truncate(W.T, linalg.cholesky_whitener(H), 2)
+    with pytest.raises(NumericsError, match="NaN"):
+        linalg.svd_truncate(W * float("nan"), 2)
+    with pytest.raises(NumericsError, match="square"):
+        linalg.cholesky_whitener(H[:, :3])
+    with pytest.raises(NumericsError, match="positive"):
+        linalg.input_scaled_truncate(W, torch.zeros(16, dtype=F64), 2)
+    with pytest.raises(NumericsError):
+        linalg.output_scaled_truncate(W, torch.ones(5, dtype=F64), 2)
+
+
+# ---------------------------------------------------------------- AdaSVD compensation
+
+
+def _shifted_inputs(seed: int = 0):
+    """Original inputs X and the inputs X' a compressed earlier layer would produce."""
+    W, X, H = _data(m=24, n=16, N=300, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    E = 0.3 * torch.randn(16, 16, generator=g, dtype=F64) / 4
+    Xp = X + E @ X + 0.05 * X.std() * torch.randn(X.shape, generator=g, dtype=F64)
+    return W, X, Xp, H, Xp @ Xp.T, X @ Xp.T
+
+
+def _objective(W, X, Xp, P):
+    return float((W @ X - P @ Xp).square().sum())
+
+
+def test_compensated_truncate_collapses_to_truncate_without_shift():
+    W, _, H = _data()
+    for k in (3, 9):
+        a = linalg.compensated_truncate(W, H, H, k)
+        b = linalg.truncate(W, linalg.cholesky_whitener(H), k)
+        assert _rel(a.product(), b.product()) < 1e-8
+        c = linalg.compensated_truncate(W, H, H, k, whitening="cholesky")
+        assert _rel(c.product(), b.product()) < 1e-8
+
+
+def test_compensated_truncate_beats_uncompensated_on_actual_inputs():
+    W, X, Xp, H, Hp, C = _shifted_inputs()
+    for k in (4, 10):
+        comp = linalg.compensated_truncate(W, Hp, C, k)
+        plain = linalg.truncate(W, linalg.cholesky_whitener(H), k)
+        actual = linalg.truncate(W, linalg.cholesky_whitener(Hp), k)
+        o = _objective(W, X, Xp, comp.product())
+        assert o < _objective(W, X, Xp, plain.product())
+        assert o < _objective(W, X, Xp, actual.product())
+        # loss = objective minus the rank-independent part ||W X - T X'||^2
+        T = linalg.compensated_target(W, C, linalg.eigen_whitener(Hp))
+        assert comp.loss + _objective(W, X, Xp, T) == pytest.approx(o, rel=1e-8)
+
+
+def test_als_is_a_fixed_point_at_the_whitened_optimum():
+    W, _, H = _data()
+    f = linalg.truncate(W, linalg.cholesky_whitener(H), 6)
+    g = linalg.als_refine(W, f.A, f.B, H, H, iters=3)
+    assert _rel(g.product(), f.product()) < 1e-8
+    assert g.loss == pytest.approx(f.loss, rel=1e-8)
+
+
+def test_als_improves_plain_start_monotonically():
+    W, X, _, H, _, _ = _shifted_inputs(1)
+    f = linalg.svd_truncate(W, 5)
+    losses = [linalg.layer_loss(W, f.A, f.B, H)]
+    A, B = f.A, f.B
+    for _ in range(4):
+        g = linalg.als_refine(W, A, B, H, H, iters=1)
+        A, B = g.A, g.B
+        losses.append(g.loss)
+    assert all(b <= a * (1 + 1e-10) for a, b in zip(losses, losses[1:], strict=False))
+    assert losses[1] < 0.99 * losses[0]
+    opt = linalg.truncate(W, linalg.cholesky_whitener(H), 5).loss
+    assert losses[-1] >= opt * (1 - 1e-9)
+
+
+def test_als_compensation_reduces_loss_on_compressed_inputs():
+    W, X, Xp, H, Hp, C = _shifted_inputs(2)
+    f = linalg.truncate(W, linalg.cholesky_whitener(H), 6)
+    g = linalg.als_refine(W, f.A, f.B, Hp, C, iters=1)
+    assert _objective(W, X, Xp, g.product()) < _objective(W, X, Xp, f.product())
+    best = linalg.compensated_truncate(W, Hp, C, 6)
+    assert g.loss >= best.loss * (1 - 1e-9)
+
+
+def test_als_rejects_bad_shapes():
+    W, _, H = _data()
+    f = linalg.svd_truncate(W, 3)
+    with pytest.raises(NumericsError):
+        linalg.als_refine(W, f.A, f.B.T, H, H)
+    with pytest.raises(NumericsError):
+        linalg.als_refine(W, f.A, f.B, H, H[:4, :4])
+
+
+# ---------------------------------------------------------------- ResSVD
+
+
+def test_residual_with_same_whitening_is_plain_truncation():
+    W, _, H = _data()
+    wh = linalg.cholesky_whitener(H)
+    for k1, k2 in ((2, 3), (5, 5), (0, 4)):
+        r = linalg.residual_truncate(W, wh, wh, k1, k2)
+        p = linalg.truncate(W, wh, k1 + k2)
+        assert r.A.shape == (24, k1 + k2) and r.B.shape == (k1 + k2, 16)
+        assert _rel(r.product(), p.product()) < 1e-8
+        assert r.loss == pytest.approx(p.loss, rel=1e-6)
+
+
+def test_residual_with_different_stages():
+    W, X, Xp, H, Hp, C = _shifted_inputs(3)
+    wh = linalg.cholesky_whitener(H)
+    # plain first stage, whitened second: never better than the joint whitened optimum
+    r = linalg.residual_truncate(W, None, wh, 4, 4)
+    assert r.loss >= linalg.truncate(W, wh, 8).loss * (1 - 1e-9)
+    assert r.loss == pytest.approx(linalg.layer_loss(W, r.A, r.B, H), rel=1e-6)
+    # residual fitted to the compressed model's inputs reduces that objective
+    whp = linalg.eigen_whitener(Hp)
+    T = linalg.compensated_target(W, C, whp)
+    comp = linalg.residual_truncate(W, wh, whp, 4, 4, target=T)
+    base = linalg.truncate(W, wh, 8)
+    assert _objective(W, X, Xp, comp.product()) < _objective(W, X, Xp, base.product())
+    with pytest.raises(NumericsError):
+        linalg.residual_truncate(W, wh, wh, 10, 10)
+
+
+# ---------------------------------------------------------------- Duo-SVD
+
+
+def test_column_counts_never_exceed_plain_budget():
+    for m, n in ((64, 64), (32, 64), (172, 64), (64, 172)):
+        for k in range(1, min(m, n) + 1, 3):
+            for dr in range(0, k + 1):
+                c, kr = linalg.column_counts(m, n, k, dr)
+                assert 0 <= c <= n and 0 <= kr <= k
+                assert c * m + kr * (m + n - c) <= k * (m + n)
+    # the paper's exchange rate where rounding is harmless
+    c, kr = linalg.column_counts(64, 64, 36, 4)
+    assert (c, kr) == (16, 32) and c * 64 + kr * (128 - c) == 36 * 128
+    # rounding up would overshoot (round(10.67) = 11 costs 2576 > 2560): lowered to 10
+    assert linalg.column_counts(64, 64, 20, 4) == (10, 16)
+
+
+OUTLIERS = [2, 5, 11, 17, 23, 29, 30, 36]
+
+
+def _outlier_data(seed=0):
+    """More outlier features than the rank can absorb: Duo-SVD's motivating case.
+
+    (A handful of outliers would simply take the top singular directions, leaving no
+    residual on their columns to preserve.)"""
+    g = torch.Generator().manual_seed(seed)
+    m, n, N = 48, 40, 400
+    W = torch.randn(m, n, generator=g, dtype=F64)
+    X = torch.randn(n, N, generator=g, dtype=F64)
+    X[OUTLIERS] *= 10.0
+    return W, X, X @ X.T
+
+
+def test_column_split_pays_off_on_outlier_features():
+    W, X, H = _outlier_data()
+    k = 6
+    split = linalg.column_preserving_split(W, H, k)
+    assert split is not None
+    m, n = W.shape
+    assert split.params <= k * (m + n)
+    assert split.params == split.n_kept * m + split.rank * (m + n - split.n_kept)
+    assert torch.equal(split.kept_idx, torch.sort(split.kept_idx).values)
+    assert split.n_kept > 0 and set(split.kept_idx.tolist()) <= set(OUTLIERS)
+    both = torch.cat([split.kept_idx, split.rest_idx]).sort().values
+    assert torch.equal(both, torch.arange(n))
+    P = split.product()
+    assert torch.equal(P[:, split.kept_idx], W[:, split.kept_idx])
+    direct = float(((W - P) @ X).square().sum())
+    assert split.loss == pytest.approx(direct, rel=1e-6)
+    assert split.loss < 0.5 * split.baseline_loss  # measured: 0.19
+    assert split.baseline_loss == pytest.approx(
+        linalg.truncate(W, linalg.cholesky_whitener(H), k).loss, rel=1e-10
+    )
+
+
+def test_column_split_rejected_when_it_cannot_help():
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(30, 6, generator=g, dtype=F64) @ torch.randn(6, 20, generator=g, dtype=F64)
+    _, X, H = _data(m=30, n=20, N=100)
+    assert linalg.column_preserving_split(W, H, 6) is None  # exact at rank 6: nothing to gain
+    assert linalg.column_preserving_split(W, H, 0) is None
+
+
+def test_golden_int_finds_the_minimum_of_unimodal():
+    for target in (0, 1, 7, 19, 20):
+        calls: list[int] = []
+
+        def f(x, t=target, seen=calls):
+            seen.append(x)
+            return (x - t) ** 2
+
+        assert linalg._golden_int(f, 0, 20) == target
+        assert len(set(calls)) < 21
