@@ -42,6 +42,7 @@ class TrainConfig:
     lr: float = 3e-3
     warmup: int = 30
     weight_decay: float = 0.05
+    init_std: float = 0.02  # smaller init: weights become mostly learned structure sooner
     seed: int = 0
     threads: int | None = None
 
@@ -70,6 +71,7 @@ def build_config(cfg: TrainConfig, vocab_size: int, pad_id: int, eos_id: int):
             num_key_value_heads=cfg.kv_heads,  # grouped-query attention
             max_position_embeddings=max(2048, cfg.seqlen),
             tie_word_embeddings=True,
+            initializer_range=cfg.init_std,
             pad_token_id=pad_id,
             bos_token_id=eos_id,
             eos_token_id=eos_id,
@@ -86,6 +88,7 @@ def build_config(cfg: TrainConfig, vocab_size: int, pad_id: int, eos_id: int):
         word_embed_proj_dim=cfg.hidden,
         do_layer_norm_before=True,
         enable_bias=True,
+        init_std=cfg.init_std,
         dropout=0.0,
         attention_dropout=0.0,
         pad_token_id=pad_id,
