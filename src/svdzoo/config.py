@@ -75,7 +75,7 @@ DEFAULT_RESOURCES: dict[str, dict[str, int]] = {
 DEFAULTS: dict[str, Any] = {
     "compress": {},
     "offline_tasks": {"seed": 0},
-    "report": {"published": "data/published.csv", "figures": True},
+    "report": {"published": "data/published.csv"},
     "keep_compressed": True,
     "resources": {},
 }

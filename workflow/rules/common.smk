@@ -103,18 +103,18 @@ def metric_files():
 
 
 def report_outputs():
-    outs = [str(L.metrics_csv), str(L.tables)]
-    return outs + [str(L.figures)] if P["report"]["figures"] else outs
+    return [str(L.metrics_csv), str(L.tables), str(L.figures)]
+
+
+def published_input():
+    """The published-numbers CSV, when present (a fresh checkout has data/published.csv)."""
+    published = P["report"].get("published")
+    return [published] if published and Path(published).is_file() else []
 
 
 def report_flags():
-    argv = []
-    published = P["report"].get("published")
-    if published and Path(published).is_file():
-        argv += ["--published", published]
+    argv = [f"--published {p}" for p in published_input()]
     names = [f"{k}={s['published_name']}" for k, s in P["models"].items() if "published_name" in s]
     if names:
         argv += ["--model-names", *names]
-    if not P["report"]["figures"]:
-        argv.append("--no-figures")
     return " ".join(argv)

@@ -5,10 +5,11 @@ rule report:
     """Collect every metric into results/metrics.csv; write tables/ and figures/."""
     input:
         metrics=metric_files(),
+        published=published_input(),
     output:
         csv=str(L.metrics_csv),
         tables=directory(str(L.tables)),
-        figures=directory(str(L.figures)) if P["report"]["figures"] else [],
+        figures=directory(str(L.figures)),
     params:
         results=lambda w, output: str(Path(output.csv).parent),
         extra=report_flags(),
