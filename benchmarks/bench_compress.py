@@ -1,0 +1,225 @@
+"""Compression cost: per-matrix time at LLaMA-7B shapes, and per-method wall time on models.
+
+`--matrices` (GPU when available): random weights and a synthetic, anisotropic Gram
+(`H = X X^T` of correlated random activations, 4096 tokens per Gram row scale) at the two
+LLaMA-7B shapes, 4096x4096 (q/k/v/o) and 11008x4096 (gate/up); times every factoriser at
+40 % removal, float64 as the library computes. Extrapolates to a 32-layer model
+(4 square + 2 tall + 1 wide matrix per layer).
+
+`--methods MODEL_DIR --stats GRAM_DIR` (CPU): `svdzoo.compress` wall time per method on a
+reference model, at the given ratios.
+
+Results: benchmarks/results/compress.json (merged by section) and compress.md.
+
+    python benchmarks/bench_compress.py --matrices
+    python benchmarks/bench_compress.py --methods data/models/ref-llama --stats data/stats/ref-llama/.../gram
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from svdzoo import linalg  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHAPES = {
+    "square 4096x4096": (4096, 4096),
+    "tall 11008x4096": (11008, 4096),
+    "wide 4096x11008": (4096, 11008),
+}
+PER_LAYER = {"square 4096x4096": 4, "tall 11008x4096": 2, "wide 4096x11008": 1}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _gram(n: int, device: torch.device, gen: torch.Generator) -> torch.Tensor:
+    """An anisotropic Gram, like real LLM activations (a few heavy directions)."""
+    tokens = 2 * n
+    scales = torch.logspace(0, -3, n, dtype=torch.float64)
+    X = torch.randn(n, tokens, generator=gen, dtype=torch.float64) * scales[:, None]
+    X = X.to(device)
+    return X @ X.T
+
+
+def bench_matrices(
+    device: torch.device, ratio: float, repeats: int, shrink: int = 1
+) -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(0)
+    out: dict[str, Any] = {}
+    for label, (m, n) in SHAPES.items():
+        m, n = m // shrink, n // shrink
+        W = (torch.randn(m, n, generator=gen, dtype=torch.float64) / n**0.5).to(device)
+        H = _gram(n, device, gen)
+        absmean = torch.rand(n, generator=gen, dtype=torch.float64).to(device) + 0.1
+        k = linalg.rank_for_ratio(m, n, ratio)
+        cases = {
+            "svd": lambda W=W, k=k: linalg.svd_truncate(W, k),
+            "asvd": lambda W=W, k=k, s=absmean: linalg.input_scaled_truncate(W, s.sqrt(), k),
+            "svd-llm (cholesky)": lambda W=W, H=H, k=k: linalg.truncate(
+                W, linalg.cholesky_whitener(H), k
+            ),
+            "svd-llm-v2 (eigen)": lambda W=W, H=H, k=k: linalg.truncate(
+                W, linalg.eigen_whitener(H), k
+            ),
+            "adasvd (compensated+ALS)": lambda W=W, H=H, k=k: linalg.als_refine(
+                W, *_pair(linalg.compensated_truncate(W, H, H, k)), H, H, iters=1
+            ),
+            "duo-svd (column split)": lambda W=W, H=H, k=k: linalg.column_preserving_split(W, H, k),
+        }
+        rows = {}
+        for name, fn in cases.items():
+            fn()  # warm-up (cuSOLVER handles, allocator)
+            _sync(device)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+            rows[name] = {"seconds": min(times), "rank": k}
+            print(f"{label:<18} {name:<26} {min(times):8.3f} s", flush=True)
+        out[label] = rows
+    per_layer = {
+        name: sum(out[label][name]["seconds"] * cnt for label, cnt in PER_LAYER.items())
+        for name in out["square 4096x4096"]
+    }
+    return {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "ratio": ratio,
+        "shrink": shrink,
+        "dtype": "float64",
+        "per_matrix": out,
+        "per_layer_s": per_layer,
+        "llama7b_32_layers_s": {k: v * 32 for k, v in per_layer.items()},
+    }
+
+
+def _pair(f: linalg.LowRankFactors) -> tuple[torch.Tensor, torch.Tensor]:
+    return f.A, f.B
+
+
+def bench_methods(
+    model_dir: str, stats_dir: str, methods: list[str], ratios: list[float], sensitivity: dict
+) -> dict[str, Any]:
+    import svdzoo
+    from svdzoo.models import load_model
+
+    stats = svdzoo.load_statistics(
+        gram=stats_dir,
+        fisher=sensitivity.get("fisher"),
+        sensitivity_duo=sensitivity.get("duo"),
+        sensitivity_asvd=sensitivity.get("asvd"),
+    )
+    tok = svdzoo.api.load_tokenizer(model_dir)
+    rows = []
+    for method in methods:
+        for ratio in ratios:
+            model = load_model(model_dir)
+            t0 = time.perf_counter()
+            manifest = svdzoo.compress(model, method, ratio, stats=stats, tokenizer=tok)
+            rows.append(
+                {
+                    "method": method,
+                    "ratio": ratio,
+                    "seconds": time.perf_counter() - t0,
+                    "achieved_ratio": manifest["achieved_ratio"],
+                }
+            )
+            print(f"{method:<22} r={ratio:.2f} {rows[-1]['seconds']:7.2f} s", flush=True)
+    return {"model": model_dir, "threads": torch.get_num_threads(), "rows": rows}
+
+
+def _write(section: str, result: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "compress.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[section] = result
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    lines = ["# Compression benchmark", ""]
+    if "matrices" in data:
+        r = data["matrices"]
+        lines += [
+            f"Per-matrix time at LLaMA-7B shapes, {r['ratio']:.0%} removal, {r['dtype']}, on {r['device']}.",
+            "",
+            "| factoriser | " + " | ".join(r["per_matrix"]) + " | per layer | 32 layers |",
+            "|---" * (len(r["per_matrix"]) + 3) + "|",
+        ]
+        for name in r["per_layer_s"]:
+            cells = [f"{r['per_matrix'][s][name]['seconds']:.3f} s" for s in r["per_matrix"]]
+            lines.append(
+                f"| {name} | "
+                + " | ".join(cells)
+                + f" | {r['per_layer_s'][name]:.2f} s | {r['llama7b_32_layers_s'][name] / 60:.1f} min |"
+            )
+        lines.append("")
+    if "methods" in data:
+        r = data["methods"]
+        lines += [
+            f"Wall time of `svdzoo.compress` on {r['model']} ({r['threads']} CPU threads).",
+            "",
+            "| method | ratio | seconds | achieved ratio |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {x['method']} | {x['ratio']:.2f} | {x['seconds']:.2f} | {x['achieved_ratio']:.4f} |"
+            for x in r["rows"]
+        ]
+    (RESULTS / "compress.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--matrices", action="store_true")
+    p.add_argument("--ratio", type=float, default=0.4)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--shrink", type=int, default=1, help="divide the shapes (CPU smoke runs)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--methods", metavar="MODEL_DIR")
+    p.add_argument("--stats")
+    p.add_argument("--fisher")
+    p.add_argument("--sensitivity-duo")
+    p.add_argument("--sensitivity-asvd")
+    p.add_argument("--method-names", default="svd,asvd-uniform,svd-llm")
+    p.add_argument("--ratios", default="0.2,0.4,0.6,0.8")
+    args = p.parse_args()
+    if args.matrices:
+        _write(
+            "matrices",
+            bench_matrices(torch.device(args.device), args.ratio, args.repeats, args.shrink),
+        )
+    if args.methods:
+        sens = {"fisher": args.fisher, "duo": args.sensitivity_duo, "asvd": args.sensitivity_asvd}
+        _write(
+            "methods",
+            bench_methods(
+                args.methods,
+                args.stats,
+                args.method_names.split(","),
+                [float(r) for r in args.ratios.split(",")],
+                sens,
+            ),
+        )
+    if not (args.matrices or args.methods):
+        p.error("choose --matrices and/or --methods MODEL_DIR --stats GRAM_DIR")
+
+
+if __name__ == "__main__":
+    main()
