@@ -180,7 +180,8 @@ def _schema_errors(params: Mapping[str, Any], schema_path: Path) -> None:
         # `if/then` failures report at the model; descend to the real culprit
         leaf = min(err.context, key=lambda e: -len(e.absolute_path)) if err.context else err
         msg = leaf.message
-        if leaf.validator == "pattern" and list(leaf.absolute_path)[:1] == ["ratios"]:
+        path = list(leaf.absolute_path)
+        if path[:1] == ["ratios"] and len(path) == 2 and leaf.validator in ("pattern", "type"):
             msg = (
                 f"{leaf.instance!r} must be a quoted two-decimal string such as '0.40' "
                 "(DVC builds the r0.40 result paths from its text)"

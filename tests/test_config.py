@@ -1,0 +1,223 @@
+"""params.yaml validation: every config in the repository is valid, and each kind of bad
+input fails before any compute with a message naming the offending key."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from svdzoo import config as C
+from svdzoo.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / C.SCHEMA_RELPATH
+CONFIGS = sorted((ROOT / "workflow" / "configs").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def default() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _fails(params: dict, *fragments: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        C.validate_params(params, SCHEMA)
+    msg = str(info.value)
+    for frag in fragments:
+        assert frag in msg, f"{frag!r} not in error message: {msg}"
+    return msg
+
+
+def test_default_params_valid_and_complete(default):
+    p = C.validate_params(default, SCHEMA)
+    assert set(p["models"]) == {"ref-llama", "ref-opt"}
+    assert {s["family"] for s in p["models"].values()} == {"llama", "opt"}
+    assert p["methods"] == [
+        "svd",
+        "fwsvd",
+        "asvd",
+        "svd-llm",
+        "svd-llm-v2",
+        "adasvd",
+        "ressvd",
+        "duo-svd",
+    ]
+    assert C.ratios(p) == [0.2, 0.4, 0.6, 0.8]
+    assert set(p["evaluation"]["corpora"]) == {"pydoc", "pysource"}
+    assert C.uses_offline_tasks(p)
+    assert C.calib_tag(p) == "pydoc-n64-l128-s3"
+    # defaults filled in for the optional sections
+    assert p["keep_compressed"] is True and "published" in p["report"]
+    assert C.needed_stats(p) == set(C.STATS_KINDS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_repository_configs_valid(path):
+    p = C.load_params(path, SCHEMA)
+    assert p["methods"] and p["ratios"]
+
+
+def test_paper_configs_cover_the_papers():
+    papers = {p.name: C.load_params(p, SCHEMA) for p in CONFIGS if p.name.startswith("paper-")}
+    ids = {s["id"] for p in papers.values() for s in p["models"].values()}
+    assert ids >= {
+        "huggyllama/llama-7b",
+        "meta-llama/Llama-2-7b-hf",
+        "facebook/opt-6.7b",
+        "mistralai/Mistral-7B-v0.1",
+    }
+    for name, p in papers.items():
+        assert C.calib_tag(p) == "wikitext2-n256-l2048-s3", name
+        assert p["evaluation"]["corpora"] == ["wikitext2", "ptb", "c4"], name
+        assert set(p["evaluation"]["tasks"]) == set(C.HUB_TASKS[:7]), name
+        assert p["keep_compressed"] is False, name
+        assert C.resources(p, "compress")["gpu"] == 1, name
+
+
+def test_unknown_method(default):
+    bad = copy.deepcopy(default)
+    bad["methods"] = ["svd", "svd-lm"]
+    _fails(bad, "methods[1]", "unknown method 'svd-lm'")
+
+
+def test_unknown_model_family_and_source(default):
+    bad = copy.deepcopy(default)
+    bad["models"]["ref-llama"]["family"] = "gpt2"
+    _fails(bad, "models.ref-llama.family", "unknown model family 'gpt2'")
+    bad = copy.deepcopy(default)
+    bad["models"]["ref-opt"]["source"] = "s3"
+    _fails(bad, "models.ref-opt.source")
+
+
+def test_unknown_corpus(default):
+    bad = copy.deepcopy(default)
+    bad["evaluation"]["corpora"] = ["pydoc", "wikitext3"]
+    _fails(bad, "evaluation.corpora[1]", "unknown corpus 'wikitext3'")
+    bad = copy.deepcopy(default)
+    bad["calibration"]["corpus"] = "nope"
+    _fails(bad, "calibration.corpus")
+
+
+def test_unknown_task(default):
+    bad = copy.deepcopy(default)
+    bad["evaluation"]["tasks"] = ["pydoc_continuation", "arc_medium"]
+    _fails(bad, "evaluation.tasks[1]", "unknown task 'arc_medium'")
+
+
+@pytest.mark.parametrize("ratio", ["0.00", "1.00", "1.20"])
+def test_ratio_outside_open_interval(default, ratio):
+    bad = copy.deepcopy(default)
+    bad["ratios"] = ["0.40", ratio]
+    _fails(bad, "ratios[1]", "outside (0, 1)")
+
+
+def test_unquoted_ratio_is_explained(default):
+    bad = copy.deepcopy(default)
+    bad["ratios"] = [0.4]
+    _fails(bad, "ratios[0]", "two-decimal string")
+
+
+@pytest.mark.parametrize("key", ["methods", "ratios", "evaluation.corpora", "evaluation.tasks"])
+def test_empty_list(default, key):
+    bad = copy.deepcopy(default)
+    node = bad
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = []
+    _fails(bad, key, "should be non-empty")
+
+
+def test_empty_models(default):
+    bad = copy.deepcopy(default)
+    bad["models"] = {}
+    _fails(bad, "models")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("calibration.nsamples", "many"),
+        ("models.ref-llama.steps", 1.5),
+        ("keep_compressed", "yes"),
+        ("methods", "svd"),
+    ],
+)
+def test_wrong_type(default, key, value):
+    bad = copy.deepcopy(default)
+    node = bad
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    _fails(bad, key, "is not of type")
+
+
+def test_unknown_key_and_missing_key(default):
+    bad = copy.deepcopy(default)
+    bad["ratio"] = ["0.40"]
+    _fails(bad, "unknown key", "ratio")
+    bad = copy.deepcopy(default)
+    del bad["calibration"]["seed"]
+    _fails(bad, "calibration", "'seed' is a required property")
+
+
+def test_sensitivity_samples_bounded_by_calibration(default):
+    bad = copy.deepcopy(default)
+    bad["sensitivity"]["nsamples"] = bad["calibration"]["nsamples"] + 1
+    _fails(bad, "sensitivity.nsamples")
+
+
+def test_method_requirements_match_registry():
+    from svdzoo.methods import requirements
+
+    assert C.method_requirements("svd") == frozenset()
+    for name in ("svd", "fwsvd", "asvd", "svd-llm"):
+        assert C.method_requirements(name) == requirements(name)
+    with pytest.raises(ConfigError, match="unknown method"):
+        C.method_requirements("nope")
+
+
+def test_cli_flags_parse_like_dvc_expansion():
+    """Snakemake passes `--corpora a,b`, DVC's ${dict} expansion `--corpora a b`: the
+    evaluate command must read both the same."""
+    from dvc.parsing.interpolate import to_str
+
+    from svdzoo.cli import build_parser
+
+    flags = {"corpora": ["pydoc", "pysource"], "tasks": ["pydoc_continuation"], "seqlen": 64}
+    ours = C.cli_flags(flags)
+    assert ours == [
+        "--corpora",
+        "pydoc,pysource",
+        "--tasks",
+        "pydoc_continuation",
+        "--seqlen",
+        "64",
+    ]
+    parser = build_parser()
+    base = ["evaluate", "--model", "m", "--ppl-out", "p.json"]
+    a = parser.parse_args(base + ours)
+    b = parser.parse_args(base + to_str(flags).split())
+    assert (a.corpora, a.tasks, a.seqlen) == (b.corpora, b.tasks, b.seqlen)
+    assert a.corpora == ["pydoc", "pysource"]
+    assert C.cli_flags({"flag": True, "off": False}) == ["--flag"]
+
+
+def test_validate_params_command(tmp_path, default):
+    cmd = [sys.executable, "-m", "svdzoo.cli", "validate-params"]
+    ok = subprocess.run([*cmd, str(ROOT / "params.yaml")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "valid" in ok.stdout and "64 compressed models" in ok.stdout
+    bad = copy.deepcopy(default)
+    bad["ratios"] = ["0.40", "1.50"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    res = subprocess.run([*cmd, str(path), "--schema", str(SCHEMA)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "ratios[1]" in res.stderr and "Traceback" not in res.stderr
