@@ -236,7 +236,13 @@ def compress(
     if method.sequential:
         from svdzoo.methods.sequential import run_sequential
 
-        run_sequential(model, method, ranks, stats, tokenizer, device, replace, _context, opts)
+        summary = run_sequential(
+            model, method, ranks, stats, tokenizer, device, replace, _context, opts
+        )
+        actx.report.setdefault("sequential", summary)
+        for name, (_, _, lin) in modules.items():  # matrices the allocation left dense
+            if name not in records:
+                records[name] = _module_record(by_name[name], lin, True)
     else:
         for name in tqdm(list(modules), desc=f"compress {method.name}", unit="matrix"):
             layer, t, lin = modules[name]
@@ -286,14 +292,28 @@ def save_compressed(
     model: nn.Module, manifest: Mapping[str, Any], out_dir: str | Path, tokenizer: Any = None
 ) -> None:
     """Weights (safetensors), config, tokenizer and manifest, written atomically as one directory."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     with atomic_dir(out_dir) as tmp:
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        save_model(model, str(tmp / WEIGHTS))
+        save_file(_state_without_tied(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         write_json(tmp / MANIFEST, dict(manifest))
+
+
+def _tied_output_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of an output embedding that shares its tensor with the input one."""
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if out_emb is None or in_emb is None or out_emb.weight is not in_emb.weight:
+        return set()
+    return {f"{name}.weight" for name, mod in model.named_modules() if mod is out_emb}
+
+
+def _state_without_tied(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with tied duplicates dropped (re-tied on load), contiguous for safetensors."""
+    tied = _tied_output_keys(model)
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
 
 
 def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu") -> nn.Module:
@@ -325,16 +345,13 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
     except Exception as exc:
         raise CacheError(f"compressed model {path}: cannot read {WEIGHTS} ({exc})") from exc
     result = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in result.missing_keys if not _is_tied(model, k)]
+    model.tie_weights()
+    tied = _tied_output_keys(model)
+    missing = [k for k in result.missing_keys if k not in tied]
     if missing or result.unexpected_keys:
         raise CacheError(
             f"compressed model {path}: weights do not match the manifest (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
-    model.tie_weights()
     model.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
     model.eval()
     return model
-
-
-def _is_tied(model: nn.Module, key: str) -> bool:
-    return key.startswith("lm_head.") and bool(getattr(model.config, "tie_word_embeddings", False))
