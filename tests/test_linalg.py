@@ -398,3 +398,39 @@ def test_golden_int_finds_the_minimum_of_unimodal():
 
         assert linalg._golden_int(f, 0, 20) == target
         assert len(set(calls)) < 21
+
+
+# ---------------------------------------------------------------- device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    W, X, H = _data(m=96, n=64, N=400)
+    Wc, Hc = W.cuda(), H.cuda()
+    for make in (linalg.cholesky_whitener, linalg.eigen_whitener):
+        a = linalg.truncate(W, make(H), 10)
+        b = linalg.truncate(Wc, make(Hc), 10)
+        assert b.A.device.type == "cuda" and b.A.dtype == F64
+        assert _rel(b.product().cpu(), a.product()) < 1e-8
+        assert b.loss == pytest.approx(a.loss, rel=1e-8)
+    # rank-deficient fallback stays finite on the device
+    Hd = Hc.clone()
+    Hd[5, :] = 0.0
+    Hd[:, 5] = 0.0
+    wh = linalg.cholesky_whitener(Hd)
+    assert wh.fallback == "eigen-shift"
+    assert torch.isfinite(linalg.truncate(Wc, wh, 10).product()).all()
+    # compensation, ALS, residual and column split run where the inputs live
+    W2, X2, Xp, H2, Hp, C = _shifted_inputs(4)
+    cpu = linalg.compensated_truncate(W2, Hp, C, 6)
+    gpu = linalg.compensated_truncate(W2.cuda(), Hp.cuda(), C.cuda(), 6)
+    assert _rel(gpu.product().cpu(), cpu.product()) < 1e-8
+    f = linalg.svd_truncate(W2.cuda(), 6)
+    g = linalg.als_refine(W2.cuda(), f.A, f.B, Hp.cuda(), C.cuda())
+    assert g.A.device.type == "cuda" and g.loss < linalg.layer_loss(W2, f.A.cpu(), f.B.cpu(), H2)
+    Wo, _, Ho = _outlier_data()
+    s_cpu = linalg.column_preserving_split(Wo, Ho, 6)
+    s_gpu = linalg.column_preserving_split(Wo.cuda(), Ho.cuda(), 6)
+    assert s_gpu is not None and s_cpu is not None
+    assert torch.equal(s_gpu.kept_idx.cpu(), s_cpu.kept_idx)
+    assert s_gpu.loss == pytest.approx(s_cpu.loss, rel=1e-8)

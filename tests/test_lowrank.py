@@ -171,3 +171,19 @@ def test_bad_factors_and_specs_are_rejected():
         )
     with pytest.raises(lowrank.SpecError):
         lowrank.module_spec(nn.Linear(2, 2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_modules_on_cuda():
+    A, B, b = _factors()
+    mod = LowRankLinear.from_factors(A.cuda(), B.cuda(), bias=b.cuda(), dtype=torch.float32)
+    assert mod.A.weight.device.type == "cuda"
+    x = torch.randn(3, 10, device="cuda")
+    assert torch.allclose(mod(x), x @ (A @ B).float().cuda().T + b.float().cuda(), atol=1e-4)
+    cmod = ColumnPreservingLinear.from_split(_split(), dtype=torch.float32, device="cuda")
+    assert cmod.kept_idx.device.type == "cuda"
+    spec = lowrank.module_spec(cmod)
+    rebuilt = lowrank.build_from_spec(spec, dtype=torch.float32, device="cuda")
+    rebuilt.load_state_dict(cmod.state_dict())
+    x = torch.randn(2, 40, device="cuda")
+    assert torch.equal(rebuilt(x), cmod(x))
