@@ -1,0 +1,359 @@
+"""The workflow end to end: real `snakemake` and `dvc` subprocesses on a micro config in a
+temporary copy of the workflow files (no mocks).
+
+- Snakemake and DVC render the same result paths for the default params.yaml.
+- Incremental: a second run does nothing; a new ratio runs only that ratio's compression,
+  evaluation and the report; a new nsamples reruns calibration and what depends on it.
+- DVC: a second `dvc repro` is a no-op; `dvc exp run -S` with a new ratio runs its stages.
+- Faults: a job killed mid-write leaves nothing a rerun takes as complete; statistics whose
+  manifest does not match the model are rejected, and a forced rerun rebuilds them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WORKFLOW_FILES = ("Snakefile", "workflow", "dvc.yaml", ".dvcignore")
+
+MICRO = {
+    "models": {
+        "tiny": {
+            "source": "reference",
+            "family": "llama",
+            "corpus": "pydoc",
+            "steps": 20,
+            "seed": 0,
+            "options": {
+                "hidden": 32,
+                "layers": 2,
+                "heads": 2,
+                "kv-heads": 1,
+                "ffn": 64,
+                "seqlen": 32,
+                "batch": 4,
+                "warmup": 2,
+            },
+        }
+    },
+    "methods": ["svd", "svd-llm"],
+    "ratios": ["0.40"],
+    "calibration": {"corpus": "pydoc", "nsamples": 4, "seqlen": 32, "seed": 0},
+    "sensitivity": {"nsamples": 2},
+    "compress": {"device": "cpu"},
+    "offline_tasks": {"seed": 0, "n-examples": 8},
+    "evaluation": {
+        "corpora": ["pydoc"],
+        "tasks": ["pydoc_continuation"],
+        "seqlen": 32,
+        "max-windows": 4,
+        "batch-size": 4,
+        "zeroshot-limit": 8,
+        "device": "cpu",
+        "efficiency-batch-sizes": "1",
+        "efficiency-prompt-len": 8,
+        "efficiency-gen-len": 2,
+    },
+    "report": {"published": "data/published.csv"},
+    "keep_compressed": True,
+}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
+    return env
+
+
+def make_workspace(path: Path, params: dict | None) -> Path:
+    """A project directory holding the workflow files and `params` as params.yaml."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, path / name)
+        else:
+            shutil.copy2(src, path / name)
+    (path / "data").mkdir(exist_ok=True)
+    published = ROOT / "data" / "published.csv"
+    if published.exists():
+        shutil.copy2(published, path / "data" / "published.csv")
+    else:  # the report only needs the file to exist with the published columns
+        (path / "data" / "published.csv").write_text(
+            "source,table,model,method,ratio,wikitext2_ppl,ptb_ppl,c4_ppl,zero_shot_avg,note\n"
+        )
+    if params is not None:
+        write_params(path, params)
+    return path
+
+
+def write_params(ws: Path, params: dict) -> None:
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run(ws: Path, *cmd: str, check: bool = True, timeout: int = 600) -> str:
+    res = subprocess.run(
+        list(cmd), cwd=ws, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+    out = res.stdout + res.stderr
+    if check and res.returncode != 0:
+        logs = "\n".join(
+            f"--- {p.relative_to(ws)}\n{p.read_text()[-1500:]}"
+            for p in sorted((ws / "results" / "logs").rglob("*.log"))
+        )
+        pytest.fail(f"{' '.join(cmd)} failed ({res.returncode}):\n{out[-4000:]}\n{logs[-6000:]}")
+    return out
+
+
+def smk(ws: Path, *args: str, check: bool = True) -> str:
+    return run(ws, str(BIN / "snakemake"), "--cores", "2", *args, check=check)
+
+
+def plan(ws: Path, *targets: str) -> list[tuple[str, str]]:
+    """(rule, outputs) of every job a dry run would execute, `all` excluded."""
+    out = smk(ws, "--dry-run", *targets)
+    jobs, rule = [], None
+    for line in out.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if m:
+            rule = m.group(1)
+        elif rule and line.strip().startswith("output:"):
+            jobs.append((rule, line.split(":", 1)[1].strip()))
+            rule = None
+    return [j for j in jobs if j[0] != "all"]
+
+
+def metric_files(ws: Path) -> list[Path]:
+    return sorted((ws / "results" / "metrics").rglob("*.json"))
+
+
+def mtimes(paths) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in paths}
+
+
+# ---------------------------------------------------------------- Snakemake vs DVC
+
+
+def test_snakemake_and_dvc_render_the_same_paths(tmp_path):
+    """For the default params.yaml both engines plan exactly the same outputs."""
+    ws = make_workspace(tmp_path / "ws", yaml.safe_load((ROOT / "params.yaml").read_text()))
+    summary = run(ws, str(BIN / "snakemake"), "--summary")
+    rows = [line.split("\t") for line in summary.splitlines() if "\t" in line]
+    snake = {r[0] for r in rows[1:] if r[0] != "output_file"}
+    run(ws, str(BIN / "dvc"), "init", "--no-scm", "-q")
+    code = (
+        "import json, sys\n"
+        "from dvc.repo import Repo\n"
+        "with Repo('.') as repo:\n"
+        "    outs = sorted(o.def_path for s in repo.index.stages for o in s.outs)\n"
+        "json.dump(outs, sys.stdout)\n"
+    )
+    import json
+
+    dvc = set(json.loads(run(ws, sys.executable, "-c", code).strip().splitlines()[-1]))
+    assert snake == dvc, (
+        f"only Snakemake: {sorted(snake - dvc)[:10]}; only DVC: {sorted(dvc - snake)[:10]}"
+    )
+    results = {p for p in snake if p.startswith("results/")}
+    assert len([p for p in results if p.endswith("ppl.json")]) == 2 * (8 * 4 + 1)
+    assert {"results/metrics.csv", "results/tables", "results/figures"} <= results
+
+
+def test_snakemake_lint_is_clean():
+    out = run(ROOT, str(BIN / "snakemake"), "--lint")
+    assert "Congratulations, your workflow is in a good condition!" in out
+
+
+def test_bad_params_fail_before_any_job(tmp_path):
+    bad = yaml.safe_load(yaml.safe_dump(MICRO))
+    bad["methods"] = ["svd", "not-a-method"]
+    ws = make_workspace(tmp_path / "ws", bad)
+    out = smk(ws, "--dry-run", check=False)
+    assert "methods[1]" in out and "unknown method 'not-a-method'" in out
+    assert not (ws / "data" / "models").exists()
+
+
+# ---------------------------------------------------------------- Snakemake, incremental
+
+
+@pytest.fixture(scope="module")
+def micro_ws(tmp_path_factory) -> Path:
+    """The micro config, run once from scratch."""
+    ws = make_workspace(tmp_path_factory.mktemp("smk") / "ws", MICRO)
+    smk(ws)
+    assert (ws / "results" / "metrics.csv").is_file()
+    return ws
+
+
+def test_full_run_produces_every_metric(micro_ws):
+    names = {str(p.relative_to(micro_ws / "results" / "metrics")) for p in metric_files(micro_ws)}
+    for run_dir in ("tiny/dense/r0.00", "tiny/svd/r0.40", "tiny/svd-llm/r0.40"):
+        for kind in ("ppl", "zeroshot", "efficiency"):
+            assert f"{run_dir}/{kind}.json" in names
+    # svd needs no statistics: the calibration set exists only for svd-llm
+    assert (micro_ws / "data/stats/tiny/pydoc-n4-l32-s0/gram/manifest.json").is_file()
+    assert not (micro_ws / "data/stats/tiny/pydoc-n4-l32-s0/fisher").exists()
+
+
+def test_second_run_does_nothing(micro_ws):
+    assert plan(micro_ws) == []
+    before = mtimes(metric_files(micro_ws))
+    out = smk(micro_ws)
+    assert "Nothing to be done" in out
+    assert mtimes(metric_files(micro_ws)) == before
+
+
+def test_adding_a_ratio_runs_only_that_ratio(micro_ws):
+    gram = micro_ws / "data/stats/tiny/pydoc-n4-l32-s0/gram"
+    stats_before = mtimes(gram.iterdir())
+    old = mtimes(metric_files(micro_ws))
+    write_params(micro_ws, {**MICRO, "ratios": ["0.40", "0.60"]})
+    jobs = plan(micro_ws)
+    rules = sorted(r for r, _ in jobs)
+    assert rules == ["compress", "compress", "evaluate", "evaluate", "report"], jobs
+    for rule, outputs in jobs:
+        if rule != "report":
+            assert "r0.60" in outputs, (rule, outputs)
+    smk(micro_ws)
+    assert mtimes(gram.iterdir()) == stats_before  # calibration untouched
+    now = mtimes(metric_files(micro_ws))
+    assert {p: t for p, t in now.items() if p in old} == old  # nothing else re-evaluated
+    assert {p.parent.name for p in set(now) - set(old)} == {"r0.60"}
+    assert len(set(now) - set(old)) == 6
+
+
+def test_changing_nsamples_reruns_calibration_and_downstream(micro_ws):
+    params = {**MICRO, "ratios": ["0.40", "0.60"]}
+    params["calibration"] = {**MICRO["calibration"], "nsamples": 6}
+    write_params(micro_ws, params)
+    jobs = plan(micro_ws)
+    rules = sorted(r for r, _ in jobs)
+    assert rules == ["calibrate", "compress", "compress", "evaluate", "evaluate", "report"], jobs
+    assert any("pydoc-n6-l32-s0/gram" in o for r, o in jobs if r == "calibrate")
+    # plain SVD reads no statistics: it is not recompressed
+    assert all("svd-llm" in o for r, o in jobs if r in ("compress", "evaluate")), jobs
+    smk(micro_ws)
+    assert (micro_ws / "data/stats/tiny/pydoc-n6-l32-s0/gram/manifest.json").is_file()
+    assert plan(micro_ws) == []
+    write_params(micro_ws, {**MICRO, "ratios": ["0.40", "0.60"]})  # back to the fixture's
+
+
+# ---------------------------------------------------------------- faults
+
+
+def test_manifest_mismatch_is_rejected_then_rebuilt(micro_ws):
+    """Statistics that claim another model are refused by compress (no output appears);
+    forcing the calibration to rerun rebuilds them and the compression then succeeds."""
+    import json
+
+    params = {**MICRO, "ratios": ["0.40", "0.60", "0.70"]}
+    write_params(micro_ws, params)
+    manifest = micro_ws / "data/stats/tiny/pydoc-n4-l32-s0/gram/manifest.json"
+    data = json.loads(manifest.read_text())
+    data["model_fingerprint"] = "0" * len(str(data.get("model_fingerprint", "0" * 16)))
+    manifest.write_text(json.dumps(data))
+    target = "results/compressed/tiny/svd-llm/r0.70"
+    out = smk(micro_ws, target, check=False)
+    assert "Error in rule compress" in out
+    log = (micro_ws / "results/logs/compress/tiny-svd-llm-r0.70.log").read_text()
+    assert "another model" in log, log[-2000:]
+    assert not (micro_ws / target).exists()
+    smk(micro_ws, target, "--forcerun", "calibrate")
+    assert (micro_ws / target / "manifest.json").is_file()
+    assert json.loads(manifest.read_text())["model_fingerprint"] != data["model_fingerprint"]
+
+
+def test_job_killed_mid_write_leaves_nothing_complete(micro_ws):
+    """SIGKILL the whole snakemake process group while the calibration cache is being
+    streamed into its temporary directory: the final directory never appears, the rerun
+    plans the job again and completes it."""
+    params = {**MICRO, "calibration": {**MICRO["calibration"], "nsamples": 256}}
+    write_params(micro_ws, params)
+    stats = micro_ws / "data/stats/tiny/pydoc-n256-l32-s0"
+    target = stats / "gram"
+    proc = subprocess.Popen(
+        [str(BIN / "snakemake"), "--cores", "1", str(target.relative_to(micro_ws))],
+        cwd=micro_ws,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    caught = False
+    deadline = time.monotonic() + 300
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if stats.is_dir() and any(p.name.startswith(".gram.") for p in stats.iterdir()):
+                caught = True
+                break
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert caught, "the calibration finished before it could be killed mid-write"
+    assert not target.exists(), "a killed job left its output in place"
+    smk(micro_ws, "--unlock")
+    jobs = plan(micro_ws, str(target.relative_to(micro_ws)))
+    assert [r for r, _ in jobs] == ["calibrate"]
+    smk(micro_ws, str(target.relative_to(micro_ws)))
+    assert (target / "manifest.json").is_file()
+    write_params(micro_ws, {**MICRO, "ratios": ["0.40", "0.60"]})
+
+
+# ---------------------------------------------------------------- DVC
+
+
+def test_dvc_repro_noop_and_experiment(tmp_path):
+    params = {**MICRO, "methods": ["svd-llm"]}
+    ws = make_workspace(tmp_path / "dvc", params)
+    git, dvc = shutil.which("git") or "git", str(BIN / "dvc")
+    run(ws, git, "init", "-q")
+    run(ws, dvc, "init", "-q")
+    shutil.copy2(ROOT / ".dvc" / "config", ws / ".dvc" / "config")
+    run(ws, git, "add", "-A")
+    run(ws, git, "commit", "-q", "-m", "micro")
+
+    out = run(ws, dvc, "repro")
+    assert "Running stage 'report'" in out
+    assert (ws / "results/metrics/tiny/svd-llm/r0.40/ppl.json").is_file()
+    assert (ws / "results/metrics.csv").is_file()
+
+    again = run(ws, dvc, "repro")
+    assert "Running stage" not in again
+    assert "up to date" in run(ws, dvc, "status")
+
+    shown = run(ws, dvc, "metrics", "show")
+    assert "results/metrics/tiny/svd-llm/r0.40/ppl.json" in shown and "perplexity" in shown
+    run(ws, dvc, "plots", "show", "-o", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").is_file()
+
+    run(ws, git, "add", "-A")
+    run(ws, git, "commit", "-q", "-m", "baseline")
+    out = run(ws, dvc, "exp", "run", "-S", 'ratios=["0.40","0.60"]')
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == {"compress@tiny-svd-llm-0.60", "evaluate@tiny-svd-llm-0.60", "report"}, out
+    assert (ws / "results/metrics/tiny/svd-llm/r0.60/ppl.json").is_file()
+    assert "0.60" in run(ws, dvc, "exp", "show", "--no-pager")
