@@ -150,3 +150,20 @@ def test_sequential_on_cuda_model_on_host(windows):
             torch.testing.assert_close(s.H_actual, s.H, rtol=1e-6, atol=0)
             torch.testing.assert_close(s.C, s.H, rtol=1e-6, atol=0)
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_from_manifest_replays_the_cached_calibration_set():
+    from svdzoo.calibration import calibrate
+
+    tok = build_byte_tokenizer()
+    model = tiny("llama", layers=2)
+    cached = calibrate(
+        model, tok, corpus="pydoc", nsamples=3, seqlen=16, seed=5, batch_size=2, device="cpu",
+        progress=False,
+    )  # fmt: skip
+    seq = SequentialCalibrator.from_manifest(
+        model, tok, cached.manifest, device="cpu", progress=False
+    )
+    for i, _layer in seq.layers():
+        for g, s in seq.layer_stats(i).items():
+            assert torch.equal(s.H, cached.gram(i, g))

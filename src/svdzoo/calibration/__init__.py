@@ -6,6 +6,27 @@
 - `load_stats` / `load_fisher` / `save_stats`: the cache (`cache.py`).
 - `SequentialCalibrator`: statistics of the inputs that already-compressed layers produce,
   computed on the fly for error-compensating methods (`sequential.py`).
+
+Cache layout (one directory per product, written atomically, manifest last)::
+
+    DIR/stats.safetensors   gram:   layers.{i}.{group}.gram     float64 (n, n)  sum x x^T
+                                    layers.{i}.{group}.absmean  float64 (n,)    mean |x|
+                                    layers.{i}.cosine           float64 ()      mean cos(in, out)
+                            fisher: {full_target_name}.row      float64 (m,)
+                                    {full_target_name}.col      float64 (n,)
+    DIR/manifest.json       kind, model, model_fingerprint, family, groups/targets, corpus,
+                            corpus_fingerprint, nsamples, seqlen, seed, dtype, batch_size,
+                            svdzoo_version, counts (tokens per layers.{i}.{group}), tensors,
+                            sha256 and bytes of the tensor file
+
+Groups are the family adapter's shared-input groups (LLaMA: attn_in = q/k/v, attn_out = o,
+mlp_in = gate/up, mlp_out = down): one Gram per group, captured at its first member.
+
+CLI: `svdzoo calibrate --model M --corpus C --nsamples N --seqlen L --seed S --out DIR
+[--kind gram|fisher] [--device auto] [--dtype float32] [--batch-size B]
+[--memory-budget-mb 2048] [--offload-dir D]`. Hidden states between layers stay in host
+memory up to the budget and are offloaded per batch to files under `--offload-dir`
+(default: a temp dir, removed afterwards) beyond it.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def fisher_manifest(
         layers_path=adapter.layers_path,
         num_layers=len(adapter.layers(model)),
         targets=[full for full, *_ in adapter.iter_targets(model)],
-        corpus=corp.name,
+        corpus=corpus if isinstance(corpus, str) else corp.name,
         corpus_fingerprint=corp.fingerprint,
         nsamples=nsamples,
         seqlen=seqlen,

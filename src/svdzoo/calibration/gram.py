@@ -42,6 +42,7 @@ from svdzoo.calibration.store import (
     ActivationStore,
     MemoryBudget,
     as_budget,
+    to_host_pageable,
 )
 from svdzoo.models import adapter_for, fingerprint, resolve_device
 
@@ -97,8 +98,8 @@ def stream_gram_stats(
                 hidden = out
                 for group in adapter.groups:
                     acc = accs[group]
-                    sink(gram_name(i, group), acc.H.cpu())
-                    sink(absmean_name(i, group), acc.absmean().cpu())
+                    sink(gram_name(i, group), to_host_pageable(acc.H))
+                    sink(absmean_name(i, group), to_host_pageable(acc.absmean()))
                     counts[count_key(i, group)] = acc.count
                 sink(cosine_name(i), torch.tensor(cos.mean(), dtype=torch.float64))
                 del accs
@@ -146,7 +147,7 @@ def gram_manifest(
         layers_path=adapter.layers_path,
         num_layers=len(adapter.layers(model)),
         groups={g: list(m) for g, m in adapter.groups.items()},
-        corpus=corp.name,
+        corpus=corpus if isinstance(corpus, str) else corp.name,
         corpus_fingerprint=corp.fingerprint,
         nsamples=nsamples,
         seqlen=seqlen,

@@ -37,8 +37,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,6 +58,7 @@ from svdzoo.calibration.store import (
     ActivationStore,
     MemoryBudget,
     as_budget,
+    to_host,
 )
 from svdzoo.errors import SvdzooError
 from svdzoo.models import adapter_for, resolve_device
@@ -91,8 +93,10 @@ class SequentialCalibrator:
         memory_budget: int | MemoryBudget = DEFAULT_BUDGET_BYTES,
         offload_dir: str | os.PathLike[str] | None = None,
         progress: bool = True,
+        accumulator: type[CrossGramAccumulator] = CrossGramAccumulator,
     ):
         self.model = model
+        self._accumulator = accumulator  # e.g. AdaSVD's stack-of-batch averaging
         self.adapter = adapter_for(model)
         self.device = resolve_device(device)
         self.progress = progress
@@ -107,6 +111,26 @@ class SequentialCalibrator:
         self._ref: nn.Module | None = None
         self._home: torch.device | None = None
         self._next = 0
+
+    @classmethod
+    def from_manifest(
+        cls, model: nn.Module, tokenizer: Any, manifest: Mapping[str, Any], **kwargs: Any
+    ) -> SequentialCalibrator:
+        """Replay the calibration windows of a cache (its corpus, nsamples, seqlen, seed).
+
+        With the same model, `layer_stats(i)[g].H` then equals the cached Gram of layer `i`.
+        """
+        from svdzoo.data import calibration_windows
+
+        windows = calibration_windows(
+            tokenizer,
+            manifest["corpus"],
+            manifest["nsamples"],
+            manifest["seqlen"],
+            manifest["seed"],
+        )
+        kwargs.setdefault("batch_size", manifest.get("batch_size", 8))
+        return cls(model, windows, **kwargs)
 
     @property
     def num_layers(self) -> int:
@@ -183,7 +207,7 @@ class SequentialCalibrator:
                 call_layer(layer, h_act, call)
                 for g in want:
                     if g not in accs:
-                        accs[g] = CrossGramAccumulator(x_ref[g].shape[-1], x_ref[g].device)
+                        accs[g] = self._accumulator(x_ref[g].shape[-1], x_ref[g].device)
                     accs[g].add(x_ref[g], x_cur[g])
         if out is not None:
             self._orig_out = out
@@ -205,7 +229,7 @@ class SequentialCalibrator:
             same = True
             for b, call in enumerate(self._calls):
                 src = self._orig if self._actual is None else self._actual
-                y = call_layer(layer, src[b].to(self.device), to_dev(call)).to("cpu")
+                y = to_host(call_layer(layer, src[b].to(self.device), to_dev(call)))
                 same = same and torch.equal(y, self._orig_out[b])
                 actual.append(y)
         if same:

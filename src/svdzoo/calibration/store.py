@@ -75,6 +75,32 @@ def as_budget(budget: int | MemoryBudget, offload_dir: str | Path | None = None)
     return MemoryBudget(budget, offload_dir)
 
 
+def to_host(t: torch.Tensor) -> torch.Tensor:
+    """Copy to CPU; from CUDA through pinned memory, several times faster than pageable.
+
+    torch's caching host allocator recycles the pinned blocks, so this costs one allocation
+    per distinct size; pinned memory in use is bounded by the store budget.
+    """
+    t = t.detach()
+    if t.device.type != "cuda":
+        return t.to("cpu").contiguous()
+    out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    out.copy_(t)
+    return out
+
+
+def to_host_pageable(t: torch.Tensor) -> torch.Tensor:
+    """Copy to ordinary CPU memory via a (recycled) pinned staging buffer.
+
+    For results that are kept long (statistics): pinned memory should not pile up.
+    """
+    if t.device.type != "cuda":
+        return t.detach().to("cpu").contiguous()
+    out = torch.empty(t.shape, dtype=t.dtype)
+    out.copy_(to_host(t))
+    return out
+
+
 class ActivationStore:
     """An append-only list of CPU tensors, in memory under the budget, else on disk."""
 
@@ -85,7 +111,7 @@ class ActivationStore:
         self._held = 0
 
     def append(self, t: torch.Tensor) -> None:
-        t = t.detach().to("cpu").contiguous()
+        t = to_host(t)
         nbytes = t.numel() * t.element_size()
         if self.budget.take(nbytes):
             self._items.append(t)
