@@ -167,3 +167,25 @@ def test_from_manifest_replays_the_cached_calibration_set():
     for i, _layer in seq.layers():
         for g, s in seq.layer_stats(i).items():
             assert torch.equal(s.H, cached.gram(i, g))
+
+
+def test_custom_accumulator_sees_every_batch(windows):
+    """A caller-supplied accumulator (e.g. stack-of-batch averaging) receives the token rows."""
+    from svdzoo.calibration.stats import CrossGramAccumulator
+
+    class Halved(CrossGramAccumulator):
+        def add(self, x, x_actual):
+            super().add(x * 0.5, None if x_actual is None else x_actual * 0.5)
+
+    model = tiny("llama", layers=1)
+    plain = SequentialCalibrator(model, windows, batch_size=2, device="cpu", progress=False)
+    want = plain.layer_stats(0)
+    plain.close()
+    seq = SequentialCalibrator(
+        model, windows, batch_size=2, device="cpu", progress=False, accumulator=Halved
+    )
+    got = seq.layer_stats(0)
+    seq.close()
+    for g in want:
+        torch.testing.assert_close(got[g].H, 0.25 * want[g].H, rtol=1e-12, atol=0)
+        assert got[g].count == want[g].count
