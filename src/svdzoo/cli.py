@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "report",
     "calibrate",
     "validate_params",
+    "sensitivity",
 )
 
 

@@ -45,12 +45,16 @@ class ActivationScaled:
 
     alpha: float = 0.5
 
-    def __call__(self, ctx: MatrixContext, rank: int):
+    def whitener(self, ctx: MatrixContext) -> linalg.Whitener:
+        """`S = diag(s)`; exposed so one SVD can serve several ranks (sensitivity probes)."""
         ctx.require("absmean")
         s = ctx.absmean.to(ctx.W).clamp_min(0).pow(self.alpha)
         floor = s[s > 0].min() if bool((s > 0).any()) else torch.tensor(1.0, dtype=s.dtype)
         s = torch.where(s > 0, s, floor * 1e-3)  # dead features: tiny scale, no division by zero
-        return linalg.input_scaled_truncate(ctx.W, s, rank)
+        return linalg.diag_whitener(s)
+
+    def __call__(self, ctx: MatrixContext, rank: int):
+        return linalg.truncate(ctx.W, self.whitener(ctx), rank)
 
 
 @dataclass(frozen=True)

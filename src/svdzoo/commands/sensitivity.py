@@ -1,0 +1,100 @@
+"""`svdzoo sensitivity`: the module sensitivity table of one (model, calibration set).
+
+Duo-SVD (`--kind duo`, KL of next-token distributions) and ASVD (`--kind asvd`,
+calibration perplexity). The table does not depend on the target ratio: it is computed
+once and every `svdzoo compress` of the method reuses it. An existing table in `--out` that
+matches the request is kept unless `--force`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+NAME = "sensitivity"
+HELP = "compute and cache a module sensitivity table (duo: KL; asvd: perplexity)"
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="hub id or saved model dir")
+    p.add_argument("--stats", required=True, help="Gram statistics directory (svdzoo calibrate)")
+    p.add_argument("--kind", choices=("duo", "asvd"), required=True)
+    p.add_argument(
+        "--nsamples", type=int, default=32, help="calibration windows measured (default 32)"
+    )
+    p.add_argument("--seqlen", type=int, help="window length (default: the Gram cache's)")
+    p.add_argument("--seed", type=int, help="window seed (default: the Gram cache's)")
+    p.add_argument(
+        "--corpus", help="corpus name or file (default: the Gram cache's; needed for local files)"
+    )
+    p.add_argument(
+        "--ratios",
+        type=float,
+        nargs="+",
+        help="RETAINED ratios to probe (default duo 0.1..1.0, asvd 0.4..0.9; 1.0 always added)",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--out", required=True, help="table directory to (re)write")
+    p.add_argument("--force", action="store_true", help="recompute even if --out matches")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", help="dtype the model is loaded in")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from svdzoo.calibration import load_stats
+    from svdzoo.errors import CacheError, ConfigError
+    from svdzoo.models import fingerprint, load_model, load_tokenizer, resolve_dtype
+    from svdzoo.sensitivity import check_ratios, load_sensitivity, sensitivity_to_dir
+
+    if args.nsamples < 1 or args.batch_size < 1:
+        raise ConfigError("--nsamples and --batch-size must be positive")
+    grid = check_ratios(args.ratios, args.kind)
+    resolve_dtype(args.dtype)
+    gram = load_stats(args.stats)
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    want = {
+        "model_fingerprint": fingerprint(model),
+        "nsamples": args.nsamples,
+        "seqlen": args.seqlen or gram.manifest["seqlen"],
+        "seed": gram.manifest["seed"] if args.seed is None else args.seed,
+        "ratios": list(grid),
+        "gram": {
+            "nsamples": gram.manifest.get("nsamples"),
+            "sha256": gram.manifest.get("sha256"),
+            "model_fingerprint": gram.manifest.get("model_fingerprint"),
+        },
+    }
+    if not args.force and Path(args.out).is_dir():
+        try:
+            load_sensitivity(args.out, expect=want, kind=args.kind)
+        except CacheError as exc:
+            log.info("recomputing %s: %s", args.out, exc)
+        else:
+            log.info("%s already holds this table; nothing to do (--force recomputes)", args.out)
+            return 0
+    manifest = sensitivity_to_dir(
+        model,
+        load_tokenizer(args.model),
+        gram,
+        args.kind,
+        args.out,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        seed=args.seed,
+        ratios=grid,
+        corpus=args.corpus,
+        batch_size=args.batch_size,
+    )
+    log.info(
+        "sensitivity-%s of %s: %d modules -> %s in %.1fs",
+        args.kind,
+        args.model,
+        manifest["modules"],
+        args.out,
+        manifest["time_s"],
+    )
+    return 0

@@ -1,0 +1,444 @@
+"""Module sensitivity tables: how much the whole model suffers when ONE module is compressed.
+
+Two tables, both `{module name: {retained ratio p: value}}`, computed once per
+(model, calibration set) and reused for every target ratio:
+
+- `duo` (Duo-SVD's module-adaptive allocation): each target linear alone (all others
+  dense) is replaced by its plain whitened (SVD-LLM, Cholesky) truncation at retained
+  ratio `p in {0.1, ..., 1.0}`; the value is `KL(P_original || P_perturbed)` of the
+  next-token distributions, averaged over every calibration token. `p = 1.0` is the dense
+  module: KL exactly 0.
+- `asvd` (ASVD's sensitivity-based allocation): the same probe with ASVD's
+  activation-scaled factoriser at retained `p in {0.4, ..., 0.9}`; the value is the
+  calibration perplexity. `p = 1.0` holds the dense model's perplexity.
+
+Reading of "minus the KL at the base ratio" (methods.md, Duo-SVD): the public code's
+latest variant measures every module around a *base state* in which all modules sit at the
+target retained ratio, then subtracts that state's KL. That makes the table depend on the
+target ratio, which methods.md and the issue rule out ("depends only on (model,
+calibration set)"). We follow the ratio-independent reading (others dense). The base is
+then the dense module, whose KL is 0, so the stored value is already "minus the base".
+The knapsack consumer may still subtract `KL(p_base)` per module (`base` option); this
+shifts every option of a module by one constant and so cannot change the optimum, which is
+why the reading is safe either way.
+
+Measurement windows come from `svdzoo.data.calibration_windows` with the Gram cache's
+corpus, seqlen and seed (Duo-SVD's code uses 32 samples; ASVD's 32 x 2048, seed 233).
+Original log-probabilities are computed once and kept on the CPU in float32
+(`nsamples * seqlen * vocab * 4` bytes: 8.4 GB for 32 x 2048 x 32k; lower nsamples on a
+small host). Each probe swaps the module's weight for the dense product of its factors
+(numerically the factored module) and always restores it.
+
+Cache: a directory with `manifest.json` and `table.json`, written atomically; the manifest
+carries the table's sha256, so `load_sensitivity` detects truncation or corruption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from svdzoo import __version__, linalg
+from svdzoo.errors import CacheError, ConfigError
+from svdzoo.io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+KINDS = ("duo", "asvd")
+METRIC = {"duo": "kl", "asvd": "ppl"}
+DUO_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+ASVD_RATIOS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+DEFAULT_RATIOS = {"duo": DUO_RATIOS, "asvd": ASVD_RATIOS}
+ASVD_ALPHA = 0.5
+MANIFEST = "manifest.json"
+TABLE = "table.json"
+FORMAT_VERSION = 1
+
+
+def stats_kind(kind: str) -> str:
+    """`'duo' -> 'sensitivity-duo'`: the statistics kind a method declares it needs."""
+    return f"sensitivity-{kind}"
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True, eq=False)
+class SensitivityTable(Mapping[str, dict[float, float]]):
+    """`{module: {retained ratio: value}}` plus the manifest that says what it was computed from.
+
+    A read-only mapping, so allocators index it like a dict; `.manifest` lets
+    `compress.check_statistics` verify the model fingerprint and calibration set.
+    """
+
+    manifest: dict[str, Any]
+    table: dict[str, dict[float, float]] = field(repr=False)
+
+    def __getitem__(self, module: str) -> dict[float, float]:
+        return self.table[module]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["sensitivity"]
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        return tuple(self.manifest["ratios"])
+
+    def delta(self, base: float | None) -> dict[str, dict[float, float]]:
+        """Every value minus its module's value at retained ratio `base` (None: unchanged)."""
+        if base is None:
+            return {m: dict(row) for m, row in self.table.items()}
+        key = _match_ratio(base, self.ratios)
+        return {m: {p: v - row[key] for p, v in row.items()} for m, row in self.table.items()}
+
+
+def _match_ratio(p: float, ratios: Sequence[float]) -> float:
+    for r in ratios:
+        if abs(r - p) < 1e-9:
+            return r
+    raise ConfigError(f"retained ratio {p} is not on the table's grid {list(ratios)}")
+
+
+def _ratio_key(p: float) -> str:
+    return repr(round(float(p), 6))
+
+
+def check_ratios(ratios: Sequence[float] | None, kind: str) -> tuple[float, ...]:
+    """The retained-ratio grid: sorted, unique, in (0, 1], always including 1.0 (dense)."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown sensitivity kind {kind!r}; choose one of {KINDS}")
+    grid = DEFAULT_RATIOS[kind] if ratios is None else tuple(float(r) for r in ratios)
+    bad = [r for r in grid if not (math.isfinite(r) and 0.0 < r <= 1.0)]
+    if bad or not grid:
+        raise ConfigError(
+            f"sensitivity ratios are RETAINED fractions in (0, 1]; got {list(grid) or 'none'}"
+        )
+    out = sorted({round(r, 6) for r in grid} | {1.0})
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- measurement
+
+
+@dataclass
+class _Reference:
+    """The dense model's outputs on the windows, reused by every probe."""
+
+    logprobs: list[torch.Tensor]  # per batch, (b, seqlen, vocab) float32 on CPU (duo)
+    nll: float  # summed next-token NLL of the dense model
+    tokens: int  # predicted tokens (for perplexity)
+
+
+def _batches(windows: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    return [windows[i : i + batch_size] for i in range(0, windows.shape[0], batch_size)]
+
+
+def _logits(model: nn.Module, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return model(input_ids=ids.to(device), use_cache=False).logits.float()
+
+
+def _nll(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    ids = ids.to(logits.device)
+    return float(
+        F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+        ).double()
+    )
+
+
+@torch.no_grad()
+def _reference(
+    model: nn.Module, batches: list[torch.Tensor], kind: str, device: torch.device
+) -> _Reference:
+    logprobs, nll, tokens = [], 0.0, 0
+    for ids in tqdm(batches, desc="dense reference", unit="batch", leave=False):
+        logits = _logits(model, ids, device)
+        if kind == "duo":
+            logprobs.append(F.log_softmax(logits, dim=-1).cpu())
+        nll += _nll(logits, ids)
+        tokens += ids.shape[0] * (ids.shape[1] - 1)
+    return _Reference(logprobs, nll, tokens)
+
+
+@torch.no_grad()
+def _measure(
+    model: nn.Module, batches: list[torch.Tensor], kind: str, ref: _Reference, device
+) -> float:
+    """duo: mean over tokens of KL(original || perturbed); asvd: perplexity."""
+    if kind == "duo":
+        total, count = 0.0, 0
+        for ids, lp0 in zip(batches, ref.logprobs, strict=True):
+            lp = F.log_softmax(_logits(model, ids, device), dim=-1)
+            lp0 = lp0.to(lp.device)
+            kl = (lp0.exp() * (lp0 - lp)).sum(-1)  # per token, float32
+            total += float(kl.double().sum())
+            count += kl.numel()
+        return max(total / count, 0.0)  # tiny negative round-off is 0
+    nll = sum(_nll(_logits(model, ids, device), ids) for ids in batches)
+    mean = nll / ref.tokens
+    return math.exp(mean) if mean < 700 else float("inf")
+
+
+def _whitener(kind: str, ctx: Any) -> linalg.Whitener:
+    """The factoriser each table is defined with, as a whitener (one SVD serves every ratio)."""
+    from svdzoo.methods.parts import ActivationScaled, Whitened
+
+    if kind == "duo":
+        ctx.require("H")
+        return Whitened(whitening="cholesky").whitener(ctx.H)
+    return ActivationScaled(alpha=ASVD_ALPHA).whitener(ctx)
+
+
+def _context(
+    model: nn.Module, name: str, layer: int, target: str, lin: nn.Linear, gram_stats, device
+):
+    """The factoriser's view of one target (built per module, so memory stays per-module)."""
+    from svdzoo.methods.base import MatrixContext
+    from svdzoo.models import adapter_for
+
+    adapter = adapter_for(model)
+    group = adapter.group_of(target)
+    return MatrixContext(
+        name=name,
+        layer=layer,
+        type=adapter.matrix_type(target),
+        group=group,
+        W=lin.weight.detach().to(device=device, dtype=torch.float64),
+        H=gram_stats.gram(layer, group).to(device=device, dtype=torch.float64),
+        absmean=gram_stats.absmean(layer, group).to(device=device, dtype=torch.float64),
+        count=int(gram_stats.count(layer, group)),
+    )
+
+
+def probe_rank(m: int, n: int, p: float) -> int:
+    """Rank that keeps the retained fraction `p` of an `m x n` matrix (at least 1)."""
+    return max(1, linalg.rank_for_ratio(m, n, 1.0 - p))
+
+
+def truncated_weight(W: torch.Tensor, wh: linalg.Whitener, svd, k: int) -> torch.Tensor:
+    """`A B` of the rank-`k` truncation from a precomputed `whitened_svd` (float64)."""
+    U, sigma, Vh = svd
+    return (U[:, :k] * sigma[:k]) @ wh.unapply(Vh[:k])
+
+
+def _check_gram_matches(model: nn.Module, gram_stats: Any) -> None:
+    from svdzoo.models import fingerprint
+
+    fp = gram_stats.manifest.get("model_fingerprint")
+    if fp is not None and fp != fingerprint(model):
+        raise CacheError(
+            f"the Gram statistics were computed on another model (fingerprint {fp}, "
+            f"this model is {fingerprint(model)})"
+        )
+
+
+@torch.no_grad()
+def compute_sensitivity(
+    model: nn.Module,
+    tokenizer: Any,
+    gram_stats: Any,
+    kind: str,
+    *,
+    nsamples: int = 32,
+    seqlen: int | None = None,
+    seed: int | None = None,
+    ratios: Sequence[float] | None = None,
+    device: str | torch.device | None = None,
+    corpus: Any = None,
+    batch_size: int = 8,
+) -> SensitivityTable:
+    """Probe every target linear alone at every retained ratio; see the module docstring.
+
+    `seqlen`, `seed` and `corpus` default to the Gram cache's, so the table belongs to the
+    same calibration set (`corpus` must be given when the Gram's corpus was a local file).
+    The model is left exactly as it was (every probe is undone, even on error).
+    """
+    from svdzoo.data import calibration_windows, get_corpus
+    from svdzoo.models import adapter_for, fingerprint, resolve_device
+
+    grid = check_ratios(ratios, kind)
+    gm = gram_stats.manifest
+    seqlen = int(gm["seqlen"] if seqlen is None else seqlen)
+    seed = int(gm["seed"] if seed is None else seed)
+    if nsamples < 1 or seqlen < 2 or batch_size < 1:
+        raise ConfigError(
+            f"need nsamples >= 1, seqlen >= 2 and batch_size >= 1 (got {nsamples}, {seqlen}, {batch_size})"
+        )
+    corp = get_corpus(corpus or gm["corpus"]) if not hasattr(corpus, "train") else corpus
+    if gm.get("corpus_fingerprint") not in (None, corp.fingerprint):
+        raise CacheError(
+            f"corpus {corp.name!r} is not the corpus the Gram cache was computed on "
+            f"({gm.get('corpus')!r}, fingerprint {gm.get('corpus_fingerprint')})"
+        )
+    _check_gram_matches(model, gram_stats)
+    adapter = adapter_for(model)
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    windows = calibration_windows(tokenizer, corp, nsamples, seqlen, seed)
+    batches = _batches(windows, batch_size)
+    ref = _reference(model, batches, kind, device)
+    dense_value = 0.0 if kind == "duo" else math.exp(ref.nll / ref.tokens)
+    table: dict[str, dict[float, float]] = {}
+    targets = list(adapter.iter_targets(model))
+    bar = tqdm(targets, desc=f"sensitivity-{kind}", unit="module")
+    try:
+        for name, layer, target, lin in bar:
+            bar.set_postfix_str(name)
+            ctx = _context(model, name, layer, target, lin, gram_stats, device)
+            wh = _whitener(kind, ctx)
+            svd = linalg.whitened_svd(ctx.W, wh)
+            m, n = ctx.W.shape
+            row: dict[float, float] = {}
+            original = lin.weight.data
+            try:
+                for p in grid:
+                    if p >= 1.0:
+                        row[p] = dense_value
+                        continue
+                    W = truncated_weight(ctx.W, wh, svd, probe_rank(m, n, p))
+                    lin.weight.data = W.to(dtype=original.dtype, device=original.device)
+                    row[p] = _measure(model, batches, kind, ref, device)
+            finally:
+                lin.weight.data = original
+            table[ctx.name] = row
+            log.debug("%s: %s", ctx.name, {p: round(v, 5) for p, v in row.items()})
+    finally:
+        model.train(was_training)
+    elapsed = time.perf_counter() - t0
+    manifest = {
+        "kind": stats_kind(kind),
+        "sensitivity": kind,
+        "metric": METRIC[kind],
+        "format_version": FORMAT_VERSION,
+        "svdzoo_version": __version__,
+        "model": gm.get("model"),
+        "model_fingerprint": fingerprint(model),
+        "family": adapter.name,
+        "corpus": gm.get("corpus", corp.name),
+        "corpus_fingerprint": corp.fingerprint,
+        "nsamples": nsamples,
+        "seqlen": seqlen,
+        "seed": seed,
+        "gram": {
+            "nsamples": gm.get("nsamples"),
+            "sha256": gm.get("sha256"),
+            "model_fingerprint": gm.get("model_fingerprint"),
+        },
+        "ratios": list(grid),
+        "ratio_convention": "retained fraction of each matrix's parameters (1.0 = dense)",
+        "factoriser": "whitened-cholesky" if kind == "duo" else f"asvd-alpha{ASVD_ALPHA}",
+        "dense_value": dense_value,
+        "modules": len(table),
+        "time_s": elapsed,
+    }
+    log.info(
+        "sensitivity-%s: %d modules x %d ratios on %d x %d tokens in %.1fs",
+        kind,
+        len(table),
+        len(grid),
+        nsamples,
+        seqlen,
+        elapsed,
+    )
+    return SensitivityTable(manifest, table)
+
+
+# ---------------------------------------------------------------- cache
+
+
+def _table_json(table: Mapping[str, Mapping[float, float]]) -> str:
+    obj = {m: {_ratio_key(p): float(v) for p, v in row.items()} for m, row in table.items()}
+    return json.dumps(obj, indent=1, sort_keys=False) + "\n"
+
+
+def save_sensitivity(table: SensitivityTable, out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write `out/table.json` and `out/manifest.json` atomically; returns the manifest."""
+    text = _table_json(table.table)
+    manifest = dict(table.manifest)
+    manifest.update(file=TABLE, sha256=hashlib.sha256(text.encode()).hexdigest())
+    with atomic_dir(out) as tmp:
+        (tmp / TABLE).write_text(text)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def sensitivity_to_dir(
+    model: nn.Module,
+    tokenizer: Any,
+    gram_stats: Any,
+    kind: str,
+    out: str | os.PathLike[str],
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """`compute_sensitivity` then `save_sensitivity`."""
+    return save_sensitivity(compute_sensitivity(model, tokenizer, gram_stats, kind, **kwargs), out)
+
+
+def load_sensitivity(
+    path: str | os.PathLike[str],
+    *,
+    expect: Mapping[str, Any] | None = None,
+    kind: str | None = None,
+) -> SensitivityTable:
+    """Open a cached table; CacheError if it is missing, corrupted or not what `expect` says.
+
+    `expect` maps manifest keys to required values (e.g. `model_fingerprint`, `nsamples`);
+    `kind` ('duo'/'asvd') is a shorthand for `expect={'sensitivity': kind}`.
+    """
+    from svdzoo.calibration.cache import check_expected
+
+    path = Path(path)
+    mpath, tpath = path / MANIFEST, path / TABLE
+    if not mpath.exists():
+        raise CacheError(f"{path}: no {MANIFEST}; not a sensitivity table (or never completed)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CacheError(f"{mpath}: corrupted manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("sensitivity") not in KINDS:
+        raise CacheError(f"{mpath}: not a sensitivity table manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CacheError(
+            f"{mpath}: format version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
+    want = dict(expect or {})
+    if kind is not None:
+        want["sensitivity"] = kind
+    check_expected(manifest, want, str(path))
+    if not tpath.exists():
+        raise CacheError(f"{tpath}: table file missing")
+    raw = tpath.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != manifest.get("sha256"):
+        raise CacheError(f"{tpath}: sha256 does not match the manifest (corrupted or edited)")
+    try:
+        obj = json.loads(raw)
+        table = {m: {float(p): float(v) for p, v in row.items()} for m, row in obj.items()}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError) as exc:
+        raise CacheError(f"{tpath}: unreadable table ({exc})") from exc
+    grid = [float(r) for r in manifest.get("ratios", [])]
+    for m, row in table.items():
+        if sorted(row) != sorted(grid):
+            raise CacheError(f"{tpath}: module {m!r} has ratios {sorted(row)}, manifest {grid}")
+    return SensitivityTable(manifest, table)
