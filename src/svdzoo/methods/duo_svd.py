@@ -1,0 +1,170 @@
+"""Duo-SVD (seed 000; public code Pupu792/CPSVD): column-preserving factorisation plus
+module-adaptive allocation, and one ablation per component.
+
+- `duo-svd`: `ColumnPreserving` factoriser + `KnapsackKL` allocator.
+- `duo-svd-columns`: column-preserving factoriser at a uniform ratio (no sensitivity table).
+- `duo-svd-allocation`: plain whitened (SVD-LLM) truncation at the knapsack's ranks.
+
+Choices (see also `svdzoo.sensitivity` for how the KL table is read):
+- The knapsack picks one retained ratio per module from the table's grid (`p = 1.0` keeps
+  the module dense) minimising the summed KL under the parameter budget
+  (`allocation.knapsack`, which never exceeds the budget). A grid of ten options per
+  module usually undershoots the budget, so `allocation.fit_budget` then shifts every
+  non-dense module's ratio by one common amount (dense picks stay dense) until the
+  achieved ratio over the targeted linears is within 0.5% of the target. The knapsack's
+  own choice and its summed cost are recorded in the manifest (`allocation.knapsack`).
+- Minimum retained ratio 0.1 (the public code's `min_ratio`): grid points below it are
+  not offered. Option `min_retained` overrides it.
+- `base` (option, default None): subtract each module's KL at this retained ratio before
+  the knapsack, as the public code does with its base state. It shifts all options of a
+  module by one constant, so the chosen ratios cannot change; it only changes the reported
+  cost.
+- The column split keeps the rank budget the allocator gave: it trades `delta_r` rank units
+  for dense columns without ever increasing the parameter count (`linalg.column_counts`),
+  and is kept only when the layer error drops by more than `accept` (1%); otherwise the
+  layer is plain whitened truncation at the same rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from svdzoo import allocation, linalg
+from svdzoo.errors import ConfigError
+from svdzoo.methods.base import GRAM, SENS_DUO, AllocationContext, MatrixContext, Method, register
+from svdzoo.methods.parts import Uniform, Whitened
+
+log = logging.getLogger(__name__)
+
+MIN_RETAINED = 0.1
+
+
+@dataclass(frozen=True)
+class ColumnPreserving:
+    """Whitened truncation with Duo-SVD's dense-column trade (golden-section over `delta_r`)."""
+
+    accept: float = 0.01
+    whitening: str = "cholesky"
+
+    def __call__(self, ctx: MatrixContext, rank: int):
+        ctx.require("H")
+        split = linalg.column_preserving_split(
+            ctx.W, ctx.H, rank, accept=self.accept, whitener=self.whitening
+        )
+        if split is None:  # the trade does not pay on this layer: plain whitened truncation
+            return Whitened(self.whitening)(ctx, rank)
+        log.debug(
+            "%s: kept %d columns, rank %d -> %d, loss %.4g -> %.4g",
+            ctx.name,
+            split.n_kept,
+            rank,
+            split.rank,
+            split.baseline_loss,
+            split.loss,
+        )
+        return split
+
+    def spectrum(self, ctx: MatrixContext) -> torch.Tensor:
+        return Whitened(self.whitening).spectrum(ctx)
+
+
+@dataclass(frozen=True)
+class KnapsackKL:
+    """Duo-SVD module-adaptive allocation: knapsack over the KL sensitivity table."""
+
+    kind: str = "duo"
+    min_retained: float = MIN_RETAINED
+    resolution: int = 8192
+
+    def costs(self, infos: list, ctx: AllocationContext) -> dict[str, dict[float, float]]:
+        table = ctx.sensitivity.get(self.kind)
+        if table is None:
+            raise ConfigError(
+                f"this allocator needs the sensitivity-{self.kind} table (svdzoo sensitivity --kind {self.kind})"
+            )
+        pmin = float(ctx.options.get("min_retained", self.min_retained))
+        base = ctx.options.get("base")
+        missing = [i.name for i in infos if i.name not in table]
+        if missing:
+            raise allocation.AllocationError(
+                f"the sensitivity-{self.kind} table has no entry for {len(missing)} matrices, "
+                f"e.g. {missing[:3]} (was it computed on this model?)"
+            )
+        out: dict[str, dict[float, float]] = {}
+        for i in infos:
+            row = {float(p): float(v) for p, v in table[i.name].items()}
+            shift = 0.0
+            if base is not None:
+                key = next((p for p in row if abs(p - float(base)) < 1e-9), None)
+                if key is None:
+                    raise ConfigError(f"base ratio {base} is not on the table's grid {sorted(row)}")
+                shift = row[key]
+            opts = {p: v - shift for p, v in row.items() if p >= pmin - 1e-9}
+            opts.setdefault(1.0, 0.0 - shift)  # dense is always an option, at no KL
+            out[i.name] = opts
+        return out
+
+    def __call__(self, infos: list, target: float, ctx: AllocationContext) -> dict[str, int]:
+        cost = self.costs(infos, ctx)
+        total = sum(i.params for i in infos)
+        budget = math.floor((1.0 - target) * total)
+        retained = allocation.knapsack(infos, cost, budget, resolution=self.resolution)
+        ranks = allocation.knapsack_allocation(infos, cost, target, resolution=self.resolution)
+        grid_ratio = allocation.achieved_ratio(
+            infos, allocation.ranks_for_retained(infos, retained)
+        )
+        ctx.report["knapsack"] = {
+            "retained": retained,
+            "cost": float(sum(cost[n][p] for n, p in retained.items())),
+            "grid_ratio": grid_ratio,
+            "dense_modules": sorted(n for n, p in retained.items() if p >= 1.0),
+            "min_retained": float(ctx.options.get("min_retained", self.min_retained)),
+        }
+        log.info(
+            "knapsack: grid choice removes %.4f (target %.4f); %d modules dense; fit_budget -> %.4f",
+            grid_ratio,
+            target,
+            len(ctx.report["knapsack"]["dense_modules"]),
+            allocation.achieved_ratio(infos, ranks),
+        )
+        return ranks
+
+
+register(
+    Method(
+        name="duo-svd",
+        description="column-preserving whitened SVD + knapsack allocation over a KL sensitivity table",
+        paper="Duo-SVD (seed 000; code Pupu792/CPSVD)",
+        needs=frozenset({GRAM, SENS_DUO}),
+        factoriser=ColumnPreserving(),
+        allocator=KnapsackKL(),
+        spectrum_factoriser=Whitened("cholesky"),
+        options={"min_retained": MIN_RETAINED},
+    )
+)
+register(
+    Method(
+        name="duo-svd-columns",
+        description="Duo-SVD ablation: column-preserving whitened SVD at a uniform ratio",
+        paper="Duo-SVD (ablation: columns only)",
+        needs=frozenset({GRAM}),
+        factoriser=ColumnPreserving(),
+        allocator=Uniform(),
+        spectrum_factoriser=Whitened("cholesky"),
+    )
+)
+register(
+    Method(
+        name="duo-svd-allocation",
+        description="Duo-SVD ablation: plain whitened SVD at the KL-knapsack ranks",
+        paper="Duo-SVD (ablation: allocation only)",
+        needs=frozenset({GRAM, SENS_DUO}),
+        factoriser=Whitened("cholesky"),
+        allocator=KnapsackKL(),
+        options={"min_retained": MIN_RETAINED},
+    )
+)
