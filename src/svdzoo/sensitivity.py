@@ -153,8 +153,10 @@ def _batches(windows: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return [windows[i : i + batch_size] for i in range(0, windows.shape[0], batch_size)]
 
 
-def _logits(model: nn.Module, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return model(input_ids=ids.to(device), use_cache=False).logits.float()
+def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Forward where the model's embeddings live."""
+    dev = model.get_input_embeddings().weight.device
+    return model(input_ids=ids.to(dev), use_cache=False).logits.float()
 
 
 def _nll(logits: torch.Tensor, ids: torch.Tensor) -> float:
@@ -167,12 +169,10 @@ def _nll(logits: torch.Tensor, ids: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _reference(
-    model: nn.Module, batches: list[torch.Tensor], kind: str, device: torch.device
-) -> _Reference:
+def _reference(model: nn.Module, batches: list[torch.Tensor], kind: str) -> _Reference:
     logprobs, nll, tokens = [], 0.0, 0
     for ids in tqdm(batches, desc="dense reference", unit="batch", leave=False):
-        logits = _logits(model, ids, device)
+        logits = _logits(model, ids)
         if kind == "duo":
             logprobs.append(F.log_softmax(logits, dim=-1).cpu())
         nll += _nll(logits, ids)
@@ -181,20 +181,18 @@ def _reference(
 
 
 @torch.no_grad()
-def _measure(
-    model: nn.Module, batches: list[torch.Tensor], kind: str, ref: _Reference, device
-) -> float:
+def _measure(model: nn.Module, batches: list[torch.Tensor], kind: str, ref: _Reference) -> float:
     """duo: mean over tokens of KL(original || perturbed); asvd: perplexity."""
     if kind == "duo":
         total, count = 0.0, 0
         for ids, lp0 in zip(batches, ref.logprobs, strict=True):
-            lp = F.log_softmax(_logits(model, ids, device), dim=-1)
+            lp = F.log_softmax(_logits(model, ids), dim=-1)
             lp0 = lp0.to(lp.device)
             kl = (lp0.exp() * (lp0 - lp)).sum(-1)  # per token, float32
             total += float(kl.double().sum())
             count += kl.numel()
         return max(total / count, 0.0)  # tiny negative round-off is 0
-    nll = sum(_nll(_logits(model, ids, device), ids) for ids in batches)
+    nll = sum(_nll(_logits(model, ids), ids) for ids in batches)
     mean = nll / ref.tokens
     return math.exp(mean) if mean < 700 else float("inf")
 
@@ -270,8 +268,11 @@ def compute_sensitivity(
     """Probe every target linear alone at every retained ratio; see the module docstring.
 
     `seqlen`, `seed` and `corpus` default to the Gram cache's, so the table belongs to the
-    same calibration set (`corpus` must be given when the Gram's corpus was a local file).
-    The model is left exactly as it was (every probe is undone, even on error).
+    same calibration set (`corpus` must be given when the Gram's corpus was a local file;
+    a `seqlen` or `seed` other than the Gram's makes `compress` reject the pair).
+    The forward passes run where the model is; `device` is where the float64
+    factorisations run (default: the model's device). The model is left exactly as it
+    was (every probe is undone, even on error).
     """
     from svdzoo.data import calibration_windows, get_corpus
     from svdzoo.models import adapter_for, fingerprint, resolve_device
@@ -298,7 +299,7 @@ def compute_sensitivity(
     t0 = time.perf_counter()
     windows = calibration_windows(tokenizer, corp, nsamples, seqlen, seed)
     batches = _batches(windows, batch_size)
-    ref = _reference(model, batches, kind, device)
+    ref = _reference(model, batches, kind)
     dense_value = 0.0 if kind == "duo" else math.exp(ref.nll / ref.tokens)
     table: dict[str, dict[float, float]] = {}
     targets = list(adapter.iter_targets(model))
@@ -319,7 +320,7 @@ def compute_sensitivity(
                         continue
                     W = truncated_weight(ctx.W, wh, svd, probe_rank(m, n, p))
                     lin.weight.data = W.to(dtype=original.dtype, device=original.device)
-                    row[p] = _measure(model, batches, kind, ref, device)
+                    row[p] = _measure(model, batches, kind, ref)
             finally:
                 lin.weight.data = original
             table[ctx.name] = row
