@@ -1,0 +1,260 @@
+"""AdaSVD: the adaComp trap (fixed point at H' = C = H), error compensation on real
+compressed-model inputs, adaCR ratios, stack-of-batch, and the two ablations."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from svdzoo import linalg
+from svdzoo.allocation import achieved_ratio
+from svdzoo.calibration import SequentialCalibrator, calibrate
+from svdzoo.compress import Statistics, build_module, compress, matrix_infos
+from svdzoo.data import calibration_windows
+from svdzoo.errors import ConfigError
+from svdzoo.methods import get_method, requirements
+from svdzoo.methods.adasvd import AdaComp, AdaCR
+from svdzoo.methods.base import AllocationContext, MatrixContext
+from svdzoo.methods.parts import Whitened
+from svdzoo.methods.sequential import stacked_accumulator
+from svdzoo.models import adapter_for, load_model, load_tokenizer, replace_module
+
+CALIB = dict(corpus="pydoc", nsamples=16, seqlen=64, seed=3)
+FAST = {"seq_nsamples": 4}  # the sequential pass on 4 of the 16 windows keeps tests quick
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matrices: a second BLAS thread only spins on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _ctx(W, H=None, Hp=None, C=None):
+    return MatrixContext(name="m", layer=0, type="t", group="g", W=W, H=H, H_actual=Hp, C=C)
+
+
+def _data(m=24, n=16, tokens=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    X = torch.randn(n, tokens, generator=g, dtype=torch.float64)
+    X = X * torch.linspace(0.2, 3.0, n, dtype=torch.float64)[:, None]
+    # inputs after upstream compression: a correlated perturbation of X
+    Xp = X + 0.3 * torch.randn(n, n, generator=g, dtype=torch.float64) @ X / n**0.5
+    return W, X, Xp
+
+
+def actual_loss(W, Wp, H, Hp, C) -> float:
+    """`||W X - W' X'||_F^2` from the Grams: tr(W H W^T) - 2 tr(W C W'^T) + tr(W' H' W'^T)."""
+    return float((W @ H * W).sum() - 2 * (W @ C * Wp).sum() + (Wp @ Hp * Wp).sum())
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama_dir):
+    model = load_model(tiny_llama_dir)
+    tok = load_tokenizer(tiny_llama_dir)
+    return model, tok, calibrate(model, tok, progress=False, **CALIB)
+
+
+@pytest.fixture(scope="module")
+def compressed_inputs(llama):
+    """Layer-1 statistics `(W, H, H', C)` per target once layer 0 is SVD-LLM-compressed at 60%."""
+    model, tok, stats = llama
+    m = copy.deepcopy(model)
+    adapter = adapter_for(m)
+    windows = calibration_windows(tok, CALIB["corpus"], 16, CALIB["seqlen"], CALIB["seed"])
+    seq = SequentialCalibrator(m, windows, progress=False)
+    out = {}
+    for i, layer in seq.layers():
+        if i == 0:
+            for t, lin in adapter.target_modules(layer).items():
+                W = lin.weight.detach().double()
+                H = stats.gram(0, adapter.group_of(t))
+                fac = Whitened("cholesky")(_ctx(W, H), linalg.rank_for_ratio(*W.shape, 0.6))
+                replace_module(layer, t, build_module(lin, fac))
+        else:
+            st = seq.layer_stats(i)
+            for t, lin in adapter.target_modules(layer).items():
+                g = st[adapter.group_of(t)]
+                out[t] = (lin.weight.detach().double(), g.H, g.H_actual, g.C)
+            break
+    return out
+
+
+def test_registered():
+    assert requirements("adasvd") == requirements("adasvd-comp") == {"gram"}
+    assert get_method("adasvd").sequential and get_method("adasvd-comp").sequential
+    assert not get_method("adasvd-cr").sequential
+    assert get_method("adasvd-cr").factoriser == Whitened("cholesky")
+    assert get_method("adasvd").options["tau"] == 1
+
+
+@pytest.mark.parametrize("start", ["compensated", "whitened"])
+def test_trap_adacomp_with_original_inputs_is_plain_whitened_truncation(start):
+    """methods.md trap: with H' = C = H the whitened SVD is already optimal, ALS changes nothing."""
+    W, X, _ = _data()
+    H = X @ X.T
+    for k in (2, 7):
+        ref = Whitened("cholesky")(_ctx(W, H), k)
+        for tau in (0, 1, 3):
+            got = AdaComp(tau=tau, start=start)(_ctx(W, H, H, H), k)
+            assert torch.allclose(got.A @ got.B, ref.A @ ref.B, atol=1e-8)
+        als = linalg.als_refine(W, ref.A, ref.B, H, H, iters=2)
+        assert torch.allclose(als.A @ als.B, ref.A @ ref.B, atol=1e-8)
+
+
+def test_als_helps_from_a_plain_svd_start():
+    """The paper's figure: from plain SVD factors, one ALS step lowers the loss a lot."""
+    W, X, _ = _data()
+    H = X @ X.T
+    plain = linalg.svd_truncate(W, 5)
+    als = linalg.als_refine(W, plain.A, plain.B, H, H, iters=1)
+    best = Whitened("cholesky")(_ctx(W, H), 5)
+    lp, la, lb = (linalg.layer_loss(W, f.A, f.B, H) for f in (plain, als, best))
+    assert lb <= la < 0.9 * lp
+
+
+@pytest.mark.parametrize("start", ["compensated", "whitened"])
+def test_compensation_differs_and_lowers_the_loss_on_actual_inputs(start):
+    W, X, Xp = _data()
+    H, Hp, C = X @ X.T, Xp @ Xp.T, X @ Xp.T
+    k = 6
+    svdllm = Whitened("cholesky")(_ctx(W, H), k)
+    comp = AdaComp(start=start)(_ctx(W, H, Hp, C), k)
+    W0, W1 = svdllm.A @ svdllm.B, comp.A @ comp.B
+    assert (W0 - W1).norm() > 1e-3 * W0.norm()
+    assert actual_loss(W, W1, H, Hp, C) < 0.99 * actual_loss(W, W0, H, Hp, C)
+
+
+def test_compensation_lowers_the_loss_on_real_compressed_model_inputs(compressed_inputs):
+    """Layer 1 of the tiny LLaMA after layer 0 was compressed: adaComp vs SVD-LLM on X'."""
+    for t, (W, H, Hp, C) in compressed_inputs.items():
+        assert not torch.allclose(Hp, H)  # the streams really differ
+        k = linalg.rank_for_ratio(*W.shape, 0.4)
+        base = Whitened("cholesky")(_ctx(W, H), k)
+        comp = AdaComp()(_ctx(W, H, Hp, C), k)
+        paper = AdaComp(start="whitened")(_ctx(W, H, Hp, C), k)
+        l0 = actual_loss(W, base.A @ base.B, H, Hp, C)
+        l1 = actual_loss(W, comp.A @ comp.B, H, Hp, C)
+        l2 = actual_loss(W, paper.A @ paper.B, H, Hp, C)
+        assert l1 < l0, t
+        assert l1 <= l2 * (1 + 1e-9) and l2 <= l0 * (1 + 1e-9), t
+
+
+def test_adacomp_needs_sequential_statistics_and_valid_options():
+    W, X, _ = _data()
+    H = X @ X.T
+    with pytest.raises(ConfigError, match="H_actual"):
+        AdaComp()(_ctx(W, H), 3)
+    with pytest.raises(ConfigError, match="tau"):
+        AdaComp(tau=-1)(_ctx(W, H, H, H), 3)
+    with pytest.raises(ConfigError, match="start"):
+        AdaComp(start="nope")(_ctx(W, H, H, H), 3)
+
+
+def _cr(model, stats, target, **options):
+    infos = matrix_infos(model)
+    actx = AllocationContext(stats=stats, options=options)
+    return infos, AdaCR()(infos, target, actx), actx
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.4, 0.6, 0.8])
+def test_adacr_meets_the_budget_and_favours_the_important_layer(llama, ratio):
+    model, _, stats = llama
+    infos, ranks, actx = _cr(model, stats, ratio, mrr_fraction=0.5)
+    assert abs(achieved_ratio(infos, ranks) - ratio) <= 0.005
+    imp = {int(k): v for k, v in actx.report["importance"].items()}
+    assert imp == {i: pytest.approx(1 - stats.cosine(i)) for i in imp}
+    assert actx.report["mrr"] == pytest.approx(0.5 * (1 - ratio))
+    hi, lo = max(imp, key=imp.get), min(imp, key=imp.get)
+    kept = {layer: sum(ranks[i.name] for i in infos if i.layer == layer) for layer in imp}
+    assert kept[hi] > kept[lo]
+
+
+def test_adacr_mrr_controls_the_spread(llama):
+    model, _, stats = llama
+    infos = matrix_infos(model)
+
+    def spread(mrr):
+        ranks = _cr(model, stats, 0.4, mrr=mrr)[1]
+        r = [ranks[i.name] for i in infos if i.type == "up_proj"]
+        return max(r) - min(r)
+
+    assert spread(0.1) > spread(0.55) >= 0
+    with pytest.raises(Exception, match="minimum retained ratio"):
+        _cr(model, stats, 0.4, mrr=0.7)
+
+
+def test_adasvd_cr_is_svd_llm_at_layer_ratios(llama):
+    """adasvd-cr: adaCR ranks (constant within a layer's types, varying across layers),
+    SVD-LLM's Cholesky factors at those ranks."""
+    model, tok, stats = llama
+    m = copy.deepcopy(model)
+    man = compress(m, "adasvd-cr", 0.4, stats=Statistics(gram=stats), tokenizer=tok)
+    assert abs(man["achieved_ratio"] - 0.4) <= 0.005
+    assert man["allocation"]["kind"] == "adacr"
+    _, ranks, _ = _cr(model, stats, 0.4, mrr_fraction=0.5)
+    assert {n: r["rank"] for n, r in man["modules"].items()} == ranks
+    name = "model.layers.1.mlp.up_proj"
+    W = model.get_submodule(name).weight.detach().double()
+    ref = Whitened("cholesky")(_ctx(W, stats.gram(1, "mlp_in")), ranks[name])
+    assert torch.allclose(m.get_submodule(name).weight_product().double(), ref.A @ ref.B, atol=1e-5)
+
+
+def test_adasvd_comp_uniform_ranks_compensated_weights(llama):
+    """adasvd-comp: the uniform ranks of svd-llm; the first group is plain (eigen) whitened
+    truncation (nothing upstream is compressed yet), later ones are compensated."""
+    model, tok, stats = llama
+    m = copy.deepcopy(model)
+    man = compress(m, "adasvd-comp", 0.4, stats=Statistics(gram=stats), tokenizer=tok,
+                   options=FAST)  # fmt: skip
+    ref = copy.deepcopy(model)
+    uni = compress(ref, "svd-llm-v2-truncation", 0.4, stats=Statistics(gram=stats))
+    assert {n: r["rank"] for n, r in man["modules"].items()} == {
+        n: r["rank"] for n, r in uni["modules"].items()
+    }
+    assert man["options"]["seq_nsamples"] == 4 and man["allocation"]["sequential"]["windows"] == 4
+    windows = calibration_windows(tok, CALIB["corpus"], 4, CALIB["seqlen"], CALIB["seed"])
+    seq = SequentialCalibrator(copy.deepcopy(model), windows, progress=False)
+    st = seq.layer_stats(0)
+    seq.close()
+    W = model.model.layers[0].self_attn.q_proj.weight.detach().double()
+    k = man["modules"]["model.layers.0.self_attn.q_proj"]["rank"]
+    first = Whitened("eigen")(_ctx(W, st["attn_in"].H), k)
+    got = m.model.layers[0].self_attn.q_proj.weight_product().double()
+    assert torch.allclose(got, first.A @ first.B, atol=1e-4)
+    later = "model.layers.1.mlp.down_proj"
+    assert not torch.allclose(
+        m.get_submodule(later).weight_product(),
+        ref.get_submodule(later).weight_product(),
+        atol=1e-3,
+    )
+
+
+def test_stacked_accumulator_averages_each_group_of_windows():
+    seqlen, n = 5, 3
+    x = torch.randn(4 * seqlen, n, dtype=torch.float64)  # 4 windows
+    xa = x + 0.1
+    acc = stacked_accumulator(2, seqlen)(n, torch.device("cpu"))
+    acc.add(x, xa)
+    xs = x.reshape(2, 2, seqlen, n).mean(1).reshape(-1, n)
+    xas = xa.reshape(2, 2, seqlen, n).mean(1).reshape(-1, n)
+    assert torch.allclose(acc.H, xs.T @ xs) and torch.allclose(acc.H_actual, xas.T @ xas)
+    assert torch.allclose(acc.C, xs.T @ xas) and acc.count == 2 * seqlen
+
+
+def test_stack_of_batch_averages_groups_of_windows(llama):
+    model, tok, stats = llama
+    m = copy.deepcopy(model)
+    man = compress(m, "adasvd", 0.4, stats=Statistics(gram=stats), tokenizer=tok,
+                   options={"seq_nsamples": 6, "mini_bsz": 4})  # fmt: skip
+    assert abs(man["achieved_ratio"] - 0.4) <= 0.005
+    assert man["allocation"]["kind"] == "adacr"
+    assert man["allocation"]["sequential"]["windows"] == 4  # 6 windows: one group of 4 kept
+    with pytest.raises(ConfigError, match="mini_bsz"):
+        compress(copy.deepcopy(model), "adasvd", 0.4, stats=Statistics(gram=stats),
+                 tokenizer=tok, options={"seq_nsamples": 2, "mini_bsz": 4})  # fmt: skip
