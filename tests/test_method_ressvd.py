@@ -1,0 +1,213 @@
+"""ResSVD: the residual trap (same whitening = plain truncation), the compensated residual
+stage on real compressed-model inputs, last-K partial compression, and the ablations."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from svdzoo import linalg
+from svdzoo.allocation import achieved_ratio
+from svdzoo.calibration import SequentialCalibrator, calibrate
+from svdzoo.compress import Statistics, build_module, compress, matrix_infos
+from svdzoo.data import calibration_windows
+from svdzoo.errors import ConfigError
+from svdzoo.methods import get_method, requirements
+from svdzoo.methods.adasvd import AdaComp
+from svdzoo.methods.base import AllocationContext, MatrixContext
+from svdzoo.methods.parts import Whitened
+from svdzoo.methods.ressvd import LastK, ResidualCompensated, split_rank
+from svdzoo.models import adapter_for, load_model, load_tokenizer, replace_module
+
+CALIB = dict(corpus="pydoc", nsamples=16, seqlen=64, seed=3)
+FAST = {"seq_nsamples": 4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matrices: a second BLAS thread only spins on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _ctx(W, H=None, Hp=None, C=None):
+    return MatrixContext(name="m", layer=0, type="t", group="g", W=W, H=H, H_actual=Hp, C=C)
+
+
+def _data(m=24, n=16, tokens=300, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    X = torch.randn(n, tokens, generator=g, dtype=torch.float64)
+    X = X * torch.linspace(0.2, 3.0, n, dtype=torch.float64)[:, None]
+    Xp = X + 0.3 * torch.randn(n, n, generator=g, dtype=torch.float64) @ X / n**0.5
+    return W, X, Xp
+
+
+def actual_loss(W, Wp, H, Hp, C) -> float:
+    """`||W X - W' X'||_F^2` from the Grams."""
+    return float((W @ H * W).sum() - 2 * (W @ C * Wp).sum() + (Wp @ Hp * Wp).sum())
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama_dir):
+    model = load_model(tiny_llama_dir)
+    tok = load_tokenizer(tiny_llama_dir)
+    return model, tok, calibrate(model, tok, progress=False, **CALIB)
+
+
+def test_registered():
+    assert requirements("ressvd") == {"gram"}
+    assert get_method("ressvd").sequential and get_method("ressvd-residual").sequential
+    assert not get_method("ressvd-lastk").sequential
+    assert get_method("ressvd-lastk").factoriser == Whitened("cholesky")
+    assert isinstance(get_method("ressvd").allocator, LastK)
+
+
+def test_split_rank():
+    assert split_rank(10, 0.5) == (5, 5)
+    assert split_rank(7, 0.0) == (0, 7) and split_rank(7, 1.0) == (7, 0)
+    with pytest.raises(ConfigError, match="k1_fraction"):
+        split_rank(7, 1.5)
+
+
+@pytest.mark.parametrize("whitening", ["cholesky", "eigen"])
+def test_trap_residual_stage_with_the_same_whitening_is_plain_truncation(whitening):
+    """methods.md trap: stage 2 under stage 1's whitening just takes the next directions."""
+    W, X, _ = _data()
+    H = X @ X.T
+    wh = Whitened(whitening).whitener(H)
+    for k1, k2 in ((3, 4), (0, 6), (6, 0), (2, 9)):
+        res = linalg.residual_truncate(W, wh, wh, k1, k2)
+        ref = linalg.truncate(W, wh, k1 + k2)
+        assert torch.allclose(res.A @ res.B, ref.A @ ref.B, atol=1e-8)
+    # and so does our factoriser whenever the layer sees its original inputs (H' = C = H)
+    got = ResidualCompensated()(_ctx(W, H, H, H), 7)
+    ref = Whitened("cholesky")(_ctx(W, H), 7)
+    assert torch.allclose(got.A @ got.B, ref.A @ ref.B, atol=1e-8)
+
+
+def test_residual_stage_on_actual_inputs_differs_and_helps():
+    W, X, Xp = _data()
+    H, Hp, C = X @ X.T, Xp @ Xp.T, X @ Xp.T
+    k = 8
+    base = Whitened("cholesky")(_ctx(W, H), k)
+    res = ResidualCompensated()(_ctx(W, H, Hp, C), k)
+    W0, W1 = base.A @ base.B, res.A @ res.B
+    assert res.rank == k
+    assert (W0 - W1).norm() > 1e-3 * W0.norm()
+    assert actual_loss(W, W1, H, Hp, C) < 0.99 * actual_loss(W, W0, H, Hp, C)
+
+
+def test_residual_on_real_compressed_model_inputs(llama):
+    """Layer 1 of the tiny LLaMA once layer 0 is SVD-LLM-compressed: on the inputs the
+    compressed model really produces, SVD-LLM >= ResSVD >= the closed-form compensation."""
+    model, tok, stats = llama
+    m = copy.deepcopy(model)
+    adapter = adapter_for(m)
+    windows = calibration_windows(tok, CALIB["corpus"], 16, CALIB["seqlen"], CALIB["seed"])
+    seq = SequentialCalibrator(m, windows, progress=False)
+    checked = 0
+    for i, layer in seq.layers():
+        if i == 0:
+            for t, lin in adapter.target_modules(layer).items():
+                W = lin.weight.detach().double()
+                fac = Whitened("cholesky")(
+                    _ctx(W, stats.gram(0, adapter.group_of(t))),
+                    linalg.rank_for_ratio(*W.shape, 0.6),
+                )
+                replace_module(layer, t, build_module(lin, fac))
+            continue
+        st = seq.layer_stats(i)
+        for t, lin in adapter.target_modules(layer).items():
+            g = st[adapter.group_of(t)]
+            W, H, Hp, C = lin.weight.detach().double(), g.H, g.H_actual, g.C
+            k = linalg.rank_for_ratio(*W.shape, 0.4)
+            losses = [
+                actual_loss(W, f.A @ f.B, H, Hp, C)
+                for f in (
+                    Whitened("cholesky")(_ctx(W, H), k),
+                    ResidualCompensated()(_ctx(W, H, Hp, C), k),
+                    AdaComp(tau=0)(_ctx(W, H, Hp, C), k),
+                )
+            ]
+            assert losses[1] < losses[0], t
+            assert losses[2] <= losses[1] * (1 + 1e-9), t
+            checked += 1
+        break
+    assert checked == 7
+
+
+def _lastk(model, target, **options):
+    infos = matrix_infos(model)
+    actx = AllocationContext(options={"max_ratio": 0.9, **options})
+    return infos, LastK()(infos, target, actx), actx.report
+
+
+@pytest.mark.parametrize("ratio,K", [(0.2, 1), (0.4, 1), (0.6, 2), (0.8, 2)])
+def test_lastk_chooses_K_from_the_budget(llama, ratio, K):
+    """Two equal layers: one layer alone can carry 0.2 and 0.4 (at 0.4 and 0.8 <= 0.9)."""
+    model, _, _ = llama
+    infos, ranks, report = _lastk(model, ratio)
+    assert abs(achieved_ratio(infos, ranks) - ratio) <= 0.005
+    assert report["K"] == K and report["compressed_layers"] == list(range(2 - K, 2))
+    dense = [i for i in infos if ranks[i.name] >= min(i.m, i.n)]
+    assert {i.layer for i in dense} == set(range(2 - K))
+
+
+def test_lastk_configured_K_and_infeasible_budgets(llama):
+    model, _, _ = llama
+    infos, ranks, report = _lastk(model, 0.2, K=2)
+    assert report["K"] == 2 and all(ranks[i.name] < min(i.m, i.n) for i in infos)
+    with pytest.raises(Exception, match="needs ratio"):
+        _lastk(model, 0.6, K=1)
+    with pytest.raises(ConfigError, match="max_ratio"):
+        _lastk(model, 0.95)
+
+
+def test_ressvd_lastk_leaves_first_layers_dense_and_truncates_like_svd_llm(llama):
+    model, tok, stats = llama
+    m = copy.deepcopy(model)
+    man = compress(m, "ressvd-lastk", 0.4, stats=Statistics(gram=stats), tokenizer=tok)
+    assert abs(man["achieved_ratio"] - 0.4) <= 0.005
+    assert man["allocation"]["K"] == 1 and man["allocation"]["kind"] == "last-k"
+    mods = man["modules"]
+    assert all(r["dense"] for r in mods.values() if r["layer"] == 0)
+    assert not any(r["dense"] for r in mods.values() if r["layer"] == 1)
+    assert isinstance(m.model.layers[0].mlp.up_proj, torch.nn.Linear)
+    name = "model.layers.1.mlp.up_proj"
+    W = model.get_submodule(name).weight.detach().double()
+    ref = Whitened("cholesky")(_ctx(W, stats.gram(1, "mlp_in")), mods[name]["rank"])
+    assert torch.allclose(m.get_submodule(name).weight_product().double(), ref.A @ ref.B, atol=1e-5)
+
+
+def test_ressvd_residual_uniform_ranks_compensated_weights(llama):
+    model, tok, stats = llama
+    m = copy.deepcopy(model)
+    man = compress(m, "ressvd-residual", 0.6, stats=Statistics(gram=stats), tokenizer=tok,
+                   options=FAST)  # fmt: skip
+    ref = copy.deepcopy(model)
+    uni = compress(ref, "svd-llm", 0.6, stats=Statistics(gram=stats))
+    assert {n: r["rank"] for n, r in man["modules"].items()} == {
+        n: r["rank"] for n, r in uni["modules"].items()
+    }
+    later = "model.layers.1.mlp.down_proj"
+    assert not torch.allclose(
+        m.get_submodule(later).weight_product(),
+        ref.get_submodule(later).weight_product(),
+        atol=1e-3,
+    )
+
+
+def test_ressvd_reports_K_and_compresses_only_the_last_layers(llama):
+    model, tok, stats = llama
+    m = copy.deepcopy(model)
+    man = compress(m, "ressvd", 0.4, stats=Statistics(gram=stats), tokenizer=tok, options=FAST)
+    assert abs(man["achieved_ratio"] - 0.4) <= 0.005
+    assert man["allocation"]["K"] == 1
+    assert list(man["allocation"]["sequential"]["divergence"]) == ["1"]
+    assert all(r["dense"] for r in man["modules"].values() if r["layer"] == 0)
+    assert man["options"]["k1_fraction"] == 0.5
