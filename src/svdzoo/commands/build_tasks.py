@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-examples", type=int, default=200, help="questions per task")
     p.add_argument("--n-choices", type=int, default=4)
     p.add_argument("--context-chars", type=int, default=96)
-    p.add_argument("--continuation-chars", type=int, default=32)
+    p.add_argument("--continuation-chars", type=int, default=8)
     p.add_argument("--wordorder-words", type=int, default=6)
 
 

@@ -4,9 +4,9 @@ The paper benchmarks (ARC, PIQA, ...) need a download; the default run must not.
 tasks are multiple choice over text the reference models never trained on (the corpus
 test split), built deterministically from a seed:
 
-- `<corpus>_continuation`: given a passage, pick its true continuation among
-  `n_choices - 1` distractor continuations of the same length cut from elsewhere in the
-  held-out text.
+- `<corpus>_continuation`: given a passage cut inside a word, pick its true next
+  characters among `n_choices - 1` distractors of the same length cut (also inside a
+  word) from elsewhere in the held-out text.
 - `<corpus>_wordorder`: given a passage, pick the true next run of words among
   shuffles of the same words (same bytes, so only word order tells them apart).
 
@@ -75,7 +75,7 @@ class TaskSpec:
     n_examples: int = 200
     n_choices: int = 4
     context_chars: int = 96
-    continuation_chars: int = 32
+    continuation_chars: int = 8
     wordorder_words: int = 6
 
     def validate(self) -> None:
@@ -98,9 +98,13 @@ def _rng(seed: int, corpus: str, kind: str) -> random.Random:
     return random.Random(f"svdzoo-tasks:{seed}:{corpus}:{kind}")
 
 
-def _word_starts(text: str) -> list[int]:
-    """Offsets where a word starts after a space: choices begin at a word boundary."""
-    return [m.start() + 1 for m in re.finditer(r" (?=\S)", text)]
+def _word_interior(text: str) -> list[int]:
+    """Offsets strictly inside a word (alphanumeric on both sides of the cut).
+
+    Cutting inside a word makes the true continuation complete it, which a trained LM
+    recognises at once; cutting at word boundaries leaves the choice to how predictable
+    each candidate is on its own, and a small LM then scores barely above chance."""
+    return [i for i in range(1, len(text)) if text[i - 1].isalnum() and text[i].isalnum()]
 
 
 def _place(rng: random.Random, true: str, others: list[str]) -> tuple[list[str], int]:
@@ -111,41 +115,31 @@ def _place(rng: random.Random, true: str, others: list[str]) -> tuple[list[str],
 
 
 def continuation_questions(text: str, spec: TaskSpec, rng: random.Random) -> list[dict]:
-    """Context = `context_chars` before a word start; choices = `continuation_chars` from
-    there (true) or from other word starts in the text (distractors), all distinct."""
-    starts = [
-        s
-        for s in _word_starts(text)
-        if s >= spec.context_chars and s + spec.continuation_chars <= len(text)
-    ]
-    if len(starts) < spec.n_choices * 2:
+    """Context = `context_chars` ending inside a word; choices = the next
+    `continuation_chars` (true) or as many chars from other mid-word cuts of the text
+    (distractors, not overlapping the true one), all distinct."""
+    n, c = spec.continuation_chars, spec.context_chars
+    cuts = [i for i in _word_interior(text) if i >= c and i + n <= len(text)]
+    if len(cuts) < spec.n_choices * 2:
         raise TaskBuildError(
-            f"text too short for continuation questions ({len(text)} chars, {len(starts)} usable positions)"
+            f"text too short for continuation questions ({len(text)} chars, {len(cuts)} usable positions)"
         )
-    rng.shuffle(starts)
-    anchors = starts[: spec.n_examples]
+    anchors = rng.sample(cuts, min(spec.n_examples, len(cuts)))
     out = []
-    for qid, s in enumerate(anchors):
-        true = text[s : s + spec.continuation_chars]
+    for s in anchors:
+        true = text[s : s + n]
         distractors: list[str] = []
-        tries = 0
-        while len(distractors) < spec.n_choices - 1 and tries < 100:
-            tries += 1
-            d0 = rng.choice(starts)
-            cand = text[d0 : d0 + spec.continuation_chars]
-            if abs(d0 - s) >= spec.continuation_chars and cand != true and cand not in distractors:
+        for _ in range(100):
+            if len(distractors) == spec.n_choices - 1:
+                break
+            d0 = rng.choice(cuts)
+            cand = text[d0 : d0 + n]
+            if abs(d0 - s) >= n and cand != true and cand not in distractors:
                 distractors.append(cand)
         if len(distractors) < spec.n_choices - 1:
             continue
         choices, gold = _place(rng, true, distractors)
-        out.append(
-            {
-                "id": qid,
-                "context": text[s - spec.context_chars : s],
-                "choices": choices,
-                "gold": gold,
-            }
-        )
+        out.append({"id": len(out), "context": text[s - c : s], "choices": choices, "gold": gold})
     return out
 
 
