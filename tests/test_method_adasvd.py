@@ -107,6 +107,22 @@ def test_trap_adacomp_with_original_inputs_is_plain_whitened_truncation(start):
         assert torch.allclose(als.A @ als.B, ref.A @ ref.B, atol=1e-8)
 
 
+def test_als_on_exactly_singular_actual_gram_stays_bounded():
+    """Compressed-model inputs can be exactly rank-deficient (o_proj after a low-rank v_proj):
+    ALS must use the pseudo-inverse of H', not a Cholesky that 'succeeds' on round-off."""
+    W, X, _ = _data()
+    g = torch.Generator().manual_seed(5)
+    Xp = torch.randn(16, 6, generator=g, dtype=torch.float64) @ X[:6]  # rank 6 of 16
+    H, Hp, C = X @ X.T, Xp @ Xp.T, X @ Xp.T
+    cf = linalg.compensated_truncate(W, Hp, C, 4)
+    als = linalg.als_refine(W, cf.A, cf.B, Hp, C, iters=2)
+    assert torch.isfinite(als.A).all() and torch.isfinite(als.B).all()
+    assert (als.A @ als.B).norm() < 10 * (cf.A @ cf.B).norm()
+    assert torch.allclose(als.A @ als.B, cf.A @ cf.B, atol=1e-6 * float((cf.A @ cf.B).norm()))
+    got = AdaComp(tau=1)(_ctx(W, H, Hp, C), 4)
+    assert torch.allclose(got.A @ got.B, cf.A @ cf.B, atol=1e-6 * float((cf.A @ cf.B).norm()))
+
+
 def test_als_helps_from_a_plain_svd_start():
     """The paper's figure: from plain SVD factors, one ALS step lowers the loss a lot."""
     W, X, _ = _data()

@@ -450,8 +450,11 @@ def als_refine(
 ) -> LowRankFactors:
     """AdaSVD adaComp: alternating least squares on `||W X - A B X'||_F^2`.
 
-    Each iteration: `A = W C B^T (B H' B^T)^-1`, then `B = (A^T A)^-1 A^T W C H'^-1`
-    (Cholesky solves; a tiny logged ridge if a system is singular). Each half-step is an
+    Each iteration: `A = W C B^T (B H' B^T)^-1`, then `B = (A^T A)^-1 A^T W C H'^+`
+    (Cholesky solves for the `k x k` systems, a tiny logged ridge if one is singular; the
+    eigen pseudo-inverse for `H'`, which is often exactly singular on compressed-model
+    inputs, e.g. `o_proj` after a low-rank `v_proj`: a Cholesky that "succeeds" on such an
+    `H'` puts huge weights on directions the calibration never saw). Each half-step is an
     exact minimiser, so the objective never increases. Starting from the whitened optimum
     with `H' = C = H` this is a fixed point (methods.md's collapse trap); it helps from a
     plain-SVD start or when `H', C` come from the compressed model's inputs.
@@ -477,13 +480,14 @@ def als_refine(
     Hp, C = _check_cross(H_actual, C, n)
     Hp, C = Hp.to(W.device), C.to(W.device)
     WC = W @ C
+    pinv = eigen_whitener(Hp)  # M @ H'^+ by solve_gram
     for _ in range(iters):
         # A^T = (B H' B^T)^-1 B C^T W^T
         A = _spd_solve(B @ Hp @ B.T, B @ WC.T, "B H' B^T").T
-        # B = (A^T A)^-1 A^T W C H'^-1 ; then the right-solve with H' (symmetric)
+        # B = (A^T A)^-1 A^T W C H'^+
         Y = _spd_solve(A.T @ A, A.T @ WC, "A^T A")
-        B = _spd_solve(Hp, Y.T, "H'").T
-    T = _spd_solve(Hp, WC.T, "H'").T
+        B = pinv.solve_gram(Y)
+    T = pinv.solve_gram(WC)
     return LowRankFactors(A, B, None, layer_loss(T, A, B, Hp))
 
 
