@@ -140,6 +140,13 @@ def zeroshot_vs_ratio(df: pd.DataFrame, model: str, out_dir: Path) -> list[Path]
     return _save(fig, out_dir / f"zeroshot_vs_ratio_{model}")
 
 
+# Matrix types in data-flow order (attention in, out; MLP in, out) across families.
+TYPE_ORDER = (
+    "q_proj", "k_proj", "v_proj", "query_key_value", "o_proj", "out_proj", "dense",
+    "gate_proj", "up_proj", "fc1", "dense_h_to_4h", "down_proj", "fc2", "dense_4h_to_h",
+)  # fmt: skip
+
+
 def allocation_matrix(manifest: dict) -> pd.DataFrame:
     """Layer x matrix-type table of per-matrix ratios (dense matrices count as 0)."""
     rows = []
@@ -153,7 +160,10 @@ def allocation_matrix(manifest: dict) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     t = pd.DataFrame(rows, columns=["layer", "type", "ratio"])
-    return t.pivot_table(index="layer", columns="type", values="ratio", aggfunc="mean", sort=False)
+    mat = t.pivot_table(index="layer", columns="type", values="ratio", aggfunc="mean")
+    rank = {name: i for i, name in enumerate(TYPE_ORDER)}
+    cols = sorted(mat.columns, key=lambda c: (rank.get(c, len(rank)), c))
+    return mat[cols].sort_index()
 
 
 def is_allocating(manifest: dict, tol: float = 1e-3) -> bool:
