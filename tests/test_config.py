@@ -183,30 +183,34 @@ def test_method_requirements_match_registry():
         C.method_requirements("nope")
 
 
-def test_cli_flags_parse_like_dvc_expansion():
-    """Snakemake passes `--corpora a,b`, DVC's ${dict} expansion `--corpora a b`: the
-    evaluate command must read both the same."""
+def test_cli_flags_are_dvc_expansion():
+    """The Snakefile's command lines equal dvc.yaml's `${section}` expansion, and the
+    commands read lists in that form."""
     from dvc.parsing.interpolate import to_str
 
     from svdzoo.cli import build_parser
 
-    flags = {"corpora": ["pydoc", "pysource"], "tasks": ["pydoc_continuation"], "seqlen": 64}
-    ours = C.cli_flags(flags)
-    assert ours == [
-        "--corpora",
-        "pydoc,pysource",
-        "--tasks",
-        "pydoc_continuation",
-        "--seqlen",
-        "64",
-    ]
-    parser = build_parser()
-    base = ["evaluate", "--model", "m", "--ppl-out", "p.json"]
-    a = parser.parse_args(base + ours)
-    b = parser.parse_args(base + to_str(flags).split())
-    assert (a.corpora, a.tasks, a.seqlen) == (b.corpora, b.tasks, b.seqlen)
-    assert a.corpora == ["pydoc", "pysource"]
+    flags = {
+        "corpora": ["pydoc", "pysource"],
+        "tasks": ["pydoc_continuation"],
+        "seqlen": 64,
+        "flag": True,
+        "off": False,
+        "rate": 0.1,
+    }
+    assert C.cli_flags(flags) == to_str(flags).split()
     assert C.cli_flags({"flag": True, "off": False}) == ["--flag"]
+    evaluation = {"corpora": ["pydoc", "pysource"], "tasks": ["pydoc_continuation"]}
+    args = build_parser().parse_args(
+        ["evaluate", "--model", "m", "--ppl-out", "p.json", *C.cli_flags(evaluation)]
+    )
+    assert args.corpora == ["pydoc", "pysource"] and args.tasks == ["pydoc_continuation"]
+
+
+def test_sensitivity_grid_must_reach_the_largest_ratio(default):
+    bad = copy.deepcopy(default)
+    bad["sensitivity"]["ratios"] = [0.4, 0.6, 0.8]
+    _fails(bad, "sensitivity.ratios", "cannot reach the largest compression ratio (0.80)")
 
 
 def test_validate_params_command(tmp_path, default):

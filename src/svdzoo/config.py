@@ -242,6 +242,14 @@ def _check_names(p: dict[str, Any]) -> None:
             raise ConfigError(
                 f"evaluation.tasks[{i}]: unknown task {t!r}; known: {', '.join(known_tasks)}"
             )
+    probes = p["sensitivity"].get("ratios")
+    needs_table = any(k.startswith("sensitivity-") for m in p["methods"] for k in table[m])
+    if probes and needs_table and min(probes) > 1 - max(float(r) for r in p["ratios"]) + 1e-9:
+        raise ConfigError(
+            f"sensitivity.ratios: the smallest retained ratio probed ({min(probes)}) cannot "
+            f"reach the largest compression ratio ({max(p['ratios'])}); probe down to "
+            f"{1 - max(float(r) for r in p['ratios']):.2f} or lower"
+        )
     if p["sensitivity"]["nsamples"] > p["calibration"]["nsamples"]:
         raise ConfigError(
             f"sensitivity.nsamples: {p['sensitivity']['nsamples']} is more than "
@@ -274,14 +282,15 @@ def resources(params: Mapping[str, Any], stage: str) -> dict[str, int]:
 
 
 def cli_flags(flags: Mapping[str, Any]) -> list[str]:
-    """A flags mapping as argv, like DVC's `${dict}` expansion (lists joined by commas)."""
+    """A flags mapping as argv, exactly as DVC's `${dict}` expansion writes it: `--key v`,
+    lists as `--key a b` (nargs), true booleans as `--key`, false ones dropped."""
     argv: list[str] = []
     for key, value in flags.items():
         if isinstance(value, bool):
             if value:
                 argv.append(f"--{key}")
         elif isinstance(value, (list, tuple)):
-            argv += [f"--{key}", ",".join(str(v) for v in value)]
+            argv += [f"--{key}", *(str(v) for v in value)]
         else:
             argv += [f"--{key}", str(value)]
     return argv
