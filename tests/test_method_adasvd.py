@@ -274,3 +274,40 @@ def test_stack_of_batch_averages_groups_of_windows(llama):
     with pytest.raises(ConfigError, match="mini_bsz"):
         compress(copy.deepcopy(model), "adasvd", 0.4, stats=Statistics(gram=stats),
                  tokenizer=tok, options={"seq_nsamples": 2, "mini_bsz": 4})  # fmt: skip
+
+
+# The project's default calibration set (params.yaml: 64 x 128 tokens). Compensation fits a
+# regression of X on X'; with the 16 x 64 tokens of CALIB it overfits on these models
+# (n = 192 inputs for down_proj/fc2) and the claim fails at 40%: see the method report.
+CLAIM_CALIB = dict(corpus="pydoc", nsamples=64, seqlen=128, seed=3)
+
+
+@pytest.fixture(scope="module", params=["llama", "opt"])
+def family_ppl(request, tiny_llama_dir, tiny_opt_dir):
+    """`ppl(method, ratio)` on pydoc test windows for one reference family (cached)."""
+    from svdzoo.data import evaluation_windows
+    from svdzoo.evaluation.perplexity import perplexity
+
+    path = tiny_llama_dir if request.param == "llama" else tiny_opt_dir
+    model, tok = load_model(path), load_tokenizer(path)
+    stats = calibrate(model, tok, progress=False, **CLAIM_CALIB)
+    windows = evaluation_windows(tok, "pydoc", 64)
+    cache = {}
+
+    def ppl(method: str | None, ratio: float = 0.0) -> float:
+        if (method, ratio) not in cache:
+            m = copy.deepcopy(model)
+            if method is not None:
+                compress(m, method, ratio, stats=Statistics(gram=stats), tokenizer=tok)
+            cache[method, ratio] = perplexity(m, windows, batch_size=32)
+        return cache[method, ratio]
+
+    return ppl
+
+
+@pytest.mark.parametrize("ratio", [0.4, 0.6])
+def test_adasvd_beats_svd_llm_end_to_end(family_ppl, ratio):
+    """The paper's claim; it holds on our reference models (see the report for numbers)."""
+    if family_ppl("svd-llm", 0.6) < 1.05 * family_ppl(None):
+        pytest.skip("the fixture model barely reacts to compression: the claim is untestable")
+    assert family_ppl("adasvd", ratio) < family_ppl("svd-llm", ratio)

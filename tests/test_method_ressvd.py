@@ -211,3 +211,41 @@ def test_ressvd_reports_K_and_compresses_only_the_last_layers(llama):
     assert list(man["allocation"]["sequential"]["divergence"]) == ["1"]
     assert all(r["dense"] for r in man["modules"].values() if r["layer"] == 0)
     assert man["options"]["k1_fraction"] == 0.5
+
+
+# The project's default calibration set (params.yaml: 64 x 128 tokens). Compensation fits a
+# regression of X on X'; with the 16 x 64 tokens of CALIB it overfits on these models
+# (n = 192 inputs for down_proj/fc2) and the claim fails at 40%: see the method report.
+CLAIM_CALIB = dict(corpus="pydoc", nsamples=64, seqlen=128, seed=3)
+
+
+@pytest.fixture(scope="module", params=["llama", "opt"])
+def family_ppl(request, tiny_llama_dir, tiny_opt_dir):
+    """`ppl(method, ratio)` on pydoc test windows for one reference family (cached)."""
+    from svdzoo.data import evaluation_windows
+    from svdzoo.evaluation.perplexity import perplexity
+
+    path = tiny_llama_dir if request.param == "llama" else tiny_opt_dir
+    model, tok = load_model(path), load_tokenizer(path)
+    stats = calibrate(model, tok, progress=False, **CLAIM_CALIB)
+    windows = evaluation_windows(tok, "pydoc", 64)
+    cache = {}
+
+    def ppl(method: str | None, ratio: float = 0.0) -> float:
+        if (method, ratio) not in cache:
+            m = copy.deepcopy(model)
+            if method is not None:
+                compress(m, method, ratio, stats=Statistics(gram=stats), tokenizer=tok)
+            cache[method, ratio] = perplexity(m, windows, batch_size=32)
+        return cache[method, ratio]
+
+    return ppl
+
+
+@pytest.mark.parametrize("ratio", [0.4, 0.6])
+def test_residual_compensation_beats_svd_llm_end_to_end(family_ppl, ratio):
+    """ResSVD's residual claim holds on our reference models; its last-K part does not at
+    40% (K=1 of 2 layers at 80%: worse than SVD-LLM), so only the residual stage is guarded."""
+    if family_ppl("svd-llm", 0.6) < 1.05 * family_ppl(None):
+        pytest.skip("the fixture model barely reacts to compression: the claim is untestable")
+    assert family_ppl("ressvd-residual", ratio) < family_ppl("svd-llm", ratio)
