@@ -13,6 +13,7 @@ rule train_reference:
     conda:
         "../envs/svdzoo.yaml"
     threads: res("train")["threads"]
+    priority: 100  # the longest jobs and the roots of everything: start them first
     resources:
         gpu=res("train")["gpu"],
         mem_mb=res("train")["mem_mb"],
