@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from svdzoo.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 SCHEMA_RELPATH = Path("workflow") / "schemas" / "params.schema.json"
 STATS_KINDS = ("gram", "fisher", "sensitivity-duo", "sensitivity-asvd")
@@ -46,19 +43,6 @@ HUB_TASKS = (
     "lambada_openai",
     "sciq",
 )
-
-# TEMPORARY: used only while the method registry cannot be imported (modules being written).
-# Remove once every seed method is registered; `svdzoo.methods.requirements` is the truth.
-_FALLBACK_REQUIREMENTS: dict[str, frozenset[str]] = {
-    "svd": frozenset(),
-    "fwsvd": frozenset({"fisher"}),
-    "asvd": frozenset({"gram", "sensitivity-asvd"}),
-    "svd-llm": frozenset({"gram"}),
-    "svd-llm-v2": frozenset({"gram"}),
-    "adasvd": frozenset({"gram"}),
-    "ressvd": frozenset({"gram"}),
-    "duo-svd": frozenset({"gram", "sensitivity-duo"}),
-}
 
 DEFAULT_RESOURCES: dict[str, dict[str, int]] = {
     # runtime in minutes; gpu = GPUs a job needs (0 on the CPU default run)
@@ -87,15 +71,9 @@ DEFAULTS: dict[str, Any] = {
 @functools.lru_cache(maxsize=1)
 def method_table() -> dict[str, frozenset[str]]:
     """Registered method name -> statistics products it reads (subset of STATS_KINDS)."""
-    try:
-        from svdzoo.methods import REGISTRY
-    except ImportError as exc:  # the registry is mid-construction: use the temporary table
-        log.warning("method registry unavailable (%s); using the fallback table", exc)
-        return dict(_FALLBACK_REQUIREMENTS)
-    table = {name: frozenset(m.needs) for name, m in REGISTRY.items()}
-    for name, needs in _FALLBACK_REQUIREMENTS.items():  # seed methods not registered yet
-        table.setdefault(name, needs)
-    return table
+    from svdzoo.methods import REGISTRY
+
+    return {name: frozenset(m.needs) for name, m in REGISTRY.items()}
 
 
 def method_requirements(name: str) -> frozenset[str]:
