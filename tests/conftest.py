@@ -15,7 +15,10 @@ import torch  # noqa: E402
 
 from svdzoo.reference import TrainConfig, train_reference  # noqa: E402
 
-# Small enough to train in seconds, trained enough to react to compression.
+# Small enough to train in about 35 s per family on 2 cores, trained enough to react to
+# compression like an LLM (measured: llama dense ppl 4.4 on pydoc, zeroing the decoder
+# linears x94000, plain SVD at 60% x15; opt 5.2, x5600, x5.5). Train at the evaluation
+# length: OPT's learned positions past the training length are noise.
 TINY = dict(
     corpus="pydoc",
     hidden=64,
@@ -23,11 +26,11 @@ TINY = dict(
     heads=4,
     kv_heads=2,
     ffn=192,
-    seqlen=64,
-    batch=16,
-    steps=150,
+    seqlen=128,
+    batch=32,
+    steps=1000,
     lr=5e-3,
-    warmup=10,
+    warmup=50,
     seed=0,
 )
 

@@ -95,10 +95,12 @@ def test_duo_table_shape_and_sanity(llama, duo_table):
 def test_model_restored_and_deterministic(llama, duo_table):
     model, tok, gram = llama
     fp = fingerprint(model)
-    again = compute_sensitivity(model, tok, gram, "duo", nsamples=NSENS, ratios=[0.2, 0.7])
+    again = compute_sensitivity(
+        model, tok, gram, "duo", nsamples=NSENS, batch_size=NSENS, ratios=[0.2, 0.7]
+    )
     assert fingerprint(model) == fp  # every probe undone
     assert again.ratios == (0.2, 0.7, 1.0)
-    for name, row in again.items():  # same windows, same seed: bit-identical values
+    for name, row in again.items():  # same windows, batches and seed: bit-identical values
         assert row[0.2] == duo_table[name][0.2]
         assert row[0.7] == duo_table[name][0.7]
 

@@ -1,0 +1,79 @@
+"""Reference models: deterministic, loadable like hub models, and LLM-like under compression."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from svdzoo import linalg
+from svdzoo.data import evaluation_windows
+from svdzoo.errors import ConfigError
+from svdzoo.evaluation.perplexity import perplexity
+from svdzoo.models import adapter_for, load_model, load_tokenizer
+from svdzoo.reference import TrainConfig, train_reference
+
+MICRO = dict(
+    hidden=32, layers=1, heads=2, kv_heads=1, ffn=64, seqlen=32, batch=4, steps=3, warmup=1
+)
+
+
+def test_training_is_deterministic(tmp_path):
+    for d in ("a", "b"):
+        train_reference(TrainConfig(family="llama", seed=7, **MICRO), tmp_path / d)
+    wa = load_file(tmp_path / "a" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    log = json.loads((tmp_path / "a" / "train_log.json").read_text())
+    assert len(log["curve"]) == 3 and log["summary"]["n_params"] > 0
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_saved_like_a_hub_model(tmp_path, family):
+    train_reference(TrainConfig(family=family, **MICRO), tmp_path / "m")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    ids = tok("def f(x):", return_tensors="pt").input_ids
+    assert model(ids).logits.shape[-1] == len(tok)
+    assert adapter_for(model).name == family
+    if family == "llama":  # grouped-query attention: fewer k/v heads than q heads
+        assert model.config.num_key_value_heads < model.config.num_attention_heads
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ConfigError, match="unknown reference family"):
+        TrainConfig(family="gpt2").validate()
+    with pytest.raises(ConfigError, match="divisible"):
+        TrainConfig(hidden=30, heads=4).validate()
+
+
+def _zeroed(model):
+    m = copy.deepcopy(model)
+    for *_, lin in adapter_for(m).iter_targets(m):
+        torch.nn.init.zeros_(lin.weight)
+    return m
+
+
+def _svd(model, ratio):
+    m = copy.deepcopy(model)
+    for *_, lin in adapter_for(m).iter_targets(m):
+        f = linalg.svd_truncate(
+            lin.weight.detach().double(), linalg.rank_for_ratio(*lin.weight.shape, ratio)
+        )
+        lin.weight.data = (f.A @ f.B).float()
+    return m
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_opt_dir"])
+def test_trained_model_behaves_like_an_llm_under_compression(request, fixture):
+    path = request.getfixturevalue(fixture)
+    model, tok = load_model(path), load_tokenizer(path)
+    windows = evaluation_windows(tok, "pydoc", 128)
+    dense = perplexity(model, windows, batch_size=32)
+    assert perplexity(_zeroed(model), windows, batch_size=32) > 10 * dense
+    assert perplexity(_svd(model, 0.6), windows, batch_size=32) > 1.03 * dense
