@@ -74,7 +74,7 @@ def test_paper_configs_cover_the_papers():
     for name, p in papers.items():
         assert C.calib_tag(p) == "wikitext2-n256-l2048-s3", name
         assert p["evaluation"]["corpora"] == ["wikitext2", "ptb", "c4"], name
-        assert set(p["evaluation"]["tasks"]) == set(C.HUB_TASKS[:7]), name
+        assert set(p["evaluation"]["tasks"]) == set(C.PAPER_TASKS), name
         assert p["keep_compressed"] is False, name
         assert C.resources(p, "compress")["gpu"] == 1, name
 

@@ -18,19 +18,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from svdzoo.config import PAPER_TASKS as PAPER_TASKS  # re-exported; defined in config
 from svdzoo.errors import SvdzooError
 
 log = logging.getLogger(__name__)
 
-PAPER_TASKS = (
-    "openbookqa",
-    "arc_easy",
-    "arc_challenge",
-    "winogrande",
-    "hellaswag",
-    "piqa",
-    "mathqa",
-)
 METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 
 
