@@ -113,6 +113,47 @@ def base_manifest(kind: str, **fields: Any) -> dict[str, Any]:
     return {"kind": kind, "format_version": FORMAT_VERSION, "svdzoo_version": __version__, **fields}
 
 
+def model_manifest(
+    kind: str,
+    model: torch.nn.Module,
+    *,
+    corpus: Any,
+    nsamples: int,
+    seqlen: int,
+    seed: int,
+    model_id: str | None,
+    batch_size: int,
+    **fields: Any,
+) -> dict[str, Any]:
+    """`base_manifest` plus what identifies the model and the calibration data.
+
+    Gram and Fisher caches record these the same way; `fields` add the product's own keys
+    (its groups or targets, reduction, ...).
+    """
+    from svdzoo.data import get_corpus
+    from svdzoo.models import adapter_for, fingerprint
+
+    adapter = adapter_for(model)
+    corp = get_corpus(corpus) if isinstance(corpus, str) else corpus
+    return base_manifest(
+        kind,
+        model=model_id or getattr(model.config, "_name_or_path", "") or model.config.model_type,
+        model_fingerprint=fingerprint(model),
+        model_type=model.config.model_type,
+        family=adapter.name,
+        layers_path=adapter.layers_path,
+        num_layers=len(adapter.layers(model)),
+        corpus=corpus if isinstance(corpus, str) else corp.name,
+        corpus_fingerprint=corp.fingerprint,
+        nsamples=nsamples,
+        seqlen=seqlen,
+        seed=seed,
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        batch_size=batch_size,
+        **fields,
+    )
+
+
 def write_cache(
     out: str | os.PathLike[str], manifest: dict[str, Any], tensors: Mapping[str, torch.Tensor]
 ) -> dict[str, Any]:

@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from svdzoo.calibration.cache import base_manifest, save_stats
+from svdzoo.calibration.cache import model_manifest, save_stats
 from svdzoo.calibration.capture import module_device
 from svdzoo.errors import ModelError
-from svdzoo.models import adapter_for, fingerprint, resolve_device
+from svdzoo.models import adapter_for, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -96,30 +96,14 @@ def fisher_manifest(
     model: nn.Module, *, corpus: Any, nsamples: int, seqlen: int, seed: int,
     model_id: str | None, batch_size: int,
 ) -> dict[str, Any]:  # fmt: skip
-    from svdzoo.data import get_corpus
-
-    adapter = adapter_for(model)
-    corp = get_corpus(corpus) if isinstance(corpus, str) else corpus
-    return base_manifest(
-        "fisher",
-        model=model_id or getattr(model.config, "_name_or_path", "") or model.config.model_type,
-        model_fingerprint=fingerprint(model),
-        model_type=model.config.model_type,
-        family=adapter.name,
-        layers_path=adapter.layers_path,
-        num_layers=len(adapter.layers(model)),
-        targets=[full for full, *_ in adapter.iter_targets(model)],
-        corpus=corpus if isinstance(corpus, str) else corp.name,
-        corpus_fingerprint=corp.fingerprint,
-        nsamples=nsamples,
-        seqlen=seqlen,
-        seed=seed,
-        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-        batch_size=batch_size,
+    return model_manifest(
+        "fisher", model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
+        model_id=model_id, batch_size=batch_size,
+        targets=[full for full, *_ in adapter_for(model).iter_targets(model)],
         batches=-(-nsamples // batch_size),
         tokens=nsamples * seqlen,
         reduction="row = sum_batches sum_j (dL/dW_ij)^2; col = sum_batches sum_i (dL/dW_ij)^2",
-    )
+    )  # fmt: skip
 
 
 def calibrate_fisher(

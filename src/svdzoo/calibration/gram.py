@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from svdzoo.calibration.cache import CacheDirWriter, base_manifest
+from svdzoo.calibration.cache import CacheDirWriter, model_manifest
 from svdzoo.calibration.capture import (
     CallArgsOnDevice,
     call_layer,
@@ -44,7 +44,7 @@ from svdzoo.calibration.store import (
     as_budget,
     to_host_pageable,
 )
-from svdzoo.models import adapter_for, fingerprint, resolve_device
+from svdzoo.models import adapter_for, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -133,28 +133,11 @@ def gram_manifest(
     batch_size: int,
 ) -> dict[str, Any]:
     """Everything that identifies a Gram cache (tensor names and hash are added on write)."""
-    from svdzoo.data import get_corpus
-
-    adapter = adapter_for(model)
-    corp = get_corpus(corpus) if isinstance(corpus, str) else corpus
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    return base_manifest(
-        "gram",
-        model=model_id or getattr(model.config, "_name_or_path", "") or model.config.model_type,
-        model_fingerprint=fingerprint(model),
-        model_type=model.config.model_type,
-        family=adapter.name,
-        layers_path=adapter.layers_path,
-        num_layers=len(adapter.layers(model)),
-        groups={g: list(m) for g, m in adapter.groups.items()},
-        corpus=corpus if isinstance(corpus, str) else corp.name,
-        corpus_fingerprint=corp.fingerprint,
-        nsamples=nsamples,
-        seqlen=seqlen,
-        seed=seed,
-        dtype=dtype,
-        batch_size=batch_size,
-    )
+    return model_manifest(
+        "gram", model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
+        model_id=model_id, batch_size=batch_size,
+        groups={g: list(m) for g, m in adapter_for(model).groups.items()},
+    )  # fmt: skip
 
 
 def calibrate(
