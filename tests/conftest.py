@@ -13,7 +13,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from svdzoo.data import calibration_windows  # noqa: E402
 from svdzoo.reference import TrainConfig, train_reference  # noqa: E402
+from svdzoo.tokenizer import build_byte_tokenizer  # noqa: E402
 
 # Small enough to train in about 35 s per family on 2 cores, trained enough to react to
 # compression like an LLM (measured: llama dense ppl 4.4 on pydoc, zeroing the decoder
@@ -53,6 +55,29 @@ def tiny_opt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train(tmp_path_factory, "opt")
 
 
+@pytest.fixture(scope="module")
+def tok():
+    """The byte-level tokenizer the reference models use (no files, no hub)."""
+    return build_byte_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def windows(tok) -> torch.Tensor:
+    """Four 32-token pydoc calibration windows for the untrained `helpers.random_tiny` models."""
+    return calibration_windows(tok, "pydoc", nsamples=4, seqlen=32, seed=0)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: its tiny matrices and models only make a second
+    BLAS thread spin (and stall) on a shared 2-core host. Use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,7 +12,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM  # noqa: E402
+from helpers import random_tiny  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from svdzoo.calibration import (  # noqa: E402
     calibrate,
@@ -23,40 +24,10 @@ from svdzoo.calibration import (  # noqa: E402
     save_stats,
     stream_gram_stats,
 )
-from svdzoo.data import calibration_windows  # noqa: E402
 from svdzoo.errors import CacheError  # noqa: E402
 from svdzoo.models import adapter_for, fingerprint  # noqa: E402
-from svdzoo.tokenizer import build_byte_tokenizer  # noqa: E402
 
 BATCH = 3  # does not divide nsamples: the last batch is smaller
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-        num_hidden_layers=2, vocab_size=258,
-    )  # fmt: skip
-    return LlamaForCausalLM(cfg).eval()
-
-
-def tiny_opt() -> OPTForCausalLM:
-    torch.manual_seed(0)
-    cfg = OPTConfig(
-        hidden_size=64, num_attention_heads=4, ffn_dim=128, num_hidden_layers=2,
-        vocab_size=258, word_embed_proj_dim=64, max_position_embeddings=128,
-    )  # fmt: skip
-    return OPTForCausalLM(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_byte_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def windows(tok) -> torch.Tensor:
-    return calibration_windows(tok, "pydoc", nsamples=4, seqlen=32, seed=0)
 
 
 def direct_stats(model, windows: torch.Tensor, batch_size: int):
@@ -92,9 +63,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("build", [tiny_llama, tiny_opt], ids=["llama-gqa", "opt"])
-def test_gram_equals_whole_model_hooks(build, tok, windows):
-    model = build()
+@pytest.mark.parametrize("family", ["llama", "opt"], ids=["llama-gqa", "opt"])
+def test_gram_equals_whole_model_hooks(family, tok, windows):
+    model = random_tiny(family)
     stats = calibrate(
         model, tok, corpus="pydoc", nsamples=4, seqlen=32, seed=0, batch_size=BATCH,
         device="cpu", progress=False,
@@ -122,7 +93,7 @@ def test_gram_equals_whole_model_hooks(build, tok, windows):
 
 
 def test_groups_share_one_tensor(tok):
-    model = tiny_llama()
+    model = random_tiny("llama")
     stats = calibrate(model, tok, corpus="pydoc", nsamples=2, seqlen=16, seed=0, progress=False)
     names = stats.tensor_names()
     assert "layers.0.attn_in.gram" in names
@@ -139,7 +110,7 @@ def test_groups_share_one_tensor(tok):
 
 def test_offloaded_store_gives_identical_stats(tok, windows, tmp_path):
     """A zero memory budget puts every batch on disk; the statistics must not change."""
-    model = tiny_llama()
+    model = random_tiny("llama")
     mem, disk = {}, {}
     stream_gram_stats(model, windows, mem.__setitem__, batch_size=2, device="cpu", progress=False)
     off = tmp_path / "offload"
@@ -153,7 +124,7 @@ def test_offloaded_store_gives_identical_stats(tok, windows, tmp_path):
 
 
 def test_same_seed_bitwise_identical_cache(tok, tmp_path):
-    model = tiny_llama()
+    model = random_tiny("llama")
     kw = dict(
         corpus="pydoc",
         nsamples=4,
@@ -183,7 +154,7 @@ def test_same_seed_bitwise_identical_cache(tok, tmp_path):
 
 @pytest.fixture
 def cache_dir(tok, tmp_path) -> tuple[Path, torch.nn.Module]:
-    model = tiny_llama()
+    model = random_tiny("llama")
     out = tmp_path / "gram"
     calibrate_to_dir(model, tok, out, corpus="pydoc", nsamples=2, seqlen=16, seed=0, progress=False)
     return out, model
@@ -208,7 +179,7 @@ def test_manifest_mismatch_raises_naming_keys(cache_dir):
     with pytest.raises(CacheError, match="nsamples.*seed|seed.*nsamples") as err:
         load_stats(out, expect={"nsamples": 256, "seed": 3, "seqlen": 16})
     assert "seqlen" not in str(err.value)
-    other = tiny_llama()
+    other = random_tiny("llama")
     with torch.no_grad():
         other.model.layers[0].mlp.up_proj.weight.mul_(2)
     with pytest.raises(CacheError, match="model_fingerprint"):
@@ -246,7 +217,7 @@ def test_corrupted_header_raises_without_hash(cache_dir):
 
 
 def test_failed_calibration_leaves_no_cache(tok, tmp_path):
-    model = tiny_llama()
+    model = random_tiny("llama")
     out = tmp_path / "gram"
     with pytest.raises(Exception, match="seqlen"):
         calibrate_to_dir(model, tok, out, corpus="pydoc", nsamples=2, seqlen=10**9, seed=0)
@@ -272,7 +243,7 @@ def test_reference_model_calibrates_on_cpu_in_seconds(tok):
 def test_cli_calibrate_gram_and_fisher(tok, tmp_path):
     from svdzoo.cli import main
 
-    model = tiny_llama()
+    model = random_tiny("llama")
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     common = ["--model", str(tmp_path / "m"), "--corpus", "pydoc", "--nsamples", "3",
@@ -291,7 +262,7 @@ def test_cli_calibrate_gram_and_fisher(tok, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_layer_streaming_matches_cpu(tok, windows):
     """The model stays on the host; each layer visits the GPU and goes back."""
-    model = tiny_llama()
+    model = random_tiny("llama")
     cpu, gpu = {}, {}
     stream_gram_stats(
         model, windows, cpu.__setitem__, batch_size=BATCH, device="cpu", progress=False

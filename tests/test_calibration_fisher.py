@@ -9,38 +9,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM  # noqa: E402
+from helpers import random_tiny  # noqa: E402
 
 from svdzoo.calibration import calibrate_fisher, fisher_information, fisher_to_dir, load_fisher  # noqa: E402
-from svdzoo.data import calibration_windows  # noqa: E402
 from svdzoo.errors import CacheError, ModelError  # noqa: E402
 from svdzoo.models import adapter_for  # noqa: E402
-from svdzoo.tokenizer import build_byte_tokenizer  # noqa: E402
-
-
-def tiny(family: str):
-    torch.manual_seed(0)
-    if family == "llama":
-        cfg = LlamaConfig(
-            hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-            num_hidden_layers=2, vocab_size=258,
-        )  # fmt: skip
-        return LlamaForCausalLM(cfg).eval()
-    cfg = OPTConfig(
-        hidden_size=64, num_attention_heads=4, ffn_dim=128, num_hidden_layers=2, vocab_size=258,
-        word_embed_proj_dim=64, max_position_embeddings=128,
-    )  # fmt: skip
-    return OPTForCausalLM(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_byte_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def windows(tok) -> torch.Tensor:
-    return calibration_windows(tok, "pydoc", nsamples=4, seqlen=32, seed=0)
 
 
 def direct(model, ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -53,7 +26,7 @@ def direct(model, ids: torch.Tensor) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("family", ["llama", "opt"])
 def test_fisher_equals_direct_autograd(family, windows):
-    model = tiny(family)
+    model = random_tiny(family)
     info = fisher_information(model, windows, batch_size=2, device="cpu", progress=False)
     expect = [direct(model, windows[:2]), direct(model, windows[2:])]
     for full, (row, col) in info.items():
@@ -73,7 +46,7 @@ def test_fisher_equals_direct_autograd(family, windows):
 
 
 def test_fisher_cache_roundtrip(tok, tmp_path):
-    model = tiny("llama")
+    model = random_tiny("llama")
     kw = dict(corpus="pydoc", nsamples=3, seqlen=16, seed=0, progress=False)
     stats = calibrate_fisher(model, tok, **kw)
     m1 = fisher_to_dir(model, tok, tmp_path / "a", **kw)
@@ -90,12 +63,14 @@ def test_fisher_cache_roundtrip(tok, tmp_path):
 
 def test_fisher_rejects_bad_windows():
     with pytest.raises(ModelError, match="seqlen>=2"):
-        fisher_information(tiny("llama"), torch.zeros(2, 1, dtype=torch.long), progress=False)
+        fisher_information(
+            random_tiny("llama"), torch.zeros(2, 1, dtype=torch.long), progress=False
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fisher_on_cuda_matches_cpu(windows):
-    model = tiny("llama")
+    model = random_tiny("llama")
     cpu = fisher_information(model, windows, batch_size=2, device="cpu", progress=False)
     gpu = fisher_information(model, windows, batch_size=2, device="cuda", progress=False)
     assert all(p.device.type == "cpu" for p in model.parameters())  # moved back

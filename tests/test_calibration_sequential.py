@@ -11,34 +11,13 @@ import copy  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM  # noqa: E402
+from helpers import random_tiny  # noqa: E402
 
 from svdzoo.calibration import SequentialCalibrator, stream_gram_stats  # noqa: E402
 from svdzoo.calibration.sequential import SequentialError  # noqa: E402
 from svdzoo.calibration.stats import gram_name  # noqa: E402
-from svdzoo.data import calibration_windows  # noqa: E402
 from svdzoo.models import adapter_for  # noqa: E402
 from svdzoo.tokenizer import build_byte_tokenizer  # noqa: E402
-
-
-def tiny(family: str, layers: int = 3):
-    torch.manual_seed(0)
-    if family == "llama":
-        cfg = LlamaConfig(
-            hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-            num_hidden_layers=layers, vocab_size=258,
-        )  # fmt: skip
-        return LlamaForCausalLM(cfg).eval()
-    cfg = OPTConfig(
-        hidden_size=64, num_attention_heads=4, ffn_dim=128, num_hidden_layers=layers,
-        vocab_size=258, word_embed_proj_dim=64, max_position_embeddings=128,
-    )  # fmt: skip
-    return OPTForCausalLM(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def windows() -> torch.Tensor:
-    return calibration_windows(build_byte_tokenizer(), "pydoc", nsamples=4, seqlen=32, seed=0)
 
 
 def group_inputs(model, windows, batch_size):
@@ -63,7 +42,7 @@ def group_inputs(model, windows, batch_size):
 
 @pytest.mark.parametrize("family", ["llama", "opt"])
 def test_without_compression_actual_equals_original(family, windows):
-    model = tiny(family)
+    model = random_tiny(family, layers=3)
     ref = {}
     stream_gram_stats(model, windows, ref.__setitem__, batch_size=3, device="cpu", progress=False)
     seq = SequentialCalibrator(model, windows, batch_size=3, device="cpu", progress=False)
@@ -81,7 +60,7 @@ def test_without_compression_actual_equals_original(family, windows):
 
 
 def test_compressed_layer_changes_actual_stream(windows):
-    model = tiny("llama")
+    model = random_tiny("llama", layers=3)
     original = copy.deepcopy(model)
     noise = torch.Generator().manual_seed(1)
     seq = SequentialCalibrator(
@@ -114,7 +93,7 @@ def test_compressed_layer_changes_actual_stream(windows):
 
 def test_stats_reflect_partial_compression_within_a_layer(windows):
     """Asking again after replacing q/k/v: attn_out's actual inputs include their effect."""
-    model = tiny("llama", layers=1)
+    model = random_tiny("llama", layers=1)
     seq = SequentialCalibrator(model, windows, batch_size=4, device="cpu", progress=False)
     for i, layer in seq.layers():
         before = seq.layer_stats(i, groups=("attn_out",))["attn_out"]
@@ -127,7 +106,7 @@ def test_stats_reflect_partial_compression_within_a_layer(windows):
 
 
 def test_out_of_order_use_raises(windows):
-    seq = SequentialCalibrator(tiny("llama"), windows, progress=False)
+    seq = SequentialCalibrator(random_tiny("llama", layers=3), windows, progress=False)
     with pytest.raises(SequentialError, match="in order"):
         seq.layer_stats(1)
     seq.layer_stats(0)
@@ -141,7 +120,7 @@ def test_out_of_order_use_raises(windows):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_sequential_on_cuda_model_on_host(windows):
-    model = tiny("llama")
+    model = random_tiny("llama", layers=3)
     seq = SequentialCalibrator(model, windows, batch_size=3, device="cuda", progress=False)
     for i, layer in seq.layers():
         assert next(layer.parameters()).device.type == "cuda"  # on the device during its turn
@@ -156,7 +135,7 @@ def test_from_manifest_replays_the_cached_calibration_set():
     from svdzoo.calibration import calibrate
 
     tok = build_byte_tokenizer()
-    model = tiny("llama", layers=2)
+    model = random_tiny("llama", layers=2)
     cached = calibrate(
         model, tok, corpus="pydoc", nsamples=3, seqlen=16, seed=5, batch_size=2, device="cpu",
         progress=False,
@@ -177,7 +156,7 @@ def test_custom_accumulator_sees_every_batch(windows):
         def add(self, x, x_actual):
             super().add(x * 0.5, None if x_actual is None else x_actual * 0.5)
 
-    model = tiny("llama", layers=1)
+    model = random_tiny("llama", layers=1)
     plain = SequentialCalibrator(model, windows, batch_size=2, device="cpu", progress=False)
     want = plain.layer_stats(0)
     plain.close()

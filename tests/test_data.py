@@ -7,12 +7,6 @@ import torch
 
 from svdzoo.data import calibration_windows, evaluation_windows, get_corpus, interleave_split
 from svdzoo.errors import CorpusError
-from svdzoo.tokenizer import build_byte_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_byte_tokenizer()
 
 
 @pytest.mark.parametrize("name", ["pydoc", "pysource"])

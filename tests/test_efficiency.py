@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
+from helpers import random_tiny
 from torch import nn
 
 from svdzoo.evaluation.efficiency import EfficiencyError, count_target_params, measure_efficiency
 from svdzoo.models import adapter_for
-
-
-def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        vocab_size=258,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(cfg).eval()
 
 
 def _compress_by_hand(model, rank: int) -> dict:
@@ -54,7 +38,7 @@ def _compress_by_hand(model, rank: int) -> dict:
 
 
 def test_param_counts_match_manifest_and_throughput_positive() -> None:
-    model = _tiny_llama()
+    model = random_tiny("llama", max_position_embeddings=256)
     manifest = _compress_by_hand(model, rank=4)
     out = measure_efficiency(
         model, batch_sizes=(1, 3), prompt_len=16, gen_len=4, warmup=1, repeats=2, manifest=manifest
@@ -71,7 +55,7 @@ def test_param_counts_match_manifest_and_throughput_positive() -> None:
 
 
 def test_dense_model_counts_and_no_manifest() -> None:
-    model = _tiny_llama()
+    model = random_tiny("llama", max_position_embeddings=256)
     adapter = adapter_for(model)
     expected = sum(lin.weight.numel() for *_, lin in adapter.iter_targets(model))
     assert count_target_params(model) == expected
@@ -82,7 +66,7 @@ def test_dense_model_counts_and_no_manifest() -> None:
 
 
 def test_bad_arguments_fail_before_compute() -> None:
-    model = _tiny_llama()
+    model = random_tiny("llama", max_position_embeddings=256)
     with pytest.raises(EfficiencyError, match="max_position_embeddings"):
         measure_efficiency(model, prompt_len=250, gen_len=32)
     with pytest.raises(EfficiencyError, match="batch sizes"):

@@ -9,6 +9,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import random_tiny  # noqa: E402
 from torch import nn  # noqa: E402
 
 from svdzoo import linalg, lowrank  # noqa: E402
@@ -134,18 +135,7 @@ def test_fresh_modules_are_initialised_and_finite():
 
 
 def test_drop_in_replacement_in_a_llama_block():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        vocab_size=258,
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    model = random_tiny("llama", layers=1)
     ids = torch.randint(0, 258, (2, 9))
     with torch.no_grad():
         ref = model(ids).logits

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from helpers import actual_loss, correlated_data, load_calibrated, matrix_ctx
 
 from svdzoo import linalg
 from svdzoo.allocation import achieved_ratio
@@ -16,7 +17,7 @@ from svdzoo.data import calibration_windows
 from svdzoo.errors import ConfigError
 from svdzoo.methods import get_method, requirements
 from svdzoo.methods.adasvd import AdaComp, AdaCR
-from svdzoo.methods.base import AllocationContext, MatrixContext
+from svdzoo.methods.base import AllocationContext
 from svdzoo.methods.parts import Whitened
 from svdzoo.methods.sequential import stacked_accumulator
 from svdzoo.models import adapter_for, load_model, load_tokenizer, replace_module
@@ -25,39 +26,12 @@ CALIB = dict(corpus="pydoc", nsamples=16, seqlen=64, seed=3)
 FAST = {"seq_nsamples": 4}  # the sequential pass on 4 of the 16 windows keeps tests quick
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: a second BLAS thread only spins on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _ctx(W, H=None, Hp=None, C=None):
-    return MatrixContext(name="m", layer=0, type="t", group="g", W=W, H=H, H_actual=Hp, C=C)
-
-
-def _data(m=24, n=16, tokens=300, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    W = torch.randn(m, n, generator=g, dtype=torch.float64)
-    X = torch.randn(n, tokens, generator=g, dtype=torch.float64)
-    X = X * torch.linspace(0.2, 3.0, n, dtype=torch.float64)[:, None]
-    # inputs after upstream compression: a correlated perturbation of X
-    Xp = X + 0.3 * torch.randn(n, n, generator=g, dtype=torch.float64) @ X / n**0.5
-    return W, X, Xp
-
-
-def actual_loss(W, Wp, H, Hp, C) -> float:
-    """`||W X - W' X'||_F^2` from the Grams: tr(W H W^T) - 2 tr(W C W'^T) + tr(W' H' W'^T)."""
-    return float((W @ H * W).sum() - 2 * (W @ C * Wp).sum() + (Wp @ Hp * Wp).sum())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def llama(tiny_llama_dir):
-    model = load_model(tiny_llama_dir)
-    tok = load_tokenizer(tiny_llama_dir)
-    return model, tok, calibrate(model, tok, progress=False, **CALIB)
+    return load_calibrated(tiny_llama_dir, progress=False, **CALIB)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +48,7 @@ def compressed_inputs(llama):
             for t, lin in adapter.target_modules(layer).items():
                 W = lin.weight.detach().double()
                 H = stats.gram(0, adapter.group_of(t))
-                fac = Whitened("cholesky")(_ctx(W, H), linalg.rank_for_ratio(*W.shape, 0.6))
+                fac = Whitened("cholesky")(matrix_ctx(W, H), linalg.rank_for_ratio(*W.shape, 0.6))
                 replace_module(layer, t, build_module(lin, fac))
         else:
             st = seq.layer_stats(i)
@@ -96,12 +70,12 @@ def test_registered():
 @pytest.mark.parametrize("start", ["compensated", "whitened"])
 def test_trap_adacomp_with_original_inputs_is_plain_whitened_truncation(start):
     """methods.md trap: with H' = C = H the whitened SVD is already optimal, ALS changes nothing."""
-    W, X, _ = _data()
+    W, X, _ = correlated_data()
     H = X @ X.T
     for k in (2, 7):
-        ref = Whitened("cholesky")(_ctx(W, H), k)
+        ref = Whitened("cholesky")(matrix_ctx(W, H), k)
         for tau in (0, 1, 3):
-            got = AdaComp(tau=tau, start=start)(_ctx(W, H, H, H), k)
+            got = AdaComp(tau=tau, start=start)(matrix_ctx(W, H, H, H), k)
             assert torch.allclose(got.A @ got.B, ref.A @ ref.B, atol=1e-8)
         als = linalg.als_refine(W, ref.A, ref.B, H, H, iters=2)
         assert torch.allclose(als.A @ als.B, ref.A @ ref.B, atol=1e-8)
@@ -110,7 +84,7 @@ def test_trap_adacomp_with_original_inputs_is_plain_whitened_truncation(start):
 def test_als_on_exactly_singular_actual_gram_stays_bounded():
     """Compressed-model inputs can be exactly rank-deficient (o_proj after a low-rank v_proj):
     ALS must use the pseudo-inverse of H', not a Cholesky that 'succeeds' on round-off."""
-    W, X, _ = _data()
+    W, X, _ = correlated_data()
     g = torch.Generator().manual_seed(5)
     Xp = torch.randn(16, 6, generator=g, dtype=torch.float64) @ X[:6]  # rank 6 of 16
     H, Hp, C = X @ X.T, Xp @ Xp.T, X @ Xp.T
@@ -119,28 +93,28 @@ def test_als_on_exactly_singular_actual_gram_stays_bounded():
     assert torch.isfinite(als.A).all() and torch.isfinite(als.B).all()
     assert (als.A @ als.B).norm() < 10 * (cf.A @ cf.B).norm()
     assert torch.allclose(als.A @ als.B, cf.A @ cf.B, atol=1e-6 * float((cf.A @ cf.B).norm()))
-    got = AdaComp(tau=1)(_ctx(W, H, Hp, C), 4)
+    got = AdaComp(tau=1)(matrix_ctx(W, H, Hp, C), 4)
     assert torch.allclose(got.A @ got.B, cf.A @ cf.B, atol=1e-6 * float((cf.A @ cf.B).norm()))
 
 
 def test_als_helps_from_a_plain_svd_start():
     """The paper's figure: from plain SVD factors, one ALS step lowers the loss a lot."""
-    W, X, _ = _data()
+    W, X, _ = correlated_data()
     H = X @ X.T
     plain = linalg.svd_truncate(W, 5)
     als = linalg.als_refine(W, plain.A, plain.B, H, H, iters=1)
-    best = Whitened("cholesky")(_ctx(W, H), 5)
+    best = Whitened("cholesky")(matrix_ctx(W, H), 5)
     lp, la, lb = (linalg.layer_loss(W, f.A, f.B, H) for f in (plain, als, best))
     assert lb <= la < 0.9 * lp
 
 
 @pytest.mark.parametrize("start", ["compensated", "whitened"])
 def test_compensation_differs_and_lowers_the_loss_on_actual_inputs(start):
-    W, X, Xp = _data()
+    W, X, Xp = correlated_data()
     H, Hp, C = X @ X.T, Xp @ Xp.T, X @ Xp.T
     k = 6
-    svdllm = Whitened("cholesky")(_ctx(W, H), k)
-    comp = AdaComp(start=start)(_ctx(W, H, Hp, C), k)
+    svdllm = Whitened("cholesky")(matrix_ctx(W, H), k)
+    comp = AdaComp(start=start)(matrix_ctx(W, H, Hp, C), k)
     W0, W1 = svdllm.A @ svdllm.B, comp.A @ comp.B
     assert (W0 - W1).norm() > 1e-3 * W0.norm()
     assert actual_loss(W, W1, H, Hp, C) < 0.99 * actual_loss(W, W0, H, Hp, C)
@@ -151,9 +125,9 @@ def test_compensation_lowers_the_loss_on_real_compressed_model_inputs(compressed
     for t, (W, H, Hp, C) in compressed_inputs.items():
         assert not torch.allclose(Hp, H)  # the streams really differ
         k = linalg.rank_for_ratio(*W.shape, 0.4)
-        base = Whitened("cholesky")(_ctx(W, H), k)
-        comp = AdaComp()(_ctx(W, H, Hp, C), k)
-        paper = AdaComp(start="whitened")(_ctx(W, H, Hp, C), k)
+        base = Whitened("cholesky")(matrix_ctx(W, H), k)
+        comp = AdaComp()(matrix_ctx(W, H, Hp, C), k)
+        paper = AdaComp(start="whitened")(matrix_ctx(W, H, Hp, C), k)
         l0 = actual_loss(W, base.A @ base.B, H, Hp, C)
         l1 = actual_loss(W, comp.A @ comp.B, H, Hp, C)
         l2 = actual_loss(W, paper.A @ paper.B, H, Hp, C)
@@ -162,14 +136,14 @@ def test_compensation_lowers_the_loss_on_real_compressed_model_inputs(compressed
 
 
 def test_adacomp_needs_sequential_statistics_and_valid_options():
-    W, X, _ = _data()
+    W, X, _ = correlated_data()
     H = X @ X.T
     with pytest.raises(ConfigError, match="H_actual"):
-        AdaComp()(_ctx(W, H), 3)
+        AdaComp()(matrix_ctx(W, H), 3)
     with pytest.raises(ConfigError, match="tau"):
-        AdaComp(tau=-1)(_ctx(W, H, H, H), 3)
+        AdaComp(tau=-1)(matrix_ctx(W, H, H, H), 3)
     with pytest.raises(ConfigError, match="start"):
-        AdaComp(start="nope")(_ctx(W, H, H, H), 3)
+        AdaComp(start="nope")(matrix_ctx(W, H, H, H), 3)
 
 
 def _cr(model, stats, target, **options):
@@ -217,7 +191,7 @@ def test_adasvd_cr_is_svd_llm_at_layer_ratios(llama):
     assert {n: r["rank"] for n, r in man["modules"].items()} == ranks
     name = "model.layers.1.mlp.up_proj"
     W = model.get_submodule(name).weight.detach().double()
-    ref = Whitened("cholesky")(_ctx(W, stats.gram(1, "mlp_in")), ranks[name])
+    ref = Whitened("cholesky")(matrix_ctx(W, stats.gram(1, "mlp_in")), ranks[name])
     assert torch.allclose(m.get_submodule(name).weight_product().double(), ref.A @ ref.B, atol=1e-5)
 
 
@@ -240,7 +214,7 @@ def test_adasvd_comp_uniform_ranks_compensated_weights(llama):
     seq.close()
     W = model.model.layers[0].self_attn.q_proj.weight.detach().double()
     k = man["modules"]["model.layers.0.self_attn.q_proj"]["rank"]
-    first = Whitened("eigen")(_ctx(W, st["attn_in"].H), k)
+    first = Whitened("eigen")(matrix_ctx(W, st["attn_in"].H), k)
     got = m.model.layers[0].self_attn.q_proj.weight_product().double()
     assert torch.allclose(got, first.A @ first.B, atol=1e-4)
     later = "model.layers.1.mlp.down_proj"

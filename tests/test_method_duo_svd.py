@@ -12,10 +12,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import load_calibrated  # noqa: E402
 
 from svdzoo import linalg, lowrank  # noqa: E402
 from svdzoo.allocation import MatrixInfo  # noqa: E402
-from svdzoo.calibration import calibrate  # noqa: E402
 from svdzoo.compress import Statistics, compress, matrix_infos  # noqa: E402
 from svdzoo.data import evaluation_windows  # noqa: E402
 from svdzoo.errors import ConfigError  # noqa: E402
@@ -24,24 +24,16 @@ from svdzoo.methods import get_method  # noqa: E402
 from svdzoo.methods.base import GRAM, SENS_DUO, AllocationContext, MatrixContext  # noqa: E402
 from svdzoo.methods.duo_svd import ColumnPreserving, KnapsackKL  # noqa: E402
 from svdzoo.methods.parts import Whitened  # noqa: E402
-from svdzoo.models import load_model, load_tokenizer  # noqa: E402
 from svdzoo.sensitivity import compute_sensitivity  # noqa: E402
 
 CALIB = dict(corpus="pydoc", nsamples=32, seqlen=64, seed=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core host: one thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setup(model_dir):
-    model, tok = load_model(model_dir), load_tokenizer(model_dir)
-    gram = calibrate(model, tok, **CALIB)
+    model, tok, gram = load_calibrated(model_dir, **CALIB)
     table = compute_sensitivity(model, tok, gram, "duo", nsamples=16, batch_size=16)
     windows = evaluation_windows(tok, "pydoc", 64, "test", max_windows=64)
     return model, Statistics(gram=gram, sensitivity={"duo": table}), windows

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from helpers import actual_loss, correlated_data, load_calibrated, matrix_ctx
 
 from svdzoo import linalg
 from svdzoo.allocation import achieved_ratio
@@ -16,7 +17,7 @@ from svdzoo.data import calibration_windows
 from svdzoo.errors import ConfigError
 from svdzoo.methods import get_method, requirements
 from svdzoo.methods.adasvd import AdaComp
-from svdzoo.methods.base import AllocationContext, MatrixContext
+from svdzoo.methods.base import AllocationContext
 from svdzoo.methods.parts import Whitened
 from svdzoo.methods.ressvd import LastK, ResidualCompensated, split_rank
 from svdzoo.models import adapter_for, load_model, load_tokenizer, replace_module
@@ -25,38 +26,12 @@ CALIB = dict(corpus="pydoc", nsamples=16, seqlen=64, seed=3)
 FAST = {"seq_nsamples": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: a second BLAS thread only spins on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _ctx(W, H=None, Hp=None, C=None):
-    return MatrixContext(name="m", layer=0, type="t", group="g", W=W, H=H, H_actual=Hp, C=C)
-
-
-def _data(m=24, n=16, tokens=300, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    W = torch.randn(m, n, generator=g, dtype=torch.float64)
-    X = torch.randn(n, tokens, generator=g, dtype=torch.float64)
-    X = X * torch.linspace(0.2, 3.0, n, dtype=torch.float64)[:, None]
-    Xp = X + 0.3 * torch.randn(n, n, generator=g, dtype=torch.float64) @ X / n**0.5
-    return W, X, Xp
-
-
-def actual_loss(W, Wp, H, Hp, C) -> float:
-    """`||W X - W' X'||_F^2` from the Grams."""
-    return float((W @ H * W).sum() - 2 * (W @ C * Wp).sum() + (Wp @ Hp * Wp).sum())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def llama(tiny_llama_dir):
-    model = load_model(tiny_llama_dir)
-    tok = load_tokenizer(tiny_llama_dir)
-    return model, tok, calibrate(model, tok, progress=False, **CALIB)
+    return load_calibrated(tiny_llama_dir, progress=False, **CALIB)
 
 
 def test_registered():
@@ -77,7 +52,7 @@ def test_split_rank():
 @pytest.mark.parametrize("whitening", ["cholesky", "eigen"])
 def test_trap_residual_stage_with_the_same_whitening_is_plain_truncation(whitening):
     """methods.md trap: stage 2 under stage 1's whitening just takes the next directions."""
-    W, X, _ = _data()
+    W, X, _ = correlated_data(seed=1)
     H = X @ X.T
     wh = Whitened(whitening).whitener(H)
     for k1, k2 in ((3, 4), (0, 6), (6, 0), (2, 9)):
@@ -85,17 +60,17 @@ def test_trap_residual_stage_with_the_same_whitening_is_plain_truncation(whiteni
         ref = linalg.truncate(W, wh, k1 + k2)
         assert torch.allclose(res.A @ res.B, ref.A @ ref.B, atol=1e-8)
     # and so does our factoriser whenever the layer sees its original inputs (H' = C = H)
-    got = ResidualCompensated()(_ctx(W, H, H, H), 7)
-    ref = Whitened("cholesky")(_ctx(W, H), 7)
+    got = ResidualCompensated()(matrix_ctx(W, H, H, H), 7)
+    ref = Whitened("cholesky")(matrix_ctx(W, H), 7)
     assert torch.allclose(got.A @ got.B, ref.A @ ref.B, atol=1e-8)
 
 
 def test_residual_stage_on_actual_inputs_differs_and_helps():
-    W, X, Xp = _data()
+    W, X, Xp = correlated_data(seed=1)
     H, Hp, C = X @ X.T, Xp @ Xp.T, X @ Xp.T
     k = 8
-    base = Whitened("cholesky")(_ctx(W, H), k)
-    res = ResidualCompensated()(_ctx(W, H, Hp, C), k)
+    base = Whitened("cholesky")(matrix_ctx(W, H), k)
+    res = ResidualCompensated()(matrix_ctx(W, H, Hp, C), k)
     W0, W1 = base.A @ base.B, res.A @ res.B
     assert res.rank == k
     assert (W0 - W1).norm() > 1e-3 * W0.norm()
@@ -116,7 +91,7 @@ def test_residual_on_real_compressed_model_inputs(llama):
             for t, lin in adapter.target_modules(layer).items():
                 W = lin.weight.detach().double()
                 fac = Whitened("cholesky")(
-                    _ctx(W, stats.gram(0, adapter.group_of(t))),
+                    matrix_ctx(W, stats.gram(0, adapter.group_of(t))),
                     linalg.rank_for_ratio(*W.shape, 0.6),
                 )
                 replace_module(layer, t, build_module(lin, fac))
@@ -129,9 +104,9 @@ def test_residual_on_real_compressed_model_inputs(llama):
             losses = [
                 actual_loss(W, f.A @ f.B, H, Hp, C)
                 for f in (
-                    Whitened("cholesky")(_ctx(W, H), k),
-                    ResidualCompensated()(_ctx(W, H, Hp, C), k),
-                    AdaComp(tau=0)(_ctx(W, H, Hp, C), k),
+                    Whitened("cholesky")(matrix_ctx(W, H), k),
+                    ResidualCompensated()(matrix_ctx(W, H, Hp, C), k),
+                    AdaComp(tau=0)(matrix_ctx(W, H, Hp, C), k),
                 )
             ]
             assert losses[1] < losses[0], t
@@ -180,7 +155,7 @@ def test_ressvd_lastk_leaves_first_layers_dense_and_truncates_like_svd_llm(llama
     assert isinstance(m.model.layers[0].mlp.up_proj, torch.nn.Linear)
     name = "model.layers.1.mlp.up_proj"
     W = model.get_submodule(name).weight.detach().double()
-    ref = Whitened("cholesky")(_ctx(W, stats.gram(1, "mlp_in")), mods[name]["rank"])
+    ref = Whitened("cholesky")(matrix_ctx(W, stats.gram(1, "mlp_in")), mods[name]["rank"])
     assert torch.allclose(m.get_submodule(name).weight_product().double(), ref.A @ ref.B, atol=1e-5)
 
 

@@ -7,31 +7,21 @@ import math
 
 import pytest
 import torch
+from helpers import load_calibrated, matrix_ctx
 
 from svdzoo import linalg
 from svdzoo.allocation import achieved_ratio
-from svdzoo.calibration import calibrate
 from svdzoo.compress import Statistics, compress, matrix_infos
 from svdzoo.methods import get_method, requirements
-from svdzoo.methods.base import AllocationContext, MatrixContext
+from svdzoo.methods.base import AllocationContext
 from svdzoo.methods.parts import Whitened
-from svdzoo.models import adapter_for, load_model, load_tokenizer
+from svdzoo.models import adapter_for
 
 CALIB = dict(corpus="pydoc", nsamples=16, seqlen=64, seed=3)
 NAMES = ("svd-llm-v2", "svd-llm-v2-truncation", "svd-llm-v2-allocation")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: a second BLAS thread only spins on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _ctx(W, H, name="m"):
-    return MatrixContext(name=name, layer=0, type="t", group="g", W=W, H=H)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(m=24, n=16, tokens=200, rank=None, seed=0):
@@ -47,9 +37,7 @@ def _data(m=24, n=16, tokens=200, rank=None, seed=0):
 @pytest.fixture(scope="module", params=["llama", "opt"])
 def family(request, tiny_llama_dir, tiny_opt_dir):
     path = tiny_llama_dir if request.param == "llama" else tiny_opt_dir
-    model = load_model(path)
-    tok = load_tokenizer(path)
-    return model, tok, calibrate(model, tok, progress=False, **CALIB)
+    return load_calibrated(path, progress=False, **CALIB)
 
 
 def _spectrum_ctx(model, stats, method):
@@ -59,7 +47,9 @@ def _spectrum_ctx(model, stats, method):
 
     def spectrum(name):
         layer, t, lin = mods[name]
-        ctx = _ctx(lin.weight.detach().double(), stats.gram(layer, adapter.group_of(t)), name)
+        ctx = matrix_ctx(
+            lin.weight.detach().double(), stats.gram(layer, adapter.group_of(t)), name=name
+        )
         return method.factoriser.spectrum(ctx)
 
     return AllocationContext(stats=stats, spectrum=spectrum, options=dict(method.options))
@@ -81,15 +71,15 @@ def test_truncation_on_rank_deficient_gram_needs_no_damping():
     k = 5
     wh = linalg.eigen_whitener(H)
     assert wh.rank == 8 and wh.shift == 0.0
-    fac = get_method("svd-llm-v2").factoriser(_ctx(W, H), k)
+    fac = get_method("svd-llm-v2").factoriser(matrix_ctx(W, H), k)
     assert torch.isfinite(fac.A).all() and torch.isfinite(fac.B).all()
     loss = float(((W - fac.A @ fac.B) @ X).square().sum())
-    sigma = Whitened("eigen").spectrum(_ctx(W, H))
+    sigma = Whitened("eigen").spectrum(matrix_ctx(W, H))
     assert loss == pytest.approx(float(sigma[k:].square().sum()), rel=1e-6)
     # Cholesky needs its damping fallback here, and its answer is no better on the true H
     chol = linalg.cholesky_whitener(H)
     assert chol.fallback is not None and chol.shift > 0
-    fc = Whitened("cholesky")(_ctx(W, H), k)
+    fc = Whitened("cholesky")(matrix_ctx(W, H), k)
     assert loss <= linalg.layer_loss(W, fc.A, fc.B, H) * (1 + 1e-9)
 
 
@@ -97,8 +87,8 @@ def test_v2_truncation_equals_svd_llm_where_gram_is_positive_definite():
     W, X = _data()
     H = X @ X.T
     for k in (1, 6, 12):
-        a = get_method("svd-llm-v2-truncation").factoriser(_ctx(W, H), k)
-        b = get_method("svd-llm").factoriser(_ctx(W, H), k)
+        a = get_method("svd-llm-v2-truncation").factoriser(matrix_ctx(W, H), k)
+        b = get_method("svd-llm").factoriser(matrix_ctx(W, H), k)
         assert torch.allclose(a.A @ a.B, b.A @ b.B, rtol=0, atol=1e-8 * float(W.abs().max()))
 
 
@@ -148,7 +138,9 @@ def test_v2_allocation_uses_cholesky_factors_at_non_uniform_ranks(family):
     assert ranks != {n: r["rank"] for n, r in uni["modules"].items()}
     adapter = adapter_for(model)
     for name, layer, t, lin in list(adapter.iter_targets(model))[:3]:
-        ctx = _ctx(lin.weight.detach().double(), stats.gram(layer, adapter.group_of(t)), name)
+        ctx = matrix_ctx(
+            lin.weight.detach().double(), stats.gram(layer, adapter.group_of(t)), name=name
+        )
         ref = Whitened("cholesky")(ctx, ranks[name])
         got = m.get_submodule(name)
         W_got = got.A.weight.detach().double() @ got.B.weight.detach().double()

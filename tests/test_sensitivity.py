@@ -11,9 +11,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import load_calibrated  # noqa: E402
 
 from svdzoo import linalg  # noqa: E402
-from svdzoo.calibration import CalibrationStats, calibrate, calibrate_to_dir  # noqa: E402
+from svdzoo.calibration import CalibrationStats, calibrate_to_dir  # noqa: E402
 from svdzoo.cli import main as cli_main  # noqa: E402
 from svdzoo.compress import Statistics, compress  # noqa: E402
 from svdzoo.data import calibration_windows  # noqa: E402
@@ -37,20 +38,12 @@ CALIB = dict(corpus="pydoc", nsamples=32, seqlen=64, seed=3)
 NSENS = 16  # windows measured per probe (Duo-SVD's code uses 32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core host: one thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def llama(tiny_llama_dir):
-    model, tok = load_model(tiny_llama_dir), load_tokenizer(tiny_llama_dir)
-    gram = calibrate(model, tok, **CALIB)
-    return model, tok, gram
+    return load_calibrated(tiny_llama_dir, **CALIB)
 
 
 @pytest.fixture(scope="module")

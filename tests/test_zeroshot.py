@@ -10,7 +10,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import random_tiny
 from torch import nn
 
 from svdzoo.evaluation.tasks import build_tasks, task_names
@@ -23,22 +23,6 @@ TEXT = "\n".join(
 )
 
 
-def _tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        vocab_size=258,
-        max_position_embeddings=512,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zs") / "tasks"
@@ -47,7 +31,7 @@ def task_dir(tmp_path_factory) -> Path:
 
 
 def test_run_zeroshot_is_deterministic_and_bounded(task_dir: Path) -> None:
-    model, tok = _tiny_llama(), build_byte_tokenizer()
+    model, tok = random_tiny("llama", max_position_embeddings=512), build_byte_tokenizer()
     tasks = task_names(["toy"])
     a = run_zeroshot(model, tok, tasks, task_dir=task_dir, batch_size=4)
     b = run_zeroshot(model, tok, tasks, task_dir=task_dir, batch_size=4)
@@ -64,7 +48,7 @@ def test_run_zeroshot_is_deterministic_and_bounded(task_dir: Path) -> None:
 
 def test_run_zeroshot_accepts_a_model_with_replaced_linears(task_dir: Path) -> None:
     """Compressed models are HF models whose decoder linears became other modules."""
-    model = _tiny_llama(1)
+    model = random_tiny("llama", seed=1, max_position_embeddings=512)
     layer = model.model.layers[0]
     dense = layer.mlp.down_proj
     k = 8
@@ -80,7 +64,7 @@ def test_run_zeroshot_accepts_a_model_with_replaced_linears(task_dir: Path) -> N
 
 
 def test_missing_task_dir_and_bad_args(tmp_path: Path) -> None:
-    model, tok = _tiny_llama(), build_byte_tokenizer()
+    model, tok = random_tiny("llama", max_position_embeddings=512), build_byte_tokenizer()
     with pytest.raises(ZeroShotError, match="build-tasks"):
         run_zeroshot(model, tok, ["toy_continuation"], task_dir=tmp_path / "nope")
     with pytest.raises(ZeroShotError, match="no zero-shot tasks"):
@@ -110,4 +94,10 @@ def test_summarise_separates_groups_from_tasks() -> None:
 def test_hub_task_offline_is_a_clear_error() -> None:
     """Indexes lm-eval's ~15k bundled tasks (~15 s): the one slow test here."""
     with pytest.raises(ZeroShotError, match=r"arc_easy.*\n.*load_dataset"):
-        run_zeroshot(_tiny_llama(), build_byte_tokenizer(), ["arc_easy"], task_dir=None, limit=2)
+        run_zeroshot(
+            random_tiny("llama", max_position_embeddings=512),
+            build_byte_tokenizer(),
+            ["arc_easy"],
+            task_dir=None,
+            limit=2,
+        )

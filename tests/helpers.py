@@ -1,0 +1,66 @@
+"""Test helpers shared by several test modules: tiny random models, synthetic layer data.
+
+Plain functions, not fixtures (those live in conftest.py); test modules import them as
+`from helpers import ...` (pytest puts this directory on `sys.path`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from svdzoo.calibration import CalibrationStats, calibrate
+from svdzoo.methods.base import MatrixContext
+from svdzoo.models import load_model, load_tokenizer
+
+
+def random_tiny(family: str, layers: int = 2, seed: int = 0, **overrides: Any):
+    """An untrained 2-layer (by default) LLaMA or OPT on the byte tokenizer's 258 ids, in eval mode.
+
+    Seeded before construction, so the same arguments give the same weights. transformers is
+    imported here, not at module level, so test modules that import this file but build no
+    model do not pay for it.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    if family == "llama":
+        cfg = LlamaConfig(
+            hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+            num_hidden_layers=layers, vocab_size=258, **overrides,
+        )  # fmt: skip
+        return LlamaForCausalLM(cfg).eval()
+    cfg = OPTConfig(
+        hidden_size=64, num_attention_heads=4, ffn_dim=128, num_hidden_layers=layers,
+        vocab_size=258, word_embed_proj_dim=64, max_position_embeddings=128, **overrides,
+    )  # fmt: skip
+    return OPTForCausalLM(cfg).eval()
+
+
+def load_calibrated(model_dir: Path, **calib: Any) -> tuple[Any, Any, CalibrationStats]:
+    """`(model, tokenizer, Gram statistics)` of a saved model; `calib` goes to `calibrate`."""
+    model, tok = load_model(model_dir), load_tokenizer(model_dir)
+    return model, tok, calibrate(model, tok, **calib)
+
+
+def matrix_ctx(W, H=None, Hp=None, C=None, *, name: str = "m") -> MatrixContext:
+    """A one-matrix context; `Hp`/`C` are the compressed-input Gram and cross Gram."""
+    return MatrixContext(name=name, layer=0, type="t", group="g", W=W, H=H, H_actual=Hp, C=C)
+
+
+def correlated_data(m: int = 24, n: int = 16, tokens: int = 300, seed: int = 0):
+    """`(W, X, X')`: a weight, anisotropic inputs, and those inputs after upstream compression
+    (a correlated perturbation of X)."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    X = torch.randn(n, tokens, generator=g, dtype=torch.float64)
+    X = X * torch.linspace(0.2, 3.0, n, dtype=torch.float64)[:, None]
+    Xp = X + 0.3 * torch.randn(n, n, generator=g, dtype=torch.float64) @ X / n**0.5
+    return W, X, Xp
+
+
+def actual_loss(W, Wp, H, Hp, C) -> float:
+    """`||W X - W' X'||_F^2` from the Grams: tr(W H W^T) - 2 tr(W C W'^T) + tr(W' H' W'^T)."""
+    return float((W @ H * W).sum() - 2 * (W @ C * Wp).sum() + (Wp @ Hp * Wp).sum())
