@@ -71,6 +71,22 @@ def _param(t: torch.Tensor, dtype: Any, device: Any) -> nn.Parameter:
     return nn.Parameter(t.detach().to(dtype=dtype, device=device).contiguous())
 
 
+def _check_bias(bias: torch.Tensor | None, m: int) -> None:
+    if bias is not None and bias.shape != (m,):
+        raise SpecError(f"bias has shape {tuple(bias.shape)}, expected ({m},)")
+
+
+def _set_factors(
+    mod: nn.Module, A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None, dtype: Any,
+    device: Any,
+) -> None:  # fmt: skip
+    """Fill an uninitialised module's `B`, `A` (and the bias, which lives on `A`)."""
+    mod.B.weight = _param(B, dtype, device)
+    mod.A.weight = _param(A, dtype, device)
+    if bias is not None:
+        mod.A.bias = _param(bias, dtype, device)
+
+
 class LowRankLinear(nn.Module):
     """`y = A(B(x))`, `B = Linear(n, k, bias=False)`, `A = Linear(k, m, bias)`."""
 
@@ -108,15 +124,11 @@ class LowRankLinear(nn.Module):
             raise SpecError(f"factor shapes {tuple(A.shape)} x {tuple(B.shape)} do not chain")
         m, k = A.shape
         n = B.shape[1]
-        if bias is not None and bias.shape != (m,):
-            raise SpecError(f"bias has shape {tuple(bias.shape)}, expected ({m},)")
+        _check_bias(bias, m)
         dtype = dtype or A.dtype
         device = device if device is not None else A.device
         mod = cls(n, m, k, bias=bias is not None, dtype=dtype, device=device, init=False)
-        mod.B.weight = _param(B, dtype, device)
-        mod.A.weight = _param(A, dtype, device)
-        if bias is not None:
-            mod.A.bias = _param(bias, dtype, device)
+        _set_factors(mod, A, B, bias, dtype, device)
         return mod
 
     def weight_product(self) -> torch.Tensor:
@@ -178,18 +190,14 @@ class ColumnPreservingLinear(nn.Module):
             )
         if not torch.equal(torch.sort(torch.cat([kept, rest]).cpu()).values, torch.arange(n)):
             raise SpecError("kept and rest indices must partition the input features")
-        if bias is not None and bias.shape != (m,):
-            raise SpecError(f"bias has shape {tuple(bias.shape)}, expected ({m},)")
+        _check_bias(bias, m)
         dtype = dtype or A.dtype
         device = device if device is not None else A.device
         mod = cls(n, m, k, c, bias=bias is not None, dtype=dtype, device=device, init=False)
         mod.kept_idx = kept.to(device=device, dtype=torch.long).contiguous()
         mod.rest_idx = rest.to(device=device, dtype=torch.long).contiguous()
         mod.kept.weight = _param(Wk, dtype, device)
-        mod.B.weight = _param(B, dtype, device)
-        mod.A.weight = _param(A, dtype, device)
-        if bias is not None:
-            mod.A.bias = _param(bias, dtype, device)
+        _set_factors(mod, A, B, bias, dtype, device)
         return mod
 
     def weight_product(self) -> torch.Tensor:
@@ -214,22 +222,14 @@ SPEC_COLUMN = "column"
 
 def module_spec(module: nn.Module) -> dict[str, Any]:
     """JSON-able description that `build_from_spec` turns back into an empty module."""
-    if isinstance(module, ColumnPreservingLinear):
+    if isinstance(module, (ColumnPreservingLinear, LowRankLinear)):
+        column = isinstance(module, ColumnPreservingLinear)
         return {
-            "type": SPEC_COLUMN,
+            "type": SPEC_COLUMN if column else SPEC_LOWRANK,
             "in_features": module.in_features,
             "out_features": module.out_features,
             "rank": module.rank,
-            "kept_columns": module.n_kept,
-            "bias": module.A.bias is not None,
-        }
-    if isinstance(module, LowRankLinear):
-        return {
-            "type": SPEC_LOWRANK,
-            "in_features": module.in_features,
-            "out_features": module.out_features,
-            "rank": module.rank,
-            "kept_columns": 0,
+            "kept_columns": module.n_kept if column else 0,
             "bias": module.A.bias is not None,
         }
     raise SpecError(f"no spec for module type {type(module).__name__}")
