@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 from svdzoo.errors import ConfigError
+
+# Each module registers its methods on import (one module per paper).
+from svdzoo.methods import adasvd, baselines, duo_svd, ressvd, svd_llm_v2  # noqa: F401
 from svdzoo.methods.base import REGISTRY, STATS_KINDS, Method, register
-
-_MODULES = ("baselines", "svd_llm_v2", "adasvd", "ressvd", "duo_svd")
-
-
-def _load_all() -> None:
-    import importlib
-
-    for name in _MODULES:
-        try:
-            importlib.import_module(f"svdzoo.methods.{name}")
-        except ModuleNotFoundError as exc:  # a method module not written yet
-            if exc.name != f"svdzoo.methods.{name}":
-                raise
-
-
-_load_all()
 
 
 def get_method(name: str) -> Method:
