@@ -52,10 +52,14 @@ def family_of(method: str) -> str:
 
 
 def run_workflow(params: Path, cores: str) -> float:
+    # The rules call `svdzoo` and this calls `snakemake`: take both from the environment this
+    # script runs in, activated or not (`.venv/bin/python benchmarks/bench_methods.py --run`).
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
     cmd = ["snakemake", "--cores", cores, "--config", f"params={params}"]
     print("running:", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    subprocess.run(cmd, cwd=ROOT, check=True, env=env)
     return time.perf_counter() - t0
 
 
