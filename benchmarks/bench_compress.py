@@ -6,7 +6,7 @@ LLaMA-7B shapes, 4096x4096 (q/k/v/o) and 11008x4096 (gate/up); times every facto
 40 % removal, float64 as the library computes. Extrapolates to a 32-layer model
 (4 square + 2 tall + 1 wide matrix per layer).
 
-`--methods MODEL_DIR --stats GRAM_DIR` (CPU): `svdzoo.compress` wall time per method on a
+`--methods MODEL_DIR --stats GRAM_DIR` (CPU): `svdzoo.compress()` wall time per method on a
 reference model, at the given ratios.
 
 Results: benchmarks/results/compress.json (merged by section) and compress.md.
@@ -171,7 +171,7 @@ def _write(section: str, result: dict[str, Any]) -> None:
     if "methods" in data:
         r = data["methods"]
         lines += [
-            f"Wall time of `svdzoo.compress` on {r['model']} ({r['threads']} CPU threads).",
+            f"Wall time of `svdzoo.compress()` on {r['model']} ({r['threads']} CPU threads).",
             "",
             "| method | ratio | seconds | achieved ratio |",
             "|---|---|---|---|",

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from svdzoo.compress import compress  # noqa: E402
+from svdzoo.compression import compress  # noqa: E402
 from svdzoo.data import evaluation_windows  # noqa: E402
 from svdzoo.evaluation.perplexity import perplexity  # noqa: E402
 from svdzoo.io import write_json, write_text  # noqa: E402

@@ -98,7 +98,7 @@ def family_ppl(request, tiny_llama_dir, tiny_opt_dir):
     for the end-to-end paper claims."""
     from helpers import load_calibrated
 
-    from svdzoo.compress import Statistics, compress
+    from svdzoo.compression import Statistics, compress
     from svdzoo.data import evaluation_windows
     from svdzoo.evaluation.perplexity import perplexity
 

@@ -10,7 +10,8 @@ import torch
 
 import svdzoo
 from svdzoo.calibration import calibrate
-from svdzoo.compress import Statistics, compress, load_compressed, save_compressed
+from svdzoo.calibration.cache import save_stats
+from svdzoo.compression import Statistics, compress, load_compressed, save_compressed
 from svdzoo.data import evaluation_windows
 from svdzoo.errors import CacheError, ConfigError
 from svdzoo.evaluation.perplexity import perplexity
@@ -88,6 +89,29 @@ def test_save_load_roundtrip_gives_identical_logits(llama, tmp_path):
     assert out.shape == (1, 13)
     saved = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert saved["method"] == "svd-llm" and saved["ratio"] == 0.4
+
+
+def test_readme_python_api(llama, tmp_path):
+    """The README's example, through the package's top-level names only."""
+    import svdzoo.compression  # noqa: F401  (a submodule must not shadow the API function)
+
+    model, tok, stats, windows = llama
+    save_stats(stats, tmp_path / "gram")
+    model_dir = tmp_path / "base"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+
+    m = svdzoo.load_model(model_dir)
+    t = svdzoo.load_tokenizer(model_dir)
+    s = svdzoo.load_statistics(gram=tmp_path / "gram")
+    manifest = svdzoo.compress(m, "svd-llm", 0.4, stats=s)
+    svdzoo.save_compressed(m, manifest, tmp_path / "out", t)
+    back = svdzoo.load_compressed(tmp_path / "out")
+    x = windows[:2]
+    with torch.no_grad():
+        assert torch.equal(m(input_ids=x).logits, back(input_ids=x).logits)
+    assert manifest["method"] == "svd-llm" and abs(manifest["achieved_ratio"] - 0.4) <= 0.005
+    assert svdzoo.load_tokenizer(tmp_path / "out")("def f").input_ids == t("def f").input_ids
 
 
 def test_compression_is_deterministic(llama):

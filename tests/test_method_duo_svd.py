@@ -16,7 +16,7 @@ from helpers import load_calibrated  # noqa: E402
 
 from svdzoo import linalg, lowrank  # noqa: E402
 from svdzoo.allocation import MatrixInfo  # noqa: E402
-from svdzoo.compress import Statistics, compress, matrix_infos  # noqa: E402
+from svdzoo.compression import Statistics, compress, matrix_infos  # noqa: E402
 from svdzoo.data import evaluation_windows  # noqa: E402
 from svdzoo.errors import ConfigError  # noqa: E402
 from svdzoo.evaluation.perplexity import perplexity  # noqa: E402

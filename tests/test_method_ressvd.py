@@ -12,7 +12,7 @@ from helpers import actual_loss, correlated_data, load_calibrated, matrix_ctx
 from svdzoo import linalg
 from svdzoo.allocation import achieved_ratio
 from svdzoo.calibration import SequentialCalibrator
-from svdzoo.compress import Statistics, build_module, compress, matrix_infos
+from svdzoo.compression import Statistics, build_module, compress, matrix_infos
 from svdzoo.data import calibration_windows
 from svdzoo.errors import ConfigError
 from svdzoo.methods import get_method, requirements

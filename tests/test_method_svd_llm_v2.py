@@ -11,7 +11,7 @@ from helpers import load_calibrated, matrix_ctx
 
 from svdzoo import linalg
 from svdzoo.allocation import achieved_ratio
-from svdzoo.compress import Statistics, compress, matrix_infos
+from svdzoo.compression import Statistics, compress, matrix_infos
 from svdzoo.methods import get_method, requirements
 from svdzoo.methods.base import AllocationContext
 from svdzoo.methods.parts import Whitened

@@ -16,7 +16,7 @@ from helpers import load_calibrated  # noqa: E402
 from svdzoo import linalg  # noqa: E402
 from svdzoo.calibration import CalibrationStats, calibrate_to_dir  # noqa: E402
 from svdzoo.cli import main as cli_main  # noqa: E402
-from svdzoo.compress import Statistics, compress  # noqa: E402
+from svdzoo.compression import Statistics, compress  # noqa: E402
 from svdzoo.data import calibration_windows  # noqa: E402
 from svdzoo.errors import CacheError, ConfigError  # noqa: E402
 from svdzoo.evaluation.perplexity import perplexity  # noqa: E402

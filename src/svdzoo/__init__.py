@@ -16,6 +16,7 @@ _API = (
     "load_compressed",
     "load_model",
     "load_statistics",
+    "load_tokenizer",
     "save_compressed",
 )
 

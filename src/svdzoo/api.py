@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from svdzoo.compress import Statistics, check_ratio, compress, load_compressed, save_compressed
+from svdzoo.compression import Statistics, check_ratio, compress, load_compressed, save_compressed
 from svdzoo.errors import ConfigError
 from svdzoo.methods import get_method
 from svdzoo.methods.base import FISHER, GRAM, SENS_ASVD, SENS_DUO
@@ -27,6 +27,7 @@ __all__ = [
     "load_compressed",
     "load_model",
     "load_statistics",
+    "load_tokenizer",
     "save_compressed",
 ]
 

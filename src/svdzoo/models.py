@@ -193,7 +193,7 @@ def load_model(
 
     path = Path(model_id)
     if is_compressed_dir(path):
-        from svdzoo.compress import load_compressed  # lazy: avoids a cycle
+        from svdzoo.compression import load_compressed  # lazy: avoids a cycle
 
         return load_compressed(path, dtype=dtype, device=device)
     try:
