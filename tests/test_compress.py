@@ -91,18 +91,15 @@ def test_save_load_roundtrip_gives_identical_logits(llama, tmp_path):
     assert saved["method"] == "svd-llm" and saved["ratio"] == 0.4
 
 
-def test_readme_python_api(llama, tmp_path):
+def test_readme_python_api(llama, tiny_llama_dir, tmp_path):
     """The README's example, through the package's top-level names only."""
     import svdzoo.compression  # noqa: F401  (a submodule must not shadow the API function)
 
-    model, tok, stats, windows = llama
+    _, _, stats, windows = llama  # statistics of the model saved in tiny_llama_dir
     save_stats(stats, tmp_path / "gram")
-    model_dir = tmp_path / "base"
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
 
-    m = svdzoo.load_model(model_dir)
-    t = svdzoo.load_tokenizer(model_dir)
+    m = svdzoo.load_model(tiny_llama_dir)
+    t = svdzoo.load_tokenizer(tiny_llama_dir)
     s = svdzoo.load_statistics(gram=tmp_path / "gram")
     manifest = svdzoo.compress(m, "svd-llm", 0.4, stats=s)
     svdzoo.save_compressed(m, manifest, tmp_path / "out", t)
