@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "calibrate",
     "validate_params",
     "sensitivity",
+    "fetch_model",
 )
 
 

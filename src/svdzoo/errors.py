@@ -21,3 +21,7 @@ class ModelError(SvdzooError, ValueError):
 
 class CacheError(SvdzooError, ValueError):
     pass
+
+
+class FetchError(SvdzooError, RuntimeError):
+    """A download or an integrity check of a packaged pretrained model failed."""

