@@ -13,8 +13,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from svdzoo.compression import Statistics, check_ratio, compress, load_compressed, save_compressed
+from svdzoo.compression import KIND as COMPRESSED
+from svdzoo.compression import (
+    Statistics,
+    check_ratio,
+    compress,
+    load_compressed,
+    save_compressed,
+    write_compressed,
+)
 from svdzoo.errors import ConfigError
+from svdzoo.io import atomic_dir
 from svdzoo.methods import get_method
 from svdzoo.methods.base import FISHER, GRAM, SENS_ASVD, SENS_DUO
 from svdzoo.models import count_params, load_model, load_tokenizer
@@ -87,31 +96,41 @@ def compress_to_dir(
     options: Mapping[str, Any] | None = None,
     device: str = "auto",
     dtype: str = "float32",
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Load, compress and save in one call; every input is checked before any compute."""
+    """Load, compress and save in one call; every input is checked before any compute.
+
+    `out` is claimed first (`io.atomic_dir`): it must not be an input, and an existing `out`
+    must be an earlier compressed model unless `force`; a second process writing the same
+    `out` meanwhile is refused.
+    """
     check_ratio(ratio)
     get_method(method)
     _require_paths(
         method,
         {GRAM: stats, FISHER: fisher, SENS_DUO: sensitivity_duo, SENS_ASVD: sensitivity_asvd},
     )
-    statistics = load_statistics(stats, fisher, sensitivity_duo, sensitivity_asvd)
-    lm = load_model(model, dtype=dtype, device=device)
-    tokenizer = load_tokenizer(model)
-    dense_total = count_params(lm)
-    manifest = compress(lm, method, ratio, stats=statistics, tokenizer=tokenizer, options=options)
-    manifest["model_params_dense"] = dense_total
-    manifest["base_model"] = str(model)
-    manifest["statistics"] = {
-        k: str(v)
-        for k, v in (
-            ("gram", stats),
-            ("fisher", fisher),
-            ("sensitivity-duo", sensitivity_duo),
-            ("sensitivity-asvd", sensitivity_asvd),
+    inputs = (model, stats, fisher, sensitivity_duo, sensitivity_asvd)
+    with atomic_dir(out, COMPRESSED, force=force, protect=inputs) as tmp:
+        statistics = load_statistics(stats, fisher, sensitivity_duo, sensitivity_asvd)
+        lm = load_model(model, dtype=dtype, device=device)
+        tokenizer = load_tokenizer(model)
+        dense_total = count_params(lm)
+        manifest = compress(
+            lm, method, ratio, stats=statistics, tokenizer=tokenizer, options=options
         )
-        if v
-    }
-    save_compressed(lm, manifest, out, tokenizer)
+        manifest["model_params_dense"] = dense_total
+        manifest["base_model"] = str(model)
+        manifest["statistics"] = {
+            k: str(v)
+            for k, v in (
+                ("gram", stats),
+                ("fisher", fisher),
+                ("sensitivity-duo", sensitivity_duo),
+                ("sensitivity-asvd", sensitivity_asvd),
+            )
+            if v
+        }
+        write_compressed(lm, manifest, tmp, tokenizer)
     log.info("wrote %s (achieved ratio %.4f)", out, manifest["achieved_ratio"])
     return manifest

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from svdzoo import __version__, allocation, linalg, lowrank
 from svdzoo.errors import CacheError, ConfigError
-from svdzoo.io import atomic_dir, read_json, write_json
+from svdzoo.io import COMPRESSED_MODEL, atomic_dir, read_json, write_json
 from svdzoo.methods import get_method
 from svdzoo.methods.base import (
     FISHER,
@@ -288,18 +288,36 @@ def compress(
 # ---------------------------------------------------------------- persistence
 
 
+KIND = COMPRESSED_MODEL  # the output kind `io.atomic_dir` recognises (and replaces)
+
+
 def save_compressed(
-    model: nn.Module, manifest: Mapping[str, Any], out_dir: str | Path, tokenizer: Any = None
+    model: nn.Module,
+    manifest: Mapping[str, Any],
+    out_dir: str | Path,
+    tokenizer: Any = None,
+    *,
+    force: bool = False,
 ) -> None:
-    """Weights (safetensors), config, tokenizer and manifest, written atomically as one directory."""
+    """Weights (safetensors), config, tokenizer and manifest, written atomically as one directory.
+
+    An existing `out_dir` is replaced only if it is an earlier compressed model (or `force`).
+    """
+    with atomic_dir(out_dir, KIND, force=force) as tmp:
+        write_compressed(model, manifest, tmp, tokenizer)
+
+
+def write_compressed(
+    model: nn.Module, manifest: Mapping[str, Any], out_dir: Path, tokenizer: Any = None
+) -> None:
+    """The files of a compressed model, into an existing (temporary) directory."""
     from safetensors.torch import save_file
 
-    with atomic_dir(out_dir) as tmp:
-        model.config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        save_file(_state_without_tied(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-        write_json(tmp / MANIFEST, dict(manifest))
+    model.config.save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    save_file(_state_without_tied(model), str(out_dir / WEIGHTS), metadata={"format": "pt"})
+    write_json(out_dir / MANIFEST, dict(manifest))
 
 
 def _tied_output_keys(model: nn.Module) -> set[str]:

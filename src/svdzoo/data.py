@@ -178,12 +178,30 @@ def _c4() -> Corpus:
 # ---------------------------------------------------------------- local files
 
 
+def _read_text_file(path: Path) -> str:
+    """The file as UTF-8 text; CorpusError for a directory, an unreadable or a binary file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CorpusError(f"corpus file {str(path)!r} cannot be read: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = f"byte {exc.start} is 0x{raw[exc.start]:02x}"
+        raise CorpusError(
+            f"corpus file {str(path)!r} is not UTF-8 text ({bad}); a corpus must be a text file"
+        ) from exc
+    if "\x00" in text:
+        raise CorpusError(f"corpus file {str(path)!r} holds NUL bytes: a binary file, not text")
+    return text
+
+
 def _local_file(path: Path) -> Corpus:
     if not path.exists():
         raise CorpusError(f"corpus file {str(path)!r} does not exist")
     if path.suffix == ".jsonl":
         docs = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        for i, line in enumerate(_read_text_file(path).splitlines()):
             if not line.strip():
                 continue
             try:
@@ -193,7 +211,7 @@ def _local_file(path: Path) -> Corpus:
                     f"{path}:{i + 1}: each .jsonl line must be an object with a 'text' field"
                 ) from exc
     elif path.suffix == ".txt":
-        docs = [d.strip() for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+        docs = [d.strip() for d in _read_text_file(path).split("\n\n") if d.strip()]
     else:
         raise CorpusError(f"corpus file {str(path)!r}: only .txt and .jsonl files are supported")
     return Corpus(path.stem, *interleave_split(docs), description=f"local file {path}")

@@ -23,5 +23,9 @@ class CacheError(SvdzooError, ValueError):
     pass
 
 
+class OutputError(SvdzooError):
+    """An output path that cannot or must not be written (foreign contents, an input, no space)."""
+
+
 class FetchError(SvdzooError, RuntimeError):
     """A download or an integrity check of a packaged pretrained model failed."""

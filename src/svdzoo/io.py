@@ -1,63 +1,524 @@
-"""Atomic file writes: nothing half-written is ever taken as complete."""
+"""Atomic, safe file writes: nothing half-written is ever taken as complete, nothing foreign
+is ever replaced, and a crash leaves nothing that the next write does not clean up.
+
+`atomic_dir(path, kind)` is how every svdzoo output directory is written:
+
+- **Only an earlier svdzoo output of the same kind is replaced.** Each kind is recognised by
+  its own manifest (`recognise`): a compressed model's `manifest.json` names its method, a
+  statistics cache's names its kind, a sensitivity table's its sensitivity; a task directory
+  has `tasks_manifest.json`, a reference model `train_log.json`, a converted pretrained model
+  `svdzoo_source.json`. An output whose files say nothing gets a one-line marker file
+  (`.svdzoo-output`) naming its kind. Any other existing path (a foreign directory, a file,
+  an output of another kind) is refused with `OutputError` naming the path; `force=True`
+  (`--force`) replaces it. Never replaced, even with `force`: an input given in `protect`
+  (or a directory holding one) and the current directory or one of its parents. An empty
+  directory holds nothing to lose and is replaced.
+- **Checked before compute.** `check_output` runs the same checks without writing, so a
+  command fails in a second rather than after hours of compression; `atomic_dir` runs them
+  again when it starts and, under the lock, at the moment it replaces the target.
+- **One writer per target.** The temporary directory `.NAME.<pid>.<random>.tmp` is created
+  beside the target and held under an exclusive `flock` for the whole write. A second writer
+  to the same target finds it locked and gets `OutputError` at once (nothing is overwritten
+  silently). A temporary whose lock is free was left by a killed process: the next write to
+  that target removes it, and logs that it did. Short critical sections (sweeping, creating,
+  committing) are serialised by a lock file `.NAME.lock` beside the target, removed after use.
+- **Atomic for readers.** On Linux the finished directory is swapped with the old one in one
+  `renameat2(RENAME_EXCHANGE)`, so the target path always names a complete output; elsewhere
+  the old directory is moved aside and the new one renamed in (a brief window without it).
+- **Permissions follow the umask**: temporaries are created with 0666 / 0777 masked by the
+  umask (not `mkstemp`'s 0600 / 0700), and what a library wrote 0600 inside the output
+  (safetensors does) is given the umask's mode before the output appears.
+- **A full disk is one line**: ENOSPC / EDQUOT while writing becomes `OutputError` naming the
+  target; the partial write is removed.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
+import logging
 import os
+import re
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+import stat
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from svdzoo.errors import OutputError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover (Windows: no locks; single writers only)
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+MARKER = ".svdzoo-output"  # kind of an output whose own files do not say it
+GENERIC = "output"  # the kind of an unrecognisable output written without an explicit kind
+# the kinds `recognise` knows from their own manifests (any other name gets the marker)
+COMPRESSED_MODEL = "compressed-model"
+REFERENCE_MODEL = "reference-model"
+PRETRAINED_MODEL = "pretrained-model"
+TASKS = "tasks"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_PathLike = str | os.PathLike[str]
+
+
+# ---------------------------------------------------------------- recognising outputs
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def recognise(path: _PathLike) -> str | None:
+    """The kind of svdzoo output at `path` (from its manifest or marker), else None."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    marker = path / MARKER
+    if marker.is_file():
+        obj = _json(marker)
+        kind = obj.get("kind") if isinstance(obj, dict) else None
+        return kind if isinstance(kind, str) and kind else None
+    manifest = _json(path / "manifest.json")
+    if isinstance(manifest, dict):
+        if manifest.get("kind") in ("gram", "fisher") and "format_version" in manifest:
+            return str(manifest["kind"])
+        if manifest.get("sensitivity") in ("duo", "asvd") and "format_version" in manifest:
+            return f"sensitivity-{manifest['sensitivity']}"
+        if "method" in manifest and "modules" in manifest:
+            return COMPRESSED_MODEL
+    tasks = _json(path / "tasks_manifest.json")
+    if isinstance(tasks, dict) and "tasks" in tasks:
+        return TASKS
+    train_log = _json(path / "train_log.json")
+    if isinstance(train_log, dict) and "summary" in train_log and (path / "config.json").is_file():
+        return REFERENCE_MODEL
+    source = _json(path / "svdzoo_source.json")  # svdzoo.pretrained's converted checkpoints
+    if isinstance(source, dict) and "source" in source and (path / "config.json").is_file():
+        return PRETRAINED_MODEL
+    return None
+
+
+def _is_empty_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    except OSError:
+        return False
+
+
+def _describe(path: Path) -> str:
+    if path.is_symlink():
+        return "a symbolic link"
+    if path.is_dir():
+        try:
+            n = sum(1 for _ in path.iterdir())
+        except OSError:
+            return "an unreadable directory"
+        return f"a directory of {n} entr{'y' if n == 1 else 'ies'} that is not an svdzoo output"
+    return "a file" if path.is_file() else "something that is not a directory"
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def _refuse_protected(path: Path, protect: Iterable[_PathLike | None]) -> None:
+    """`path` must not be, or contain, the working directory or an input (force or not)."""
+    target = path.resolve()
+    if _within(Path.cwd().resolve(), target):
+        raise OutputError(
+            f"refusing to write {path}: it is the current directory or one of its parents; "
+            "give an output directory of its own"
+        )
+    for p in protect:
+        if p is None or not os.path.exists(p):
+            continue  # a hub id, or nothing there to lose
+        if _within(Path(p).resolve(), target):
+            what = "is" if Path(p).resolve() == target else "contains"
+            raise OutputError(
+                f"refusing to write {path}: it {what} the input {p}, which would be "
+                "replaced (--force does not change this); choose another output path"
+            )
+
+
+def _check_existing(path: Path, kind: str | None, force: bool) -> str | None:
+    """Refuse an existing path this write may not replace; returns its kind (None if new)."""
+    if not os.path.lexists(path) or _is_empty_dir(path):
+        return None
+    found = recognise(path)
+    if force:
+        return found
+    if found is None:
+        raise OutputError(
+            f"{path} already exists and is {_describe(path)}; refusing to replace it. "
+            "Choose another output path, or pass --force (force=True) to replace it"
+        )
+    if kind is not None and found != kind:
+        raise OutputError(
+            f"{path} holds an svdzoo {found} output, not a {kind}; refusing to replace it. "
+            "Choose another output path, or pass --force (force=True) to replace it"
+        )
+    return found
+
+
+def check_output(
+    path: _PathLike,
+    kind: str | None = None,
+    *,
+    force: bool = False,
+    protect: Iterable[_PathLike | None] = (),
+) -> None:
+    """Everything `atomic_dir(path, kind)` would refuse, checked before any compute.
+
+    Refuses (`OutputError`, one line naming the path): the current directory or a parent of
+    it; a path that is or contains one of `protect` (the inputs); an existing path that is
+    not an earlier svdzoo output of `kind` (unless `force`); a path another process is
+    writing; a path whose directory cannot be created or written. Stale temporaries that a
+    killed writer left beside the target are removed (and logged).
+    """
+    path = Path(path)
+    _refuse_protected(path, protect)
+    _check_existing(path, kind, force)
+    _ensure_parent(path)
+    with _target_lock(path):
+        _sweep(path)
+
+
+# ---------------------------------------------------------------- locks and temporaries
+
+
+def _ensure_parent(path: Path) -> None:
+    parent = path.parent
+    for above in (parent, *parent.parents):
+        if os.path.lexists(above):
+            if not above.is_dir():
+                raise OutputError(f"cannot write {path}: {above} is not a directory")
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {path}: {exc.strerror or exc} ({exc.filename or parent})"
+        ) from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: {parent} is not writable")
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
+def _target_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock on `.NAME.lock` beside `path`; the file is removed on release.
+
+    The classic protocol: after `flock` succeeds, check that the name still refers to the
+    locked inode (a previous holder may have unlinked it meanwhile), else retry.
+    """
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    lock = path.with_name(f".{path.name}.lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror} ({lock})") from exc
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _temp_pattern(path: Path) -> re.Pattern[str]:
+    # ours: .NAME.<pid>.<8 hex>.tmp; before locking existed: .NAME.<8 mkdtemp chars>.tmp
+    return re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)\.)?[a-z0-9_]{{8}}\.tmp")
+
+
+def _try_lock_dir(tmp: Path) -> int | None:
+    """An fd holding an exclusive lock on directory `tmp`, or None if another process has it."""
+    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+    if fcntl is None:  # pragma: no cover
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+    return total
+
+
+def _sweep(path: Path) -> None:
+    """Remove stale temporaries of `path`; refuse if a live writer holds one. Under the lock."""
+    pattern = _temp_pattern(path)
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return
+    for name in sorted(names):
+        m = pattern.fullmatch(name)
+        tmp = path.parent / name
+        if not m or tmp.is_symlink() or not tmp.is_dir():
+            continue
+        try:
+            fd = _try_lock_dir(tmp)
+        except FileNotFoundError:
+            continue
+        if fd is None:
+            pid = f"pid {m.group(1)}" if m.group(1) else "another process"
+            raise OutputError(
+                f"{path} is being written by another process ({pid}, temporary {tmp}); "
+                "wait for it to finish, or write somewhere else"
+            )
+        try:
+            size = _tree_bytes(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            os.close(fd)
+        log.warning(
+            "removed %s (%.1f MiB), a stale temporary of %s left by an interrupted write",
+            tmp,
+            size / 2**20,
+            path,
+        )
+
+
+def _new_temp(path: Path) -> Path:
+    """A fresh `.NAME.<pid>.<random>.tmp` directory beside `path`, with umask permissions."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+# ---------------------------------------------------------------- replacing
+
+
+_RENAMEAT2: list[Any] = []
+
+
+def _renameat2() -> Any:
+    if not _RENAMEAT2:
+        fn = None
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(AttributeError, OSError):
+                fn = ctypes.CDLL(None, use_errno=True).renameat2
+        _RENAMEAT2.append(fn)
+    return _RENAMEAT2[0]
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False  # an old kernel or a file system without exchange
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _umask() -> int:
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no /proc: read it the racy way (and put it back)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(root: Path) -> None:
+    """Modes as `open`/`mkdir` under the umask would give them: safetensors and tempfile
+    create 0600 files and 0700 directories, unreadable to the rest of a shared project."""
+    mask = _umask()
+    for dirpath, _, files in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in files:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            want = (0o777 if st.st_mode & stat.S_IXUSR else 0o666) & ~mask
+            if stat.S_IMODE(st.st_mode) != want:
+                os.chmod(p, want)
+
+
+def _commit(tmp: Path, path: Path, kind: str | None, force: bool) -> None:
+    """Put the finished `tmp` at `path`. Called under the target lock."""
+    _follow_umask(tmp)
+    found_new = recognise(tmp)
+    new_kind = kind or found_new or GENERIC
+    if found_new is None:
+        (tmp / MARKER).write_text(json.dumps({"kind": new_kind}) + "\n")
+    elif kind is not None and found_new != kind:
+        raise OutputError(f"internal error: {path} was written as {kind} but holds {found_new}")
+    if not os.path.lexists(path):
+        os.rename(tmp, path)
+        return
+    old_kind = _check_existing(path, new_kind, force)
+    if old_kind == new_kind:
+        log.info("replacing the earlier %s output at %s", old_kind, path)
+    elif not _is_empty_dir(path):
+        what = f"an svdzoo {old_kind} output" if old_kind else _describe(path)
+        log.warning("--force: replacing %s (%s)", path, what)
+    if _exchange(tmp, path):
+        _remove(tmp)  # now the old contents
+        return
+    aside = _new_temp(path)
+    os.rmdir(aside)
+    os.rename(path, aside)
+    os.rename(tmp, path)
+    _remove(aside)
+
+
+def _no_space(exc: BaseException) -> bool:
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            return True
+        text = str(e)
+        if "No space left on device" in text or "StorageFull" in text:  # wrapped by Rust libs
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _space_error(path: Path, exc: BaseException) -> OutputError:
+    return OutputError(
+        f"no space left on the device while writing {path}; the partial write was removed "
+        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'ENOSPC'})"
+    )
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    path: _PathLike,
+    kind: str | None = None,
+    *,
+    force: bool = False,
+    protect: Iterable[_PathLike | None] = (),
+) -> Iterator[Path]:
+    """Yield a temporary sibling directory; it replaces `path` only if the block succeeds.
+
+    `kind` names the output ("compressed-model", "gram", "fisher", "sensitivity-duo",
+    "tasks", "reference-model", or any name of your own): an existing `path` is replaced
+    only if it is an earlier svdzoo output of that kind. Without `kind`, the kind is read
+    from what the block wrote (its manifest) and the existing output must match it. See
+    the module docstring for locking, stale temporaries, `force` and `protect`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    _refuse_protected(path, protect)
+    _check_existing(path, kind, force)
+    _ensure_parent(path)
+    with _target_lock(path):
+        _sweep(path)
+        tmp = _new_temp(path)
+        fd = _try_lock_dir(tmp)
+    try:
+        try:
+            yield tmp
+            with _target_lock(path):
+                _commit(tmp, path, kind, force)
+        except OutputError:
+            raise
+        except Exception as exc:
+            if _no_space(exc):
+                raise _space_error(path, exc) from exc
+            raise
+    finally:
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------- single files
+
+
+@contextlib.contextmanager
+def atomic_path(path: _PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.
+
+    The temporary file is created with 0666 masked by the umask (as `open` would), not 0600.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    while True:
+        tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
     try:
         yield tmp_path
+        if tmp_path.is_file():  # a writer may have replaced our file with its own (0600)
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
+    except Exception as exc:
+        if _no_space(exc):
+            raise _space_error(path, exc) from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling directory; it replaces `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+def write_json(path: _PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
+def read_json(path: _PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> None:
+def write_text(path: _PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -183,6 +183,25 @@ def is_compressed_dir(path: Path) -> bool:
         return False
 
 
+def check_model_dir(path: str | os.PathLike[str]) -> None:
+    """A local directory given as a model must hold a readable `config.json` (cheap, no torch)."""
+    path = Path(path)
+    if path.is_file():
+        raise ModelError(f"model {str(path)!r} is a file; give a saved model directory or hub id")
+    if not path.is_dir():
+        return  # a hub id: resolved (or refused) by transformers
+    config = path / "config.json"
+    if not config.is_file():
+        raise ModelError(
+            f"model directory {str(path)!r} has no config.json, so it is not a saved model "
+            "(save one with save_pretrained, or give a hub id)"
+        )
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{config}: not a readable JSON config ({exc})") from exc
+
+
 def load_model(
     model_id: str | os.PathLike[str],
     dtype: str | torch.dtype = "float32",
@@ -196,10 +215,13 @@ def load_model(
         from svdzoo.compression import load_compressed  # lazy: avoids a cycle
 
         return load_compressed(path, dtype=dtype, device=device)
+    check_model_dir(path)
     try:
         config = AutoConfig.from_pretrained(str(model_id))
     except OSError as exc:
         raise ModelError(_hub_hint(str(model_id))) from exc
+    except ValueError as exc:  # a config.json without a model type transformers knows
+        raise ModelError(f"{model_id}: {str(exc).splitlines()[0]}") from exc
     adapter_for(config)  # fail before loading weights
     model = AutoModelForCausalLM.from_pretrained(
         str(model_id), dtype=resolve_dtype(dtype), low_cpu_mem_usage=True

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from svdzoo.data import get_corpus, tokenize
 from svdzoo.errors import ConfigError
-from svdzoo.io import atomic_dir, write_json
+from svdzoo.io import REFERENCE_MODEL, atomic_dir, check_output, write_json
 from svdzoo.tokenizer import build_byte_tokenizer
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,16 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_reference(cfg: TrainConfig, out_dir: str | Path) -> dict:
-    """Train one reference model and save it (weights, config, tokenizer, loss curve)."""
+KIND = REFERENCE_MODEL  # the output kind `io.atomic_dir` recognises (by train_log.json)
+
+
+def train_reference(cfg: TrainConfig, out_dir: str | Path, *, force: bool = False) -> dict:
+    """Train one reference model and save it (weights, config, tokenizer, loss curve).
+
+    `out_dir` is checked before training: an existing one must be an earlier reference
+    model (or `force`)."""
     cfg.validate()
+    check_output(out_dir, KIND, force=force)
     from transformers import AutoModelForCausalLM
 
     if cfg.threads:
@@ -172,7 +179,7 @@ def train_reference(cfg: TrainConfig, out_dir: str | Path) -> dict:
     log.info(
         "trained in %.1fs, validation perplexity %.3f", train_time, summary["validation_perplexity"]
     )
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, KIND, force=force) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         write_json(tmp / "train_log.json", {"summary": summary, "curve": curve})

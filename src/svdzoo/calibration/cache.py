@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import struct
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -155,10 +156,14 @@ def model_manifest(
 
 
 def write_cache(
-    out: str | os.PathLike[str], manifest: dict[str, Any], tensors: Mapping[str, torch.Tensor]
+    out: str | os.PathLike[str],
+    manifest: dict[str, Any],
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Atomically write a cache directory from in-memory tensors; returns the final manifest."""
-    with CacheDirWriter(out, manifest) as w:
+    with CacheDirWriter(out, manifest, force=force) as w:
         for name, t in tensors.items():
             w.add(name, t)
     return w.manifest
@@ -169,12 +174,15 @@ class CacheDirWriter:
 
     Use as a context manager; `manifest` may be updated before the block ends (token
     counts known only at the end). The manifest is written last, inside the atomic dir.
+    An existing `out` is replaced only if it is a cache of the same kind (or `force`).
     """
 
-    def __init__(self, out: str | os.PathLike[str], manifest: dict[str, Any]):
+    def __init__(
+        self, out: str | os.PathLike[str], manifest: dict[str, Any], *, force: bool = False
+    ):
         self.out = Path(out)
         self.manifest = dict(manifest)
-        self._ctx = atomic_dir(self.out)
+        self._ctx = atomic_dir(self.out, self.manifest["kind"], force=force)
         self._writer: SafetensorsWriter | None = None
         self._names: list[str] = []
 
@@ -207,19 +215,81 @@ class CacheDirWriter:
 # ---------------------------------------------------------------- loading
 
 
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    mpath = Path(path) / MANIFEST
-    if not mpath.exists():
+class _Replaced(Exception):
+    """The directory being read was replaced by a writer meanwhile: read the new one."""
+
+
+def _same_dir(path: Path, dfd: int) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    pinned = os.fstat(dfd)
+    return (st.st_dev, st.st_ino) == (pinned.st_dev, pinned.st_ino)
+
+
+def _open_in(path: Path, dfd: int, name: str) -> int | None:
+    """An fd of `name` in the pinned directory; None if it is not there (and the directory
+    is still the one at `path`); `_Replaced` if the directory was swapped out meanwhile."""
+    try:
+        return os.open(name, os.O_RDONLY, dir_fd=dfd)
+    except FileNotFoundError:
+        if not _same_dir(path, dfd):
+            raise _Replaced from None
+        return None
+
+
+def _pinned(path: str | os.PathLike[str], read):
+    """`read(path, dfd)` on the directory `path` names, pinned by an open fd.
+
+    Writers (`io.atomic_dir`) swap a finished directory in and delete the old one, so a
+    check-then-read on paths could mix two outputs or hit a file deleted under it. Every
+    file is opened relative to one pinned directory instead; if that directory is deleted
+    before its files are open, `read` raises `_Replaced` and the new one is read.
+    """
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    for attempt in range(100):
+        try:
+            dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            if attempt < 50 and lock.exists():  # a writer is moving it in (non-Linux)
+                time.sleep(0.01)
+                continue
+            raise CacheError(
+                f"{path}: no {MANIFEST}; not a statistics cache (or it was never completed)"
+            ) from None
+        except NotADirectoryError:
+            raise CacheError(f"{path}: not a directory, so not a statistics cache") from None
+        try:
+            return read(path, dfd)
+        except _Replaced:
+            time.sleep(0.001 * attempt)
+        finally:
+            os.close(dfd)
+    raise CacheError(f"{path}: replaced again and again by other processes while being read")
+
+
+def _manifest_in(path: Path, dfd: int) -> dict[str, Any]:
+    mpath = path / MANIFEST
+    fd = _open_in(path, dfd, MANIFEST)
+    if fd is None:
         raise CacheError(
             f"{path}: no {MANIFEST}; not a statistics cache (or it was never completed)"
         )
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read()
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CacheError(f"{mpath}: corrupted manifest ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("kind") not in KINDS:
         raise CacheError(f"{mpath}: not a statistics cache manifest (kind must be one of {KINDS})")
     return manifest
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    return _pinned(path, _manifest_in)
 
 
 def check_expected(
@@ -242,31 +312,47 @@ def check_expected(
 _MISSING = object()
 
 
+def _fd_path(fd: int) -> str | None:
+    """A path that opens the same file as `fd`, even once its name is deleted."""
+    for base in ("/proc/self/fd", "/dev/fd"):
+        if os.path.isdir(base):
+            return f"{base}/{fd}"
+    return None  # pragma: no cover
+
+
 def _open(path: str | os.PathLike[str], kind: str, expect, verify: bool) -> tuple[dict, Any]:
+    return _pinned(path, lambda p, dfd: _open_pinned(p, dfd, kind, expect, verify))
+
+
+def _open_pinned(path: Path, dfd: int, kind: str, expect, verify: bool) -> tuple[dict, Any]:
     from safetensors import safe_open
 
-    path = Path(path)
-    manifest = read_manifest(path)
+    manifest = _manifest_in(path, dfd)
     if manifest["kind"] != kind:
         raise CacheError(
             f"{path}: a {manifest['kind']!r} cache, but a {kind!r} cache was requested"
         )
     check_expected(manifest, expect, str(path))
-    fpath = path / manifest.get("file", TENSORS)
-    if not fpath.exists():
+    fname = manifest.get("file", TENSORS)
+    fpath = path / fname
+    fd = _open_in(path, dfd, fname)
+    if fd is None:
         raise CacheError(f"{fpath}: tensor file missing")
-    size = fpath.stat().st_size
-    if size != manifest.get("bytes"):
-        raise CacheError(
-            f"{fpath}: {size} bytes, manifest says {manifest.get('bytes')} (truncated?)"
-        )
-    if verify and file_sha256(fpath) != manifest.get("sha256"):
-        raise CacheError(f"{fpath}: sha256 does not match the manifest (corrupted file)")
     try:
-        handle = safe_open(str(fpath), framework="pt")
-        names = set(handle.keys())
-    except Exception as exc:  # safetensors raises its own error types for a bad header
-        raise CacheError(f"{fpath}: unreadable safetensors file ({exc})") from exc
+        size = os.fstat(fd).st_size
+        if size != manifest.get("bytes"):
+            raise CacheError(
+                f"{fpath}: {size} bytes, manifest says {manifest.get('bytes')} (truncated?)"
+            )
+        if verify and _fd_sha256(fd) != manifest.get("sha256"):
+            raise CacheError(f"{fpath}: sha256 does not match the manifest (corrupted file)")
+        try:  # through the open fd: the file read is the one the manifest describes
+            handle = safe_open(_fd_path(fd) or str(fpath), framework="pt")
+            names = set(handle.keys())
+        except Exception as exc:  # safetensors raises its own error types for a bad header
+            raise CacheError(f"{fpath}: unreadable safetensors file ({exc})") from exc
+    finally:
+        os.close(fd)
     missing = [n for n in manifest.get("tensors", []) if n not in names]
     if missing:
         raise CacheError(f"{fpath}: tensors named in the manifest are missing: {missing[:5]}")
@@ -280,6 +366,15 @@ def _open(path: str | os.PathLike[str], kind: str, expect, verify: bool) -> tupl
             raise CacheError(f"{fpath}: cannot read tensor {name!r} ({exc})") from exc
 
     return manifest, get
+
+
+def _fd_sha256(fd: int) -> str:
+    sha = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, 1 << 24, offset):
+        sha.update(chunk)
+        offset += len(chunk)
+    return sha.hexdigest()
 
 
 def load_stats(
@@ -301,12 +396,14 @@ def load_fisher(
     return FisherStats(*_open(path, "fisher", expect, verify))
 
 
-def save_stats(stats: _Cached, out: str | os.PathLike[str]) -> dict[str, Any]:
+def save_stats(
+    stats: _Cached, out: str | os.PathLike[str], *, force: bool = False
+) -> dict[str, Any]:
     """Write in-memory (or loaded) statistics to a cache directory; returns its manifest."""
     manifest = {
         k: v for k, v in stats.manifest.items() if k not in ("file", "sha256", "bytes", "tensors")
     }
-    with CacheDirWriter(out, manifest) as w:
+    with CacheDirWriter(out, manifest, force=force) as w:
         for name in stats.tensor_names():
             w.add(name, stats.tensor(name))
     return w.manifest

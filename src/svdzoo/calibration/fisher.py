@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from svdzoo.calibration.cache import model_manifest, save_stats
 from svdzoo.calibration.capture import module_device
 from svdzoo.errors import ModelError
+from svdzoo.io import check_output
 from svdzoo.models import adapter_for, resolve_device
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,16 @@ def calibrate_fisher(
 
 
 def fisher_to_dir(
-    model: nn.Module, tokenizer: Any, out: str | os.PathLike[str], **kwargs: Any
+    model: nn.Module,
+    tokenizer: Any,
+    out: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """`calibrate_fisher` written to a cache directory; returns its manifest."""
-    return save_stats(calibrate_fisher(model, tokenizer, **kwargs), out)
+    """`calibrate_fisher` written to a cache directory; returns its manifest.
+
+    `out` is checked first: an existing `out` that is not a Fisher cache is refused before
+    the backward passes (unless `force`)."""
+    check_output(out, "fisher", force=force)
+    return save_stats(calibrate_fisher(model, tokenizer, **kwargs), out, force=force)

@@ -188,8 +188,11 @@ def calibrate_to_dir(
     model_id: str | None = None,
     layer_callback: LayerCallback | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Like `calibrate`, but streams each layer's tensors into the cache at `out`."""
+    """Like `calibrate`, but streams each layer's tensors into the cache at `out`.
+
+    An existing `out` is replaced only if it is a Gram cache (or `force`)."""
     from svdzoo.data import calibration_windows
 
     manifest = gram_manifest(
@@ -197,7 +200,7 @@ def calibrate_to_dir(
         model_id=model_id, batch_size=batch_size,
     )  # fmt: skip
     windows = calibration_windows(tokenizer, corpus, nsamples, seqlen, seed)
-    with CacheDirWriter(Path(out), manifest) as w:
+    with CacheDirWriter(Path(out), manifest, force=force) as w:
         counts = stream_gram_stats(
             model, windows, w.add, device=device, batch_size=batch_size,
             memory_budget=memory_budget, offload_dir=offload_dir,

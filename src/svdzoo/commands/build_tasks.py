@@ -20,6 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--corpora", type=_csv, default=["pydoc", "pysource"], help="comma-separated corpus names"
     )
     p.add_argument("--out", default=None, help="task directory (default: data/tasks)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even if it is not an earlier task directory",
+    )
     p.add_argument("--split", default="test", help="corpus split to draw questions from")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-examples", type=int, default=200, help="questions per task")
@@ -46,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     spec.validate()  # before loading any corpus
     texts = {name: get_corpus(name).split(args.split) for name in args.corpora}
     out = Path(args.out) if args.out else Layout().tasks()
-    manifest = build_tasks(out, texts, seed=args.seed, spec=spec)
+    manifest = build_tasks(out, texts, seed=args.seed, spec=spec, force=args.force)
     for task, info in manifest["tasks"].items():
         print(f"{task:<28} {info['n']:>5} questions  (chance {info['chance']:.3f})")
     print(f"wrote {out}")

@@ -27,6 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="cache directory to (re)write")
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even if it is not an earlier cache of this kind (never an input)",
+    )
+    p.add_argument(
         "--device", default="auto", help="where each layer (gram) or the model (fisher) runs"
     )
     p.add_argument("--dtype", default="float32", help="dtype the model is loaded in")
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from svdzoo.errors import ConfigError
-    from svdzoo.models import load_model, load_tokenizer, resolve_device, resolve_dtype
+    from svdzoo.io import check_output
 
     if args.nsamples < 1 or args.seqlen < 2:
         raise ConfigError(
@@ -61,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     if args.memory_budget_mb < 0:
         raise ConfigError("--memory-budget-mb must be non-negative")
+    # a foreign, protected, unwritable or busy --out fails here, before the model loads
+    check_output(args.out, args.kind, force=args.force, protect=(args.model, args.corpus))
+    from svdzoo.models import load_model, load_tokenizer, resolve_device, resolve_dtype
+
     resolve_dtype(args.dtype)
     device = resolve_device(args.device)
     from svdzoo.data import get_corpus
@@ -88,13 +97,14 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size or 8,
             memory_budget=args.memory_budget_mb << 20,
             offload_dir=args.offload_dir,
+            force=args.force,
             **common,
         )
     else:
         from svdzoo.calibration import fisher_to_dir
 
         manifest = fisher_to_dir(
-            model, tokenizer, args.out, batch_size=args.batch_size or 1, **common
+            model, tokenizer, args.out, batch_size=args.batch_size or 1, force=args.force, **common
         )
     log.info(
         "%s statistics of %s on %s (%d x %d tokens) -> %s in %.1fs (%.1f MiB)",

@@ -24,7 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="method option override"
     )
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="compressed model directory to write")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even if it is not an earlier compressed model (never an input)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
 
@@ -44,6 +49,11 @@ def parse_options(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from svdzoo.io import COMPRESSED_MODEL, check_output
+
+    # a foreign, protected, unwritable or busy --out fails here, before the model loads
+    inputs = (args.model, args.stats, args.fisher, args.sensitivity_duo, args.sensitivity_asvd)
+    check_output(args.out, COMPRESSED_MODEL, force=args.force, protect=inputs)
     from svdzoo.api import compress_to_dir
 
     compress_to_dir(
@@ -58,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
         options=parse_options(args.option),
         device=args.device,
         dtype=args.dtype,
+        force=args.force,
     )
     return 0

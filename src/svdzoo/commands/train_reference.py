@@ -14,6 +14,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--family", choices=REFERENCE_FAMILIES, required=True)
     p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even if it is not an earlier reference model",
+    )
     for f in fields(TrainConfig):
         if f.name == "family":
             continue
@@ -31,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         for f in fields(TrainConfig)
         if getattr(args, f.name, None) is not None
     }
-    summary = train_reference(TrainConfig(**overrides), args.out)
+    summary = train_reference(TrainConfig(**overrides), args.out, force=args.force)
     print(
         f"validation perplexity {summary['validation_perplexity']:.3f} after {summary['train_time_s']:.0f}s"
     )

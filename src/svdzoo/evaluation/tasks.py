@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from svdzoo.errors import SvdzooError
-from svdzoo.io import atomic_dir
+from svdzoo.io import TASKS, atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +227,12 @@ def build_tasks(
     seed: int = 0,
     n_examples: int = 200,
     spec: TaskSpec | None = None,
+    force: bool = False,
 ) -> dict:
     """Write every task for every `{corpus: held-out text}` into `out_dir` (atomically).
 
-    Returns the manifest (also written as `tasks_manifest.json`).
+    Returns the manifest (also written as `tasks_manifest.json`). An existing `out_dir` is
+    replaced only if it is an earlier task directory (or `force`).
     """
     spec = spec or TaskSpec(n_examples=n_examples)
     spec.validate()
@@ -273,7 +275,7 @@ def build_tasks(
             log.info("%s: %d questions", task, len(questions))
     files[f"{GROUP}.yaml"] = _group_yaml(names)
     files["tasks_manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, TASKS, force=force) as tmp:
         for fname, content in files.items():
             (tmp / fname).write_text(content, encoding="utf-8")
     return manifest

@@ -1,0 +1,367 @@
+"""Fault cases of the reliability issue: what each bad input, crash or race now gets.
+
+One case per test; docs/faults.md lists them with the behaviour each one checks. Cases that
+involve processes use real ones: a `svdzoo` process killed mid-write, a real `svdzoo
+calibrate` stopped while it writes, and `multiprocessing` writers and a reader racing on one
+target. The models are untrained tiny ones (`helpers.random_tiny`), saved once per module.
+Names new with the fix (`OutputError`, `kind=`, `force=`) are imported inside the tests, so
+every test also runs, and fails for its own reason, against the code before the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import random_tiny
+
+from svdzoo import cli
+from svdzoo.calibration import load_stats
+from svdzoo.calibration.cache import base_manifest, write_cache
+from svdzoo.compression import compress, save_compressed
+from svdzoo.io import atomic_dir, write_json
+from svdzoo.tokenizer import build_byte_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """An untrained 2-layer LLaMA with the byte tokenizer, saved (a dense input model)."""
+    out = tmp_path_factory.mktemp("faults") / "model"
+    random_tiny("llama").save_pretrained(out)
+    build_byte_tokenizer().save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def compressed():
+    """`(model, manifest)`: the tiny model compressed with plain SVD at 40 %."""
+    model = random_tiny("llama")
+    return model, compress(model, "svd", 0.4)
+
+
+def svdzoo(capsys, *argv: str | Path) -> tuple[int, str]:
+    """Run the CLI in this process; `(exit code, stderr)`."""
+    capsys.readouterr()
+    rc = cli.main([str(a) for a in argv])
+    return rc, capsys.readouterr().err
+
+
+def compress_args(model_dir: Path, out: Path | str) -> list:
+    return ["compress", "--model", model_dir, "--method", "svd", "--ratio", "0.4", "--out", out]
+
+
+def one_line_error(err: str, *needles: str | Path) -> None:
+    lines = [ln for ln in err.splitlines() if ln.startswith("svdzoo ")]
+    assert len(lines) == 1 and "error:" in lines[0], err
+    assert "Traceback" not in err, err
+    for n in needles:
+        assert str(n) in lines[0], (n, lines[0])
+
+
+def leftovers(parent: Path, name: str) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}."))
+
+
+def temps(parent: Path, name: str) -> list[Path]:
+    """The temporary directories of a write to `parent/name` in progress (or left behind)."""
+    return [p for p in parent.glob(f".{name}.*.tmp") if p.is_dir()]
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+# ---------------------------------------------------------------- 1. --out replaces anything
+
+
+@pytest.mark.parametrize("command", ["compress", "calibrate", "train-reference", "build-tasks"])
+def test_out_foreign_directory_is_refused(command, model_dir, tmp_path, capsys):
+    """A non-empty directory that is not an svdzoo output: refused, one line, nothing touched."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me\n")
+    argv = {
+        "compress": compress_args(model_dir, out),
+        "calibrate": ["calibrate", "--model", model_dir, "--corpus", "pydoc", "--nsamples", "2",
+                      "--seqlen", "16", "--seed", "0", "--device", "cpu", "--out", out],
+        "train-reference": ["train-reference", "--family", "llama", "--steps", "1", "--out", out],
+        "build-tasks": ["build-tasks", "--n-examples", "4", "--out", out],
+    }[command]  # fmt: skip
+    rc, err = svdzoo(capsys, *argv)
+    assert rc == 2
+    one_line_error(err, out, "--force")
+    assert snapshot(out) == {"notes.txt": b"keep me\n"}
+    assert leftovers(tmp_path, "mine") == []
+
+
+def test_out_foreign_directory_is_replaced_with_force(model_dir, tmp_path, capsys, caplog):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("replace me\n")
+    with caplog.at_level(logging.WARNING, logger="svdzoo.io"):
+        rc, err = svdzoo(capsys, *compress_args(model_dir, out), "--force")
+    assert rc == 0, err
+    assert (out / "manifest.json").is_file() and not (out / "notes.txt").exists()
+    assert any("--force: replacing" in r.getMessage() for r in caplog.records)
+    assert leftovers(tmp_path, "mine") == []
+
+
+def test_out_equal_to_model_is_refused_even_with_force(model_dir, capsys):
+    before = snapshot(model_dir)
+    for force in ([], ["--force"]):
+        rc, err = svdzoo(capsys, *compress_args(model_dir, model_dir), *force)
+        assert rc == 2
+        one_line_error(err, model_dir, "input")
+        assert snapshot(model_dir) == before
+    assert leftovers(model_dir.parent, model_dir.name) == []
+
+
+def test_out_existing_file_is_refused(model_dir, tmp_path, capsys):
+    out = tmp_path / "results.csv"
+    out.write_text("a,b\n1,2\n")
+    rc, err = svdzoo(capsys, *compress_args(model_dir, out))
+    assert rc == 2
+    one_line_error(err, out, "a file")
+    assert out.read_text() == "a,b\n1,2\n"
+    assert leftovers(tmp_path, out.name) == []  # no hidden .results.csv.old
+
+
+def test_out_of_another_kind_is_refused(compressed, tmp_path):
+    """An earlier svdzoo output is replaced only by the same kind: a compressed model is
+    rewritten in place, but a statistics cache may not overwrite it."""
+    model, manifest = compressed
+    out = tmp_path / "c"
+    save_compressed(model, manifest, out)
+    save_compressed(model, manifest, out)  # an earlier compressed model: replaced
+    before = snapshot(out)
+    with pytest.raises(Exception, match="compressed-model") as info:
+        write_cache(out, base_manifest("gram"), {"x": torch.zeros(2)})
+    assert type(info.value).__name__ == "OutputError"
+    assert snapshot(out) == before
+
+
+# ---------------------------------------------------------------- 2. crash leftovers
+
+_KILLED_WRITER = """
+import sys, time
+from svdzoo.io import atomic_dir
+with atomic_dir(sys.argv[1]) as tmp:
+    (tmp / "weights.bin").write_bytes(bytes(1 << 20))
+    print("writing", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_killed_writer_leaves_nothing_after_the_next_write(tmp_path, caplog):
+    out = tmp_path / "out"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(out)], stdout=subprocess.PIPE, env=ENV
+    )
+    try:
+        assert child.stdout.readline().strip() == b"writing"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    stale = leftovers(tmp_path, "out")
+    assert stale and not out.exists()  # the crash left its temporary
+    with caplog.at_level(logging.WARNING, logger="svdzoo.io"), atomic_dir(out) as tmp:
+        (tmp / "weights.bin").write_bytes(b"new")
+    assert (out / "weights.bin").read_bytes() == b"new"
+    assert leftovers(tmp_path, "out") == []
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "stale temporary" in logged and stale[0] in logged
+
+
+# ---------------------------------------------------------------- 3. concurrent writers
+
+ROUNDS = 60
+
+
+def _writer(out: str, wid: int, results) -> None:
+    ok = busy = 0
+    errors = []
+    for i in range(ROUNDS):
+        tag = wid * 1000 + i
+        try:
+            write_cache(out, base_manifest("gram", tag=tag), {"x": torch.full((512,), tag)})
+            ok += 1
+        except Exception as exc:  # noqa: BLE001 (every failure is recorded and judged)
+            if type(exc).__name__ == "OutputError" and "being written by another" in str(exc):
+                busy += 1
+            else:
+                errors.append(f"{type(exc).__name__}: {exc}")
+    results.put(("writer", ok, busy, errors))
+
+
+def _reader(out: str, stop, results) -> None:
+    reads = 0
+    errors = []
+    while not stop.is_set() or reads == 0:
+        try:
+            st = load_stats(out)
+            tag = st.manifest["tag"]
+            value = int(st.tensor("x")[0])
+            if value != tag:
+                errors.append(f"manifest tag {tag} with tensors of {value}")
+            reads += 1
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"{type(exc).__name__}: {exc}")
+    results.put(("reader", reads, 0, errors))
+
+
+def test_concurrent_writers_and_a_reader(tmp_path):
+    """Three writer processes and a reader on one cache directory: no writer crashes (a busy
+    target is a clear refusal), the reader always sees one complete output, nothing is left."""
+    out = str(tmp_path / "gram")
+    write_cache(out, base_manifest("gram", tag=-1), {"x": torch.full((512,), -1)})
+    ctx = multiprocessing.get_context("fork")
+    results, stop = ctx.Queue(), ctx.Event()
+    writers = [ctx.Process(target=_writer, args=(out, w, results)) for w in range(3)]
+    reader = ctx.Process(target=_reader, args=(out, stop, results))
+    for p in [reader, *writers]:
+        p.start()
+    got = [results.get(timeout=120) for _ in writers]
+    stop.set()
+    got.append(results.get(timeout=120))
+    for p in [reader, *writers]:
+        p.join(timeout=30)
+    errors = [e for *_, errs in got for e in errs]
+    assert errors == [], errors[:5]
+    assert sum(ok for role, ok, _, _ in got if role == "writer") >= 1
+    st = load_stats(out)
+    assert int(st.tensor("x")[0]) == st.manifest["tag"]
+    assert leftovers(tmp_path, "gram") == []
+
+
+def test_two_calibrate_runs_to_one_out(model_dir, tmp_path, capsys):
+    """A real `svdzoo calibrate` is stopped while it writes; a second run to the same --out is
+    refused at once (one line naming the first's pid) instead of silently replacing it."""
+    out = tmp_path / "gram"
+    args = ["calibrate", "--model", model_dir, "--corpus", "pydoc", "--seqlen", "32",
+            "--seed", "0", "--device", "cpu", "--out", out]  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-m", "svdzoo.cli", *map(str, args), "--nsamples", "32"],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not temps(tmp_path, "gram") and first.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        while (tmp_path / ".gram.lock").exists() and first.poll() is None:
+            time.sleep(0.001)  # let it leave its short critical section first
+        first.send_signal(signal.SIGSTOP)
+        rc, err = svdzoo(capsys, *args, "--nsamples", "8")
+    finally:
+        first.send_signal(signal.SIGCONT)
+        first_err = first.communicate(timeout=120)[1].decode()
+    assert first.returncode == 0, first_err
+    assert rc == 2
+    one_line_error(err, out, "another process", f"pid {first.pid}")
+    assert load_stats(out).manifest["nsamples"] == 32  # the first run's, complete
+
+
+# ---------------------------------------------------------------- 9. one line, before compute
+
+
+def test_unwritable_out_fails_before_compute(model_dir, tmp_path, capsys, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / "compressed"
+    with caplog.at_level(logging.INFO):
+        rc, err = svdzoo(capsys, *compress_args(model_dir, out))
+    assert rc == 2
+    one_line_error(err, out, "cannot write")
+    assert not any(r.name.startswith("svdzoo.compression") for r in caplog.records)
+
+
+def test_out_dot_is_refused(model_dir, tmp_path, capsys, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("x")
+    monkeypatch.chdir(work)
+    for force in ([], ["--force"]):
+        rc, err = svdzoo(capsys, *compress_args(model_dir, "."), *force)
+        assert rc == 2
+        one_line_error(err, "current directory")
+        assert sorted(p.name for p in work.iterdir()) == ["keep.txt"]
+
+
+def test_disk_full_is_one_line_naming_the_path(tmp_path):
+    """ENOSPC from the kernel (a write into /dev/full) while an output is written."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match="no space left") as info, atomic_dir(out) as tmp:
+        (tmp / "weights.bin").symlink_to("/dev/full")
+        with open(tmp / "weights.bin", "wb") as f:
+            f.write(bytes(1 << 16))
+    assert type(info.value).__name__ == "OutputError"
+    assert str(out) in str(info.value) and "\n" not in str(info.value)
+    assert not out.exists() and leftovers(tmp_path, "out") == []
+
+
+def test_binary_corpus_is_one_line(model_dir, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(bytes(range(256)) * 64)
+    rc, err = svdzoo(capsys, "calibrate", "--model", model_dir, "--corpus", corpus,
+                     "--nsamples", "2", "--seqlen", "16", "--seed", "0", "--device", "cpu",
+                     "--out", tmp_path / "gram")  # fmt: skip
+    assert rc == 2
+    one_line_error(err, corpus, "UTF-8")
+    assert not (tmp_path / "gram").exists()
+
+
+def test_model_dir_without_config_is_one_line(model_dir, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "model.safetensors").write_bytes((model_dir / "model.safetensors").read_bytes())
+    rc, err = svdzoo(capsys, *compress_args(bare, tmp_path / "c"))
+    assert rc == 2
+    one_line_error(err, bare, "config.json")
+
+
+# ---------------------------------------------------------------- 11. permissions
+
+
+def test_outputs_follow_the_umask(compressed, tmp_path):
+    """Under umask 002 (a shared project directory) outputs are group-readable and -writable:
+    directories 0775, files 0664 (not mkdtemp's 0700 nor safetensors' 0600)."""
+    model, manifest = compressed
+    old = os.umask(0o002)
+    try:
+        save_compressed(model, manifest, tmp_path / "c")
+        write_json(tmp_path / "ppl.json", {"ppl": 1.0})
+    finally:
+        os.umask(old)
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    assert mode(tmp_path / "c") == 0o775
+    assert {p.name: mode(p) for p in (tmp_path / "c").iterdir()} == {
+        p.name: 0o664 for p in (tmp_path / "c").iterdir()
+    }
+    assert mode(tmp_path / "ppl.json") == 0o664
+    assert json.loads((tmp_path / "ppl.json").read_text()) == {"ppl": 1.0}
