@@ -35,8 +35,9 @@ def _fails(params: dict, *fragments: str) -> str:
 
 def test_default_params_valid_and_complete(default):
     p = C.validate_params(default, SCHEMA)
-    assert set(p["models"]) == {"ref-llama", "ref-opt"}
-    assert {s["family"] for s in p["models"].values()} == {"llama", "opt"}
+    assert set(p["models"]) == {"smollm2-135m", "ref-opt"}
+    assert p["models"]["smollm2-135m"]["source"] == "pypi"
+    assert C.local_models(p) == ["smollm2-135m", "ref-opt"]
     assert p["methods"] == [
         "svd",
         "fwsvd",
@@ -50,7 +51,7 @@ def test_default_params_valid_and_complete(default):
     assert C.ratios(p) == [0.2, 0.4, 0.6, 0.8]
     assert set(p["evaluation"]["corpora"]) == {"pydoc", "pysource"}
     assert C.uses_offline_tasks(p)
-    assert C.calib_tag(p) == "pydoc-n64-l128-s3"
+    assert C.calib_tag(p) == "pydoc-n32-l256-s3"
     # defaults filled in for the optional sections
     assert p["keep_compressed"] is True and "published" in p["report"]
     assert C.needed_stats(p) == set(C.STATS_KINDS)
@@ -87,8 +88,8 @@ def test_unknown_method(default):
 
 def test_unknown_model_family_and_source(default):
     bad = copy.deepcopy(default)
-    bad["models"]["ref-llama"]["family"] = "gpt2"
-    _fails(bad, "models.ref-llama.family", "unknown model family 'gpt2'")
+    bad["models"]["ref-opt"]["family"] = "gpt2"
+    _fails(bad, "models.ref-opt.family", "unknown model family 'gpt2'")
     bad = copy.deepcopy(default)
     bad["models"]["ref-opt"]["source"] = "s3"
     _fails(bad, "models.ref-opt.source")
@@ -143,7 +144,7 @@ def test_empty_models(default):
     ("key", "value"),
     [
         ("calibration.nsamples", "many"),
-        ("models.ref-llama.steps", 1.5),
+        ("models.ref-opt.steps", 1.5),
         ("keep_compressed", "yes"),
         ("methods", "svd"),
     ],

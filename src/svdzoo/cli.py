@@ -9,6 +9,7 @@ import sys
 
 # Each name is a module in svdzoo.commands exposing NAME, HELP, add_arguments(p), run(args).
 # Modules are imported only to build the parser; heavy imports happen inside run().
+# A module that sets ACCEPTS_EXTRA = True gets unknown arguments as run(args, extra).
 COMMANDS: tuple[str, ...] = (
     "corpora",
     "methods",
@@ -21,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "validate_params",
     "sensitivity",
     "fetch_model",
+    "prepare_model",
 )
 
 
@@ -32,13 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(f"svdzoo.commands.{name}")
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _extra=getattr(mod, "ACCEPTS_EXTRA", False))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not args._extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -46,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     from svdzoo.errors import SvdzooError
 
     try:
+        if args._extra:
+            return int(args._run(args, extra) or 0)
         return int(args._run(args) or 0)
     except SvdzooError as exc:
         print(f"svdzoo {args.command}: error: {exc}", file=sys.stderr)

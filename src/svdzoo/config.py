@@ -279,14 +279,38 @@ def cli_flags(flags: Mapping[str, Any]) -> list[str]:
     return argv
 
 
+LOCAL_SOURCES = ("reference", "pypi")  # sources `svdzoo prepare-model` makes into data/models/<key>
+
+
+def local_models(params: Mapping[str, Any]) -> list[str]:
+    """Model keys the workflow creates itself (trained or fetched), in params order."""
+    return [k for k, s in params["models"].items() if s["source"] in LOCAL_SOURCES]
+
+
+def flatten_flags(flags: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys, as DVC flattens a `${dict}` before expanding it."""
+    out: dict[str, Any] = {}
+    for key, value in flags.items():
+        if isinstance(value, Mapping):
+            out.update(flatten_flags(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def model_flags(params: Mapping[str, Any], model: str) -> list[str]:
+    """`svdzoo prepare-model` argv of a model entry, exactly as dvc.yaml's `${item}` gives it."""
+    return cli_flags(flatten_flags(params["models"][model]))
+
+
 def model_arg(params: Mapping[str, Any], model: str, layout: Any = None) -> str:
-    """What `--model` gets: the trained directory of a reference model, else the hub id."""
+    """What `--model` gets: the local directory of a trained or fetched model, else the hub id."""
     spec = params["models"][model]
     if spec["source"] == "hub":
         return spec["id"]
     from svdzoo.paths import Layout
 
-    return str((layout or Layout()).reference_model(model))
+    return str((layout or Layout()).model_dir(model))
 
 
 def regex_alternation(names: list[str]) -> str:

