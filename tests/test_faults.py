@@ -252,31 +252,47 @@ def test_concurrent_writers_and_a_reader(tmp_path):
     assert leftovers(tmp_path, "gram") == []
 
 
+def stopped(pid: int) -> bool | None:
+    """Whether the process is stopped (state T in /proc); None where /proc cannot tell."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat_line.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
 def test_two_calibrate_runs_to_one_out(model_dir, tmp_path, capsys):
     """A real `svdzoo calibrate` is stopped while it writes; a second run to the same --out is
     refused at once (one line naming the first's pid) instead of silently replacing it."""
     out = tmp_path / "gram"
     args = ["calibrate", "--model", model_dir, "--corpus", "pydoc", "--seqlen", "32",
             "--seed", "0", "--device", "cpu", "--out", out]  # fmt: skip
-    first = subprocess.Popen(
-        [sys.executable, "-m", "svdzoo.cli", *map(str, args), "--nsamples", "32"],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log = tmp_path / "first.log"
+    with open(log, "wb") as f:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "svdzoo.cli", *map(str, args), "--nsamples", "32",
+             "--batch-size", "1"],
+            env=ENV, stdout=f, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while not temps(tmp_path, "gram") and first.poll() is None:
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.002)
-        while (tmp_path / ".gram.lock").exists() and first.poll() is None:
-            time.sleep(0.001)  # let it leave its short critical section first
-        first.send_signal(signal.SIGSTOP)
+        while True:  # stop it outside its short critical sections (the lock file is gone)
+            assert first.poll() is None, "it finished before it could be stopped mid-write"
+            first.send_signal(signal.SIGSTOP)
+            while stopped(first.pid) is False and first.poll() is None:
+                time.sleep(0.001)
+            if not (tmp_path / ".gram.lock").exists():
+                break
+            first.send_signal(signal.SIGCONT)
+            time.sleep(0.001)
         rc, err = svdzoo(capsys, *args, "--nsamples", "8")
     finally:
         first.send_signal(signal.SIGCONT)
-        first_err = first.communicate(timeout=120)[1].decode()
-    assert first.returncode == 0, first_err
+        first.wait(timeout=120)
+    assert first.returncode == 0, log.read_text()
     assert rc == 2
     one_line_error(err, out, "another process", f"pid {first.pid}")
     assert load_stats(out).manifest["nsamples"] == 32  # the first run's, complete

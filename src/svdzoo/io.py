@@ -135,7 +135,11 @@ def _within(inner: Path, outer: Path) -> bool:
 def _refuse_protected(path: Path, protect: Iterable[_PathLike | None]) -> None:
     """`path` must not be, or contain, the working directory or an input (force or not)."""
     target = path.resolve()
-    if _within(Path.cwd().resolve(), target):
+    try:
+        cwd = Path.cwd().resolve()
+    except FileNotFoundError:  # the working directory was deleted: nothing there to protect
+        cwd = None
+    if cwd is not None and _within(cwd, target):
         raise OutputError(
             f"refusing to write {path}: it is the current directory or one of its parents; "
             "give an output directory of its own"
