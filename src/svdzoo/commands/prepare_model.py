@@ -125,7 +125,11 @@ def _fetch(args: argparse.Namespace, options: dict[str, str]) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
+    from svdzoo.io import check_output
+
     options = split_options(extra or [])
+    # a foreign --out (or '.') is refused before training or downloading, not after
+    check_output(args.out, None, force=args.force)
     if args.source == "reference":
         _train(args, options)
     else:

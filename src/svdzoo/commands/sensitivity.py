@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from svdzoo.calibration import load_stats
     from svdzoo.errors import CacheError, ConfigError
+    from svdzoo.io import check_output
     from svdzoo.models import fingerprint, load_model, load_tokenizer, resolve_dtype
     from svdzoo.sensitivity import check_ratios, load_sensitivity, sensitivity_to_dir
 
@@ -61,6 +62,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--nsamples, --batch-size and --max-tokens must be positive")
     grid = check_ratios(args.ratios, args.kind)
     resolve_dtype(args.dtype)
+    # refuse a foreign --out (or an input, or '.') before any compute, not after the probes
+    check_output(
+        args.out,
+        f"sensitivity-{args.kind}",
+        force=args.force,
+        protect=[args.stats, args.model, args.corpus],
+    )
     gram = load_stats(args.stats)
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     want = {
