@@ -18,6 +18,7 @@ from svdzoo.evaluation.tasks import (
     TaskSpec,
     build_tasks,
     read_questions,
+    scored_pairs,
     task_names,
 )
 
@@ -81,26 +82,44 @@ def test_files_and_group(task_dir: Path) -> None:
     assert manifest["seed"] == 3 and set(manifest["tasks"]) == set(task_names(list(TEXTS)))
 
 
+def _cut_at_word_boundary(q: dict) -> None:
+    """Every scored pair ends its context on a non-space and starts its continuation with one
+    space then a non-space: no tokenizer merges across that cut (test_tasks_tokenizers.py)."""
+    for context, continuation in scored_pairs(q):
+        assert not context[-1].isspace(), context
+        assert continuation[0] == " " and not continuation[1].isspace(), continuation
+
+
 def test_continuation_questions_are_sound(task_dir: Path) -> None:
     qs = read_questions(task_dir, "alpha_continuation")
     assert len(qs) == N
-    text = TEXTS["alpha"]
+    text, spec = TEXTS["alpha"], TaskSpec()
     for q in qs:
-        choices, gold = q["choices"], q["gold"]
-        assert len(choices) == 4 and 0 <= gold < 4
-        assert len(set(choices)) == 4, "choices must be distinct"
-        assert len({len(c) for c in choices}) == 1, "equal lengths keep a blind model at chance"
-        assert q["context"] + choices[gold] in text
+        passages, gold, continuation = q["choices"], q["gold"], q["continuation"]
+        assert len(passages) == 4 and 0 <= gold < 4
+        assert len(set(passages)) == 4, "choices must be distinct"
+        assert {len(p) for p in passages} == {spec.context_chars}, "equal lengths: blind = chance"
+        assert len(continuation) == spec.continuation_chars
+        assert passages[gold] + continuation in text
+        for i, p in enumerate(passages):
+            assert p in text, "distractors are real text too"
+            assert i == gold or p + continuation not in text, "only the gold one is right"
+        assert scored_pairs(q) == [(p, continuation) for p in passages]
+        _cut_at_word_boundary(q)
 
 
 def test_wordorder_questions_are_permutations(task_dir: Path) -> None:
     qs = read_questions(task_dir, "beta_wordorder")
     assert len(qs) == N
     for q in qs:
-        words = sorted(q["choices"][q["gold"]].split(" "))
+        words = sorted(q["choices"][q["gold"]][1:].split(" "))
+        assert len(words) == TaskSpec().wordorder_words
+        assert len(q["context"]) == TaskSpec().context_chars
         assert len(q["choices"]) == len(set(q["choices"])) == 4
-        assert all(sorted(c.split(" ")) == words for c in q["choices"])
+        assert all(sorted(c[1:].split(" ")) == words for c in q["choices"])
         assert q["context"] + q["choices"][q["gold"]] in TEXTS["beta"]
+        assert scored_pairs(q) == [(q["context"], c) for c in q["choices"]]
+        _cut_at_word_boundary(q)
 
 
 def test_gold_position_is_spread(task_dir: Path) -> None:
@@ -120,11 +139,15 @@ def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def _first_choice_lm():
-    """An lm-eval LM that always prefers choice 0: tests the task and metric wiring."""
+    """An lm-eval LM that always prefers choice 0: tests the task and metric wiring. It
+    keeps the `(context, continuation)` of every request in `.seen`."""
     from lm_eval.api.model import LM
 
     class FirstChoiceLM(LM):
+        seen: list[tuple[str, str]] = []
+
         def loglikelihood(self, requests):
+            self.seen = self.seen + [tuple(r.args) for r in requests]
             return [(-float(r.idx), False) for r in requests]
 
         def loglikelihood_rolling(self, requests):
@@ -142,9 +165,16 @@ def test_first_choice_model_scores_gold0_fraction(task_dir: Path) -> None:
 
     tm = TaskManager(include_path=str(task_dir), include_defaults=False)
     tasks = task_names(list(TEXTS))
+    lm = _first_choice_lm()
     res = simple_evaluate(
-        model=_first_choice_lm(), tasks=tasks, task_manager=tm, log_samples=False, bootstrap_iters=0
+        model=lm, tasks=tasks, task_manager=tm, log_samples=False, bootstrap_iters=0
     )
+    # lm-eval scores exactly the stored strings (target_delimiter "", no description or
+    # prompt around them): continuation after each passage, each word run after the context
+    expected = [
+        pair for t in tasks for q in read_questions(task_dir, t) for pair in scored_pairs(q)
+    ]
+    assert sorted(lm.seen) == sorted(expected)
     for task in tasks:
         golds = [q["gold"] for q in read_questions(task_dir, task)]
         expected = golds.count(0) / len(golds)

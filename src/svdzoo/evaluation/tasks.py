@@ -4,23 +4,74 @@ The paper benchmarks (ARC, PIQA, ...) need a download; the default run must not.
 tasks are multiple choice over text the reference models never trained on (the corpus
 test split), built deterministically from a seed:
 
-- `<corpus>_continuation`: given a passage cut inside a word, pick its true next
-  characters among `n_choices - 1` distractors of the same length cut (also inside a
-  word) from elsewhere in the held-out text.
-- `<corpus>_wordorder`: given a passage, pick the true next run of words among
-  shuffles of the same words (same bytes, so only word order tells them apart).
+- `<corpus>_continuation`: given the `continuation_chars` that follow a word boundary,
+  pick the passage (`context_chars`) they continue, among `n_choices - 1` passages of
+  the same length that end at other word boundaries of the held-out text. lm-eval scores
+  the same continuation after each passage (a multiple-input task, like Winogrande).
+- `<corpus>_wordorder`: given a passage, pick the true next run of `wordorder_words`
+  words among shuffles of the same words (same bytes, so only word order tells them
+  apart).
 
-All choices of a question have the same length in characters, so a model with no
-knowledge of the language scores chance (`1 / n_choices`), and `acc_norm` (divided by
-length) equals `acc`. The gold position is drawn uniformly at random from the seed.
+Every question is cut at a word boundary: the text before the cut ends on a non-space
+character and the scored text after it starts with one space and a non-space character
+(`" value to"`, never `"lue to"`). That is what makes the tasks valid for any tokenizer.
+lm-eval's HF backend (`TemplateLM._encode_pair`) moves the context's trailing whitespace
+onto the continuation, encodes `context` and `context + continuation` separately, takes
+the tokens of the whole past `len(encode(context))` as the continuation, and feeds
+`encode(context) + those tokens` to the model (asserting there is at least one). That
+is the intended text only when the tokens of the whole split exactly where the context
+ends. Byte-level tokenizers always do; BPE and SentencePiece tokenizers merge across a
+cut inside a word (`"...the val" + "ue"` is one token `" value"`), and then the
+continuation comes out empty (`AssertionError: len(continuation_enc) > 0`, which stopped
+SmolLM2 after 32 requests on `TASKS_VERSION` 1) or silently loses or repeats characters.
+A space before a non-space starts a new pre-token in GPT-2-style byte-level BPE (GPT-2,
+SmolLM2, Llama 3, Qwen) and a new `▁piece` in SentencePiece, so nothing merges across
+it and the continuation keeps its own tokens. A newline is no such boundary (Llama 3's
+pre-tokenizer keeps `":\n"` together), so it is never the cut. `target_delimiter` is
+`""`: lm-eval joins context and continuation as stored.
+
+Why the continuation task asks for the passage rather than for the next text (version 1
+asked "which of these pieces comes next" with the cut inside a word): the mid-word cut
+made the true piece the only one that completes the word, a check a small LM passes
+easily, but no word-boundary choice carries that signal, and giving every choice the
+same word stem does not bring it back under BPE: the true choice then completes a real
+word and the distractors do not, so it has fewer tokens, and an untrained model, whose
+every token costs about `log(vocab)`, picks it far above chance. With next-text choices
+cut at a word boundary, a small LM's sum of log-probabilities is dominated by how likely
+each piece is on its own, not by how well it fits the passage: the trained 2-layer
+reference LLaMA scored 0.35 (pydoc) and 0.25 (pysource) with 8 characters, 0.30 and
+0.22 with 24 (chance 0.25; 100 questions each). Scoring one continuation after
+different passages cancels what the continuation costs on its own and leaves only the
+fit. Measured through lm-eval (seed 0, test splits, 200 questions each; pydoc is the
+reference models' training corpus, pysource is not), continuation accuracy on pydoc /
+pysource:
+
+    continuation_chars        8 (default)    32
+    reference LLaMA           0.49 / 0.41    0.58 / 0.39
+    reference OPT             0.54 / 0.44    0.62 / 0.54
+    untrained, byte or BPE    0.17 - 0.35 per task, mean over tasks 0.235 - 0.249
+    SmolLM2-135M-Instruct     0.90 / 0.94    0.96 / 1.00   (50 questions each)
+
+(word order: LLaMA 0.87 / 0.66, OPT 0.58 / 0.50, SmolLM2 0.98 / 1.00). Longer
+continuations help the small models and push SmolLM2 to the ceiling. The price of
+being valid for every tokenizer: version 1's mid-word continuation task gave the
+reference LLaMA 0.83 / 0.62 (it cannot be scored with BPE at all).
+
+All passages of a question (and all choices of a word-order question) have the same
+length in characters and are drawn the same way from the text (word order: the same
+words), so a model with no knowledge of the language scores chance (`1 / n_choices`)
+in expectation under any tokenizer, and `acc_norm` (divided by length in characters)
+equals `acc`. The gold position is drawn uniformly at random from the seed.
 
 Layout of a built task directory (movable; works from any working directory):
 
-    <out>/<task>.jsonl        one question a line: {"id", "context", "choices", "gold"}
+    <out>/<task>.jsonl        one question a line: {"id", "choices", "gold"} and, for
+                              continuation, "continuation" (choices are passages), for
+                              wordorder, "context" (choices are word runs)
     <out>/<task>.yaml         lm-eval task config
     <out>/svdzoo_offline.yaml group over every task, aggregated mean accuracy
     <out>/svdzoo_jsonl.py     the loader the YAMLs call
-    <out>/tasks_manifest.json seed, sizes, corpora fingerprints
+    <out>/tasks_manifest.json seed, sizes, corpora fingerprints, version
 
 Why a loader module instead of `dataset_path: json` with `data_files`: `datasets`
 resolves relative `data_files` against the current working directory, and absolute
@@ -46,7 +97,10 @@ log = logging.getLogger(__name__)
 
 GROUP = "svdzoo_offline"
 TASK_KINDS = ("continuation", "wordorder")
-TASKS_VERSION = 1
+TASKS_VERSION = 2
+# lm-eval scores `context + TARGET_DELIMITER + continuation`; the scored text carries its own
+# leading space.
+TARGET_DELIMITER = ""
 
 _LOADER = '''"""Loads the JSONL beside this file for the svdzoo offline lm-eval tasks (generated)."""
 
@@ -98,13 +152,12 @@ def _rng(seed: int, corpus: str, kind: str) -> random.Random:
     return random.Random(f"svdzoo-tasks:{seed}:{corpus}:{kind}")
 
 
-def _word_interior(text: str) -> list[int]:
-    """Offsets strictly inside a word (alphanumeric on both sides of the cut).
+def _word_starts(text: str) -> list[int]:
+    """Offsets of a single space between two non-space characters: the cut points.
 
-    Cutting inside a word makes the true continuation complete it, which a trained LM
-    recognises at once; cutting at word boundaries leaves the choice to how predictable
-    each candidate is on its own, and a small LM then scores barely above chance."""
-    return [i for i in range(1, len(text)) if text[i - 1].isalnum() and text[i].isalnum()]
+    The context ends on the non-space character before it, and the choice starts with the
+    space (see the module docstring for why no tokenizer merges across it)."""
+    return [m.start() for m in re.finditer(r"(?<=\S) (?=\S)", text)]
 
 
 def _place(rng: random.Random, true: str, others: list[str]) -> tuple[list[str], int]:
@@ -115,11 +168,12 @@ def _place(rng: random.Random, true: str, others: list[str]) -> tuple[list[str],
 
 
 def continuation_questions(text: str, spec: TaskSpec, rng: random.Random) -> list[dict]:
-    """Context = `context_chars` ending inside a word; choices = the next
-    `continuation_chars` (true) or as many chars from other mid-word cuts of the text
-    (distractors, not overlapping the true one), all distinct."""
+    """Continuation = the `continuation_chars` after a word boundary (starting with the
+    space); choices = the `context_chars` before it (true) or before another word boundary
+    of the text (distractors: not overlapping the true passage and its continuation, and
+    never followed by the continuation anywhere in the text), all distinct."""
     n, c = spec.continuation_chars, spec.context_chars
-    cuts = [i for i in _word_interior(text) if i >= c and i + n <= len(text)]
+    cuts = [i for i in _word_starts(text) if i >= c and i + n <= len(text)]
     if len(cuts) < spec.n_choices * 2:
         raise TaskBuildError(
             f"text too short for continuation questions ({len(text)} chars, {len(cuts)} usable positions)"
@@ -127,48 +181,53 @@ def continuation_questions(text: str, spec: TaskSpec, rng: random.Random) -> lis
     anchors = rng.sample(cuts, min(spec.n_examples, len(cuts)))
     out = []
     for s in anchors:
-        true = text[s : s + n]
+        true, continuation = text[s - c : s], text[s : s + n]
         distractors: list[str] = []
         for _ in range(100):
             if len(distractors) == spec.n_choices - 1:
                 break
             d0 = rng.choice(cuts)
-            cand = text[d0 : d0 + n]
-            if abs(d0 - s) >= n and cand != true and cand not in distractors:
+            cand = text[d0 - c : d0]
+            if (
+                abs(d0 - s) >= c + n
+                and cand != true
+                and cand not in distractors
+                and cand + continuation not in text  # then it would be right too
+            ):
                 distractors.append(cand)
         if len(distractors) < spec.n_choices - 1:
             continue
         choices, gold = _place(rng, true, distractors)
-        out.append({"id": len(out), "context": text[s - c : s], "choices": choices, "gold": gold})
+        out.append({"id": len(out), "choices": choices, "continuation": continuation, "gold": gold})
     return out
 
 
 def wordorder_questions(text: str, spec: TaskSpec, rng: random.Random) -> list[dict]:
-    """Context = `context_chars` before a run of `wordorder_words` single-space-separated
-    words on one line; choices = that run (true) or distinct shuffles of its words."""
+    """Context = the `context_chars` before a run of `wordorder_words` single-space-separated
+    words on one line (the context ends on a non-space character of that line); choices =
+    `" " + the run` (true) or `" " + a distinct shuffle of its words`."""
     k = spec.wordorder_words
-    runs = [
-        m.start() for m in re.finditer(rf"(?<=[ \n])(?=\S+(?: \S+){{{k - 1}}}(?=[ \n]|$))", text)
-    ]
-    runs = [s for s in runs if s >= spec.context_chars]
+    pattern = rf"(?<=\S)(?= (\S+(?: \S+){{{k - 1}}})(?!\S))"
+    runs = [(m.start(), m.group(1)) for m in re.finditer(pattern, text)]
+    runs = [(s, run) for s, run in runs if s >= spec.context_chars]
     if len(runs) < 2:
         raise TaskBuildError(
             f"text has too few runs of {k} words on one line for word-order questions"
         )
     rng.shuffle(runs)
     out: list[dict] = []
-    for s in runs:
+    for s, run in runs:
         if len(out) >= spec.n_examples:
             break
-        words = text[s:].split("\n", 1)[0].split(" ")[:k]
-        true = " ".join(words)
+        words = run.split(" ")
+        true = " " + run
         shuffles: list[str] = []
         for _ in range(100):
             if len(shuffles) == spec.n_choices - 1:
                 break
             perm = words[:]
             rng.shuffle(perm)
-            cand = " ".join(perm)
+            cand = " " + " ".join(perm)
             if cand != true and cand not in shuffles:
                 shuffles.append(cand)
         if len(shuffles) < spec.n_choices - 1:
@@ -188,8 +247,31 @@ def wordorder_questions(text: str, spec: TaskSpec, rng: random.Random) -> list[d
 _BUILDERS = {"continuation": continuation_questions, "wordorder": wordorder_questions}
 
 
-def _task_yaml(task: str, jsonl_name: str) -> str:
+# lm-eval's fields per task kind: `continuation` has several inputs (the passages, like
+# Winogrande: `doc_to_text` gives the gold index, so lm-eval scores `doc_to_target` after each
+# choice), `wordorder` several answers after one `context`.
+_FIELDS = {
+    "continuation": {
+        "doc_to_text": "gold",
+        "doc_to_choice": "choices",
+        "doc_to_target": "continuation",
+    },
+    "wordorder": {"doc_to_text": "context", "doc_to_choice": "choices", "doc_to_target": "gold"},
+}
+
+
+def scored_pairs(question: dict) -> list[tuple[str, str]]:
+    """The `(context, continuation)` strings lm-eval scores for a question, one per choice: a
+    `continuation` question scores its continuation after each passage, the others each
+    choice after the context."""
+    if "continuation" in question:
+        return [(p, TARGET_DELIMITER + question["continuation"]) for p in question["choices"]]
+    return [(question["context"], TARGET_DELIMITER + c) for c in question["choices"]]
+
+
+def _task_yaml(task: str, kind: str, jsonl_name: str) -> str:
     # JSON strings are valid YAML scalars; `!function` needs hand-written YAML anyway.
+    fields = "".join(f"{k}: {v}\n" for k, v in _FIELDS[kind].items())
     return (
         f"# Generated by `svdzoo build-tasks`; see svdzoo.evaluation.tasks.\n"
         f"task: {json.dumps(task)}\n"
@@ -197,10 +279,8 @@ def _task_yaml(task: str, jsonl_name: str) -> str:
         f"dataset_kwargs:\n  data_file: {json.dumps(jsonl_name)}\n"
         "test_split: test\n"
         "output_type: multiple_choice\n"
-        "doc_to_text: context\n"
-        "doc_to_choice: choices\n"
-        "doc_to_target: gold\n"
-        'target_delimiter: ""\n'
+        f"{fields}"
+        f"target_delimiter: {json.dumps(TARGET_DELIMITER)}\n"
         "num_fewshot: 0\n"
         "metric_list:\n"
         "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
@@ -261,7 +341,7 @@ def build_tasks(
                 json.dumps(q, ensure_ascii=False, sort_keys=True) + "\n" for q in questions
             )
             files[f"{task}.jsonl"] = body
-            files[f"{task}.yaml"] = _task_yaml(task, f"{task}.jsonl")
+            files[f"{task}.yaml"] = _task_yaml(task, kind, f"{task}.jsonl")
             golds = [q["gold"] for q in questions]
             manifest["tasks"][task] = {
                 "corpus": corpus,

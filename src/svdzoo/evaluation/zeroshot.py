@@ -6,12 +6,21 @@ tokenizer object is passed explicitly, so nothing reaches for the hub. Offline t
 when every requested task lives there, lm-eval's ~15k bundled task configs are not
 indexed at all (that index alone takes ~15 s).
 
+Before any compute, every request of the offline tasks is encoded by lm-eval's own rule
+(`TemplateLM._encode_pair`) with the model's tokenizer: a choice that encodes to no token
+would stop lm-eval midway with `AssertionError: len(continuation_enc) > 0`, so it is a
+clear error up front (it happens with task directories built before `TASKS_VERSION` 2,
+which cut inside words, and any BPE or SentencePiece tokenizer); a choice whose tokens
+are split differently from `context + choice` (lm-eval then scores a slightly different
+string) is a warning.
+
 lm-eval is imported inside the functions: commands that never evaluate zero-shot should
 not pay its import time.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -105,6 +114,95 @@ def _load_tasks(tm, tasks: list[str]) -> None:
     ) from next(iter(failures.values()))
 
 
+def offline_questions(tasks: list[str], task_dir: Path | None) -> dict[str, list[dict]]:
+    """The questions of the requested tasks that are offline tasks in `task_dir` (the group
+    `svdzoo_offline` stands for all of them); hub tasks are left out."""
+    from svdzoo.evaluation.tasks import GROUP, read_questions
+
+    if task_dir is None or not Path(task_dir).is_dir():
+        return {}
+    local = {p.stem for p in Path(task_dir).glob("*.jsonl")}
+    names = local if GROUP in tasks else local & set(tasks)
+    return {t: read_questions(task_dir, t) for t in sorted(names)}
+
+
+def check_encodings(lm, questions: dict[str, list[dict]]) -> dict[str, dict]:
+    """Encode every `(context, choice)` request of `questions` as lm-eval's HF backend does
+    (`lm._encode_pair`: trailing whitespace of the context moves to the continuation, and
+    the continuation is the tokens of `context + choice` past `len(encode(context))`).
+
+    Returns `{task: {"choices", "empty", "split", "example"}}`: `empty` counts choices that
+    get no token (lm-eval asserts against it), `split` those whose context tokens plus
+    continuation tokens differ from the tokens of the whole text (lm-eval would then score
+    a different string than intended), `example` is the first such request."""
+    from svdzoo.evaluation.tasks import scored_pairs
+
+    out: dict[str, dict] = {}
+    for task, qs in questions.items():
+        row: dict = {"choices": 0, "empty": 0, "split": 0, "example": None}
+        for q in qs:
+            for context, continuation in scored_pairs(q):
+                context_enc, continuation_enc = lm._encode_pair(context, continuation)
+                row["choices"] += 1
+                empty = not continuation_enc
+                split = context_enc + continuation_enc != lm.tok_encode(context + continuation)
+                row["empty"] += empty
+                row["split"] += split
+                if (empty or split) and row["example"] is None:
+                    row["example"] = {
+                        "id": q["id"],
+                        "context_end": context[-24:],
+                        "continuation": continuation,
+                    }
+        out[task] = row
+    return out
+
+
+def _preflight(lm, tasks: list[str], task_dir: Path | None) -> None:
+    """Refuse offline tasks that this tokenizer cannot score (see the module docstring)."""
+    from svdzoo.evaluation.tasks import TASKS_VERSION
+
+    questions = offline_questions(tasks, task_dir)
+    if not questions:
+        return
+    try:
+        built = json.loads((Path(task_dir) / "tasks_manifest.json").read_text()).get("version")
+    except (OSError, ValueError):
+        built = None
+    stale = (
+        f" The tasks in {task_dir} were built by version {built} of the task builder; this is"
+        f" version {TASKS_VERSION}: rebuild them with `svdzoo build-tasks`."
+        if built is not None and built != TASKS_VERSION
+        else ""
+    )
+    report = check_encodings(lm, questions)
+    empty = {t: r for t, r in report.items() if r["empty"]}
+    if empty:
+        lines = [
+            f"  {t}: {r['empty']} of {r['choices']} choices, e.g. {r['example']}"
+            for t, r in empty.items()
+        ]
+        raise ZeroShotError(
+            "with this tokenizer some choices of the offline tasks encode to no token "
+            "(lm-eval would stop with `AssertionError: len(continuation_enc) > 0`):\n"
+            + "\n".join(lines)
+            + stale
+        )
+    split = {t: r for t, r in report.items() if r["split"]}
+    for t, r in split.items():
+        log.warning(
+            "%s: for %d of %d choices the tokens of `context + choice` do not split where the "
+            "context ends, so lm-eval scores a slightly different text (e.g. %s).%s",
+            t,
+            r["split"],
+            r["choices"],
+            r["example"],
+            stale,
+        )
+    if stale and not split:
+        log.warning(stale.strip())
+
+
 def _float(x: Any) -> float | None:
     try:
         v = float(x)
@@ -165,6 +263,7 @@ def run_zeroshot(
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     log.info("zero-shot: %s (batch %d, limit %s)", ", ".join(tasks), batch_size, limit)
     try:
+        _preflight(lm, tasks, task_dir)
         results = simple_evaluate(
             model=lm,
             tasks=tasks,
