@@ -223,7 +223,7 @@ def pydoc_tasks(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("family", ["llama", "opt"])
-def test_trained_models_score_far_above_chance(
+def test_trained_models_score_clearly_above_chance(
     family: str, pydoc_tasks: Path, tiny_llama_dir: Path, tiny_opt_dir: Path
 ) -> None:
     """The tasks still measure something on the byte-level reference models (trained on
