@@ -175,6 +175,17 @@ def _check_existing(path: Path, kind: str | None, force: bool) -> str | None:
     return found
 
 
+def _preflight(
+    path: _PathLike, kind: str | None, force: bool, protect: Iterable[_PathLike | None]
+) -> Path:
+    """The checks every write runs before it locks the target (see `check_output`)."""
+    path = Path(path)
+    _refuse_protected(path, protect)
+    _check_existing(path, kind, force)
+    _ensure_parent(path)
+    return path
+
+
 def check_output(
     path: _PathLike,
     kind: str | None = None,
@@ -190,10 +201,7 @@ def check_output(
     writing; a path whose directory cannot be created or written. Stale temporaries that a
     killed writer left beside the target are removed (and logged).
     """
-    path = Path(path)
-    _refuse_protected(path, protect)
-    _check_existing(path, kind, force)
-    _ensure_parent(path)
+    path = _preflight(path, kind, force, protect)
     with _target_lock(path):
         _sweep(path)
 
@@ -451,10 +459,7 @@ def atomic_dir(
     from what the block wrote (its manifest) and the existing output must match it. See
     the module docstring for locking, stale temporaries, `force` and `protect`.
     """
-    path = Path(path)
-    _refuse_protected(path, protect)
-    _check_existing(path, kind, force)
-    _ensure_parent(path)
+    path = _preflight(path, kind, force, protect)
     with _target_lock(path):
         _sweep(path)
         tmp = _new_temp(path)
