@@ -12,6 +12,8 @@ rule calibrate:
         extra=flags("calibration"),
     log:
         log_path("calibrate", "{model}", "{calib}"),
+    benchmark:
+        bench_path("calibrate", "{model}", "{calib}"),
     conda:
         "../envs/svdzoo.yaml"
     threads: res("calibrate")["threads"]
@@ -35,6 +37,8 @@ rule calibrate_fisher:
         extra=flags("calibration"),
     log:
         log_path("calibrate_fisher", "{model}", "{calib}"),
+    benchmark:
+        bench_path("calibrate_fisher", "{model}", "{calib}"),
     conda:
         "../envs/svdzoo.yaml"
     threads: res("fisher")["threads"]
@@ -59,6 +63,8 @@ rule sensitivity:
         extra=flags("sensitivity"),
     log:
         log_path("sensitivity", "{model}", "{calib}", "{kind}"),
+    benchmark:
+        bench_path("sensitivity", "{model}", "{calib}", "{kind}"),
     conda:
         "../envs/svdzoo.yaml"
     threads: res("sensitivity")["threads"]

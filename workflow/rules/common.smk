@@ -44,6 +44,11 @@ def log_path(rule_name, *parts):
     return str(L.results / "logs" / rule_name / ("-".join(parts) + ".log"))
 
 
+def bench_path(rule_name, *parts):
+    """Snakemake's per-job wall time, CPU time and peak memory (benchmarks/bench_default_run.py reads them)."""
+    return str(L.results / "benchmarks" / rule_name / ("-".join(parts) + ".tsv"))
+
+
 # ---- compress
 
 STATS_FLAGS = {

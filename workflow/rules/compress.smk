@@ -13,6 +13,8 @@ rule compress:
         extra=flags("compress"),
     log:
         log_path("compress", "{model}", "{method}", "r{ratio}"),
+    benchmark:
+        bench_path("compress", "{model}", "{method}", "r{ratio}"),
     conda:
         "../envs/svdzoo.yaml"
     threads: res("compress")["threads"]

@@ -9,6 +9,8 @@ rule prepare_model:
         flags=lambda w: " ".join(svdconf.model_flags(P, w.model)),
     log:
         log_path("prepare_model", "{model}"),
+    benchmark:
+        bench_path("prepare_model", "{model}"),
     conda:
         "../envs/svdzoo.yaml"
     threads: res("train")["threads"]
@@ -32,6 +34,8 @@ rule build_tasks:
         extra=flags("offline_tasks"),
     log:
         log_path("build_tasks", "tasks"),
+    benchmark:
+        bench_path("build_tasks", "tasks"),
     conda:
         "../envs/svdzoo.yaml"
     threads: res("tasks")["threads"]

@@ -17,6 +17,8 @@ rule evaluate_dense:
         task_dir=task_dir_flag(),
     log:
         log_path("evaluate", "{model}", DENSE),
+    benchmark:
+        bench_path("evaluate", "{model}", DENSE),
     conda:
         "../envs/svdzoo.yaml"
     threads: res("evaluate")["threads"]
@@ -45,6 +47,8 @@ rule evaluate:
         task_dir=task_dir_flag(),
     log:
         log_path("evaluate", "{model}", "{method}", "r{ratio}"),
+    benchmark:
+        bench_path("evaluate", "{model}", "{method}", "r{ratio}"),
     conda:
         "../envs/svdzoo.yaml"
     threads: res("evaluate")["threads"]

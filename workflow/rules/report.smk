@@ -15,6 +15,8 @@ rule report:
         extra=report_flags(),
     log:
         log_path("report", "report"),
+    benchmark:
+        bench_path("report", "report"),
     conda:
         "../envs/svdzoo.yaml"
     threads: res("report")["threads"]
