@@ -6,6 +6,7 @@ model or calibration set) is checked before any matrix is touched.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from svdzoo.methods.base import (
     AllocationContext,
     MatrixContext,
     Method,
+    WhitenerCache,
 )
 from svdzoo.models import adapter_for, count_params, fingerprint, replace_module, resolve_device
 from svdzoo.paths import MANIFEST
@@ -117,7 +119,14 @@ def matrix_infos(model: nn.Module) -> list[allocation.MatrixInfo]:
 
 
 def _context(
-    model: nn.Module, name: str, layer: int, target: str, lin: nn.Linear, stats: Statistics, device
+    model: nn.Module,
+    name: str,
+    layer: int,
+    target: str,
+    lin: nn.Linear,
+    stats: Statistics,
+    device,
+    whiteners: WhitenerCache | None = None,
 ) -> MatrixContext:
     adapter = adapter_for(model)
     group = adapter.group_of(target)
@@ -128,6 +137,7 @@ def _context(
         group=group,
         W=lin.weight.detach().to(device=device, dtype=torch.float64),
         bias=None if lin.bias is None else lin.bias.detach(),
+        whiteners=whiteners,
     )
     if stats.gram is not None:
         ctx.H = stats.gram.gram(layer, group).to(device=device, dtype=torch.float64)
@@ -207,11 +217,13 @@ def compress(
     infos = matrix_infos(model)
     by_name = {i.name: i for i in infos}
     modules = {name: (layer, t, lin) for name, layer, t, lin in adapter.iter_targets(model)}
+    whiteners = WhitenerCache()
+    context = functools.partial(_context, whiteners=whiteners)
 
     def spectrum(name: str) -> torch.Tensor:
         layer, t, lin = modules[name]
         fact = method.spectrum_factoriser or method.factoriser
-        return fact.spectrum(_context(model, name, layer, t, lin, stats, device))
+        return fact.spectrum(context(model, name, layer, t, lin, stats, device))
 
     actx = AllocationContext(
         stats=stats.gram, sensitivity=stats.sensitivity, spectrum=spectrum, options=opts
@@ -237,7 +249,7 @@ def compress(
         from svdzoo.methods.sequential import run_sequential
 
         summary = run_sequential(
-            model, method, ranks, stats, tokenizer, device, replace, _context, opts
+            model, method, ranks, stats, tokenizer, device, replace, context, opts
         )
         actx.report.setdefault("sequential", summary)
         for name, (_, _, lin) in modules.items():  # matrices the allocation left dense
@@ -251,9 +263,15 @@ def compress(
             ):
                 records[name] = _module_record(by_name[name], lin, True)
                 continue
-            ctx = _context(model, name, layer, t, lin, stats, device)
+            ctx = context(model, name, layer, t, lin, stats, device)
             replace(name, method.factoriser(ctx, ranks[name]))
     elapsed = time.perf_counter() - t0
+    if whiteners.misses:
+        log.info(
+            "whiteners: %d computed, %d reused across matrices of one input group",
+            whiteners.misses,
+            whiteners.hits,
+        )
     params_dense = sum(i.m * i.n for i in infos)
     params_comp = sum(r["params"] for r in records.values())
     manifest = {

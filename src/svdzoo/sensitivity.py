@@ -356,7 +356,7 @@ def _whitener(kind: str, ctx: Any) -> linalg.Whitener:
 
     if kind == "duo":
         ctx.require("H")
-        return Whitened(whitening="cholesky").whitener(ctx.H)
+        return Whitened(whitening="cholesky").whitener_of(ctx)
     return ActivationScaled(alpha=ASVD_ALPHA).whitener(ctx)
 
 

@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--efficiency-prompt-len", type=int, default=128)
     p.add_argument("--efficiency-gen-len", type=int, default=32)
+    p.add_argument(
+        "--efficiency-repeats", type=int, default=3, help="timed runs per batch size (median)"
+    )
     p.add_argument("--ppl-out")
     p.add_argument("--zeroshot-out")
     p.add_argument("--efficiency-out")
@@ -138,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             batch_sizes=tuple(args.efficiency_batch_sizes),
             prompt_len=args.efficiency_prompt_len,
             gen_len=args.efficiency_gen_len,
+            repeats=args.efficiency_repeats,
             device=device,
             manifest=manifest,
         )

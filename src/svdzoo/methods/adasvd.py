@@ -63,7 +63,7 @@ class AdaComp:
             )
         else:
             ctx.require("H")
-            fac = linalg.truncate(ctx.W, Whitened(whitening="cholesky").whitener(ctx.H), rank)
+            fac = linalg.truncate(ctx.W, Whitened(whitening="cholesky").whitener_of(ctx), rank)
         if self.tau > 0 and rank > 0:
             fac = linalg.als_refine(ctx.W, fac.A, fac.B, ctx.H_actual, ctx.C, iters=int(self.tau))
         return fac

@@ -6,7 +6,8 @@ an ablation or a new combination is a new record, never a copy of the algorithm.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,6 +21,33 @@ FISHER = "fisher"  # squared-gradient Fisher (svdzoo calibrate --kind fisher)
 SENS_DUO = "sensitivity-duo"  # Duo-SVD KL sensitivity table (svdzoo sensitivity --kind duo)
 SENS_ASVD = "sensitivity-asvd"  # ASVD perplexity sensitivity table (svdzoo sensitivity --kind asvd)
 STATS_KINDS = (GRAM, FISHER, SENS_DUO, SENS_ASVD)
+
+
+class WhitenerCache:
+    """Whiteners of the input Grams, keyed by (whitening, layer, group), for the last few groups.
+
+    q/k/v read one input Gram and gate/up another, so a Cholesky or eigendecomposition is
+    done once per group instead of once per matrix. Matrices are visited layer by layer,
+    so a small LRU bound keeps memory flat even at 7B scale (a 11008^2 float64 factor is
+    ~1 GB)."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        if key in self._items:
+            self.hits += 1
+            self._items.move_to_end(key)
+            return self._items[key]
+        self.misses += 1
+        value = make()
+        self._items[key] = value
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return value
 
 
 @dataclass
@@ -44,6 +72,7 @@ class MatrixContext:
     H_actual: torch.Tensor | None = None
     C: torch.Tensor | None = None
     count: int = 0
+    whiteners: WhitenerCache | None = field(default=None, repr=False, compare=False)
 
     def require(self, *names: str) -> None:
         missing = [n for n in names if getattr(self, n) is None]

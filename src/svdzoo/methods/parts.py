@@ -70,13 +70,20 @@ class Whitened:
             return linalg.eigen_whitener(H)
         raise ConfigError(f"unknown whitening {self.whitening!r}")
 
-    def __call__(self, ctx: MatrixContext, rank: int):
+    def whitener_of(self, ctx: MatrixContext):
+        """The whitener of `ctx.H`, shared by the matrices of one input group when the
+        context carries a cache (it depends only on the Gram, never on `W`)."""
         ctx.require("H")
-        return linalg.truncate(ctx.W, self.whitener(ctx.H), rank)
+        if ctx.whiteners is None:
+            return self.whitener(ctx.H)
+        key = (self.whitening, ctx.layer, ctx.group)
+        return ctx.whiteners.get(key, lambda: self.whitener(ctx.H))
+
+    def __call__(self, ctx: MatrixContext, rank: int):
+        return linalg.truncate(ctx.W, self.whitener_of(ctx), rank)
 
     def spectrum(self, ctx: MatrixContext) -> torch.Tensor:
-        ctx.require("H")
-        _, sigma, _ = linalg.whitened_svd(ctx.W, self.whitener(ctx.H))
+        _, sigma, _ = linalg.whitened_svd(ctx.W, self.whitener_of(ctx))
         return sigma
 
 

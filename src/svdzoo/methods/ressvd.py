@@ -59,7 +59,7 @@ class ResidualCompensated:
     def __call__(self, ctx: MatrixContext, rank: int) -> linalg.LowRankFactors:
         ctx.require("H", "H_actual", "C")
         k1, k2 = split_rank(rank, self.k1_fraction)
-        w1 = Whitened(whitening=self.first).whitener(ctx.H)
+        w1 = Whitened(whitening=self.first).whitener_of(ctx)
         w2 = Whitened(whitening=self.second).whitener(ctx.H_actual)
         target = linalg.compensated_target(ctx.W, ctx.C, w2)
         return linalg.residual_truncate(ctx.W, w1, w2, k1, k2, target=target)
