@@ -298,6 +298,109 @@ def test_two_calibrate_runs_to_one_out(model_dir, tmp_path, capsys):
     assert load_stats(out).manifest["nsamples"] == 32  # the first run's, complete
 
 
+# ---------------------------------------------------------------- 5. non-finite numbers
+
+
+@pytest.fixture
+def nan_model_dir(model_dir, tmp_path) -> Path:
+    """The tiny model with one NaN weight in layer 1's q_proj."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "nan-model"
+    out.mkdir()
+    for f in model_dir.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    state = load_file(out / "model.safetensors")
+    key = next(k for k in state if "layers.1.self_attn.q_proj" in k)
+    state[key][0, 0] = float("nan")
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def test_nan_weight_is_refused_before_calibration(nan_model_dir, tmp_path, capsys, caplog):
+    with caplog.at_level(logging.INFO):
+        rc, err = svdzoo(capsys, "calibrate", "--model", nan_model_dir, "--corpus", "pydoc",
+                         "--nsamples", "2", "--seqlen", "16", "--seed", "0", "--device", "cpu",
+                         "--out", tmp_path / "gram")  # fmt: skip
+    assert rc == 2
+    one_line_error(err, "layers.1.self_attn.q_proj", "non-finite")
+    assert not (tmp_path / "gram").exists()
+    assert not any(r.name.startswith("svdzoo.calibration") for r in caplog.records)
+
+
+def test_nan_weight_is_refused_before_compression(nan_model_dir, tmp_path, capsys):
+    rc, err = svdzoo(capsys, *compress_args(nan_model_dir, tmp_path / "c"))
+    assert rc == 2
+    one_line_error(err, "layers.1.self_attn.q_proj", "non-finite")
+    assert not (tmp_path / "c").exists()
+
+
+def test_non_finite_factors_name_the_matrix(model_dir):
+    """A Gram that holds NaN (a corrupt cache) is caught at the matrix it breaks."""
+    from svdzoo.calibration import calibrate
+    from svdzoo.compression import Statistics
+    from svdzoo.linalg import NumericsError
+    from svdzoo.models import load_model, load_tokenizer
+
+    model = load_model(model_dir)
+    gram = calibrate(model, load_tokenizer(model_dir), corpus="pydoc", nsamples=2, seqlen=16,
+                     seed=0, device="cpu")  # fmt: skip
+    H = gram.gram(1, "mlp_in")
+    H[0, 0] = float("nan")
+    gram.gram = lambda layer, group, _g=gram.gram: H if (layer, group) == (1, "mlp_in") else _g(layer, group)
+    with pytest.raises(NumericsError, match=r"layers\.1\.mlp\.(gate|up)_proj"):
+        compress(model, "svd-llm", 0.4, stats=Statistics(gram=gram))
+
+
+def test_diverged_perplexity_is_valid_json_and_reported(model_dir, tmp_path, capsys, monkeypatch):
+    import svdzoo.evaluation.perplexity as perplexity
+
+    monkeypatch.setattr(perplexity, "perplexity", lambda *a, **k: float("inf"))
+    out = tmp_path / "ppl.json"
+    rc, err = svdzoo(capsys, "evaluate", "--model", model_dir, "--corpora", "pydoc",
+                     "--seqlen", "16", "--max-windows", "2", "--device", "cpu",
+                     "--ppl-out", out)  # fmt: skip
+    assert rc == 0, err
+    text = out.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    obj = json.loads(text)
+    assert obj["perplexity"] == {"pydoc": None} and obj["diverged"] == ["pydoc"]
+
+    from svdzoo.report.tables import format_number
+
+    assert format_number(float("inf"), "perplexity:pydoc") == "diverged"
+
+
+def test_write_json_refuses_non_finite(tmp_path):
+    from svdzoo.errors import OutputError
+
+    with pytest.raises(OutputError, match="non-finite"):
+        write_json(tmp_path / "x.json", {"ppl": float("nan")})
+    assert not (tmp_path / "x.json").exists()
+
+
+# ---------------------------------------------------------------- 7. seqlen beyond positions
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_seqlen_beyond_positions_is_refused(family, tmp_path, capsys):
+    model = random_tiny(family)
+    limit = model.config.max_position_embeddings
+    mdir = tmp_path / "m"
+    model.save_pretrained(mdir)
+    build_byte_tokenizer().save_pretrained(mdir)
+    for argv in (
+        ["calibrate", "--model", mdir, "--corpus", "pydoc", "--nsamples", "1",
+         "--seqlen", str(limit + 1), "--seed", "0", "--device", "cpu", "--out", tmp_path / "g"],
+        ["evaluate", "--model", mdir, "--corpora", "pydoc", "--seqlen", str(limit + 1),
+         "--device", "cpu", "--ppl-out", tmp_path / "p.json"],
+    ):  # fmt: skip
+        rc, err = svdzoo(capsys, *argv)
+        assert rc == 2, err
+        one_line_error(err, "max_position_embeddings", str(limit))
+    assert not (tmp_path / "g").exists() and not (tmp_path / "p.json").exists()
+
+
 # ---------------------------------------------------------------- 9. one line, before compute
 
 

@@ -31,8 +31,16 @@ from svdzoo.methods.base import (
     MatrixContext,
     Method,
     WhitenerCache,
+    factorise,
 )
-from svdzoo.models import adapter_for, count_params, fingerprint, replace_module, resolve_device
+from svdzoo.models import (
+    adapter_for,
+    check_finite_weights,
+    count_params,
+    fingerprint,
+    replace_module,
+    resolve_device,
+)
 from svdzoo.paths import MANIFEST
 
 log = logging.getLogger(__name__)
@@ -205,6 +213,7 @@ def compress(
     method = get_method(method) if isinstance(method, str) else method
     stats = stats or Statistics()
     adapter = adapter_for(model)
+    check_finite_weights(model, "the model to compress")
     model_fp = fingerprint(model)
     check_statistics(method, stats, model_fp)
     if method.sequential and tokenizer is None:
@@ -223,7 +232,10 @@ def compress(
     def spectrum(name: str) -> torch.Tensor:
         layer, t, lin = modules[name]
         fact = method.spectrum_factoriser or method.factoriser
-        return fact.spectrum(context(model, name, layer, t, lin, stats, device))
+        try:
+            return fact.spectrum(context(model, name, layer, t, lin, stats, device))
+        except linalg.NumericsError as exc:
+            raise linalg.NumericsError(f"{name} (spectrum): {exc}") from exc
 
     actx = AllocationContext(
         stats=stats.gram, sensitivity=stats.sensitivity, spectrum=spectrum, options=opts
@@ -238,6 +250,12 @@ def compress(
         layer, t, lin = modules[name]
         info = by_name[name]
         new = build_module(lin, result)
+        for pname, p in new.named_parameters():
+            if not bool(torch.isfinite(p.detach()).all()):
+                raise linalg.NumericsError(
+                    f"{method.name}: the factors of {name} ({pname}) are not finite; its "
+                    "statistics or weights hold NaN/inf or the factorisation diverged"
+                )
         dense = _weight_params(new) >= info.m * info.n
         if dense:
             log.debug("%s: factored form is not smaller (rank %d); kept dense", name, ranks[name])
@@ -264,7 +282,7 @@ def compress(
                 records[name] = _module_record(by_name[name], lin, True)
                 continue
             ctx = context(model, name, layer, t, lin, stats, device)
-            replace(name, method.factoriser(ctx, ranks[name]))
+            replace(name, factorise(method.factoriser, ctx, ranks[name]))
     elapsed = time.perf_counter() - t0
     if whiteners.misses:
         log.info(
@@ -390,4 +408,5 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
         )
     model.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
     model.eval()
+    check_finite_weights(model, f"compressed model {path}")
     return model

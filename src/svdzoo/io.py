@@ -520,8 +520,15 @@ def atomic_path(path: _PathLike) -> Iterator[Path]:
 
 
 def write_json(path: _PathLike, obj: Any) -> None:
+    """Strict JSON only: NaN/Infinity are not JSON, and other tools reject the file."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError as exc:
+        raise OutputError(
+            f"refusing to write {path}: it would hold a non-finite number ({exc})"
+        ) from exc
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(text + "\n")
 
 
 def read_json(path: _PathLike) -> Any:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from svdzoo.errors import ModelError
+from svdzoo.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,40 @@ def load_model(
     )
     model.to(resolve_device(device))
     model.eval()
+    check_finite_weights(model, str(model_id))
     return model
+
+
+def check_finite_weights(model: nn.Module, what: str) -> None:
+    """Refuse a model with a NaN or infinite weight before any compute uses it.
+
+    One bad weight makes every later product non-finite (statistics, factors, metrics), and
+    those failures surface minutes later without naming the cause."""
+    bad = []
+    for name, p in model.named_parameters():
+        finite = torch.isfinite(p.detach())
+        if not bool(finite.all()):
+            nan = int(torch.isnan(p.detach()).sum())
+            bad.append(f"{name} ({nan} NaN, {int((~finite).sum()) - nan} inf)")
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ModelError(
+            f"{what} has non-finite weights: {', '.join(bad[:3])}{more}; the checkpoint is "
+            "corrupt or diverged, re-create it (svdzoo prepare-model / compress)"
+        )
+
+
+def check_seqlen(model: nn.Module, seqlen: int, what: str = "--seqlen") -> None:
+    """Refuse windows longer than the model's position range, for every family.
+
+    Past `max_position_embeddings` OPT's learned positions raise an IndexError and rotary
+    models run silently out of distribution."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is not None and seqlen > int(limit):
+        raise ConfigError(
+            f"{what} {seqlen} exceeds the model's max_position_embeddings ({limit}); "
+            f"use at most {limit}"
+        )
 
 
 def fingerprint(model: nn.Module) -> str:

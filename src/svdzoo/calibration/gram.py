@@ -44,6 +44,7 @@ from svdzoo.calibration.store import (
     as_budget,
     to_host_pageable,
 )
+from svdzoo.errors import ModelError
 from svdzoo.models import adapter_for, resolve_device
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,12 @@ def stream_gram_stats(
                 hidden = out
                 for group in adapter.groups:
                     acc = accs[group]
+                    if not bool(torch.isfinite(acc.H).all()):
+                        raise ModelError(
+                            f"layer {i} ({group} inputs): the calibration statistics are not "
+                            "finite, so the model's activations overflow there (a float16 "
+                            "model: calibrate with --dtype float32); nothing was cached"
+                        )
                     sink(gram_name(i, group), to_host_pageable(acc.H))
                     sink(absmean_name(i, group), to_host_pageable(acc.absmean()))
                     counts[count_key(i, group)] = acc.count

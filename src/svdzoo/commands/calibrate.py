@@ -68,7 +68,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--memory-budget-mb must be non-negative")
     # a foreign, protected, unwritable or busy --out fails here, before the model loads
     check_output(args.out, args.kind, force=args.force, protect=(args.model, args.corpus))
-    from svdzoo.models import load_model, load_tokenizer, resolve_device, resolve_dtype
+    from svdzoo.models import (
+        check_seqlen,
+        load_model,
+        load_tokenizer,
+        resolve_device,
+        resolve_dtype,
+    )
 
     resolve_dtype(args.dtype)
     device = resolve_device(args.device)
@@ -77,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     get_corpus(args.corpus)  # an unknown or unreachable corpus fails before the model loads
     load_device = "cpu" if args.kind == "gram" else device
     model = load_model(args.model, dtype=args.dtype, device=load_device)
+    check_seqlen(model, args.seqlen)
     tokenizer = load_tokenizer(args.model)
     common = dict(
         corpus=args.corpus,

@@ -59,13 +59,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import math
     from pathlib import Path
 
     import torch
 
     from svdzoo.errors import ConfigError
     from svdzoo.io import read_json, write_json
-    from svdzoo.models import is_compressed_dir, load_model, load_tokenizer, resolve_device
+    from svdzoo.models import (
+        check_seqlen,
+        is_compressed_dir,
+        load_model,
+        load_tokenizer,
+        resolve_device,
+    )
     from svdzoo.paths import DENSE, MANIFEST
 
     if args.ppl_out and not args.corpora:
@@ -91,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     }
     device = resolve_device(args.device)
     model = load_model(args.model, dtype=args.dtype, device=device)
+    if args.ppl_out:
+        check_seqlen(model, args.seqlen)
     tokenizer = load_tokenizer(args.model)
 
     if args.ppl_out:
@@ -114,8 +123,22 @@ def run(args: argparse.Namespace) -> int:
                 corpus,
                 ppl[corpus],
             )
+        # JSON has no Infinity/NaN: a diverged model is recorded as such, not as a number
+        diverged = sorted(c for c, v in ppl.items() if not math.isfinite(v))
+        for c in diverged:
+            log.warning(
+                "%s: perplexity on %s is %s: the model diverged", labels["model"], c, ppl[c]
+            )
+            ppl[c] = None
         write_json(
-            args.ppl_out, {**labels, "seqlen": args.seqlen, "perplexity": ppl, "n_windows": nwin}
+            args.ppl_out,
+            {
+                **labels,
+                "seqlen": args.seqlen,
+                "perplexity": ppl,
+                "diverged": diverged,
+                "n_windows": nwin,
+            },
         )
 
     if args.zeroshot_out:

@@ -55,7 +55,13 @@ def run(args: argparse.Namespace) -> int:
     from svdzoo.calibration import load_stats
     from svdzoo.errors import CacheError, ConfigError
     from svdzoo.io import check_output
-    from svdzoo.models import fingerprint, load_model, load_tokenizer, resolve_dtype
+    from svdzoo.models import (
+        check_seqlen,
+        fingerprint,
+        load_model,
+        load_tokenizer,
+        resolve_dtype,
+    )
     from svdzoo.sensitivity import check_ratios, load_sensitivity, sensitivity_to_dir
 
     if args.nsamples < 1 or args.batch_size < 1 or args.max_tokens < 1:
@@ -71,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     )
     gram = load_stats(args.stats)
     model = load_model(args.model, dtype=args.dtype, device=args.device)
+    check_seqlen(model, args.seqlen or gram.manifest["seqlen"])
     want = {
         "model_fingerprint": fingerprint(model),
         "nsamples": args.nsamples,

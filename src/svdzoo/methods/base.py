@@ -82,6 +82,16 @@ class MatrixContext:
             )
 
 
+def factorise(factoriser: Factoriser, ctx: MatrixContext, rank: int) -> Any:
+    """`factoriser(ctx, rank)`, with numerical failures naming the matrix they hit."""
+    from svdzoo.linalg import NumericsError
+
+    try:
+        return factoriser(ctx, rank)
+    except NumericsError as exc:
+        raise NumericsError(f"{ctx.name} (rank {rank}): {exc}") from exc
+
+
 class Factoriser(Protocol):
     """Approximates one matrix at a given rank; returns `linalg.LowRankFactors` or `linalg.ColumnSplit`."""
 

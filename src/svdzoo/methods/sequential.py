@@ -47,7 +47,7 @@ from torch import nn
 
 from svdzoo import lowrank
 from svdzoo.errors import ConfigError
-from svdzoo.methods.base import Method
+from svdzoo.methods.base import Method, factorise
 
 log = logging.getLogger(__name__)
 
@@ -199,5 +199,5 @@ def run_sequential(
                     ctx = make_context(model, name, i, target, lin, stats, device)
                     gs = st[g]
                     ctx.H, ctx.H_actual, ctx.C, ctx.count = gs.H, gs.H_actual, gs.C, gs.count
-                    replace(name, factoriser(ctx, int(ranks[name])))
+                    replace(name, factorise(factoriser, ctx, int(ranks[name])))
     return {"windows": int(windows.shape[0]), "divergence": divergence}

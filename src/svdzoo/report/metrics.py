@@ -156,8 +156,9 @@ def _check_labels(obj: dict, run: Run, path: Path) -> None:
 
 
 def _rows_ppl(obj: dict, path: Path) -> Iterable[tuple]:
+    diverged = set(obj.get("diverged") or ())
     for corpus, v in _need(obj, "perplexity", path).items():
-        yield "perplexity", corpus, _num(v), math.nan
+        yield "perplexity", corpus, math.inf if corpus in diverged else _num(v), math.nan
 
 
 def _rows_zeroshot(obj: dict, path: Path) -> Iterable[tuple]:

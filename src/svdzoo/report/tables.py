@@ -109,6 +109,8 @@ def format_number(value: float, column: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     v = float(value)
+    if math.isinf(v):
+        return "diverged"
     if column.startswith(f"{ACC}:"):
         return f"{v:.3f}"
     if column == "ratio" or "ratio" in column:
