@@ -168,6 +168,30 @@ def test_unknown_key_and_missing_key(default):
     _fails(bad, "calibration", "'seed' is a required property")
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "hint"),
+    [
+        ("evaluation", "max_windows", "max-windows"),
+        ("calibration", "nsample", "nsamples"),
+        ("sensitivity", "batch_size", "batch-size"),
+        ("offline_tasks", "n_examples", "n-examples"),
+        ("compress", "devise", "device"),
+    ],
+)
+def test_flag_section_typo_names_the_option(default, section, key, hint):
+    """Each flag section is checked against its command's real options, before any job."""
+    bad = copy.deepcopy(default)
+    bad.setdefault(section, {})[key] = 1
+    _fails(bad, f"{section}.{key}", f"did you mean '{hint}'")
+
+
+def test_reference_option_typo_is_refused(default):
+    bad = copy.deepcopy(default)
+    ref = next(k for k, v in bad["models"].items() if v["source"] == "reference")
+    bad["models"][ref]["options"]["seq_len"] = 256
+    _fails(bad, f"models.{ref}.options.seq_len", "train-reference")
+
+
 def test_sensitivity_samples_bounded_by_calibration(default):
     bad = copy.deepcopy(default)
     bad["sensitivity"]["nsamples"] = bad["calibration"]["nsamples"] + 1

@@ -347,7 +347,9 @@ def test_non_finite_factors_name_the_matrix(model_dir):
                      seed=0, device="cpu")  # fmt: skip
     H = gram.gram(1, "mlp_in")
     H[0, 0] = float("nan")
-    gram.gram = lambda layer, group, _g=gram.gram: H if (layer, group) == (1, "mlp_in") else _g(layer, group)
+    gram.gram = lambda layer, group, _g=gram.gram: (
+        H if (layer, group) == (1, "mlp_in") else _g(layer, group)
+    )
     with pytest.raises(NumericsError, match=r"layers\.1\.mlp\.(gate|up)_proj"):
         compress(model, "svd-llm", 0.4, stats=Statistics(gram=gram))
 

@@ -185,7 +185,57 @@ def validate_params(params: Mapping[str, Any], schema: str | Path | None = None)
         else:
             out.setdefault(key, default)
     _check_names(out)
+    _check_flag_sections(out)
     return out
+
+
+# params section -> the `svdzoo` command whose flags it is (Snakefile `flags()`, dvc `${section}`)
+FLAG_SECTIONS: dict[str, str] = {
+    "calibration": "calibrate",
+    "sensitivity": "sensitivity",
+    "compress": "compress",
+    "offline_tasks": "build-tasks",
+    "evaluation": "evaluate",
+}
+
+
+@functools.cache
+def command_options(command: str) -> frozenset[str]:
+    """The long options (without `--`) that `svdzoo COMMAND` accepts."""
+    import argparse
+
+    from svdzoo.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return frozenset(
+        o[2:]
+        for o in sub.choices[command]._option_string_actions
+        if o.startswith("--") and o != "--help"
+    )
+
+
+def _check_flag_sections(p: Mapping[str, Any]) -> None:
+    """Every key of a flag section must be an option of its command, so a typo such as
+    `evaluation.max_windows` fails here, not after calibration has run."""
+    import difflib
+
+    checks = [
+        (section, p.get(section) or {}, command) for section, command in FLAG_SECTIONS.items()
+    ]
+    for name, spec in p["models"].items():
+        if spec["source"] == "reference":
+            checks.append((f"models.{name}.options", spec.get("options") or {}, "train-reference"))
+    for section, values, command in checks:
+        known = command_options(command)
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key.replace("_", "-"), sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(
+                    f"{section}.{key}: `svdzoo {command}` has no option --{key}{hint} "
+                    f"(see `svdzoo {command} --help`)"
+                )
 
 
 def _check_names(p: dict[str, Any]) -> None:

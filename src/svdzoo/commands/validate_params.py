@@ -14,12 +14,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--schema", help="JSON schema (default: workflow/schemas/params.schema.json nearby)"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+    p.add_argument(
+        "--stamp",
+        help="write this file (always the same text) when valid: DVC's first stage, which "
+        "the root stages depend on",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from svdzoo.config import calib_tag, load_params, needed_stats
 
     params = load_params(args.params, args.schema)
+    if args.stamp:
+        from svdzoo.io import write_text
+
+        write_text(args.stamp, "params valid\n")
     if not args.quiet:
         n_models, n_methods, n_ratios = (
             len(params["models"]),
