@@ -403,6 +403,27 @@ def test_seqlen_beyond_positions_is_refused(family, tmp_path, capsys):
     assert not (tmp_path / "g").exists() and not (tmp_path / "p.json").exists()
 
 
+# ---------------------------------------------------------------- failing late
+
+
+def test_sensitivity_refuses_another_seqlen_than_its_gram_at_start(model_dir, tmp_path, capsys,
+                                                                    caplog):  # fmt: skip
+    """The refusal `compress` would give after all the probes comes when `sensitivity` starts."""
+    gram = tmp_path / "gram"
+    rc, err = svdzoo(capsys, "calibrate", "--model", model_dir, "--corpus", "pydoc",
+                     "--nsamples", "2", "--seqlen", "16", "--seed", "0", "--device", "cpu",
+                     "--out", gram)  # fmt: skip
+    assert rc == 0, err
+    with caplog.at_level(logging.INFO):
+        rc, err = svdzoo(capsys, "sensitivity", "--model", model_dir, "--stats", gram,
+                         "--kind", "duo", "--nsamples", "1", "--seqlen", "8",
+                         "--out", tmp_path / "sens")  # fmt: skip
+    assert rc == 2
+    one_line_error(err, "--seqlen 8", "Gram cache's seqlen 16")
+    assert not (tmp_path / "sens").exists()
+    assert not any("probe" in r.getMessage() for r in caplog.records)
+
+
 # ---------------------------------------------------------------- 9. one line, before compute
 
 

@@ -76,6 +76,16 @@ def run(args: argparse.Namespace) -> int:
         protect=[args.stats, args.model, args.corpus],
     )
     gram = load_stats(args.stats)
+    # `compress` accepts a table only from the Gram cache's own calibration set (corpus,
+    # seqlen, seed); refuse a mismatch now rather than after the probes have run
+    for flag, value in (("seqlen", args.seqlen), ("seed", args.seed)):
+        have = gram.manifest.get(flag)
+        if value is not None and have is not None and value != have:
+            raise ConfigError(
+                f"--{flag} {value} differs from the Gram cache's {flag} {have} ({args.stats}): "
+                "compress refuses a sensitivity table from another calibration set than its "
+                f"Gram cache; omit --{flag} (it defaults to the cache's) or calibrate at {value}"
+            )
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     check_seqlen(model, args.seqlen or gram.manifest["seqlen"])
     want = {
