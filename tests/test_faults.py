@@ -298,6 +298,66 @@ def test_two_calibrate_runs_to_one_out(model_dir, tmp_path, capsys):
     assert load_stats(out).manifest["nsamples"] == 32  # the first run's, complete
 
 
+# ---------------------------------------------------------------- 4. calibration provenance
+
+
+@pytest.fixture(scope="module")
+def gram_n2(model_dir, tmp_path_factory) -> Path:
+    """A Gram cache of 2 windows, filed under a directory that claims 64."""
+    out = tmp_path_factory.mktemp("prov") / "pydoc-n64-l16-s0" / "gram"
+    rc = cli.main(["calibrate", "--model", str(model_dir), "--corpus", "pydoc", "--nsamples",
+                   "2", "--seqlen", "16", "--seed", "0", "--device", "cpu", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    return out
+
+
+def test_hand_edited_manifest_is_refused(gram_n2, tmp_path):
+    import shutil
+
+    from svdzoo.errors import CacheError
+
+    edited = tmp_path / "gram"
+    shutil.copytree(gram_n2, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["nsamples"] = 64
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match="edited"):
+        load_stats(edited)
+    load_stats(gram_n2)  # the untouched cache still loads
+
+
+def test_statistics_from_another_calibration_set_are_refused(model_dir, gram_n2, tmp_path,
+                                                              capsys, caplog):  # fmt: skip
+    out = tmp_path / "c"
+    argv = ["compress", "--model", model_dir, "--stats", gram_n2, "--method", "svd-llm",
+            "--ratio", "0.4", "--out", out]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        rc, err = svdzoo(capsys, *argv, "--calibration", "pydoc-n64-l16-s0")
+    assert rc == 2
+    one_line_error(err, "pydoc-n2-l16-s0", "pydoc-n64-l16-s0")
+    assert not out.exists()
+    assert not any(r.name == "svdzoo.compression" for r in caplog.records)
+
+
+def test_compressed_manifest_records_the_statistics_identity(model_dir, gram_n2, tmp_path, capsys):
+    out = tmp_path / "c"
+    rc, err = svdzoo(capsys, "compress", "--model", model_dir, "--stats", gram_n2,
+                     "--method", "svd-llm", "--ratio", "0.4", "--out", out,
+                     "--calibration", "pydoc-n2-l16-s0")  # fmt: skip
+    assert rc == 0, err
+    ident = json.loads((out / "manifest.json").read_text())["statistics"]["gram"]
+    cache = json.loads((gram_n2 / "manifest.json").read_text())
+    assert ident == {
+        "path": str(gram_n2),
+        "corpus": "pydoc",
+        "nsamples": 2,
+        "seqlen": 16,
+        "seed": 0,
+        "sha256": cache["sha256"],
+        "manifest_sha256": cache["manifest_sha256"],
+    }
+
+
 # ---------------------------------------------------------------- 5. non-finite numbers
 
 

@@ -22,7 +22,7 @@ from svdzoo.compression import (
     save_compressed,
     write_compressed,
 )
-from svdzoo.errors import ConfigError
+from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import atomic_dir
 from svdzoo.methods import get_method
 from svdzoo.methods.base import FISHER, GRAM, SENS_ASVD, SENS_DUO
@@ -65,6 +65,48 @@ def load_statistics(
     return stats
 
 
+def _identity(product: Any) -> dict[str, Any]:
+    m = getattr(product, "manifest", None) or {}
+    gram = m.get("gram") or {}
+    return {
+        "corpus": m.get("corpus"),
+        "nsamples": m.get("nsamples") if "sensitivity" not in m else gram.get("nsamples"),
+        "seqlen": m.get("seqlen"),
+        "seed": m.get("seed"),
+        "sha256": m.get("sha256"),
+        "manifest_sha256": m.get("manifest_sha256"),
+    }
+
+
+def statistics_identity(stats: Statistics, paths: Mapping[str, Any]) -> dict[str, Any]:
+    """What each statistics product was computed from, for the compressed model's manifest."""
+    products = {
+        "gram": stats.gram,
+        "fisher": stats.fisher,
+        **{f"sensitivity-{k}": v for k, v in stats.sensitivity.items()},
+    }
+    return {
+        kind: {"path": str(paths[kind]), **_identity(product)}
+        for kind, product in products.items()
+        if product is not None and paths.get(kind)
+    }
+
+
+def check_calibration(stats: Statistics, tag: str) -> None:
+    """Every product must come from the calibration set `tag` names (corpus-nN-lL-sS)."""
+    from svdzoo.paths import calib_tag
+
+    for kind, ident in statistics_identity(
+        stats, {k: k for k in ("gram", "fisher", "sensitivity-duo", "sensitivity-asvd")}
+    ).items():
+        got = calib_tag(ident["corpus"], ident["nsamples"], ident["seqlen"], ident["seed"])
+        if got != tag:
+            raise CacheError(
+                f"{kind} statistics were computed on {got}, but the caller expects {tag}; "
+                "recompute them (svdzoo calibrate/sensitivity --force)"
+            )
+
+
 def _require_paths(method_name: str, given: Mapping[str, Any]) -> None:
     """Fail before loading anything when the method's statistics were not passed or do not exist."""
     flags = {
@@ -97,8 +139,13 @@ def compress_to_dir(
     device: str = "auto",
     dtype: str = "float32",
     force: bool = False,
+    calibration: str | None = None,
 ) -> dict[str, Any]:
     """Load, compress and save in one call; every input is checked before any compute.
+
+    `calibration` (a tag such as `pydoc-n32-l256-s3`, as the workflow names the statistics
+    directory) is what the caller expects the statistics to come from; every product's own
+    manifest must say the same.
 
     `out` is claimed first (`io.atomic_dir`): it must not be an input, and an existing `out`
     must be an earlier compressed model unless `force`; a second process writing the same
@@ -113,6 +160,8 @@ def compress_to_dir(
     inputs = (model, stats, fisher, sensitivity_duo, sensitivity_asvd)
     with atomic_dir(out, COMPRESSED, force=force, protect=inputs) as tmp:
         statistics = load_statistics(stats, fisher, sensitivity_duo, sensitivity_asvd)
+        if calibration is not None:
+            check_calibration(statistics, calibration)
         lm = load_model(model, dtype=dtype, device=device)
         tokenizer = load_tokenizer(model)
         dense_total = count_params(lm)
@@ -121,16 +170,15 @@ def compress_to_dir(
         )
         manifest["model_params_dense"] = dense_total
         manifest["base_model"] = str(model)
-        manifest["statistics"] = {
-            k: str(v)
-            for k, v in (
-                ("gram", stats),
-                ("fisher", fisher),
-                ("sensitivity-duo", sensitivity_duo),
-                ("sensitivity-asvd", sensitivity_asvd),
-            )
-            if v
-        }
+        manifest["statistics"] = statistics_identity(
+            statistics,
+            {
+                "gram": stats,
+                "fisher": fisher,
+                "sensitivity-duo": sensitivity_duo,
+                "sensitivity-asvd": sensitivity_asvd,
+            },
+        )
         write_compressed(lm, manifest, tmp, tokenizer)
     log.info("wrote %s (achieved ratio %.4f)", out, manifest["achieved_ratio"])
     return manifest

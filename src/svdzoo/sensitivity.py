@@ -66,7 +66,7 @@ DEFAULT_RATIOS = {"duo": DUO_RATIOS, "asvd": ASVD_RATIOS}
 ASVD_ALPHA = 0.5
 MANIFEST = "manifest.json"
 TABLE = "table.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sealed manifest (manifest_sha256)
 
 
 def stats_kind(kind: str) -> str:
@@ -535,9 +535,12 @@ def _table_json(table: Mapping[str, Mapping[float, float]]) -> str:
 
 def save_sensitivity(table: SensitivityTable, out: str | os.PathLike[str]) -> dict[str, Any]:
     """Write `out/table.json` and `out/manifest.json` atomically; returns the manifest."""
+    from svdzoo.calibration.cache import seal
+
     text = _table_json(table.table)
     manifest = dict(table.manifest)
     manifest.update(file=TABLE, sha256=hashlib.sha256(text.encode()).hexdigest())
+    seal(manifest)
     with atomic_dir(out) as tmp:
         (tmp / TABLE).write_text(text)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -567,7 +570,7 @@ def load_sensitivity(
     `expect` maps manifest keys to required values (e.g. `model_fingerprint`, `nsamples`);
     `kind` ('duo'/'asvd') is a shorthand for `expect={'sensitivity': kind}`.
     """
-    from svdzoo.calibration.cache import check_expected
+    from svdzoo.calibration.cache import check_expected, check_seal
 
     path = Path(path)
     mpath, tpath = path / MANIFEST, path / TABLE
@@ -583,6 +586,7 @@ def load_sensitivity(
         raise CacheError(
             f"{mpath}: format version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
         )
+    check_seal(manifest, str(mpath))
     want = dict(expect or {})
     if kind is not None:
         want["sensitivity"] = kind

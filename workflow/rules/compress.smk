@@ -11,6 +11,7 @@ rule compress:
         model=lambda w: model_arg(w.model),
         stats=stats_flags,
         extra=flags("compress"),
+        calib=svdconf.calib_tag(P),
     log:
         log_path("compress", "{model}", "{method}", "r{ratio}"),
     benchmark:
@@ -25,4 +26,5 @@ rule compress:
     shell:
         "OMP_NUM_THREADS={threads} svdzoo compress --model {params.model} {params.stats}"
         " --method {wildcards.method} --ratio {wildcards.ratio} {params.extra}"
+        " --calibration {params.calib}"
         " --out {output} > {log} 2>&1"

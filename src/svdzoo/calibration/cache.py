@@ -33,7 +33,7 @@ from svdzoo.io import atomic_dir
 
 MANIFEST = "manifest.json"
 TENSORS = "stats.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest carries manifest_sha256 (its own seal)
 KINDS = ("gram", "fisher")
 
 _ST_DTYPES = {
@@ -204,6 +204,7 @@ class CacheDirWriter:
             self.manifest.update(
                 file=TENSORS, sha256=sha, bytes=path.stat().st_size, tensors=self._names
             )
+            seal(self.manifest)
             (self._tmp / MANIFEST).write_text(
                 json.dumps(self.manifest, indent=2, sort_keys=True) + "\n"
             )
@@ -285,11 +286,44 @@ def _manifest_in(path: Path, dfd: int) -> dict[str, Any]:
         raise CacheError(f"{mpath}: corrupted manifest ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("kind") not in KINDS:
         raise CacheError(f"{mpath}: not a statistics cache manifest (kind must be one of {KINDS})")
+    check_seal(manifest, str(mpath))
     return manifest
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _pinned(path, _manifest_in)
+
+
+SEAL = "manifest_sha256"
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its own seal.
+
+    The tensor file's sha256 lives in the manifest, so sealing the manifest covers both:
+    a hand-edited manifest (say `nsamples` changed to match a directory name) is refused."""
+    body = {k: v for k, v in manifest.items() if k != SEAL}
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    manifest[SEAL] = manifest_digest(manifest)
+    return manifest
+
+
+def check_seal(manifest: Mapping[str, Any], where: str) -> None:
+    if SEAL not in manifest:
+        raise CacheError(
+            f"{where}: the manifest has no {SEAL} (written by an older svdzoo, or edited); "
+            "recompute it (the same command with --force)"
+        )
+    if manifest[SEAL] != manifest_digest(manifest):
+        raise CacheError(
+            f"{where}: the manifest was edited after it was written ({SEAL} does not match); "
+            "recompute it (the same command with --force)"
+        )
 
 
 def check_expected(

@@ -30,6 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace --out even if it is not an earlier compressed model (never an input)",
     )
+    p.add_argument(
+        "--calibration",
+        metavar="TAG",
+        help="the calibration set the statistics must come from (CORPUS-nN-lL-sS, the "
+        "workflow's directory name); checked against each product's manifest",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
 
@@ -69,5 +75,6 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         force=args.force,
+        calibration=args.calibration,
     )
     return 0
