@@ -17,7 +17,7 @@ from svdzoo.models import load_model, load_tokenizer
 
 
 def random_tiny(family: str, layers: int = 2, seed: int = 0, **overrides: Any):
-    """An untrained 2-layer (by default) LLaMA or OPT on the byte tokenizer's 258 ids, in eval mode.
+    """An untrained 2-layer (by default) LLaMA, OPT or Gemma 3 on the byte tokenizer's 258 ids, in eval mode.
 
     Seeded before construction, so the same arguments give the same weights. transformers is
     imported here, not at module level, so test modules that import this file but build no
@@ -26,6 +26,16 @@ def random_tiny(family: str, layers: int = 2, seed: int = 0, **overrides: Any):
     from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
     torch.manual_seed(seed)
+    if family == "gemma3":  # sliding (window 4) and full layers: different masks and rotary
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        kinds = ["sliding_attention", "full_attention"] * layers
+        cfg = Gemma3TextConfig(
+            hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=128, num_hidden_layers=layers, vocab_size=258, sliding_window=4,
+            layer_types=kinds[:layers], max_position_embeddings=128, **overrides,
+        )  # fmt: skip
+        return Gemma3ForCausalLM(cfg).eval()
     if family == "llama":
         cfg = LlamaConfig(
             hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,

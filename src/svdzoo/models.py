@@ -43,6 +43,24 @@ class FamilyAdapter:
     layers_path: str
     groups: dict[str, tuple[str, ...]]
     layer_in_norm: str | None = None
+    # config attribute listing each layer's kind when layers of different kinds get
+    # different call arguments (Gemma 3: sliding vs full attention, each with its own mask
+    # and rotary table); None when every layer is called alike
+    layer_kinds_attr: str | None = None
+
+    def layer_kinds(self, model: nn.Module) -> list[str] | None:
+        """Each decoder layer's kind, or None when all layers take the same call arguments."""
+        if self.layer_kinds_attr is None:
+            return None
+        kinds = getattr(getattr(model, "config", None), self.layer_kinds_attr, None)
+        n = len(self.layers(model))
+        if not kinds or len(set(kinds)) < 2:
+            return None
+        if len(kinds) < n:
+            raise ModelError(
+                f"{self.name}: config.{self.layer_kinds_attr} has {len(kinds)} entries for {n} layers"
+            )
+        return [str(k) for k in kinds[:n]]
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -93,6 +111,15 @@ FAMILIES: dict[str, FamilyAdapter] = {
     "llama": FamilyAdapter(name="llama", model_types=("llama",), **_LLAMA_LIKE),
     "mistral": FamilyAdapter(name="mistral", model_types=("mistral",), **_LLAMA_LIKE),
     "qwen2": FamilyAdapter(name="qwen2", model_types=("qwen2",), **_LLAMA_LIKE),
+    # Gemma 3 text models: LLaMA-style linears (q/k norms and the extra layer norms are not
+    # compressed); sliding-window and full-attention layers take different masks and rotary
+    # tables, so calibration captures the call arguments of each kind
+    "gemma3": FamilyAdapter(
+        name="gemma3",
+        model_types=("gemma3_text", "gemma3"),
+        layer_kinds_attr="layer_types",
+        **_LLAMA_LIKE,
+    ),
     "opt": FamilyAdapter(
         name="opt",
         model_types=("opt",),

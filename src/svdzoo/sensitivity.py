@@ -247,6 +247,15 @@ class _LayerwiseProber:
         self.layers = adapter.layers(model)
         self._parent, self._attr = _parent(model, adapter.layers_path)
         bs = batches[0].shape[0]
+        # A family whose layers come in kinds indexes its per-kind masks and rotary tables by
+        # the position in the layer list, which slicing would shift: probe the full forward.
+        self.sliced = adapter.layer_kinds(model) is None
+        if not self.sliced:
+            log.info(
+                "%s: layers of several kinds, so every probe runs the full forward", adapter.name
+            )
+            self.hidden, self.calls = [], []
+            return
         inputs = capture_layer_inputs(model, adapter, torch.cat(batches), bs, MemoryBudget(2**62))
         dev = model.get_input_embeddings().weight.device
         self.hidden = [inputs.hidden[i].to(dev) for i in range(len(inputs))]
@@ -277,6 +286,9 @@ class _LayerwiseProber:
 
     def logits(self, index: int, b: int, repeat: int = 1) -> torch.Tensor:
         """Logits of batch `b` with the model as it is now, run from layer `index`."""
+        if not self.sliced:
+            ids = self.batches[b].repeat(repeat, 1) if repeat > 1 else self.batches[b]
+            return _logits(self.model, ids)
         ids, h = self.batches[b], self.hidden[b]
         if repeat > 1:
             ids, h = ids.repeat(repeat, 1), h.repeat(repeat, *([1] * (h.ndim - 1)))
@@ -288,6 +300,8 @@ class _LayerwiseProber:
         """Move the kept hidden states from the input of layer `index` to its output."""
         from svdzoo.calibration.capture import call_layer
 
+        if not self.sliced:
+            return
         layer = self.layers[index]
         self.hidden = [
             call_layer(layer, h, c) for h, c in zip(self.hidden, self.calls, strict=True)

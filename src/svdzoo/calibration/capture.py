@@ -65,13 +65,24 @@ class LayerCall:
 
 @dataclass
 class LayerInputs:
-    """Per batch: the hidden states (in a store) and the call arguments (deduplicated)."""
+    """Per batch: the hidden states (in a store) and the call arguments (deduplicated).
+
+    `calls` are layer 0's. Families whose layers come in kinds with different call
+    arguments (`FamilyAdapter.layer_kinds`) also have `by_kind`: each kind's calls, taken
+    from the first layer of that kind; `calls_for(i)` picks layer `i`'s."""
 
     hidden: ActivationStore
     calls: list[LayerCall]
+    kinds: list[str] | None = None
+    by_kind: dict[str, list[LayerCall]] | None = None
 
     def __len__(self) -> int:
         return len(self.calls)
+
+    def calls_for(self, layer: int) -> list[LayerCall]:
+        if self.kinds is None or self.by_kind is None:
+            return self.calls
+        return self.by_kind[self.kinds[layer]]
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -82,6 +93,12 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _dedup(calls: list[LayerCall], call: LayerCall) -> LayerCall:
+    if calls and _same(calls[-1].args, call.args) and _same(calls[-1].kwargs, call.kwargs):
+        return calls[-1]  # identical masks/positions: keep one copy
+    return call
+
+
 def capture_layer_inputs(
     model: nn.Module,
     adapter: FamilyAdapter,
@@ -89,32 +106,47 @@ def capture_layer_inputs(
     batch_size: int,
     budget: MemoryBudget,
 ) -> LayerInputs:
-    """Run the model up to decoder layer 0 for each batch and record that layer's inputs."""
+    """Run the model up to decoder layer 0 for each batch and record that layer's inputs.
+
+    When layers come in kinds (`adapter.layer_kinds`), the forward runs on to the first
+    layer of the last kind to appear, recording each kind's call arguments there."""
     if windows.ndim != 2 or windows.shape[0] < 1:
         raise ModelError(
             f"calibration windows must be a (nsamples, seqlen) tensor, got {tuple(windows.shape)}"
         )
     if batch_size < 1:
         raise ModelError(f"batch size must be positive, got {batch_size}")
-    layer0 = adapter.layers(model)[0]
+    layers = adapter.layers(model)
+    kinds = adapter.layer_kinds(model)
+    first: dict[str, int] = {}
+    for i, k in enumerate(kinds or []):
+        first.setdefault(k, i)
+    watch = sorted(set(first.values()) | {0})
+    stop_at = watch[-1]
     box: dict[str, Any] = {}
 
-    def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
-        if args:
-            box["hidden"], rest = args[0], args[1:]
-        else:
-            kwargs = dict(kwargs)
-            box["hidden"], rest = kwargs.pop("hidden_states"), ()
-        box["call"] = LayerCall(
-            args=map_tensors(rest, lambda t: t.detach().to("cpu")),
-            kwargs=map_tensors(dict(kwargs), lambda t: t.detach().to("cpu")),
-        )
-        raise _StopForward
+    def make_hook(index: int):
+        def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            if args:
+                hidden, rest = args[0], args[1:]
+            else:
+                kwargs = dict(kwargs)
+                hidden, rest = kwargs.pop("hidden_states"), ()
+            if index == 0:
+                box["hidden"] = hidden
+            box[index] = LayerCall(
+                args=map_tensors(rest, lambda t: t.detach().to("cpu")),
+                kwargs=map_tensors(dict(kwargs), lambda t: t.detach().to("cpu")),
+            )
+            if index == stop_at:
+                raise _StopForward
+
+        return hook
 
     dev = model.get_input_embeddings().weight.device
     store = ActivationStore(budget)
-    calls: list[LayerCall] = []
-    handle = layer0.register_forward_pre_hook(hook, with_kwargs=True)
+    per_layer: dict[int, list[LayerCall]] = {i: [] for i in watch}
+    handles = [layers[i].register_forward_pre_hook(make_hook(i), with_kwargs=True) for i in watch]
     try:
         with torch.no_grad():
             for start in range(0, windows.shape[0], batch_size):
@@ -122,20 +154,16 @@ def capture_layer_inputs(
                 ids = windows[start : start + batch_size].to(dev)
                 with contextlib.suppress(_StopForward):
                     model(input_ids=ids, use_cache=False)
-                if "hidden" not in box:
-                    raise ModelError("the model's forward never reached decoder layer 0")
+                if "hidden" not in box or stop_at not in box:
+                    raise ModelError(f"the model's forward never reached decoder layer {stop_at}")
                 store.append(box["hidden"])
-                call = box["call"]
-                if (
-                    calls
-                    and _same(calls[-1].args, call.args)
-                    and _same(calls[-1].kwargs, call.kwargs)
-                ):
-                    call = calls[-1]  # identical masks/positions: keep one copy
-                calls.append(call)
+                for i in watch:
+                    per_layer[i].append(_dedup(per_layer[i], box[i]))
     finally:
-        handle.remove()
-    return LayerInputs(store, calls)
+        for h in handles:
+            h.remove()
+    by_kind = {k: per_layer[i] for k, i in first.items()} if kinds else None
+    return LayerInputs(store, per_layer[0], kinds, by_kind)
 
 
 class CallArgsOnDevice:

@@ -90,7 +90,7 @@ def stream_gram_stats(
                 out = ActivationStore(budget)
                 to_dev = CallArgsOnDevice(device)
                 with group_input_hooks(layer, adapter, accs):
-                    for b, call in enumerate(inputs.calls):
+                    for b, call in enumerate(inputs.calls_for(i)):
                         h = hidden[b].to(device)
                         y = call_layer(layer, h, to_dev(call))
                         cos.add(h, y)

@@ -104,7 +104,8 @@ class SequentialCalibrator:
         model.eval()
         with torch.no_grad():
             inputs = capture_layer_inputs(model, self.adapter, windows, batch_size, self._budget)
-        self._calls = inputs.calls
+        self._inputs = inputs
+        self._calls = inputs.calls  # layer 0's; calls_for(i) per layer
         self._orig: ActivationStore = inputs.hidden
         self._actual: ActivationStore | None = None  # None: identical to the original stream
         self._orig_out: ActivationStore | None = None
@@ -195,7 +196,7 @@ class SequentialCalibrator:
             group_input_hooks(self._ref, self.adapter, x_ref.__setitem__, want),
             group_input_hooks(layer, self.adapter, x_cur.__setitem__, want),
         ):
-            for b, call in enumerate(self._calls):
+            for b, call in enumerate(self._inputs.calls_for(i)):
                 x_ref.clear()
                 x_cur.clear()
                 call = to_dev(call)
@@ -222,12 +223,12 @@ class SequentialCalibrator:
         with torch.no_grad():
             if self._orig_out is None:
                 self._orig_out = ActivationStore(self._budget)
-                for b, call in enumerate(self._calls):
+                for b, call in enumerate(self._inputs.calls_for(i)):
                     h = self._orig[b].to(self.device)
                     self._orig_out.append(call_layer(self._ref, h, to_dev(call)))
             actual = ActivationStore(self._budget)
             same = True
-            for b, call in enumerate(self._calls):
+            for b, call in enumerate(self._inputs.calls_for(i)):
                 src = self._orig if self._actual is None else self._actual
                 y = to_host(call_layer(layer, src[b].to(self.device), to_dev(call)))
                 same = same and torch.equal(y, self._orig_out[b])

