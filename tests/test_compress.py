@@ -120,6 +120,40 @@ def test_compression_is_deterministic(llama):
         assert torch.equal(a(input_ids=x).logits, b(input_ids=x).logits)
 
 
+@pytest.mark.parametrize("method", ["svd-llm", "svd-llm-v2"])
+def test_shared_whiteners_change_nothing(llama, method, caplog):
+    """One whitener per (layer, input group) gives the factors a fresh per-matrix whitener
+    gives, and q/k/v and gate/up really share it."""
+    import logging
+
+    from svdzoo import linalg
+    from svdzoo.methods.base import WhitenerCache
+
+    model, _, stats, _ = llama
+    with caplog.at_level(logging.INFO, logger="svdzoo.compression"):
+        compressed, manifest = _compressed(llama, method, 0.4)
+    reuse = [r.getMessage() for r in caplog.records if "whiteners:" in r.getMessage()]
+    layers = len(model.model.layers)
+    passes = 2 if method == "svd-llm-v2" else 1  # V2's allocator reads every spectrum first
+    assert reuse == [
+        f"whiteners: {4 * layers * passes} computed, {3 * layers * passes} reused across "
+        "matrices of one input group"
+    ]
+    whitening = "eigen" if method == "svd-llm-v2" else "cholesky"
+    make = linalg.eigen_whitener if whitening == "eigen" else linalg.cholesky_whitener
+    name = "model.layers.1.self_attn.k_proj"
+    rank = manifest["modules"][name]["rank"]
+    W = model.get_submodule(name).weight.detach().double()
+    fresh = linalg.truncate(W, make(stats.gram(1, "attn_in")), rank)
+    got = compressed.get_submodule(name)
+    assert torch.equal(got.A.weight, fresh.A.float()) and torch.equal(got.B.weight, fresh.B.float())
+    cache = WhitenerCache(size=2)
+    made = []
+    for key in ("a", "b", "a", "c", "b"):
+        cache.get(key, lambda k=key: made.append(k) or k)
+    assert made == ["a", "b", "c", "b"] and (cache.hits, cache.misses) == (1, 4)
+
+
 def test_layer_loss_ordering_on_real_calibration_data(llama):
     """On real activations, whitening minimises the layer loss: svd-llm < asvd, svd."""
     from svdzoo import linalg

