@@ -76,6 +76,12 @@ def stats_flags(w, input):
     return " ".join(f"{STATS_FLAGS[k]} {input[k]}" for k in STATS_FLAGS if k in input.keys())
 
 
+def calibration_flag(w):
+    """`--calibration TAG` for methods that read statistics (compress checks every product
+    against it); nothing for plain SVD, so a new calibration never recompresses it."""
+    return f"--calibration {CALIB}" if svdconf.method_requirements(w.method) else ""
+
+
 def compressed_output():
     out = directory(ratio_pattern(L.compressed("{model}", "{method}", 0.0)))
     return out if P["keep_compressed"] else temp(out)

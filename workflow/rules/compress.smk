@@ -11,7 +11,7 @@ rule compress:
         model=lambda w: model_arg(w.model),
         stats=stats_flags,
         extra=flags("compress"),
-        calib=svdconf.calib_tag(P),
+        calib=calibration_flag,
     log:
         log_path("compress", "{model}", "{method}", "r{ratio}"),
     benchmark:
@@ -26,5 +26,5 @@ rule compress:
     shell:
         "OMP_NUM_THREADS={threads} svdzoo compress --model {params.model} {params.stats}"
         " --method {wildcards.method} --ratio {wildcards.ratio} {params.extra}"
-        " --calibration {params.calib}"
+        " {params.calib}"
         " --out {output} > {log} 2>&1"
