@@ -16,10 +16,10 @@ from svdzoo.compression import Statistics, build_module, compress, matrix_infos
 from svdzoo.data import calibration_windows
 from svdzoo.errors import ConfigError
 from svdzoo.methods import get_method, requirements
-from svdzoo.methods.adasvd import AdaComp
+from svdzoo.methods.adasvd import AdaCompCompensated
 from svdzoo.methods.base import AllocationContext
 from svdzoo.methods.parts import Whitened
-from svdzoo.methods.ressvd import LastK, ResidualCompensated, split_rank
+from svdzoo.methods.ressvd import LastK, LastKSearch, Residual, ResidualCompensated, split_rank
 from svdzoo.models import adapter_for, replace_module
 
 CALIB = dict(corpus="pydoc", nsamples=16, seqlen=64, seed=3)
@@ -36,10 +36,36 @@ def llama(tiny_llama_dir):
 
 def test_registered():
     assert requirements("ressvd") == {"gram"}
-    assert get_method("ressvd").sequential and get_method("ressvd-residual").sequential
+    assert not get_method("ressvd").sequential and get_method("ressvd").probes
+    assert isinstance(get_method("ressvd").factoriser, Residual)
+    assert isinstance(get_method("ressvd").allocator, LastKSearch)
+    assert get_method("ressvd-compensated").sequential
+    assert get_method("ressvd-compensated-residual").sequential
+    assert isinstance(get_method("ressvd-compensated").allocator, LastK)
     assert not get_method("ressvd-lastk").sequential
     assert get_method("ressvd-lastk").factoriser == Whitened("cholesky")
-    assert isinstance(get_method("ressvd").allocator, LastK)
+
+
+def test_paper_residual_ranks_and_stages():
+    """r2 = round(beta mn/(m+n)); stage 1 whitened at r1, stage 2 plain SVD of the weight
+    residual; beta = 0 is SVD-LLM; the joined pair differs from whitened truncation at r."""
+    W, X, _ = correlated_data(m=40, n=30, seed=2)
+    H = X @ X.T
+    assert Residual(beta=0.05).ranks(40, 30, 10) == (9, 1)
+    assert Residual(beta=0.2).ranks(40, 30, 10) == (7, 3)
+    assert Residual(beta=1.0).ranks(40, 30, 10) == (0, 10)
+    got = Residual(beta=0.2)(matrix_ctx(W, H), 10)
+    wh = Whitened("cholesky").whitener(H)
+    s1 = linalg.truncate(W, wh, 7)
+    s2 = linalg.svd_truncate(W - s1.A @ s1.B, 3)
+    assert got.rank == 10
+    assert torch.allclose(got.A @ got.B, s1.A @ s1.B + s2.A @ s2.B, atol=1e-8)
+    plain = linalg.truncate(W, wh, 10)
+    assert not torch.allclose(got.A @ got.B, plain.A @ plain.B, atol=1e-4)
+    zero = Residual(beta=0.0)(matrix_ctx(W, H), 10)
+    assert torch.allclose(zero.A @ zero.B, plain.A @ plain.B, atol=1e-8)
+    with pytest.raises(ConfigError, match="beta"):
+        Residual(beta=2.0)(matrix_ctx(W, H), 10)
 
 
 def test_split_rank():
@@ -106,7 +132,7 @@ def test_residual_on_real_compressed_model_inputs(llama):
                 for f in (
                     Whitened("cholesky")(matrix_ctx(W, H), k),
                     ResidualCompensated()(matrix_ctx(W, H, Hp, C), k),
-                    AdaComp(tau=0)(matrix_ctx(W, H, Hp, C), k),
+                    AdaCompCompensated(tau=0)(matrix_ctx(W, H, Hp, C), k),
                 )
             ]
             assert losses[1] < losses[0], t
@@ -148,7 +174,7 @@ def test_ressvd_lastk_leaves_first_layers_dense_and_truncates_like_svd_llm(llama
     m = copy.deepcopy(model)
     man = compress(m, "ressvd-lastk", 0.4, stats=Statistics(gram=stats), tokenizer=tok)
     assert abs(man["achieved_ratio"] - 0.4) <= 0.005
-    assert man["allocation"]["K"] == 1 and man["allocation"]["kind"] == "last-k"
+    assert man["allocation"]["K"] == 1 and man["allocation"]["kind"] == "last-k-search"
     mods = man["modules"]
     assert all(r["dense"] for r in mods.values() if r["layer"] == 0)
     assert not any(r["dense"] for r in mods.values() if r["layer"] == 1)
@@ -162,7 +188,7 @@ def test_ressvd_lastk_leaves_first_layers_dense_and_truncates_like_svd_llm(llama
 def test_ressvd_residual_uniform_ranks_compensated_weights(llama):
     model, tok, stats = llama
     m = copy.deepcopy(model)
-    man = compress(m, "ressvd-residual", 0.6, stats=Statistics(gram=stats), tokenizer=tok,
+    man = compress(m, "ressvd-compensated-residual", 0.6, stats=Statistics(gram=stats), tokenizer=tok,
                    options=FAST)  # fmt: skip
     ref = copy.deepcopy(model)
     uni = compress(ref, "svd-llm", 0.6, stats=Statistics(gram=stats))
@@ -180,7 +206,9 @@ def test_ressvd_residual_uniform_ranks_compensated_weights(llama):
 def test_ressvd_reports_K_and_compresses_only_the_last_layers(llama):
     model, tok, stats = llama
     m = copy.deepcopy(model)
-    man = compress(m, "ressvd", 0.4, stats=Statistics(gram=stats), tokenizer=tok, options=FAST)
+    man = compress(
+        m, "ressvd-compensated", 0.4, stats=Statistics(gram=stats), tokenizer=tok, options=FAST
+    )
     assert abs(man["achieved_ratio"] - 0.4) <= 0.005
     assert man["allocation"]["K"] == 1
     assert list(man["allocation"]["sequential"]["divergence"]) == ["1"]
@@ -194,4 +222,54 @@ def test_residual_compensation_beats_svd_llm_end_to_end(family_ppl, ratio):
     40% (K=1 of 2 layers at 80%: worse than SVD-LLM), so only the residual stage is guarded."""
     if family_ppl("svd-llm", 0.6) < 1.05 * family_ppl(None):
         pytest.skip("the fixture model barely reacts to compression: the claim is untestable")
-    assert family_ppl("ressvd-residual", ratio) < family_ppl("svd-llm", ratio)
+    assert family_ppl("ressvd-compensated-residual", ratio) < family_ppl("svd-llm", ratio)
+
+
+@pytest.fixture(scope="module")
+def deep(tok):
+    """An untrained 6-layer LLaMA: enough blocks for the last-k search to have a choice."""
+    from helpers import random_tiny
+
+    from svdzoo.calibration import calibrate
+
+    model = random_tiny("llama", layers=6, seed=1)
+    return model, calibrate(model, tok, corpus="pydoc", nsamples=8, seqlen=32, seed=3,
+                            progress=False)  # fmt: skip
+
+
+def test_lastk_search_picks_the_lowest_of_its_recorded_errors(deep, tok):
+    model, stats = deep
+    m = copy.deepcopy(model)
+    man = compress(m, "ressvd-lastk", 0.4, stats=Statistics(gram=stats), tokenizer=tok,
+                   options={"search_nsamples": 2})  # fmt: skip
+    a = man["allocation"]
+    # 6 blocks, step 1: k in 1..5, feasible where 0.4 * 6 / k <= 0.95, i.e. k >= 3
+    assert a["kind"] == "last-k-search" and a["candidates"] == [3, 4, 5]
+    errors = {int(k): v for k, v in a["errors"].items()}
+    assert sorted(errors) == [3, 4, 5] and len(set(errors.values())) == 3
+    assert a["K"] == min(errors, key=errors.get)
+    assert abs(man["achieved_ratio"] - 0.4) <= 0.005
+    first = 6 - a["K"]
+    assert a["compressed_layers"] == list(range(first, 6))
+    for name, rec in man["modules"].items():
+        assert rec["dense"] == (rec["layer"] < first), name
+    # the probes put every original linear back: the uncompressed blocks are untouched
+    for name, lin in model.named_modules():
+        if isinstance(lin, torch.nn.Linear) and name.startswith(f"model.layers.{first - 1}."):
+            assert torch.equal(m.get_submodule(name).weight, lin.weight)
+
+
+def test_lastk_search_with_a_fixed_K_or_a_coarse_step(deep, tok):
+    model, stats = deep
+    man = compress(copy.deepcopy(model), "ressvd", 0.4, stats=Statistics(gram=stats),
+                   tokenizer=tok, options={"K": 5})  # fmt: skip
+    assert man["allocation"]["K"] == 5 and man["allocation"]["errors"] == {}
+    assert man["options"]["beta"] == 0.05
+    search = LastKSearch(step=2)
+    assert search.candidates(6) == [2, 4] and LastKSearch().candidates(30) == list(range(3, 28, 3))
+    with pytest.raises(ConfigError, match="step"):
+        LastKSearch(step=0).candidates(6)
+    # 80% on 6 blocks: no grid point within max_ratio -> all blocks, recorded
+    man = compress(copy.deepcopy(model), "ressvd-lastk", 0.8, stats=Statistics(gram=stats),
+                   tokenizer=tok, options={"step": 2})  # fmt: skip
+    assert man["allocation"]["candidates"] == [6] and man["allocation"]["K"] == 6

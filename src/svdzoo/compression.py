@@ -6,6 +6,7 @@ model or calibration set) is checked before any matrix is touched.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -31,6 +32,8 @@ from svdzoo.methods.base import (
     MatrixContext,
     Method,
     WhitenerCache,
+    check_options,
+    configured,
     factorise,
 )
 from svdzoo.models import (
@@ -46,6 +49,7 @@ from svdzoo.paths import MANIFEST
 log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
+SEARCH_CACHE_BYTES = 4 << 30  # whitened SVDs kept for searching allocators (LRU beyond)
 
 
 @dataclass
@@ -135,6 +139,7 @@ def _context(
     stats: Statistics,
     device,
     whiteners: WhitenerCache | None = None,
+    svds: WhitenerCache | None = None,
 ) -> MatrixContext:
     adapter = adapter_for(model)
     group = adapter.group_of(target)
@@ -146,6 +151,7 @@ def _context(
         W=lin.weight.detach().to(device=device, dtype=torch.float64),
         bias=None if lin.bias is None else lin.bias.detach(),
         whiteners=whiteners,
+        svds=svds,
     )
     if stats.gram is not None:
         ctx.H = stats.gram.gram(layer, group).to(device=device, dtype=torch.float64)
@@ -198,6 +204,39 @@ def _module_record(info: allocation.MatrixInfo, module: nn.Module, dense: bool) 
     }
 
 
+def with_options(method: Method, opts: Mapping[str, Any]) -> Method:
+    """`method` with its parts' fields overridden by `opts` (so every option takes effect)."""
+    spectrum = method.spectrum_factoriser
+    return dataclasses.replace(
+        method,
+        factoriser=configured(method.factoriser, opts),
+        allocator=configured(method.allocator, opts),
+        spectrum_factoriser=None if spectrum is None else configured(spectrum, opts),
+    )
+
+
+def _probe(model, method, stats, tokenizer, modules, context, device, opts):
+    """The end-to-end error oracle of searching allocators (`methods.probe`)."""
+    from svdzoo.methods.probe import OutputErrorProbe, probe_windows
+
+    if stats.gram is None:
+        raise ConfigError(
+            f"method {method.name!r} searches on calibration data: it needs the Gram statistics"
+        )
+    windows = probe_windows(stats.gram.manifest, tokenizer, opts)
+    log.info("%s: probing allocations on %d calibration windows", method.name, windows.shape[0])
+
+    def factorise_at(name: str, rank: int):
+        layer, t, lin = modules[name]
+        return factorise(
+            method.factoriser, context(model, name, layer, t, lin, stats, device), rank
+        )
+
+    return OutputErrorProbe(
+        model, windows, {n: lin for n, (_, _, lin) in modules.items()}, factorise_at, build_module
+    )
+
+
 def compress(
     model: nn.Module,
     method: str | Method,
@@ -211,23 +250,27 @@ def compress(
     """Compress `model` in place; returns the manifest (ranks, columns, parameter counts)."""
     check_ratio(ratio)
     method = get_method(method) if isinstance(method, str) else method
+    check_options(method, options)
     stats = stats or Statistics()
     adapter = adapter_for(model)
     check_finite_weights(model, "the model to compress")
     model_fp = fingerprint(model)
     check_statistics(method, stats, model_fp)
-    if method.sequential and tokenizer is None:
+    if method.replays_calibration and tokenizer is None:
         raise ConfigError(
-            f"method {method.name!r} is sequential and needs the tokenizer to replay calibration data"
+            f"method {method.name!r} runs the model on calibration data and needs the tokenizer"
         )
     opts = {**method.options, **(options or {})}
+    method = with_options(method, opts)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     t0 = time.perf_counter()
     infos = matrix_infos(model)
     by_name = {i.name: i for i in infos}
     modules = {name: (layer, t, lin) for name, layer, t, lin in adapter.iter_targets(model)}
     whiteners = WhitenerCache()
-    context = functools.partial(_context, whiteners=whiteners)
+    # a search factorises each matrix at several ranks: keep its whitened SVDs (bounded)
+    svds = WhitenerCache(size=len(infos), max_bytes=SEARCH_CACHE_BYTES) if method.probes else None
+    context = functools.partial(_context, whiteners=whiteners, svds=svds)
 
     def spectrum(name: str) -> torch.Tensor:
         layer, t, lin = modules[name]
@@ -240,6 +283,8 @@ def compress(
     actx = AllocationContext(
         stats=stats.gram, sensitivity=stats.sensitivity, spectrum=spectrum, options=opts
     )
+    if method.probes:
+        actx.probe = _probe(model, method, stats, tokenizer, modules, context, device, opts)
     log.info(
         "allocating ranks for %s at ratio %.2f over %d matrices", method.name, ratio, len(infos)
     )

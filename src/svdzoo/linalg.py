@@ -314,16 +314,28 @@ def whitened_svd(W: Tensor, whitener: Whitener) -> tuple[Tensor, Tensor, Tensor]
     return torch.linalg.svd(whitener.apply(W), full_matrices=False)
 
 
+def whitened_spectrum(W: Tensor, whitener: Whitener) -> Tensor:
+    """The singular values of `W S` only (descending): what allocators read, at a fraction
+    of a full SVD's cost."""
+    W = _check_matrix(W)
+    if W.shape[1] != whitener.n:
+        raise NumericsError(f"W has {W.shape[1]} inputs but the whitener is for {whitener.n}")
+    return torch.linalg.svdvals(whitener.apply(W))
+
+
 def _split(U: Tensor, sigma: Tensor, Vh: Tensor, k: int) -> tuple[Tensor, Tensor]:
     r = sigma[:k].clamp_min(0).sqrt()
     return U[:, :k] * r, r[:, None] * Vh[:k]
 
 
-def truncate(W: Tensor, whitener: Whitener, k: int) -> LowRankFactors:
+def truncate(
+    W: Tensor, whitener: Whitener, k: int, *, svd: tuple[Tensor, Tensor, Tensor] | None = None
+) -> LowRankFactors:
     """Optimal rank-`k` approximation under `||(W - A B) S||_F`.
 
     `A = U_k sqrt(S_k)`, `B = sqrt(S_k) V_k^T S^+`; `loss = sum_{i>k} sigma_i^2`, which is the
-    layer loss `tr((W-AB) H (W-AB)^T)` exactly when `S S^T = H`.
+    layer loss `tr((W-AB) H (W-AB)^T)` exactly when `S S^T = H`. `svd`: the
+    `whitened_svd(W, whitener)` already computed (one SVD serves every rank).
 
     If `k` exceeds the whitened rank (eigen whitening of a rank-deficient `H`) the loss is
     already zero; the spare rank then approximates, by plain SVD, the part of `W` acting on
@@ -333,7 +345,7 @@ def truncate(W: Tensor, whitener: Whitener, k: int) -> LowRankFactors:
     W = _check_matrix(W)
     m, n = W.shape
     _check_rank(k, m, n)
-    U, sigma, Vh = whitened_svd(W, whitener)
+    U, sigma, Vh = whitened_svd(W, whitener) if svd is None else svd
     kk = min(k, sigma.numel())
     A, Bw = _split(U, sigma, Vh, kk)
     B = whitener.unapply(Bw)
@@ -491,6 +503,53 @@ def als_refine(
     return LowRankFactors(A, B, None, layer_loss(T, A, B, Hp))
 
 
+def adacomp_steps(W: Tensor, A: Tensor, B: Tensor, H: Tensor, iters: int = 1) -> LowRankFactors:
+    """AdaSVD adaComp as the paper states it: `iters` alternations of
+
+    - U-step, least squares against the data: `A = argmin ||(W - A B) X||_F`, i.e.
+      `A = W H B^T (B H B^T)^+` (pseudo-inverse);
+    - V-step, in weight space: `B = A^+ W` (no `X`).
+
+    Only the U-step minimises the loss on the data; the V-step minimises `||W - A B||_F`, so
+    from SVD-LLM's whitened optimum (where the U-step is a fixed point) the data loss can
+    only rise: the V-step pulls the factors towards the weights, a regulariser. `loss` is
+    the data loss `tr((W - A B) H (W - A B)^T)`.
+    """
+    W = _check_matrix(W)
+    m, n = W.shape
+    A, B = _as64(A).to(W.device), _as64(B).to(W.device)
+    if (
+        A.dim() != 2
+        or B.dim() != 2
+        or A.shape[0] != m
+        or B.shape[1] != n
+        or A.shape[1] != B.shape[0]
+    ):
+        raise NumericsError(
+            f"factor shapes {tuple(A.shape)} x {tuple(B.shape)} do not fit W {m}x{n}"
+        )
+    if iters < 0:
+        raise NumericsError(f"iters must be >= 0, got {iters}")
+    H = _check_gram(H, n).to(W.device)
+    for _ in range(iters):
+        A = adacomp_u_step(W, A, B, H)
+        B = adacomp_v_step(W, A)
+    return LowRankFactors(A, B, None, layer_loss(W, A, B, H))
+
+
+def adacomp_u_step(W: Tensor, A: Tensor, B: Tensor, H: Tensor) -> Tensor:
+    """`argmin_A ||(W - A B) X||_F = W H B^T (B H B^T)^+` (`A` only shapes the answer)."""
+    W, B, H = _as64(W), _as64(B).to(W.device), _as64(H).to(W.device)
+    G = B @ H @ B.T
+    return (W @ H @ B.T) @ torch.linalg.pinv(0.5 * (G + G.T), hermitian=True)
+
+
+def adacomp_v_step(W: Tensor, A: Tensor) -> Tensor:
+    """`argmin_B ||W - A B||_F = A^+ W` (the paper's `V^T = U^+ W`)."""
+    W = _as64(W)
+    return torch.linalg.pinv(_as64(A).to(W.device)) @ W
+
+
 # ---------------------------------------------------------------- ResSVD: residual stages
 
 
@@ -502,6 +561,7 @@ def residual_truncate(
     k2: int,
     *,
     target: Tensor | None = None,
+    first_svd: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> LowRankFactors:
     """ResSVD: rank-`k1` approximation `W1` of `W` under `first` (plain SVD when None),
     then rank-`k2` approximation of the residual `R = target - W1` under `second`;
@@ -518,7 +578,7 @@ def residual_truncate(
     _check_rank(k1, m, n)
     _check_rank(k2, m, n)
     _check_rank(k1 + k2, m, n)
-    s1 = truncate(W, first, k1) if first is not None else svd_truncate(W, k1)
+    s1 = truncate(W, first, k1, svd=first_svd) if first is not None else svd_truncate(W, k1)
     tgt = W if target is None else _check_matrix(target, "target").to(W.device)
     if tgt.shape != W.shape:
         raise NumericsError(f"target is {tuple(tgt.shape)}, W is {tuple(W.shape)}")

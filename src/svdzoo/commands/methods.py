@@ -22,6 +22,6 @@ def run(args: argparse.Namespace) -> int:
             continue
         needs = ",".join(sorted(m.needs)) or "-"
         print(
-            f"{name:<22} {m.description}  [needs: {needs}{'; sequential' if m.sequential else ''}]"
+            f"{name:<22} {m.description}  [needs: {needs}{'; sequential' if m.sequential else ''}{'; searches' if m.probes else ''}]"
         )
     return 0

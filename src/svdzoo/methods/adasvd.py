@@ -1,26 +1,35 @@
 """AdaSVD (Li et al., arXiv 2502.01403): adaComp error compensation + adaCR layer ratios.
 
-adaComp. The paper alternates least-squares updates of the two factors on calibration
-data, `A = W C B^T (B H' B^T)^-1`, `B = (A^T A)^-1 A^T W C H'^-1`, for `tau` iterations
-(1 is its best). With `H' = C = H` (the inputs the uncompressed model produces) the
-whitened truncated SVD is already the global optimum and these updates change nothing
-(methods.md's trap; tested). What we build is the compensating form: the model is
-compressed layer by layer (`sequential=True`, `methods.sequential`), and each linear is
-fitted to the original outputs `W X` from the inputs `X'` that the already-compressed
-earlier layers and groups produce. `start="compensated"` (default) takes the closed-form
-optimum of that objective, `linalg.compensated_truncate` (whitened truncation of
-`T = W C H'^+` under `H'`), then `tau` ALS steps (a fixed point there: kept for parity
-with the paper; `tau=0` skips them). `start="whitened"` is the paper's procedure
-literally: SVD-LLM's factors on the original inputs, then `tau` ALS steps on `H', C`.
-Stack-of-batch is the option `mini_bsz` of the sequential pass.
+adaComp, as the paper states it (`adasvd`, `adasvd-comp`). Start from SVD-LLM's whitened
+truncation (Cholesky of the original model's Gram `H`), `sqrt(Sigma)` folded into both
+factors (`W ~ A B`). Then `tau` alternations (`tau = 1`, the paper's best) of a U-step,
+least squares against the data `X`, `A = W H_X B^T (B H_X B^T)^+`, and a V-step in weight
+space, `B = A^+ W` (`linalg.adacomp_steps`). The paper does not say whose inputs `X` are.
+With the original model's inputs (`H_X = H`) the procedure is an exact no-op: SVD-LLM's
+factors are the data optimum (U-step fixed point) and `A^+ W` gives back `B` whenever `H`
+is invertible (V-step fixed point; both tested). So `X` must be what the layer sees in
+the compressed model: the model is compressed layer by layer (`sequential=True`) and
+`H_X` is the Gram of the inputs the already-compressed earlier layers and groups produce
+(`ctx.H_actual`), which is what makes adaComp "compensate".
+
+The compensating extension (`adasvd-compensated`, `adasvd-compensated-comp`), svdzoo's own:
+the model is compressed layer by layer (`sequential=True`, `methods.sequential`) and each
+linear is fitted to the original outputs `W X` from the inputs `X'` that the
+already-compressed earlier layers and groups produce. `start="compensated"` (default)
+takes the closed-form optimum of that objective, `linalg.compensated_truncate`, then `tau`
+ALS steps (`linalg.als_refine`, both steps on the data; a fixed point there);
+`start="whitened"` starts from SVD-LLM's factors instead. Stack-of-batch is the option
+`mini_bsz` of the sequential pass.
 
 adaCR. Layer importance `I_l = 1 - mean cos(x_in, x_out)` from the Gram cache's layer
 cosines, `I_n = I / mean(I)`, retained ratio `CR_l = mrr + I_n (trr - mrr)` with
 `trr = 1 - target` (`allocation.adacr`, clamped and re-balanced to the exact budget).
-UNCERTAIN: the paper gives no `mrr` that is valid at every ratio (an absolute `mrr` must
+`1 - cos` (not `cos`) fits the paper's figure, where the first and last blocks are the
+most important: on SmolLM2-135M the cosines are lowest at the first and last blocks
+(docs/methods.md). The paper gives no `mrr` valid at every ratio (an absolute `mrr` must
 stay below `trr`, which is 0.2 at 80%). Default `mrr = mrr_fraction * trr` with
-`mrr_fraction = 0.5`, i.e. retained ratios spread over `trr (0.5 + 0.5 I_n)`; the options
-`mrr` (absolute) or `mrr_fraction` override it. The choice is not tuned on our models.
+`mrr_fraction = 0.5`, i.e. retained ratios spread over `trr (0.5 + 0.5 I_n)`; the
+options `mrr` (absolute) or `mrr_fraction` override it. Not tuned on our models.
 
 Ablations: `adasvd-comp` (adaComp, uniform ratios), `adasvd-cr` (SVD-LLM truncation,
 adaCR ratios).
@@ -45,7 +54,32 @@ STARTS = ("compensated", "whitened")
 
 @dataclass(frozen=True)
 class AdaComp:
-    """Error-compensated factorisation on the compressed model's inputs (needs `H_actual`, `C`)."""
+    """The paper's adaComp: SVD-LLM's truncation, then `tau` U-steps (data) and V-steps (weights)."""
+
+    tau: int = 1
+    whitening: str = "cholesky"
+
+    def __call__(self, ctx: MatrixContext, rank: int) -> linalg.LowRankFactors:
+        _check_tau(self.tau)
+        ctx.require("H")
+        fac = Whitened(whitening=self.whitening)(ctx, rank)
+        data = ctx.H_actual if ctx.H_actual is not None else ctx.H  # original inputs: a no-op
+        if self.tau > 0 and rank > 0:
+            fac = linalg.adacomp_steps(ctx.W, fac.A, fac.B, data, iters=int(self.tau))
+        return fac
+
+    def spectrum(self, ctx: MatrixContext):
+        return Whitened(whitening=self.whitening).spectrum(ctx)
+
+
+def _check_tau(tau) -> None:
+    if isinstance(tau, bool) or not isinstance(tau, int | float) or int(tau) != tau or tau < 0:
+        raise ConfigError(f"adaComp tau must be a non-negative integer, got {tau!r}")
+
+
+@dataclass(frozen=True)
+class AdaCompCompensated:
+    """svdzoo's extension: factors fitted on the compressed model's inputs (needs `H_actual`, `C`)."""
 
     tau: int = 1
     start: str = "compensated"
@@ -54,8 +88,7 @@ class AdaComp:
     def __call__(self, ctx: MatrixContext, rank: int) -> linalg.LowRankFactors:
         if self.start not in STARTS:
             raise ConfigError(f"adaComp start must be one of {STARTS}, got {self.start!r}")
-        if isinstance(self.tau, bool) or int(self.tau) != self.tau or self.tau < 0:
-            raise ConfigError(f"adaComp tau must be a non-negative integer, got {self.tau!r}")
+        _check_tau(self.tau)
         ctx.require("H_actual", "C")
         if self.start == "compensated":
             fac = linalg.compensated_truncate(
@@ -74,6 +107,7 @@ class AdaCR:
     """Layer-wise retained ratios from how much each decoder layer turns its hidden state."""
 
     mrr_fraction: float = 0.5
+    extra_options = ("mrr",)
 
     def mrr(self, target: float, options) -> float:
         trr = 1.0 - target
@@ -112,27 +146,25 @@ class AdaCR:
 register(
     Method(
         name="adasvd",
-        description="adaComp (error-compensated factors on compressed-model inputs, tau ALS steps) + adaCR layer ratios",
+        description="adaComp as published (SVD-LLM start, tau U-steps on the compressed model's inputs, V-steps B = A^+ W) + adaCR layer ratios",
         paper=PAPER,
         needs=frozenset({GRAM}),
         factoriser=AdaComp(),
         allocator=AdaCR(),
         sequential=True,
         options={"tau": 1, "mrr_fraction": 0.5},
-        spectrum_factoriser=Whitened(whitening="eigen"),
     )
 )
 register(
     Method(
         name="adasvd-comp",
-        description="AdaSVD ablation: adaComp error compensation only, uniform ratio",
+        description="AdaSVD ablation: adaComp as published only, uniform ratio",
         paper=f"{PAPER} (ablation)",
         needs=frozenset({GRAM}),
         factoriser=AdaComp(),
         allocator=Uniform(),
         sequential=True,
         options={"tau": 1},
-        spectrum_factoriser=Whitened(whitening="eigen"),
     )
 )
 register(
@@ -144,5 +176,31 @@ register(
         factoriser=Whitened(whitening="cholesky"),
         allocator=AdaCR(),
         options={"mrr_fraction": 0.5},
+    )
+)
+register(
+    Method(
+        name="adasvd-compensated",
+        description="svdzoo extension: closed-form compensation on compressed-model inputs (layer by layer) + tau ALS steps + adaCR",
+        paper=f"{PAPER} (svdzoo extension)",
+        needs=frozenset({GRAM}),
+        factoriser=AdaCompCompensated(),
+        allocator=AdaCR(),
+        sequential=True,
+        options={"tau": 1, "mrr_fraction": 0.5},
+        spectrum_factoriser=Whitened(whitening="eigen"),
+    )
+)
+register(
+    Method(
+        name="adasvd-compensated-comp",
+        description="svdzoo extension: closed-form compensation on compressed-model inputs only, uniform ratio",
+        paper=f"{PAPER} (svdzoo extension, ablation)",
+        needs=frozenset({GRAM}),
+        factoriser=AdaCompCompensated(),
+        allocator=Uniform(),
+        sequential=True,
+        options={"tau": 1},
+        spectrum_factoriser=Whitened(whitening="eigen"),
     )
 )

@@ -6,6 +6,7 @@ an ablation or a new combination is a new record, never a copy of the algorithm.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -31,11 +32,13 @@ class WhitenerCache:
     so a small LRU bound keeps memory flat even at 7B scale (a 11008^2 float64 factor is
     ~1 GB)."""
 
-    def __init__(self, size: int = 4) -> None:
+    def __init__(self, size: int = 4, max_bytes: int | None = None) -> None:
         self.size = size
+        self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._bytes: dict[Hashable, int] = {}
 
     def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
         if key in self._items:
@@ -45,9 +48,26 @@ class WhitenerCache:
         self.misses += 1
         value = make()
         self._items[key] = value
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        self._bytes[key] = _nbytes(value)
+        while len(self._items) > self.size or (
+            self.max_bytes is not None
+            and len(self._items) > 1
+            and sum(self._bytes.values()) > self.max_bytes
+        ):
+            old, _ = self._items.popitem(last=False)
+            del self._bytes[old]
         return value
+
+
+def _nbytes(value: Any) -> int:
+    """Bytes held by the tensors of a cached value (a tensor, a tuple of them, a Whitener)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, tuple | list):
+        return sum(_nbytes(v) for v in value)
+    if dataclasses.is_dataclass(value):
+        return sum(_nbytes(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return 0
 
 
 @dataclass
@@ -73,6 +93,9 @@ class MatrixContext:
     C: torch.Tensor | None = None
     count: int = 0
     whiteners: WhitenerCache | None = field(default=None, repr=False, compare=False)
+    # whitened SVDs by (whitening, matrix): set where one matrix is factorised at several
+    # ranks (searching allocators), so each SVD is computed once
+    svds: WhitenerCache | None = field(default=None, repr=False, compare=False)
 
     def require(self, *names: str) -> None:
         missing = [n for n in names if getattr(self, n) is None]
@@ -107,6 +130,9 @@ class AllocationContext:
     spectrum: Callable[[str], torch.Tensor] | None = None  # target name -> whitened singular values
     options: Mapping[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)  # allocators record choices here (e.g. K)
+    # ranks -> error of the model compressed at those ranks on calibration windows, for
+    # allocators that search (`probes = True`); set by `compression.compress`
+    probe: Callable[[Mapping[str, int]], float] | None = None
 
 
 class Allocator(Protocol):
@@ -126,6 +152,60 @@ class Method:
     sequential: bool = False  # factorise layer by layer on compressed-model inputs
     options: Mapping[str, Any] = field(default_factory=dict)
     spectrum_factoriser: Factoriser | None = None  # what an allocator's spectrum oracle uses
+
+    @property
+    def probes(self) -> bool:
+        """Its allocator compresses trial allocations and measures them on calibration data."""
+        return bool(getattr(self.allocator, "probes", False))
+
+    @property
+    def replays_calibration(self) -> bool:
+        """It runs the model on the calibration windows (needs the tokenizer)."""
+        return self.sequential or self.probes
+
+
+# Options read by the sequential pass (`methods.sequential`) and by the probe of searching
+# allocators (`methods.probe`), beyond the fields of the method's parts.
+SEQUENTIAL_OPTIONS = frozenset(
+    {"seq_nsamples", "seq_batch_size", "seq_granularity", "mini_bsz", "calibration_corpus"}
+)
+PROBE_OPTIONS = frozenset({"search_nsamples", "calibration_corpus"})
+
+
+def _fields(part: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(part)} if dataclasses.is_dataclass(part) else set()
+
+
+def accepted_options(method: Method) -> set[str]:
+    """Every `--option` key that changes what `method` does: the fields of its parts, the
+    extra keys its allocator reads (`extra_options`), and the sequential/probe options."""
+    names = _fields(method.factoriser) | _fields(method.allocator) | set(method.options)
+    names |= _fields(method.spectrum_factoriser) if method.spectrum_factoriser else set()
+    names |= set(getattr(method.allocator, "extra_options", ()))
+    if method.sequential:
+        names |= SEQUENTIAL_OPTIONS
+    if method.probes:
+        names |= PROBE_OPTIONS
+    return names
+
+
+def check_options(method: Method, options: Mapping[str, Any] | None) -> None:
+    """Refuse, before any compute, an option the method would silently ignore."""
+    unknown = sorted(set(options or {}) - accepted_options(method))
+    if unknown:
+        known = ", ".join(sorted(accepted_options(method))) or "none"
+        raise ConfigError(
+            f"method {method.name!r} takes no option {', '.join(map(repr, unknown))}; "
+            f"its options: {known}"
+        )
+
+
+def configured(part: Any, opts: Mapping[str, Any]) -> Any:
+    """`part` (a frozen dataclass) with the fields named in `opts` replaced."""
+    if not dataclasses.is_dataclass(part):
+        return part
+    changes = {k: v for k, v in opts.items() if k in _fields(part) and v is not None}
+    return dataclasses.replace(part, **changes) if changes else part
 
 
 REGISTRY: dict[str, Method] = {}

@@ -79,12 +79,20 @@ class Whitened:
         key = (self.whitening, ctx.layer, ctx.group)
         return ctx.whiteners.get(key, lambda: self.whitener(ctx.H))
 
+    def svd_of(self, ctx: MatrixContext):
+        """`whitened_svd(W, S)`, once per matrix when the context carries an SVD cache."""
+        whitener = self.whitener_of(ctx)
+        if ctx.svds is None:
+            return linalg.whitened_svd(ctx.W, whitener)
+        return ctx.svds.get(
+            (self.whitening, ctx.name), lambda: linalg.whitened_svd(ctx.W, whitener)
+        )
+
     def __call__(self, ctx: MatrixContext, rank: int):
-        return linalg.truncate(ctx.W, self.whitener_of(ctx), rank)
+        return linalg.truncate(ctx.W, self.whitener_of(ctx), rank, svd=self.svd_of(ctx))
 
     def spectrum(self, ctx: MatrixContext) -> torch.Tensor:
-        _, sigma, _ = linalg.whitened_svd(ctx.W, self.whitener_of(ctx))
-        return sigma
+        return linalg.whitened_spectrum(ctx.W, self.whitener_of(ctx))
 
 
 # ---------------------------------------------------------------- allocators

@@ -1,34 +1,39 @@
 """ResSVD (Bai et al., arXiv 2505.20112): residual compensation + last-K partial compression.
 
-Residual compensation. The rank budget is split `k = k1 + k2`. Stage 1: SVD-LLM's
-whitened truncation of `W` on the original inputs (`H`, Cholesky) at rank `k1`, giving
-`W1`. Stage 2: the residual is fitted on the inputs the compressed model actually feeds
-this layer (`methods.sequential`): target `T - W1` with `T = W C H'^+` under `H'`
-(eigen whitening, pseudo-inverse), rank `k2`. The result `W1 + R2` is stored as one
-rank-`k` pair (the two pairs stacked; parameters are the same as two pairs).
+As the paper defines it (`ressvd`, `ressvd-residual`, `ressvd-lastk`):
 
-Why the stages differ (methods.md's trap): if stage 2 used the same whitening and target
-as stage 1 it would only pick the next `k2` singular directions, i.e. plain whitened
-truncation at rank `k` (tested). Here stage 2 sees `H'`, `C`; where no earlier layer is
-compressed yet (`H' = C = H`) the method does reduce to SVD-LLM, by construction.
-Because `W_k - W1` is one candidate for stage 2, the loss on the compressed-model inputs
-never exceeds SVD-LLM's. UNCERTAIN: the paper's split; `k1 = round(k1_fraction * k)`,
-`k1_fraction = 0.5` by default (option `k1_fraction`; 1 gives SVD-LLM, 0 gives AdaSVD's
-closed-form compensation).
+- Residual compensation (`Residual`). The rank budget `r` is split `r = r1 + r2` with the
+  authors' later rule `r2 = round(beta m n / (m + n))`, `beta = 0.05` (option `beta`).
+  Stage 1: SVD-LLM's whitened truncation (Cholesky of the original model's Gram) at `r1`,
+  `W1`. Stage 2: a plain, unwhitened SVD of the weight-space residual `W - W1` at `r2`.
+  The two pairs are joined into one rank-`r` pair (`linalg.residual_truncate`). The stages
+  use different metrics, so this is not plain truncation at `r` (with the same metric in
+  both stages it would be: tested).
+- Partial compression (`LastKSearch`). Only the last `k` blocks are compressed, every
+  matrix in them at the ratio that meets the overall budget (`R_l = R_o * total / params of
+  the last k blocks`, the paper's `N R_o / k` for equal blocks). `k` is searched over
+  `{s, 2s, ..., N - s}` (`step` option; the paper gives no `s`, default `max(1, N // 10)`):
+  each candidate is compressed with the method's own factoriser and scored by the relative
+  error of the final hidden state against the original model on calibration windows
+  (`methods.probe`, option `search_nsamples`); the lowest error wins. Candidates whose
+  per-matrix ratio would exceed `max_ratio` (0.95) are not tried; if none is left, all `N`
+  blocks are compressed (logged). The candidates, their errors and the choice go to the
+  manifest's `allocation`. Option `K` fixes `k` and skips the search.
 
-Partial compression. Only the last `K` decoder layers are compressed, at the uniform
-ratio that meets the overall budget; `K` is the smallest whose per-matrix ratio stays
-`<= max_ratio` (option, default 0.9: UNCERTAIN, the paper sweeps `K` by hand), or the
-option `K`. `K`, the layers and their ratio go to the manifest's `allocation`.
-
-Ablations: `ressvd-residual` (residual compensation, uniform ratios), `ressvd-lastk`
-(SVD-LLM truncation, last-K allocation).
+svdzoo's extension (`ressvd-compensated`, `ressvd-compensated-residual`): stage 2 fitted
+on the inputs the compressed model actually feeds the layer (`methods.sequential`:
+target `T = W C H'^+` under `H'`, eigen whitening), with `k1 = round(k1_fraction r)`
+(`k1_fraction = 0.5`), and `K` the smallest number of last blocks whose ratio stays
+`<= max_ratio` (0.9) (`LastK`). Where no earlier layer is compressed (`H' = C = H`) its
+residual stage reduces to SVD-LLM.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+
+from tqdm.auto import tqdm
 
 from svdzoo import allocation, linalg
 from svdzoo.errors import ConfigError
@@ -46,6 +51,106 @@ def split_rank(rank: int, k1_fraction: float) -> tuple[int, int]:
         raise ConfigError(f"k1_fraction must be in [0, 1], got {k1_fraction!r}")
     k1 = min(rank, max(0, round(float(k1_fraction) * rank)))
     return k1, rank - k1
+
+
+@dataclass(frozen=True)
+class Residual:
+    """The paper's residual compensation: whitened stage 1, plain SVD of the weight residual."""
+
+    beta: float = 0.05
+    whitening: str = "cholesky"
+
+    def ranks(self, m: int, n: int, rank: int) -> tuple[int, int]:
+        """`(r1, r2)`, `r2 = round(beta m n / (m + n))` capped at `rank`."""
+        if not 0.0 <= float(self.beta) <= 1.0:
+            raise ConfigError(f"beta must be in [0, 1], got {self.beta!r}")
+        r2 = min(rank, round(float(self.beta) * m * n / (m + n)))
+        return rank - r2, r2
+
+    def __call__(self, ctx: MatrixContext, rank: int) -> linalg.LowRankFactors:
+        ctx.require("H")
+        m, n = ctx.W.shape
+        r1, r2 = self.ranks(m, n, rank)
+        part = Whitened(whitening=self.whitening)
+        return linalg.residual_truncate(
+            ctx.W,
+            part.whitener_of(ctx),
+            linalg.identity_whitener(n),
+            r1,
+            r2,
+            first_svd=part.svd_of(ctx),
+        )
+
+
+@dataclass(frozen=True)
+class LastKSearch:
+    """The paper's partial compression: search the number `k` of last blocks by the final
+    hidden-state error of the compressed model on calibration data."""
+
+    step: int | None = None
+    max_ratio: float = 0.95
+    probes = True
+    extra_options = ("K",)
+
+    def candidates(self, num_layers: int) -> list[int]:
+        step = self.step if self.step is not None else max(1, num_layers // 10)
+        if isinstance(step, bool) or int(step) != step or not 1 <= step < max(num_layers, 2):
+            raise ConfigError(
+                f"step must be an integer in [1, {num_layers - 1}], got {self.step!r}"
+            )
+        return list(range(int(step), num_layers - int(step) + 1, int(step)))
+
+    def __call__(self, infos: list, target: float, ctx: AllocationContext) -> dict[str, int]:
+        if not 0.0 < float(self.max_ratio) < 1.0:
+            raise ConfigError(f"max_ratio must be in (0, 1), got {self.max_ratio}")
+        layers = sorted({i.layer for i in infos})
+        N = len(layers)
+        total = sum(i.params for i in infos)
+
+        def layer_ratio(k: int) -> float:
+            chosen = set(layers[N - k :])
+            return target * total / sum(i.params for i in infos if i.layer in chosen)
+
+        fixed = ctx.options.get("K")
+        if fixed is not None:
+            tried = [int(fixed)]
+        else:
+            tried = [k for k in self.candidates(N) if layer_ratio(k) <= self.max_ratio]
+            if not tried:
+                log.info(
+                    "last-k search: no candidate in the grid meets the budget; all %d blocks", N
+                )
+                tried = [N]
+        allocs = {
+            k: allocation.last_k_layers(infos, target, max_ratio=self.max_ratio, k=k)[0]
+            for k in tried
+        }
+        errors: dict[int, float] = {}
+        if len(tried) > 1:
+            if ctx.probe is None:
+                raise ConfigError("the last-k search needs a probe (compress() sets one)")
+            for k in tqdm(tried, desc="last-k search", unit="candidate"):
+                errors[k] = float(ctx.probe(allocs[k]))
+                log.info(
+                    "last-k search: k=%d (ratio %.3f per matrix): output error %.4g",
+                    k,
+                    layer_ratio(k),
+                    errors[k],
+                )
+            best = min(tried, key=lambda k: (errors[k], k))
+        else:
+            best = tried[0]
+        ctx.report.update(
+            kind="last-k-search",
+            K=best,
+            num_layers=N,
+            candidates=tried,
+            errors={str(k): v for k, v in errors.items()},
+            compressed_layers=layers[N - best :],
+            layer_ratio=layer_ratio(best),
+            max_ratio=float(self.max_ratio),
+        )
+        return allocs[best]
 
 
 @dataclass(frozen=True)
@@ -67,10 +172,11 @@ class ResidualCompensated:
 
 @dataclass(frozen=True)
 class LastK:
-    """Only the last `K` decoder layers are compressed; earlier ones stay dense."""
+    """The smallest `K` last decoder layers whose ratio stays `<= max_ratio`; earlier ones dense."""
 
     max_ratio: float = 0.9
     k: int | None = None
+    extra_options = ("K",)
 
     def __call__(self, infos: list, target: float, ctx: AllocationContext) -> dict[str, int]:
         max_ratio = float(ctx.options.get("max_ratio", self.max_ratio))
@@ -102,8 +208,40 @@ class LastK:
 register(
     Method(
         name="ressvd",
-        description="residual compensation (stage 2 on compressed-model inputs) + compression of the last K layers only",
+        description="residual compensation as published (whitened stage 1, plain SVD of the weight residual, beta rule) + searched last-k blocks",
         paper=PAPER,
+        needs=frozenset({GRAM}),
+        factoriser=Residual(),
+        allocator=LastKSearch(),
+        options={"beta": 0.05},
+    )
+)
+register(
+    Method(
+        name="ressvd-residual",
+        description="ResSVD ablation: residual compensation as published only, uniform ratio over all layers",
+        paper=f"{PAPER} (ablation)",
+        needs=frozenset({GRAM}),
+        factoriser=Residual(),
+        allocator=Uniform(),
+        options={"beta": 0.05},
+    )
+)
+register(
+    Method(
+        name="ressvd-lastk",
+        description="ResSVD ablation: SVD-LLM truncation of the searched last-k blocks only",
+        paper=f"{PAPER} (ablation)",
+        needs=frozenset({GRAM}),
+        factoriser=Whitened(whitening="cholesky"),
+        allocator=LastKSearch(),
+    )
+)
+register(
+    Method(
+        name="ressvd-compensated",
+        description="svdzoo extension: residual fitted on compressed-model inputs (layer by layer) + the smallest last-K within max_ratio",
+        paper=f"{PAPER} (svdzoo extension)",
         needs=frozenset({GRAM}),
         factoriser=ResidualCompensated(),
         allocator=LastK(),
@@ -113,24 +251,13 @@ register(
 )
 register(
     Method(
-        name="ressvd-residual",
-        description="ResSVD ablation: residual compensation only, uniform ratio over all layers",
-        paper=f"{PAPER} (ablation)",
+        name="ressvd-compensated-residual",
+        description="svdzoo extension: residual fitted on compressed-model inputs only, uniform ratio",
+        paper=f"{PAPER} (svdzoo extension, ablation)",
         needs=frozenset({GRAM}),
         factoriser=ResidualCompensated(),
         allocator=Uniform(),
         sequential=True,
         options={"k1_fraction": 0.5},
-    )
-)
-register(
-    Method(
-        name="ressvd-lastk",
-        description="ResSVD ablation: SVD-LLM truncation of the last K layers only",
-        paper=f"{PAPER} (ablation)",
-        needs=frozenset({GRAM}),
-        factoriser=Whitened(whitening="cholesky"),
-        allocator=LastK(),
-        options={"max_ratio": 0.9},
     )
 )

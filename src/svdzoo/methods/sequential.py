@@ -36,7 +36,6 @@ Options (in `compress(..., options=...)` / `--option KEY=VALUE`):
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 from collections.abc import Callable, Mapping
@@ -47,20 +46,11 @@ from torch import nn
 
 from svdzoo import lowrank
 from svdzoo.errors import ConfigError
-from svdzoo.methods.base import Method, factorise
+from svdzoo.methods.base import Method, configured, factorise
 
 log = logging.getLogger(__name__)
 
 GRANULARITIES = ("group", "layer")
-
-
-def configured(part: Any, opts: Mapping[str, Any]) -> Any:
-    """`part` (a frozen dataclass) with the fields named in `opts` replaced."""
-    if not dataclasses.is_dataclass(part):
-        return part
-    names = {f.name for f in dataclasses.fields(part)}
-    changes = {k: v for k, v in opts.items() if k in names and v is not None}
-    return dataclasses.replace(part, **changes) if changes else part
 
 
 def replay_windows(manifest: Mapping[str, Any], tokenizer: Any, opts: Mapping[str, Any]):

@@ -1,0 +1,110 @@
+"""Measure a trial allocation end to end: compress, run calibration windows, restore.
+
+Searching allocators (ResSVD's choice of how many last layers to compress) need the
+error a whole allocation causes, not a per-matrix proxy. `OutputErrorProbe` compresses
+the model in place at the given ranks with the method's own factoriser, compares the
+final hidden state (the decoder's output, after its final norm, before the LM head) with
+the original model's on a few calibration windows, and puts the original linears back.
+
+Options: `search_nsamples` (4): calibration windows per probe, the first of the Gram
+cache's set; `calibration_corpus`: as for the sequential pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from svdzoo import lowrank
+from svdzoo.errors import ConfigError
+from svdzoo.models import replace_module
+
+log = logging.getLogger(__name__)
+
+SEARCH_NSAMPLES = 4
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The base model whose output is the final hidden state (no LM head)."""
+    get = getattr(model, "get_decoder", None)
+    decoder = get() if callable(get) else None
+    if not isinstance(decoder, nn.Module):
+        raise ConfigError(f"{type(model).__name__} exposes no decoder (get_decoder) to probe")
+    return decoder
+
+
+class OutputErrorProbe:
+    """`probe(ranks)`: relative squared error `||Y' - Y||^2 / ||Y||^2` of the final hidden
+    state over the probe windows, with the model compressed at `ranks`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        windows: torch.Tensor,
+        modules: Mapping[str, nn.Linear],
+        factorise_at: Callable[[str, int], Any],
+        build: Callable[[nn.Linear, Any], nn.Module],
+        *,
+        batch_size: int = 4,
+    ) -> None:
+        self.model = model
+        self.windows = windows
+        self.modules = dict(modules)
+        self.factorise_at = factorise_at
+        self.build = build
+        self.batch_size = batch_size
+        self.calls = 0
+        self._reference: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def _outputs(self) -> list[torch.Tensor]:
+        decoder = decoder_of(self.model)
+        device = next(self.model.parameters()).device
+        out = []
+        for start in range(0, self.windows.shape[0], self.batch_size):
+            ids = self.windows[start : start + self.batch_size].to(device)
+            hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
+            out.append(hidden.detach().to(torch.float64).cpu())
+        return out
+
+    def reference(self) -> list[torch.Tensor]:
+        if self._reference is None:
+            self._reference = self._outputs()
+        return self._reference
+
+    def __call__(self, ranks: Mapping[str, int]) -> float:
+        reference = self.reference()
+        swapped: dict[str, nn.Linear] = {}
+        try:
+            for name, lin in self.modules.items():
+                k = int(ranks[name])
+                m, n = lin.out_features, lin.in_features
+                if k >= min(m, n) or not lowrank.worth_factoring(m, n, k):
+                    continue
+                replace_module(self.model, name, self.build(lin, self.factorise_at(name, k)))
+                swapped[name] = lin
+            trial = self._outputs()
+        finally:
+            for name, lin in swapped.items():
+                replace_module(self.model, name, lin)
+        self.calls += 1
+        num = sum(float((y - r).square().sum()) for y, r in zip(trial, reference, strict=True))
+        den = sum(float(r.square().sum()) for r in reference)
+        return num / den if den > 0 else float("inf")
+
+
+def probe_windows(manifest: Mapping[str, Any], tokenizer: Any, opts: Mapping[str, Any]):
+    """The first `search_nsamples` windows of the Gram cache's calibration set."""
+    from svdzoo.methods.sequential import replay_windows
+
+    want = int(opts.get("search_nsamples") or SEARCH_NSAMPLES)
+    nsamples = int(manifest.get("nsamples") or 0)
+    if want < 1:
+        raise ConfigError(f"search_nsamples must be >= 1, got {want}")
+    return replay_windows(
+        manifest, tokenizer, {**opts, "seq_nsamples": min(want, nsamples) if nsamples else want}
+    )
