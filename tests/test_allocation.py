@@ -338,3 +338,21 @@ def test_threshold_allocation_picks_smallest_ratio_under_threshold():
     _ok(ranks, 0.3, infos)
     with pytest.raises(AllocationError, match="beyond"):
         al.threshold_allocation(infos, table, 0.7)  # smallest p=0.4 keeps 40%
+
+
+def test_uniform_spreads_its_top_ups_over_the_layers():
+    """Where rounding needs extra rank units, equal-deviation ties must not all go to the
+    first layers in iteration order (SmolLM2-135M shapes, 30 layers)."""
+    shapes = {"q": (576, 576), "k": (192, 576), "v": (192, 576), "o": (576, 576),
+              "gate": (1536, 576), "up": (1536, 576), "down": (576, 1536)}  # fmt: skip
+    infos = [MatrixInfo(f"model.layers.{j}.{t}", j, t, m, n)
+             for j in range(30) for t, (m, n) in shapes.items()]  # fmt: skip
+    for target in (0.2, 0.4, 0.6, 0.8, 0.33, 0.57):
+        ranks = al.uniform(infos, target)
+        floor = {i.name: al.rank_for_ratio(i.m, i.n, target) for i in infos}
+        moved = [i for i in infos if ranks[i.name] != floor[i.name]]
+        if len(moved) < 2:
+            continue
+        layers = sorted({i.layer for i in moved})
+        assert layers != list(range(len(layers))) or len(layers) == 30, (target, layers)
+        assert max(layers) >= 15, (target, layers)

@@ -434,3 +434,28 @@ def test_cuda_matches_cpu():
     assert s_gpu is not None and s_cpu is not None
     assert torch.equal(s_gpu.kept_idx.cpu(), s_cpu.kept_idx)
     assert s_gpu.loss == pytest.approx(s_cpu.loss, rel=1e-8)
+
+
+@pytest.mark.parametrize("shape", [(90, 40), (40, 90), (60, 60)])
+def test_top_svd_matches_the_full_svd_on_the_leading_directions(shape):
+    g = torch.Generator().manual_seed(7)
+    M = torch.randn(*shape, generator=g, dtype=torch.float64)
+    M = M * torch.logspace(0, -4, shape[1], dtype=torch.float64)  # a decaying spectrum
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    for k in (0, 1, 5, 12):
+        u, s, vh = linalg.top_svd(M, k)
+        assert u.shape == (shape[0], k) and vh.shape == (k, shape[1])
+        assert torch.allclose(s, S[:k], rtol=1e-10, atol=1e-12 * float(S[0]))
+        ref = (U[:, :k] * S[:k]) @ Vh[:k]
+        assert torch.allclose((u * s) @ vh, ref, atol=1e-10 * float(S[0]))
+
+
+def test_residual_stage_by_top_svd_equals_the_full_svd():
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(80, 64, generator=g, dtype=torch.float64)
+    X = torch.randn(64, 300, generator=g, dtype=torch.float64)
+    wh = linalg.cholesky_whitener(X @ X.T)
+    fast = linalg.residual_truncate(W, wh, linalg.identity_whitener(64), 20, 3)  # top_svd path
+    s1 = linalg.truncate(W, wh, 20)
+    s2 = linalg.svd_truncate(W - s1.A @ s1.B, 3)
+    assert torch.allclose(fast.A @ fast.B, s1.A @ s1.B + s2.A @ s2.B, atol=1e-10)

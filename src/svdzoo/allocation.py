@@ -14,6 +14,7 @@ Every allocator ends with `fit_budget`, which meets the target to 0.5% (absolute
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -251,7 +252,11 @@ def fit_budget(
        integer ratio deviates most from its continuous ratio in the needed direction,
        while that reduces the error and the error exceeds 0.1% (closer rounding is left
        alone so uniform allocation gives exactly the papers' per-matrix ranks); when no
-       single move helps, the best pair move (one matrix up, another down).
+       single move helps, the best pair move (one matrix up, another down). Ties (equal
+       deviations, e.g. every matrix of one shape under a uniform ratio) go to the layer
+       that has moved least so far, then to a fixed pseudo-random order of the names, so
+       the remainder is spread over layers and types instead of going to the first
+       layers in iteration order.
     Raises `AllocationError` if the result is not within `tol`.
     """
     cont = rebalance(infos, ratios, target, rmin=rmin, rmax=rmax, frozen=frozen)
@@ -278,13 +283,15 @@ def fit_budget(
             return None
         return kbe if k > kbe else k - 1
 
+    shuffle = {i.name: hashlib.sha1(i.name.encode()).hexdigest() for i in infos}
+    moves: dict[int, int] = {}
     for _ in range(100 * len(infos) + 1000):
         kept = sum(params.values())
         diff = kept_target - kept  # > 0: removed too much, add rank
         if abs(diff) <= _GREEDY_SLACK * total:
             break
         up = diff > 0
-        best, best_dev = None, -math.inf
+        best, best_dev = None, (-math.inf,)
         for name in ladders:
             k2 = step(name, up)
             if k2 is None:
@@ -294,9 +301,9 @@ def fit_budget(
             if abs(kept_target - (kept - params[name] + p2)) >= abs(diff):
                 continue
             dev = (1 - params[name] / info.params) - cont[name]
-            dev = dev if up else -dev
-            if dev > best_dev:
-                best, best_dev = (name, k2, p2), dev
+            key = (round(dev if up else -dev, 12), -moves.get(info.layer, 0), shuffle[name])
+            if key > best_dev:
+                best, best_dev = (name, k2, p2), key
         if best is None:
             pair = _best_pair(ladders, step, params, by_name, diff)
             if pair is None:
@@ -305,6 +312,8 @@ def fit_budget(
                 ranks[name], params[name] = k2, p2
             continue
         ranks[best[0]], params[best[0]] = best[1], best[2]
+        layer = by_name[best[0]].layer
+        moves[layer] = moves.get(layer, 0) + 1
     achieved = achieved_ratio(infos, ranks)
     if abs(achieved - target) > tol:
         raise AllocationError(

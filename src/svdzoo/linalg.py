@@ -359,6 +359,48 @@ def truncate(
     return LowRankFactors(A, B, sigma, loss)
 
 
+def truncate_fp32_official(W: Tensor, whitener: Whitener, k: int) -> LowRankFactors:
+    """SVD-LLM's official numeric path: the Cholesky factor `L` and `inv(L)` are formed in
+    float64 and cast to float32, the SVD of `W L` runs in float32, `B = sqrt(S_k) V_k^T
+    inv(L)` in float32. Same optimum as `truncate` in exact arithmetic; the difference is
+    round-off (methods.md: where SVD-LLM V2's truncation gain may come from).
+    `loss` is the float64 layer loss of the float32 factors on the whitener's Gram."""
+    W = _check_matrix(W)
+    m, n = W.shape
+    _check_rank(k, m, n)
+    if whitener.kind != "cholesky":
+        raise NumericsError(f"the official path whitens by Cholesky, got {whitener.kind!r}")
+    L = whitener.factor.to(W.device)  # type: ignore[union-attr]
+    L_inv = torch.linalg.inv(L).to(torch.float32)
+    U, sigma, Vh = torch.linalg.svd(W.to(torch.float32) @ L.to(torch.float32), full_matrices=False)
+    r = sigma[:k].clamp_min(0).sqrt()
+    A = (U[:, :k] * r).to(F64)
+    B = ((r[:, None] * Vh[:k]) @ L_inv).to(F64)
+    return LowRankFactors(A, B, sigma.to(F64), layer_loss(W, A, B, whitener.gram().to(W.device)))
+
+
+def top_svd(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The leading `k` singular triplets of `M` (`U_k, sigma_k, Vh_k`), from the
+    eigendecomposition of the smaller Gram (`M^T M` or `M M^T`) in float64: several times
+    cheaper than a full SVD when only a few directions are kept (ResSVD's residual rank).
+    Squaring costs accuracy only on the small singular values, which are not returned:
+    the leading ones agree with `torch.linalg.svd` to ~1e-14 relative (tested)."""
+    M = _check_matrix(M)
+    m, n = M.shape
+    _check_rank(k, m, n)
+    if k == 0:
+        return M.new_zeros(m, 0), M.new_zeros(0), M.new_zeros(0, n)
+    tall = m >= n
+    G = M.T @ M if tall else M @ M.T
+    lam, Q = torch.linalg.eigh(0.5 * (G + G.T))
+    lam, Q = lam.flip(0)[:k].clamp_min(0), Q.flip(1)[:, :k]
+    sigma = lam.sqrt()
+    safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+    if tall:  # Q = V_k
+        return (M @ Q) / safe, sigma, Q.T
+    return Q, sigma, (Q.T @ M) / safe[:, None]
+
+
 def svd_truncate(W: Tensor, k: int) -> LowRankFactors:
     """Plain truncated SVD (the `SVD` baseline); `loss = ||W - A B||_F^2`."""
     W = _check_matrix(W)
@@ -571,7 +613,8 @@ def residual_truncate(
     compressed model's inputs. If both stages whiten with the same `S`, the result is
     exactly plain whitened truncation at rank `k1+k2` (the second stage just picks the
     next singular directions), so a gain needs the stages to differ.
-    `sigma` is the second stage's (residual) spectrum; `loss` is `||(target - A B) S_2||_F^2`.
+    `sigma` is the second stage's (residual) spectrum (its leading `k2` values when only those
+    are computed, `top_svd`); `loss` is `||(target - A B) S_2||_F^2`.
     """
     W = _check_matrix(W)
     m, n = W.shape
@@ -583,7 +626,12 @@ def residual_truncate(
     if tgt.shape != W.shape:
         raise NumericsError(f"target is {tuple(tgt.shape)}, W is {tuple(W.shape)}")
     R = tgt - s1.A @ s1.B
-    s2 = truncate(R, second, k2)
+    if second.kind == "identity" and 0 < k2 < min(m, n) // 4:  # plain SVD, few directions
+        U, sig, Vh = top_svd(R, k2)
+        A2, B2 = _split(U, sig, Vh, k2)
+        s2 = LowRankFactors(A2, B2, sig, 0.0)
+    else:
+        s2 = truncate(R, second, k2)
     A = torch.cat([s1.A, s2.A], 1)
     B = torch.cat([s1.B, s2.B], 0)
     loss = float(second.apply(tgt - A @ B).square().sum())

@@ -10,6 +10,7 @@ from svdzoo.methods.parts import (
     SensitivityThreshold,
     Uniform,
     Whitened,
+    WhitenedOfficialFP32,
 )
 
 register(
@@ -59,6 +60,16 @@ register(
         paper="Wang et al., ICLR 2025",
         needs=frozenset({GRAM}),
         factoriser=Whitened(whitening="cholesky"),
+        allocator=Uniform(),
+    )
+)
+register(
+    Method(
+        name="svd-llm-fp32",
+        description="SVD-LLM on the official code's numeric path: float32 SVD of W L and float32-cast inv(L)",
+        paper="Wang et al., ICLR 2025 (official code's numerics)",
+        needs=frozenset({GRAM}),
+        factoriser=WhitenedOfficialFP32(),
         allocator=Uniform(),
     )
 )

@@ -95,6 +95,14 @@ class Whitened:
         return linalg.whitened_spectrum(ctx.W, self.whitener_of(ctx))
 
 
+@dataclass(frozen=True)
+class WhitenedOfficialFP32:
+    """SVD-LLM's official numerics: float32 SVD of `W L`, float32-cast `inv(L)`."""
+
+    def __call__(self, ctx: MatrixContext, rank: int):
+        return linalg.truncate_fp32_official(ctx.W, Whitened("cholesky").whitener_of(ctx), rank)
+
+
 # ---------------------------------------------------------------- allocators
 
 
