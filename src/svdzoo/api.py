@@ -25,7 +25,7 @@ from svdzoo.compression import (
 from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import atomic_dir
 from svdzoo.methods import get_method
-from svdzoo.methods.base import FISHER, GRAM, SENS_ASVD, SENS_DUO
+from svdzoo.methods.base import FISHER, GRAM, SENS_ASVD, SENS_DUO, check_options
 from svdzoo.models import count_params, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def compress_to_dir(
     `out` meanwhile is refused.
     """
     check_ratio(ratio)
-    get_method(method)
+    check_options(get_method(method), options)
     _require_paths(
         method,
         {GRAM: stats, FISHER: fisher, SENS_DUO: sensitivity_duo, SENS_ASVD: sensitivity_asvd},

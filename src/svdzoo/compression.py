@@ -267,9 +267,13 @@ def compress(
     infos = matrix_infos(model)
     by_name = {i.name: i for i in infos}
     modules = {name: (layer, t, lin) for name, layer, t, lin in adapter.iter_targets(model)}
-    whiteners = WhitenerCache()
-    # a search factorises each matrix at several ranks: keep its whitened SVDs (bounded)
-    svds = WhitenerCache(size=len(infos), max_bytes=SEARCH_CACHE_BYTES) if method.probes else None
+    # a search factorises each matrix at several ranks: keep its whitened SVDs and the
+    # whiteners of every group (bounded), not just the last few
+    if method.probes:
+        whiteners = WhitenerCache(size=4 * len(infos), max_bytes=SEARCH_CACHE_BYTES // 4)
+        svds = WhitenerCache(size=len(infos), max_bytes=SEARCH_CACHE_BYTES)
+    else:
+        whiteners, svds = WhitenerCache(), None
     context = functools.partial(_context, whiteners=whiteners, svds=svds)
 
     def spectrum(name: str) -> torch.Tensor:

@@ -1,0 +1,82 @@
+"""Every documented `--option` changes what a method does, and an option a method does not
+take is refused before any compute (it used to be recorded in the manifest and ignored)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from helpers import load_calibrated
+
+from svdzoo.compression import Statistics, compress
+from svdzoo.errors import ConfigError
+from svdzoo.methods import get_method
+from svdzoo.methods.base import accepted_options
+
+CALIB = dict(corpus="pydoc", nsamples=16, seqlen=64, seed=3)
+SEQ = {"seq_nsamples": 4}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama_dir):
+    return load_calibrated(tiny_llama_dir, progress=False, **CALIB)
+
+
+def _run(llama, method, ratio, options):
+    model, tok, stats = llama
+    m = copy.deepcopy(model)
+    man = compress(m, method, ratio, stats=Statistics(gram=stats), tokenizer=tok, options=options)
+    weights = {n: p.detach().clone() for n, p in m.named_parameters()}
+    return man, weights
+
+
+# (method, ratio, option, value): one row per documented option of each method
+CASES = [
+    ("asvd-uniform", 0.4, "alpha", 1.0),
+    ("svd-llm", 0.4, "whitening", "eigen"),
+    ("svd-llm-v2", 0.4, "rmax", 0.45),
+    ("duo-svd-columns", 0.4, "accept", 0.9),
+    ("adasvd-comp", 0.4, "tau", 0),
+    ("adasvd-cr", 0.4, "mrr_fraction", 0.0),
+    ("adasvd-cr", 0.4, "mrr", 0.1),
+    ("ressvd-residual", 0.4, "beta", 0.3),
+    ("ressvd-lastk", 0.4, "K", 2),
+    ("ressvd-compensated-residual", 0.4, "k1_fraction", 0.9),
+    ("ressvd-compensated", 0.3, "max_ratio", 0.5),
+]
+
+
+@pytest.mark.parametrize("method,ratio,option,value", CASES)
+def test_each_documented_option_changes_the_result(llama, method, ratio, option, value):
+    extra = SEQ if get_method(method).sequential else {}
+    assert option in accepted_options(get_method(method))
+    base_man, base = _run(llama, method, ratio, extra)
+    man, got = _run(llama, method, ratio, {**extra, option: value})
+    assert man["options"][option] == value
+    ranks = {n: r["rank"] for n, r in man["modules"].items()}
+    base_ranks = {n: r["rank"] for n, r in base_man["modules"].items()}
+    changed = ranks != base_ranks or set(got) != set(base)
+    changed = changed or any(not torch.equal(got[n], base[n]) for n in base)
+    assert changed, f"{method}: option {option}={value!r} changed nothing"
+
+
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("svd-llm", {"alpha": 0.5}),
+        ("svd", {"tau": 1}),
+        ("adasvd", {"nope": 1}),
+        ("ressvd", {"seq_nsamples": 4}),
+    ],  # fmt: skip
+)
+def test_an_option_the_method_does_not_take_is_refused_before_compute(llama, method, options):
+    model, tok, stats = llama
+    m = copy.deepcopy(model)
+    with pytest.raises(ConfigError, match="takes no option"):
+        compress(m, method, 0.4, stats=Statistics(gram=stats), tokenizer=tok, options=options)
+    assert all(
+        isinstance(mod, torch.nn.Linear) for n, mod in m.named_modules() if n.endswith("proj")
+    )
