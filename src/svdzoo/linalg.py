@@ -379,6 +379,15 @@ def truncate_fp32_official(W: Tensor, whitener: Whitener, k: int) -> LowRankFact
     return LowRankFactors(A, B, sigma.to(F64), layer_loss(W, A, B, whitener.gram().to(W.device)))
 
 
+def truncation_loss(W: Tensor, whitener: Whitener, k: int) -> float:
+    """`sum_{i>k} sigma_i^2` of `W S` (what `truncate(W, whitener, k).loss` reports), from
+    the eigenvalues of the smaller Gram of `W S`: no singular vectors, no factors."""
+    M = whitener.apply(_check_matrix(W))
+    G = M.T @ M if M.shape[0] >= M.shape[1] else M @ M.T
+    lam = torch.linalg.eigvalsh(0.5 * (G + G.T)).flip(0).clamp_min(0)
+    return float(lam[k:].sum())
+
+
 def top_svd(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """The leading `k` singular triplets of `M` (`U_k, sigma_k, Vh_k`), from the
     eigendecomposition of the smaller Gram (`M^T M` or `M M^T`) in float64: several times
@@ -771,10 +780,18 @@ def column_preserving_split(
         return math.sqrt(max(fac.loss, 0.0)), kept, rest, fac, c
 
     def evaluate(dr: int) -> float:
-        # only the error is cached: factors of ~20 candidates would not fit on a GPU
-        if dr == 0 or column_counts(m, n, k, dr)[0] == 0:
+        # the search needs only the error: eigenvalues of the smaller whitened Gram, no
+        # factors (several times cheaper than the truncation fit() does for the winner)
+        c, kr = column_counts(m, n, k, dr)
+        if dr == 0 or c == 0:
             return f0
-        return fit(dr)[0]
+        mask = torch.ones(n, dtype=torch.bool, device=W.device)
+        mask[torch.sort(order[:c]).values] = False
+        rest = torch.nonzero(mask).squeeze(1)
+        if rest.numel() == 0:
+            return 0.0
+        Hr = H.index_select(0, rest).index_select(1, rest)
+        return math.sqrt(truncation_loss(W.index_select(1, rest), _whitener(Hr, whitener), kr))
 
     best = _golden_int(evaluate, 0, k)
     if best == 0 or column_counts(m, n, k, best)[0] == 0:
