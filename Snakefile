@@ -31,7 +31,7 @@ wildcard_constraints:
     method=_alt(P["methods"]),
     ratio=r"[0-9]+\.[0-9]{2}",
     calib=_alt([CALIB]),
-    kind="duo|asvd",
+    kind=r"duo|asvd|duo-r[0-9]+\.[0-9]{2}",
 
 
 include: "workflow/rules/data.smk"

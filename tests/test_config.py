@@ -46,7 +46,7 @@ def test_default_params_valid_and_complete(default):
         "svd-llm-v2",
         "adasvd",
         "ressvd",
-        "duo-svd",
+        "duo-svd-independent",
     ]
     assert C.ratios(p) == [0.2, 0.4, 0.6, 0.8]
     assert set(p["evaluation"]["corpora"]) == {"pydoc", "pysource"}

@@ -44,10 +44,13 @@ def families(tiny_llama_dir, tiny_opt_dir):
     return {"llama": _setup(tiny_llama_dir), "opt": _setup(tiny_opt_dir)}
 
 
-def _compressed(setup, method: str, ratio: float):
+INDEPENDENT = {"protocol": "independent"}  # the fixtures hold ratio-independent tables
+
+
+def _compressed(setup, method: str, ratio: float, options=None):
     model, stats, _ = setup
     m2 = copy.deepcopy(model)
-    return m2, compress(m2, method, ratio, stats=stats)
+    return m2, compress(m2, method, ratio, stats=stats, options=options)
 
 
 # ---------------------------------------------------------------- column-preserving factoriser
@@ -174,7 +177,7 @@ def test_knapsack_wrapper_is_the_exact_optimum_on_a_small_table():
 def test_knapsack_meets_the_budget(families, family):
     infos = matrix_infos(families[family][0])
     for ratio in (0.2, 0.4, 0.6, 0.8):
-        _, man = _compressed(families[family], "duo-svd", ratio)
+        _, man = _compressed(families[family], "duo-svd-independent", ratio)
         assert abs(man["achieved_ratio"] - ratio) <= 0.005, (family, ratio, man["achieved_ratio"])
         ks = man["allocation"]["knapsack"]
         assert ks["grid_ratio"] >= ratio - 1e-9  # the knapsack itself never exceeds the budget
@@ -190,8 +193,8 @@ def test_ablations_isolate_one_component(families):
     assert get_method("duo-svd-columns").needs == frozenset({GRAM})
     assert get_method("duo-svd-allocation").needs == frozenset({GRAM, SENS_DUO})
     for family in ("llama", "opt"):
-        _, full = _compressed(families[family], "duo-svd", 0.2)
-        _, alloc = _compressed(families[family], "duo-svd-allocation", 0.2)
+        _, full = _compressed(families[family], "duo-svd-independent", 0.2)
+        _, alloc = _compressed(families[family], "duo-svd-allocation", 0.2, INDEPENDENT)
         _, cols = _compressed(families[family], "duo-svd-columns", 0.2)
         _, llm = _compressed(families[family], "svd-llm", 0.2)
         # allocation-only: plain whitened truncation (no columns) at duo-svd's own allocation
@@ -218,6 +221,46 @@ def test_duo_svd_beats_svd_llm(families, family, ratio):
     """Measured on the reference models (see the report for the numbers): duo-svd's
     perplexity is below svd-llm's at 40% and 60% on both families."""
     windows = families[family][2]
-    m_duo, _ = _compressed(families[family], "duo-svd", ratio)
+    m_duo, _ = _compressed(families[family], "duo-svd-independent", ratio)
     m_llm, _ = _compressed(families[family], "svd-llm", ratio)
     assert perplexity(m_duo, windows, batch_size=64) < perplexity(m_llm, windows, batch_size=64)
+
+
+# ---------------------------------------------------------------- the per-ratio protocol
+
+
+def test_per_ratio_table_changes_with_the_ratio_and_gates_the_method(families):
+    """The official protocol: every other module at the target. Its values differ from the
+    independent table's and between ratios; `duo-svd` accepts only the table of its ratio,
+    `duo-svd-independent` only the independent one."""
+    model, stats, _ = families["llama"]
+    gram, independent = stats.gram, stats.sensitivity["duo"]
+    from svdzoo.tokenizer import build_byte_tokenizer
+
+    tok = build_byte_tokenizer()
+    grid = [0.3, 0.6]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    t2 = compute_sensitivity(model, tok, gram, "duo", nsamples=4, batch_size=4, ratios=grid,
+                             base_ratio=0.2)  # fmt: skip
+    t6 = compute_sensitivity(model, tok, gram, "duo", nsamples=4, batch_size=4, ratios=grid,
+                             base_ratio=0.6)  # fmt: skip
+    assert t2.manifest["protocol"] == "per-ratio" and t2.manifest["base_ratio"] == 0.2
+    assert t6.manifest["base_value"] > t2.manifest["base_value"] > 0
+    name = next(iter(t2))
+    assert t2[name] != t6[name]
+    # p = 1.0 (this module dense, the others at the base) is measured, not zero
+    assert any(abs(t6[n][1.0]) > 0 for n in t6)
+    # the base state is undone: the model is left exactly as it was
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    s2 = Statistics(gram=gram, sensitivity={"duo": t2})
+    _, man = _compressed((model, s2, None), "duo-svd", 0.2)
+    assert abs(man["achieved_ratio"] - 0.2) <= 0.005
+    with pytest.raises(ConfigError, match="around ratio 0.2"):
+        _compressed((model, s2, None), "duo-svd", 0.4)
+    with pytest.raises(ConfigError, match="per-ratio"):
+        _compressed((model, stats, None), "duo-svd", 0.2)  # the independent table
+    with pytest.raises(ConfigError, match="independent"):
+        _compressed((model, s2, None), "duo-svd-independent", 0.2)
+    assert independent.manifest["protocol"] == "independent"
+    with pytest.raises(ConfigError, match="kind duo"):
+        compute_sensitivity(model, tok, gram, "asvd", nsamples=2, base_ratio=0.2)

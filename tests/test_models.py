@@ -132,7 +132,7 @@ def test_gemma3_compresses_with_every_kind_of_method(tok):
     gram = calibrate(base, tok, corpus="pydoc", nsamples=4, seqlen=16, seed=0, device="cpu",
                      progress=False)  # fmt: skip
     duo = compute_sensitivity(base, tok, gram, "duo", nsamples=2, batch_size=2, ratios=[0.3, 0.6])
-    for method in ("svd-llm", "adasvd", "duo-svd"):
+    for method in ("svd-llm", "adasvd", "duo-svd-independent"):
         model = copy.deepcopy(base)
         stats = Statistics(gram=gram, sensitivity={"duo": duo})
         manifest = compress(model, method, 0.4, stats=stats, tokenizer=tok)

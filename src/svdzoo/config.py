@@ -81,6 +81,28 @@ def method_table() -> dict[str, frozenset[str]]:
     return {name: frozenset(m.needs) for name, m in REGISTRY.items()}
 
 
+@functools.lru_cache(maxsize=1)
+def per_ratio_methods() -> frozenset[str]:
+    """Methods whose Duo-SVD table is measured at their own target ratio (one per ratio)."""
+    from svdzoo.methods import REGISTRY
+
+    return frozenset(
+        n for n, m in REGISTRY.items() if getattr(m.allocator, "protocol", None) == "per-ratio"
+    )
+
+
+def sensitivity_table(kind: str, method: str, ratio_tag: str) -> str:
+    """The table directory suffix a compression reads: `duo`, `asvd`, or `duo-r0.20`."""
+    table = kind.removeprefix("sensitivity-")
+    return f"{table}-r{ratio_tag}" if table == "duo" and method in per_ratio_methods() else table
+
+
+def sensitivity_flags(table: str) -> str:
+    """`svdzoo sensitivity` flags for a table suffix (`duo-r0.20` -> a per-ratio table)."""
+    kind, _, ratio = table.partition("-r")
+    return f"--kind {kind} --base-ratio {ratio}" if ratio else f"--kind {kind}"
+
+
 def method_requirements(name: str) -> frozenset[str]:
     table = method_table()
     if name not in table:

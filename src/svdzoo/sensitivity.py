@@ -1,7 +1,6 @@
 """Module sensitivity tables: how much the whole model suffers when ONE module is compressed.
 
-Two tables, both `{module name: {retained ratio p: value}}`, computed once per
-(model, calibration set) and reused for every target ratio:
+Two tables, both `{module name: {retained ratio p: value}}`:
 
 - `duo` (Duo-SVD's module-adaptive allocation): each target linear alone (all others
   dense) is replaced by its plain whitened (SVD-LLM, Cholesky) truncation at retained
@@ -12,15 +11,17 @@ Two tables, both `{module name: {retained ratio p: value}}`, computed once per
   activation-scaled factoriser at retained `p in {0.4, ..., 0.9}`; the value is the
   calibration perplexity. `p = 1.0` holds the dense model's perplexity.
 
-Reading of "minus the KL at the base ratio" (methods.md, Duo-SVD): the public code's
-latest variant measures every module around a *base state* in which all modules sit at the
-target retained ratio, then subtracts that state's KL. That makes the table depend on the
-target ratio, which methods.md and the issue rule out ("depends only on (model,
-calibration set)"). We follow the ratio-independent reading (others dense). The base is
-then the dense module, whose KL is 0, so the stored value is already "minus the base".
-The knapsack consumer may still subtract `KL(p_base)` per module (`base` option); this
-shifts every option of a module by one constant and so cannot change the optimum, which is
-why the reading is safe either way.
+Two protocols for `duo` (methods.md, Duo-SVD):
+
+- `independent` (the default; `duo-svd-independent`): each module alone, every other
+  module dense. The table depends only on (model, calibration set), so one table serves
+  every target ratio. The base is the dense module (KL 0), so values are already "minus
+  the base".
+- `per-ratio` (`base_ratio=R`, `svdzoo sensitivity --base-ratio R`; the official CPSVD
+  code's protocol, `duo-svd`): every module first sits at the target ratio `R`; each is then
+  varied alone over the grid (`p = 1.0` is that module dense) with all others at `R`, and
+  the value is the KL minus the all-at-`R` model's KL. It captures how one module's error
+  interacts with the others being compressed, and costs one table per target ratio.
 
 Measurement windows come from `svdzoo.data.calibration_windows` with the Gram cache's
 corpus, seqlen and seed (Duo-SVD's code uses 32 samples; ASVD's 32 x 2048, seed 233).
@@ -432,8 +433,15 @@ def compute_sensitivity(
     corpus: Any = None,
     batch_size: int = 8,
     max_tokens: int = 4096,
+    base_ratio: float | None = None,
 ) -> SensitivityTable:
     """Probe every target linear alone at every retained ratio; see the module docstring.
+
+    `base_ratio` (Duo-SVD's official protocol, `kind="duo"` only): every module first sits
+    at that compression ratio (its whitened truncation at retained `1 - base_ratio`); each
+    module is then varied alone over the grid (`p = 1.0`: that module dense) with all others
+    at the base, and the value is `KL(original || probed) - KL(original || base)`. The
+    table then belongs to that one target ratio (`protocol: per-ratio` in the manifest).
 
     `seqlen`, `seed` and `corpus` default to the Gram cache's, so the table belongs to the
     same calibration set (`corpus` must be given when the Gram's corpus was a local file;
@@ -446,6 +454,15 @@ def compute_sensitivity(
     from svdzoo.models import adapter_for, fingerprint, resolve_device
 
     grid = check_ratios(ratios, kind)
+    base_p = None
+    if base_ratio is not None:
+        if kind != "duo":
+            raise ConfigError(
+                "a per-ratio table (base ratio) is Duo-SVD's protocol: --kind duo only"
+            )
+        if not 0.0 < float(base_ratio) < 1.0:
+            raise ConfigError(f"base ratio must be a compression ratio in (0, 1), got {base_ratio}")
+        base_p = round(1.0 - float(base_ratio), 6)
     gm = gram_stats.manifest
     seqlen = int(gm["seqlen"] if seqlen is None else seqlen)
     seed = int(gm["seed"] if seed is None else seed)
@@ -472,17 +489,35 @@ def compute_sensitivity(
     ref = _reference(model, batches, kind)
     dense_value = 0.0 if kind == "duo" else math.exp(ref.nll / ref.tokens)
     table: dict[str, dict[float, float]] = {}
-    prober = _LayerwiseProber(model, adapter, batches)
     layers = adapter.layers(model)
+    originals: dict[str, torch.Tensor] = {}  # per-ratio protocol: weights to put back
+    base_value = 0.0
     bar = tqdm(
         total=sum(len(adapter.targets) for _ in layers), desc=f"sensitivity-{kind}", unit="module"
     )
     try:
+        if base_p is not None:
+            for layer_index, layer in enumerate(tqdm(layers, desc="base state", unit="layer")):
+                for target, lin in adapter.target_modules(layer).items():
+                    name = f"{adapter.layers_path}.{layer_index}.{target}"
+                    ctx = _context(model, name, layer_index, target, lin, gram_stats, device)
+                    wh = _whitener(kind, ctx)
+                    m, n = ctx.W.shape
+                    W = truncated_weight(
+                        ctx.W, wh, linalg.whitened_svd(ctx.W, wh), probe_rank(m, n, base_p)
+                    )
+                    originals[name] = lin.weight.detach().clone()
+                    lin.weight.data.copy_(W.to(dtype=lin.weight.dtype, device=lin.weight.device))
+            base_value = _measure(model, batches, kind, ref)
+            log.info("base state (every module at ratio %.2f): KL %.5g", base_ratio, base_value)
+        prober = _LayerwiseProber(model, adapter, batches)  # inputs of the model as it is now
         for layer_index, layer in enumerate(layers):
             for target, lin in adapter.target_modules(layer).items():
                 name = f"{adapter.layers_path}.{layer_index}.{target}"
                 bar.set_postfix_str(name)
                 ctx = _context(model, name, layer_index, target, lin, gram_stats, device)
+                if name in originals:
+                    ctx.W = originals[name].to(device=device, dtype=torch.float64)
                 wh = _whitener(kind, ctx)
                 svd = linalg.whitened_svd(ctx.W, wh)
                 m, n = ctx.W.shape
@@ -491,14 +526,22 @@ def compute_sensitivity(
                     for p in grid
                     if p < 1.0
                 }
+                if base_p is not None:
+                    weights[1.0] = ctx.W  # this module dense, the others at the base
                 row = prober.probe(layer_index, name, lin, weights, kind, ref, max_tokens)
-                row[1.0] = dense_value
-                table[name] = {p: row[p] for p in grid}
+                if base_p is None:
+                    row[1.0] = dense_value
+                table[name] = {p: row[p] - base_value for p in grid}
                 log.debug("%s: %s", name, {p: round(v, 5) for p, v in table[name].items()})
                 bar.update()
             prober.advance(layer_index)
     finally:
         bar.close()
+        for layer_index, layer in enumerate(layers):
+            for target, lin in adapter.target_modules(layer).items():
+                name = f"{adapter.layers_path}.{layer_index}.{target}"
+                if name in originals:
+                    lin.weight.data.copy_(originals[name])
         model.train(was_training)
     elapsed = time.perf_counter() - t0
     manifest = {
@@ -524,6 +567,9 @@ def compute_sensitivity(
         "ratio_convention": "retained fraction of each matrix's parameters (1.0 = dense)",
         "factoriser": "whitened-cholesky" if kind == "duo" else f"asvd-alpha{ASVD_ALPHA}",
         "dense_value": dense_value,
+        "protocol": "independent" if base_p is None else "per-ratio",
+        "base_ratio": None if base_ratio is None else round(float(base_ratio), 6),
+        "base_value": base_value,
         "modules": len(table),
         # no run time here: the manifest is hashed by DVC and must be the same on every run
     }

@@ -52,7 +52,8 @@ rule calibrate_fisher:
 
 
 rule sensitivity:
-    """Module sensitivity table (Duo-SVD KL or ASVD perplexity), reused by every ratio."""
+    """Module sensitivity table (Duo-SVD KL or ASVD perplexity), reused by every ratio;
+    kind `duo-r0.20` is Duo-SVD's per-ratio table for ratio 0.20."""
     input:
         model=lambda w: model_input(w.model),
         gram=str(L.gram("{model}", "{calib}")),
@@ -61,6 +62,7 @@ rule sensitivity:
     params:
         model=lambda w: model_arg(w.model),
         extra=flags("sensitivity"),
+        kind=lambda w: svdconf.sensitivity_flags(w.kind),
     log:
         log_path("sensitivity", "{model}", "{calib}", "{kind}"),
     benchmark:
@@ -74,4 +76,4 @@ rule sensitivity:
         runtime=res("sensitivity")["runtime"],
     shell:
         "OMP_NUM_THREADS={threads} svdzoo sensitivity --model {params.model} --stats {input.gram}"
-        " --kind {wildcards.kind} {params.extra} --out {output} > {log} 2>&1"
+        " {params.kind} {params.extra} --out {output} > {log} 2>&1"

@@ -59,17 +59,21 @@ STATS_FLAGS = {
 }
 
 
-def stats_path(kind, model):
+def stats_path(kind, model, method, ratio):
     if kind == "gram":
         return str(L.gram(model, CALIB))
     if kind == "fisher":
         return str(L.fisher(model, CALIB))
-    return str(L.sensitivity(model, CALIB, kind.removeprefix("sensitivity-")))
+    # Duo-SVD's per-ratio protocol reads the table of its own ratio (sensitivity-duo-r0.20)
+    return str(L.sensitivity(model, CALIB, svdconf.sensitivity_table(kind, method, ratio)))
 
 
 def compress_inputs(w):
     needs = sorted(svdconf.method_requirements(w.method))
-    return {"model": model_input(w.model), **{k: stats_path(k, w.model) for k in needs}}
+    return {
+        "model": model_input(w.model),
+        **{k: stats_path(k, w.model, w.method, w.ratio) for k in needs},
+    }
 
 
 def stats_flags(w, input):

@@ -1,8 +1,9 @@
 """`svdzoo sensitivity`: the module sensitivity table of one (model, calibration set).
 
 Duo-SVD (`--kind duo`, KL of next-token distributions) and ASVD (`--kind asvd`,
-calibration perplexity). The table does not depend on the target ratio: it is computed
-once and every `svdzoo compress` of the method reuses it. An existing table in `--out` that
+calibration perplexity). By default the table does not depend on the target ratio: it is
+computed once and every `svdzoo compress` of the method reuses it; `--base-ratio R` measures
+Duo-SVD's per-ratio table for target ratio R instead. An existing table in `--out` that
 matches the request is kept unless `--force`.
 """
 
@@ -34,6 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         nargs="+",
         help="RETAINED ratios to probe (default duo 0.1..1.0, asvd 0.4..0.9; 1.0 always added)",
+    )
+    p.add_argument(
+        "--base-ratio",
+        type=float,
+        help="Duo-SVD's per-ratio protocol: every other module at this compression ratio "
+        "(the target the table is for); default: every other module dense",
     )
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     p.add_argument(
@@ -67,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     if args.nsamples < 1 or args.batch_size < 1 or args.max_tokens < 1:
         raise ConfigError("--nsamples, --batch-size and --max-tokens must be positive")
     grid = check_ratios(args.ratios, args.kind)
+    if args.base_ratio is not None and (args.kind != "duo" or not 0 < args.base_ratio < 1):
+        raise ConfigError("--base-ratio takes a compression ratio in (0, 1), with --kind duo only")
     resolve_dtype(args.dtype)
     # refuse a foreign --out (or an input, or '.') before any compute, not after the probes
     check_output(
@@ -94,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         "seqlen": args.seqlen or gram.manifest["seqlen"],
         "seed": gram.manifest["seed"] if args.seed is None else args.seed,
         "ratios": list(grid),
+        "base_ratio": None if args.base_ratio is None else round(args.base_ratio, 6),
         "gram": {
             "nsamples": gram.manifest.get("nsamples"),
             "sha256": gram.manifest.get("sha256"),
@@ -121,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         corpus=args.corpus,
         batch_size=args.batch_size,
         max_tokens=args.max_tokens,
+        base_ratio=args.base_ratio,
     )
     log.info(
         "sensitivity-%s of %s: %d modules -> %s",

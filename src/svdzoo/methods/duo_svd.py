@@ -1,7 +1,11 @@
 """Duo-SVD (seed 000; public code Pupu792/CPSVD): column-preserving factorisation plus
 module-adaptive allocation, and one ablation per component.
 
-- `duo-svd`: `ColumnPreserving` factoriser + `KnapsackKL` allocator.
+- `duo-svd`: `ColumnPreserving` factoriser + `KnapsackKL` allocator over the per-ratio
+  KL table (every other module at the target ratio: the official code's protocol; one
+  table per ratio, `svdzoo sensitivity --kind duo --base-ratio R`).
+- `duo-svd-independent`: the same over the ratio-independent table (every other module
+  dense; one table serves every ratio). Cheaper; the default run uses it.
 - `duo-svd-columns`: column-preserving factoriser at a uniform ratio (no sensitivity table).
 - `duo-svd-allocation`: plain whitened (SVD-LLM) truncation at the knapsack's ranks.
 
@@ -79,6 +83,25 @@ class KnapsackKL:
     kind: str = "duo"
     min_retained: float = MIN_RETAINED
     resolution: int = 8192
+    protocol: str = "per-ratio"  # or "independent": which table it accepts
+    extra_options = ("base",)
+
+    def check_table(self, table, target: float) -> None:
+        """The table must follow this allocator's protocol (and be for this ratio)."""
+        have = table.manifest.get("protocol", "independent") if hasattr(table, "manifest") else None
+        if have is None:
+            return  # a plain mapping (tests, API users): taken as given
+        if have != self.protocol:
+            raise ConfigError(
+                f"this method needs a {self.protocol} sensitivity-{self.kind} table, got a "
+                f"{have} one ({'svdzoo sensitivity --kind duo --base-ratio R' if self.protocol == 'per-ratio' else 'svdzoo sensitivity --kind duo'})"
+            )
+        base = table.manifest.get("base_ratio")
+        if self.protocol == "per-ratio" and (base is None or abs(float(base) - target) > 1e-6):
+            raise ConfigError(
+                f"the per-ratio sensitivity-{self.kind} table was measured around ratio {base}, "
+                f"this compression is at {target:.2f}: svdzoo sensitivity --kind duo --base-ratio {target:.2f}"
+            )
 
     def costs(self, infos: list, ctx: AllocationContext) -> dict[str, dict[float, float]]:
         table = ctx.sensitivity.get(self.kind)
@@ -104,11 +127,14 @@ class KnapsackKL:
                     raise ConfigError(f"base ratio {base} is not on the table's grid {sorted(row)}")
                 shift = row[key]
             opts = {p: v - shift for p, v in row.items() if p >= pmin - 1e-9}
-            opts.setdefault(1.0, 0.0 - shift)  # dense is always an option, at no KL
+            opts.setdefault(1.0, 0.0 - shift)  # dense is always an option (independent: no KL)
             out[i.name] = opts
         return out
 
     def __call__(self, infos: list, target: float, ctx: AllocationContext) -> dict[str, int]:
+        table = ctx.sensitivity.get(self.kind)
+        if table is not None:
+            self.check_table(table, target)
         cost = self.costs(infos, ctx)
         total = sum(i.params for i in infos)
         budget = math.floor((1.0 - target) * total)
@@ -137,11 +163,23 @@ class KnapsackKL:
 register(
     Method(
         name="duo-svd",
-        description="column-preserving whitened SVD + knapsack allocation over a KL sensitivity table",
+        description="column-preserving whitened SVD + knapsack over the per-ratio KL table (others at the target, as the official code)",
         paper="Duo-SVD (seed 000; code Pupu792/CPSVD)",
         needs=frozenset({GRAM, SENS_DUO}),
         factoriser=ColumnPreserving(),
         allocator=KnapsackKL(),
+        spectrum_factoriser=Whitened("cholesky"),
+        options={"min_retained": MIN_RETAINED},
+    )
+)
+register(
+    Method(
+        name="duo-svd-independent",
+        description="Duo-SVD with the ratio-independent KL table (others dense; one table for every ratio)",
+        paper="Duo-SVD (variant: ratio-independent sensitivity)",
+        needs=frozenset({GRAM, SENS_DUO}),
+        factoriser=ColumnPreserving(),
+        allocator=KnapsackKL(protocol="independent"),
         spectrum_factoriser=Whitened("cholesky"),
         options={"min_retained": MIN_RETAINED},
     )
@@ -160,7 +198,7 @@ register(
 register(
     Method(
         name="duo-svd-allocation",
-        description="Duo-SVD ablation: plain whitened SVD at the KL-knapsack ranks",
+        description="Duo-SVD ablation: plain whitened SVD at the per-ratio KL-knapsack ranks",
         paper="Duo-SVD (ablation: allocation only)",
         needs=frozenset({GRAM, SENS_DUO}),
         factoriser=Whitened("cholesky"),

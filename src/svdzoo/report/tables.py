@@ -28,6 +28,7 @@ METHOD_ORDER = (
     "adasvd",
     "ressvd",
     "duo-svd",
+    "duo-svd-independent",
 )
 PPL = "ppl"
 ACC = "acc"
