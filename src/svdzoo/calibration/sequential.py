@@ -34,6 +34,7 @@ Use::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -68,6 +69,22 @@ log = logging.getLogger(__name__)
 
 class SequentialError(SvdzooError, RuntimeError):
     """The sequential calibrator was driven out of order."""
+
+
+class _Captured(Exception):  # noqa: N818 (control flow, not an error)
+    """Raised by a capture hook to stop a layer's forward once its inputs are in hand."""
+
+
+def _until(store: dict, want: tuple[str, ...], stop: bool):
+    """A hook callback that records `store[group] = x`, then (if `stop`) ends the forward
+    when every group in `want` has been recorded."""
+
+    def put(group: str, x: torch.Tensor) -> None:
+        store[group] = x
+        if stop and all(g in store for g in want):
+            raise _Captured
+
+    return put
 
 
 @dataclass(frozen=True)
@@ -190,21 +207,26 @@ class SequentialCalibrator:
         fill_out = self._orig_out is None
         out = ActivationStore(self._budget) if fill_out else None
         to_dev = CallArgsOnDevice(self.device)
+        # Once every wanted group input is captured the rest of the layer is not needed:
+        # the hook stops the forward there (about half the work of a pass, on average),
+        # except on the original stream when its full output must be kept.
         with (
             torch.no_grad(),
-            group_input_hooks(self._ref, self.adapter, x_ref.__setitem__, want),
-            group_input_hooks(layer, self.adapter, x_cur.__setitem__, want),
+            group_input_hooks(self._ref, self.adapter, _until(x_ref, want, not fill_out), want),
+            group_input_hooks(layer, self.adapter, _until(x_cur, want, True), want),
         ):
             for b, call in enumerate(self._inputs.calls_for(i)):
                 x_ref.clear()
                 x_cur.clear()
                 call = to_dev(call)
                 h = self._orig[b].to(self.device)
-                y = call_layer(self._ref, h, call)
-                if out is not None:
-                    out.append(y)
+                with contextlib.suppress(_Captured):
+                    y = call_layer(self._ref, h, call)
+                    if out is not None:
+                        out.append(y)
                 h_act = h if self._actual is None else self._actual[b].to(self.device)
-                call_layer(layer, h_act, call)
+                with contextlib.suppress(_Captured):
+                    call_layer(layer, h_act, call)
                 for g in want:
                     if g not in accs:
                         accs[g] = self._accumulator(x_ref[g].shape[-1], x_ref[g].device)
