@@ -358,6 +358,62 @@ def test_compressed_manifest_records_the_statistics_identity(model_dir, gram_n2,
     }
 
 
+# ---------------------------------------------------------------- 8. compressed directories
+
+
+@pytest.fixture(scope="module")
+def two_compressed(model_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny model compressed by plain SVD at 40 % and at 60 % (two runs, no statistics)."""
+    from svdzoo.api import compress_to_dir
+
+    root = tmp_path_factory.mktemp("compressed")
+    a, b = root / "svd40", root / "svd60"
+    compress_to_dir(model_dir, "svd", 0.4, a)
+    compress_to_dir(model_dir, "svd", 0.6, b)
+    return a, b
+
+
+def test_plain_transformers_refuses_a_compressed_directory(two_compressed):
+    """It used to return a randomly initialised dense model with exit 0."""
+    from transformers import AutoModelForCausalLM
+
+    with pytest.raises(OSError):
+        AutoModelForCausalLM.from_pretrained(two_compressed[0])
+    from svdzoo.compression import load_compressed
+
+    assert load_compressed(two_compressed[0]) is not None
+
+
+def test_swapped_weights_and_edited_specs_are_cache_errors(two_compressed, tmp_path):
+    import json
+    import shutil
+
+    from svdzoo.compression import MANIFEST, WEIGHTS, load_compressed
+    from svdzoo.errors import CacheError
+
+    a, b = two_compressed
+    swapped = tmp_path / "swapped"
+    shutil.copytree(a, swapped)
+    shutil.copy(b / WEIGHTS, swapped / WEIGHTS)  # another run's weights under this manifest
+    with pytest.raises(CacheError, match="not the file this manifest was written with"):
+        load_compressed(swapped)
+    edited = tmp_path / "edited"
+    shutil.copytree(a, edited)
+    man = json.loads((edited / MANIFEST).read_text())
+    name = next(n for n, r in man["modules"].items() if not r["dense"])
+    man["modules"][name]["spec"] = {"kind": "lowrank", "rank": "many"}
+    (edited / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(CacheError, match="unusable spec"):
+        load_compressed(edited)
+    legacy = tmp_path / "legacy"
+    shutil.copytree(a, legacy)
+    man = json.loads((legacy / MANIFEST).read_text())
+    del man["weights_sha256"]
+    (legacy / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(CacheError, match="weights_sha256"):
+        load_compressed(legacy)
+
+
 # ---------------------------------------------------------------- 5. non-finite numbers
 
 

@@ -48,7 +48,10 @@ from svdzoo.paths import MANIFEST
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = "model.safetensors"
+# Not transformers' `model.safetensors`: a plain `AutoModelForCausalLM.from_pretrained` of a
+# compressed directory must fail (no weights file it knows) instead of silently returning a
+# randomly initialised dense model. `load_compressed` is the loader.
+WEIGHTS = "svdzoo-lowrank.safetensors"
 SEARCH_CACHE_BYTES = 4 << 30  # whitened SVDs kept for searching allocators (LRU beyond)
 
 
@@ -398,11 +401,14 @@ def write_compressed(
     """The files of a compressed model, into an existing (temporary) directory."""
     from safetensors.torch import save_file
 
+    from svdzoo.calibration.cache import file_sha256
+
     model.config.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     save_file(_state_without_tied(model), str(out_dir / WEIGHTS), metadata={"format": "pt"})
-    write_json(out_dir / MANIFEST, dict(manifest))
+    # the weights' hash ties them to this manifest: another run's file is refused on load
+    write_json(out_dir / MANIFEST, {**manifest, "weights_sha256": file_sha256(out_dir / WEIGHTS)})
 
 
 def _tied_output_keys(model: nn.Module) -> set[str]:
@@ -425,29 +431,49 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from svdzoo.calibration.cache import file_sha256
     from svdzoo.models import resolve_dtype
 
     path = Path(path)
     manifest = read_json(path / MANIFEST)
     if not (path / WEIGHTS).exists():
         raise CacheError(
-            f"compressed model {path} has a manifest but no {WEIGHTS}: the write did not complete"
+            f"compressed model {path} has a manifest but no {WEIGHTS} (an unfinished write, "
+            "or a directory from an older svdzoo): compress it again"
+        )
+    want = manifest.get("weights_sha256")
+    if want is None:
+        raise CacheError(f"{path / MANIFEST} records no weights_sha256: compress it again")
+    if file_sha256(path / WEIGHTS) != want:
+        raise CacheError(
+            f"compressed model {path}: {WEIGHTS} is not the file this manifest was written "
+            "with (replaced by another run's, or corrupted); compress it again"
         )
     config = AutoConfig.from_pretrained(str(path))
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config)
         for name, rec in manifest["modules"].items():
-            if not rec["dense"]:
-                replace_module(
-                    model,
-                    name,
-                    lowrank.build_from_spec(rec["spec"], dtype=torch.float32, device="cpu"),
-                )
+            if rec.get("dense"):
+                continue
+            try:
+                new = lowrank.build_from_spec(rec["spec"], dtype=torch.float32, device="cpu")
+                replace_module(model, name, new)
+            except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+                raise CacheError(
+                    f"{path / MANIFEST}: module {name!r} has an unusable spec ({exc}); the "
+                    "manifest was edited or is damaged: compress again"
+                ) from exc
     try:
         state = load_file(str(path / WEIGHTS))
     except Exception as exc:
         raise CacheError(f"compressed model {path}: cannot read {WEIGHTS} ({exc})") from exc
-    result = model.load_state_dict(state, strict=False, assign=True)
+    try:
+        result = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as exc:
+        raise CacheError(
+            f"compressed model {path}: the weights do not fit the manifest's modules ({exc}); "
+            "compress again"
+        ) from exc
     model.tie_weights()
     tied = _tied_output_keys(model)
     missing = [k for k in result.missing_keys if k not in tied]
