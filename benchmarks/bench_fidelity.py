@@ -32,7 +32,7 @@ CORPORA = ("pydoc", "pysource")
 METHODS = (
     "svd-llm", "svd-llm-fp32", "svd-llm-v2", "adasvd", "adasvd-comp", "adasvd-cr",
     "adasvd-compensated", "ressvd", "ressvd-residual", "ressvd-lastk", "ressvd-compensated",
-    "duo-svd",
+    "duo-svd", "duo-svd-independent",
 )  # fmt: skip
 # The paper's perplexity relative to SVD-LLM's, same model and ratio (WikiText-2):
 # data/published.csv where it holds the row, else ../shared/methods.md (ResSVD).
