@@ -9,11 +9,14 @@ only call the `svdzoo` CLI. See docs/workflow.md.
 """
 
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
 
 from svdzoo import config as svdconf
 from svdzoo.errors import ConfigError
 from svdzoo.paths import DENSE, Layout
 
+
+min_version("9.0")  # benchmark files, the profile format and the rerun triggers used here
 
 PARAMS_FILE = config.get("params", "params.yaml")
 try:
