@@ -79,9 +79,9 @@ class Whitened:
         key = (self.whitening, ctx.layer, ctx.group)
         return ctx.whiteners.get(key, lambda: self.whitener(ctx.H))
 
-    def svd_of(self, ctx: MatrixContext):
+    def svd_of(self, ctx: MatrixContext, whitener: linalg.Whitener | None = None):
         """`whitened_svd(W, S)`, once per matrix when the context carries an SVD cache."""
-        whitener = self.whitener_of(ctx)
+        whitener = self.whitener_of(ctx) if whitener is None else whitener
         if ctx.svds is None:
             return linalg.whitened_svd(ctx.W, whitener)
         return ctx.svds.get(
@@ -89,7 +89,8 @@ class Whitened:
         )
 
     def __call__(self, ctx: MatrixContext, rank: int):
-        return linalg.truncate(ctx.W, self.whitener_of(ctx), rank, svd=self.svd_of(ctx))
+        whitener = self.whitener_of(ctx)
+        return linalg.truncate(ctx.W, whitener, rank, svd=self.svd_of(ctx, whitener))
 
     def spectrum(self, ctx: MatrixContext) -> torch.Tensor:
         return linalg.whitened_spectrum(ctx.W, self.whitener_of(ctx))

@@ -72,13 +72,14 @@ class Residual:
         m, n = ctx.W.shape
         r1, r2 = self.ranks(m, n, rank)
         part = Whitened(whitening=self.whitening)
+        whitener = part.whitener_of(ctx)
         return linalg.residual_truncate(
             ctx.W,
-            part.whitener_of(ctx),
+            whitener,
             linalg.identity_whitener(n),
             r1,
             r2,
-            first_svd=part.svd_of(ctx),
+            first_svd=part.svd_of(ctx, whitener),
         )
 
 
