@@ -133,24 +133,28 @@ def figure(rows: list[dict], base: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharey=True)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colours = plt.get_cmap("tab20")
+    papers = {"svd-llm", "svd-llm-v2", "adasvd", "ressvd", "duo-svd"}
     for ax, corpus in zip(axes, CORPORA, strict=True):
-        for method in dict.fromkeys(r["method"] for r in rows):
+        for i, method in enumerate(methods):
             pts = sorted((r["ratio"], r[corpus]) for r in rows if r["method"] == method)
-            style = (
-                "-o"
-                if "-" not in method or method in ("svd-llm", "svd-llm-v2", "duo-svd")
-                else "--."
-            )
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=method, ms=4)
+            paper = method in papers
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o" if paper else "--.",
+                    color=colours(i % 20), lw=2.2 if paper else 1.2, ms=5 if paper else 4,
+                    label=method)  # fmt: skip
         ax.axhline(base[corpus], color="grey", lw=0.8, ls=":", label="dense")
         ax.set_yscale("log")
         ax.set_title(f"{corpus} perplexity")
         ax.set_xlabel("fraction of parameters removed")
+        ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel("perplexity (log)")
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle("SmolLM2-135M: paper-faithful seed methods and their variants")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.83, 0.5), fontsize=8,
+               title="solid: paper method", title_fontsize=8)  # fmt: skip
+    fig.suptitle("SmolLM2-135M: paper-faithful seed methods (solid) and variants (dashed)")
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
     fig.savefig(path, dpi=150)
 
 
