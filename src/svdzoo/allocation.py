@@ -417,6 +417,15 @@ def adacr(
     return fit_budget(infos, ratios, target, rmin=rmin, rmax=rmax, frozen=frozen)
 
 
+def last_k_ratio(infos: list[MatrixInfo], target: float, k: int) -> float:
+    """The ratio every matrix of the last `k` decoder layers needs so that the targeted
+    linears as a whole lose `target` (earlier layers dense): ResSVD's `N R_o / k`."""
+    layers = sorted({i.layer for i in infos})
+    chosen = set(layers[len(layers) - k :])
+    total = sum(i.params for i in infos)
+    return target * total / sum(i.params for i in infos if i.layer in chosen)
+
+
 def last_k_layers(
     infos: list[MatrixInfo], target: float, *, max_ratio: float = 0.95, k: int | None = None
 ) -> tuple[dict[str, int], int]:
@@ -429,14 +438,12 @@ def last_k_layers(
     _check_infos(infos)
     target = _check_target(target, 0.0, max_ratio)
     layers = sorted({i.layer for i in infos})
-    total = sum(i.params for i in infos)
     dense = {i.name: i.full_rank for i in infos}
     if target == 0.0:
         return dense, 0
 
     def needed(K: int) -> float:
-        chosen = set(layers[-K:])
-        return target * total / sum(i.params for i in infos if i.layer in chosen)
+        return last_k_ratio(infos, target, K)
 
     if k is None:
         K = next((K for K in range(1, len(layers) + 1) if needed(K) <= max_ratio), None)

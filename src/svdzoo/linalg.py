@@ -508,6 +508,25 @@ def compensated_truncate(
     return truncate(T, wh, k)
 
 
+def _check_factors(W: Tensor, A: Tensor, B: Tensor, iters: int) -> tuple[Tensor, Tensor]:
+    """`A`, `B` in float64 on `W`'s device, checked to fit `W` (`m x k`, `k x n`)."""
+    m, n = W.shape
+    A, B = _as64(A).to(W.device), _as64(B).to(W.device)
+    if (
+        A.dim() != 2
+        or B.dim() != 2
+        or A.shape[0] != m
+        or B.shape[1] != n
+        or A.shape[1] != B.shape[0]
+    ):
+        raise NumericsError(
+            f"factor shapes {tuple(A.shape)} x {tuple(B.shape)} do not fit W {m}x{n}"
+        )
+    if iters < 0:
+        raise NumericsError(f"iters must be >= 0, got {iters}")
+    return A, B
+
+
 def als_refine(
     W: Tensor, A: Tensor, B: Tensor, H_actual: Tensor, C: Tensor, iters: int = 1
 ) -> LowRankFactors:
@@ -527,19 +546,7 @@ def als_refine(
     """
     W = _check_matrix(W)
     m, n = W.shape
-    A, B = _as64(A).to(W.device), _as64(B).to(W.device)
-    if (
-        A.dim() != 2
-        or B.dim() != 2
-        or A.shape[0] != m
-        or B.shape[1] != n
-        or A.shape[1] != B.shape[0]
-    ):
-        raise NumericsError(
-            f"factor shapes {tuple(A.shape)} x {tuple(B.shape)} do not fit W {m}x{n}"
-        )
-    if iters < 0:
-        raise NumericsError(f"iters must be >= 0, got {iters}")
+    A, B = _check_factors(W, A, B, iters)
     Hp, C = _check_cross(H_actual, C, n)
     Hp, C = Hp.to(W.device), C.to(W.device)
     WC = W @ C
@@ -568,28 +575,16 @@ def adacomp_steps(W: Tensor, A: Tensor, B: Tensor, H: Tensor, iters: int = 1) ->
     """
     W = _check_matrix(W)
     m, n = W.shape
-    A, B = _as64(A).to(W.device), _as64(B).to(W.device)
-    if (
-        A.dim() != 2
-        or B.dim() != 2
-        or A.shape[0] != m
-        or B.shape[1] != n
-        or A.shape[1] != B.shape[0]
-    ):
-        raise NumericsError(
-            f"factor shapes {tuple(A.shape)} x {tuple(B.shape)} do not fit W {m}x{n}"
-        )
-    if iters < 0:
-        raise NumericsError(f"iters must be >= 0, got {iters}")
+    A, B = _check_factors(W, A, B, iters)
     H = _check_gram(H, n).to(W.device)
     for _ in range(iters):
-        A = adacomp_u_step(W, A, B, H)
+        A = adacomp_u_step(W, B, H)
         B = adacomp_v_step(W, A)
     return LowRankFactors(A, B, None, layer_loss(W, A, B, H))
 
 
-def adacomp_u_step(W: Tensor, A: Tensor, B: Tensor, H: Tensor) -> Tensor:
-    """`argmin_A ||(W - A B) X||_F = W H B^T (B H B^T)^+` (`A` only shapes the answer)."""
+def adacomp_u_step(W: Tensor, B: Tensor, H: Tensor) -> Tensor:
+    """`argmin_A ||(W - A B) X||_F = W H B^T (B H B^T)^+`."""
     W, B, H = _as64(W), _as64(B).to(W.device), _as64(H).to(W.device)
     G = B @ H @ B.T
     return (W @ H @ B.T) @ torch.linalg.pinv(0.5 * (G + G.T), hermitian=True)
@@ -767,31 +762,33 @@ def column_preserving_split(
     score = R.square().sum(0) * torch.diagonal(H).clamp_min(0)
     order = torch.argsort(score, descending=True, stable=True)
 
-    def fit(dr: int) -> tuple[float, Tensor, Tensor, LowRankFactors | None, int]:
+    def split(dr: int) -> tuple[int, int, Tensor, Tensor]:
+        """`(c, k - dr, kept, rest)`: the `c` top-scored columns kept dense, the rest."""
         c, kr = column_counts(m, n, k, dr)
         kept = torch.sort(order[:c]).values
         mask = torch.ones(n, dtype=torch.bool, device=W.device)
         mask[kept] = False
-        rest = torch.nonzero(mask).squeeze(1)
+        return c, kr, kept, torch.nonzero(mask).squeeze(1)
+
+    def rest_whitener(rest: Tensor) -> Whitener:
+        return _whitener(H.index_select(0, rest).index_select(1, rest), whitener)
+
+    def fit(dr: int) -> tuple[float, Tensor, Tensor, LowRankFactors | None, int]:
+        c, kr, kept, rest = split(dr)
         if rest.numel() == 0:
             return 0.0, kept, rest, None, c
-        Hr = H.index_select(0, rest).index_select(1, rest)
-        fac = truncate(W.index_select(1, rest), _whitener(Hr, whitener), kr)
+        fac = truncate(W.index_select(1, rest), rest_whitener(rest), kr)
         return math.sqrt(max(fac.loss, 0.0)), kept, rest, fac, c
 
     def evaluate(dr: int) -> float:
         # the search needs only the error: eigenvalues of the smaller whitened Gram, no
         # factors (several times cheaper than the truncation fit() does for the winner)
-        c, kr = column_counts(m, n, k, dr)
-        if dr == 0 or c == 0:
+        if dr == 0 or column_counts(m, n, k, dr)[0] == 0:
             return f0
-        mask = torch.ones(n, dtype=torch.bool, device=W.device)
-        mask[torch.sort(order[:c]).values] = False
-        rest = torch.nonzero(mask).squeeze(1)
+        _, kr, _, rest = split(dr)
         if rest.numel() == 0:
             return 0.0
-        Hr = H.index_select(0, rest).index_select(1, rest)
-        return math.sqrt(truncation_loss(W.index_select(1, rest), _whitener(Hr, whitener), kr))
+        return math.sqrt(truncation_loss(W.index_select(1, rest), rest_whitener(rest), kr))
 
     best = _golden_int(evaluate, 0, k)
     if best == 0 or column_counts(m, n, k, best)[0] == 0:

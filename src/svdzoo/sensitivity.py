@@ -537,11 +537,8 @@ def compute_sensitivity(
             prober.advance(layer_index)
     finally:
         bar.close()
-        for layer_index, layer in enumerate(layers):
-            for target, lin in adapter.target_modules(layer).items():
-                name = f"{adapter.layers_path}.{layer_index}.{target}"
-                if name in originals:
-                    lin.weight.data.copy_(originals[name])
+        for name, weight in originals.items():  # undo the base state
+            model.get_submodule(name).weight.data.copy_(weight)
         model.train(was_training)
     elapsed = time.perf_counter() - t0
     manifest = {

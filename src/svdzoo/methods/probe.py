@@ -57,7 +57,6 @@ class OutputErrorProbe:
         self.factorise_at = factorise_at
         self.build = build
         self.batch_size = batch_size
-        self.calls = 0
         self._reference: list[torch.Tensor] | None = None
 
     @torch.no_grad()
@@ -91,7 +90,6 @@ class OutputErrorProbe:
         finally:
             for name, lin in swapped.items():
                 replace_module(self.model, name, lin)
-        self.calls += 1
         num = sum(float((y - r).square().sum()) for y, r in zip(trial, reference, strict=True))
         den = sum(float(r.square().sum()) for r in reference)
         return num / den if den > 0 else float("inf")

@@ -106,11 +106,9 @@ class LastKSearch:
             raise ConfigError(f"max_ratio must be in (0, 1), got {self.max_ratio}")
         layers = sorted({i.layer for i in infos})
         N = len(layers)
-        total = sum(i.params for i in infos)
 
         def layer_ratio(k: int) -> float:
-            chosen = set(layers[N - k :])
-            return target * total / sum(i.params for i in infos if i.layer in chosen)
+            return allocation.last_k_ratio(infos, target, k)
 
         fixed = ctx.options.get("K")
         if fixed is not None:
