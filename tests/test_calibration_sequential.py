@@ -168,3 +168,28 @@ def test_custom_accumulator_sees_every_batch(windows):
     for g in want:
         torch.testing.assert_close(got[g].H, 0.25 * want[g].H, rtol=1e-12, atol=0)
         assert got[g].count == want[g].count
+
+
+def test_actual_stream_only_gives_the_same_actual_statistics(windows):
+    """`original=False` (adaComp reads only H'): the compressed stream alone yields the
+    H' the two-stream pass gives, with no original-stream statistics and no divergence."""
+    noise = torch.Generator().manual_seed(2)
+    model = random_tiny("llama", layers=3)
+    twin = copy.deepcopy(model)
+    both = SequentialCalibrator(twin, windows, batch_size=3, device="cpu", progress=False)
+    one = SequentialCalibrator(
+        model, windows, batch_size=3, device="cpu", progress=False, original=False
+    )
+    for (i, layer), (j, layer2) in zip(one.layers(), both.layers(), strict=True):
+        assert i == j
+        assert one.divergence() is None
+        assert (both.divergence() > 0) == (i > 0)
+        for g in adapter_for(model).groups:
+            a, b = one.layer_stats(i, (g,))[g], both.layer_stats(j, (g,))[g]
+            assert a.H is None and a.C is None and a.count == b.count
+            assert torch.equal(a.H_actual, b.H_actual)
+            delta = 0.3 * torch.randn(layer.mlp.up_proj.weight.shape, generator=noise)
+            if g == "mlp_in":  # "compress" a linear between the groups, in both models
+                with torch.no_grad():
+                    layer.mlp.up_proj.weight.add_(delta)
+                    layer2.mlp.up_proj.weight.add_(delta)

@@ -52,7 +52,9 @@ log = logging.getLogger(__name__)
 # compressed directory must fail (no weights file it knows) instead of silently returning a
 # randomly initialised dense model. `load_compressed` is the loader.
 WEIGHTS = "svdzoo-lowrank.safetensors"
-SEARCH_CACHE_BYTES = 4 << 30  # whitened SVDs kept for searching allocators (LRU beyond)
+# whitened SVDs kept for allocators that revisit matrices (search, spectra); the whiteners
+# get half as much again. Beyond that, recomputed.
+REVISIT_CACHE_BYTES = 2 << 30
 
 
 @dataclass
@@ -270,11 +272,11 @@ def compress(
     infos = matrix_infos(model)
     by_name = {i.name: i for i in infos}
     modules = {name: (layer, t, lin) for name, layer, t, lin in adapter.iter_targets(model)}
-    # a search factorises each matrix at several ranks: keep its whitened SVDs and the
-    # whiteners of every group (bounded), not just the last few
-    if method.probes:
-        whiteners = WhitenerCache(size=4 * len(infos), max_bytes=SEARCH_CACHE_BYTES // 4)
-        svds = WhitenerCache(size=len(infos), max_bytes=SEARCH_CACHE_BYTES)
+    # a search factorises each matrix at several ranks, a spectrum allocator reads every
+    # matrix before the factorisation does: keep whitened SVDs and whiteners (bounded)
+    if method.probes or getattr(method.allocator, "reads_spectra", False):
+        whiteners = WhitenerCache(keep_bytes=REVISIT_CACHE_BYTES // 2)
+        svds = WhitenerCache(size=0, keep_bytes=REVISIT_CACHE_BYTES)
     else:
         whiteners, svds = WhitenerCache(), None
     context = functools.partial(_context, whiteners=whiteners, svds=svds)

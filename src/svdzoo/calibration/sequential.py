@@ -18,6 +18,10 @@ For the layer being compressed, `layer_stats` gives per input group
 These are computed on the fly and never cached. While no layer has been changed the two
 streams coincide and only one is stored; they split at the first layer whose output changes.
 
+`original=False` drops the original stream altogether, for methods that read only `H'`
+(AdaSVD's adaComp): no reference copy of the layer, no second forward, one Gram product
+instead of three; `H` and `C` are then None and `divergence()` is not tracked.
+
 Memory: the model stays where it is (usually host memory); the current layer and its
 reference copy sit on the device during their turn (two layers: ~0.8 GB for LLaMA-7B in
 fp16), plus three n x n float64 matrices per requested group; the streams live in activation
@@ -91,9 +95,9 @@ def _until(store: dict, want: tuple[str, ...], stop: bool):
 class GroupStats:
     """Input statistics of one input group of the current layer (float64, on the device)."""
 
-    H: torch.Tensor
+    H: torch.Tensor | None  # None when the calibrator does not track the original stream
     H_actual: torch.Tensor
-    C: torch.Tensor
+    C: torch.Tensor | None
     count: int
 
 
@@ -111,9 +115,11 @@ class SequentialCalibrator:
         offload_dir: str | os.PathLike[str] | None = None,
         progress: bool = True,
         accumulator: type[CrossGramAccumulator] = CrossGramAccumulator,
+        original: bool = True,
     ):
         self.model = model
         self._accumulator = accumulator  # e.g. AdaSVD's stack-of-batch averaging
+        self.original = original  # False: only the actual stream (see the module docstring)
         self.adapter = adapter_for(model)
         self.device = resolve_device(device)
         self.progress = progress
@@ -183,17 +189,17 @@ class SequentialCalibrator:
     def _begin(self, i: int) -> None:
         """Snapshot the uncompressed layer and put both copies on the device."""
         self._check(i)
-        if self._ref is not None:
+        if self._home is not None:
             return
         layer = self.adapter.layers(self.model)[i]
         self._home = module_device(layer)
-        self._ref = copy.deepcopy(layer).to(self.device)
+        if self.original:
+            self._ref = copy.deepcopy(layer).to(self.device)
         layer.to(self.device)
 
     def layer_stats(self, i: int, groups: tuple[str, ...] | None = None) -> dict[str, GroupStats]:
         """`{group: GroupStats}` for layer `i` (all groups unless `groups` names some)."""
         self._begin(i)
-        assert self._ref is not None
         layer = self.adapter.layers(self.model)[i].to(self.device)
         want = tuple(self.adapter.groups) if groups is None else tuple(groups)
         unknown = [g for g in want if g not in self.adapter.groups]
@@ -201,6 +207,9 @@ class SequentialCalibrator:
             raise SequentialError(
                 f"unknown groups {unknown}; this family has {list(self.adapter.groups)}"
             )
+        if not self.original:
+            return self._actual_stats(layer, i, want)
+        assert self._ref is not None
         accs: dict[str, CrossGramAccumulator] = {}
         x_ref: dict[str, torch.Tensor] = {}
         x_cur: dict[str, torch.Tensor] = {}
@@ -235,12 +244,42 @@ class SequentialCalibrator:
             self._orig_out = out
         return {g: GroupStats(a.H, a.H_actual, a.C, a.count) for g, a in accs.items()}
 
+    def _actual_stats(self, layer: nn.Module, i: int, want: tuple[str, ...]):
+        """`layer_stats` without the original stream: `H'` only."""
+        accs: dict[str, CrossGramAccumulator] = {}
+        x_cur: dict[str, torch.Tensor] = {}
+        to_dev = CallArgsOnDevice(self.device)
+        with (
+            torch.no_grad(),
+            group_input_hooks(layer, self.adapter, _until(x_cur, want, True), want),
+        ):
+            for b, call in enumerate(self._inputs.calls_for(i)):
+                x_cur.clear()
+                with contextlib.suppress(_Captured):
+                    call_layer(layer, self._orig[b].to(self.device), to_dev(call))
+                for g in want:
+                    if g not in accs:
+                        n = x_cur[g].shape[-1]
+                        accs[g] = self._accumulator(n, x_cur[g].device, original=False)
+                    accs[g].add(None, x_cur[g])
+        return {g: GroupStats(None, a.H_actual, None, a.count) for g, a in accs.items()}
+
     def advance(self, i: int) -> None:
         """Run layer `i` as it is now on the actual stream, the original copy on the original one."""
         self._begin(i)
-        assert self._ref is not None
         layer = self.adapter.layers(self.model)[i].to(self.device)
         to_dev = CallArgsOnDevice(self.device)
+        if not self.original:  # one stream: it is the actual one
+            with torch.no_grad():
+                stream = ActivationStore(self._budget)
+                for b, call in enumerate(self._inputs.calls_for(i)):
+                    y = call_layer(layer, self._orig[b].to(self.device), to_dev(call))
+                    stream.append(to_host(y))
+            self._orig.close()
+            self._orig = stream
+            self._finish(i, layer)
+            return
+        assert self._ref is not None
         with torch.no_grad():
             if self._orig_out is None:
                 self._orig_out = ActivationStore(self._budget)
@@ -263,12 +302,19 @@ class SequentialCalibrator:
         if self._actual is not None:
             self._actual.close()
         self._orig, self._actual, self._orig_out = self._orig_out, actual, None
+        self._finish(i, layer)
+
+    def _finish(self, i: int, layer: nn.Module) -> None:
         layer.to(self._home)
         self._ref = None
+        self._home = None
         self._next = i + 1
 
-    def divergence(self) -> float:
-        """`||actual - original|| / ||original||` of the hidden states now entering layer `next`."""
+    def divergence(self) -> float | None:
+        """`||actual - original|| / ||original||` of the hidden states now entering layer
+        `next`; None when the original stream is not tracked."""
+        if not self.original:
+            return None
         if self._actual is None:
             return 0.0
         num = den = 0.0

@@ -48,16 +48,30 @@ class GramCollector(dict):
 
 
 class CrossGramAccumulator:
-    """Original inputs `X`, actual inputs `X'`: `H = X X^T`, `H' = X' X'^T`, `C = X X'^T`."""
+    """Original inputs `X`, actual inputs `X'`: `H = X X^T`, `H' = X' X'^T`, `C = X X'^T`.
 
-    def __init__(self, n: int, device: torch.device):
-        self.H = torch.zeros(n, n, dtype=torch.float64, device=device)
-        self.H_actual = torch.zeros_like(self.H)
-        self.C = torch.zeros_like(self.H)
+    `original=False` keeps only `H'` (then `H` and `C` are None): a third of the products,
+    for methods that never read the original stream."""
+
+    def __init__(self, n: int, device: torch.device, original: bool = True):
+        self.H_actual = torch.zeros(n, n, dtype=torch.float64, device=device)
+        self.H = torch.zeros_like(self.H_actual) if original else None
+        self.C = torch.zeros_like(self.H_actual) if original else None
         self.count = 0
 
-    def add(self, x: torch.Tensor, x_actual: torch.Tensor | None) -> None:
-        """Rows are tokens. `x_actual=None` means the two streams coincide for this batch."""
+    def add(self, x: torch.Tensor | None, x_actual: torch.Tensor | None) -> None:
+        """Rows are tokens. `x_actual=None` means the two streams coincide for this batch;
+        `x` is not read (may be None) when the accumulator keeps only `H'`."""
+        if self.H is None or self.C is None:
+            src = x if x_actual is None else x_actual
+            if src is None:
+                raise ValueError("no inputs to accumulate")
+            xa = src.detach().to(torch.float64)
+            self.H_actual.addmm_(xa.T, xa)
+            self.count += xa.shape[0]
+            return
+        if x is None:
+            raise ValueError("the original inputs are needed for H and C")
         x = x.detach().to(torch.float64)
         self.H.addmm_(x.T, x)
         if x_actual is None:

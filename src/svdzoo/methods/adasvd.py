@@ -58,6 +58,9 @@ class AdaComp:
 
     tau: int = 1
     whitening: str = "cholesky"
+    # of the sequential pass it reads only the compressed stream's Gram (ctx.H stays the
+    # cached Gram SVD-LLM's start uses): the pass skips the original stream
+    sequential_stats = ("H_actual",)
 
     def __call__(self, ctx: MatrixContext, rank: int) -> linalg.LowRankFactors:
         _check_tau(self.tau)

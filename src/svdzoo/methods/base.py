@@ -25,37 +25,45 @@ STATS_KINDS = (GRAM, FISHER, SENS_DUO, SENS_ASVD)
 
 
 class WhitenerCache:
-    """Whiteners of the input Grams, keyed by (whitening, layer, group), for the last few groups.
+    """Whiteners of the input Grams (or whitened SVDs), keyed by e.g. (whitening, layer, group).
 
     q/k/v read one input Gram and gate/up another, so a Cholesky or eigendecomposition is
     done once per group instead of once per matrix. Matrices are visited layer by layer,
-    so a small LRU bound keeps memory flat even at 7B scale (a 11008^2 float64 factor is
-    ~1 GB)."""
+    so a small LRU bound (`size`) keeps memory flat even at 7B scale (a 11008^2 float64
+    factor is ~1 GB).
 
-    def __init__(self, size: int = 4, max_bytes: int | None = None) -> None:
+    `keep_bytes`: entries are also *kept* for the whole run, first come first kept, until
+    they fill that many bytes. This serves the passes that sweep every matrix more than
+    once in the same order (a spectrum allocator, then the factorisation; a search's
+    candidates), where an LRU smaller than the sweep would never hit."""
+
+    def __init__(self, size: int = 4, keep_bytes: int = 0) -> None:
         self.size = size
-        self.max_bytes = max_bytes
+        self.keep_bytes = keep_bytes
         self.hits = 0
         self.misses = 0
+        self._kept: dict[Hashable, Any] = {}
+        self._kept_bytes = 0
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
-        self._bytes: dict[Hashable, int] = {}
 
     def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        if key in self._kept:
+            self.hits += 1
+            return self._kept[key]
         if key in self._items:
             self.hits += 1
             self._items.move_to_end(key)
             return self._items[key]
         self.misses += 1
         value = make()
+        nbytes = _nbytes(value)
+        if self.keep_bytes > 0 and self._kept_bytes + nbytes <= self.keep_bytes:
+            self._kept[key] = value
+            self._kept_bytes += nbytes
+            return value
         self._items[key] = value
-        self._bytes[key] = _nbytes(value)
-        while len(self._items) > self.size or (
-            self.max_bytes is not None
-            and len(self._items) > 1
-            and sum(self._bytes.values()) > self.max_bytes
-        ):
-            old, _ = self._items.popitem(last=False)
-            del self._bytes[old]
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
         return value
 
 

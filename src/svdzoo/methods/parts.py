@@ -93,6 +93,10 @@ class Whitened:
         return linalg.truncate(ctx.W, whitener, rank, svd=self.svd_of(ctx, whitener))
 
     def spectrum(self, ctx: MatrixContext) -> torch.Tensor:
+        """The whitened singular values. With an SVD cache the full SVD is taken (and kept
+        for the factorisation that follows); without one, only the values."""
+        if ctx.svds is not None:
+            return self.svd_of(ctx)[1]
         return linalg.whitened_spectrum(ctx.W, self.whitener_of(ctx))
 
 

@@ -16,7 +16,10 @@ and the method's factoriser fits the group's linears to the original outputs `W 
 of statistics per layer (cheaper: one pass instead of four).
 
 `ctx.H` is replaced by the calibrator's `H`, so `H`, `H'` and `C` come from the same
-tokens (the cached `H` is used only for rank allocation).
+tokens (the cached `H` is used only for rank allocation). A factoriser that reads only `H'`
+from the pass says so (`sequential_stats = ("H_actual",)`, AdaSVD's adaComp): the pass then
+runs the compressed stream alone (about half the forward work, a third of the Gram
+products), `ctx.H` stays the cached Gram and the manifest records no divergence.
 
 Options (in `compress(..., options=...)` / `--option KEY=VALUE`):
 
@@ -51,6 +54,7 @@ from svdzoo.methods.base import Method, configured, factorise
 log = logging.getLogger(__name__)
 
 GRANULARITIES = ("group", "layer")
+ALL_STATS = ("H", "H_actual", "C")  # what the pass gives a factoriser that does not say
 
 
 def replay_windows(manifest: Mapping[str, Any], tokenizer: Any, opts: Mapping[str, Any]):
@@ -96,11 +100,13 @@ def stacked_accumulator(mini_bsz: int, seqlen: int) -> Callable[[int, torch.devi
 
     class StackedCrossGram(CrossGramAccumulator):
         def add(self, x: torch.Tensor, x_actual: torch.Tensor | None) -> None:
-            def stack(t: torch.Tensor) -> torch.Tensor:
+            def stack(t: torch.Tensor | None) -> torch.Tensor | None:
+                if t is None:
+                    return None
                 t = t.reshape(-1, mini_bsz, seqlen, t.shape[-1]).to(torch.float64)
                 return t.mean(1).reshape(-1, t.shape[-1])
 
-            super().add(stack(x), None if x_actual is None else stack(x_actual))
+            super().add(stack(x), stack(x_actual))
 
     return StackedCrossGram
 
@@ -172,13 +178,19 @@ def run_sequential(
         "sequential %s: %d windows x %d tokens, %d layers to compress, stats per %s",
         method.name, windows.shape[0], windows.shape[1], len(plan), granularity,
     )  # fmt: skip
-    seq = SequentialCalibrator(model, windows, device=device, batch_size=batch_size, **kwargs)
+    needs = set(getattr(factoriser, "sequential_stats", ALL_STATS))
+    original = bool(needs & {"H", "C"})
+    seq = SequentialCalibrator(
+        model, windows, device=device, batch_size=batch_size, original=original, **kwargs
+    )
     divergence: dict[str, float] = {}
     for i, layer in seq.layers():
         todo = plan.get(i)
         if not todo:
             continue
-        divergence[str(i)] = seq.divergence()
+        d = seq.divergence()
+        if d is not None:
+            divergence[str(i)] = d
         groups = [g for g in adapter.groups if g in todo]
         batches = [[g] for g in groups] if granularity == "group" else [groups]
         for batch in batches:
@@ -188,6 +200,11 @@ def run_sequential(
                     lin = layer.get_submodule(target)
                     ctx = make_context(model, name, i, target, lin, stats, device)
                     gs = st[g]
-                    ctx.H, ctx.H_actual, ctx.C, ctx.count = gs.H, gs.H_actual, gs.C, gs.count
+                    ctx.H_actual = gs.H_actual
+                    if original:
+                        ctx.H, ctx.C, ctx.count = gs.H, gs.C, gs.count
                     replace(name, factorise(factoriser, ctx, int(ranks[name])))
-    return {"windows": int(windows.shape[0]), "divergence": divergence}
+    summary: dict[str, Any] = {"windows": int(windows.shape[0]), "streams": 2 if original else 1}
+    if original:
+        summary["divergence"] = divergence
+    return summary

@@ -36,6 +36,7 @@ class HeterogeneousByType:
     """Ranks from the truncation loss each matrix would suffer at the target ratio."""
 
     rmax: float = 0.95
+    reads_spectra = True  # every matrix's spectrum, before the factorisation: cache SVDs
 
     def __call__(self, infos: list, target: float, ctx: AllocationContext) -> dict[str, int]:
         if ctx.spectrum is None:
