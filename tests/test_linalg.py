@@ -380,6 +380,21 @@ def test_column_split_pays_off_on_outlier_features():
     )
 
 
+def test_rest_truncation_loss_matches_whitening_the_rest():
+    """The split search's shortcut: the loss of the rest columns from G = W H W^T, corrected
+    for the kept ones, equals whitening the rest and truncating it."""
+    W, _, H = _outlier_data()
+    W = W[:10]  # wide: the shape the shortcut serves
+    P, G = W @ H, W @ H @ W.T
+    for kept, k in (([1, 5], 3), ([0, 2, 7, 11], 4), ([3], 0)):
+        kept_t = torch.tensor(kept)
+        rest = torch.tensor([j for j in range(W.shape[1]) if j not in kept])
+        wh = linalg.cholesky_whitener(H[rest][:, rest])
+        want = linalg.truncation_loss(W[:, rest], wh, k)
+        got = linalg.rest_truncation_loss(W, H, P, G, kept_t, k)
+        assert got == pytest.approx(want, rel=1e-9)
+
+
 def test_column_split_rejected_when_it_cannot_help():
     g = torch.Generator().manual_seed(5)
     W = torch.randn(30, 6, generator=g, dtype=F64) @ torch.randn(6, 20, generator=g, dtype=F64)

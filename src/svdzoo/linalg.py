@@ -388,6 +388,18 @@ def truncation_loss(W: Tensor, whitener: Whitener, k: int) -> float:
     return float(lam[k:].sum())
 
 
+def rest_truncation_loss(W: Tensor, H: Tensor, P: Tensor, G: Tensor, kept: Tensor, k: int) -> float:
+    """`sum_{i>k} lambda_i(W_R H_RR W_R^T)`, R the columns not in `kept`, from `P = W H` and
+    `G = W H W^T` by removing the kept columns' terms (m x |kept| products). Equals
+    `truncation_loss(W_R, cholesky_whitener(H_RR), k)` for positive definite `H` (tested);
+    Duo-SVD's split search calls it once per candidate."""
+    WK, PK = W.index_select(1, kept), P.index_select(1, kept)
+    HKK = H.index_select(0, kept).index_select(1, kept)
+    GR = G - WK @ PK.T - PK @ WK.T + WK @ HKK @ WK.T
+    lam = torch.linalg.eigvalsh(0.5 * (GR + GR.T)).flip(0).clamp_min(0)
+    return float(lam[k:].sum())
+
+
 def top_svd(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """The leading `k` singular triplets of `M` (`U_k, sigma_k, Vh_k`), from the
     eigendecomposition of the smaller Gram (`M^T M` or `M M^T`) in float64: several times
@@ -780,15 +792,27 @@ def column_preserving_split(
         fac = truncate(W.index_select(1, rest), rest_whitener(rest), kr)
         return math.sqrt(max(fac.loss, 0.0)), kept, rest, fac, c
 
+    # The search needs only the error, sum_{i>kr} lambda_i of W_R H_RR W_R^T (R: the rest),
+    # which is the whitened Gram `(W_R L)(W_R L)^T` whenever `L L^T = H_RR` exactly. For a
+    # wide-or-square W with a positive definite H (every H_RR then factors unshifted) it
+    # comes from one m x m product made once, corrected for the few kept columns K:
+    # G_R = G - W_K P_K^T - P_K W_K^T + W_K H_KK W_K^T with P = W H. No Cholesky, no
+    # whitened product per step; otherwise (tall W, shifted or eigen whitening) each step
+    # whitens the rest (truncation_loss).
+    direct = m <= n and whitener == "cholesky" and int(torch.linalg.cholesky_ex(H)[1]) == 0
+    if direct:
+        P = W @ H
+        G = P @ W.T
+
     def evaluate(dr: int) -> float:
-        # the search needs only the error: eigenvalues of the smaller whitened Gram, no
-        # factors (several times cheaper than the truncation fit() does for the winner)
         if dr == 0 or column_counts(m, n, k, dr)[0] == 0:
             return f0
-        _, kr, _, rest = split(dr)
+        _, kr, kept, rest = split(dr)
         if rest.numel() == 0:
             return 0.0
-        return math.sqrt(truncation_loss(W.index_select(1, rest), rest_whitener(rest), kr))
+        if not direct:
+            return math.sqrt(truncation_loss(W.index_select(1, rest), rest_whitener(rest), kr))
+        return math.sqrt(rest_truncation_loss(W, H, P, G, kept, kr))
 
     best = _golden_int(evaluate, 0, k)
     if best == 0 or column_counts(m, n, k, best)[0] == 0:
