@@ -185,6 +185,56 @@ def test_flag_section_typo_names_the_option(default, section, key, hint):
     _fails(bad, f"{section}.{key}", f"did you mean '{hint}'")
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "command"),
+    [
+        ("calibration", "batch-size", "calibrate"),
+        ("calibration", "memory-budget-mb", "calibrate"),
+        ("compress", "device", "compress"),
+        ("evaluation", "batch-size", "evaluate"),
+        ("sensitivity", "max-tokens", "sensitivity"),
+    ],
+)
+def test_execution_only_flag_in_a_cache_section_is_refused(default, section, key, command):
+    """Case 10: such a flag would enter the cache's identity and rerun it when changed."""
+    bad = copy.deepcopy(default)
+    bad.setdefault(section, {})[key] = 1
+    _fails(bad, f"{section}.{key}", f"move it to execution.{command}")
+
+
+def test_execution_section_takes_only_execution_flags(default):
+    good = copy.deepcopy(default)
+    good["execution"] = {"calibrate": {"batch-size": 2, "device": "cpu"}}
+    C.validate_params(good)
+    bad = copy.deepcopy(default)
+    bad["execution"] = {"compress": {"dtype": "float16"}}
+    _fails(bad, "execution.compress.dtype", "not an execution-only flag")
+    bad["execution"] = {"report": {"device": "cpu"}}
+    _fails(bad, "execution", "report")
+
+
+def test_execution_flags_reach_the_command_and_the_command_line_wins(tmp_path):
+    """`svdzoo --execution FILE CMD`: the file's execution.CMD flags go in before the
+    command's own, so an explicit flag overrides them."""
+    from svdzoo.cli import build_parser, with_execution
+
+    f = tmp_path / "p.yaml"
+    f.write_text("execution:\n  calibrate:\n    batch-size: 3\n    device: cpu\n")
+    flags = C.execution_flags(f, "calibrate")
+    assert flags == ["--batch-size", "3", "--device", "cpu"]
+    assert C.execution_flags(f, "evaluate") == []
+    parser = build_parser()
+    base = ["--execution", str(f), "calibrate", "--model", "m", "--out", "o", "--corpus", "pydoc"]
+    base += ["--nsamples", "2", "--seqlen", "8", "--seed", "0"]
+    args = parser.parse_args(with_execution(base, "calibrate", flags))
+    assert (args.batch_size, args.device) == (3, "cpu")
+    args = parser.parse_args(with_execution([*base, "--batch-size", "5"], "calibrate", flags))
+    assert args.batch_size == 5
+    f.write_text("execution:\n  calibrate:\n    seed: 1\n")
+    with pytest.raises(ConfigError, match="execution.calibrate.seed"):
+        C.execution_flags(f, "calibrate")
+
+
 def test_reference_option_typo_is_refused(default):
     bad = copy.deepcopy(default)
     ref = next(k for k, v in bad["models"].items() if v["source"] == "reference")

@@ -600,6 +600,29 @@ def test_model_dir_without_config_is_one_line(model_dir, tmp_path, capsys):
     one_line_error(err, bare, "config.json")
 
 
+# ---------------------------------------------------------------- 10. cache keys too wide
+
+
+def test_gram_bytes_do_not_depend_on_batch_size_or_threads(model_dir, tmp_path):
+    """Real processes: the Gram cache's files (tensors and manifest) are the same bytes for
+    any calibration batch size and thread count, so a rerun under other execution
+    settings (Snakemake's one thread vs DVC's default) gives the same DVC hash."""
+    runs = {"b1-t1": ("1", "1"), "b8-t2": ("8", "2"), "b3-t1": ("3", "1")}
+    digests = {}
+    for name, (batch, threads) in runs.items():
+        out = tmp_path / name
+        res = subprocess.run(
+            [sys.executable, "-m", "svdzoo.cli", "calibrate", "--model", str(model_dir),
+             "--corpus", "pydoc", "--nsamples", "10", "--seqlen", "48", "--seed", "0",
+             "--device", "cpu", "--batch-size", batch, "--out", str(out)],
+            env={**ENV, "OMP_NUM_THREADS": threads}, capture_output=True, text=True,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr[-2000:]
+        digests[name] = {f.name: f.read_bytes() for f in sorted(out.iterdir())}
+    assert digests["b1-t1"] == digests["b8-t2"] == digests["b3-t1"]
+    assert "batch_size" not in json.loads(digests["b1-t1"]["manifest.json"])
+
+
 # ---------------------------------------------------------------- 11. permissions
 
 

@@ -102,6 +102,8 @@ def test_model_restored_and_deterministic(llama, duo_table):
         model, tok, gram, "duo", nsamples=NSENS, batch_size=NSENS, ratios=[0.2, 0.7]
     )
     assert same.table == again.table  # the same request: bit-identical
+    # and the same manifest (no run time in it): a rerun keeps the directory's DVC hash
+    assert same.manifest == again.manifest
 
 
 @pytest.mark.parametrize("kind", ["duo", "asvd"])

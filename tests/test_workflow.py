@@ -53,20 +53,19 @@ MICRO = {
     "ratios": ["0.40"],
     "calibration": {"corpus": "pydoc", "nsamples": 4, "seqlen": 32, "seed": 0},
     "sensitivity": {"nsamples": 2},
-    "compress": {"device": "cpu"},
+    "compress": {},
     "offline_tasks": {"seed": 0, "n-examples": 8},
     "evaluation": {
         "corpora": ["pydoc"],
         "tasks": ["pydoc_continuation"],
         "seqlen": 32,
         "max-windows": 4,
-        "batch-size": 4,
         "zeroshot-limit": 8,
-        "device": "cpu",
         "efficiency-batch-sizes": "1",
         "efficiency-prompt-len": 8,
         "efficiency-gen-len": 2,
     },
+    "execution": {"compress": {"device": "cpu"}, "evaluate": {"batch-size": 4, "device": "cpu"}},
     "report": {"published": "data/published.csv"},
     "keep_compressed": True,
 }
@@ -251,6 +250,23 @@ def test_adding_a_ratio_runs_only_that_ratio(micro_ws):
     assert len(set(now) - set(old)) == 6
 
 
+def test_execution_settings_rerun_nothing(micro_ws):
+    """Case 10: a device, batch size or memory budget changes how jobs run, not what they
+    compute; the jobs read them at run time, so nothing is planned."""
+    now = {**MICRO, "ratios": ["0.40", "0.60"]}  # the state the tests above left
+    params = {**now, "execution": {
+        "calibrate": {"batch-size": 2, "memory-budget-mb": 64, "device": "cpu"},
+        "compress": {"device": "auto"},
+        "evaluate": {"batch-size": 2},
+    }}  # fmt: skip
+    write_params(micro_ws, params)
+    try:
+        out = smk(micro_ws, "-n")
+        assert jobs_of(out) == [], out[-3000:]
+    finally:
+        write_params(micro_ws, now)
+
+
 def test_changing_nsamples_reruns_calibration_and_downstream(micro_ws):
     params = {**MICRO, "ratios": ["0.40", "0.60"]}
     params["calibration"] = {**MICRO["calibration"], "nsamples": 6}
@@ -375,6 +391,10 @@ def test_dvc_repro_noop_and_experiment(tmp_path):
 
     run(ws, git, "add", "-A")
     run(ws, git, "commit", "-q", "-m", "baseline")
+    # case 10: execution-only settings rerun nothing but the params check
+    out = run(ws, dvc, "exp", "run", "-S", "execution.compress.device=auto",
+              "-S", "execution.evaluate.batch-size=2")  # fmt: skip
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"params"}, out
     out = run(ws, dvc, "exp", "run", "-S", 'ratios=["0.40","0.60"]')
     ran = set(re.findall(r"Running stage '([^']+)'", out))
     # `params` re-validates the edited params.yaml (seconds); its stamp is unchanged, so

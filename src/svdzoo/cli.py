@@ -29,6 +29,13 @@ COMMANDS: tuple[str, ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="svdzoo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--execution",
+        metavar="PARAMS",
+        help="a params file whose execution.<command> section gives this command's "
+        "execution-only flags (device, batch sizes, memory budget); flags given on the "
+        "command line win. The workflow passes it so that those settings rerun nothing",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         mod = importlib.import_module(f"svdzoo.commands.{name}")
@@ -38,17 +45,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def with_execution(argv: list[str], command: str, flags: list[str]) -> list[str]:
+    """`argv` with `flags` inserted right after the subcommand, so that the same flags
+    given later on the command line override them (argparse keeps the last value)."""
+    at = next(
+        i + 1
+        for i, a in enumerate(argv)
+        if a == command and (i == 0 or argv[i - 1] != "--execution")
+    )
+    return [*argv[:at], *flags, *argv[at:]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    from svdzoo.errors import SvdzooError
+
+    if args.execution:
+        from svdzoo.config import execution_flags
+
+        try:
+            flags = execution_flags(args.execution, args.command)
+        except SvdzooError as exc:
+            print(f"svdzoo {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        if flags:
+            args, extra = parser.parse_known_args(with_execution(argv, args.command, flags))
     if extra and not args._extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from svdzoo.errors import SvdzooError
-
     try:
         if args._extra:
             return int(args._run(args, extra) or 0)

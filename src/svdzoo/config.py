@@ -61,7 +61,20 @@ DEFAULT_RESOURCES: dict[str, dict[str, int]] = {
     "report": {"gpu": 0, "mem_mb": 2000, "runtime": 10, "threads": 1},
 }
 
+# Flags that change how a command runs but not what it computes (beyond float round-off):
+# they live in the params' `execution` section, reach the command through
+# `svdzoo --execution PARAMS`, and are refused in the sections that name a cache (whose
+# values are tracked by Snakemake's params and DVC's stage params), so changing a device,
+# a batch size or a memory budget reruns nothing.
+EXEC_ONLY: dict[str, frozenset[str]] = {
+    "calibrate": frozenset({"device", "batch-size", "memory-budget-mb", "offload-dir"}),
+    "sensitivity": frozenset({"device", "batch-size", "max-tokens"}),
+    "compress": frozenset({"device"}),
+    "evaluate": frozenset({"device", "batch-size"}),
+}
+
 DEFAULTS: dict[str, Any] = {
+    "execution": {},
     "compress": {},
     "offline_tasks": {"seed": 0},
     "report": {"published": "data/published.csv"},
@@ -258,6 +271,47 @@ def _check_flag_sections(p: Mapping[str, Any]) -> None:
                     f"{section}.{key}: `svdzoo {command}` has no option --{key}{hint} "
                     f"(see `svdzoo {command} --help`)"
                 )
+            if key in EXEC_ONLY.get(command, ()) and not section.startswith("models."):
+                raise ConfigError(
+                    f"{section}.{key}: --{key} changes how `svdzoo {command}` runs, not its "
+                    f"result; move it to execution.{command}, where changing it reruns nothing"
+                )
+    for command, values in (p.get("execution") or {}).items():
+        check_execution(command, values, where=f"execution.{command}")
+
+
+def check_execution(command: str, values: Mapping[str, Any], where: str) -> None:
+    """`values` may hold only `command`'s execution-only flags (`EXEC_ONLY`)."""
+    allowed = EXEC_ONLY.get(command)
+    if allowed is None:
+        raise ConfigError(f"{where}: no execution settings for `svdzoo {command}`")
+    for key in values:
+        if key not in allowed:
+            raise ConfigError(
+                f"{where}.{key}: not an execution-only flag of `svdzoo {command}` (those are "
+                f"{', '.join(sorted(allowed))}); flags that change results belong in the "
+                "command's own section"
+            )
+
+
+def execution_flags(params_file: str | Path, command: str) -> list[str]:
+    """`execution.<command>` of a params file as CLI flags (`svdzoo --execution FILE`).
+
+    Read with plain YAML and checked against `EXEC_ONLY` only: the file was validated as a
+    whole before the workflow started, and a job must not depend on anything else in it."""
+    import yaml
+
+    path = Path(params_file)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--execution {path}: cannot read the params file ({exc})") from exc
+    section = (data.get("execution") or {}) if isinstance(data, dict) else {}
+    values = section.get(command) or {}
+    if command not in EXEC_ONLY:
+        return []
+    check_execution(command, values, where=f"{path}: execution.{command}")
+    return cli_flags(values)
 
 
 def _check_names(p: dict[str, Any]) -> None:

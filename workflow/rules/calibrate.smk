@@ -8,6 +8,7 @@ rule calibrate:
     output:
         directory(str(L.gram("{model}", "{calib}"))),
     params:
+        exe=EXECUTION,
         model=lambda w: model_arg(w.model),
         extra=flags("calibration"),
     log:
@@ -22,7 +23,7 @@ rule calibrate:
         mem_mb=res("calibrate")["mem_mb"],
         runtime=res("calibrate")["runtime"],
     shell:
-        "OMP_NUM_THREADS={threads} svdzoo calibrate --model {params.model}"
+        "OMP_NUM_THREADS={threads} svdzoo {params.exe} calibrate --model {params.model}"
         " --model-name {wildcards.model} {params.extra} --out {output} > {log} 2>&1"
 
 
@@ -33,6 +34,7 @@ rule calibrate_fisher:
     output:
         directory(str(L.fisher("{model}", "{calib}"))),
     params:
+        exe=EXECUTION,
         model=lambda w: model_arg(w.model),
         extra=flags("calibration"),
     log:
@@ -47,7 +49,8 @@ rule calibrate_fisher:
         mem_mb=res("fisher")["mem_mb"],
         runtime=res("fisher")["runtime"],
     shell:
-        "OMP_NUM_THREADS={threads} svdzoo calibrate --kind fisher --model {params.model}"
+        "OMP_NUM_THREADS={threads} svdzoo {params.exe} calibrate --kind fisher"
+        " --model {params.model}"
         " --model-name {wildcards.model} {params.extra} --out {output} > {log} 2>&1"
 
 
@@ -60,6 +63,7 @@ rule sensitivity:
     output:
         directory(str(L.sensitivity("{model}", "{calib}", "{kind}"))),
     params:
+        exe=EXECUTION,
         model=lambda w: model_arg(w.model),
         extra=flags("sensitivity"),
         kind=lambda w: svdconf.sensitivity_flags(w.kind),
@@ -75,5 +79,6 @@ rule sensitivity:
         mem_mb=res("sensitivity")["mem_mb"],
         runtime=res("sensitivity")["runtime"],
     shell:
-        "OMP_NUM_THREADS={threads} svdzoo sensitivity --model {params.model} --stats {input.gram}"
+        "OMP_NUM_THREADS={threads} svdzoo {params.exe} sensitivity --model {params.model}"
+        " --stats {input.gram}"
         " {params.kind} {params.extra} --out {output} > {log} 2>&1"

@@ -5,6 +5,9 @@ from pathlib import Path
 from svdzoo.paths import ratio_tag
 
 CALIB = svdconf.calib_tag(P)
+# execution-only flags (device, batch sizes, memory budget) reach each job from the params
+# file at run time: a constant parameter, so changing them reruns nothing
+EXECUTION = f"--execution {PARAMS_FILE}"
 LOCAL_MODELS = svdconf.local_models(P)
 STATS_NEEDED = svdconf.needed_stats(P)
 OFFLINE_TASKS = svdconf.uses_offline_tasks(P)

@@ -8,6 +8,7 @@ rule compress:
     output:
         compressed_output(),
     params:
+        exe=EXECUTION,
         model=lambda w: model_arg(w.model),
         stats=stats_flags,
         extra=flags("compress"),
@@ -24,7 +25,8 @@ rule compress:
         mem_mb=res("compress")["mem_mb"],
         runtime=res("compress")["runtime"],
     shell:
-        "OMP_NUM_THREADS={threads} svdzoo compress --model {params.model} {params.stats}"
+        "OMP_NUM_THREADS={threads} svdzoo {params.exe} compress --model {params.model}"
+        " {params.stats}"
         " --method {wildcards.method} --ratio {wildcards.ratio} {params.extra}"
         " {params.calib}"
         " --out {output} > {log} 2>&1"

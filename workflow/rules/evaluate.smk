@@ -12,6 +12,7 @@ rule evaluate_dense:
         zeroshot=str(L.zeroshot("{model}", DENSE, 0.0)),
         efficiency=str(L.efficiency("{model}", DENSE, 0.0)),
     params:
+        exe=EXECUTION,
         model=lambda w: model_arg(w.model),
         flags=flags("evaluation"),
         task_dir=task_dir_flag(),
@@ -27,7 +28,7 @@ rule evaluate_dense:
         mem_mb=res("evaluate")["mem_mb"],
         runtime=res("evaluate")["runtime"],
     shell:
-        "OMP_NUM_THREADS={threads} svdzoo evaluate --model {params.model}"
+        "OMP_NUM_THREADS={threads} svdzoo {params.exe} evaluate --model {params.model}"
         " --model-name {wildcards.model} --method dense --ratio 0.00 {params.flags}"
         " {params.task_dir} --ppl-out {output.ppl} --zeroshot-out {output.zeroshot}"
         " --efficiency-out {output.efficiency} > {log} 2>&1"
@@ -43,6 +44,7 @@ rule evaluate:
         zeroshot=ratio_pattern(L.zeroshot("{model}", "{method}", 0.0)),
         efficiency=ratio_pattern(L.efficiency("{model}", "{method}", 0.0)),
     params:
+        exe=EXECUTION,
         flags=flags("evaluation"),
         task_dir=task_dir_flag(),
     log:
@@ -57,7 +59,7 @@ rule evaluate:
         mem_mb=res("evaluate")["mem_mb"],
         runtime=res("evaluate")["runtime"],
     shell:
-        "OMP_NUM_THREADS={threads} svdzoo evaluate --model {input.model}"
+        "OMP_NUM_THREADS={threads} svdzoo {params.exe} evaluate --model {input.model}"
         " --model-name {wildcards.model} --method {wildcards.method} --ratio {wildcards.ratio}"
         " {params.flags} {params.task_dir} --ppl-out {output.ppl}"
         " --zeroshot-out {output.zeroshot} --efficiency-out {output.efficiency} > {log} 2>&1"

@@ -123,7 +123,7 @@ def model_manifest(
     seqlen: int,
     seed: int,
     model_id: str | None,
-    batch_size: int,
+    batch_size: int | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     """`base_manifest` plus what identifies the model and the calibration data.
@@ -150,7 +150,9 @@ def model_manifest(
         seqlen=seqlen,
         seed=seed,
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-        batch_size=batch_size,
+        # recorded only where it changes the result (Fisher: samples per gradient); the
+        # Gram's batch size is execution-only and its bytes do not depend on it
+        **({} if batch_size is None else {"batch_size": batch_size}),
         **fields,
     )
 

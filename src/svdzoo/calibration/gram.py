@@ -98,7 +98,7 @@ def stream_gram_stats(
                 hidden.close()
                 hidden = out
                 for group in adapter.groups:
-                    acc = accs[group]
+                    acc = accs[group].finish()
                     if not bool(torch.isfinite(acc.H).all()):
                         raise ModelError(
                             f"layer {i} ({group} inputs): the calibration statistics are not "
@@ -137,12 +137,14 @@ def gram_manifest(
     seqlen: int,
     seed: int,
     model_id: str | None,
-    batch_size: int,
 ) -> dict[str, Any]:
-    """Everything that identifies a Gram cache (tensor names and hash are added on write)."""
+    """Everything that identifies a Gram cache (tensor names and hash are added on write).
+
+    Not the batch size, device or memory budget: they change how the statistics are
+    computed, never their bytes (`GramAccumulator` sums fixed token chunks in order)."""
     return model_manifest(
         "gram", model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
-        model_id=model_id, batch_size=batch_size,
+        model_id=model_id,
         groups={g: list(m) for g, m in adapter_for(model).groups.items()},
     )  # fmt: skip
 
@@ -167,7 +169,7 @@ def calibrate(
 
     manifest = gram_manifest(
         model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
-        model_id=model_id, batch_size=batch_size,
+        model_id=model_id,
     )  # fmt: skip
     windows = calibration_windows(tokenizer, corpus, nsamples, seqlen, seed)
     tensors: dict[str, torch.Tensor] = {}
@@ -204,7 +206,7 @@ def calibrate_to_dir(
 
     manifest = gram_manifest(
         model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
-        model_id=model_id, batch_size=batch_size,
+        model_id=model_id,
     )  # fmt: skip
     windows = calibration_windows(tokenizer, corpus, nsamples, seqlen, seed)
     with CacheDirWriter(Path(out), manifest, force=force) as w:

@@ -18,23 +18,69 @@ import torch.nn.functional as F
 from svdzoo.errors import CacheError
 from svdzoo.models import FAMILIES, FamilyAdapter
 
+CHUNK_TOKENS = 256  # Grams are summed over token chunks of this size, in token order
+
+
+class _Chunks:
+    """Rows (tokens) of one or more aligned streams, handed out in chunks of exactly
+    `CHUNK_TOKENS` consecutive rows, in order, whatever batches they arrive in; the last
+    partial chunk comes out at `flush`. Summing Grams per chunk makes their bytes
+    independent of the batch size (an execution setting, not part of a cache's identity)."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[torch.Tensor | None, ...]] = []
+        self._rows = 0
+
+    def put(self, *xs: torch.Tensor | None) -> list[tuple[torch.Tensor | None, ...]]:
+        self._pending.append(tuple(None if x is None else x.detach() for x in xs))
+        self._rows += next(x for x in xs if x is not None).shape[0]
+        return self._take(final=False) if self._rows >= CHUNK_TOKENS else []
+
+    def flush(self) -> list[tuple[torch.Tensor | None, ...]]:
+        return self._take(final=True) if self._rows else []
+
+    def _take(self, final: bool) -> list[tuple[torch.Tensor | None, ...]]:
+        cols = list(zip(*self._pending, strict=True))
+        rows = [None if c[0] is None else torch.cat(c) if len(c) > 1 else c[0] for c in cols]
+        n = self._rows if final else self._rows // CHUNK_TOKENS * CHUNK_TOKENS
+        out = [
+            tuple(None if r is None else r[s : s + CHUNK_TOKENS] for r in rows)
+            for s in range(0, n, CHUNK_TOKENS)
+        ]
+        rest = tuple(None if r is None else r[n:] for r in rows)
+        self._rows -= n
+        self._pending = [rest] if self._rows else []
+        return out
+
 
 class GramAccumulator:
-    """`H = sum x x^T`, `sum |x|` and the token count of one input group."""
+    """`H = sum x x^T`, `sum |x|` and the token count of one input group, summed over
+    fixed token chunks (`_Chunks`): the bytes do not depend on the batch size."""
 
     def __init__(self, n: int, device: torch.device):
         self.H = torch.zeros(n, n, dtype=torch.float64, device=device)
         self.abssum = torch.zeros(n, dtype=torch.float64, device=device)
         self.count = 0
+        self._chunks = _Chunks()
 
     def add(self, x: torch.Tensor) -> None:
         """`x`: (tokens, n) inputs of the group's linear."""
-        x = x.detach().to(torch.float64)
-        self.H.addmm_(x.T, x)
-        self.abssum += x.abs().sum(0)
         self.count += x.shape[0]
+        self._fold(self._chunks.put(x))
+
+    def _fold(self, chunks) -> None:
+        for (c,) in chunks:
+            c = c.to(torch.float64)
+            self.H.addmm_(c.T, c)
+            self.abssum += c.abs().sum(0)
+
+    def finish(self) -> GramAccumulator:
+        """Fold in the last partial chunk; read `H` and `absmean()` after this."""
+        self._fold(self._chunks.flush())
+        return self
 
     def absmean(self) -> torch.Tensor:
+        self.finish()
         return self.abssum / max(self.count, 1)
 
 
@@ -54,34 +100,55 @@ class CrossGramAccumulator:
     for methods that never read the original stream."""
 
     def __init__(self, n: int, device: torch.device, original: bool = True):
-        self.H_actual = torch.zeros(n, n, dtype=torch.float64, device=device)
-        self.H = torch.zeros_like(self.H_actual) if original else None
-        self.C = torch.zeros_like(self.H_actual) if original else None
+        self._H_actual = torch.zeros(n, n, dtype=torch.float64, device=device)
+        self._H = torch.zeros_like(self._H_actual) if original else None
+        self._C = torch.zeros_like(self._H_actual) if original else None
         self.count = 0
+        self._chunks = _Chunks()
+
+    # summed over token chunks like the cached Gram (so `H` equals it bytewise); reading
+    # a statistic folds in the last partial chunk
+    @property
+    def H(self) -> torch.Tensor | None:
+        self._fold(self._chunks.flush())
+        return self._H
+
+    @property
+    def H_actual(self) -> torch.Tensor:
+        self._fold(self._chunks.flush())
+        return self._H_actual
+
+    @property
+    def C(self) -> torch.Tensor | None:
+        self._fold(self._chunks.flush())
+        return self._C
 
     def add(self, x: torch.Tensor | None, x_actual: torch.Tensor | None) -> None:
         """Rows are tokens. `x_actual=None` means the two streams coincide for this batch;
         `x` is not read (may be None) when the accumulator keeps only `H'`."""
-        if self.H is None or self.C is None:
+        if self._H is None:
             src = x if x_actual is None else x_actual
             if src is None:
                 raise ValueError("no inputs to accumulate")
-            xa = src.detach().to(torch.float64)
-            self.H_actual.addmm_(xa.T, xa)
-            self.count += xa.shape[0]
+            self.count += src.shape[0]
+            self._fold(self._chunks.put(None, src))
             return
         if x is None:
             raise ValueError("the original inputs are needed for H and C")
-        x = x.detach().to(torch.float64)
-        self.H.addmm_(x.T, x)
-        if x_actual is None:
-            self.H_actual.addmm_(x.T, x)
-            self.C.addmm_(x.T, x)
-        else:
-            xa = x_actual.detach().to(torch.float64)
-            self.H_actual.addmm_(xa.T, xa)
-            self.C.addmm_(x.T, xa)
         self.count += x.shape[0]
+        self._fold(self._chunks.put(x, x if x_actual is None else x_actual))
+
+    def _fold(self, chunks) -> None:
+        for x, xa in chunks:
+            xa = None if xa is None else xa.to(torch.float64)
+            if x is None:  # H' only
+                self._H_actual.addmm_(xa.T, xa)
+                continue
+            x = x.to(torch.float64)
+            assert self._H is not None and self._C is not None and xa is not None
+            self._H.addmm_(x.T, x)
+            self._H_actual.addmm_(xa.T, xa)
+            self._C.addmm_(x.T, xa)
 
 
 class CosineAccumulator:
@@ -93,7 +160,9 @@ class CosineAccumulator:
 
     def add(self, x_in: torch.Tensor, x_out: torch.Tensor) -> None:
         cos = F.cosine_similarity(x_in.to(torch.float64), x_out.to(torch.float64), dim=-1)
-        self.total += float(cos.sum())
+        # one sum per sequence, added in order: the same total for any batching
+        for v in cos.reshape(-1, cos.shape[-1]).sum(-1).tolist():
+            self.total += v
         self.count += cos.numel()
 
     def mean(self) -> float:

@@ -38,8 +38,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        default=None,
-        help="samples per batch (default: 8 for gram; 1 for fisher, i.e. per-sample gradients)",
+        default=8,
+        help="gram: windows per forward pass (execution only: the cache's bytes do not "
+        "depend on it); not read by fisher",
+    )
+    p.add_argument(
+        "--fisher-batch-size",
+        type=int,
+        default=1,
+        help="fisher: samples per squared gradient, part of the estimator (default 1: "
+        "per-sample gradients, the empirical Fisher)",
     )
     p.add_argument(
         "--memory-budget-mb",
@@ -62,8 +70,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--nsamples must be >= 1 and --seqlen >= 2 (got {args.nsamples}, {args.seqlen})"
         )
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
+    for flag, value in (
+        ("--batch-size", args.batch_size),
+        ("--fisher-batch-size", args.fisher_batch_size),
+    ):
+        if value < 1:
+            raise ConfigError(f"{flag} must be positive, got {value}")
     if args.memory_budget_mb < 0:
         raise ConfigError("--memory-budget-mb must be non-negative")
     # a foreign, protected, unwritable or busy --out fails here, before the model loads
@@ -101,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             model,
             tokenizer,
             args.out,
-            batch_size=args.batch_size or 8,
+            batch_size=args.batch_size,
             memory_budget=args.memory_budget_mb << 20,
             offload_dir=args.offload_dir,
             force=args.force,
@@ -111,7 +123,12 @@ def run(args: argparse.Namespace) -> int:
         from svdzoo.calibration import fisher_to_dir
 
         manifest = fisher_to_dir(
-            model, tokenizer, args.out, batch_size=args.batch_size or 1, force=args.force, **common
+            model,
+            tokenizer,
+            args.out,
+            batch_size=args.fisher_batch_size,
+            force=args.force,
+            **common,
         )
     log.info(
         "%s statistics of %s on %s (%d x %d tokens) -> %s in %.1fs (%.1f MiB)",
