@@ -384,6 +384,63 @@ def test_plain_transformers_refuses_a_compressed_directory(two_compressed):
     assert load_compressed(two_compressed[0]) is not None
 
 
+def test_transformers_loads_a_compressed_directory_with_its_remote_code(tmp_path):
+    """With trust_remote_code=True, plain transformers (svdzoo not importable) loads the
+    compressed model itself: the same modules and the same logits as svdzoo's loader, for
+    low-rank and Duo-SVD column-preserving modules alike."""
+    import copy
+
+    from svdzoo import linalg
+    from svdzoo.compression import (
+        _module_record,
+        build_module,
+        compress,
+        load_compressed,
+        matrix_infos,
+        save_compressed,
+    )
+    from svdzoo.models import replace_module
+
+    dense = random_tiny("llama")
+    model = copy.deepcopy(dense)
+    manifest = compress(model, "svd", 0.4)
+    # one Duo-SVD column-preserving module, fitted on inputs with outlier features
+    name = "model.layers.1.mlp.down_proj"
+    lin = dense.get_submodule(name)
+    W = lin.weight.detach().double()
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(W.shape[1], 600, generator=g, dtype=torch.float64)
+    X[::9] *= 30.0
+    split = linalg.column_preserving_split(W, X @ X.T, 12, accept=0.0)
+    assert split is not None and split.n_kept > 0
+    new = build_module(lin, split)
+    replace_module(model, name, new)
+    info = next(i for i in matrix_infos(dense) if i.name == name)
+    manifest["modules"][name] = _module_record(info, new, False)
+    out = tmp_path / "mixed"
+    save_compressed(model, manifest, out, build_byte_tokenizer())
+    kinds = {r["spec"]["type"] for r in json.loads((out / "manifest.json").read_text())[
+        "modules"].values() if not r["dense"]}  # fmt: skip
+    assert kinds == {"lowrank", "column"}, kinds
+    ids = torch.randint(0, 200, (2, 16), generator=torch.Generator().manual_seed(0))
+    want = load_compressed(out)(input_ids=ids).logits
+    script = (
+        "import sys, torch; sys.modules['svdzoo'] = None\n"  # any svdzoo import would fail
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)\n"
+        f"ids = torch.tensor({ids.tolist()})\n"
+        "with torch.no_grad():\n"
+        f"    torch.save(m(input_ids=ids).logits, {str(tmp_path / 'logits.pt')!r})\n"
+        "print(type(m).__name__, sum('LowRank' in type(x).__name__ for x in m.modules()))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    name, lowrank = res.stdout.split()[-2:]
+    assert name == "LlamaForCausalLM" and int(lowrank) > 0
+    got = torch.load(tmp_path / "logits.pt")
+    assert torch.equal(got, want.detach())
+
+
 def test_swapped_weights_and_edited_specs_are_cache_errors(two_compressed, tmp_path):
     import json
     import shutil

@@ -6,9 +6,11 @@ model or calibration set) is checked before any matrix is touched.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 # compressed directory must fail (no weights file it knows) instead of silently returning a
 # randomly initialised dense model. `load_compressed` is the loader.
 WEIGHTS = "svdzoo-lowrank.safetensors"
+REMOTE_MODULE = "modeling_svdzoo"  # svdzoo/hf/modeling_svdzoo.py, copied into each model
 # whitened SVDs kept for allocators that revisit matrices (search, spectra); the whiteners
 # get half as much again. Beyond that, recomputed.
 REVISIT_CACHE_BYTES = 2 << 30
@@ -405,7 +408,15 @@ def write_compressed(
 
     from svdzoo.calibration.cache import file_sha256
 
-    model.config.save_pretrained(out_dir)
+    # config.json names the loader svdzoo ships beside the weights (`auto_map`), so plain
+    # transformers loads the compressed model with trust_remote_code=True (and, without
+    # it, finds no weights it knows and raises instead of building a random dense model)
+    config = copy.deepcopy(model.config)
+    config.auto_map = {"AutoModelForCausalLM": f"{REMOTE_MODULE}.SvdzooForCausalLM"}
+    config.save_pretrained(out_dir)
+    shutil.copyfile(
+        Path(__file__).parent / "hf" / f"{REMOTE_MODULE}.py", out_dir / f"{REMOTE_MODULE}.py"
+    )
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     save_file(_state_without_tied(model), str(out_dir / WEIGHTS), metadata={"format": "pt"})
@@ -452,6 +463,7 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
             "with (replaced by another run's, or corrupted); compress it again"
         )
     config = AutoConfig.from_pretrained(str(path))
+    config.__dict__.pop("auto_map", None)  # the base architecture, not the remote loader
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config)
         for name, rec in manifest["modules"].items():

@@ -1,0 +1,1 @@
+"""Files svdzoo writes beside its outputs for other tools (transformers remote code)."""

@@ -1,0 +1,144 @@
+"""Load an svdzoo-compressed checkpoint with plain transformers (no svdzoo needed).
+
+svdzoo copies this file into every compressed model directory and names it in
+`config.json` (`auto_map`), so
+
+    AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)
+
+returns the compressed model: the base architecture from `config.json` with each
+factored linear rebuilt from `manifest.json` (`modules.<name>.spec`) and filled from
+`svdzoo-lowrank.safetensors`, whose sha256 the manifest records and this loader checks.
+Without `trust_remote_code` transformers does not run this file, finds no weights under
+its own names and raises: a compressed directory never loads as a dense model with random
+weights. The factored modules compute `y = A(B(x)) + b` (low rank) and, for Duo-SVD's
+column-preserving split, `A(B(x[rest])) + kept(x[kept])`; their parameter names are
+svdzoo's, so the same file loads back into svdzoo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+WEIGHTS = "svdzoo-lowrank.safetensors"
+MANIFEST = "manifest.json"
+
+
+class LowRankLinear(nn.Module):
+    def __init__(self, n: int, m: int, k: int, bias: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = n, m, k
+        self.B = nn.Linear(n, k, bias=False)
+        self.A = nn.Linear(k, m, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.A(self.B(x))
+
+
+class ColumnPreservingLinear(nn.Module):
+    def __init__(self, n: int, m: int, k: int, c: int, bias: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank, self.n_kept = n, m, k, c
+        self.register_buffer("kept_idx", torch.zeros(c, dtype=torch.long))
+        self.register_buffer("rest_idx", torch.zeros(n - c, dtype=torch.long))
+        self.kept = nn.Linear(c, m, bias=False)
+        self.B = nn.Linear(n - c, k, bias=False)
+        self.A = nn.Linear(k, m, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rest = x.index_select(-1, self.rest_idx)
+        return self.A(self.B(rest)) + self.kept(x.index_select(-1, self.kept_idx))
+
+
+def _module(spec: dict) -> nn.Module:
+    n, m, k = int(spec["in_features"]), int(spec["out_features"]), int(spec["rank"])
+    if spec["type"] == "lowrank":
+        return LowRankLinear(n, m, k, bool(spec["bias"]))
+    if spec["type"] == "column":
+        return ColumnPreservingLinear(n, m, k, int(spec["kept_columns"]), bool(spec["bias"]))
+    raise ValueError(f"unknown svdzoo module type {spec['type']!r}")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Create parameters on the meta device (no memory, no random init) and buffers for
+    real: every parameter is about to come from the weights file, while non-persistent
+    buffers (rotary tables) are not in it."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            p = module._parameters[name]
+            module._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+class SvdzooForCausalLM(PreTrainedModel):
+    """Entry point for `auto_map`: `from_pretrained` returns the base architecture's model
+    class (e.g. `LlamaForCausalLM`) with the factored linears in place."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, config=None, **kwargs):
+        path = str(pretrained_model_name_or_path)
+        if not os.path.isdir(path):
+            raise OSError(f"{path}: an svdzoo compressed model loads from a local directory")
+        with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
+            manifest = json.load(f)
+        weights = os.path.join(path, WEIGHTS)
+        if _sha256(weights) != manifest.get("weights_sha256"):
+            raise OSError(
+                f"{weights} is not the file {MANIFEST} was written with (replaced or "
+                "corrupted): compress the model again"
+            )
+        if config is None:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(path)
+        base = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+        with _parameters_on_meta():
+            model = base(config)
+        for name, rec in manifest["modules"].items():
+            if rec.get("dense"):
+                continue
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, _module(rec["spec"]))
+        state = load_file(weights)
+        result = model.load_state_dict(state, strict=False, assign=True)
+        model.tie_weights()
+        out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+        tied = out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight
+        missing = [k for k in result.missing_keys if not (tied and k.startswith("lm_head."))]
+        if missing or result.unexpected_keys:
+            raise OSError(
+                f"{path}: the weights do not fit the manifest (missing {missing[:5]}, "
+                f"unexpected {result.unexpected_keys[:5]})"
+            )
+        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if left:
+            raise OSError(f"{path}: {left[:5]} were not in the weights file")
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        if dtype is not None and dtype != "auto":
+            model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        return model.eval()
