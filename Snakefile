@@ -11,6 +11,7 @@ only call the `svdzoo` CLI. See docs/workflow.md.
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
+from svdzoo import codehash as svdcode
 from svdzoo import config as svdconf
 from svdzoo.errors import ConfigError
 from svdzoo.paths import DENSE, Layout

@@ -300,3 +300,23 @@ def test_validate_params_command(tmp_path, default):
     res = subprocess.run([*cmd, str(path), "--schema", str(SCHEMA)], capture_output=True, text=True)
     assert res.returncode == 2
     assert "ratios[1]" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_code_hash_follows_what_each_stage_runs():
+    """Issue 14.1: a method's compression runs its own module and the shared core, never
+    another method's; calibration runs no method module at all."""
+    from svdzoo import codehash
+
+    mods = codehash.method_modules()
+    assert mods["duo-svd"] == "svdzoo.methods.duo_svd" and mods["svd-llm"].endswith("baselines")
+    names = {p.name for p in codehash.stage_files("compress", "duo-svd")}
+    assert {"duo_svd.py", "linalg.py", "compression.py", "modeling_svdzoo.py"} <= names
+    assert not names & {"adasvd.py", "ressvd.py", "baselines.py", "svd_llm_v2.py"}
+    calib = {p.relative_to(codehash.PACKAGE).as_posix() for p in codehash.stage_files("calibrate")}
+    assert "calibration/gram.py" in calib and "methods/duo_svd.py" not in calib
+    report = {p.name for p in codehash.stage_files("report")}
+    assert "figures.py" in report and "linalg.py" not in report
+    assert codehash.code_hash("compress", "svd") == codehash.code_hash("compress", "svd-llm")
+    assert codehash.code_hash("compress", "svd") != codehash.code_hash("compress", "duo-svd")
+    with pytest.raises(ValueError, match="registered method"):
+        codehash.stage_files("compress", "nope")

@@ -78,6 +78,9 @@ def _env() -> dict[str, str]:
         HF_DATASETS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        # each workspace runs its own copy of the package (make_workspace), so a test can
+        # edit the code a stage runs; relative, so it resolves in the workspace (cwd)
+        PYTHONPATH="src",
         DVC_NO_ANALYTICS="1",
         GIT_AUTHOR_NAME="t",
         GIT_AUTHOR_EMAIL="t@t",
@@ -96,6 +99,11 @@ def make_workspace(path: Path, params: dict | None) -> Path:
             shutil.copytree(src, path / name)
         else:
             shutil.copy2(src, path / name)
+    shutil.copytree(
+        ROOT / "src" / "svdzoo",
+        path / "src" / "svdzoo",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     (path / "data").mkdir(exist_ok=True)
     published = ROOT / "data" / "published.csv"
     if published.exists():
@@ -178,8 +186,10 @@ def test_snakemake_and_dvc_render_the_same_paths(tmp_path):
 
     dvc = set(json.loads(run(ws, sys.executable, "-c", code).strip().splitlines()[-1]))
     # engine-specific by design: DVC's validation stamp (the Snakefile validates at parse
-    # time) and Snakemake's per-job benchmark files
+    # time), its code stamps (Snakemake hashes the code into each rule's params) and
+    # Snakemake's per-job benchmark files
     dvc.discard("data/params.valid")
+    dvc.discard("data/code")
     snake = {p for p in snake if not p.startswith("results/benchmarks/")}
     assert snake == dvc, (
         f"only Snakemake: {sorted(snake - dvc)[:10]}; only DVC: {sorted(dvc - snake)[:10]}"
@@ -265,6 +275,32 @@ def test_execution_settings_rerun_nothing(micro_ws):
         assert jobs_of(out) == [], out[-3000:]
     finally:
         write_params(micro_ws, now)
+
+
+def edit(ws: Path, module: str) -> None:
+    """Change a source file of the workspace's package copy (a comment: new bytes)."""
+    path = ws / "src" / "svdzoo" / module
+    path.write_text(path.read_text() + "\n# edited by a test\n")
+
+
+def test_editing_code_reruns_what_runs_it(micro_ws):
+    """Issue 14.1: each rule's params hold the hash of the svdzoo source it runs."""
+    params = {**MICRO, "ratios": ["0.40", "0.60"]}
+    write_params(micro_ws, params)
+    # a method module no configured method lives in: nothing
+    edit(micro_ws, "methods/svd_llm_v2.py")
+    assert jobs_of(smk(micro_ws, "-n")) == []
+    # the module of svd and svd-llm: their compressions, evaluations and the report only
+    edit(micro_ws, "methods/baselines.py")
+    rules = sorted(r for r, _ in smk_jobs(micro_ws))
+    assert rules == ["compress"] * 4 + ["evaluate"] * 4 + ["report"], rules
+    # the Gram calibration: the statistics and everything downstream (compress and
+    # evaluate can import the calibration package too: the closure is conservative), but
+    # not the model or the tasks
+    edit(micro_ws, "calibration/gram.py")
+    rules = {r for r, _ in smk_jobs(micro_ws)}
+    assert {"calibrate", "compress", "evaluate", "report"} <= rules, rules
+    assert not rules & {"prepare_model", "build_tasks"}, rules
 
 
 def test_changing_nsamples_reruns_calibration_and_downstream(micro_ws):
@@ -391,6 +427,25 @@ def test_dvc_repro_noop_and_experiment(tmp_path):
 
     run(ws, git, "add", "-A")
     run(ws, git, "commit", "-q", "-m", "baseline")
+    # issue 14.1: an edit to a module no stage runs reruns only the code stamps; an edit to
+    # the method's module reruns its compression, evaluation and the report
+    (ws / "src/svdzoo/methods/duo_svd.py").write_text(
+        (ws / "src/svdzoo/methods/duo_svd.py").read_text() + "\n# edited\n"
+    )
+    out = run(ws, dvc, "repro")
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"code"}, out
+    (ws / "src/svdzoo/methods/baselines.py").write_text(
+        (ws / "src/svdzoo/methods/baselines.py").read_text() + "\n# edited\n"
+    )
+    out = run(ws, dvc, "repro")
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {
+        "code",
+        "compress@tiny-svd-llm-0.40",
+        "evaluate@tiny-svd-llm-0.40",
+        "report",
+    }, out
+    run(ws, git, "add", "-A")
+    run(ws, git, "commit", "-q", "-m", "edited code")
     # case 10: execution-only settings rerun nothing but the params check
     out = run(ws, dvc, "exp", "run", "-S", "execution.compress.device=auto",
               "-S", "execution.evaluate.batch-size=2")  # fmt: skip

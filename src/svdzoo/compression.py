@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from svdzoo import __version__, allocation, linalg, lowrank
+from svdzoo import __version__, allocation, codehash, linalg, lowrank
 from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import COMPRESSED_MODEL, atomic_dir, read_json, write_json
 from svdzoo.methods import get_method
@@ -363,6 +363,7 @@ def compress(
         "base_fingerprint": model_fp,
         "family": adapter.name,
         "svdzoo_version": __version__,
+        "code": codehash.recorded("compress", method.name),
         "modules": records,
     }
     manifest["model_params_dense"] = (

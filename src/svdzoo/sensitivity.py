@@ -54,6 +54,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from svdzoo import __version__, linalg
+from svdzoo.codehash import recorded
 from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import atomic_dir
 
@@ -568,6 +569,7 @@ def compute_sensitivity(
         "base_ratio": None if base_ratio is None else round(float(base_ratio), 6),
         "base_value": base_value,
         "modules": len(table),
+        "code": recorded("sensitivity"),
         # no run time here: the manifest is hashed by DVC and must be the same on every run
     }
     log.info(

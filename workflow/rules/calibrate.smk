@@ -8,6 +8,7 @@ rule calibrate:
     output:
         directory(str(L.gram("{model}", "{calib}"))),
     params:
+        code=code("calibrate"),
         exe=EXECUTION,
         model=lambda w: model_arg(w.model),
         extra=flags("calibration"),
@@ -34,6 +35,7 @@ rule calibrate_fisher:
     output:
         directory(str(L.fisher("{model}", "{calib}"))),
     params:
+        code=code("calibrate"),
         exe=EXECUTION,
         model=lambda w: model_arg(w.model),
         extra=flags("calibration"),
@@ -63,6 +65,7 @@ rule sensitivity:
     output:
         directory(str(L.sensitivity("{model}", "{calib}", "{kind}"))),
     params:
+        code=code("sensitivity"),
         exe=EXECUTION,
         model=lambda w: model_arg(w.model),
         extra=flags("sensitivity"),

@@ -38,6 +38,12 @@ def model_arg(model):
     return svdconf.model_arg(P, model, L)
 
 
+def code(stage, method=None):
+    """Hash of the svdzoo source the stage runs (svdzoo.codehash): a param, so editing that
+    code reruns the stage (and, through its outputs, what depends on it)."""
+    return svdcode.code_hash(stage, method)
+
+
 def flags(section):
     """A params section as CLI flags, as dvc.yaml's ${section} expansion gives them."""
     return " ".join(svdconf.cli_flags(P.get(section) or {}))

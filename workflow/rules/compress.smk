@@ -8,6 +8,7 @@ rule compress:
     output:
         compressed_output(),
     params:
+        code=lambda w: code("compress", w.method),
         exe=EXECUTION,
         model=lambda w: model_arg(w.model),
         stats=stats_flags,

@@ -6,6 +6,7 @@ rule prepare_model:
     output:
         directory(str(L.model_dir("{model}"))),
     params:
+        code=code("prepare-model"),
         flags=lambda w: " ".join(svdconf.model_flags(P, w.model)),
     log:
         log_path("prepare_model", "{model}"),
@@ -30,6 +31,7 @@ rule build_tasks:
     output:
         directory(str(L.tasks())),
     params:
+        code=code("build-tasks"),
         corpora=",".join(svdconf.OFFLINE_TASK_CORPORA),
         extra=flags("offline_tasks"),
     log:

@@ -12,6 +12,7 @@ rule evaluate_dense:
         zeroshot=str(L.zeroshot("{model}", DENSE, 0.0)),
         efficiency=str(L.efficiency("{model}", DENSE, 0.0)),
     params:
+        code=code("evaluate"),
         exe=EXECUTION,
         model=lambda w: model_arg(w.model),
         flags=flags("evaluation"),
@@ -44,6 +45,7 @@ rule evaluate:
         zeroshot=ratio_pattern(L.zeroshot("{model}", "{method}", 0.0)),
         efficiency=ratio_pattern(L.efficiency("{model}", "{method}", 0.0)),
     params:
+        code=code("evaluate"),
         exe=EXECUTION,
         flags=flags("evaluation"),
         task_dir=task_dir_flag(),

@@ -11,6 +11,7 @@ rule report:
         tables=directory(str(L.tables)),
         figures=directory(str(L.figures)),
     params:
+        code=code("report"),
         results=lambda w, output: str(Path(output.csv).parent),
         extra=report_flags(),
     log:

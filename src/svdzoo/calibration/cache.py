@@ -28,6 +28,7 @@ import torch
 
 from svdzoo import __version__
 from svdzoo.calibration.stats import CalibrationStats, FisherStats, _Cached
+from svdzoo.codehash import recorded
 from svdzoo.errors import CacheError
 from svdzoo.io import atomic_dir
 
@@ -150,6 +151,7 @@ def model_manifest(
         seqlen=seqlen,
         seed=seed,
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        code=recorded("calibrate"),
         # recorded only where it changes the result (Fisher: samples per gradient); the
         # Gram's batch size is execution-only and its bytes do not depend on it
         **({} if batch_size is None else {"batch_size": batch_size}),
