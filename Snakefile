@@ -49,3 +49,11 @@ rule all:
     input:
         report_outputs(),
     default_target: True
+
+
+onsuccess:
+    # In a DVC project: the outputs this run made are recorded in dvc.lock, so a following
+    # `dvc repro` is a no-op and `dvc exp run -S` reruns only what changes (svdzoo.dvc_track).
+    from svdzoo.dvc_track import commit_outputs
+
+    commit_outputs(PARAMS_FILE)

@@ -317,6 +317,32 @@ def test_changing_nsamples_reruns_calibration_and_downstream(micro_ws):
     write_params(micro_ws, {**MICRO, "ratios": ["0.40", "0.60"]})  # back to the fixture's
 
 
+# ---------------------------------------------------------------- Snakemake then DVC
+
+
+def test_snakemake_outputs_are_dvc_tracked(tmp_path):
+    """Issue 14.2: a Snakemake run in a DVC project leaves its outputs in dvc.lock, so
+    `dvc repro` then does nothing and an experiment runs only its new stages."""
+    params = {**MICRO, "methods": ["svd-llm", "fwsvd", "asvd", "duo-svd-independent"]}
+    ws = make_workspace(tmp_path / "both", params)
+    git, dvc = shutil.which("git") or "git", str(BIN / "dvc")
+    run(ws, git, "init", "-q")
+    run(ws, dvc, "init", "-q")
+    shutil.copy2(ROOT / ".dvc" / "config", ws / ".dvc" / "config")
+    run(ws, git, "add", "-A")
+    run(ws, git, "commit", "-q", "-m", "micro")
+    smk(ws)
+    assert (ws / "dvc.lock").is_file()
+    out = run(ws, dvc, "repro")
+    assert "Running stage" not in out, out[-3000:]
+    run(ws, git, "add", "-A")
+    run(ws, git, "commit", "-q", "-m", "snakemake run")
+    out = run(ws, dvc, "exp", "run", "-S", 'ratios=["0.40","0.60"]')
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    new = {f"{s}@tiny-{m}-0.60" for s in ("compress", "evaluate") for m in params["methods"]}
+    assert ran == {"params", "report"} | new, sorted(ran)
+
+
 # ---------------------------------------------------------------- faults
 
 
