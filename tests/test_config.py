@@ -63,6 +63,32 @@ def test_repository_configs_valid(path):
     assert p["methods"] and p["ratios"]
 
 
+def test_base_params_are_overlaid_and_cycles_refused(tmp_path):
+    """Issue 14.6: paper configs share workflow/configs/base/paper.yaml; a file overlays its
+    base key by key (mappings merge, lists and values replace)."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text(
+        "ratios: ['0.20']\ncalibration: {corpus: pydoc, nsamples: 4, seed: 1}\n"
+    )
+    (tmp_path / "a.yaml").write_text(
+        "base: sub/b.yaml\nratios: ['0.40']\ncalibration: {nsamples: 8}\n"
+    )
+    got = C.read_params(tmp_path / "a.yaml")
+    assert got == {"ratios": ["0.40"], "calibration": {"corpus": "pydoc", "nsamples": 8, "seed": 1}}
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        C.read_params(tmp_path / "a.yaml")
+    # every paper config overlays the shared base; DVC's check refuses a base
+    paper = ROOT / "workflow" / "configs" / "paper-llama-7b.yaml"
+    assert "base" in yaml.safe_load(paper.read_text())
+    from svdzoo import cli
+
+    assert cli.main(["validate-params", str(paper), "-q"]) == 0
+    stamp = tmp_path / "stamp"
+    assert cli.main(["validate-params", str(paper), "-q", "--stamp", str(stamp)]) == 2
+    assert not stamp.exists()
+
+
 def test_paper_configs_cover_the_papers():
     papers = {p.name: C.load_params(p, SCHEMA) for p in CONFIGS if p.name.startswith("paper-")}
     ids = {s["id"] for p in papers.values() for s in p["models"].values()}

@@ -166,9 +166,41 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def read_params(path: str | Path) -> dict[str, Any]:
+    """A params file with its `base:` chain applied: `base: paper-base.yaml` (relative to
+    the file) names a params file this one overlays; mappings merge key by key, anything
+    else (lists, scalars) is replaced. Lets the paper configs share one base."""
+    return _with_base(Path(path), ())
+
+
+def _with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    here = path.resolve()
+    if here in seen:
+        chain = " -> ".join(str(p) for p in (*seen, here))
+        raise ConfigError(f"params base files form a cycle: {chain}")
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base must be the path of a params file, got {base!r}")
+    return _overlay(_with_base(path.parent / base, (*seen, here)), data)
+
+
+def _overlay(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _overlay(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_params(path: str | Path = "params.yaml", schema: str | Path | None = None) -> dict:
-    """Read, validate and complete a params file; raises ConfigError naming the bad key."""
-    params = read_yaml(path)
+    """Read (with its base, `read_params`), validate and complete a params file; raises
+    ConfigError naming the bad key."""
+    params = read_params(path)
     try:
         return validate_params(params, schema or find_schema(path))
     except ConfigError as exc:
@@ -299,13 +331,11 @@ def execution_flags(params_file: str | Path, command: str) -> list[str]:
 
     Read with plain YAML and checked against `EXEC_ONLY` only: the file was validated as a
     whole before the workflow started, and a job must not depend on anything else in it."""
-    import yaml
-
     path = Path(params_file)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"--execution {path}: cannot read the params file ({exc})") from exc
+        data = read_params(path)
+    except ConfigError as exc:
+        raise ConfigError(f"--execution {path}: {exc}") from exc
     section = (data.get("execution") or {}) if isinstance(data, dict) else {}
     values = section.get(command) or {}
     if command not in EXEC_ONLY:

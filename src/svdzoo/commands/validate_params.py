@@ -22,9 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svdzoo.config import calib_tag, load_params, needed_stats
+    from svdzoo.config import calib_tag, load_params, needed_stats, read_yaml
+    from svdzoo.errors import ConfigError
 
     params = load_params(args.params, args.schema)
+    if args.stamp and "base" in read_yaml(args.params):
+        # the stamp is DVC's check, and DVC interpolates the file as it is written
+        raise ConfigError(
+            f"{args.params}: DVC reads this file as written and cannot follow `base:`; "
+            "give the full params here (a base is for Snakemake configs)"
+        )
     if args.stamp:
         from svdzoo.io import write_text
 
