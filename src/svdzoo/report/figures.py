@@ -186,16 +186,21 @@ def allocation_heatmaps(
             by_method.setdefault(method, []).append((ratio, man))
     for method, items in sorted(by_method.items()):
         items.sort(key=lambda x: x[0])
-        fig, axes = _grid(len(items), size=(4.2, 3.6))
+        n_layers = max(len(allocation_matrix(man)) for _, man in items)
+        # taller for deep models; a tick every few layers once they would crowd
+        fig, axes = _grid(len(items), size=(4.2, max(3.6, 1.6 + 0.13 * n_layers)))
+        step = 1 if n_layers <= 12 else math.ceil(n_layers / 8)
         im = None
-        for ax, (ratio, man) in zip(axes, items, strict=True):
+        for k, (ax, (ratio, man)) in enumerate(zip(axes, items, strict=True)):
             mat = allocation_matrix(man).sort_index()
             im = ax.imshow(
                 mat.to_numpy(dtype=float), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0
             )
             ax.set_xticks(range(mat.shape[1]), list(mat.columns), rotation=45, ha="right")
-            ax.set_yticks(range(mat.shape[0]), [str(i) for i in mat.index])
-            ax.set_ylabel("layer")
+            rows = list(range(0, mat.shape[0], step))
+            ax.set_yticks(rows, [str(mat.index[i]) for i in rows])
+            if k % 3 == 0:  # the first panel of each row of the grid
+                ax.set_ylabel("layer")
             ax.set_title(f"target {ratio_tag(ratio)}")
             if mat.size <= 120:
                 for (i, j), v in pd.DataFrame(mat.to_numpy()).stack().items():
