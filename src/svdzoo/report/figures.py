@@ -91,18 +91,24 @@ def _metric_vs_ratio(
         ax.set_xlabel("compression ratio (fraction of parameters removed)")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3, which="both")
+    _legend_and_title(fig, axes, title)
+    return fig
+
+
+def _legend_and_title(fig, axes, title: str) -> None:
+    """Lay the panels out, then stack the shared legend and the title above them (sized
+    in inches, so a two-row legend never runs into the panel titles)."""
+    fig.tight_layout()
     handles, labels = axes[0].get_legend_handles_labels()
+    top = 1.0
     if handles:
         fig.legend(
-            handles,
-            labels,
-            loc="upper center",
-            ncol=min(len(labels), 6),
-            bbox_to_anchor=(0.5, 1.02 + 0.02 * (len(axes) > 3)),
-        )
-    fig.suptitle(title, y=1.08 + 0.02 * (len(axes) > 3))
-    fig.tight_layout()
-    return fig
+            handles, labels, loc="lower center", ncol=min(len(labels), 6),
+            bbox_to_anchor=(0.5, top),
+        )  # fmt: skip
+        rows = math.ceil(len(labels) / 6)
+        top += (0.25 * rows + 0.15) / fig.get_figheight()
+    fig.suptitle(title, y=top + 0.02, va="bottom")
 
 
 def ppl_vs_ratio(df: pd.DataFrame, model: str, out_dir: Path) -> list[Path]:
@@ -260,17 +266,7 @@ def efficiency_vs_ratio(df: pd.DataFrame, model: str, out_dir: Path) -> list[Pat
         ax.set_title(label)
         ax.set_xlabel("compression ratio")
         ax.grid(True, alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(
-            handles,
-            labels,
-            loc="upper center",
-            ncol=min(len(labels), 6),
-            bbox_to_anchor=(0.5, 1.02 + 0.02 * (len(axes) > 3)),
-        )
-    fig.suptitle(f"{model}: throughput and memory vs ratio", y=1.08 + 0.02 * (len(axes) > 3))
-    fig.tight_layout()
+    _legend_and_title(fig, axes, f"{model}: throughput and memory vs ratio")
     return _save(fig, out_dir / f"efficiency_vs_ratio_{model}")
 
 
