@@ -139,6 +139,18 @@ def smk(ws: Path, *args: str, check: bool = True) -> str:
     return run(ws, str(BIN / "snakemake"), "--cores", "2", *args, check=check)
 
 
+def init_dvc_repo(ws: Path) -> tuple[str, str]:
+    """Make `ws` a git + DVC project with the repository's DVC config, committed; returns
+    the git and dvc executables."""
+    git, dvc = shutil.which("git") or "git", str(BIN / "dvc")
+    run(ws, git, "init", "-q")
+    run(ws, dvc, "init", "-q")
+    shutil.copy2(ROOT / ".dvc" / "config", ws / ".dvc" / "config")
+    run(ws, git, "add", "-A")
+    run(ws, git, "commit", "-q", "-m", "micro")
+    return git, dvc
+
+
 def jobs_of(out: str) -> list[tuple[str, str]]:
     """(rule, outputs) of every job listed in snakemake's output (`all` excluded)."""
     jobs, rule = [], None
@@ -325,12 +337,7 @@ def test_snakemake_outputs_are_dvc_tracked(tmp_path):
     `dvc repro` then does nothing and an experiment runs only its new stages."""
     params = {**MICRO, "methods": ["svd-llm", "fwsvd", "asvd", "duo-svd-independent"]}
     ws = make_workspace(tmp_path / "both", params)
-    git, dvc = shutil.which("git") or "git", str(BIN / "dvc")
-    run(ws, git, "init", "-q")
-    run(ws, dvc, "init", "-q")
-    shutil.copy2(ROOT / ".dvc" / "config", ws / ".dvc" / "config")
-    run(ws, git, "add", "-A")
-    run(ws, git, "commit", "-q", "-m", "micro")
+    git, dvc = init_dvc_repo(ws)
     smk(ws)
     assert (ws / "dvc.lock").is_file()
     out = run(ws, dvc, "repro")
@@ -430,12 +437,7 @@ def test_dvc_refuses_a_params_typo_before_any_stage(tmp_path):
 def test_dvc_repro_noop_and_experiment(tmp_path):
     params = {**MICRO, "methods": ["svd-llm"]}
     ws = make_workspace(tmp_path / "dvc", params)
-    git, dvc = shutil.which("git") or "git", str(BIN / "dvc")
-    run(ws, git, "init", "-q")
-    run(ws, dvc, "init", "-q")
-    shutil.copy2(ROOT / ".dvc" / "config", ws / ".dvc" / "config")
-    run(ws, git, "add", "-A")
-    run(ws, git, "commit", "-q", "-m", "micro")
+    git, dvc = init_dvc_repo(ws)
 
     out = run(ws, dvc, "repro")
     assert "Running stage 'report'" in out

@@ -164,14 +164,14 @@ def write_stamps(out: Path, methods: list[str]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     stamps = {f"{s}.sha256": code_hash(s) for s in STAGES if s != "compress"}
     stamps |= {f"compress-{m}.sha256": code_hash("compress", m) for m in methods}
+    from svdzoo.io import write_text  # stdlib only: keeps this module light
+
     written = []
     for name, digest in stamps.items():
         path = out / name
         text = digest + "\n"
         if not path.is_file() or path.read_text() != text:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            write_text(path, text)
         written.append(path)
     return written
 

@@ -167,7 +167,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def read_params(path: str | Path) -> dict[str, Any]:
-    """A params file with its `base:` chain applied: `base: paper-base.yaml` (relative to
+    """A params file with its `base:` chain applied: `base: base/paper.yaml` (relative to
     the file) names a params file this one overlays; mappings merge key by key, anything
     else (lists, scalars) is replaced. Lets the paper configs share one base."""
     return _with_base(Path(path), ())
@@ -336,10 +336,9 @@ def execution_flags(params_file: str | Path, command: str) -> list[str]:
         data = read_params(path)
     except ConfigError as exc:
         raise ConfigError(f"--execution {path}: {exc}") from exc
-    section = (data.get("execution") or {}) if isinstance(data, dict) else {}
-    values = section.get(command) or {}
     if command not in EXEC_ONLY:
         return []
+    values = (data.get("execution") or {}).get(command) or {}
     check_execution(command, values, where=f"{path}: execution.{command}")
     return cli_flags(values)
 

@@ -13,8 +13,6 @@ committed.
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -29,21 +27,13 @@ def commit_outputs(params_file: str | Path, project: str | Path = ".") -> list[s
     if Path(params_file).resolve() != (project / "params.yaml").resolve():
         log.info("DVC tracks params.yaml; this run used %s, so nothing is committed", params_file)
         return []
-    steps = (
-        [
-            sys.executable,
-            "-m",
-            "svdzoo.cli",
-            "validate-params",
-            "params.yaml",
-            "-q",
-            "--stamp",
-            "data/params.valid",
-        ],  # fmt: skip
-        [sys.executable, "-m", "svdzoo.codehash", "--out", "data/code"],
-    )
-    for argv in steps:
-        subprocess.run(argv, cwd=project, check=True)
+    from svdzoo import cli, codehash
+
+    rc = cli.main(["validate-params", str(project / "params.yaml"), "-q",
+                   "--stamp", str(project / "data" / "params.valid")])  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"params.yaml did not validate (svdzoo validate-params: rc {rc})")
+    codehash.write_stamps(project / "data" / "code", sorted(codehash.method_modules()))
     from dvc.repo import Repo
 
     done = []
