@@ -311,3 +311,43 @@ def test_cli_reports_and_fails_cleanly(tmp_path: Path, capsys) -> None:
     assert rc == 2 and "does not exist" in capsys.readouterr().err
     rc = main(["report", "--results", str(results), "--model-names", "oops", "--no-figures"])
     assert rc == 2 and "key=Name" in capsys.readouterr().err
+
+
+def test_summary_is_small_and_headline(report: Path) -> None:
+    """Issue 14.4: one summary metrics file, model -> method -> ratio -> headline metrics."""
+    import json
+
+    summary = json.loads((report / "summary.json").read_text())
+    assert set(summary) == set(MODELS)
+    runs = summary["llama-7b"]
+    assert set(runs) == {"dense", "svd", "svd-llm", "svd-llm-v2"}
+    assert set(runs["dense"]) == {"r0.00"} and set(runs["svd"]) == {"r0.20", "r0.40"}
+    assert runs["svd-llm"]["r0.40"] == {"ppl-wikitext2": 14.0, "ppl-pydoc": 7.0, "acc": 0.505}
+    n_values = sum(len(v) for m in summary.values() for r in m.values() for v in r.values())
+    assert n_values == len(MODELS) * len(RUNS) * 3
+
+
+def test_plot_data_one_series_per_method(report: Path) -> None:
+    """Each model x headline metric: ratio rows, a column per method, starting at dense."""
+    from svdzoo.report.summary import plot_file, plot_metrics
+
+    for model in MODELS:
+        for metric in plot_metrics(CORPORA, has_tasks=True):
+            frame = pd.read_csv(plot_file(report, model, metric), dtype={"ratio": str})
+            assert list(frame.columns) == ["ratio", "svd", "svd-llm", "svd-llm-v2"]
+            assert list(frame.ratio) == ["0.00", "0.20", "0.40"]
+            dense = RUNS[("dense", 0.0)] if metric == "ppl-wikitext2" else None
+            if dense is not None:
+                assert (frame.iloc[0, 1:] == dense).all()
+                assert frame.loc[frame.ratio == "0.40", "svd"].item() == 5000.0
+
+
+def test_diverged_perplexity_is_null_in_summary() -> None:
+    import math
+
+    from svdzoo.report.summary import summary
+
+    tidy = pd.DataFrame(
+        [("m", "svd", 0.8, "perplexity", "pydoc", math.inf, math.nan)], columns=COLUMNS
+    )
+    assert summary(tidy) == {"m": {"svd": {"r0.80": {"ppl-pydoc": None}}}}

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-WORKFLOW_FILES = ("Snakefile", "workflow", "dvc.yaml", ".dvcignore")
+WORKFLOW_FILES = ("Snakefile", "workflow", "dvc.yaml", ".dvcignore", ".gitignore")
 
 MICRO = {
     "models": {
@@ -114,6 +114,9 @@ def make_workspace(path: Path, params: dict | None) -> Path:
         )
     if params is not None:
         write_params(path, params)
+        # dvc.yaml is generated from the params (issue 14.3), as a user would after editing
+        # them; params that do not validate keep the repository's file (tests of refusals)
+        run(path, str(BIN / "svdzoo"), "render-dvc", check=False)
     return path
 
 
@@ -209,6 +212,41 @@ def test_snakemake_and_dvc_render_the_same_paths(tmp_path):
     results = {p for p in snake if p.startswith("results/")}
     assert len([p for p in results if p.endswith("ppl.json")]) == 2 * (8 * 4 + 1)
     assert {"results/metrics.csv", "results/tables", "results/figures"} <= results
+
+
+def _commands(lines) -> set[str]:
+    return {re.sub(" +", " ", c.strip()) for c in lines if c}
+
+
+def test_snakemake_and_dvc_run_the_same_commands(tmp_path):
+    """Issue 14.3: dvc.yaml is generated from the Snakefile's path scheme and params, so
+    every job's command line is the same in both engines (per-method statistics, the
+    per-ratio Duo-SVD tables, the offline tasks and the report's expectations included)."""
+    import json
+
+    params = {**MICRO, "ratios": ["0.40", "0.60"], "methods": [
+        "svd", "fwsvd", "asvd", "svd-llm", "duo-svd", "duo-svd-independent"]}  # fmt: skip
+    ws = make_workspace(tmp_path / "ws", params)
+    out = smk(ws, "--dry-run", "--printshellcmds")
+    snake = _commands(
+        re.sub(r"^OMP_NUM_THREADS=\d+ | > \S+ 2>&1$", "", line.removeprefix("Shell command: "))
+        for line in out.splitlines()
+        if line.startswith("Shell command: ") and line != "Shell command: None"
+    )
+    run(ws, str(BIN / "dvc"), "init", "--no-scm", "-q")
+    code = (
+        "import json, sys\n"
+        "from dvc.repo import Repo\n"
+        "with Repo('.') as repo:\n"
+        "    json.dump([s.cmd for s in repo.index.stages], sys.stdout)\n"
+    )
+    dvc = _commands(json.loads(run(ws, sys.executable, "-c", code).strip().splitlines()[-1]))
+    # DVC's own two stages (the params check and the code stamps) have no Snakemake rule
+    only_dvc = {c for c in dvc - snake if c.startswith(("svdzoo validate-params", "python -m"))}
+    assert snake == dvc - only_dvc, (sorted(snake - dvc), sorted(dvc - snake))
+    # 12 compressions, 13 evaluations, 2 calibrations, 4 tables (2 per-ratio), 3 others
+    assert len(only_dvc) == 2 and len(snake) == 34
+    assert run(ws, str(BIN / "svdzoo"), "render-dvc", "--check").strip().endswith("current")
 
 
 def test_snakemake_lint_is_clean():
@@ -346,7 +384,8 @@ def test_snakemake_outputs_are_dvc_tracked(tmp_path):
     run(ws, git, "commit", "-q", "-m", "snakemake run")
     out = run(ws, dvc, "exp", "run", "-S", 'ratios=["0.40","0.60"]')
     ran = set(re.findall(r"Running stage '([^']+)'", out))
-    new = {f"{s}@tiny-{m}-0.60" for s in ("compress", "evaluate") for m in params["methods"]}
+    new = {f"compress-{m}@tiny-0.60" for m in params["methods"]}
+    new |= {f"evaluate@tiny-{m}-0.60" for m in params["methods"]}
     assert ran == {"params", "report"} | new, sorted(ran)
 
 
@@ -434,7 +473,14 @@ def test_dvc_refuses_a_params_typo_before_any_stage(tmp_path):
     assert "keep_compresed" in out and not (ws / "data" / "params.valid").exists(), out[-3000:]
 
 
+# columns `dvc exp show` need not show to compare experiments: dependency hashes, the
+# params file's own hash, execution-only settings
+READABLE_DROP = r"results|data|src|params\.yaml|execution"
+
+
 def test_dvc_repro_noop_and_experiment(tmp_path):
+    import json
+
     params = {**MICRO, "methods": ["svd-llm"]}
     ws = make_workspace(tmp_path / "dvc", params)
     git, dvc = init_dvc_repo(ws)
@@ -448,17 +494,25 @@ def test_dvc_repro_noop_and_experiment(tmp_path):
     assert "Running stage" not in again
     assert "up to date" in run(ws, dvc, "status")
 
-    shown = run(ws, dvc, "metrics", "show")
-    assert "results/metrics/tiny/svd-llm/r0.40/ppl.json" in shown and "perplexity" in shown
-    run(ws, dvc, "plots", "show", "-o", str(tmp_path / "plots"))
-    assert (tmp_path / "plots" / "index.html").is_file()
+    # issue 14.4: one small metrics file, model -> method -> ratio -> headline metrics
+    shown = json.loads(run(ws, dvc, "metrics", "show", "--json"))
+    ((_, found),) = shown.items()
+    metrics = found["data"]["results/summary.json"]["data"]
+    assert set(metrics["tiny"]) == {"dense", "svd-llm"}
+    assert set(metrics["tiny"]["svd-llm"]["r0.40"]) == {"ppl-pydoc", "acc"}
+    # DVC plots: one per model and headline metric, a series per method, x = ratio
+    html = tmp_path / "plots"
+    run(ws, dvc, "plots", "show", "-o", str(html))
+    page = (html / "index.html").read_text()
+    assert "tiny: perplexity, pydoc vs compression ratio" in page and '"svd-llm"' in page
+    assert "tiny: mean zero-shot accuracy vs compression ratio" in page
 
     run(ws, git, "add", "-A")
     run(ws, git, "commit", "-q", "-m", "baseline")
     # issue 14.1: an edit to a module no stage runs reruns only the code stamps; an edit to
     # the method's module reruns its compression, evaluation and the report
-    (ws / "src/svdzoo/methods/duo_svd.py").write_text(
-        (ws / "src/svdzoo/methods/duo_svd.py").read_text() + "\n# edited\n"
+    (ws / "src/svdzoo/methods/svd_llm_v2.py").write_text(
+        (ws / "src/svdzoo/methods/svd_llm_v2.py").read_text() + "\n# edited\n"
     )
     out = run(ws, dvc, "repro")
     assert set(re.findall(r"Running stage '([^']+)'", out)) == {"code"}, out
@@ -468,7 +522,7 @@ def test_dvc_repro_noop_and_experiment(tmp_path):
     out = run(ws, dvc, "repro")
     assert set(re.findall(r"Running stage '([^']+)'", out)) == {
         "code",
-        "compress@tiny-svd-llm-0.40",
+        "compress-svd-llm@tiny-0.40",
         "evaluate@tiny-svd-llm-0.40",
         "report",
     }, out
@@ -484,9 +538,39 @@ def test_dvc_repro_noop_and_experiment(tmp_path):
     # nothing else reruns beyond the new ratio's stages and the report
     assert ran == {
         "params",
-        "compress@tiny-svd-llm-0.60",
+        "compress-svd-llm@tiny-0.60",
         "evaluate@tiny-svd-llm-0.60",
         "report",
     }, out
     assert (ws / "results/metrics/tiny/svd-llm/r0.60/ppl.json").is_file()
-    assert "0.60" in run(ws, dvc, "exp", "show", "--json")
+    # the experiment against its baseline: only the new ratio's headline numbers differ
+    diff = json.loads(run(ws, dvc, "metrics", "diff", "HEAD", "--json"))
+    changed = diff["results/summary.json"]
+    assert changed and all(".r0.60." in key for key in changed), changed
+    assert changed["tiny.svd-llm.r0.60.ppl-pydoc"]["old"] is None
+    # the readable comparison docs/workflow.md gives: headline metrics and changed params
+    table = run(ws, dvc, "exp", "show", "--no-pager", "--md", "--only-changed",
+                "--hide-workspace", "--drop", READABLE_DROP)  # fmt: skip
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    assert set(header) == {
+        "Experiment", "Created", "tiny.svd-llm.r0.60.acc", "tiny.svd-llm.r0.60.ppl-pydoc",
+        "ratios",
+    }, table  # fmt: skip
+    run(ws, dvc, "plots", "diff", "HEAD", "-o", str(tmp_path / "plots-diff"))
+    page = (tmp_path / "plots-diff" / "index.html").read_text()
+    assert "tiny: perplexity, pydoc vs compression ratio" in page
+
+    # issue 14.4: a shared-directory remote; a fresh clone pulls instead of recomputing
+    remote = tmp_path / "remote"
+    run(ws, dvc, "remote", "add", "-d", "shared", str(remote))
+    run(ws, git, "add", "-A")
+    run(ws, git, "commit", "-q", "-m", "experiment and remote")
+    run(ws, dvc, "push")
+    clone = tmp_path / "clone"
+    run(tmp_path, git, "clone", "-q", str(ws), str(clone))
+    run(clone, dvc, "pull")
+    out = run(clone, dvc, "repro")
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    # the uncached stamps are remade (seconds); nothing they feed changes
+    assert ran <= {"params", "code"}, out
+    assert (clone / "results/metrics/tiny/svd-llm/r0.60/ppl.json").is_file()

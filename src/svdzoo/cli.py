@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "sensitivity",
     "fetch_model",
     "prepare_model",
+    "render_dvc",
 )
 
 

@@ -388,6 +388,12 @@ def _check_names(p: dict[str, Any]) -> None:
             f"reach the largest compression ratio ({max(p['ratios'])}); probe down to "
             f"{1 - max(float(r) for r in p['ratios']):.2f} or lower"
         )
+    published = (p.get("report") or {}).get("published")
+    if published and not Path(published).is_file():
+        raise ConfigError(
+            f"report.published: {published} does not exist (a checkout has "
+            "data/published.csv); point it at the published-numbers CSV or remove the key"
+        )
     if p["sensitivity"]["nsamples"] > p["calibration"]["nsamples"]:
         raise ConfigError(
             f"sensitivity.nsamples: {p['sensitivity']['nsamples']} is more than "

@@ -27,10 +27,16 @@ def commit_outputs(params_file: str | Path, project: str | Path = ".") -> list[s
     if Path(params_file).resolve() != (project / "params.yaml").resolve():
         log.info("DVC tracks params.yaml; this run used %s, so nothing is committed", params_file)
         return []
-    from svdzoo import cli, codehash
+    from svdzoo import cli, codehash, dvc_render
 
+    why = dvc_render.stale(project / "params.yaml", project / "dvc.yaml")
+    if why:
+        log.warning("dvc: nothing committed: %s (run `svdzoo render-dvc`, then "
+                    "`snakemake` again to commit)", why)  # fmt: skip
+        return []
     rc = cli.main(["validate-params", str(project / "params.yaml"), "-q",
-                   "--stamp", str(project / "data" / "params.valid")])  # fmt: skip
+                   "--stamp", str(project / "data" / "params.valid"),
+                   "--dvc-yaml", str(project / "dvc.yaml")])  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"params.yaml did not validate (svdzoo validate-params: rc {rc})")
     codehash.write_stamps(project / "data" / "code", sorted(codehash.method_modules()))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 DENSE = "dense"
 MANIFEST = "manifest.json"  # of a compressed model directory
+SUMMARY = "summary.json"  # the report's headline metrics (DVC metrics)
+PLOTS = "plots"  # the report's plot data (DVC plots)
 
 
 def ratio_tag(ratio: float) -> str:
@@ -82,3 +84,11 @@ class Layout:
     @property
     def figures(self) -> Path:
         return self.results / "figures"
+
+    @property
+    def summary(self) -> Path:
+        return self.results / SUMMARY
+
+    @property
+    def plots(self) -> Path:
+        return self.results / PLOTS

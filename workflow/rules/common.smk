@@ -127,18 +127,16 @@ def metric_files():
 
 
 def report_outputs():
-    return [str(L.metrics_csv), str(L.tables), str(L.figures)]
+    return [str(L.metrics_csv), str(L.summary), str(L.tables), str(L.figures), str(L.plots)]
 
 
 def published_input():
-    """The published-numbers CSV, when present (a fresh checkout has data/published.csv)."""
+    """The published-numbers CSV when configured (validation checked that it exists)."""
     published = P["report"].get("published")
-    return [published] if published and Path(published).is_file() else []
+    return [published] if published else []
 
 
-def report_flags():
-    argv = [f"--published {p}" for p in published_input()]
-    names = [f"{k}={s['published_name']}" for k, s in P["models"].items() if "published_name" in s]
-    if names:
-        argv += ["--model-names", *names]
-    return " ".join(argv)
+def report_params():
+    """What the report reads from the params file besides its inputs: a change reruns it."""
+    names = {k: s.get("published_name") for k, s in P["models"].items()}
+    return f"published={P['report'].get('published')} names={names}"

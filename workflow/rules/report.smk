@@ -1,5 +1,7 @@
-# The report: tidy metrics.csv, tables and figures over every evaluation, plus the
-# published-vs-reproduced comparison when the published numbers are present.
+# The report: tidy metrics.csv, the headline summary.json and plot data (DVC's metrics and
+# plots), tables and figures over every evaluation, plus the published-vs-reproduced
+# comparison. The same command as dvc.yaml's report stage: the params file gives the runs
+# it expects, the published CSV and the published model names.
 
 rule report:
     """Collect every metric into results/metrics.csv; write tables/ and figures/."""
@@ -8,12 +10,15 @@ rule report:
         published=published_input(),
     output:
         csv=str(L.metrics_csv),
+        summary=str(L.summary),
         tables=directory(str(L.tables)),
         figures=directory(str(L.figures)),
+        plots=directory(str(L.plots)),
     params:
         code=code("report"),
         results=lambda w, output: str(Path(output.csv).parent),
-        extra=report_flags(),
+        params_file=PARAMS_FILE,
+        reads=report_params(),
     log:
         log_path("report", "report"),
     benchmark:
@@ -26,5 +31,5 @@ rule report:
         mem_mb=res("report")["mem_mb"],
         runtime=res("report")["runtime"],
     shell:
-        "svdzoo report --results {params.results} --out {params.results} {params.extra}"
-        " --expect {input.metrics} > {log} 2>&1"
+        "svdzoo report --params {params.params_file} --results {params.results}"
+        " --out {params.results} > {log} 2>&1"

@@ -10,6 +10,12 @@ HELP = "collect metrics into results/metrics.csv; write tables (md/tex/csv) and 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--params",
+        help="a workflow params file: every run it asks for must have its metric files, "
+        "and it gives --published and --model-names (report.published, published_name). "
+        "Both workflow engines call the report this way",
+    )
+    p.add_argument(
         "--results", default="results", help="results directory to read (metrics/, compressed/)"
     )
     p.add_argument(
@@ -46,15 +52,37 @@ def run(args: argparse.Namespace) -> int:
     from svdzoo.report.published import parse_model_names
 
     names = parse_model_names(args.model_names)
+    expected, published = args.expect, args.published
+    if args.params:
+        expected, published, names = _from_params(args, expected, published, names)
     written = build_report(
         args.results,
         args.out or args.results,
-        published=args.published,
+        published=published,
         model_names=names,
-        expected=args.expect,
+        expected=expected,
         require_complete=args.require_complete,
         figures=not args.no_figures,
     )
     for kind, paths in written.items():
         print(f"{kind}: {len(paths)} file(s)" + (f", e.g. {paths[0]}" if paths else ""))
     return 0
+
+
+def _from_params(args: argparse.Namespace, expected, published, names):
+    """Expected metric files, published CSV and model names of a params file (flags given
+    on the command line come on top)."""
+    from svdzoo.config import load_params
+    from svdzoo.report.metrics import KINDS, metric_file
+    from svdzoo.report.summary import expected_runs
+
+    params = load_params(args.params)
+    runs = expected_runs(params)
+    files = [str(metric_file(args.results, kind, *run)) for run in runs for kind in KINDS]
+    published = published or (params.get("report") or {}).get("published")
+    from_params = {
+        key: spec["published_name"]
+        for key, spec in params["models"].items()
+        if "published_name" in spec
+    }
+    return [*(expected or []), *files], published, {**from_params, **names}

@@ -19,6 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="write this file (always the same text) when valid: DVC's first stage, which "
         "the root stages depend on",
     )
+    p.add_argument(
+        "--dvc-yaml",
+        help="also fail when this dvc.yaml is not what `svdzoo render-dvc` makes of the "
+        "params (DVC's first stage checks it, so a stale file stops before any compute)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
             f"{args.params}: DVC reads this file as written and cannot follow `base:`; "
             "give the full params here (a base is for Snakemake configs)"
         )
+    if args.dvc_yaml:
+        from svdzoo.dvc_render import check
+
+        check(args.params, args.dvc_yaml)
     if args.stamp:
         from svdzoo.io import write_text
 

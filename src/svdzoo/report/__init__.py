@@ -9,6 +9,8 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from svdzoo.paths import SUMMARY
+
 log = logging.getLogger(__name__)
 
 
@@ -22,16 +24,18 @@ def build_report(
     require_complete: bool = False,
     figures: bool = True,
 ) -> dict[str, list[Path]]:
-    """Collect metrics under `results_dir`, write metrics.csv, tables and figures under
-    `out_dir` (tables/, figures/), and the published comparison when `published` is given."""
-    from svdzoo.report import metrics, tables
+    """Collect metrics under `results_dir`, write metrics.csv, summary.json (headline
+    metrics), plots/ (their data per model and metric), tables and figures under `out_dir`
+    (tables/, figures/), and the published comparison when `published` is given."""
+    from svdzoo.report import metrics, summary, tables
 
     out_dir = Path(out_dir)
     tidy = metrics.collect(results_dir, expected=expected, require_complete=require_complete)
     written: dict[str, list[Path]] = {}
     csv_path = out_dir / "metrics.csv"
     metrics.write_tidy(tidy, csv_path)
-    written["metrics"] = [csv_path]
+    written["metrics"] = [csv_path, summary.write_summary(tidy, out_dir / SUMMARY)]
+    written["plots"] = summary.write_plot_data(tidy, out_dir)
     written["tables"] = tables.write_all(tidy, out_dir / "tables")
     if published is not None:
         from svdzoo.report import published as pub

@@ -1,0 +1,116 @@
+"""dvc.yaml is generated from the params (issue 14.3): the committed file is current, a
+stale one is refused, and each compression depends on exactly what its method reads.
+The engines' commands are compared job by job in tests/test_workflow.py."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from svdzoo import cli, dvc_render
+from svdzoo.config import load_params
+from svdzoo.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def in_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # params paths (report.published) are project-relative
+
+
+def stages_for(**changes) -> dict:
+    params = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    params.update(changes)
+    return dvc_render.render_stages(params)["stages"]
+
+
+def test_committed_dvc_yaml_is_current(in_root, capsys):
+    assert cli.main(["render-dvc", "--check"]) == 0, capsys.readouterr().err
+
+
+def test_stale_dvc_yaml_is_refused(in_root, tmp_path, capsys):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["methods"] = ["svd", "svd-llm"]
+    edited = tmp_path / "params.yaml"
+    edited.write_text(yaml.safe_dump(params, sort_keys=False))
+    assert cli.main(["render-dvc", str(edited), "--check"]) == 1
+    assert "render-dvc" in capsys.readouterr().err
+    assert cli.main(["validate-params", str(edited), "-q", "--dvc-yaml", "dvc.yaml"]) != 0
+    assert "run `svdzoo render-dvc" in capsys.readouterr().err
+    out = tmp_path / "dvc.yaml"
+    assert cli.main(["render-dvc", str(edited), "--out", str(out)]) == 0
+    assert cli.main(["render-dvc", str(edited), "--out", str(out), "--check"]) == 0
+    assert "compress-svd-llm" in out.read_text() and "compress-asvd" not in out.read_text()
+
+
+def test_each_compression_depends_on_what_its_method_reads(in_root):
+    stages = stages_for(
+        methods=["svd", "fwsvd", "asvd", "svd-llm", "duo-svd", "duo-svd-independent"]
+    )
+
+    def stats(method):
+        return sorted(Path(d).name for d in stages[f"compress-{method}"]["deps"][2:])
+
+    assert stats("svd") == []
+    assert stats("fwsvd") == ["fisher"]
+    assert stats("asvd") == ["gram", "sensitivity-asvd"]
+    assert stats("svd-llm") == ["gram"]
+    assert stats("duo-svd-independent") == ["gram", "sensitivity-duo"]
+    assert stats("duo-svd") == ["gram", "sensitivity-duo-r${item.ratio}"]
+    assert "--base-ratio ${item.ratio}" in stages["sensitivity-duo-per-ratio"]["cmd"]
+    assert "--calibration" not in stages["compress-svd"]["cmd"]
+    # a statistic no method reads has no stage
+    only = stages_for(methods=["svd", "svd-llm"])
+    assert "calibrate" in only and not {"fisher", "sensitivity-duo", "sensitivity-asvd"} & set(only)
+
+
+def test_tasks_stage_only_with_offline_tasks(in_root):
+    params = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    params["evaluation"]["tasks"] = []
+    stages = dvc_render.render_stages(params)["stages"]
+    assert "tasks" not in stages
+    assert "--task-dir" not in stages["evaluate"]["cmd"]
+    assert "data/tasks" not in stages["evaluate"]["deps"]
+
+
+def test_hub_models_are_refused(in_root):
+    params = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    params["models"]["hub"] = {"source": "hub", "id": "org/model", "family": "llama"}
+    with pytest.raises(ConfigError, match="hub"):
+        dvc_render.render_stages(params)
+
+
+def test_plots_are_per_model_and_metric(in_root):
+    params = load_params(ROOT / "params.yaml")
+    plots = dvc_render.render_stages(params)["plots"]
+    defs = {k: v for p in plots if isinstance(p, dict) for k, v in p.items()}
+    corpora = params["evaluation"]["corpora"]
+    assert len(defs) == len(params["models"]) * (len(corpora) + 1)
+    for spec in defs.values():
+        assert spec["x"] == "ratio"
+        ((_, series),) = spec["y"].items()
+        assert series == params["methods"]
+
+
+def test_base_params_are_refused(tmp_path):
+    base = tmp_path / "p.yaml"
+    base.write_text("base: workflow/configs/base/paper.yaml\n")
+    assert cli.main(["render-dvc", str(base), "--out", os.devnull]) != 0
+
+
+def test_no_command_has_a_double_space(in_root):
+    """An empty flag section is left out: dvc.lock's folding loses a double space and DVC
+    would report the stage as changed forever."""
+    params = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    params["compress"] = {}
+    stages = dvc_render.render_stages(params)["stages"]
+    cmds = [s.get("do", s)["cmd"] for s in stages.values()]
+    assert all("  " not in c for c in cmds)
+    assert "${compress}" not in stages["compress-svd-llm"]["cmd"]
+    params["compress"] = {"dtype": "float32"}
+    assert "${compress}" in dvc_render.render_stages(params)["stages"]["compress-svd"]["cmd"]
