@@ -30,6 +30,11 @@ L = Layout()
 include: "workflow/rules/common.smk"
 
 
+# `snakemake --report report.html`: the figures, tables and metrics of the run (report()
+# outputs of the report rule), with the run times and the DAG
+report: "workflow/report/workflow.rst"
+
+
 wildcard_constraints:
     model=_alt(P["models"]),
     method=_alt(P["methods"]),

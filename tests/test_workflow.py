@@ -292,6 +292,71 @@ def test_second_run_does_nothing(micro_ws):
     assert mtimes(metric_files(micro_ws)) == before
 
 
+def _browser():
+    """Selenium driving Debian's headless Chromium (run.sh test installs both in CI and
+    sets SVDZOO_REQUIRE_BROWSER, so there a missing browser fails instead of skipping)."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        if os.environ.get("SVDZOO_REQUIRE_BROWSER"):
+            pytest.fail(
+                "chromium and chromedriver are required (apt-get install chromium chromium-driver)"
+            )
+        pytest.skip("no chromium/chromedriver (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000"):  # fmt: skip
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def test_snakemake_report_renders_in_a_browser(micro_ws, tmp_path):
+    """Issue 14.5: `snakemake --report` makes a browsable report of the run; every figure
+    opens and renders as an image in a real (headless) browser."""
+    from matplotlib.image import imread
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = tmp_path / "report.html"
+    run(micro_ws, str(BIN / "snakemake"), "--report", str(page))
+    figures = sorted(p.name for p in (micro_ws / "results" / "figures").glob("*.png"))
+    assert len(figures) >= 5
+    browser = _browser()
+    try:
+        wait = WebDriverWait(browser, 20)
+
+        def open_category(name: str) -> None:
+            browser.get(page.as_uri())
+            span = (By.XPATH, f"//span[normalize-space(text())='{name}']")
+            wait.until(EC.element_to_be_clickable(span)).click()
+
+        for category, entry in (("Tables", "results/tables/"), ("Metrics", "results/metrics.csv")):
+            open_category(category)
+            wait.until(EC.presence_of_element_located(
+                (By.XPATH, f"//tr/td[starts-with(normalize-space(text()), '{entry}')]")))  # fmt: skip
+        open_category("Figures")
+        for name in figures:
+            row = f"//tr[td[normalize-space(text())='results/figures/{name}']]"
+            wait.until(EC.element_to_be_clickable((By.XPATH, f"{row}//a[@iconname='eye']"))).click()
+            # this figure's own image, decoded by the browser to a real size
+            shown = (
+                "return [...document.images].some(i => i.src.startsWith("
+                f"'data:image/png;charset=utf8;filename={name};') && i.complete"
+                " && i.naturalWidth > 200 && i.naturalHeight > 200)"
+            )
+            wait.until(lambda b, js=shown: b.execute_script(js))
+        shot = tmp_path / "figure.png"
+        browser.save_screenshot(str(shot))
+    finally:
+        browser.quit()
+    pixels = imread(shot)
+    assert pixels.shape[0] > 500 and pixels.std() > 0.05  # a figure, not a blank page
+
+
 def test_adding_a_ratio_runs_only_that_ratio(micro_ws):
     gram = micro_ws / "data/stats/tiny/pydoc-n4-l32-s0/gram"
     stats_before = mtimes(gram.iterdir())

@@ -50,13 +50,16 @@ HUB_TASKS = (
 )
 
 DEFAULT_RESOURCES: dict[str, dict[str, int]] = {
-    # runtime in minutes; gpu = GPUs a job needs (0 on the CPU default run)
+    # runtime in minutes; gpu = GPUs a job needs (0 on the CPU default run). Sized from the
+    # default run's measured peaks (benchmark: files, benchmarks/results/default-run.md and
+    # job-costs.md): compressions reach 4.1 GB (svd-llm-v2 keeps its SVDs for the second
+    # pass), sensitivity 2.2 GB, evaluation 2.1 GB, calibration 1.5 GB on SmolLM2-135M.
     "train": {"gpu": 0, "mem_mb": 4000, "runtime": 30, "threads": 1},
     "tasks": {"gpu": 0, "mem_mb": 2000, "runtime": 10, "threads": 1},
     "calibrate": {"gpu": 0, "mem_mb": 4000, "runtime": 30, "threads": 1},
     "fisher": {"gpu": 0, "mem_mb": 4000, "runtime": 30, "threads": 1},
     "sensitivity": {"gpu": 0, "mem_mb": 4000, "runtime": 30, "threads": 1},
-    "compress": {"gpu": 0, "mem_mb": 4000, "runtime": 30, "threads": 1},
+    "compress": {"gpu": 0, "mem_mb": 6000, "runtime": 30, "threads": 1},
     "evaluate": {"gpu": 0, "mem_mb": 4000, "runtime": 30, "threads": 1},
     "report": {"gpu": 0, "mem_mb": 2000, "runtime": 10, "threads": 1},
 }

@@ -9,10 +9,22 @@ rule report:
         metrics=metric_files(),
         published=published_input(),
     output:
-        csv=str(L.metrics_csv),
+        csv=report(
+            str(L.metrics_csv), caption="../report/metrics.rst", category="Metrics"
+        ),
         summary=str(L.summary),
-        tables=directory(str(L.tables)),
-        figures=directory(str(L.figures)),
+        tables=report(
+            directory(str(L.tables)),
+            patterns=["{name}.csv"],
+            caption="../report/tables.rst",
+            category="Tables",
+        ),
+        figures=report(
+            directory(str(L.figures)),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
         plots=directory(str(L.plots)),
     params:
         code=code("report"),

@@ -47,5 +47,19 @@ case "$mode" in
     exec snakemake --cores all "$@" ;;
   test)
     export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+    # the Snakemake report is checked in a real browser: Debian's Chromium + ChromeDriver
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+      if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "[svdzoo] installing chromium and chromium-driver (apt) for the report test" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+          || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+               apt-get install -y -q chromium chromium-driver >/dev/null; } || true
+      fi
+    fi
+    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+      export SVDZOO_REQUIRE_BROWSER=1
+    else
+      echo "[svdzoo] no chromium/chromedriver: the browser check of the report is skipped" >&2
+    fi
     exec "$PY" -m pytest -q "$@" ;;
 esac
