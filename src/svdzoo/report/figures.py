@@ -87,12 +87,26 @@ def _metric_vs_ratio(
             )
         if logy and (d["value"] > 0).any():
             ax.set_yscale("log")
+            _plain_log_ticks(ax, d["value"])
         ax.set_title(ds)
         ax.set_xlabel("compression ratio (fraction of parameters removed)")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3, which="both")
     _legend_and_title(fig, axes, title)
     return fig
+
+
+def _plain_log_ticks(ax, values: pd.Series) -> None:
+    """Plain numbers on a log axis. Within about a decade matplotlib labels the minor
+    ticks as "6.62 x 10^1", unreadable in print; over several decades only the decades
+    are labelled (every minor tick would crowd)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    pos = values[(values > 0) & values.map(math.isfinite)]
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax.yaxis.set_major_formatter(plain)
+    few = not pos.empty and math.log10(float(pos.max()) / float(pos.min())) < 1.5
+    ax.yaxis.set_minor_formatter(plain if few else NullFormatter())
 
 
 def _legend_and_title(fig, axes, title: str) -> None:
