@@ -34,7 +34,7 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install -q "$TORCH_SPEC"
   fi
-  "$PY" -m pip install -q -e ".[dev]"
+  "$PY" -m pip install -q -e ".[dev,slurm]"
   echo "$want" > "$stamp"
 fi
 
@@ -60,6 +60,21 @@ case "$mode" in
       export SVDZOO_REQUIRE_BROWSER=1
     else
       echo "[svdzoo] no chromium/chromedriver: the browser check of the report is skipped" >&2
+    fi
+    # the SLURM profile is run on a local single-node cluster (tests/test_cluster.py):
+    # Debian's slurm-wlm and munge (measured: ~11 s to install here)
+    if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+      if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "[svdzoo] installing slurm-wlm and munge (apt) for the cluster test" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null \
+          || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+               apt-get install -y -q slurm-wlm munge >/dev/null; } || true
+      fi
+    fi
+    if command -v slurmctld >/dev/null && command -v munged >/dev/null && [ "$(id -u)" = 0 ]; then
+      export SVDZOO_REQUIRE_SLURM=1
+    else
+      echo "[svdzoo] no slurm-wlm/munge or not root: the SLURM cluster test is skipped" >&2
     fi
     exec "$PY" -m pytest -q "$@" ;;
 esac

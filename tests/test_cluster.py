@@ -1,0 +1,135 @@
+"""The SLURM profile, run for real (issue 17): a single-node SLURM cluster on this machine
+(workflow/scripts/slurm-local.sh), the micro workflow submitted through
+snakemake-executor-plugin-slurm, every job through sbatch, outputs equal to a local run,
+and a job cancelled with scancel is redone by the next run without a partial output ever
+taken as complete.
+
+Needs root and Debian's slurm-wlm and munge (`run.sh test` installs them in CI and sets
+SVDZOO_REQUIRE_SLURM, so there a missing cluster fails instead of skipping)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_workflow import BIN, MICRO, ROOT, _env, jobs_of, make_workspace, run, smk
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+SCRIPT = ROOT / "workflow" / "scripts" / "slurm-local.sh"
+PROFILE = ("--workflow-profile", "workflow/profiles/slurm",
+           "--profile", "workflow/profiles/slurm-local")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    have = all(shutil.which(c) for c in ("slurmctld", "slurmd", "munged", "sbatch"))
+    if not have or os.geteuid() != 0:
+        if os.environ.get("SVDZOO_REQUIRE_SLURM"):
+            pytest.fail("slurm-wlm and munge (apt-get install -y slurm-wlm munge) and root needed")
+        pytest.skip("no local SLURM (apt-get install -y slurm-wlm munge; run as root)")
+    status = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True)
+    start = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True)
+    assert start.returncode == 0, start.stderr
+    yield
+    if status.returncode != 0:  # stop only what this test started
+        subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True)
+
+
+def squeue(*args: str) -> list[list[str]]:
+    out = subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, check=True)
+    return [line.split() for line in out.stdout.splitlines()]
+
+
+def submitted(out: str) -> list[str]:
+    return re.findall(r"has been submitted with SLURM jobid (\d+)", out)
+
+
+def results(ws: Path) -> dict[str, object]:
+    """What a run computed: perplexities, accuracies and the compressed weights' bytes
+    (timings and throughput differ between any two runs)."""
+    out: dict[str, object] = {}
+    for path in sorted((ws / "results" / "metrics").rglob("*.json")):
+        obj = json.loads(path.read_text())
+        key = str(path.relative_to(ws))
+        if path.name == "ppl.json":
+            out[key] = obj["perplexity"]
+        elif path.name == "zeroshot.json":
+            out[key] = {t: v["acc"] for t, v in obj["tasks"].items()}
+    for path in sorted((ws / "results" / "compressed").rglob("*.safetensors")):
+        out[str(path.relative_to(ws))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> Path:
+    ws = make_workspace(tmp_path_factory.mktemp("local") / "ws", MICRO)
+    smk(ws)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory) -> tuple[Path, str]:
+    ws = make_workspace(tmp_path_factory.mktemp("slurm") / "ws", MICRO)
+    out = run(ws, str(BIN / "snakemake"), *PROFILE, timeout=900)
+    return ws, out
+
+
+def test_every_job_goes_through_sbatch(slurm_run):
+    ws, out = slurm_run
+    jobs = jobs_of(out)
+    ids = submitted(out)
+    assert len(jobs) == 9 and len(ids) == len(jobs), (jobs, ids)
+    # the cluster's own record: every one of them ran there and completed
+    states = {i: s for i, s in squeue("-t", "all", "-j", ",".join(ids), "-o", "%i %T")}
+    assert states == dict.fromkeys(ids, "COMPLETED"), states
+    assert (ws / "results" / "metrics.csv").is_file()
+
+
+def test_outputs_equal_a_local_run(slurm_run, local_run):
+    ws, _ = slurm_run
+    assert results(ws) == results(local_run) != {}
+
+
+def test_a_cancelled_job_is_redone(slurm_run, local_run):
+    """scancel a running compression: the run fails, no output of that job is left to be
+    taken as done, and the next run redoes it and what depends on it."""
+    ws, _ = slurm_run
+    target = ws / "results" / "compressed" / "tiny" / "svd-llm" / "r0.40"
+    # as if svd-llm had never run (Snakemake redoes a missing intermediate only when
+    # something needs it: the report's table goes too)
+    shutil.rmtree(target)
+    shutil.rmtree(ws / "results" / "metrics" / "tiny" / "svd-llm")
+    (ws / "results" / "metrics.csv").unlink()
+    with (ws / "cancelled.log").open("w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "snakemake"), *PROFILE, "--retries", "0"],
+            cwd=ws, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        cancelled = None
+        deadline = time.time() + 300
+        while cancelled is None and time.time() < deadline and proc.poll() is None:
+            for job_id, state, comment in squeue("-o", "%i %T %k"):
+                if state == "RUNNING" and "compress" in comment and "svd-llm" in comment:
+                    time.sleep(1.0)  # the job's snakemake and svdzoo have started
+                    subprocess.run(["scancel", job_id], check=True)
+                    cancelled = job_id
+                    break
+            time.sleep(0.2)
+        assert cancelled, "no running svd-llm compression to cancel"
+        assert proc.wait(timeout=600) != 0  # the run reports the failed job
+    assert "CANCELLED" in (ws / "cancelled.log").read_text()
+    assert not target.exists()  # nothing of the cancelled job is left
+    out = run(ws, str(BIN / "snakemake"), *PROFILE, timeout=900)
+    redone = sorted(rule for rule, _ in jobs_of(out))
+    assert redone == ["compress", "evaluate", "report"], jobs_of(out)
+    assert len(submitted(out)) == len(redone)
+    assert "Nothing to be done" in run(ws, str(BIN / "snakemake"), *PROFILE, "-n")
+    assert results(ws) == results(local_run)
