@@ -92,7 +92,8 @@ start_munge() {
   runuser -u munge -- munged
   for _ in $(seq 50); do munge -n </dev/null >/dev/null 2>&1 && break; sleep 0.1; done
   munge -n </dev/null >/dev/null 2>&1 || die "munged did not start"
-  pgrep -u munge -x munged | head -1 > "$DIR/munged.pid"
+  # munged forks: its own pid file names the daemon (not the process runuser started)
+  cat /run/munge/munged.pid > "$DIR/munged.pid"
 }
 
 link_conf() {
