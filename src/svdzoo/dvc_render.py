@@ -94,7 +94,7 @@ def _stats_stages(needed: set[str], duo_independent: bool) -> dict[str, Any]:
                     extra,
                     f"--model {model} --model-name ${{key}} ${{calibration}}",
                     f"--out {out}",
-                ),  # fmt: skip
+                ),
                 "deps": [_code("calibrate"), model],
                 "params": ["calibration"],
                 "outs": [out],
@@ -117,7 +117,7 @@ def _stats_stages(needed: set[str], duo_independent: bool) -> dict[str, Any]:
                     C.sensitivity_flags(table),
                     "${sensitivity}",
                     f"--out {out}",
-                ),  # fmt: skip
+                ),
                 "deps": [_code("sensitivity"), model, gram],
                 "params": ["sensitivity"],
                 "outs": [out],
@@ -126,9 +126,9 @@ def _stats_stages(needed: set[str], duo_independent: bool) -> dict[str, Any]:
     return stages
 
 
-def _per_ratio_tables(needed_by: dict[str, set[str]]) -> dict[str, Any]:
+def _per_ratio_tables(methods: list[str]) -> dict[str, Any]:
     """Duo-SVD's per-ratio tables (`duo-r0.40`), one per model x ratio."""
-    if not any(m in C.per_ratio_methods() for m in needed_by):
+    if not any(m in C.per_ratio_methods() for m in methods):
         return {}
     model, gram = "data/models/${item.model}", str(L.gram("${item.model}", CALIB))
     table = "duo-r${item.ratio}"
@@ -142,7 +142,7 @@ def _per_ratio_tables(needed_by: dict[str, set[str]]) -> dict[str, Any]:
                 C.sensitivity_flags(table),
                 "${sensitivity}",
                 f"--out {out}",
-            ),  # fmt: skip
+            ),
             "deps": [_code("sensitivity"), model, gram],
             "params": ["sensitivity"],
             "outs": [out],
@@ -237,7 +237,7 @@ def render_stages(params: Mapping[str, Any]) -> dict[str, Any]:
             "outs": [str(L.tasks())],
         }
     stages.update(_stats_stages(needed, independent_duo))
-    stages.update(_per_ratio_tables(needed_by))
+    stages.update(_per_ratio_tables(methods))
     for method in methods:
         stages[f"compress-{method}"] = _compress_stage(method)
     stages["evaluate-dense"] = {
@@ -259,7 +259,7 @@ def render_stages(params: Mapping[str, Any]) -> dict[str, Any]:
             str(L.tables),
             str(L.figures),
             {str(L.plots): {"cache": False}},
-        ],  # fmt: skip
+        ],
         "metrics": [{str(L.summary): {"cache": False}}],
     }
     _drop_empty_sections(stages, params)
@@ -287,9 +287,11 @@ def _plots(params: Mapping[str, Any], tasks: bool) -> list[Any]:
     out: list[Any] = []
     for model in params["models"]:
         for metric in plot_metrics(params["evaluation"]["corpora"], tasks):
-            label = "mean zero-shot accuracy" if metric == "acc" else metric.replace(
-                "ppl-", "perplexity, "
-            )  # fmt: skip
+            label = (
+                "mean zero-shot accuracy"
+                if metric == "acc"
+                else metric.replace("ppl-", "perplexity, ")
+            )
             out.append(
                 {
                     f"{model} {metric}": {
