@@ -100,52 +100,44 @@ def _stats_stages(needed: set[str], duo_independent: bool) -> dict[str, Any]:
                 "outs": [out],
             },
         }
-    sens = "svdzoo --execution params.yaml sensitivity"
     for table in ("duo", "asvd"):
         if f"sensitivity-{table}" not in needed:
             continue
         if table == "duo" and not duo_independent:
             continue  # only per-ratio tables are read (_per_ratio_tables)
-        gram = str(L.gram("${key}", CALIB))
-        out = str(L.sensitivity("${key}", CALIB, table))
         stages[f"sensitivity-{table}"] = {
             "foreach": "${models}",
-            "do": {
-                "cmd": _cmd(
-                    sens,
-                    f"--model {model} --stats {gram}",
-                    C.sensitivity_flags(table),
-                    "${sensitivity}",
-                    f"--out {out}",
-                ),
-                "deps": [_code("sensitivity"), model, gram],
-                "params": ["sensitivity"],
-                "outs": [out],
-            },
+            "do": _sensitivity_body("${key}", table),
         }
     return stages
+
+
+def _sensitivity_body(model_key: str, table: str) -> dict[str, Any]:
+    """cmd/deps/params/outs of one sensitivity table (`duo`, `asvd`, `duo-r${...}`)."""
+    model, gram = f"data/models/{model_key}", str(L.gram(model_key, CALIB))
+    out = str(L.sensitivity(model_key, CALIB, table))
+    return {
+        "cmd": _cmd(
+            "svdzoo --execution params.yaml sensitivity",
+            f"--model {model} --stats {gram}",
+            C.sensitivity_flags(table),
+            "${sensitivity}",
+            f"--out {out}",
+        ),
+        "deps": [_code("sensitivity"), model, gram],
+        "params": ["sensitivity"],
+        "outs": [out],
+    }
 
 
 def _per_ratio_tables(methods: list[str]) -> dict[str, Any]:
     """Duo-SVD's per-ratio tables (`duo-r0.40`), one per model x ratio."""
     if not any(m in C.per_ratio_methods() for m in methods):
         return {}
-    model, gram = "data/models/${item.model}", str(L.gram("${item.model}", CALIB))
-    table = "duo-r${item.ratio}"
-    out = str(L.sensitivity("${item.model}", CALIB, table))
     return {
         "sensitivity-duo-per-ratio": {
             "matrix": {"model": "${models}", "ratio": "${ratios}"},
-            "cmd": _cmd(
-                "svdzoo --execution params.yaml sensitivity",
-                f"--model {model} --stats {gram}",
-                C.sensitivity_flags(table),
-                "${sensitivity}",
-                f"--out {out}",
-            ),
-            "deps": [_code("sensitivity"), model, gram],
-            "params": ["sensitivity"],
-            "outs": [out],
+            **_sensitivity_body("${item.model}", "duo-r${item.ratio}"),
         }
     }
 
