@@ -183,23 +183,28 @@ def mtimes(paths) -> dict[Path, int]:
 # ---------------------------------------------------------------- Snakemake vs DVC
 
 
+def dvc_stages(ws: Path, expr: str) -> list:
+    """`expr` over the stages DVC resolves from the workspace's dvc.yaml (`repo` bound),
+    in a fresh `dvc init --no-scm` project, read back as JSON."""
+    import json
+
+    run(ws, str(BIN / "dvc"), "init", "--no-scm", "-q")
+    code = (
+        "import json, sys\n"
+        "from dvc.repo import Repo\n"
+        "with Repo('.') as repo:\n"
+        f"    json.dump({expr}, sys.stdout)\n"
+    )
+    return json.loads(run(ws, sys.executable, "-c", code).strip().splitlines()[-1])
+
+
 def test_snakemake_and_dvc_render_the_same_paths(tmp_path):
     """For the default params.yaml both engines plan exactly the same outputs."""
     ws = make_workspace(tmp_path / "ws", yaml.safe_load((ROOT / "params.yaml").read_text()))
     summary = run(ws, str(BIN / "snakemake"), "--summary")
     rows = [line.split("\t") for line in summary.splitlines() if "\t" in line]
     snake = {r[0] for r in rows[1:] if r[0] != "output_file"}
-    run(ws, str(BIN / "dvc"), "init", "--no-scm", "-q")
-    code = (
-        "import json, sys\n"
-        "from dvc.repo import Repo\n"
-        "with Repo('.') as repo:\n"
-        "    outs = sorted(o.def_path for s in repo.index.stages for o in s.outs)\n"
-        "json.dump(outs, sys.stdout)\n"
-    )
-    import json
-
-    dvc = set(json.loads(run(ws, sys.executable, "-c", code).strip().splitlines()[-1]))
+    dvc = set(dvc_stages(ws, "sorted(o.def_path for s in repo.index.stages for o in s.outs)"))
     # engine-specific by design: DVC's validation stamp (the Snakefile validates at parse
     # time), its code stamps (Snakemake hashes the code into each rule's params) and
     # Snakemake's per-job benchmark files
@@ -222,7 +227,6 @@ def test_snakemake_and_dvc_run_the_same_commands(tmp_path):
     """Issue 14.3: dvc.yaml is generated from the Snakefile's path scheme and params, so
     every job's command line is the same in both engines (per-method statistics, the
     per-ratio Duo-SVD tables, the offline tasks and the report's expectations included)."""
-    import json
 
     params = {**MICRO, "ratios": ["0.40", "0.60"], "methods": [
         "svd", "fwsvd", "asvd", "svd-llm", "duo-svd", "duo-svd-independent"]}  # fmt: skip
@@ -233,14 +237,7 @@ def test_snakemake_and_dvc_run_the_same_commands(tmp_path):
         for line in out.splitlines()
         if line.startswith("Shell command: ") and line != "Shell command: None"
     )
-    run(ws, str(BIN / "dvc"), "init", "--no-scm", "-q")
-    code = (
-        "import json, sys\n"
-        "from dvc.repo import Repo\n"
-        "with Repo('.') as repo:\n"
-        "    json.dump([s.cmd for s in repo.index.stages], sys.stdout)\n"
-    )
-    dvc = _commands(json.loads(run(ws, sys.executable, "-c", code).strip().splitlines()[-1]))
+    dvc = _commands(dvc_stages(ws, "[s.cmd for s in repo.index.stages]"))
     # DVC's own two stages (the params check and the code stamps) have no Snakemake rule
     only_dvc = {c for c in dvc - snake if c.startswith(("svdzoo validate-params", "python -m"))}
     assert snake == dvc - only_dvc, (sorted(snake - dvc), sorted(dvc - snake))
