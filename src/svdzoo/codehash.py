@@ -4,9 +4,12 @@ A stage's code is the set of svdzoo modules its command can import (the closure 
 `import svdzoo...` statements, read statically with `ast`, function-level imports
 included), plus the package `__init__` files those imports execute and the data files the
 stage writes out. Method modules (those that register methods: `adasvd`, `duo_svd`, ...)
-are cut out of every closure, and `compress` adds back only the module of the method it
-runs, so editing `methods/duo_svd.py` reruns Duo-SVD's compressions (and their
-evaluations and the report, through their inputs) and nothing else.
+are cut out of every closure, and `compress` adds back the module of the method it runs
+(with the method modules that one imports, for compositions), so editing
+`methods/duo_svd.py` reruns the compressions of the methods built from it (and their
+evaluations and the report, through their inputs) and nothing else. `methods/__init__`
+finds the method modules at run time instead of importing a list, so adding a method
+module changes no other stage's hash.
 
 Snakemake passes `code_hash(stage, method)` as a rule parameter; DVC depends on the stamp
 files `python -m svdzoo.codehash --out data/code` writes (one per stage, one per method),
@@ -133,8 +136,9 @@ def stage_files(stage: str, method: str | None = None) -> list[Path]:
     if stage == "compress":
         if method is None or method not in methods:
             raise ValueError(f"compress needs a registered method, got {method!r}")
-        own = methods[method]
-        modules |= closure(own, cut - {own})
+        # the method's module and whatever it imports, other method modules included (a
+        # composition built from another paper's parts reruns when those parts change)
+        modules |= closure(methods[method], NEVER_RUN.get(stage, frozenset()))
     files = {module_file(m) for m in modules} | {PACKAGE / f for f in DATA_FILES.get(stage, ())}
     return sorted(f for f in files if f is not None)
 

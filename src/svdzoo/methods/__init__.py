@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from svdzoo.errors import ConfigError
+import importlib
+import pkgutil
 
-# Each module registers its methods on import (one module per paper).
-from svdzoo.methods import adasvd, baselines, duo_svd, ressvd, svd_llm_v2  # noqa: F401
+from svdzoo.errors import ConfigError
 from svdzoo.methods.base import REGISTRY, STATS_KINDS, Method, register
+
+# Each module registers its methods on import (one module per paper, plus svdzoo's own
+# compositions). They are found, not listed: a static list here would put every method
+# module into every method's code hash (svdzoo.codehash), so adding a method would rerun
+# all compressions.
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
 
 
 def get_method(name: str) -> Method:
