@@ -46,6 +46,9 @@ PAPER_METHODS = ("svd", "fwsvd", "asvd", "svd-llm", "svd-llm-v2", "adasvd", "res
 COMBINES = ("adasvd", "duo-svd", "duo-svd-independent")
 GOAL_RATIOS = (0.4, 0.6)
 METRICS = ("perplexity", "acc", "compression_time_s", "achieved_ratio")
+# methods whose algorithm did not change since benchmarks/results/real-model.csv was made
+UNCHANGED = ("svd", "fwsvd", "asvd", "svd-llm", "svd-llm-v2", "duo-svd-independent")
+CPU = "compress_cpu_s"  # the compress job's CPU seconds (Snakemake benchmark, one thread)
 
 
 def tidy(results: Path, params: dict, seed: int) -> pd.DataFrame:
@@ -58,22 +61,54 @@ def tidy(results: Path, params: dict, seed: int) -> pd.DataFrame:
         & ((df["metric"] != "acc") | (df["dataset"] == "mean"))
     )
     out = df[keep][["model", "method", "ratio", "metric", "dataset", "value"]].copy()
-    out["seed"] = seed
+    # wall time depends on what else ran; the job's CPU time (one thread) much less
+    rows = []
+    for method in params["methods"]:
+        for r in ratios(params):
+            tsv = results / "benchmarks" / "compress" / f"{MODEL}-{method}-r{float(r):.2f}.tsv"
+            if tsv.is_file():
+                cpu = float(pd.read_csv(tsv, sep="\t")["cpu_time"].iloc[0])
+                rows.append((MODEL, method, float(r), CPU, "-", cpu))
+    out = pd.concat([out, pd.DataFrame(rows, columns=out.columns)])
+    out["seed"], out["source"] = seed, "workflow"
     return out.reset_index(drop=True)
 
 
-def extra_rows(path: Path, methods: list[str], seed: int) -> pd.DataFrame:
-    """Rows for paper methods the config does not run, from a fidelity-format CSV
-    (method, ratio, pydoc, pysource, achieved, compress_s)."""
-    if not path.is_file():
-        return pd.DataFrame()
-    src = pd.read_csv(path)
-    rows = []
-    for _, r in src[src["method"].isin(methods)].iterrows():
-        for corpus in ("pydoc", "pysource"):
-            rows.append((MODEL, r["method"], r["ratio"], "perplexity", corpus, r[corpus], seed))
-        rows.append((MODEL, r["method"], r["ratio"], "compression_time_s", "-", r["compress_s"], seed))  # fmt: skip
-    return pd.DataFrame(rows, columns=["model", "method", "ratio", "metric", "dataset", "value", "seed"])  # fmt: skip
+def extra_rows(paths: list[Path], have: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Rows for (method, ratio) pairs the workflow results lack, from earlier runs, first
+    source first: a results directory (runs made with the CLI), a long CSV (model, method,
+    ratio, metric, dataset, value) or a fidelity CSV (method, ratio, pydoc, pysource,
+    achieved, compress_s). Each row names where it came from in `source`. A long CSV
+    `real-model.csv` predates the paper-faithful AdaSVD, ResSVD and Duo-SVD (its rows
+    under those names are the earlier mechanisms), so only the unchanged methods are taken
+    from it."""
+    done = {(m, round(float(r), 4)) for m, r in zip(have.method, have.ratio, strict=True)}
+    out = []
+    for path in paths:
+        if not path.exists():
+            continue
+        src = collect(path) if path.is_dir() else pd.read_csv(path)
+        if "metric" in src.columns:
+            src = src[(src.model == MODEL) & src.metric.isin(METRICS)]
+            src = src[(src.metric != "acc") | (src.dataset == "mean")]
+            long = src[["model", "method", "ratio", "metric", "dataset", "value"]]
+        else:
+            rows = []
+            for _, r in src.iterrows():
+                for corpus in ("pydoc", "pysource"):
+                    rows.append((MODEL, r["method"], r["ratio"], "perplexity", corpus, r[corpus]))
+                rows.append((MODEL, r["method"], r["ratio"], "compression_time_s", "-", r["compress_s"]))  # fmt: skip
+            long = pd.DataFrame(rows, columns=["model", "method", "ratio", "metric", "dataset", "value"])  # fmt: skip
+        if path.name == "real-model.csv":
+            long = long[long.method.isin(UNCHANGED)]
+        keys = [(m, round(float(r), 4)) for m, r in zip(long.method, long.ratio, strict=True)]
+        new = long[[k not in done and k[0] != "dense" for k in keys]].copy()
+        if new.empty:
+            continue
+        new["seed"], new["source"] = seed, f"CLI runs in {path}" if path.is_dir() else path.name
+        out.append(new)
+        done |= {(m, round(float(r), 4)) for m, r in zip(new.method, new.ratio, strict=True)}
+    return pd.concat(out) if out else pd.DataFrame()
 
 
 def value(df: pd.DataFrame, method: str, ratio: float, metric: str, dataset: str) -> float | None:
@@ -100,23 +135,31 @@ def choose(
     return min(score, key=score.get), score  # type: ignore[arg-type]
 
 
+def borrowed(df: pd.DataFrame, method: str, ratio: float) -> bool:
+    s = df[(df.method == method) & ((df.ratio - ratio).abs() < 1e-9)]
+    return bool(len(s)) and bool((s.source != "workflow").all())
+
+
 def table(df: pd.DataFrame, methods: list[str], r: float, corpora: list[str]) -> list[str]:
-    head = "| method | " + " | ".join(f"ppl {c}" for c in corpora) + " | zero-shot | time s |"
-    lines = [head, "|---|" + "---:|" * (len(corpora) + 2)]
+    head = "| method | " + " | ".join(f"ppl {c}" for c in corpora) + " | zero-shot | wall s | CPU s |"  # fmt: skip
+    lines = [head, "|---|" + "---:|" * (len(corpora) + 3)]
     for m in ["dense", *methods]:
         ppl = [value(df, m, r, "perplexity", c) for c in corpora]
         if all(v is None for v in ppl):
             continue
         acc = value(df, m, r, "acc", "mean")
         t = value(df, m, r, "compression_time_s", "-")
+        cpu = value(df, m, r, CPU, "-")
         cells = [f"{v:,.2f}" if v is not None else "" for v in ppl]
-        cells += [f"{acc:.3f}" if acc is not None else "", f"{t:.0f}" if t is not None else ""]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        cells += [f"{acc:.3f}" if acc is not None else ""]
+        cells += [f"{x:.0f}" if x is not None else "" for x in (t, cpu)]
+        mark = " †" if m != "dense" and borrowed(df, m, r) else ""
+        lines.append(f"| {m}{mark} | " + " | ".join(cells) + " |")
     return lines
 
 
 def goal(df: pd.DataFrame, pick: str, corpus: str, methods: list[str]) -> list[str]:
-    out = ["| ratio | " + pick + f" {corpus} | best paper method | its {corpus} | lower? | time s | 2x slowest combined (s) | within? |", "|---|---:|---|---:|---|---:|---:|---|"]  # fmt: skip
+    out = ["| ratio | " + pick + f" {corpus} | best paper method | its {corpus} | lower? | time s (CPU if measured) | 2x slowest combined (s) | within? |", "|---|---:|---|---:|---|---:|---:|---|"]  # fmt: skip
     for r in GOAL_RATIOS:
         mine = value(df, pick, r, "perplexity", corpus)
         papers = {m: value(df, m, r, "perplexity", corpus) for m in PAPER_METHODS if m in methods}
@@ -124,8 +167,9 @@ def goal(df: pd.DataFrame, pick: str, corpus: str, methods: list[str]) -> list[s
         if mine is None or not papers:
             continue
         best = min(papers, key=papers.get)  # type: ignore[arg-type]
-        t = value(df, pick, r, "compression_time_s", "-")
-        slow = [value(df, m, r, "compression_time_s", "-") for m in COMBINES]
+        metric = CPU if value(df, pick, r, CPU, "-") is not None else "compression_time_s"
+        t = value(df, pick, r, metric, "-")
+        slow = [value(df, m, r, metric, "-") for m in COMBINES]
         cap = (
             2 * max(s for s in slow if s is not None) if any(s is not None for s in slow) else None
         )
@@ -184,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="calibration seed of --results (default: the params')")  # fmt: skip
     ap.add_argument("--seed-results", type=Path, default=None, help="results of a second calibration seed")  # fmt: skip
     ap.add_argument("--second-seed", type=int, default=None)
-    ap.add_argument("--extra", type=Path, default=RESULTS / "fidelity.csv")
+    ap.add_argument(
+        "--extra", type=Path, nargs="*", default=[RESULTS / "fidelity.csv", RESULTS / "real-model.csv"],
+        help="earlier benchmark CSVs for runs the workflow results lack (first file first)",
+    )  # fmt: skip
     ap.add_argument("--select-on", default="pysource")
     ap.add_argument("--report-on", default="pydoc")
     ap.add_argument("--out", type=Path, default=RESULTS / "compose")
@@ -198,8 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else int(params["calibration"]["seed"])
     methods = list(params["methods"])
     candidates = [m for m in methods if m.startswith("svdzoo-")]
-    missing = [m for m in PAPER_METHODS if m not in methods]
-    df = pd.concat([tidy(args.results, params, seed), extra_rows(args.extra, missing, seed)])
+    wanted = [*methods, *(m for m in PAPER_METHODS if m not in methods)]
+    ours = tidy(args.results, params, seed)
+    extra = extra_rows(args.extra, ours, seed)
+    if not extra.empty:
+        keep = extra.method.isin(wanted) & extra.ratio.round(4).isin([round(float(r), 4) for r in ratios(params)])  # fmt: skip
+        extra = extra[keep]
+    df = pd.concat([ours, extra]).reset_index(drop=True)
     shown = [*PAPER_METHODS, *(m for m in methods if m not in PAPER_METHODS)]
     shown = [m for m in shown if m in set(df.method)]
     rs = [float(r) for r in ratios(params)]
@@ -210,11 +262,25 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Params: `{args.params.name}` (calibration {params['calibration']}); perplexity on"
         f" {params['evaluation'].get('max-windows')} x {params['evaluation']['seqlen']} test"
-        " tokens per corpus; zero-shot: mean accuracy over the offline tasks; time: `svdzoo"
-        " compress` wall time (shared statistics excluded; jobs ran two at a time on 2 cores).",
-        f"Rows for {', '.join(m for m in missing if m in set(df.method)) or 'none'} come from"
-        f" `{args.extra.name}` (same calibration and evaluation, run with the CLI), not from"
-        " this run.",
+        " tokens per corpus; zero-shot: mean accuracy over the offline tasks; wall s: `svdzoo"
+        " compress` wall time (shared statistics excluded; it depends on what else ran);"
+        " CPU s: the compress job's CPU time (one thread, Snakemake benchmark), what the"
+        " time goal is checked on where it was measured.",
+        "Runs marked † are not from this workflow run but from earlier runs with the same"
+        " calibration and evaluation settings (`source` in the CSV): "
+        + (
+            ", ".join(
+                f"`{m}` {r:.0%} ({src})"
+                for (m, r, src) in sorted(
+                    {
+                        (a, b, c)
+                        for a, b, c in zip(extra.method, extra.ratio, extra.source, strict=True)
+                    }
+                )
+            )
+            or "none"
+        )  # fmt: skip
+        + ".",
         "",
         f"## Selection on {args.select_on} (mean log perplexity over {', '.join(f'{r:.0%}' for r in rs)})",  # fmt: skip
         "",
