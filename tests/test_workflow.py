@@ -234,6 +234,8 @@ def test_snakemake_and_dvc_run_the_same_commands(tmp_path):
     out = smk(ws, "--dry-run", "--printshellcmds")
     snake = _commands(
         re.sub(r"^OMP_NUM_THREADS=\d+ | > \S+ 2>&1$", "", line.removeprefix("Shell command: "))
+        # Snakemake passes the params file through the environment (see common.smk)
+        .replace('--execution "$SVDZOO_EXECUTION"', "--execution params.yaml")
         for line in out.splitlines()
         if line.startswith("Shell command: ") and line != "Shell command: None"
     )
@@ -387,6 +389,17 @@ def test_execution_settings_rerun_nothing(micro_ws):
         assert jobs_of(out) == [], out[-3000:]
     finally:
         write_params(micro_ws, now)
+
+
+def test_another_params_file_with_the_same_settings_reruns_nothing(micro_ws):
+    """A config that differs only in its path (ablations.yaml, compose.yaml share the
+    default run's jobs) reruns no job: the params file is not a job parameter. Only the
+    report, which reads that file for the runs it expects, is planned again."""
+    now = {**MICRO, "ratios": ["0.40", "0.60"]}  # the state the tests above left
+    other = micro_ws / "other-params.yaml"
+    other.write_text(yaml.safe_dump(now, sort_keys=False))
+    out = smk(micro_ws, "-n", "--config", f"params={other.name}")
+    assert [rule for rule, _ in jobs_of(out)] == ["report"], out[-3000:]
 
 
 def edit(ws: Path, module: str) -> None:

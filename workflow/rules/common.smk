@@ -1,13 +1,23 @@
 # Shared helpers: path patterns from svdzoo.paths.Layout, wildcard constraints, resources.
 
+import os
 from pathlib import Path
 
 from svdzoo.paths import ratio_tag
 
 CALIB = svdconf.calib_tag(P)
 # execution-only flags (device, batch sizes, memory budget) reach each job from the params
-# file at run time: a constant parameter, so changing them reruns nothing
-EXECUTION = f"--execution {PARAMS_FILE}"
+# file at run time. The file's path travels in the environment, so the parameter (and the
+# shell template) stay constant: neither changing those flags nor switching params files
+# (ablations.yaml after params.yaml) reruns a job. Cluster jobs re-read this Snakefile.
+os.environ["SVDZOO_EXECUTION"] = str(PARAMS_FILE)
+
+
+envvars:
+    "SVDZOO_EXECUTION",
+
+
+EXECUTION = '--execution "$SVDZOO_EXECUTION"'
 LOCAL_MODELS = svdconf.local_models(P)
 STATS_NEEDED = svdconf.needed_stats(P)
 OFFLINE_TASKS = svdconf.uses_offline_tasks(P)
