@@ -58,11 +58,13 @@ class ColumnAdaComp:
         if not self.columns:
             return AdaComp(tau=self.tau, whitening=self.whitening)(ctx, rank)
         start = ColumnPreserving(accept=self.accept, whitening=self.whitening)(ctx, rank)
-        if not isinstance(start, linalg.ColumnSplit):  # the split did not pay: plain adaComp
-            return AdaComp(tau=self.tau, whitening=self.whitening)(ctx, rank)
         if self.tau == 0 or start.rank == 0:
             return start
         data = ctx.H_actual if ctx.H_actual is not None else ctx.H
+        if not isinstance(start, linalg.ColumnSplit):
+            # the split did not pay: `start` is SVD-LLM's truncation, adaComp's own start,
+            # so refit it rather than truncate again (one whitened SVD per matrix)
+            return linalg.adacomp_steps(ctx.W, start.A, start.B, data, iters=int(self.tau))
         rest = start.rest_idx.to(ctx.W.device)
         fac = linalg.adacomp_steps(
             ctx.W.index_select(1, rest),
