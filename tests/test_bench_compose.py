@@ -1,0 +1,85 @@
+"""The composition report's goal check: a time cap over only the combined methods that
+happen to be timed would be too low, so it must say "unknown" instead of yes or NO."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_compose", BENCH / "bench_compose.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def rows(entries: list[tuple[str, float, str, float]], seed: int = 3) -> pd.DataFrame:
+    df = pd.DataFrame(
+        [("smollm2-135m", m, r, metric, "pydoc" if metric == "perplexity" else "-", v)
+         for m, r, metric, v in entries],
+        columns=["model", "method", "ratio", "metric", "dataset", "value"],
+    )  # fmt: skip
+    df["seed"], df["source"] = seed, "workflow"
+    return df
+
+
+def scene(bench, duo_cpu: float | None, mine_cpu: float = 500.0) -> pd.DataFrame:
+    cpu = bench.CPU
+    out = [
+        ("adasvd", 0.4, "perplexity", 58.0),
+        ("adasvd", 0.4, cpu, 200.0),
+        ("duo-svd-independent", 0.4, "perplexity", 51.0),
+        ("svdzoo-duo-ada", 0.4, "perplexity", 47.0),
+        ("svdzoo-duo-ada", 0.4, cpu, mine_cpu),
+    ]
+    if duo_cpu is not None:
+        out.append(("duo-svd-independent", 0.4, cpu, duo_cpu))
+    return rows(out)
+
+
+def goal_row(bench, df: pd.DataFrame) -> str:
+    lines = bench.goal(df, "svdzoo-duo-ada", "pydoc", ["adasvd", "svdzoo-duo-ada"])
+    (row,) = [line for line in lines if line.startswith("| 40%")]
+    return row
+
+
+def test_the_cap_is_twice_the_slowest_combined_method(bench):
+    assert goal_row(bench, scene(bench, duo_cpu=300.0)).endswith("| 500 | 600 | yes |")
+    assert goal_row(bench, scene(bench, duo_cpu=240.0)).endswith("| 500 | 480 | NO |")
+
+
+def test_an_untimed_combined_method_makes_the_verdict_unknown(bench):
+    row = goal_row(bench, scene(bench, duo_cpu=None))
+    assert row.endswith("| 500 | ≥ 400 | unknown: no CPU time for `duo-svd-independent` |")
+
+
+def test_the_perplexity_half_compares_with_the_best_paper_method(bench):
+    df = scene(bench, duo_cpu=300.0)
+    df.loc[(df.method == "svdzoo-duo-ada") & (df.metric == "perplexity"), "value"] = 60.0
+    row = goal_row(bench, df)
+    assert "| adasvd | 58.00 | NO |" in row
+
+
+def test_a_saved_csv_reloads_one_seed_and_rejects_other_files(bench, tmp_path):
+    both = pd.concat([scene(bench, 300.0), rows([("adasvd", 0.4, "perplexity", 55.0)], seed=4)])
+    path = tmp_path / "compose.csv"
+    both.to_csv(path, index=False)
+    again = bench.load(path, {}, 4)
+    assert list(again.value) == [55.0]
+    with pytest.raises(SystemExit, match="no rows for calibration seed 5"):
+        bench.load(path, {}, 5)
+    both.drop(columns="source").to_csv(path, index=False)
+    with pytest.raises(SystemExit, match="not a compose CSV"):
+        bench.load(path, {}, 3)
