@@ -11,6 +11,10 @@ each ratio, and measure held-out perplexity on both offline corpora. Writes
     benchmarks/results/calibration-size.png   perplexity against calibration tokens
 
     python benchmarks/bench_calibration_size.py --model data/models/smollm2-135m
+
+Duo-SVD's KL table is one forward probe per module and ratio on its own window (the
+`sensitivity` params), not the Gram's calibration set, so `--sensitivity-duo` passes the
+default run's table to every size.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from svdzoo.data import evaluation_windows  # noqa: E402
 from svdzoo.evaluation.perplexity import perplexity  # noqa: E402
 from svdzoo.io import atomic_path, write_text  # noqa: E402
 from svdzoo.models import load_model, load_tokenizer  # noqa: E402
+from svdzoo.sensitivity import load_sensitivity  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results" / "calibration-size"
@@ -50,6 +55,9 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
          "ppl": perplexity(dense, w, batch_size=args.batch_size), "compress_s": 0.0}
         for c, w in windows.items()
     ]  # fmt: skip
+    sensitivity = {}
+    if args.sensitivity_duo is not None:
+        sensitivity["duo"] = load_sensitivity(args.sensitivity_duo, kind="duo")
     for n in args.nsamples:
         gram = calibrate(
             dense, tok, corpus=args.corpus, nsamples=n, seqlen=args.seqlen, seed=args.seed,
@@ -59,7 +67,10 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
             for ratio in args.ratios:
                 model = load_model(args.model)
                 t0 = time.perf_counter()
-                compress(model, method, ratio, stats=Statistics(gram=gram), tokenizer=tok)
+                compress(
+                    model, method, ratio, tokenizer=tok,
+                    stats=Statistics(gram=gram, sensitivity=sensitivity),
+                )  # fmt: skip
                 took = time.perf_counter() - t0
                 for c, w in windows.items():
                     ppl = perplexity(model, w, batch_size=args.batch_size)
@@ -113,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=["svd-llm", "adasvd"])
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.4])
     ap.add_argument("--eval-windows", type=int, default=16)
+    ap.add_argument(
+        "--sensitivity-duo", type=Path, default=None,
+        help="a Duo-SVD KL table (the default run's) for duo-svd methods: only their column"
+        " split and truncation then see the varied Gram; the table keeps its own calibration",
+    )  # fmt: skip
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=OUT)
