@@ -31,6 +31,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from svdzoo import linalg  # noqa: E402
+from svdzoo.compression import WhitenerCache  # noqa: E402
+from svdzoo.methods.base import MatrixContext  # noqa: E402
+from svdzoo.methods.duo_svd import ColumnPreserving  # noqa: E402
+from svdzoo.methods.parts import Whitened  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = {
@@ -79,6 +83,12 @@ def bench_matrices(
                 W, *_pair(linalg.compensated_truncate(W, H, H, k)), H, H, iters=1
             ),
             "duo-svd (column split)": lambda W=W, H=H, k=k: linalg.column_preserving_split(W, H, k),
+            # the registered factorisers as `compress` calls them: a whitener cache per input
+            # group, Duo-SVD's split reusing the whitened SVD (plain truncation when rejected)
+            "svd-llm (Whitened part)": lambda W=W, H=H, k=k: Whitened("cholesky")(_ctx(W, H), k),
+            "duo-svd (ColumnPreserving part)": lambda W=W, H=H, k=k: ColumnPreserving()(
+                _ctx(W, H), k
+            ),
         }
         rows = {}
         for name, fn in cases.items():
@@ -103,11 +113,18 @@ def bench_matrices(
         else platform.processor() or "cpu",
         "ratio": ratio,
         "shrink": shrink,
+        "threads": torch.get_num_threads(),
         "dtype": "float64",
         "per_matrix": out,
         "per_layer_s": per_layer,
         "llama7b_32_layers_s": {k: v * 32 for k, v in per_layer.items()},
     }
+
+
+def _ctx(W: torch.Tensor, H: torch.Tensor) -> MatrixContext:
+    return MatrixContext(
+        name="w", layer=0, type="t", group="g", W=W, H=H, whiteners=WhitenerCache()
+    )
 
 
 def _pair(f: linalg.LowRankFactors) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,10 +169,11 @@ def _write(section: str, result: dict[str, Any]) -> None:
     data[section] = result
     path.write_text(json.dumps(data, indent=2) + "\n")
     lines = ["# Compression benchmark", ""]
-    if "matrices" in data:
-        r = data["matrices"]
+    for section in sorted(k for k in data if k.startswith("matrices")):
+        r = data[section]
+        scaled = f" divided by {r['shrink']}" if r.get("shrink", 1) != 1 else ""
         lines += [
-            f"Per-matrix time at LLaMA-7B shapes, {r['ratio']:.0%} removal, {r['dtype']}, on {r['device']}.",
+            f"Per-matrix time at LLaMA-7B shapes{scaled}, {r['ratio']:.0%} removal, {r['dtype']}, on {r['device']} ({r.get('threads', '?')} threads).",
             "",
             "| factoriser | " + " | ".join(r["per_matrix"]) + " | per layer | 32 layers |",
             "|---" * (len(r["per_matrix"]) + 3) + "|",
@@ -167,6 +185,19 @@ def _write(section: str, result: dict[str, Any]) -> None:
                 + " | ".join(cells)
                 + f" | {r['per_layer_s'][name]:.2f} s | {r['llama7b_32_layers_s'][name] / 60:.1f} min |"
             )
+        pl = r["per_layer_s"]
+        if "duo-svd (ColumnPreserving part)" in pl and "svd-llm (Whitened part)" in pl:
+            ratios = [
+                r["per_matrix"][s]["duo-svd (ColumnPreserving part)"]["seconds"]
+                / r["per_matrix"][s]["svd-llm (Whitened part)"]["seconds"]
+                for s in r["per_matrix"]
+            ]
+            lines += [
+                "",
+                "Duo-SVD / SVD-LLM time per matrix (the registered parts): "
+                + ", ".join(f"{s} {x:.2f}x" for s, x in zip(r["per_matrix"], ratios, strict=True))
+                + f"; per layer {pl['duo-svd (ColumnPreserving part)'] / pl['svd-llm (Whitened part)']:.2f}x.",
+            ]
         lines.append("")
     if "methods" in data:
         r = data["methods"]
@@ -201,10 +232,12 @@ def main() -> None:
     p.add_argument("--ratios", default="0.2,0.4,0.6,0.8")
     args = p.parse_args()
     if args.matrices:
-        _write(
-            "matrices",
-            bench_matrices(torch.device(args.device), args.ratio, args.repeats, args.shrink),
-        )
+        device = torch.device(args.device)
+        # one section per device kind and scale, so a CPU run keeps the GPU's numbers
+        section = "matrices" if (device.type, args.shrink) == ("cuda", 1) else (
+            f"matrices-{device.type}-shrink{args.shrink}"
+        )  # fmt: skip
+        _write(section, bench_matrices(device, args.ratio, args.repeats, args.shrink))
     if args.methods:
         sens = {"fisher": args.fisher, "duo": args.sensitivity_duo, "asvd": args.sensitivity_asvd}
         _write(

@@ -89,6 +89,40 @@ def test_column_split_helps_when_the_residual_sits_in_a_few_columns():
     assert sum(p.numel() for p in module.parameters()) == out.params <= k * (m + n)
 
 
+@pytest.mark.parametrize("shape", [(48, 40), (40, 64)], ids=["tall", "wide"])
+@pytest.mark.parametrize("structured", [True, False], ids=["accepted", "rejected"])
+def test_column_split_reuses_the_whitener_and_svd_to_the_bit(shape, structured):
+    """The factoriser hands the split its (shared) whitener and the whitened SVD, and on a
+    rejected split returns the plain truncation from that SVD: the same bytes as computing
+    everything afresh (split, else SVD-LLM's truncation), with or without a whitener cache
+    holding a factor made for another matrix of the same group."""
+    from svdzoo.compression import WhitenerCache
+
+    g = torch.Generator().manual_seed(3)
+    (m, n), k = shape, 8
+    f64 = dict(generator=g, dtype=torch.float64)
+    W = torch.randn(m, k, **f64) @ torch.randn(k, n, **f64)
+    W += (5.0 if structured else 0.0) * torch.nn.functional.pad(
+        torch.randn(m, 4, **f64), (0, n - 4)
+    )
+    W += 0.05 * torch.randn(m, n, **f64)
+    X = torch.randn(n, 400, **f64)
+    H = X @ X.T
+    fresh = linalg.column_preserving_split(W, H, k)
+    if fresh is None:
+        fresh = linalg.truncate(W, linalg.cholesky_whitener(H), k)
+    assert isinstance(fresh, linalg.ColumnSplit) == structured
+    cache = WhitenerCache()
+    other = MatrixContext(name="y", layer=0, type="t", group="g", W=W[:5], H=H, whiteners=cache)
+    Whitened("cholesky")(other, 3)  # fills the group's whitener first
+    for ctx in (_ctx(W, H), MatrixContext(name="x", layer=0, type="t", group="g", W=W, H=H, whiteners=cache)):  # fmt: skip
+        out = ColumnPreserving()(ctx, k)
+        assert type(out) is type(fresh)
+        assert torch.equal(out.A, fresh.A) and torch.equal(out.B, fresh.B)
+        if structured:
+            assert torch.equal(out.kept_idx, fresh.kept_idx) and out.loss == fresh.loss
+
+
 def test_column_split_rejected_falls_back_to_plain():
     """An exactly rank-k weight has zero plain loss: nothing to gain, plain factors come back."""
     g = torch.Generator().manual_seed(1)

@@ -746,7 +746,14 @@ def _golden_int(f: Callable[[int], float], lo: int, hi: int) -> int:
 
 
 def column_preserving_split(
-    W: Tensor, H: Tensor, k: int, *, accept: float = 0.01, whitener: str = "cholesky"
+    W: Tensor,
+    H: Tensor,
+    k: int,
+    *,
+    accept: float = 0.01,
+    whitener: str = "cholesky",
+    S: Whitener | None = None,
+    svd: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> ColumnSplit | None:
     """Duo-SVD column-preserving factorisation, or None when it does not pay off.
 
@@ -761,12 +768,18 @@ def column_preserving_split(
        Gram the whitener represents), so the paper's criterion and the honest one agree.
     4. Golden-section search over integer `delta_r in [0, k]`; accept only if the error
        drops by more than `accept` (1%) relative to plain.
+
+    `S` (the `whitener` factorisation of `H`) and `svd` (`whitened_svd(W, S)`) skip
+    recomputing what the caller already has, e.g. a whitener shared by the matrices that
+    read the same input; when the split is rejected, `truncate(W, S, k, svd=svd)` is the
+    plain factorisation at no further cost.
     """
     W = _check_matrix(W)
     m, n = W.shape
     _check_rank(k, m, n)
     H = _check_gram(H, n).to(W.device)
-    base = truncate(W, _whitener(H, whitener), k)
+    S = _whitener(H, whitener) if S is None else S
+    base = truncate(W, S, k, svd=svd)
     f0 = math.sqrt(max(base.loss, 0.0))
     if k == 0:
         return None
@@ -799,7 +812,14 @@ def column_preserving_split(
     # G_R = G - W_K P_K^T - P_K W_K^T + W_K H_KK W_K^T with P = W H. No Cholesky, no
     # whitened product per step; otherwise (tall W, shifted or eigen whitening) each step
     # whitens the rest (truncation_loss).
-    direct = m <= n and whitener == "cholesky" and int(torch.linalg.cholesky_ex(H)[1]) == 0
+    # (a Cholesky whitener without fallback or shift is exactly a factor of H: H is PD)
+    direct = (
+        m <= n
+        and whitener == "cholesky"
+        and S.kind == "cholesky"
+        and S.fallback is None
+        and S.shift == 0.0
+    )
     if direct:
         P = W @ H
         G = P @ W.T

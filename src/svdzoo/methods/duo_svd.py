@@ -56,11 +56,14 @@ class ColumnPreserving:
 
     def __call__(self, ctx: MatrixContext, rank: int):
         ctx.require("H")
+        plain = Whitened(self.whitening)
+        S = plain.whitener_of(ctx)  # shared by the matrices that read the same input
+        svd = plain.svd_of(ctx, S)
         split = linalg.column_preserving_split(
-            ctx.W, ctx.H, rank, accept=self.accept, whitener=self.whitening
+            ctx.W, ctx.H, rank, accept=self.accept, whitener=self.whitening, S=S, svd=svd
         )
-        if split is None:  # the trade does not pay on this layer: plain whitened truncation
-            return Whitened(self.whitening)(ctx, rank)
+        if split is None:  # the trade does not pay on this layer: plain whitened truncation,
+            return linalg.truncate(ctx.W, S, rank, svd=svd)  # from the SVD the search made
         log.debug(
             "%s: kept %d columns, rank %d -> %d, loss %.4g -> %.4g",
             ctx.name,
