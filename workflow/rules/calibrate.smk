@@ -19,6 +19,7 @@ rule calibrate:
     conda:
         "../envs/svdzoo.yaml"
     threads: res("calibrate")["threads"]
+    priority: 90  # every compression waits for the Gram: start it as soon as the model exists
     resources:
         gpu=res("calibrate")["gpu"],
         mem_mb=res("calibrate")["mem_mb"],
@@ -77,6 +78,7 @@ rule sensitivity:
     conda:
         "../envs/svdzoo.yaml"
     threads: res("sensitivity")["threads"]
+    priority: 80  # the longest single jobs (KL / perplexity tables): on the critical path, start them first
     resources:
         gpu=res("sensitivity")["gpu"],
         mem_mb=res("sensitivity")["mem_mb"],
