@@ -356,3 +356,26 @@ def test_uniform_spreads_its_top_ups_over_the_layers():
         layers = sorted({i.layer for i in moved})
         assert layers != list(range(len(layers))) or len(layers) == 30, (target, layers)
         assert max(layers) >= 15, (target, layers)
+
+
+@pytest.mark.parametrize("target", [0.85, 0.9])
+def test_knapsack_beyond_the_tables_grid_shifts_the_smallest_options(target, caplog):
+    """A table whose smallest retained option is 0.2 (the default run's grid) cannot
+    express more than 80 % removed; on SmolLM2 at exactly 80 % the rounding of the
+    programme's units already excluded the all-0.2 choice and the default run failed.
+    The allocation takes every module's smallest option, warns that it is not the
+    table's, and fit_budget reaches the target; a target a grid does reach is left to
+    the knapsack."""
+    opts = [0.2, 0.4, 0.6, 0.8, 1.0]
+    cost, _ = _kl_costs()
+    cost = {n: {p: c for p, c in row.items() if p in opts} for n, row in cost.items()}
+    budget = math.floor((1 - target) * TOTAL)
+    with pytest.raises(AllocationError, match="smallest options need more"):
+        al.knapsack(INFOS, cost, budget)
+    with caplog.at_level("WARNING", logger="svdzoo.allocation"):
+        ranks = al.knapsack_allocation(INFOS, cost, target)
+    _ok(ranks, target)
+    assert "not the table's" in caplog.text
+    assert al.knapsack_or_floor(INFOS, cost, budget) == {i.name: 0.2 for i in INFOS}
+    roomy = math.floor(0.5 * TOTAL)
+    assert al.knapsack_or_floor(INFOS, cost, roomy) == al.knapsack(INFOS, cost, roomy)

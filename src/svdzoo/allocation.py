@@ -540,6 +540,34 @@ def knapsack(
     return {i.name: out[i.name] for i in infos}
 
 
+def knapsack_or_floor(
+    infos: list[MatrixInfo],
+    cost: Mapping[str, Mapping[float, float]],
+    budget_params: int,
+    *,
+    resolution: int = 8192,
+) -> dict[str, float]:
+    """`knapsack`, or, when no choice fits the budget (a target at or beyond the table's
+    grid, e.g. 80 % removed with retained options down to 0.2, where the rounding of the
+    programme's parameter units alone can exclude the all-smallest choice), every module
+    at its smallest option: the table then leaves no real choice, and
+    `fit_budget` shifts all ratios by one common amount to the target. Logged as a warning,
+    because the allocation is then uniform, not the table's."""
+    try:
+        return knapsack(infos, cost, budget_params, resolution=resolution)
+    except AllocationError:
+        floor = {i.name: min(p for p, _ in _options(cost, i.name)) for i in infos}
+        need = sum(_params_retained(i, floor[i.name]) for i in infos)
+        log.warning(
+            "the sensitivity table's grid does not reach this budget (%d parameters; its "
+            "smallest options keep %d): every module takes its smallest option and the "
+            "ratios are shifted uniformly, so the allocation is not the table's",
+            budget_params,
+            need,
+        )
+        return floor
+
+
 def knapsack_allocation(
     infos: list[MatrixInfo],
     cost: Mapping[str, Mapping[float, float]],
@@ -553,7 +581,9 @@ def knapsack_allocation(
     _check_infos(infos)
     target = _check_target(target)
     total = sum(i.params for i in infos)
-    retained = knapsack(infos, cost, math.floor((1.0 - target) * total), resolution=resolution)
+    retained = knapsack_or_floor(
+        infos, cost, math.floor((1.0 - target) * total), resolution=resolution
+    )
     ratios = {name: 1.0 - p for name, p in retained.items()}
     frozen = [name for name, r in ratios.items() if r <= 1e-12]
     return fit_budget(infos, ratios, target, rmax=max(rmax, max(ratios.values())), frozen=frozen)

@@ -141,7 +141,7 @@ class KnapsackKL:
         cost = self.costs(infos, ctx)
         total = sum(i.params for i in infos)
         budget = math.floor((1.0 - target) * total)
-        retained = allocation.knapsack(infos, cost, budget, resolution=self.resolution)
+        retained = allocation.knapsack_or_floor(infos, cost, budget, resolution=self.resolution)
         ranks = allocation.knapsack_allocation(infos, cost, target, resolution=self.resolution)
         grid_ratio = allocation.achieved_ratio(
             infos, allocation.ranks_for_retained(infos, retained)
