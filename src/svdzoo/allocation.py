@@ -46,6 +46,7 @@ __all__ = [
     "last_k_layers",
     "knapsack",
     "knapsack_allocation",
+    "fit_retained",
     "threshold_allocation",
 ]
 
@@ -584,6 +585,14 @@ def knapsack_allocation(
     retained = knapsack_or_floor(
         infos, cost, math.floor((1.0 - target) * total), resolution=resolution
     )
+    return fit_retained(infos, retained, target, rmax=rmax)
+
+
+def fit_retained(
+    infos: list[MatrixInfo], retained: Mapping[str, float], target: float, *, rmax: float = 0.95
+) -> dict[str, int]:
+    """Ranks for a knapsack's retained ratios, shifted by `fit_budget` to `target` (dense
+    choices stay dense). Lets a caller that keeps the knapsack's choice run it once."""
     ratios = {name: 1.0 - p for name, p in retained.items()}
     frozen = [name for name, r in ratios.items() if r <= 1e-12]
     return fit_budget(infos, ratios, target, rmax=max(rmax, max(ratios.values())), frozen=frozen)

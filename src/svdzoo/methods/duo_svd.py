@@ -142,7 +142,7 @@ class KnapsackKL:
         total = sum(i.params for i in infos)
         budget = math.floor((1.0 - target) * total)
         retained = allocation.knapsack_or_floor(infos, cost, budget, resolution=self.resolution)
-        ranks = allocation.knapsack_allocation(infos, cost, target, resolution=self.resolution)
+        ranks = allocation.fit_retained(infos, retained, target)
         grid_ratio = allocation.achieved_ratio(
             infos, allocation.ranks_for_retained(infos, retained)
         )
