@@ -39,6 +39,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from svdzoo.io import write_text
+
 OUT = Path(__file__).resolve().parent / "results"
 MODEL = "smollm2-135m"
 CORPORA = ("pydoc", "pysource")
@@ -199,9 +201,7 @@ def main() -> int:
             })  # fmt: skip
     df = pd.DataFrame(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_csv = args.out.with_suffix(".csv.tmp")
-    df.to_csv(tmp_csv, index=False)
-    tmp_csv.replace(args.out.with_suffix(".csv"))
+    write_text(args.out.with_suffix(".csv"), df.to_csv(index=False))
     worst = df[df.variant != "1-thread"].groupby("variant")[["ppl_rel_diff"]].max()
     text = (
         "# Real-model agreement under different CPU kernels\n\n"
@@ -216,9 +216,7 @@ def main() -> int:
         + worst.to_markdown(floatfmt=".2g")
         + "\n"
     )
-    tmp_md = args.out.with_suffix(".md.tmp")
-    tmp_md.write_text(text)
-    tmp_md.replace(args.out.with_suffix(".md"))
+    write_text(args.out.with_suffix(".md"), text)
     print(text)
     return 0
 
