@@ -395,6 +395,63 @@ def test_rest_truncation_loss_matches_whitening_the_rest():
         assert got == pytest.approx(want, rel=1e-9)
 
 
+@pytest.mark.parametrize("shape", [(48, 40), (40, 96), (72, 40), (64, 64)])
+@pytest.mark.parametrize("oversample", [0.0, 0.25])
+def test_ritz_split_search_matches_the_exact_one(shape, oversample):
+    """Issue 16's fast search gives the same split as solving every candidate in full, a
+    loss within 1e-6 of it, and reports the exact loss of the factors it returns (so it
+    can only be above the exact optimum, by Ky Fan, never below)."""
+    g = torch.Generator().manual_seed(sum(shape))
+    m, n = shape
+    f64 = dict(generator=g, dtype=F64)
+    W = torch.randn(m, n, **f64)
+    X = torch.randn(n, 4 * n, **f64)
+    X[torch.randperm(n, generator=g)[: n // 5]] *= 10.0  # outlier features: splits pay
+    H = X @ X.T
+    seen = 0
+    for k in (4, 6, min(m, n) // 2):
+        exact = linalg.column_preserving_split(W, H, k, search="exact", accept=0.0)
+        fast = linalg.column_preserving_split(
+            W, H, k, search="ritz", oversample=oversample, accept=0.0
+        )
+        assert (exact is None) == (fast is None)
+        if exact is None:
+            continue
+        seen += 1
+        assert fast.delta_r == exact.delta_r
+        assert torch.equal(fast.kept_idx, exact.kept_idx)
+        assert fast.loss == pytest.approx(exact.loss, rel=1e-6)
+        assert fast.loss >= exact.loss * (1 - 1e-9)
+        direct = float(((W - fast.product()) @ X).square().sum())
+        assert fast.loss == pytest.approx(direct, rel=1e-8)
+        assert _rel(fast.product(), exact.product()) < 1e-3
+    assert seen >= 1
+
+
+def test_split_search_is_refused_unless_known():
+    W, _, H = _outlier_data()
+    with pytest.raises(linalg.NumericsError, match="search"):
+        linalg.column_preserving_split(W, H, 6, search="fast")
+    with pytest.raises(linalg.NumericsError, match="oversample"):
+        linalg.column_preserving_split(W, H, 6, oversample=-1.0)
+
+
+def test_ritz_split_search_on_a_shifted_whitener_falls_back_to_exact():
+    """The fast search needs a Cholesky factor of `H` itself; a rank-deficient Gram is
+    factored shifted, so the exact search runs (same bytes as asking for it)."""
+    W, X, H = _outlier_data()
+    H = H.clone()
+    H[3, :] = 0.0
+    H[:, 3] = 0.0
+    S = linalg.cholesky_whitener(H)
+    assert S.shift > 0 or S.fallback is not None
+    a = linalg.column_preserving_split(W, H, 6, S=S, search="ritz")
+    b = linalg.column_preserving_split(W, H, 6, S=S, search="exact")
+    assert (a is None) == (b is None)
+    if a is not None:
+        assert torch.equal(a.A, b.A) and torch.equal(a.B, b.B)
+
+
 def test_column_split_rejected_when_it_cannot_help():
     g = torch.Generator().manual_seed(5)
     W = torch.randn(30, 6, generator=g, dtype=F64) @ torch.randn(6, 20, generator=g, dtype=F64)

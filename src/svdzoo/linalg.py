@@ -745,6 +745,97 @@ def _golden_int(f: Callable[[int], float], lo: int, hi: int) -> int:
     return min(cache, key=lambda x: (cache[x], x))
 
 
+class _RitzRest:
+    """The rest columns' whitened truncation in the whitened SVD's coordinates, solved in
+    a small subspace (Rayleigh-Ritz) when that is cheaper.
+
+    For kept columns `K` and the rest `R`, Duo-SVD truncates the rest under `H_RR`: its
+    optimum keeps the top eigenvectors of `G_R = W_R H_RR W_R^T`, and
+    `G_R = G - W_K P_K^T - P_K W_K^T + W_K H_KK W_K^T` with `P = W H` and
+    `G = W H W^T = U diag(lam) U^T` from the baseline's whitened SVD `W S = U Sigma V^T`.
+    Every column of `W` and `P` lies in the span of `U` (`S` is invertible), so in the
+    coordinates `W^ = U^T W`, `P^ = W^ H` the problem is `r x r` (`r = min(m, n)`):
+    `diag(lam)` changed by a term of rank `<= 2c`. Its leading eigenvectors lie, up to a
+    coupling bounded by `lam` past `d`, in the first `d = k + oversample` coordinates plus
+    the span of the kept columns' coordinates; so a `(d + 2c)`-sized eigenproblem replaces
+    the `r x r` one per probe, and the full one is solved whenever it is not larger.
+
+    What it returns is not an estimate: the top `kr` Ritz vectors `U_kr` give the factors
+    `A B = U_kr U_kr^T W_R`, whose loss `tr(G_R) - tr(U_kr^T G_R U_kr)` is exactly the loss
+    reported; it bounds the exact truncation's from above (Ky Fan), tight to the
+    coupling's square (tests and `bench_compress.py` compare it with `search="exact"`).
+    """
+
+    def __init__(
+        self, W: Tensor, H: Tensor, U: Tensor, sigma: Tensor, d: int, order: Tensor
+    ) -> None:
+        self.W, self.H, self.U, self.order = W, H, U, order
+        self.lam = sigma.square()
+        self.tr_g = float(self.lam.sum())
+        self.d = d
+        # the kept columns are always a prefix of `order`: their coordinates are computed
+        # once, as far as the search reaches (never the whole `U^T W` or `U^T W H`)
+        self.Wc = W.new_zeros(U.shape[1], 0)
+        self.Pc = W.new_zeros(U.shape[1], 0)
+
+    def _coordinates(self, c: int) -> tuple[Tensor, Tensor]:
+        have = self.Wc.shape[1]
+        if c > have:
+            new = self.order[have:c]
+            wc = self.U.T @ self.W.index_select(1, new)
+            pc = self.U.T @ (self.W @ self.H.index_select(1, new))
+            self.Wc, self.Pc = torch.cat([self.Wc, wc], 1), torch.cat([self.Pc, pc], 1)
+        return self.Wc[:, :c], self.Pc[:, :c]
+
+    def _problem(self, c: int) -> tuple[Tensor | None, Tensor, float]:
+        """`(V, V^T G_R V, tr G_R)` in the coordinates for the top `c` columns kept; `V`
+        None means the full space."""
+        a, b = self._coordinates(c)
+        kept = self.order[:c]
+        HKK = self.H.index_select(0, kept).index_select(1, kept)
+        tr = self.tr_g - 2.0 * float((a * b).sum()) + float(((a @ HKK) * a).sum())
+        r, d = self.lam.numel(), self.d
+        V = None
+        if d + 2 * a.shape[1] < r:
+            Uz, sz, _ = torch.linalg.svd(torch.cat([a[d:], b[d:]], 1), full_matrices=False)
+            tol = (float(sz[0]) if sz.numel() else 0.0) * max(Uz.shape) * torch.finfo(F64).eps
+            Y = Uz[:, sz > tol]  # orthonormal, in the coordinates past d
+            a = torch.cat([a[:d], Y.T @ a[d:]], 0)
+            b = torch.cat([b[:d], Y.T @ b[d:]], 0)
+            V = Y
+        T = a @ HKK @ a.T - a @ b.T - b @ a.T
+        if V is None:
+            T.diagonal().add_(self.lam)
+        else:
+            T.diagonal()[:d] += self.lam[:d]
+            T[d:, d:] += (V.T * self.lam[d:]) @ V
+        return V, 0.5 * (T + T.T), tr
+
+    def loss(self, c: int, kr: int) -> float:
+        _, T, tr = self._problem(c)
+        top = torch.linalg.eigvalsh(T).flip(0)[:kr].clamp_min(0)
+        return max(tr - float(top.sum()), 0.0)
+
+    def factors(self, c: int, rest: Tensor, kr: int) -> tuple[Tensor, Tensor, float]:
+        """`(A, B, loss)` for the rest columns, split like `truncate` (`A = U_kr sqrt(s)`,
+        `B = s^{-1/2} U_kr^T W_R`, which is `sqrt(s) V^T S_R^+` of the whitened SVD)."""
+        V, T, tr = self._problem(c)
+        mu, E = torch.linalg.eigh(T)
+        mu, E = mu.flip(0)[:kr].clamp_min(0), E.flip(1)[:, :kr]
+        if V is not None:  # back from the Ritz basis to the coordinates
+            E = torch.cat([E[: self.d], V @ E[self.d :]], 0)
+        r = mu.sqrt().sqrt()  # the square roots of the singular values
+        safe = torch.where(r > 0, r, torch.ones_like(r))
+        Uk = self.U @ E
+        A = Uk * r
+        B = (Uk.T @ self.W.index_select(1, rest)) / safe[:, None]
+        B = torch.where(r[:, None] > 0, B, torch.zeros_like(B))
+        return A, B, max(tr - float(mu.sum()), 0.0)
+
+
+SEARCHES = ("ritz", "exact")
+
+
 def column_preserving_split(
     W: Tensor,
     H: Tensor,
@@ -754,6 +845,8 @@ def column_preserving_split(
     whitener: str = "cholesky",
     S: Whitener | None = None,
     svd: tuple[Tensor, Tensor, Tensor] | None = None,
+    search: str = "ritz",
+    oversample: float = 0.25,
 ) -> ColumnSplit | None:
     """Duo-SVD column-preserving factorisation, or None when it does not pay off.
 
@@ -773,12 +866,26 @@ def column_preserving_split(
     recomputing what the caller already has, e.g. a whitener shared by the matrices that
     read the same input; when the split is rejected, `truncate(W, S, k, svd=svd)` is the
     plain factorisation at no further cost.
+
+    `search`: how each candidate's rest truncation is solved.
+      - `ritz` (default): in the subspace of the `k + max(8, oversample k)` leading
+        whitened directions and the kept columns' span (`_RitzRest`), from the whitened SVD
+        of the baseline; the loss reported is the returned factors' exact loss. Needs a
+        Cholesky factor of `H` itself (no shift, no fallback); otherwise `exact` is used.
+      - `exact`: an eigen- or singular-value solve of the full rest problem per candidate,
+        and a fresh whitening of the rest for the chosen one (the reference the tests and
+        `bench_compress.py` compare against).
     """
+    if search not in SEARCHES:
+        raise NumericsError(f"unknown split search {search!r}; use one of {SEARCHES}")
+    if not oversample >= 0:
+        raise NumericsError(f"oversample must be >= 0, got {oversample}")
     W = _check_matrix(W)
     m, n = W.shape
     _check_rank(k, m, n)
     H = _check_gram(H, n).to(W.device)
     S = _whitener(H, whitener) if S is None else S
+    svd = whitened_svd(W, S) if svd is None else svd
     base = truncate(W, S, k, svd=svd)
     f0 = math.sqrt(max(base.loss, 0.0))
     if k == 0:
@@ -798,28 +905,34 @@ def column_preserving_split(
     def rest_whitener(rest: Tensor) -> Whitener:
         return _whitener(H.index_select(0, rest).index_select(1, rest), whitener)
 
-    def fit(dr: int) -> tuple[float, Tensor, Tensor, LowRankFactors | None, int]:
+    # (a Cholesky whitener without fallback or shift is exactly a factor of H: H is PD)
+    exact_factor = (
+        whitener == "cholesky" and S.kind == "cholesky" and S.fallback is None and S.shift == 0.0
+    )
+    ritz = None
+    if search == "ritz" and exact_factor:
+        U, sigma = svd[0], svd[1]
+        d = min(int(sigma.numel()), k + max(8, math.ceil(oversample * k)))
+        ritz = _RitzRest(W, H, U, sigma, d, order)
+
+    def fit(dr: int) -> tuple[float, Tensor, Tensor, tuple[Tensor, Tensor] | None, int]:
         c, kr, kept, rest = split(dr)
         if rest.numel() == 0:
             return 0.0, kept, rest, None, c
+        if ritz is not None:
+            A, B, loss = ritz.factors(c, rest, kr)
+            return math.sqrt(loss), kept, rest, (A, B), c
         fac = truncate(W.index_select(1, rest), rest_whitener(rest), kr)
-        return math.sqrt(max(fac.loss, 0.0)), kept, rest, fac, c
+        return math.sqrt(max(fac.loss, 0.0)), kept, rest, (fac.A, fac.B), c
 
-    # The search needs only the error, sum_{i>kr} lambda_i of W_R H_RR W_R^T (R: the rest),
+    # search="exact": the search needs only the error, sum_{i>kr} lambda_i of W_R H_RR W_R^T (R: the rest),
     # which is the whitened Gram `(W_R L)(W_R L)^T` whenever `L L^T = H_RR` exactly. For a
     # wide-or-square W with a positive definite H (every H_RR then factors unshifted) it
     # comes from one m x m product made once, corrected for the few kept columns K:
     # G_R = G - W_K P_K^T - P_K W_K^T + W_K H_KK W_K^T with P = W H. No Cholesky, no
     # whitened product per step; otherwise (tall W, shifted or eigen whitening) each step
     # whitens the rest (truncation_loss).
-    # (a Cholesky whitener without fallback or shift is exactly a factor of H: H is PD)
-    direct = (
-        m <= n
-        and whitener == "cholesky"
-        and S.kind == "cholesky"
-        and S.fallback is None
-        and S.shift == 0.0
-    )
+    direct = ritz is None and m <= n and exact_factor
     if direct:
         P = W @ H
         G = P @ W.T
@@ -830,6 +943,8 @@ def column_preserving_split(
         _, kr, kept, rest = split(dr)
         if rest.numel() == 0:
             return 0.0
+        if ritz is not None:
+            return math.sqrt(ritz.loss(column_counts(m, n, k, dr)[0], kr))
         if not direct:
             return math.sqrt(truncation_loss(W.index_select(1, rest), rest_whitener(rest), kr))
         return math.sqrt(rest_truncation_loss(W, H, P, G, kept, kr))
@@ -845,7 +960,7 @@ def column_preserving_split(
         A = torch.zeros(m, 0, dtype=F64, device=W.device)
         B = torch.zeros(0, 0, dtype=F64, device=W.device)
     else:
-        A, B = fac.A, fac.B
+        A, B = fac
     params = c * m + A.shape[1] * (m + rest.numel())
     assert params <= k * (m + n)
     return ColumnSplit(

@@ -53,6 +53,16 @@ class ColumnPreserving:
 
     accept: float = 0.01
     whitening: str = "cholesky"
+    search: str = "ritz"  # or "exact" (linalg.column_preserving_split)
+    oversample: float = 0.25
+
+    def __post_init__(self) -> None:  # refused when configured, before any compute
+        if self.search not in linalg.SEARCHES:
+            raise ConfigError(f"search must be one of {linalg.SEARCHES}, got {self.search!r}")
+        if self.whitening not in ("cholesky", "eigen"):
+            raise ConfigError(f"whitening must be 'cholesky' or 'eigen', got {self.whitening!r}")
+        if not float(self.oversample) >= 0:
+            raise ConfigError(f"oversample must be >= 0, got {self.oversample!r}")
 
     def __call__(self, ctx: MatrixContext, rank: int):
         ctx.require("H")
@@ -60,7 +70,15 @@ class ColumnPreserving:
         S = plain.whitener_of(ctx)  # shared by the matrices that read the same input
         svd = plain.svd_of(ctx, S)
         split = linalg.column_preserving_split(
-            ctx.W, ctx.H, rank, accept=self.accept, whitener=self.whitening, S=S, svd=svd
+            ctx.W,
+            ctx.H,
+            rank,
+            accept=self.accept,
+            whitener=self.whitening,
+            S=S,
+            svd=svd,
+            search=self.search,
+            oversample=float(self.oversample),
         )
         if split is None:  # the trade does not pay on this layer: plain whitened truncation,
             return linalg.truncate(ctx.W, S, rank, svd=svd)  # from the SVD the search made
