@@ -37,8 +37,10 @@ def _run(llama, method, ratio, options):
 CASES = [
     ("asvd-uniform", 0.4, "alpha", 1.0),
     ("svd-llm", 0.4, "whitening", "eigen"),
+    ("svd-llm", 0.4, "precision", "float32"),
     ("svd-llm-v2", 0.4, "rmax", 0.45),
     ("duo-svd-columns", 0.4, "accept", 0.9),
+    ("duo-svd-columns", 0.4, "search", "exact"),
     ("adasvd-comp", 0.4, "tau", 0),
     ("adasvd-cr", 0.4, "mrr_fraction", 0.0),
     ("adasvd-cr", 0.4, "mrr", 0.1),
@@ -80,3 +82,27 @@ def test_an_option_the_method_does_not_take_is_refused_before_compute(llama, met
     assert all(
         isinstance(mod, torch.nn.Linear) for n, mod in m.named_modules() if n.endswith("proj")
     )
+
+
+@pytest.mark.parametrize(
+    "method,options,match",
+    [
+        ("svd-llm", {"precision": "float16"}, "precision"),
+        ("duo-svd-columns", {"search": "fast"}, "search"),
+        ("duo-svd-columns", {"oversample": -1}, "oversample"),
+    ],
+)
+def test_a_bad_option_value_is_refused_before_compute(llama, method, options, match):
+    model, tok, stats = llama
+    m = copy.deepcopy(model)
+    with pytest.raises(ConfigError, match=match):
+        compress(m, method, 0.4, stats=Statistics(gram=stats), tokenizer=tok, options=options)
+    assert all(
+        isinstance(mod, torch.nn.Linear) for n, mod in m.named_modules() if n.endswith("proj")
+    )
+
+
+def test_the_manifest_records_the_factorisation_precision(llama):
+    assert _run(llama, "svd-llm", 0.4, {})[0]["precision"] == "float64"
+    man, _ = _run(llama, "svd-llm", 0.4, {"precision": "float32"})
+    assert man["precision"] == "float32" and man["options"]["precision"] == "float32"

@@ -360,6 +360,8 @@ def compress(
         "compression_time_s": elapsed,
         "allocation": actx.report,
         "options": {k: v for k, v in opts.items() if isinstance(v, int | float | str | bool)},
+        # the factorisation's arithmetic (only `Whitened` offers float32 SVDs)
+        "precision": getattr(method.factoriser, "precision", "float64"),
         "base_fingerprint": model_fp,
         "family": adapter.name,
         "svdzoo_version": __version__,

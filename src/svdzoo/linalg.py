@@ -306,21 +306,38 @@ class LowRankFactors:
         return self.A @ self.B
 
 
-def whitened_svd(W: Tensor, whitener: Whitener) -> tuple[Tensor, Tensor, Tensor]:
-    """Thin SVD of `W S`: `(U, sigma, Vh)`, sigma descending."""
+PRECISIONS = ("float64", "float32")
+
+
+def _svd_dtype(precision: str) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise NumericsError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+    return F64 if precision == "float64" else torch.float32
+
+
+def whitened_svd(
+    W: Tensor, whitener: Whitener, precision: str = "float64"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD of `W S`: `(U, sigma, Vh)`, sigma descending, returned in float64.
+
+    `precision="float32"` runs only the SVD in float32 (the cost; several times faster on
+    GPUs, ~2x on CPUs); the whitening factor, `W S` and everything after the SVD (the
+    back-substitution through `S`) stay in float64, where round-off would be amplified."""
     W = _check_matrix(W)
     if W.shape[1] != whitener.n:
         raise NumericsError(f"W has {W.shape[1]} inputs but the whitener is for {whitener.n}")
-    return torch.linalg.svd(whitener.apply(W), full_matrices=False)
+    dtype = _svd_dtype(precision)
+    U, s, Vh = torch.linalg.svd(whitener.apply(W).to(dtype), full_matrices=False)
+    return U.to(F64), s.to(F64), Vh.to(F64)
 
 
-def whitened_spectrum(W: Tensor, whitener: Whitener) -> Tensor:
+def whitened_spectrum(W: Tensor, whitener: Whitener, precision: str = "float64") -> Tensor:
     """The singular values of `W S` only (descending): what allocators read, at a fraction
     of a full SVD's cost."""
     W = _check_matrix(W)
     if W.shape[1] != whitener.n:
         raise NumericsError(f"W has {W.shape[1]} inputs but the whitener is for {whitener.n}")
-    return torch.linalg.svdvals(whitener.apply(W))
+    return torch.linalg.svdvals(whitener.apply(W).to(_svd_dtype(precision))).to(F64)
 
 
 def _split(U: Tensor, sigma: Tensor, Vh: Tensor, k: int) -> tuple[Tensor, Tensor]:

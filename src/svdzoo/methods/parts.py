@@ -62,6 +62,15 @@ class Whitened:
     """SVD-LLM (cholesky) or SVD-LLM V2 loss-optimised truncation (eigen)."""
 
     whitening: str = "cholesky"
+    precision: str = "float64"  # or "float32": the SVD only (linalg.whitened_svd)
+
+    def __post_init__(self) -> None:  # refused when configured, before any compute
+        if self.whitening not in ("cholesky", "eigen"):
+            raise ConfigError(f"whitening must be 'cholesky' or 'eigen', got {self.whitening!r}")
+        if self.precision not in linalg.PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {linalg.PRECISIONS}, got {self.precision!r}"
+            )
 
     def whitener(self, H: torch.Tensor):
         if self.whitening == "cholesky":
@@ -83,9 +92,10 @@ class Whitened:
         """`whitened_svd(W, S)`, once per matrix when the context carries an SVD cache."""
         whitener = self.whitener_of(ctx) if whitener is None else whitener
         if ctx.svds is None:
-            return linalg.whitened_svd(ctx.W, whitener)
+            return linalg.whitened_svd(ctx.W, whitener, self.precision)
         return ctx.svds.get(
-            (self.whitening, ctx.name), lambda: linalg.whitened_svd(ctx.W, whitener)
+            (self.whitening, self.precision, ctx.name),
+            lambda: linalg.whitened_svd(ctx.W, whitener, self.precision),
         )
 
     def __call__(self, ctx: MatrixContext, rank: int):
@@ -97,7 +107,7 @@ class Whitened:
         for the factorisation that follows); without one, only the values."""
         if ctx.svds is not None:
             return self.svd_of(ctx)[1]
-        return linalg.whitened_spectrum(ctx.W, self.whitener_of(ctx))
+        return linalg.whitened_spectrum(ctx.W, self.whitener_of(ctx), self.precision)
 
 
 @dataclass(frozen=True)
