@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from svdzoo import linalg  # noqa: E402
 from svdzoo.compression import WhitenerCache  # noqa: E402
+from svdzoo.io import write_text  # noqa: E402
 from svdzoo.methods.base import MatrixContext  # noqa: E402
 from svdzoo.methods.duo_svd import ColumnPreserving  # noqa: E402
 from svdzoo.methods.parts import Whitened  # noqa: E402
@@ -64,6 +65,7 @@ def bench_matrices(
 ) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     out: dict[str, Any] = {}
+    checks: dict[str, Any] = {}
     for label, (m, n) in SHAPES.items():
         m, n = m // shrink, n // shrink
         W = (torch.randn(m, n, generator=gen, dtype=torch.float64) / n**0.5).to(device)
@@ -83,16 +85,23 @@ def bench_matrices(
                 W, *_pair(linalg.compensated_truncate(W, H, H, k)), H, H, iters=1
             ),
             "duo-svd (column split)": lambda W=W, H=H, k=k: linalg.column_preserving_split(W, H, k),
+            "duo-svd (column split, exact search)": lambda W=W, H=H, k=k: (
+                linalg.column_preserving_split(W, H, k, search="exact")
+            ),
             # the registered factorisers as `compress` calls them: a whitener cache per input
             # group, Duo-SVD's split reusing the whitened SVD (plain truncation when rejected)
             "svd-llm (Whitened part)": lambda W=W, H=H, k=k: Whitened("cholesky")(_ctx(W, H), k),
+            "svd-llm (Whitened part, float32 SVD)": lambda W=W, H=H, k=k: Whitened(
+                "cholesky", "float32"
+            )(_ctx(W, H), k),
             "duo-svd (ColumnPreserving part)": lambda W=W, H=H, k=k: ColumnPreserving()(
                 _ctx(W, H), k
             ),
         }
         rows = {}
+        results = {}
         for name, fn in cases.items():
-            fn()  # warm-up (cuSOLVER handles, allocator)
+            results[name] = fn()  # warm-up (cuSOLVER handles, allocator)
             _sync(device)
             times = []
             for _ in range(repeats):
@@ -103,6 +112,8 @@ def bench_matrices(
             rows[name] = {"seconds": min(times), "rank": k}
             print(f"{label:<18} {name:<26} {min(times):8.3f} s", flush=True)
         out[label] = rows
+        checks[label] = _same_result(W, H, results)
+        print(f"{label:<18} {checks[label]}", flush=True)
     per_layer = {
         name: sum(out[label][name]["seconds"] * cnt for label, cnt in PER_LAYER.items())
         for name in out["square 4096x4096"]
@@ -116,9 +127,32 @@ def bench_matrices(
         "threads": torch.get_num_threads(),
         "dtype": "float64",
         "per_matrix": out,
+        "checks": checks,
         "per_layer_s": per_layer,
         "llama7b_32_layers_s": {k: v * 32 for k, v in per_layer.items()},
     }
+
+
+def _same_result(W: torch.Tensor, H: torch.Tensor, results: dict[str, Any]) -> dict[str, Any]:
+    """Issue 16's conditions, on this run's own outputs: the fast split search picks the
+    exact search's split with a loss within 0.1 %, and the float32 SVD's factors have a
+    float64 layer loss within 0.1 % of the float64 factors'."""
+    fast = results["duo-svd (column split)"]
+    exact = results["duo-svd (column split, exact search)"]
+    out: dict[str, Any] = {"split_accepted": exact is not None}
+    if fast is None or exact is None:
+        out["same_split"] = (fast is None) == (exact is None)
+    else:
+        out["same_split"] = bool(
+            fast.delta_r == exact.delta_r and torch.equal(fast.kept_idx, exact.kept_idx)
+        )
+        out["delta_r"] = int(exact.delta_r)
+        out["split_loss_rel_diff"] = fast.loss / exact.loss - 1 if exact.loss > 0 else 0.0
+    f64 = results["svd-llm (Whitened part)"]
+    f32 = results["svd-llm (Whitened part, float32 SVD)"]
+    l64 = linalg.layer_loss(W, f64.A, f64.B, H)
+    out["float32_loss_rel_diff"] = linalg.layer_loss(W, f32.A, f32.B, H) / l64 - 1
+    return out
 
 
 def _ctx(W: torch.Tensor, H: torch.Tensor) -> MatrixContext:
@@ -167,7 +201,7 @@ def _write(section: str, result: dict[str, Any]) -> None:
     path = RESULTS / "compress.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data[section] = result
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    write_text(path, json.dumps(data, indent=2) + "\n")
     lines = ["# Compression benchmark", ""]
     for section in sorted(k for k in data if k.startswith("matrices")):
         r = data[section]
@@ -198,6 +232,18 @@ def _write(section: str, result: dict[str, Any]) -> None:
                 + ", ".join(f"{s} {x:.2f}x" for s, x in zip(r["per_matrix"], ratios, strict=True))
                 + f"; per layer {pl['duo-svd (ColumnPreserving part)'] / pl['svd-llm (Whitened part)']:.2f}x.",
             ]
+        if r.get("checks"):
+            lines.append("")
+        for shape, c in r.get("checks", {}).items():
+            split = (
+                "no split accepted by either search"
+                if not c["split_accepted"]
+                else f"split delta_r {c.get('delta_r')}, loss {c.get('split_loss_rel_diff', float('nan')):+.1e} vs exact"
+            )
+            lines.append(
+                f"- {shape}: fast search {'same split as' if c['same_split'] else 'DIFFERENT split from'} "
+                f"the exact search ({split}); float32 SVD layer loss {c['float32_loss_rel_diff']:+.1e} vs float64."
+            )
         lines.append("")
     if "methods" in data:
         r = data["methods"]
@@ -211,7 +257,7 @@ def _write(section: str, result: dict[str, Any]) -> None:
             f"| {x['method']} | {x['ratio']:.2f} | {x['seconds']:.2f} | {x['achieved_ratio']:.4f} |"
             for x in r["rows"]
         ]
-    (RESULTS / "compress.md").write_text("\n".join(lines) + "\n")
+    write_text(RESULTS / "compress.md", "\n".join(lines) + "\n")
 
 
 def main() -> None:
