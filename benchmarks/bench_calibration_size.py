@@ -3,8 +3,9 @@
 The papers calibrate on 256 x 2048 tokens; a 2-core default run cannot. Methods that fit
 compensation to the calibration data (AdaSVD) may overfit a small set where plain
 whitening (SVD-LLM) does not, so the default size is chosen from this curve: for each
-number of calibration windows (seqlen fixed), calibrate, compress with each method at
-each ratio, and measure held-out perplexity on both offline corpora. Writes
+calibration size (`--sizes NxL`: N windows of L tokens; or `--nsamples` at `--seqlen`),
+calibrate, compress with each method at each ratio, and measure held-out perplexity on both
+offline corpora (windows of `--seqlen` tokens, whatever the calibration length). Writes
 
     benchmarks/results/calibration-size.csv   one row per nsamples x method x ratio x corpus
     benchmarks/results/calibration-size.md    the table quoted in docs/results.md
@@ -44,6 +45,22 @@ OUT = Path(__file__).resolve().parent / "results" / "calibration-size"
 CORPORA = ("pydoc", "pysource")
 
 
+def sizes(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """`(nsamples, seqlen)` pairs from `--sizes NxL ...`, else `--nsamples` at `--seqlen`."""
+    if not args.sizes:
+        return [(n, args.seqlen) for n in args.nsamples]
+    out = []
+    for spec in args.sizes:
+        try:
+            n, length = (int(x) for x in spec.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"--sizes: {spec!r} is not NxL (e.g. 128x512)") from None
+        if n < 1 or length < 1:
+            raise SystemExit(f"--sizes: {spec!r} needs positive N and L")
+        out.append((n, length))
+    return out
+
+
 def run(args: argparse.Namespace) -> pd.DataFrame:
     tok = load_tokenizer(args.model)
     windows = {
@@ -51,16 +68,16 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     }
     dense = load_model(args.model)
     rows = [
-        {"nsamples": 0, "tokens": 0, "method": "dense", "ratio": 0.0, "corpus": c,
+        {"nsamples": 0, "seqlen": 0, "size": "-", "tokens": 0, "method": "dense", "ratio": 0.0, "corpus": c,
          "ppl": perplexity(dense, w, batch_size=args.batch_size), "compress_s": 0.0}
         for c, w in windows.items()
     ]  # fmt: skip
     sensitivity = {}
     if args.sensitivity_duo is not None:
         sensitivity["duo"] = load_sensitivity(args.sensitivity_duo, kind="duo")
-    for n in args.nsamples:
+    for n, length in sizes(args):
         gram = calibrate(
-            dense, tok, corpus=args.corpus, nsamples=n, seqlen=args.seqlen, seed=args.seed,
+            dense, tok, corpus=args.corpus, nsamples=n, seqlen=length, seed=args.seed,
             model_id=str(args.model), progress=False,
         )  # fmt: skip
         for method in args.methods:
@@ -75,10 +92,14 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                 for c, w in windows.items():
                     ppl = perplexity(model, w, batch_size=args.batch_size)
                     rows.append(
-                        {"nsamples": n, "tokens": n * args.seqlen, "method": method,
-                         "ratio": ratio, "corpus": c, "ppl": ppl, "compress_s": took}
+                        {"nsamples": n, "seqlen": length, "size": f"{n}x{length}",
+                         "tokens": n * length, "method": method, "ratio": ratio, "corpus": c,
+                         "ppl": ppl, "compress_s": took}
                     )  # fmt: skip
-                    print(f"n={n} {method} r={ratio} {c}: ppl {ppl:.2f} ({took:.0f} s)", flush=True)
+                    print(
+                        f"{n}x{length} {method} r={ratio} {c}: ppl {ppl:.2f} ({took:.0f} s)",
+                        flush=True,
+                    )
     return pd.DataFrame(rows)
 
 
@@ -121,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seqlen", type=int, default=256)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--nsamples", type=int, nargs="+", default=[8, 16, 32, 64])
+    ap.add_argument(
+        "--sizes", nargs="+", default=None,
+        help="calibration sizes as NxL (windows x tokens), e.g. 32x256 128x256 128x512; "
+        "overrides --nsamples",
+    )  # fmt: skip
     ap.add_argument("--methods", nargs="+", default=["svd-llm", "adasvd"])
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.4])
     ap.add_argument("--eval-windows", type=int, default=16)
@@ -145,16 +171,25 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_path(args.out.with_suffix(".csv")) as tmp:
         df.to_csv(tmp, index=False)
     figure(df, args.out.with_suffix(".png"))
-    table = df.pivot_table(index=["method", "ratio", "corpus"], columns="tokens", values="ppl")
+    cells = df[df.method != "dense"]
+    order = cells.drop_duplicates("size").sort_values(["tokens", "seqlen"])["size"].tolist()
+    table = cells.pivot_table(index=["method", "ratio", "corpus"], columns="size", values="ppl")
+    table = table[order]
+    table.columns = [f"{c} ({int(c.split('x')[0]) * int(c.split('x')[1]):,} tokens)" for c in order]
+    cost = cells.pivot_table(index=["method", "ratio"], columns="size", values="compress_s")[order]
     text = [
         "# Calibration size on the real model",
         "",
-        f"`{args.model.name}`, calibration on `{args.corpus}` (seqlen {args.seqlen}, seed "
+        f"`{args.model.name}`, calibration on `{args.corpus}` (seed "
         f"{args.seed}), perplexity on {args.eval_windows} test windows of {args.seqlen} tokens"
-        f" per corpus; columns are calibration tokens. `python {Path(__file__).name}` on "
+        f" per corpus; columns are calibration windows x tokens. `python {Path(__file__).name}` on "
         f"{platform.platform()}, {os.cpu_count()} CPUs, {wall:.0f} s.",
         "",
         table.to_markdown(floatfmt=".2f"),
+        "",
+        "Compression time (s, CPU, including the sequential methods' calibration passes):",
+        "",
+        cost.to_markdown(floatfmt=".0f"),
         "",
         f"Dense: {', '.join(f'{r.corpus} {r.ppl:.2f}' for r in df[df.method == 'dense'].itertuples())}.",
         "",
