@@ -11,6 +11,7 @@ temporary copy of the workflow files (no mocks).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -462,6 +463,17 @@ def test_snakemake_outputs_are_dvc_tracked(tmp_path):
     new = {f"compress-{m}@tiny-0.60" for m in params["methods"]}
     new |= {f"evaluate@tiny-{m}-0.60" for m in params["methods"]}
     assert ran == {"params", "report"} | new, sorted(ran)
+    # a run that left a stage incomplete: every other stage is committed, that one is left
+    # to dvc repro (the per-stage path; a complete run is committed in one call)
+    shutil.rmtree(ws / "results/metrics/tiny/fwsvd/r0.60")
+    (ws / "dvc.lock").unlink()
+    code = "import json; from svdzoo.dvc_track import commit_outputs as c; print('COMMITTED=' + json.dumps(c('params.yaml')))"
+    out = run(ws, sys.executable, "-c", code)
+    line = next(x for x in out.splitlines() if x.startswith("COMMITTED="))
+    done = json.loads(line.removeprefix("COMMITTED="))
+    assert "evaluate@tiny-fwsvd-0.60" not in done and len(done) > 10, done
+    out = run(ws, dvc, "status")
+    assert "evaluate@tiny-fwsvd-0.60" in out and "compress-fwsvd@tiny-0.60" not in out, out
 
 
 # ---------------------------------------------------------------- faults
