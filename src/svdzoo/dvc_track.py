@@ -47,8 +47,9 @@ def commit_outputs(params_file: str | Path, project: str | Path = ".") -> list[s
         done = [s.addressing for s in stages
                 if all(Path(p.fs_path).exists() for p in [*s.deps, *s.outs])]  # fmt: skip
         if len(done) == len(stages):
-            # one commit writes dvc.lock once: 11 s for the default run's 144 stages,
-            # against 3.5 min for one commit (and one lock rewrite) per stage
+            # one commit writes dvc.lock once: for the default run's 144 stages 81 s with
+            # every output (12 GB) hashed afresh, against 3.5 min for one commit (and
+            # one lock rewrite) per stage
             repo.commit(None, force=True)
         else:
             for stage in stages:
