@@ -100,7 +100,14 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                         f"{n}x{length} {method} r={ratio} {c}: ppl {ppl:.2f} ({took:.0f} s)",
                         flush=True,
                     )
+                save_csv(pd.DataFrame(rows), args.out)  # what is done survives a cut-off run
     return pd.DataFrame(rows)
+
+
+def save_csv(df: pd.DataFrame, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def figure(df: pd.DataFrame, path: Path) -> None:
@@ -158,18 +165,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--from-csv", type=Path, default=None,
+        help="rebuild the table and figure from this script's CSV (e.g. a cut-off run's)",
+    )  # fmt: skip
+    ap.add_argument("--note", default="", help="a line about how the numbers were made")
     args = ap.parse_args(argv)
-    if not (args.model / "config.json").is_file():
+    if args.from_csv is None and not (args.model / "config.json").is_file():
         raise SystemExit(f"{args.model}: no model there; run `svdzoo fetch-model` or the workflow")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    t0 = time.perf_counter()
-    df = run(args)
-    wall = time.perf_counter() - t0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out.with_suffix(".csv")) as tmp:
-        df.to_csv(tmp, index=False)
+    if args.from_csv is not None:
+        df, how = pd.read_csv(args.from_csv), f"rebuilt from `{args.from_csv.name}`"
+    else:
+        t0 = time.perf_counter()
+        df = run(args)
+        how = f"{time.perf_counter() - t0:.0f} s"
+    save_csv(df, args.out)
     figure(df, args.out.with_suffix(".png"))
     cells = df[df.method != "dense"]
     order = cells.drop_duplicates("size").sort_values(["tokens", "seqlen"])["size"].tolist()
@@ -183,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         f"`{args.model.name}`, calibration on `{args.corpus}` (seed "
         f"{args.seed}), perplexity on {args.eval_windows} test windows of {args.seqlen} tokens"
         f" per corpus; columns are calibration windows x tokens. `python {Path(__file__).name}` on "
-        f"{platform.platform()}, {os.cpu_count()} CPUs, {wall:.0f} s.",
+        f"{platform.platform()}, {os.cpu_count()} CPUs, {how}."
+        + (f" {args.note}" if args.note else ""),
         "",
         table.to_markdown(floatfmt=".2f"),
         "",
