@@ -85,8 +85,8 @@ def bench_matrices(
                 W, *_pair(linalg.compensated_truncate(W, H, H, k)), H, H, iters=1
             ),
             "duo-svd (column split)": lambda W=W, H=H, k=k: linalg.column_preserving_split(W, H, k),
-            "duo-svd (column split, exact search)": lambda W=W, H=H, k=k: (
-                linalg.column_preserving_split(W, H, k, search="exact")
+            "duo-svd (column split, ritz search)": lambda W=W, H=H, k=k: (
+                linalg.column_preserving_split(W, H, k, search="ritz")
             ),
             # the registered factorisers as `compress` calls them: a whitener cache per input
             # group, Duo-SVD's split reusing the whitened SVD (plain truncation when rejected)
@@ -137,8 +137,8 @@ def _same_result(W: torch.Tensor, H: torch.Tensor, results: dict[str, Any]) -> d
     """Issue 16's conditions, on this run's own outputs: the fast split search picks the
     exact search's split with a loss within 0.1 %, and the float32 SVD's factors have a
     float64 layer loss within 0.1 % of the float64 factors'."""
-    fast = results["duo-svd (column split)"]
-    exact = results["duo-svd (column split, exact search)"]
+    fast = results["duo-svd (column split, ritz search)"]
+    exact = results["duo-svd (column split)"]
     out: dict[str, Any] = {"split_accepted": exact is not None}
     if fast is None or exact is None:
         out["same_split"] = (fast is None) == (exact is None)
@@ -241,7 +241,7 @@ def _write(section: str, result: dict[str, Any]) -> None:
                 else f"split delta_r {c.get('delta_r')}, loss {c.get('split_loss_rel_diff', float('nan')):+.1e} vs exact"
             )
             lines.append(
-                f"- {shape}: fast search {'same split as' if c['same_split'] else 'DIFFERENT split from'} "
+                f"- {shape}: ritz search {'same split as' if c['same_split'] else 'DIFFERENT split from'} "
                 f"the exact search ({split}); float32 SVD layer loss {c['float32_loss_rel_diff']:+.1e} vs float64."
             )
         lines.append("")

@@ -40,7 +40,7 @@ CASES = [
     ("svd-llm", 0.4, "precision", "float32"),
     ("svd-llm-v2", 0.4, "rmax", 0.45),
     ("duo-svd-columns", 0.4, "accept", 0.9),
-    ("duo-svd-columns", 0.4, "search", "exact"),
+    ("duo-svd-columns", 0.4, "search", "ritz"),
     ("adasvd-comp", 0.4, "tau", 0),
     ("adasvd-cr", 0.4, "mrr_fraction", 0.0),
     ("adasvd-cr", 0.4, "mrr", 0.1),

@@ -53,7 +53,7 @@ class ColumnPreserving:
 
     accept: float = 0.01
     whitening: str = "cholesky"
-    search: str = "ritz"  # or "exact" (linalg.column_preserving_split)
+    search: str = "exact"  # or "ritz" (linalg.column_preserving_split)
     oversample: float = 0.25
 
     def __post_init__(self) -> None:  # refused when configured, before any compute
