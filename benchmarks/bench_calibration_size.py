@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                 t0 = time.perf_counter()
                 compress(
                     model, method, ratio, tokenizer=tok,
-                    stats=Statistics(gram=gram, sensitivity=sensitivity),
+                    stats=Statistics(gram=gram, sensitivity=sensitivity if method.startswith("duo") else {}),
                 )  # fmt: skip
                 took = time.perf_counter() - t0
                 for c, w in windows.items():
