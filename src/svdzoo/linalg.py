@@ -946,8 +946,8 @@ def column_preserving_split(
         fac = truncate(W.index_select(1, rest), rest_whitener(rest), kr)
         return math.sqrt(max(fac.loss, 0.0)), kept, rest, (fac.A, fac.B), c
 
-    # search="exact": the search needs only the error, sum_{i>kr} lambda_i of W_R H_RR W_R^T (R: the rest),
-    # which is the whitened Gram `(W_R L)(W_R L)^T` whenever `L L^T = H_RR` exactly. For a
+    # search="exact": the search needs only the error, sum_{i>kr} lambda_i of
+    # W_R H_RR W_R^T (R: the rest), which is the whitened Gram `(W_R L)(W_R L)^T` whenever `L L^T = H_RR` exactly. For a
     # wide-or-square W with a positive definite H (every H_RR then factors unshifted) it
     # comes from one m x m product made once, corrected for the few kept columns K:
     # G_R = G - W_K P_K^T - P_K W_K^T + W_K H_KK W_K^T with P = W H. No Cholesky, no
@@ -961,11 +961,11 @@ def column_preserving_split(
     def evaluate(dr: int) -> float:
         if dr == 0 or column_counts(m, n, k, dr)[0] == 0:
             return f0
-        _, kr, kept, rest = split(dr)
+        c, kr, kept, rest = split(dr)
         if rest.numel() == 0:
             return 0.0
         if ritz is not None:
-            return math.sqrt(ritz.loss(column_counts(m, n, k, dr)[0], kr))
+            return math.sqrt(ritz.loss(c, kr))
         if not direct:
             return math.sqrt(truncation_loss(W.index_select(1, rest), rest_whitener(rest), kr))
         return math.sqrt(rest_truncation_loss(W, H, P, G, kept, kr))

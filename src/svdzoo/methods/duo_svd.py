@@ -59,8 +59,7 @@ class ColumnPreserving:
     def __post_init__(self) -> None:  # refused when configured, before any compute
         if self.search not in linalg.SEARCHES:
             raise ConfigError(f"search must be one of {linalg.SEARCHES}, got {self.search!r}")
-        if self.whitening not in ("cholesky", "eigen"):
-            raise ConfigError(f"whitening must be 'cholesky' or 'eigen', got {self.whitening!r}")
+        Whitened(self.whitening)  # refuses an unknown whitening
         if not float(self.oversample) >= 0:
             raise ConfigError(f"oversample must be >= 0, got {self.oversample!r}")
 
