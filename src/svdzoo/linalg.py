@@ -947,8 +947,8 @@ def column_preserving_split(
         return math.sqrt(max(fac.loss, 0.0)), kept, rest, (fac.A, fac.B), c
 
     # search="exact": the search needs only the error, sum_{i>kr} lambda_i of
-    # W_R H_RR W_R^T (R: the rest), which is the whitened Gram `(W_R L)(W_R L)^T` whenever `L L^T = H_RR` exactly. For a
-    # wide-or-square W with a positive definite H (every H_RR then factors unshifted) it
+    # W_R H_RR W_R^T (R: the rest), which is the whitened Gram `(W_R L)(W_R L)^T` whenever
+    # `L L^T = H_RR` exactly. For a wide-or-square W with a positive definite H (every H_RR then factors unshifted) it
     # comes from one m x m product made once, corrected for the few kept columns K:
     # G_R = G - W_K P_K^T - P_K W_K^T + W_K H_KK W_K^T with P = W H. No Cholesky, no
     # whitened product per step; otherwise (tall W, shifted or eigen whitening) each step
