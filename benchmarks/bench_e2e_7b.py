@@ -130,6 +130,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 "calibration_plus_compress_s": round(calib_s + took, 2),
                 "achieved_ratio": round(manifest["achieved_ratio"], 4),
                 "matrices": len(manifest["modules"]),
+                "precision": manifest["precision"],  # the SVD's: "auto" is float32 on a GPU
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -170,8 +171,8 @@ def write(section: str, result: dict[str, Any]) -> None:
             + (f", peak GPU memory {r['peak_gpu_mib']:.0f} MiB" if r["peak_gpu_mib"] else "")
             + ".",
             "",
-            "| method | compression | calibration + compression | goal (<= 5 min) |",
-            "|---|---:|---:|---|",
+            "| method | SVD precision | compression | calibration + compression | goal (<= 5 min) |",
+            "|---|---|---:|---:|---|",
         ]
         for row in r["rows"]:
             full = (
@@ -183,7 +184,7 @@ def write(section: str, result: dict[str, Any]) -> None:
                 else "not the goal's shapes"
             )
             lines.append(
-                f"| {row['method']} | {row['compress_s']:.1f} s | "
+                f"| {row['method']} | {row.get('precision', 'float64')} | {row['compress_s']:.1f} s | "
                 f"{row['calibration_plus_compress_s']:.1f} s | {verdict} |"
             )
         lines.append("")

@@ -63,7 +63,9 @@ def compare(W, H, S, ratios, **labels) -> list[dict]:
     return rows
 
 
-def real_model(model_dir: Path, gram_dir: Path, ratios) -> list[dict]:
+def real_matrices(model_dir: Path, gram_dir: Path):
+    """`(name, type, W, H, S)` for every target matrix of a real model, in float64, with its
+    cached Gram and one Cholesky whitener per input group (as `compress` shares them)."""
     from svdzoo.calibration import load_stats
     from svdzoo.models import adapter_for, load_model
 
@@ -71,15 +73,32 @@ def real_model(model_dir: Path, gram_dir: Path, ratios) -> list[dict]:
     stats = load_stats(gram_dir)
     adapter = adapter_for(model)
     whiteners: dict = {}
-    rows = []
     for name, layer, target, lin in tqdm(list(adapter.iter_targets(model)), desc="matrices"):
         group = adapter.group_of(target)
         H = stats.gram(layer, group).to(torch.float64)
         S = whiteners.setdefault((layer, group), linalg.cholesky_whitener(H))
         W = lin.weight.detach().to(torch.float64)
-        rows += compare(W, H, S, ratios, source=model_dir.name, matrix=name,
-                        type=adapter.matrix_type(target))  # fmt: skip
+        yield name, adapter.matrix_type(target), W, H, S
+
+
+def real_model(model_dir: Path, gram_dir: Path, ratios) -> list[dict]:
+    rows = []
+    for name, kind, W, H, S in real_matrices(model_dir, gram_dir):
+        rows += compare(W, H, S, ratios, source=model_dir.name, matrix=name, type=kind)
     return rows
+
+
+def write_results(rows: list[dict], out: Path, report_of=None) -> pd.DataFrame:
+    """The CSV (atomically), and with `report_of(df)` the markdown report beside it."""
+    df = pd.DataFrame(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        df.to_csv(tmp, index=False)
+    if report_of is not None:
+        text = report_of(df)
+        write_text(out.with_suffix(".md"), text)
+        print(text)
+    return df
 
 
 def random_shapes(shrink: int, ratios) -> list[dict]:
@@ -150,13 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += real_model(a.model, a.gram, a.ratios)
     if not a.no_random:
         rows += random_shapes(a.shrink, a.ratios)
-    df = pd.DataFrame(rows)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(a.out.with_suffix(".csv")) as tmp:
-        df.to_csv(tmp, index=False)
-    text = report(df, time.perf_counter() - t0)
-    write_text(a.out.with_suffix(".md"), text)
-    print(text)
+    write_results(rows, a.out, lambda df: report(df, time.perf_counter() - t0))
     return 0
 
 

@@ -41,6 +41,7 @@ CASES = [
     ("svd-llm-v2", 0.4, "rmax", 0.45),
     ("duo-svd-columns", 0.4, "accept", 0.9),
     ("duo-svd-columns", 0.4, "search", "ritz"),
+    ("duo-svd-columns", 0.4, "schedule", "golden"),
     ("adasvd-comp", 0.4, "tau", 0),
     ("adasvd-cr", 0.4, "mrr_fraction", 0.0),
     ("adasvd-cr", 0.4, "mrr", 0.1),
@@ -90,6 +91,7 @@ def test_an_option_the_method_does_not_take_is_refused_before_compute(llama, met
         ("svd-llm", {"precision": "float16"}, "precision"),
         ("duo-svd-columns", {"search": "fast"}, "search"),
         ("duo-svd-columns", {"oversample": -1}, "oversample"),
+        ("duo-svd-columns", {"schedule": "brent"}, "schedule"),
     ],
 )
 def test_a_bad_option_value_is_refused_before_compute(llama, method, options, match):

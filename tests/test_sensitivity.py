@@ -173,6 +173,7 @@ def test_asvd_table(llama, asvd_table):
     mean04 = sum(r[0.4] for r in asvd_table.values()) / len(asvd_table)
     assert mean04 > dense
     assert asvd_table.manifest["metric"] == "ppl"
+    assert asvd_table.manifest["precision"] == "float64"  # "auto" on a CPU
 
 
 def test_asvd_method_reads_the_table(llama, asvd_table):

@@ -361,7 +361,9 @@ def compress(
         "allocation": actx.report,
         "options": {k: v for k, v in opts.items() if isinstance(v, int | float | str | bool)},
         # the factorisation's arithmetic (only `Whitened` offers float32 SVDs)
-        "precision": getattr(method.factoriser, "precision", "float64"),
+        "precision": linalg.resolve_precision(
+            getattr(method.factoriser, "precision", "float64"), device
+        ),
         "base_fingerprint": model_fp,
         "family": adapter.name,
         "svdzoo_version": __version__,

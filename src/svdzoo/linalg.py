@@ -47,6 +47,7 @@ __all__ = [
     "residual_truncate",
     "column_preserving_split",
     "column_counts",
+    "resolve_precision",
 ]
 
 
@@ -306,13 +307,26 @@ class LowRankFactors:
         return self.A @ self.B
 
 
-PRECISIONS = ("float64", "float32")
+PRECISIONS = ("auto", "float64", "float32")
 
 
-def _svd_dtype(precision: str) -> torch.dtype:
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """`auto` is float32 on a GPU and float64 elsewhere.
+
+    The float32 SVD's layer loss is within 2.1e-7 of float64's on every SmolLM2 matrix and
+    7.8e-7 at LLaMA-7B shapes (benchmarks/results/precision.md), so precision does not
+    decide; speed does. GPUs run float64 at 1/2 (H100) to 1/64 (consumer cards) of float32,
+    while on CPUs float32 gains 1.5x on the SVD alone and would change the bits of every
+    recorded CPU result."""
     if precision not in PRECISIONS:
         raise NumericsError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
-    return F64 if precision == "float64" else torch.float32
+    if precision != "auto":
+        return precision
+    return "float32" if torch.device(device).type == "cuda" else "float64"
+
+
+def _svd_dtype(precision: str, device: torch.device | str = "cpu") -> torch.dtype:
+    return F64 if resolve_precision(precision, device) == "float64" else torch.float32
 
 
 def whitened_svd(
@@ -320,13 +334,14 @@ def whitened_svd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Thin SVD of `W S`: `(U, sigma, Vh)`, sigma descending, returned in float64.
 
-    `precision="float32"` runs only the SVD in float32 (the cost; several times faster on
-    GPUs, ~2x on CPUs); the whitening factor, `W S` and everything after the SVD (the
-    back-substitution through `S`) stay in float64, where round-off would be amplified."""
+    `precision="float32"` (or `"auto"` on a GPU, `resolve_precision`) runs only the SVD in
+    float32 (the cost; several times faster on GPUs, ~2x on CPUs); the whitening factor,
+    `W S` and everything after the SVD (the back-substitution through `S`) stay in float64,
+    where round-off would be amplified."""
     W = _check_matrix(W)
     if W.shape[1] != whitener.n:
         raise NumericsError(f"W has {W.shape[1]} inputs but the whitener is for {whitener.n}")
-    dtype = _svd_dtype(precision)
+    dtype = _svd_dtype(precision, W.device)
     U, s, Vh = torch.linalg.svd(whitener.apply(W).to(dtype), full_matrices=False)
     return U.to(F64), s.to(F64), Vh.to(F64)
 
@@ -337,7 +352,7 @@ def whitened_spectrum(W: Tensor, whitener: Whitener, precision: str = "float64")
     W = _check_matrix(W)
     if W.shape[1] != whitener.n:
         raise NumericsError(f"W has {W.shape[1]} inputs but the whitener is for {whitener.n}")
-    return torch.linalg.svdvals(whitener.apply(W).to(_svd_dtype(precision))).to(F64)
+    return torch.linalg.svdvals(whitener.apply(W).to(_svd_dtype(precision, W.device))).to(F64)
 
 
 def _split(U: Tensor, sigma: Tensor, Vh: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -402,18 +417,6 @@ def truncation_loss(W: Tensor, whitener: Whitener, k: int) -> float:
     M = whitener.apply(_check_matrix(W))
     G = M.T @ M if M.shape[0] >= M.shape[1] else M @ M.T
     lam = torch.linalg.eigvalsh(0.5 * (G + G.T)).flip(0).clamp_min(0)
-    return float(lam[k:].sum())
-
-
-def rest_truncation_loss(W: Tensor, H: Tensor, P: Tensor, G: Tensor, kept: Tensor, k: int) -> float:
-    """`sum_{i>k} lambda_i(W_R H_RR W_R^T)`, R the columns not in `kept`, from `P = W H` and
-    `G = W H W^T` by removing the kept columns' terms (m x |kept| products). Equals
-    `truncation_loss(W_R, cholesky_whitener(H_RR), k)` for positive definite `H` (tested);
-    Duo-SVD's split search calls it once per candidate."""
-    WK, PK = W.index_select(1, kept), P.index_select(1, kept)
-    HKK = H.index_select(0, kept).index_select(1, kept)
-    GR = G - WK @ PK.T - PK @ WK.T + WK @ HKK @ WK.T
-    lam = torch.linalg.eigvalsh(0.5 * (GR + GR.T)).flip(0).clamp_min(0)
     return float(lam[k:].sum())
 
 
@@ -735,15 +738,54 @@ def _whitener(H: Tensor, kind: str) -> Whitener:
     raise NumericsError(f"unknown whitening {kind!r}; use 'cholesky' or 'eigen'")
 
 
-def _golden_int(f: Callable[[int], float], lo: int, hi: int) -> int:
-    """Integer golden-section search for a minimum of `f` on `[lo, hi]` (assumes unimodal,
-    as Duo-SVD does); the final bracket of <= 4 points is scanned. Returns the argmin seen."""
-    cache: dict[int, float] = {}
+def _memoised(f: Callable[[int], float], cache: dict[int, float]) -> Callable[[int], float]:
+    """`f` evaluated once per point, into `cache` (the search schedules read it back)."""
 
     def F(x: int) -> float:
         if x not in cache:
             cache[x] = f(x)
         return cache[x]
+
+    return F
+
+
+def _golden_int(f: Callable[[int], float], lo: int, hi: int) -> int:
+    """Golden-section search for a minimum of `f` on the integers `[lo, hi]` (assumes
+    unimodal, as Duo-SVD does), in its exact integer form (Fibonacci search): the bracket
+    shrinks by consecutive Fibonacci numbers, so the interior point that survives a step is
+    the next step's probe and every step costs one evaluation (rounding the continuous
+    golden ratio misses that reuse: about 4 more evaluations at Duo-SVD's ranks). Points
+    past `hi` pad the bracket and count as +inf. The last bracket of <= 3 points is
+    scanned, `lo` (the plain factorisation) is always compared; returns the argmin seen,
+    the smallest on ties."""
+    cache: dict[int, float] = {}
+    inner = _memoised(f, cache)
+
+    def F(x: int) -> float:
+        return math.inf if x > hi else inner(x)
+
+    fib = [0, 1]
+    while fib[-1] < hi - lo:
+        fib.append(fib[-1] + fib[-2])
+    a, n = lo, len(fib) - 1
+    while n > 3:  # the bracket [a, a + fib[n]] holds a minimum
+        if F(a + fib[n - 2]) <= F(a + fib[n - 1]):
+            n -= 1  # keep [a, a + fib[n - 1]]: its right probe is the left one just used
+        else:
+            a, n = a + fib[n - 2], n - 1  # keep the right part: its left probe was the right
+    for x in range(a, min(a + fib[n], hi) + 1):
+        F(x)
+    F(lo)
+    return min(cache, key=lambda x: (cache[x], x))
+
+
+def _rounded_golden(f: Callable[[int], float], lo: int, hi: int) -> int:
+    """svdzoo's first integer golden-section search (`schedule=rounded`, kept so that the
+    results recorded with it before 2026-12-03 reproduce): both probes rounded afresh from
+    the bracket at every step (so the surviving one is often missed), the final bracket of
+    <= 4 points scanned, `lo` always compared. Returns the argmin seen."""
+    cache: dict[int, float] = {}
+    F = _memoised(f, cache)
 
     invphi = (math.sqrt(5) - 1) / 2
     a, b = lo, hi
@@ -758,42 +800,77 @@ def _golden_int(f: Callable[[int], float], lo: int, hi: int) -> int:
             a = c
     for x in range(a, b + 1):
         F(x)
-    F(lo)  # always compare against the plain factorisation
+    F(lo)
     return min(cache, key=lambda x: (cache[x], x))
 
 
-class _RitzRest:
-    """The rest columns' whitened truncation in the whitened SVD's coordinates, solved in
-    a small subspace (Rayleigh-Ritz) when that is cheaper.
+def _official_schedule(f: Callable[[int], float], k: int, f0: float) -> int:
+    """Duo-SVD's own split search (official code, `component/cal_r.py`), re-implemented:
 
-    For kept columns `K` and the rest `R`, Duo-SVD truncates the rest under `H_RR`: its
-    optimum keeps the top eigenvectors of `G_R = W_R H_RR W_R^T`, and
-    `G_R = G - W_K P_K^T - P_K W_K^T + W_K H_KK W_K^T` with `P = W H` and
-    `G = W H W^T = U diag(lam) U^T` from the baseline's whitened SVD `W S = U Sigma V^T`.
-    Every column of `W` and `P` lies in the span of `U` (`S` is invertible), so in the
-    coordinates `W^ = U^T W`, `P^ = W^ H` the problem is `r x r` (`r = min(m, n)`):
-    `diag(lam)` changed by a term of rank `<= 2c`. Its leading eigenvectors lie, up to a
-    coupling bounded by `lam` past `d`, in the first `d = k + oversample` coordinates plus
-    the span of the kept columns' coordinates; so a `(d + 2c)`-sized eigenproblem replaces
-    the `r x r` one per probe, and the full one is solved whenever it is not larger.
+    1. A pre-check at `delta_r = round(0.382 k)` and `round(0.090 k)` (`phi^-2 k` and
+       `phi^-5 k`, at least 1): if neither beats the plain error `f0`, no split is tried.
+       Most matrices of a real model end here, after two evaluations.
+    2. Otherwise golden-section on `[0, k]` with the interior probes rounded, the
+       surviving one reused (one new evaluation per step, earlier values reused), while
+       the bracket spans >= 3; `f(c) < f(d)` keeps the left part, ties the right.
+    3. The answer is the better of the last two probes (no scan of the final bracket;
+       the left one on ties). Returns 0 when the pre-check gives up.
+    """
+    F = _memoised(f, {0: f0})
 
-    What it returns is not an estimate: the top `kr` Ritz vectors `U_kr` give the factors
-    `A B = U_kr U_kr^T W_R`, whose loss `tr(G_R) - tr(U_kr^T G_R U_kr)` is exactly the loss
-    reported; it bounds the exact truncation's from above (Ky Fan), tight to the
-    coupling's square (tests and `bench_compress.py` compare it with `search="exact"`).
+    inv_phi = (math.sqrt(5) - 1) / 2
+    inv_phi2 = inv_phi * inv_phi
+    if F(max(1, round(k * inv_phi2))) >= f0 and F(max(1, round(k * inv_phi * inv_phi2**2))) >= f0:
+        return 0
+    low, high = 0, k
+    c, d = low + round(inv_phi2 * (high - low)), low + round(inv_phi * (high - low))
+    while high - low >= 3:
+        if F(c) < F(d):
+            high, d = d, c
+            c = low + round(inv_phi2 * (high - low))
+        else:
+            low, c = c, d
+            d = low + round(inv_phi * (high - low))
+    return c if F(c) <= F(d) else d
+
+
+SCHEDULES = ("official", "golden", "rounded")
+
+
+class _RestProblem:
+    """Duo-SVD's rest truncation, for the top-`c` scored columns kept, solved in the
+    coordinates of the baseline's whitened SVD `W S = U Sigma V^T`.
+
+    For kept columns `K` and the rest `R`, Duo-SVD truncates the rest under `H_RR`: the
+    optimum keeps the top eigenvectors of `G_R = W_R H_RR W_R^T`. Every column of `W` lies
+    in the span of `U` (`S` is invertible), so in the coordinates `W^ = U^T W` the problem
+    is `r x r` (`r = min(m, n)`), whatever the shape:
+    `T = U^T G_R U = diag(lam) - (a Q^T + Q a^T)`, with `a = W^_K`, `P^ = W^ H`,
+    `Q = P^_K - a H_KK / 2` (a correction of rank <= 2c, one `r x r x c` product), or
+    `T = W^_R H_RR W^_R^T` directly when fewer columns are left than kept. One
+    eigenvalue solve of `T` per candidate, no Cholesky, no whitened product; the kept
+    columns' coordinates are computed once, as a prefix of the score order.
+
+    `d` (the `ritz` search): when `d + 2c < r`, the top eigenvectors lie, up to a coupling
+    bounded by `lam` past `d`, in the first `d` coordinates plus the span of the kept
+    columns' coordinates, so a `(d + 2c)`-sized Rayleigh-Ritz problem replaces `T`.
+
+    What it returns is not an estimate: the top `kr` eigen- (or Ritz) vectors `E` give the
+    factors `A B = U E E^T U^T W_R`, whose loss `tr(G_R) - sum(top kr)` is the loss
+    reported. With `d=None` it is the exact truncation's; the Ritz one bounds it from above
+    (Ky Fan), tight to the coupling's square (tests and `bench_compress.py` compare both
+    with `search="reference"`, which whitens every rest afresh).
     """
 
     def __init__(
-        self, W: Tensor, H: Tensor, U: Tensor, sigma: Tensor, d: int, order: Tensor
+        self, W: Tensor, H: Tensor, U: Tensor, sigma: Tensor, order: Tensor, d: int | None
     ) -> None:
-        self.W, self.H, self.U, self.order = W, H, U, order
+        self.W, self.H, self.U, self.order, self.d = W, H, U, order, d
         self.lam = sigma.square()
         self.tr_g = float(self.lam.sum())
-        self.d = d
-        # the kept columns are always a prefix of `order`: their coordinates are computed
-        # once, as far as the search reaches (never the whole `U^T W` or `U^T W H`)
         self.Wc = W.new_zeros(U.shape[1], 0)
         self.Pc = W.new_zeros(U.shape[1], 0)
+        self._W_hat: Tensor | None = None  # U^T W, made once the direct form is used
 
     def _coordinates(self, c: int) -> tuple[Tensor, Tensor]:
         have = self.Wc.shape[1]
@@ -804,29 +881,59 @@ class _RitzRest:
             self.Wc, self.Pc = torch.cat([self.Wc, wc], 1), torch.cat([self.Pc, pc], 1)
         return self.Wc[:, :c], self.Pc[:, :c]
 
+    def _direct(self, c: int) -> tuple[Tensor, float]:
+        if self._W_hat is None:
+            self._W_hat = self.U.T @ self.W
+        rest = self.order[c:]  # T does not depend on the rest's order
+        Wr = self._W_hat.index_select(1, rest)
+        T = (Wr @ self.H.index_select(0, rest).index_select(1, rest)) @ Wr.T
+        T = 0.5 * (T + T.T)
+        return T, float(T.diagonal().sum())
+
+    def _reduces(self, c: int) -> bool:
+        """Whether the Ritz subspace (`ritz` search) is smaller than the coordinates."""
+        return self.d is not None and self.d + 2 * c < self.lam.numel()
+
     def _problem(self, c: int) -> tuple[Tensor | None, Tensor, float]:
-        """`(V, V^T G_R V, tr G_R)` in the coordinates for the top `c` columns kept; `V`
-        None means the full space."""
+        """`(V, V^T T V, tr G_R)`; `V` None means the full coordinates."""
+        d, n = self.d, self.W.shape[1]
+        reduce = self._reduces(c)
+        if not reduce and c > n - c:
+            return (None, *self._direct(c))
         a, b = self._coordinates(c)
         kept = self.order[:c]
-        HKK = self.H.index_select(0, kept).index_select(1, kept)
-        tr = self.tr_g - 2.0 * float((a * b).sum()) + float(((a @ HKK) * a).sum())
-        r, d = self.lam.numel(), self.d
+        Q = b - 0.5 * (a @ self.H.index_select(0, kept).index_select(1, kept))
+        tr = self.tr_g - 2.0 * float((a * Q).sum())
         V = None
-        if d + 2 * a.shape[1] < r:
-            Uz, sz, _ = torch.linalg.svd(torch.cat([a[d:], b[d:]], 1), full_matrices=False)
+        if reduce:
+            assert d is not None
+            Uz, sz, _ = torch.linalg.svd(torch.cat([a[d:], Q[d:]], 1), full_matrices=False)
             tol = (float(sz[0]) if sz.numel() else 0.0) * max(Uz.shape) * torch.finfo(F64).eps
-            Y = Uz[:, sz > tol]  # orthonormal, in the coordinates past d
-            a = torch.cat([a[:d], Y.T @ a[d:]], 0)
-            b = torch.cat([b[:d], Y.T @ b[d:]], 0)
-            V = Y
-        T = a @ HKK @ a.T - a @ b.T - b @ a.T
+            V = Uz[:, sz > tol]  # orthonormal, in the coordinates past d
+            a = torch.cat([a[:d], V.T @ a[d:]], 0)
+            Q = torch.cat([Q[:d], V.T @ Q[d:]], 0)
+        X = a @ Q.T
+        T = -(X + X.T)
         if V is None:
             T.diagonal().add_(self.lam)
         else:
             T.diagonal()[:d] += self.lam[:d]
             T[d:, d:] += (V.T * self.lam[d:]) @ V
-        return V, 0.5 * (T + T.T), tr
+        return V, T, tr
+
+    def own_side_cheaper(self, c: int) -> bool:
+        """The cost model for one candidate, in units of an eigenvalue-solve flop: the
+        rest's own side costs `L^3 + m L^2` (`L = n - c` columns left: its Cholesky, the
+        whitened product, the Gram and the `L x L` solve), the `r x r` problem `r^3` plus
+        its cheaper form at a third of that rate (GEMMs). Fitted on CPU at LLaMA-7B shapes
+        / 4, where the square and wide synthetic splits keep most columns and the rest's
+        own side is up to 3 x cheaper; a Ritz reduction, when it applies, is kept."""
+        m, n = self.W.shape
+        r, left = self.lam.numel(), n - c
+        if self._reduces(c):
+            return False
+        form = min(r * c * c + r * r * c, r * left * left + r * r * left)
+        return left**3 + m * left * left <= r**3 + form / 3
 
     def loss(self, c: int, kr: int) -> float:
         _, T, tr = self._problem(c)
@@ -840,7 +947,8 @@ class _RitzRest:
         mu, E = torch.linalg.eigh(T)
         mu, E = mu.flip(0)[:kr].clamp_min(0), E.flip(1)[:, :kr]
         if V is not None:  # back from the Ritz basis to the coordinates
-            E = torch.cat([E[: self.d], V @ E[self.d :]], 0)
+            d = self.d
+            E = torch.cat([E[:d], V @ E[d:]], 0)
         r = mu.sqrt().sqrt()  # the square roots of the singular values
         safe = torch.where(r > 0, r, torch.ones_like(r))
         Uk = self.U @ E
@@ -850,7 +958,7 @@ class _RitzRest:
         return A, B, max(tr - float(mu.sum()), 0.0)
 
 
-SEARCHES = ("ritz", "exact")
+SEARCHES = ("exact", "ritz", "reference")
 
 
 def column_preserving_split(
@@ -864,6 +972,7 @@ def column_preserving_split(
     svd: tuple[Tensor, Tensor, Tensor] | None = None,
     search: str = "exact",
     oversample: float = 0.25,
+    schedule: str = "official",
 ) -> ColumnSplit | None:
     """Duo-SVD column-preserving factorisation, or None when it does not pay off.
 
@@ -877,28 +986,35 @@ def column_preserving_split(
        of the full-layer loss vanish: `f^2` IS the full-layer loss `tr(D H D^T)` (for the
        Gram the whitener represents), so the paper's criterion and the honest one agree.
     4. Golden-section search over integer `delta_r in [0, k]`; accept only if the error
-       drops by more than `accept` (1%) relative to plain.
+       drops by more than `accept` (1%) relative to plain. `schedule`: `official` (the
+       default) is the official code's, with its early exit (`_official_schedule`);
+       `golden` the exact integer golden-section (Fibonacci) search, which finds the
+       minimum of any unimodal curve and costs ~13 evaluations on every matrix;
+       `rounded` svdzoo's first form (`_rounded_golden`), which made the results
+       recorded before 2026-12-03.
 
-    `S` (the `whitener` factorisation of `H`) and `svd` (`whitened_svd(W, S)`) skip
-    recomputing what the caller already has, e.g. a whitener shared by the matrices that
-    read the same input; when the split is rejected, `truncate(W, S, k, svd=svd)` is the
-    plain factorisation at no further cost.
+    `S` (the `whitener` factorisation of `H`) and `svd` (`whitened_svd(W, S)` in float64)
+    skip recomputing what the caller already has, e.g. a whitener shared by the matrices
+    that read the same input; when the split is rejected, `truncate(W, S, k, svd=svd)` is
+    the plain factorisation at no further cost.
 
     `search`: how each candidate's rest truncation is solved.
-      - `exact` (default): an eigen- or singular-value solve of the full rest problem per
-        candidate, and a fresh whitening of the rest for the chosen one.
-      - `ritz`: in the subspace of the `k + max(8, oversample k)` leading
-        whitened directions and the kept columns' span (`_RitzRest`), from the whitened SVD
-        of the baseline; the loss reported is the returned factors' exact loss. Needs a
-        Cholesky factor of `H` itself (no shift, no fallback); otherwise `exact` is used.
-        Same split and loss as `exact` (tests, bench_compress). Measured at LLaMA-7B
-        shapes / 4 on CPU: 3.3 x faster than `exact` on the tall matrix, but 1.2 x and
-        2.2 x slower on the square and wide ones, where the search trades nearly all the
-        rank for columns and the kept columns' coordinates cost more than they save. So it
-        is an option, not the default.
+      - `exact` (default): one `r x r` eigenvalue solve per candidate in the whitened
+        SVD's coordinates (`_RestProblem`), the chosen one's factors from its eigenvectors;
+        or, once few columns are left, the rest's own `(n - c)`-sized whitening, whichever
+        the cost model (`_RestProblem.own_side_cheaper`) finds cheaper.
+      - `ritz`: the same, reduced to the subspace of the `k + max(8, oversample k)`
+        leading whitened directions and the kept columns' span whenever that is smaller
+        than `r`; the loss reported is the returned factors' exact loss.
+      - `reference`: the definition: whiten each candidate's rest afresh (its own
+        Cholesky factor of `H_RR`) and truncate it. The others are tested against it.
+      `exact` and `ritz` need a Cholesky factor of `H` itself (no shift, no fallback);
+      otherwise `reference` is used. Timings: `bench_compress.py`, docs/results.md.
     """
     if search not in SEARCHES:
         raise NumericsError(f"unknown split search {search!r}; use one of {SEARCHES}")
+    if schedule not in SCHEDULES:
+        raise NumericsError(f"unknown search schedule {schedule!r}; use one of {SCHEDULES}")
     if not oversample >= 0:
         raise NumericsError(f"oversample must be >= 0, got {oversample}")
     W = _check_matrix(W)
@@ -926,51 +1042,52 @@ def column_preserving_split(
     def rest_whitener(rest: Tensor) -> Whitener:
         return _whitener(H.index_select(0, rest).index_select(1, rest), whitener)
 
-    # (a Cholesky whitener without fallback or shift is exactly a factor of H: H is PD)
+    # (a Cholesky whitener without fallback or shift is exactly a factor of H: H is PD,
+    # so every H_RR is too and the rest problem lives in the coordinates of `svd`)
     exact_factor = (
         whitener == "cholesky" and S.kind == "cholesky" and S.fallback is None and S.shift == 0.0
     )
-    ritz = None
-    if search == "ritz" and exact_factor:
+    problem = None
+    if search != "reference" and exact_factor:
         U, sigma = svd[0], svd[1]
-        d = min(int(sigma.numel()), k + max(8, math.ceil(oversample * k)))
-        ritz = _RitzRest(W, H, U, sigma, d, order)
+        d = None
+        if search == "ritz":
+            d = min(int(sigma.numel()), k + max(8, math.ceil(oversample * k)))
+        problem = _RestProblem(W, H, U, sigma, order, d)
+
+    def in_coordinates(c: int) -> bool:
+        """Whether `problem` solves this candidate; otherwise the rest is whitened on its
+        own `(n - c)` side (as `reference` does), which is exact too and cheaper once few
+        columns are left (`_RestProblem.own_side_cheaper`)."""
+        return problem is not None and not problem.own_side_cheaper(c)
 
     def fit(dr: int) -> tuple[float, Tensor, Tensor, tuple[Tensor, Tensor] | None, int]:
         c, kr, kept, rest = split(dr)
         if rest.numel() == 0:
             return 0.0, kept, rest, None, c
-        if ritz is not None:
-            A, B, loss = ritz.factors(c, rest, kr)
+        if in_coordinates(c):
+            A, B, loss = problem.factors(c, rest, kr)
             return math.sqrt(loss), kept, rest, (A, B), c
         fac = truncate(W.index_select(1, rest), rest_whitener(rest), kr)
         return math.sqrt(max(fac.loss, 0.0)), kept, rest, (fac.A, fac.B), c
 
-    # search="exact": the search needs only the error, sum_{i>kr} lambda_i of
-    # W_R H_RR W_R^T (R: the rest), which is the whitened Gram `(W_R L)(W_R L)^T` whenever
-    # `L L^T = H_RR` exactly. For a wide-or-square W with a positive definite H (every H_RR then factors unshifted) it
-    # comes from one m x m product made once, corrected for the few kept columns K:
-    # G_R = G - W_K P_K^T - P_K W_K^T + W_K H_KK W_K^T with P = W H. No Cholesky, no
-    # whitened product per step; otherwise (tall W, shifted or eigen whitening) each step
-    # whitens the rest (truncation_loss).
-    direct = ritz is None and m <= n and exact_factor
-    if direct:
-        P = W @ H
-        G = P @ W.T
-
     def evaluate(dr: int) -> float:
-        if dr == 0 or column_counts(m, n, k, dr)[0] == 0:
+        c, kr = column_counts(m, n, k, dr)
+        if dr == 0 or c == 0:
             return f0
-        c, kr, kept, rest = split(dr)
-        if rest.numel() == 0:
+        if c == n:
             return 0.0
-        if ritz is not None:
-            return math.sqrt(ritz.loss(c, kr))
-        if not direct:
-            return math.sqrt(truncation_loss(W.index_select(1, rest), rest_whitener(rest), kr))
-        return math.sqrt(rest_truncation_loss(W, H, P, G, kept, kr))
+        if in_coordinates(c):
+            return math.sqrt(problem.loss(c, kr))
+        rest = split(dr)[3]
+        return math.sqrt(truncation_loss(W.index_select(1, rest), rest_whitener(rest), kr))
 
-    best = _golden_int(evaluate, 0, k)
+    if schedule == "official":
+        best = _official_schedule(evaluate, k, f0)
+    elif schedule == "golden":
+        best = _golden_int(evaluate, 0, k)
+    else:
+        best = _rounded_golden(evaluate, 0, k)
     if best == 0 or column_counts(m, n, k, best)[0] == 0:
         return None
     err, kept, rest, fac, c = fit(best)

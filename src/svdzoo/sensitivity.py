@@ -403,7 +403,7 @@ def probe_rank(m: int, n: int, p: float) -> int:
 
 
 def truncated_weight(W: torch.Tensor, wh: linalg.Whitener, svd, k: int) -> torch.Tensor:
-    """`A B` of the rank-`k` truncation from a precomputed `whitened_svd` (float64)."""
+    """`A B` of the rank-`k` truncation from a precomputed `whitened_svd`."""
     U, sigma, Vh = svd
     return (U[:, :k] * sigma[:k]) @ wh.unapply(Vh[:k])
 
@@ -448,7 +448,8 @@ def compute_sensitivity(
     same calibration set (`corpus` must be given when the Gram's corpus was a local file;
     a `seqlen` or `seed` other than the Gram's makes `compress` reject the pair).
     The forward passes run where the model is; `device` is where the float64
-    factorisations run (default: the model's device). The model is left exactly as it
+    factorisations run (default: the model's device; their SVDs in float32 on a GPU,
+    `linalg.resolve_precision`). The model is left exactly as it
     was (every probe is undone, even on error).
     """
     from svdzoo.data import calibration_windows, get_corpus
@@ -480,6 +481,7 @@ def compute_sensitivity(
     _check_gram_matches(model, gram_stats)
     adapter = adapter_for(model)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
+    precision = linalg.resolve_precision("auto", device)  # float32 SVDs on a GPU (issue 16)
     was_training = model.training
     model.eval()
     if max_tokens < 1:
@@ -505,7 +507,10 @@ def compute_sensitivity(
                     wh = _whitener(kind, ctx)
                     m, n = ctx.W.shape
                     W = truncated_weight(
-                        ctx.W, wh, linalg.whitened_svd(ctx.W, wh), probe_rank(m, n, base_p)
+                        ctx.W,
+                        wh,
+                        linalg.whitened_svd(ctx.W, wh, precision),
+                        probe_rank(m, n, base_p),
                     )
                     originals[name] = lin.weight.detach().clone()
                     lin.weight.data.copy_(W.to(dtype=lin.weight.dtype, device=lin.weight.device))
@@ -520,7 +525,7 @@ def compute_sensitivity(
                 if name in originals:
                     ctx.W = originals[name].to(device=device, dtype=torch.float64)
                 wh = _whitener(kind, ctx)
-                svd = linalg.whitened_svd(ctx.W, wh)
+                svd = linalg.whitened_svd(ctx.W, wh, precision)  # one SVD serves the grid
                 m, n = ctx.W.shape
                 weights = {
                     p: truncated_weight(ctx.W, wh, svd, probe_rank(m, n, p))
@@ -564,6 +569,7 @@ def compute_sensitivity(
         "ratios": list(grid),
         "ratio_convention": "retained fraction of each matrix's parameters (1.0 = dense)",
         "factoriser": "whitened-cholesky" if kind == "duo" else f"asvd-alpha{ASVD_ALPHA}",
+        "precision": precision,
         "dense_value": dense_value,
         "protocol": "independent" if base_p is None else "per-ratio",
         "base_ratio": None if base_ratio is None else round(float(base_ratio), 6),

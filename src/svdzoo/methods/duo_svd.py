@@ -55,17 +55,22 @@ class ColumnPreserving:
     whitening: str = "cholesky"
     search: str = "exact"  # or "ritz" (linalg.column_preserving_split)
     oversample: float = 0.25
+    schedule: str = "official"  # or "golden", "rounded" (linalg.column_preserving_split)
 
     def __post_init__(self) -> None:  # refused when configured, before any compute
         if self.search not in linalg.SEARCHES:
             raise ConfigError(f"search must be one of {linalg.SEARCHES}, got {self.search!r}")
         Whitened(self.whitening)  # refuses an unknown whitening
+        if self.schedule not in linalg.SCHEDULES:
+            raise ConfigError(f"schedule must be one of {linalg.SCHEDULES}, got {self.schedule!r}")
         if not float(self.oversample) >= 0:
             raise ConfigError(f"oversample must be >= 0, got {self.oversample!r}")
 
     def __call__(self, ctx: MatrixContext, rank: int):
         ctx.require("H")
-        plain = Whitened(self.whitening)
+        # float64 SVD: the split search works in its coordinates, which must be orthonormal
+        # to float64's accuracy for the losses it compares (linalg._RestProblem)
+        plain = Whitened(self.whitening, "float64")
         S = plain.whitener_of(ctx)  # shared by the matrices that read the same input
         svd = plain.svd_of(ctx, S)
         split = linalg.column_preserving_split(
@@ -78,6 +83,7 @@ class ColumnPreserving:
             svd=svd,
             search=self.search,
             oversample=float(self.oversample),
+            schedule=self.schedule,
         )
         if split is None:  # the trade does not pay on this layer: plain whitened truncation,
             return linalg.truncate(ctx.W, S, rank, svd=svd)  # from the SVD the search made
@@ -93,7 +99,7 @@ class ColumnPreserving:
         return split
 
     def spectrum(self, ctx: MatrixContext) -> torch.Tensor:
-        return Whitened(self.whitening).spectrum(ctx)
+        return Whitened(self.whitening, "float64").spectrum(ctx)  # the SVD __call__ reuses
 
 
 @dataclass(frozen=True)

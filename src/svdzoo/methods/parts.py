@@ -62,7 +62,9 @@ class Whitened:
     """SVD-LLM (cholesky) or SVD-LLM V2 loss-optimised truncation (eigen)."""
 
     whitening: str = "cholesky"
-    precision: str = "float64"  # or "float32": the SVD only (linalg.whitened_svd)
+    # the SVD's arithmetic: "auto" (float32 on GPUs, float64 on CPUs), "float64" or
+    # "float32" (linalg.resolve_precision)
+    precision: str = "auto"
 
     def __post_init__(self) -> None:  # refused when configured, before any compute
         if self.whitening not in ("cholesky", "eigen"):
@@ -91,11 +93,12 @@ class Whitened:
     def svd_of(self, ctx: MatrixContext, whitener: linalg.Whitener | None = None):
         """`whitened_svd(W, S)`, once per matrix when the context carries an SVD cache."""
         whitener = self.whitener_of(ctx) if whitener is None else whitener
+        precision = linalg.resolve_precision(self.precision, ctx.W.device)
         if ctx.svds is None:
-            return linalg.whitened_svd(ctx.W, whitener, self.precision)
-        return ctx.svds.get(
-            (self.whitening, self.precision, ctx.name),
-            lambda: linalg.whitened_svd(ctx.W, whitener, self.precision),
+            return linalg.whitened_svd(ctx.W, whitener, precision)
+        return ctx.svds.get(  # keyed by the arithmetic used: "auto" shares its twin's SVD
+            (self.whitening, precision, ctx.name),
+            lambda: linalg.whitened_svd(ctx.W, whitener, precision),
         )
 
     def __call__(self, ctx: MatrixContext, rank: int):
