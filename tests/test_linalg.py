@@ -542,6 +542,49 @@ def test_official_schedule_lands_next_to_a_unimodal_minimum(k):
         assert len(calls) == len(set(calls)) and len(calls) <= math.log(k, phi) + 5
 
 
+@pytest.mark.parametrize("shape", [(48, 40), (40, 96), (64, 64)])
+@pytest.mark.parametrize("schedule", linalg.SCHEDULES)
+def test_float32_probes_take_float64_decisions(shape, schedule):
+    """`probes=float32` solves each candidate in float32 but decides close calls in
+    float64: the same split, bit for bit, as float64 probes (the factors are float64's)."""
+    g = torch.Generator().manual_seed(sum(shape) + 1)
+    m, n = shape
+    W = torch.randn(m, n, generator=g, dtype=F64)
+    X = torch.randn(n, 4 * n, generator=g, dtype=F64)
+    X[torch.randperm(n, generator=g)[: n // 5]] *= 10.0
+    H = X @ X.T
+    seen = 0
+    for k in (4, 6, min(m, n) // 2):
+        args = dict(accept=0.0, schedule=schedule)
+        a = linalg.column_preserving_split(W, H, k, probes="float64", **args)
+        b = linalg.column_preserving_split(W, H, k, probes="float32", **args)
+        assert (a is None) == (b is None)
+        if a is not None:
+            seen += 1
+            assert a.delta_r == b.delta_r and torch.equal(a.A, b.A) and a.loss == b.loss
+    assert seen >= 1
+    with pytest.raises(linalg.NumericsError, match="precision"):
+        linalg.column_preserving_split(W, H, 4, probes="float16")
+
+
+def test_a_close_call_is_decided_on_the_float64_values():
+    """Values further apart than `CLOSE_CALL` compare as given (no float64 solve); closer
+    ones are re-solved, and the float64 values decide, against floats too."""
+    solved: list[str] = []
+
+    def close(value, exact, name):
+        return linalg._CloseCall(value, lambda: solved.append(name) or exact)
+
+    a, b = close(1.0, 2.0, "a"), close(1.5, 1.0, "b")
+    assert a < b and not solved  # 1.0 vs 1.5: far apart, the float32 values decide
+    a, b = close(1.0, 1.0 + 1e-9, "a"), close(1.0 + 1e-6, 1.0, "b")
+    assert b < a and sorted(solved) == ["a", "b"]  # too close: the float64 values decide
+    assert close(2.0, 3.0, "c") < 2.5 and close(2.0, 3.0, "d") >= 2.0 + 1e-5
+    assert "d" in solved and "c" not in solved
+    assert min([close(1.0, 1.0, "e"), 1.0 + 1e-7]) == 1.0  # min, a tuple key: refined ==
+    assert close(5.0, 5.0, "f") <= math.inf and "f" not in solved
+
+
 def test_split_schedule_is_refused_unless_known():
     W, _, H = _outlier_data()
     with pytest.raises(linalg.NumericsError, match="schedule"):

@@ -92,6 +92,7 @@ def test_an_option_the_method_does_not_take_is_refused_before_compute(llama, met
         ("duo-svd-columns", {"search": "fast"}, "search"),
         ("duo-svd-columns", {"oversample": -1}, "oversample"),
         ("duo-svd-columns", {"schedule": "brent"}, "schedule"),
+        ("duo-svd-columns", {"probes": "float16"}, "probes"),
     ],
 )
 def test_a_bad_option_value_is_refused_before_compute(llama, method, options, match):

@@ -66,7 +66,9 @@ def _check_matrix(W: Tensor, what: str = "W") -> Tensor:
     if not isinstance(W, Tensor) or W.dim() != 2:
         raise NumericsError(f"{what} must be a 2-D tensor, got {getattr(W, 'shape', type(W))}")
     W = _as64(W)
-    if not bool(torch.isfinite(W).all()):
+    # NaN propagates to both ends of aminmax, inf reaches one: one pass and no mask, 12x
+    # faster than isfinite(W).all() on a 1536^2 Gram (checked on every call)
+    if W.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(W))).all()):
         raise NumericsError(f"{what} contains NaN or inf")
     return W
 
@@ -836,6 +838,64 @@ def _official_schedule(f: Callable[[int], float], k: int, f0: float) -> int:
 
 SCHEDULES = ("official", "golden", "rounded")
 
+CLOSE_CALL = 1e-4  # relative gap under which float32 probes are compared in float64
+
+
+class _CloseCall:
+    """A split candidate's error from a float32 eigenvalue solve that re-solves in float64
+    when a comparison is too close to call: any two values within `CLOSE_CALL` (relative)
+    are compared on their float64 values, so the schedule takes the decisions a float64
+    search takes. float32 solves of the float64-formed problem are off by < 2e-6 relative
+    on SmolLM2-135M (max over 1,150 probes; `bench_split_search.py` checks the splits), 50x
+    inside the margin. Supports the comparisons the schedules make, against floats too."""
+
+    __slots__ = ("value", "_exact")
+
+    def __init__(self, value: float, exact: Callable[[], float]) -> None:
+        self.value, self._exact = value, exact
+
+    def refined(self) -> float:
+        if self._exact is not None:
+            self.value, self._exact = self._exact(), None
+        return self.value
+
+    @staticmethod
+    def _pair(x: _CloseCall | float, y: _CloseCall | float) -> tuple[float, float]:
+        vx = x.value if isinstance(x, _CloseCall) else float(x)
+        vy = y.value if isinstance(y, _CloseCall) else float(y)
+        close = abs(vx - vy) <= CLOSE_CALL * max(abs(vx), abs(vy))
+        if close and math.isfinite(vx) and math.isfinite(vy):
+            vx = x.refined() if isinstance(x, _CloseCall) else vx
+            vy = y.refined() if isinstance(y, _CloseCall) else vy
+        return vx, vy
+
+    def __lt__(self, other: _CloseCall | float) -> bool:
+        a, b = self._pair(self, other)
+        return a < b
+
+    def __le__(self, other: _CloseCall | float) -> bool:
+        a, b = self._pair(self, other)
+        return a <= b
+
+    def __gt__(self, other: _CloseCall | float) -> bool:
+        a, b = self._pair(self, other)
+        return a > b
+
+    def __ge__(self, other: _CloseCall | float) -> bool:
+        a, b = self._pair(self, other)
+        return a >= b
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, (_CloseCall, float, int)):
+            return NotImplemented
+        a, b = self._pair(self, other)
+        return a == b
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"_CloseCall({self.value!r}, exact={self._exact is None})"
+
 
 class _RestProblem:
     """Duo-SVD's rest truncation, for the top-`c` scored columns kept, solved in the
@@ -935,8 +995,17 @@ class _RestProblem:
         form = min(r * c * c + r * r * c, r * left * left + r * r * left)
         return left**3 + m * left * left <= r**3 + form / 3
 
-    def loss(self, c: int, kr: int) -> float:
+    def loss(self, c: int, kr: int, precision: str = "float64") -> float:
+        """The candidate's loss from one eigenvalue solve. The problem is formed in float64
+        (forming it in float32 loses up to 0.3% to cancellation against `lam`); in float32
+        only the solve runs, and the loss is the sum of the eigenvalues past `kr`, plus
+        the trace a Ritz basis leaves out, in float64 (the float64 form `tr - sum(top kr)`
+        would amplify float32's error by `tr / loss`)."""
         _, T, tr = self._problem(c)
+        if precision == "float32":
+            mu = torch.linalg.eigvalsh(T.to(torch.float32)).to(F64)
+            outside = tr - float(T.diagonal().sum())  # 0 up to rounding unless reduced
+            return max(outside + float(mu[: max(mu.numel() - kr, 0)].clamp_min(0).sum()), 0.0)
         top = torch.linalg.eigvalsh(T).flip(0)[:kr].clamp_min(0)
         return max(tr - float(top.sum()), 0.0)
 
@@ -973,6 +1042,8 @@ def column_preserving_split(
     search: str = "exact",
     oversample: float = 0.25,
     schedule: str = "official",
+    probes: str = "auto",
+    base: LowRankFactors | None = None,
 ) -> ColumnSplit | None:
     """Duo-SVD column-preserving factorisation, or None when it does not pay off.
 
@@ -993,10 +1064,10 @@ def column_preserving_split(
        `rounded` svdzoo's first form (`_rounded_golden`), which made the results
        recorded before 2026-12-03.
 
-    `S` (the `whitener` factorisation of `H`) and `svd` (`whitened_svd(W, S)` in float64)
-    skip recomputing what the caller already has, e.g. a whitener shared by the matrices
-    that read the same input; when the split is rejected, `truncate(W, S, k, svd=svd)` is
-    the plain factorisation at no further cost.
+    `S` (the `whitener` factorisation of `H`), `svd` (`whitened_svd(W, S)` in float64) and
+    `base` (`truncate(W, S, k, svd=svd)`, the plain factorisation the split must beat) skip
+    recomputing what the caller already has, e.g. a whitener shared by the matrices that
+    read the same input; when the split is rejected, `base` is the answer.
 
     `search`: how each candidate's rest truncation is solved.
       - `exact` (default): one `r x r` eigenvalue solve per candidate in the whitened
@@ -1010,6 +1081,14 @@ def column_preserving_split(
         Cholesky factor of `H_RR`) and truncate it. The others are tested against it.
       `exact` and `ritz` need a Cholesky factor of `H` itself (no shift, no fallback);
       otherwise `reference` is used. Timings: `bench_compress.py`, docs/results.md.
+
+    `probes`: the precision of the `exact`/`ritz` candidates' eigenvalue solves (`auto`:
+    float32 on a GPU, float64 otherwise, as `resolve_precision`). `float32` solves the
+    float64-formed problem in float32 and re-solves in float64 any two candidates whose
+    errors are within `CLOSE_CALL` of each other (`_CloseCall`), so the decisions are
+    float64's; the chosen split's factors and loss are always computed in float64. On a
+    CPU it saves only ~5 % of the search (a 576^2 float32 solve is 1.5x faster, and close
+    calls near the optimum are solved twice); GPUs, slow in float64, are where it pays.
     """
     if search not in SEARCHES:
         raise NumericsError(f"unknown split search {search!r}; use one of {SEARCHES}")
@@ -1018,12 +1097,13 @@ def column_preserving_split(
     if not oversample >= 0:
         raise NumericsError(f"oversample must be >= 0, got {oversample}")
     W = _check_matrix(W)
+    probes = resolve_precision(probes, W.device)
     m, n = W.shape
     _check_rank(k, m, n)
     H = _check_gram(H, n).to(W.device)
     S = _whitener(H, whitener) if S is None else S
     svd = whitened_svd(W, S) if svd is None else svd
-    base = truncate(W, S, k, svd=svd)
+    base = truncate(W, S, k, svd=svd) if base is None else base
     f0 = math.sqrt(max(base.loss, 0.0))
     if k == 0:
         return None
@@ -1071,14 +1151,19 @@ def column_preserving_split(
         fac = truncate(W.index_select(1, rest), rest_whitener(rest), kr)
         return math.sqrt(max(fac.loss, 0.0)), kept, rest, (fac.A, fac.B), c
 
-    def evaluate(dr: int) -> float:
+    def evaluate(dr: int) -> float | _CloseCall:
         c, kr = column_counts(m, n, k, dr)
         if dr == 0 or c == 0:
             return f0
         if c == n:
             return 0.0
         if in_coordinates(c):
-            return math.sqrt(problem.loss(c, kr))
+            if probes == "float64":
+                return math.sqrt(problem.loss(c, kr))
+            return _CloseCall(
+                math.sqrt(problem.loss(c, kr, "float32")),
+                lambda: math.sqrt(problem.loss(c, kr)),
+            )
         rest = split(dr)[3]
         return math.sqrt(truncation_loss(W.index_select(1, rest), rest_whitener(rest), kr))
 

@@ -56,6 +56,7 @@ class ColumnPreserving:
     search: str = "exact"  # or "ritz" (linalg.column_preserving_split)
     oversample: float = 0.25
     schedule: str = "official"  # or "golden", "rounded" (linalg.column_preserving_split)
+    probes: str = "auto"  # the candidates' eigenvalue solves: float32 on a GPU, else float64
 
     def __post_init__(self) -> None:  # refused when configured, before any compute
         if self.search not in linalg.SEARCHES:
@@ -63,6 +64,8 @@ class ColumnPreserving:
         Whitened(self.whitening)  # refuses an unknown whitening
         if self.schedule not in linalg.SCHEDULES:
             raise ConfigError(f"schedule must be one of {linalg.SCHEDULES}, got {self.schedule!r}")
+        if self.probes not in linalg.PRECISIONS:
+            raise ConfigError(f"probes must be one of {linalg.PRECISIONS}, got {self.probes!r}")
         if not float(self.oversample) >= 0:
             raise ConfigError(f"oversample must be >= 0, got {self.oversample!r}")
 
@@ -73,6 +76,7 @@ class ColumnPreserving:
         plain = Whitened(self.whitening, "float64")
         S = plain.whitener_of(ctx)  # shared by the matrices that read the same input
         svd = plain.svd_of(ctx, S)
+        base = linalg.truncate(ctx.W, S, rank, svd=svd)  # what the split must beat
         split = linalg.column_preserving_split(
             ctx.W,
             ctx.H,
@@ -84,9 +88,11 @@ class ColumnPreserving:
             search=self.search,
             oversample=float(self.oversample),
             schedule=self.schedule,
+            probes=self.probes,
+            base=base,
         )
-        if split is None:  # the trade does not pay on this layer: plain whitened truncation,
-            return linalg.truncate(ctx.W, S, rank, svd=svd)  # from the SVD the search made
+        if split is None:  # the trade does not pay on this layer: plain whitened truncation
+            return base
         log.debug(
             "%s: kept %d columns, rank %d -> %d, loss %.4g -> %.4g",
             ctx.name,
