@@ -928,9 +928,19 @@ class _RestProblem:
     """
 
     def __init__(
-        self, W: Tensor, H: Tensor, U: Tensor, sigma: Tensor, order: Tensor, d: int | None
+        self,
+        W: Tensor,
+        H: Tensor,
+        U: Tensor,
+        sigma: Tensor,
+        order: Tensor,
+        d: int | None,
+        *,
+        Vh: Tensor | None = None,
+        L: Tensor | None = None,
     ) -> None:
         self.W, self.H, self.U, self.order, self.d = W, H, U, order, d
+        self.sigma, self.Vh, self.L = sigma, Vh, L
         self.lam = sigma.square()
         self.tr_g = float(self.lam.sum())
         self.Wc = W.new_zeros(U.shape[1], 0)
@@ -988,7 +998,12 @@ class _RestProblem:
             if self._Wt is None:
                 self._Wt = self.W.T.contiguous()  # columns of W as rows: gathers are memcpys
             wc = (self._Wt.index_select(0, new) @ self.U).T
-            pc = self.U.T @ (self.W @ self.H.index_select(0, new).T)  # H symmetric
+            if self.L is not None and self.Vh is not None:
+                # U^T W H = Sigma V^T L^T when W L = U Sigma V^T and H = L L^T: an
+                # r x n x c product instead of m x n x c plus r x m x c (5x less for gate/up)
+                pc = self.sigma[:, None] * (self.Vh @ self.L.index_select(0, new).T)
+            else:
+                pc = self.U.T @ (self.W @ self.H.index_select(0, new).T)  # H symmetric
             self.Wc, self.Pc = torch.cat([self.Wc, wc], 1), torch.cat([self.Pc, pc], 1)
         return self.Wc[:, :c], self.Pc[:, :c]
 
@@ -1186,7 +1201,7 @@ def column_preserving_split(
         d = None
         if search == "ritz":
             d = min(int(sigma.numel()), k + max(8, math.ceil(oversample * k)))
-        problem = _RestProblem(W, H, U, sigma, order, d)
+        problem = _RestProblem(W, H, U, sigma, order, d, Vh=svd[2], L=S.factor)
 
     def in_coordinates(c: int) -> bool:
         """Whether `problem` solves this candidate; otherwise the rest is whitened on its
