@@ -551,7 +551,8 @@ def test_official_schedule_lands_next_to_a_unimodal_minimum(k):
 @pytest.mark.parametrize("schedule", linalg.SCHEDULES)
 def test_float32_probes_take_float64_decisions(shape, schedule):
     """`probes=float32` solves each candidate in float32 but decides close calls in
-    float64: the same split, bit for bit, as float64 probes (the factors are float64's)."""
+    float64: the same split as float64 probes, and float64's factors (to rounding: a
+    re-solved candidate may be updated from another one already formed)."""
     g = torch.Generator().manual_seed(sum(shape) + 1)
     m, n = shape
     W = torch.randn(m, n, generator=g, dtype=F64)
@@ -566,7 +567,9 @@ def test_float32_probes_take_float64_decisions(shape, schedule):
         assert (a is None) == (b is None)
         if a is not None:
             seen += 1
-            assert a.delta_r == b.delta_r and torch.equal(a.A, b.A) and a.loss == b.loss
+            assert a.delta_r == b.delta_r and torch.equal(a.kept_idx, b.kept_idx)
+            assert b.loss == pytest.approx(a.loss, rel=1e-12)
+            assert _rel(b.product(), a.product()) < 1e-10
     assert seen >= 1
     with pytest.raises(linalg.NumericsError, match="precision"):
         linalg.column_preserving_split(W, H, 4, probes="float16")
