@@ -1,21 +1,30 @@
-"""End to end at LLaMA-7B shapes on one device: calibration, then every factorisation.
+"""End to end at LLaMA-7B shapes on one device: calibration, every factorisation, and the
+sensitivity tables.
 
 Issue 16's goal: SVD-LLM on a 7B model in <= 5 min on one GPU, calibration at 256 x 2048
-tokens included. A randomly initialised LLaMA-7B-shaped model (hidden 4096, 32 heads,
-intermediate 11008, 32 layers; no download) is held on the host in float16; calibration
-streams it layer by layer through the device (`stream_gram_stats`, the workflow's own
-code) on random token windows; then `svdzoo.compress` runs each method on a copy of the
-dense model with the factorisations on the device. Timed phases: model build (not
-counted), calibration, and each method's compression, each to a device sync.
+tokens included, with Duo-SVD, AdaSVD and the sensitivity tables timed beside it. A
+randomly initialised LLaMA-7B-shaped model (hidden 4096, 32 heads, intermediate 11008,
+32 layers; no download) is held on the host in float16. It is calibrated on an offline
+corpus (`pydoc`, every machine's Python docs) through svdzoo's byte-level tokenizer, with
+the workflow's own streaming code (`calibrate`), so methods that replay calibration text
+(AdaSVD's sequential recalibration) run too. Then `svdzoo.compress` runs each method on a
+copy of the dense model with the factorisations on the device. Timed phases: model build
+(not counted), calibration, each method's compression, and each sensitivity table, each
+to a device sync.
 
-Methods are those that need only the Gram: `svd-llm` (the goal) and `duo-svd-columns`
-(Duo-SVD's column split at a uniform ratio). AdaSVD (it replays calibration text through a
-tokenizer) and the sensitivity tables (hundreds of forward probes) are not timed here.
+Methods (`--methods`): `svd-llm` (the goal), `duo-svd-columns` (Duo-SVD's column split at a
+uniform ratio) and `adasvd` (compensated factors, sequential recalibration, adaCR
+ratios). Sensitivity tables (`--tables duo asvd`) run on the device-held model over
+`--table-nsamples` windows and `--table-ratios`; a table at the paper settings (32 x 2048
+tokens, 9 ratios) costs its module SVDs once plus forward passes in proportion to
+windows x ratios, so the report scales the measured time by that factor as an upper
+bound (the SVD part does not grow).
 
 `--shrink K` divides the widths (and `--layers` the depth) so the script can be checked
-on a CPU in seconds before a device run:
+on a CPU in a minute before a device run:
 
-    python benchmarks/bench_e2e_7b.py --device cpu --shrink 32 --layers 2 --nsamples 4 --seqlen 128
+    python benchmarks/bench_e2e_7b.py --device cpu --shrink 32 --layers 2 --nsamples 4 \\
+        --seqlen 128 --table-ratios 0.4
     python benchmarks/bench_e2e_7b.py            # on a GPU: the full 7B shapes
 
 Results: benchmarks/results/e2e-7b.json (one section per device and shape) and e2e-7b.md.
@@ -30,7 +39,6 @@ import os
 import platform
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,75 +75,81 @@ def build_model(a: argparse.Namespace):
         return LlamaForCausalLM(cfg).to(resolve_dtype(a.dtype)).eval()
 
 
-def calibrate(model, device: torch.device, a: argparse.Namespace):
-    """In-memory Gram statistics on random windows, through the workflow's streaming code."""
-    from svdzoo.calibration import CalibrationStats, stream_gram_stats
-    from svdzoo.calibration.gram import gram_manifest
+def calibrate(model, tokenizer, device: torch.device, a: argparse.Namespace):
+    """In-memory Gram statistics on `a.corpus`, through the workflow's streaming code."""
+    from svdzoo.calibration.gram import calibrate as gram_stats
 
-    windows = torch.randint(
-        0,
-        model.config.vocab_size,
-        (a.nsamples, a.seqlen),
-        generator=torch.Generator().manual_seed(0),
-    )
-    corpus = SimpleNamespace(name="random-tokens", fingerprint="torch.randint seed 0")
-    manifest = gram_manifest(
-        model, corpus=corpus, nsamples=a.nsamples, seqlen=a.seqlen, seed=0, model_id=None
-    )
-    tensors: dict[str, torch.Tensor] = {}
-    counts = stream_gram_stats(
+    return gram_stats(
         model,
-        windows,
-        tensors.__setitem__,
+        tokenizer,
+        corpus=a.corpus,
+        nsamples=a.nsamples,
+        seqlen=a.seqlen,
+        seed=0,
         device=device,
         batch_size=a.batch_size,
         memory_budget=a.memory_budget_mb << 20,
         progress=True,
     )
-    manifest.update(counts=counts, tokens=a.nsamples * a.seqlen, tensors=list(tensors))
-    return CalibrationStats(manifest, tensors.__getitem__)
 
 
-def run(a: argparse.Namespace) -> dict[str, Any]:
+PAPER_TABLE_TOKENS = 32 * 2048  # base/paper.yaml: the tables' calibration windows
+PAPER_TABLE_RATIOS = 9
+
+
+def time_table(model, tokenizer, gram, kind: str, device: torch.device, a) -> dict[str, Any]:
+    """One sensitivity table on the device-held model; the paper-settings scale factor."""
+    from svdzoo.sensitivity import compute_sensitivity
+
+    _sync(device)
+    t0 = time.perf_counter()
+    table = compute_sensitivity(
+        model,
+        tokenizer,
+        gram,
+        kind,
+        nsamples=a.table_nsamples,
+        ratios=a.table_ratios,
+        device=device,
+        batch_size=a.batch_size,
+    )
+    _sync(device)
+    took = time.perf_counter() - t0
+    scale = (PAPER_TABLE_TOKENS / (a.table_nsamples * a.seqlen)) * (
+        PAPER_TABLE_RATIOS / len(a.table_ratios)
+    )
+    return {
+        "table": kind,
+        "modules": len(table),
+        "ratios": list(a.table_ratios),
+        "tokens": a.table_nsamples * a.seqlen,
+        "seconds": round(took, 2),
+        "paper_settings_upper_bound_s": round(took * scale, 1),
+    }
+
+
+def run(a: argparse.Namespace, save=lambda result: None) -> dict[str, Any]:
+    """The timed phases; `save(result)` after each, so a run cut off by a device's time
+    limit keeps what it measured."""
     import svdzoo
     from svdzoo.compression import Statistics
     from svdzoo.models import resolve_device
+    from svdzoo.tokenizer import build_byte_tokenizer
 
     device = resolve_device(a.device)
+    cuda = device.type == "cuda"
+    tokenizer = build_byte_tokenizer()
     t0 = time.perf_counter()
     model = build_model(a)
     build_s = time.perf_counter() - t0
     print(f"model built in {build_s:.1f} s", flush=True)
     _sync(device)
     t0 = time.perf_counter()
-    gram = calibrate(model, device, a)
+    gram = calibrate(model, tokenizer, device, a)
     _sync(device)
     calib_s = time.perf_counter() - t0
     print(f"calibration: {calib_s:.1f} s", flush=True)
-    rows = []
-    for method in a.methods:
-        work = copy.deepcopy(model)
-        _sync(device)
-        t0 = time.perf_counter()
-        manifest = svdzoo.compress(
-            work, method, a.ratio, stats=Statistics(gram=gram), device=device
-        )
-        _sync(device)
-        took = time.perf_counter() - t0
-        del work
-        rows.append(
-            {
-                "method": method,
-                "compress_s": round(took, 2),
-                "calibration_plus_compress_s": round(calib_s + took, 2),
-                "achieved_ratio": round(manifest["achieved_ratio"], 4),
-                "matrices": len(manifest["modules"]),
-                "precision": manifest["precision"],  # the SVD's: "auto" is float32 on a GPU
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
-    cuda = device.type == "cuda"
-    return {
+    result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -147,9 +161,47 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "ratio": a.ratio,
         "model_build_s": round(build_s, 1),
         "calibration_s": round(calib_s, 2),
-        "peak_gpu_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else None,
-        "rows": rows,
+        "peak_gpu_mib": None,
+        "corpus": a.corpus,
+        "rows": [],
+        "tables": [],
     }
+
+    def saved() -> None:
+        if cuda:
+            result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        save(result)
+
+    saved()
+    for method in a.methods:
+        work = copy.deepcopy(model)
+        _sync(device)
+        t0 = time.perf_counter()
+        manifest = svdzoo.compress(
+            work, method, a.ratio, stats=Statistics(gram=gram), tokenizer=tokenizer, device=device
+        )
+        _sync(device)
+        took = time.perf_counter() - t0
+        del work
+        result["rows"].append(
+            {
+                "method": method,
+                "compress_s": round(took, 2),
+                "calibration_plus_compress_s": round(calib_s + took, 2),
+                "achieved_ratio": round(manifest["achieved_ratio"], 4),
+                "matrices": len(manifest["modules"]),
+                "precision": manifest["precision"],  # the SVD's: "auto" is float32 on a GPU
+            }
+        )
+        print(json.dumps(result["rows"][-1]), flush=True)
+        saved()
+    if a.tables:
+        model.to(device)  # the probes' forward passes run where the model is
+        for kind in a.tables:
+            result["tables"].append(time_table(model, tokenizer, gram, kind, device, a))
+            print(json.dumps(result["tables"][-1]), flush=True)
+            saved()
+    return result
 
 
 def write(section: str, result: dict[str, Any]) -> None:
@@ -166,7 +218,9 @@ def write(section: str, result: dict[str, Any]) -> None:
             f"## {name}",
             "",
             f"{shape}, {r['layers']} layers, random weights ({r['dtype']}), calibration "
-            f"{r['nsamples']} x {r['seqlen']} random tokens, {r['ratio']:.0%} removal, on "
+            f"{r['nsamples']} x {r['seqlen']} "
+            + (f"tokens of {r['corpus']}, " if r.get("corpus") else "random tokens, ")
+            + f"{r['ratio']:.0%} removal, on "
             f"{r['device']} (torch {r['torch']}). Calibration {r['calibration_s']:.1f} s"
             + (f", peak GPU memory {r['peak_gpu_mib']:.0f} MiB" if r["peak_gpu_mib"] else "")
             + ".",
@@ -188,6 +242,19 @@ def write(section: str, result: dict[str, Any]) -> None:
                 f"{row['calibration_plus_compress_s']:.1f} s | {verdict} |"
             )
         lines.append("")
+        if r.get("tables"):
+            lines += [
+                "| sensitivity table | modules | ratios | tokens | measured | at 32 x 2048 tokens,"
+                " 9 ratios (upper bound) |",
+                "|---|---:|---|---:|---:|---:|",
+            ]
+            for t in r["tables"]:
+                lines.append(
+                    f"| {t['table']} | {t['modules']} | {', '.join(map(str, t['ratios']))} | "
+                    f"{t['tokens']} | {t['seconds']:.1f} s | "
+                    f"{t['paper_settings_upper_bound_s'] / 60:.1f} min |"
+                )
+            lines.append("")
     write_text(RESULTS / "e2e-7b.md", "\n".join(lines))
 
 
@@ -202,15 +269,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-budget-mb", type=int, default=16384)
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--ratio", type=float, default=0.4)
-    ap.add_argument("--methods", nargs="+", default=["svd-llm", "duo-svd-columns"])
+    ap.add_argument("--methods", nargs="+", default=["svd-llm", "duo-svd-columns", "adasvd"])
+    ap.add_argument("--corpus", default="pydoc", help="calibration corpus (offline: pydoc)")
+    ap.add_argument("--tables", nargs="*", default=["duo", "asvd"], help="sensitivity kinds")
+    ap.add_argument("--table-nsamples", type=int, default=1, help="windows per table")
+    ap.add_argument(
+        "--table-ratios", type=float, nargs="+", default=[0.4, 0.8], help="retained ratios probed"
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--section", default=None, help="default: device and shape")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    result = run(a)
-    section = a.section or f"{result['device']} shrink {a.shrink} layers {a.layers}"
-    write(section, result)
+    device = (
+        torch.cuda.get_device_name() if a.device != "cpu" and torch.cuda.is_available() else "cpu"
+    )
+    section = a.section or f"{device} shrink {a.shrink} layers {a.layers}"
+    run(a, lambda result: write(section, result))
     print((RESULTS / "e2e-7b.md").read_text())
     return 0
 
