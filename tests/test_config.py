@@ -112,6 +112,29 @@ def test_unknown_method(default):
     _fails(bad, "methods[1]", "unknown method 'svd-lm'")
 
 
+def test_method_options_are_checked_per_method(default):
+    """`method_options` names a configured method, options it takes and values its parts
+    accept; anything else fails at parse time, naming the key."""
+    ok = copy.deepcopy(default)
+    ok["method_options"] = {"duo-svd-independent": {"schedule": "golden", "accept": 0.02}}
+    C.validate_params(ok, SCHEMA)
+    flags = C.option_flags(ok, "duo-svd-independent")
+    assert flags == ["--option", "schedule=golden", "--option", "accept=0.02"]
+    assert C.option_flags(ok, "svd") == []
+    for options, fragments in [
+        ({"svd-llm-v3": {"precision": "float32"}}, ["method_options.svd-llm-v3", "not in methods"]),
+        ({"svd-llm": {"schedule": "golden"}}, ["method_options.svd-llm", "no option 'schedule'"]),
+        ({"duo-svd-independent": {"schedule": "brent"}}, ["method_options.duo-svd-independent",
+                                                          "schedule"]),
+        ({"svd-llm": {"precision": "float 32"}}, ["method_options"]),  # no shell words
+        ({"svd-llm": {"precision": ["float32"]}}, ["method_options"]),  # scalars only
+    ]:  # fmt: skip
+        bad = copy.deepcopy(default)
+        bad["method_options"] = options
+        _fails(bad, *fragments)
+    assert C.option_value(True) == "true" and yaml.safe_load(C.option_value(0.02)) == 0.02
+
+
 def test_unknown_model_family_and_source(default):
     bad = copy.deepcopy(default)
     bad["models"]["ref-opt"]["family"] = "gpt2"

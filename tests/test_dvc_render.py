@@ -114,3 +114,14 @@ def test_no_command_has_a_double_space(in_root):
     assert "${compress}" not in stages["compress-svd-llm"]["cmd"]
     params["compress"] = {"dtype": "float32"}
     assert "${compress}" in dvc_render.render_stages(params)["stages"]["compress-svd"]["cmd"]
+
+
+def test_method_options_are_read_from_params_per_method(in_root):
+    """`method_options.<m>` reaches only `m`'s compressions, each value interpolated from
+    params.yaml (so `dvc exp run -S` changes it) and declared as the stage's param."""
+    stages = stages_for(method_options={"svd-llm": {"precision": "float32", "whitening": "eigen"}})
+    mine, other = stages["compress-svd-llm"], stages["compress-asvd"]
+    assert "--option precision=${method_options.svd-llm.precision}" in mine["cmd"]
+    assert "--option whitening=${method_options.svd-llm.whitening}" in mine["cmd"]
+    assert mine["params"] == ["compress", "method_options.svd-llm"]
+    assert "--option" not in other["cmd"] and other["params"] == ["compress"]

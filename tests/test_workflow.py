@@ -231,6 +231,9 @@ def test_snakemake_and_dvc_run_the_same_commands(tmp_path):
 
     params = {**MICRO, "ratios": ["0.40", "0.60"], "methods": [
         "svd", "fwsvd", "asvd", "svd-llm", "duo-svd", "duo-svd-independent"]}  # fmt: skip
+    # per-method options: read from params.yaml by both engines (dvc.yaml interpolates them)
+    params["method_options"] = {"duo-svd": {"schedule": "golden", "accept": 0.02},
+                                "svd-llm": {"precision": "float32"}}  # fmt: skip
     ws = make_workspace(tmp_path / "ws", params)
     out = smk(ws, "--dry-run", "--printshellcmds")
     snake = _commands(
@@ -246,6 +249,11 @@ def test_snakemake_and_dvc_run_the_same_commands(tmp_path):
     assert snake == dvc - only_dvc, (sorted(snake - dvc), sorted(dvc - snake))
     # 12 compressions, 13 evaluations, 2 calibrations, 4 tables (2 per-ratio), 3 others
     assert len(only_dvc) == 2 and len(snake) == 34
+    duo = [c for c in snake if " compress " in c and "--method duo-svd " in c]
+    assert len(duo) == 2 and all("--option schedule=golden --option accept=0.02" in c for c in duo)
+    # svd-llm's compressions only
+    assert sum("--option precision=float32" in c for c in snake if " compress " in c) == 2
+    assert [c for c in snake if "--option " in c and " compress " not in c] == []
     assert run(ws, str(BIN / "svdzoo"), "render-dvc", "--check").strip().endswith("current")
 
 

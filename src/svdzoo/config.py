@@ -79,6 +79,7 @@ EXEC_ONLY: dict[str, frozenset[str]] = {
 DEFAULTS: dict[str, Any] = {
     "execution": {},
     "compress": {},
+    "method_options": {},
     "offline_tasks": {"seed": 0},
     "report": {"published": "data/published.csv"},
     "keep_compressed": True,
@@ -256,7 +257,44 @@ def validate_params(params: Mapping[str, Any], schema: str | Path | None = None)
             out.setdefault(key, default)
     _check_names(out)
     _check_flag_sections(out)
+    _check_method_options(out)
     return out
+
+
+def _check_method_options(p: Mapping[str, Any]) -> None:
+    """Each `method_options` entry names a configured method, and each of its options is
+    one that method takes, with a value its parts accept: refused here, before any job."""
+    from svdzoo.compression import with_options
+    from svdzoo.methods import get_method
+    from svdzoo.methods.base import check_options
+
+    for name, opts in (p.get("method_options") or {}).items():
+        where = f"method_options.{name}"
+        if name not in p["methods"]:
+            raise ConfigError(
+                f"{where}: {name!r} is not in methods ({', '.join(p['methods'])}); its options "
+                "would never be used"
+            )
+        method = get_method(name)
+        try:
+            check_options(method, opts)
+            with_options(method, {**method.options, **opts})
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+
+
+def option_value(value: Any) -> str:
+    """A method option as `--option KEY=VALUE` text that `compress` parses back (YAML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def option_flags(params: Mapping[str, Any], method: str) -> list[str]:
+    """`method_options.<method>` as `--option KEY=VALUE` argv (the Snakefile's compress
+    rule; dvc.yaml interpolates the same values from params.yaml)."""
+    opts = (params.get("method_options") or {}).get(method) or {}
+    return [x for key, value in opts.items() for x in ("--option", f"{key}={option_value(value)}")]
 
 
 # params section -> the `svdzoo` command whose flags it is (Snakefile `flags()`, dvc `${section}`)

@@ -21,7 +21,7 @@ hub models run through Snakemake.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +142,10 @@ def _per_ratio_tables(methods: list[str]) -> dict[str, Any]:
     }
 
 
-def _compress_stage(method: str) -> dict[str, Any]:
+def _compress_stage(method: str, options: Sequence[str] = ()) -> dict[str, Any]:
+    """`options`: the keys of `method_options.<method>`, each interpolated from params.yaml
+    (so `dvc exp run -S method_options.<method>.<key>=...` reruns this stage; a new key
+    needs `svdzoo render-dvc`, which `validate-params --dvc-yaml` checks)."""
     needs = C.method_requirements(method)
     model = "data/models/${item.model}"
     stats = {k: _stats_path(k, "${item.model}", method, "${item.ratio}") for k in needs}
@@ -153,6 +156,7 @@ def _compress_stage(method: str) -> dict[str, Any]:
             f"svdzoo --execution params.yaml compress --model {model}",
             *(f"{STATS_FLAGS[k]} {stats[k]}" for k in STATS_FLAGS if k in stats),
             f"--method {method} --ratio ${{item.ratio}} ${{compress}}",
+            *(f"--option {k}=${{method_options.{method}.{k}}}" for k in options),
             f"--calibration {CALIB}" if needs else "",
             f"--out {out}",
         ),
@@ -161,7 +165,7 @@ def _compress_stage(method: str) -> dict[str, Any]:
             model,
             *(stats[k] for k in STATS_FLAGS if k in stats),
         ],
-        "params": ["compress"],
+        "params": ["compress", *([f"method_options.{method}"] if options else [])],
         "outs": [out],
     }
 
@@ -231,7 +235,8 @@ def render_stages(params: Mapping[str, Any]) -> dict[str, Any]:
     stages.update(_stats_stages(needed, independent_duo))
     stages.update(_per_ratio_tables(methods))
     for method in methods:
-        stages[f"compress-{method}"] = _compress_stage(method)
+        options = list((params.get("method_options") or {}).get(method) or {})
+        stages[f"compress-{method}"] = _compress_stage(method, options)
     stages["evaluate-dense"] = {
         "foreach": "${models}",
         "do": _evaluate("${key}", DENSE, "0.00", "data/models/${key}", tasks),

@@ -13,6 +13,7 @@ rule compress:
         model=lambda w: model_arg(w.model),
         stats=stats_flags,
         extra=flags("compress"),
+        options=lambda w: " ".join(svdconf.option_flags(P, w.method)),
         calib=calibration_flag,
     log:
         log_path("compress", "{model}", "{method}", "r{ratio}"),
@@ -28,6 +29,6 @@ rule compress:
     shell:
         "OMP_NUM_THREADS={threads} svdzoo {params.exe} compress --model {params.model}"
         " {params.stats}"
-        " --method {wildcards.method} --ratio {wildcards.ratio} {params.extra}"
+        " --method {wildcards.method} --ratio {wildcards.ratio} {params.extra} {params.options}"
         " {params.calib}"
         " --out {output} > {log} 2>&1"

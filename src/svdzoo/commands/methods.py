@@ -10,10 +10,16 @@ HELP = "list the registered compression methods"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--names", action="store_true", help="print only the names, one per line")
+    p.add_argument(
+        "--options",
+        action="store_true",
+        help="also list each method's `compress --option` keys (params.yaml method_options)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from svdzoo.methods import REGISTRY
+    from svdzoo.methods.base import accepted_options
 
     for name in sorted(REGISTRY):
         m = REGISTRY[name]
@@ -24,4 +30,6 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{name:<22} {m.description}  [needs: {needs}{'; sequential' if m.sequential else ''}{'; searches' if m.probes else ''}]"
         )
+        if args.options:
+            print(f"{'':<22} options: {', '.join(sorted(accepted_options(m))) or '-'}")
     return 0
