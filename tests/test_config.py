@@ -113,16 +113,18 @@ def test_unknown_method(default):
 
 
 def test_method_options_are_checked_per_method(default):
-    """`method_options` names a configured method, options it takes and values its parts
-    accept; anything else fails at parse time, naming the key."""
+    """`method_options` names a registered method, options it takes and values its parts
+    accept; anything else fails at parse time, naming the key. A method left out of
+    `methods` keeps its settings (a trimmed run stays valid)."""
     ok = copy.deepcopy(default)
     ok["method_options"] = {"duo-svd-independent": {"schedule": "golden", "accept": 0.02}}
     C.validate_params(ok, SCHEMA)
+    C.validate_params({**ok, "methods": ["svd"]}, SCHEMA)
     flags = C.option_flags(ok, "duo-svd-independent")
     assert flags == ["--option", "schedule=golden", "--option", "accept=0.02"]
     assert C.option_flags(ok, "svd") == []
     for options, fragments in [
-        ({"svd-llm-v3": {"precision": "float32"}}, ["method_options.svd-llm-v3", "not in methods"]),
+        ({"svd-llm-v3": {"precision": "float32"}}, ["method_options.svd-llm-v3", "unknown method"]),
         ({"svd-llm": {"schedule": "golden"}}, ["method_options.svd-llm", "no option 'schedule'"]),
         ({"duo-svd-independent": {"schedule": "brent"}}, ["method_options.duo-svd-independent",
                                                           "schedule"]),

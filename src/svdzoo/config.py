@@ -262,18 +262,20 @@ def validate_params(params: Mapping[str, Any], schema: str | Path | None = None)
 
 
 def _check_method_options(p: Mapping[str, Any]) -> None:
-    """Each `method_options` entry names a configured method, and each of its options is
-    one that method takes, with a value its parts accept: refused here, before any job."""
+    """Each `method_options` entry names a registered method (not necessarily one in
+    `methods`: trimming the list for a quick run keeps the settings), and each of its
+    options is one that method takes, with a value its parts accept: refused here, before
+    any job."""
     from svdzoo.compression import with_options
     from svdzoo.methods import get_method
     from svdzoo.methods.base import check_options
 
+    table = method_table()
     for name, opts in (p.get("method_options") or {}).items():
         where = f"method_options.{name}"
-        if name not in p["methods"]:
+        if name not in table:
             raise ConfigError(
-                f"{where}: {name!r} is not in methods ({', '.join(p['methods'])}); its options "
-                "would never be used"
+                f"{where}: unknown method {name!r}; known: {', '.join(sorted(table))}"
             )
         method = get_method(name)
         try:
