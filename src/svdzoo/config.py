@@ -270,19 +270,13 @@ def _check_method_options(p: Mapping[str, Any]) -> None:
     from svdzoo.methods import get_method
     from svdzoo.methods.base import check_options
 
-    table = method_table()
     for name, opts in (p.get("method_options") or {}).items():
-        where = f"method_options.{name}"
-        if name not in table:
-            raise ConfigError(
-                f"{where}: unknown method {name!r}; known: {', '.join(sorted(table))}"
-            )
-        method = get_method(name)
         try:
+            method = get_method(name)
             check_options(method, opts)
             with_options(method, {**method.options, **opts})
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
+            raise ConfigError(f"method_options.{name}: {exc}") from exc
 
 
 def option_value(value: Any) -> str:

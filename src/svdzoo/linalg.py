@@ -936,8 +936,8 @@ class _RestProblem:
         order: Tensor,
         d: int | None,
         *,
-        Vh: Tensor | None = None,
-        L: Tensor | None = None,
+        Vh: Tensor,
+        L: Tensor,
     ) -> None:
         self.W, self.H, self.U, self.order, self.d = W, H, U, order, d
         self.sigma, self.Vh, self.L = sigma, Vh, L
@@ -998,12 +998,9 @@ class _RestProblem:
             if self._Wt is None:
                 self._Wt = self.W.T.contiguous()  # columns of W as rows: gathers are memcpys
             wc = (self._Wt.index_select(0, new) @ self.U).T
-            if self.L is not None and self.Vh is not None:
-                # U^T W H = Sigma V^T L^T when W L = U Sigma V^T and H = L L^T: an
-                # r x n x c product instead of m x n x c plus r x m x c (5x less for gate/up)
-                pc = self.sigma[:, None] * (self.Vh @ self.L.index_select(0, new).T)
-            else:
-                pc = self.U.T @ (self.W @ self.H.index_select(0, new).T)  # H symmetric
+            # U^T W H = Sigma V^T L^T, as W L = U Sigma V^T and H = L L^T: an r x n x c
+            # product instead of m x n x c plus r x m x c (5x less for gate/up)
+            pc = self.sigma[:, None] * (self.Vh @ self.L.index_select(0, new).T)
             self.Wc, self.Pc = torch.cat([self.Wc, wc], 1), torch.cat([self.Pc, pc], 1)
         return self.Wc[:, :c], self.Pc[:, :c]
 
