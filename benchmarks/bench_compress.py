@@ -102,8 +102,8 @@ def bench_matrices(
             "duo-svd (ColumnPreserving part)": lambda W=W, H=H, k=k: ColumnPreserving()(
                 _ctx(W, H), k
             ),
-            "duo-svd (ColumnPreserving part, float32 probes)": lambda W=W, H=H, k=k: (
-                ColumnPreserving(probes="float32")(_ctx(W, H), k)
+            "duo-svd (ColumnPreserving part, float64 probes)": lambda W=W, H=H, k=k: (
+                ColumnPreserving(probes="float64")(_ctx(W, H), k)
             ),
         }
         rows = {}

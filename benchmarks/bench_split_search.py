@@ -54,30 +54,35 @@ def _timed(fn):
 
 
 class _ProbeCounter:
-    """Counts the candidates solved in the whitened SVD's coordinates (one eigenvalue solve
-    each), to set the search's time against the floor of that many `r x r` solves."""
+    """Counts the candidates' eigenvalue solves in the whitened SVD's coordinates: float64
+    ones (`calls`, re-solves of close float32 calls included) and float32 ones (`calls32`),
+    to set the search's time against the floor of that many `r x r` solves."""
 
     def __init__(self) -> None:
-        self.calls = 0
-        self._loss = linalg._RestProblem.loss
+        self.calls = self.calls32 = 0
+        self._loss, self._loss32 = linalg._RestProblem.loss, linalg._RestProblem.loss_f32
 
     def __enter__(self) -> _ProbeCounter:
-        counter, loss = self, self._loss
+        counter, loss, loss32 = self, self._loss, self._loss32
 
         def counted(problem, *args, **kwargs):
             counter.calls += 1
             return loss(problem, *args, **kwargs)
 
-        linalg._RestProblem.loss = counted
+        def counted32(problem, *args, **kwargs):
+            counter.calls32 += 1
+            return loss32(problem, *args, **kwargs)
+
+        linalg._RestProblem.loss, linalg._RestProblem.loss_f32 = counted, counted32
         return self
 
     def __exit__(self, *exc) -> None:
-        linalg._RestProblem.loss = self._loss
+        linalg._RestProblem.loss, linalg._RestProblem.loss_f32 = self._loss, self._loss32
 
 
-def _eig_seconds(r: int, repeats: int = 3) -> float:
-    """One float64 `r x r` symmetric eigenvalue solve, the unit a candidate costs."""
-    A = torch.randn(r, r, dtype=torch.float64, generator=torch.Generator().manual_seed(r))
+def _eig_seconds(r: int, repeats: int = 3, dtype: torch.dtype = torch.float64) -> float:
+    """One `r x r` symmetric eigenvalue solve, the unit a candidate costs."""
+    A = torch.randn(r, r, dtype=dtype, generator=torch.Generator().manual_seed(r))
     A = A + A.T
     torch.linalg.eigvalsh(A)
     t0 = time.perf_counter()
@@ -92,12 +97,13 @@ def measure(W, H, S, ratios, **labels) -> list[dict]:
     m, n = W.shape
     svd, t_svd = _timed(lambda: linalg.whitened_svd(W, S))
     t_eig = _eig_seconds(min(m, n))
+    t_eig32 = _eig_seconds(min(m, n), dtype=torch.float32)
     rows = []
     for ratio in ratios:
         k = linalg.rank_for_ratio(m, n, ratio)
         base, t_base = _timed(lambda k=k: linalg.truncate(W, S, k, svd=svd))
         row = {**labels, "m": m, "n": n, "ratio": ratio, "rank": k, "svd_s": t_svd}
-        row.update(truncate_s=t_base, eig_s=t_eig)
+        row.update(truncate_s=t_base, eig_s=t_eig, eig32_s=t_eig32)
         for label, options in SEARCHES.items():
             with _ProbeCounter() as probes:
                 split, t = _timed(
@@ -106,7 +112,8 @@ def measure(W, H, S, ratios, **labels) -> list[dict]:
                     )
                 )
             row[f"{label}_s"] = t
-            row[f"{label}_probes"] = probes.calls
+            row[f"{label}_probes"] = probes.calls + probes.calls32
+            row[f"{label}_f64_solves"] = probes.calls
             row[f"{label}_delta_r"] = -1 if split is None else int(split.delta_r)
             row[f"{label}_kept"] = 0 if split is None else split.n_kept
             row[f"{label}_loss"] = base.loss if split is None else split.loss
@@ -123,7 +130,8 @@ def report(df: pd.DataFrame, wall: float) -> str:
         f"{torch.get_num_threads()} threads, {wall:.0f} s. Uniform rank per ratio; each search "
         "from the same whitener and whitened SVD. `reference` whitens every candidate's rest "
         "afresh; `exact` solves it in the whitened SVD's coordinates, float64 probes, "
-        "`exact-f32` the same with float32 probes (close calls re-solved in float64); `ritz` "
+        "`exact-f32` the same with float32 probes (close calls re-solved in float64: "
+        "the default); `ritz` "
         "reduces the problem to a subspace when smaller.",
         "",
     ]
@@ -147,20 +155,29 @@ def report(df: pd.DataFrame, wall: float) -> str:
     lines += [pd.DataFrame(summary).to_markdown(index=False, floatfmt=".1e"), ""]
     df["svd_llm_s"] = df.svd_s + df.truncate_s
     df["floor_s"] = df.exact_probes * df.eig_s  # the exact search's r x r solves alone
+    resolved = df["exact-f32_f64_solves"]
+    df["floor-f32_s"] = (df["exact-f32_probes"] - resolved) * df.eig32_s + resolved * df.eig_s
+    df["re-solves"] = resolved
     cols = ["svd_llm_s", *[f"{s}_s" for s in SEARCHES], "exact_probes", "floor_s"]
+    cols += ["re-solves", "floor-f32_s"]
     speed = df.groupby(["type"])[cols].sum()
     speed.loc["all"] = speed.sum()
     for search in SEARCHES:
         speed[f"Duo ({search}) / SVD-LLM"] = 1 + speed[f"{search}_s"] / speed.svd_llm_s
     speed["floor / SVD-LLM"] = 1 + speed.floor_s / speed.svd_llm_s
+    speed["floor-f32 / SVD-LLM"] = 1 + speed["floor-f32_s"] / speed.svd_llm_s
     speed["exact_probes"] = speed.exact_probes.astype(int)
+    speed["re-solves"] = speed["re-solves"].astype(int)
     lines += [
         "Seconds summed over matrices and ratios. SVD-LLM's time is the whitened SVD (once per "
         "matrix, as a compression computes it) plus its factors; Duo-SVD's adds the search, "
         "so Duo / SVD-LLM = 1 + search / SVD-LLM. `exact_probes` counts the candidates the "
         "exact search solved, `floor_s` what that many float64 `r x r` eigenvalue solves "
         "(`r = min(m, n)`) take alone, timed on the same machine: no search that decides "
-        "the same candidates one solve each can beat `floor / SVD-LLM`.",
+        "the same candidates one solve each can beat `floor / SVD-LLM`. `re-solves` counts "
+        "the float64 solves the float32 search made (close calls, and candidates whose "
+        "float32 error bound was too wide), `floor-f32_s` its solves alone, timed the same "
+        "way.",
         "",
         speed.to_markdown(floatfmt=".2f"),
         "",

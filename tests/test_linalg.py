@@ -574,21 +574,54 @@ def test_float32_probes_take_float64_decisions(shape, schedule):
 
 
 def test_a_close_call_is_decided_on_the_float64_values():
-    """Values further apart than `CLOSE_CALL` compare as given (no float64 solve); closer
-    ones are re-solved, and the float64 values decide, against floats too."""
+    """Values whose gap exceeds the sum of their error bounds compare as given (no float64
+    solve); closer ones are re-solved and the float64 values decide, against floats (a
+    zero bound) too; a candidate compared with itself is never re-solved."""
     solved: list[str] = []
 
-    def close(value, exact, name):
-        return linalg._CloseCall(value, lambda: solved.append(name) or exact)
+    def close(value, exact, name, error=1e-3):
+        return linalg._CloseCall(value, error, lambda: solved.append(name) or exact)
 
     a, b = close(1.0, 2.0, "a"), close(1.5, 1.0, "b")
     assert a < b and not solved  # 1.0 vs 1.5: far apart, the float32 values decide
-    a, b = close(1.0, 1.0 + 1e-9, "a"), close(1.0 + 1e-6, 1.0, "b")
+    a, b = close(1.0, 1.0 + 1e-9, "a"), close(1.0 + 1e-4, 1.0, "b")
     assert b < a and sorted(solved) == ["a", "b"]  # too close: the float64 values decide
-    assert close(2.0, 3.0, "c") < 2.5 and close(2.0, 3.0, "d") >= 2.0 + 1e-5
+    assert close(1.0, 2.0, "w", error=1e-6) < close(1.0 + 1e-4, 0.0, "x", error=1e-6)
+    assert "w" not in solved and "x" not in solved  # the same gap, tight bounds: as given
+    assert close(2.0, 3.0, "c") < 2.5 and close(2.0, 3.0, "d") >= 2.0 + 5e-4
     assert "d" in solved and "c" not in solved
     assert min([close(1.0, 1.0, "e"), 1.0 + 1e-7]) == 1.0  # min, a tuple key: refined ==
     assert close(5.0, 5.0, "f") <= math.inf and "f" not in solved
+    same = close(3.0, 4.0, "g")
+    assert same <= same and not same < same and "g" not in solved
+
+
+def test_float32_error_bound_holds_and_a_wide_one_solves_in_float64():
+    """`_f32_error` bounds the float32 solve's error on the tail sum, for flat, graded and
+    low-rank-perturbed spectra; a candidate whose bound is wide against its loss (one
+    direction 1e7 x the rest) is solved in float64 and carries no bound."""
+    g = torch.Generator().manual_seed(5)
+    for r, decay in ((64, 0.0), (200, 1.0), (300, 2.0)):
+        lam = torch.arange(1, r + 1, dtype=F64) ** -decay * 1e3
+        Z = torch.randn(r, 8, generator=g, dtype=F64) * lam.sqrt()[:, None] * 0.2
+        T = torch.diag(lam) - (Z[:, :4] @ Z[:, 4:].T + Z[:, 4:] @ Z[:, :4].T)
+        for tail in (1, r // 3, r - 1):
+            want = float(torch.linalg.eigvalsh(T)[:tail].sum())
+            got = float(torch.linalg.eigvalsh(T.float()).to(F64)[:tail].sum())
+            assert abs(got - want) <= linalg._f32_error(T, tail)
+
+    m, n, k = 40, 30, 10
+    U = torch.linalg.qr(torch.randn(m, n, generator=g, dtype=F64))[0]
+    V = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))[0]
+    s = torch.ones(n, dtype=F64)
+    s[0] = 1e7
+    W = (U * s) @ V.T
+    H = torch.eye(n, dtype=F64)
+    S = linalg.cholesky_whitener(H)
+    Uw, sigma, Vh = linalg.whitened_svd(W, S)
+    problem = linalg._RestProblem(W, H, Uw, sigma, torch.arange(n), None, Vh=Vh, L=S.factor)
+    value, bound = problem.loss_f32(3, k)
+    assert bound == 0.0 and value == problem.loss(3, k)
 
 
 def test_split_schedule_is_refused_unless_known():

@@ -73,12 +73,18 @@ def _check_matrix(W: Tensor, what: str = "W") -> Tensor:
     return W
 
 
-def _check_gram(H: Tensor, n: int | None = None, what: str = "H") -> Tensor:
+def _check_gram(
+    H: Tensor, n: int | None = None, what: str = "H", *, symmetrise: bool = True
+) -> Tensor:
+    """`H` in float64, finite and square (`n x n`), and symmetrised unless the caller only
+    reads blocks whose rounding-level asymmetry cannot matter."""
     H = _check_matrix(H, what)
     if H.shape[0] != H.shape[1]:
         raise NumericsError(f"{what} must be square, got {tuple(H.shape)}")
     if n is not None and H.shape[0] != n:
         raise NumericsError(f"{what} is {tuple(H.shape)} but the weight has {n} input features")
+    if not symmetrise:
+        return H
     # accumulated sums are symmetric only up to rounding; a contiguous transpose first
     # (a blocked copy) is 1.8x faster than adding the strided view, `0.5 * (H + H.T)`
     return H.T.contiguous().add_(H).mul_(0.5)
@@ -840,33 +846,45 @@ def _official_schedule(f: Callable[[int], float], k: int, f0: float) -> int:
 
 SCHEDULES = ("official", "golden", "rounded")
 
-CLOSE_CALL = 1e-4  # relative gap under which float32 probes are compared in float64
+F32_EPS = float(torch.finfo(torch.float32).eps)
+F32_MAX_ERROR = 1e-2  # relative; past it a candidate's float32 solve is not worth making
+
+
+def _f32_error(T: Tensor, tail: int) -> float:
+    """A bound on the error of the sum of `T`'s `tail` smallest eigenvalues when `T` is
+    rounded to float32 and solved there: for a backward error `E` (rounding included), the
+    sum moves by at most `sqrt(tail) ||E||_F` (Lidskii), and `||E||_F` is taken as
+    `sqrt(r) eps32 ||T||_F / 2`, the size Householder tridiagonalisation's rounding
+    accumulates to. The errors measured on SmolLM2-135M's candidates (952 probes,
+    r = 192 and 576) stay under 1/15 of it; on graded synthetic spectra under 1/1000."""
+    r = T.shape[0]
+    return 0.5 * math.sqrt(r * max(tail, 1)) * F32_EPS * float(torch.linalg.matrix_norm(T))
 
 
 class _CloseCall:
-    """A split candidate's error from a float32 eigenvalue solve that re-solves in float64
-    when a comparison is too close to call: any two values within `CLOSE_CALL` (relative)
-    are compared on their float64 values, so the schedule takes the decisions a float64
-    search takes. float32 solves of the float64-formed problem are off by < 2e-6 relative
-    on SmolLM2-135M (max over 1,150 probes; `bench_split_search.py` checks the splits), 50x
-    inside the margin. Supports the comparisons the schedules make, against floats too."""
+    """A split candidate's error from a float32 eigenvalue solve, with an error bound, that
+    re-solves in float64 when a comparison is too close to call: two values whose gap is
+    within the sum of their bounds are compared on their float64 values, so the schedule
+    takes the decisions a float64 search takes. Supports the comparisons the schedules
+    make, against floats (exact: a zero bound) too."""
 
-    __slots__ = ("value", "_exact")
+    __slots__ = ("value", "error", "_exact")
 
-    def __init__(self, value: float, exact: Callable[[], float]) -> None:
-        self.value, self._exact = value, exact
+    def __init__(self, value: float, error: float, exact: Callable[[], float]) -> None:
+        self.value, self.error, self._exact = value, error, exact
 
     def refined(self) -> float:
         if self._exact is not None:
-            self.value, self._exact = self._exact(), None
+            self.value, self.error, self._exact = self._exact(), 0.0, None
         return self.value
 
     @staticmethod
     def _pair(x: _CloseCall | float, y: _CloseCall | float) -> tuple[float, float]:
-        vx = x.value if isinstance(x, _CloseCall) else float(x)
-        vy = y.value if isinstance(y, _CloseCall) else float(y)
-        close = abs(vx - vy) <= CLOSE_CALL * max(abs(vx), abs(vy))
-        if close and math.isfinite(vx) and math.isfinite(vy):
+        vx, ex = (x.value, x.error) if isinstance(x, _CloseCall) else (float(x), 0.0)
+        vy, ey = (y.value, y.error) if isinstance(y, _CloseCall) else (float(y), 0.0)
+        if x is y:  # a schedule comparing a candidate with itself (c == d late on)
+            return vx, vy
+        if abs(vx - vy) <= ex + ey and math.isfinite(vx) and math.isfinite(vy):
             vx = x.refined() if isinstance(x, _CloseCall) else vx
             vy = y.refined() if isinstance(y, _CloseCall) else vy
         return vx, vy
@@ -896,7 +914,7 @@ class _CloseCall:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"_CloseCall({self.value!r}, exact={self._exact is None})"
+        return f"_CloseCall({self.value!r}, +-{self.error!r}, exact={self._exact is None})"
 
 
 class _RestProblem:
@@ -983,9 +1001,8 @@ class _RestProblem:
             T = -(X + X.T)
             T.diagonal().add_(self.lam)
         else:
-            T = self._formed[c0].clone()
             sign = -1.0 if c > c0 else 1.0
-            T.add_(X, alpha=sign).add_(X.T, alpha=sign)
+            T = torch.add(self._formed[c0], X, alpha=sign).add_(X.T, alpha=sign)
         self._formed[c] = T
         while len(self._formed) > self.KEEP_FORMED:
             del self._formed[next(iter(self._formed))]
@@ -1060,19 +1077,29 @@ class _RestProblem:
         form = min(self._update_cost(c)[1], self._direct_cost(c))
         return left**3 + m * left * left <= r**3 + form / 3
 
-    def loss(self, c: int, kr: int, precision: str = "float64") -> float:
-        """The candidate's loss from one eigenvalue solve. The problem is formed in float64
-        (forming it in float32 loses up to 0.3% to cancellation against `lam`); in float32
-        only the solve runs, and the loss is the sum of the eigenvalues past `kr`, plus
-        the trace a Ritz basis leaves out, in float64 (the float64 form `tr - sum(top kr)`
-        would amplify float32's error by `tr / loss`)."""
+    def loss(self, c: int, kr: int) -> float:
+        """The candidate's loss from one float64 eigenvalue solve: `tr - sum(top kr)`."""
         _, T, tr = self._problem(c)
-        if precision == "float32":
-            mu = torch.linalg.eigvalsh(T.to(torch.float32)).to(F64)
-            outside = tr - float(T.diagonal().sum())  # 0 up to rounding unless reduced
-            return max(outside + float(mu[: max(mu.numel() - kr, 0)].clamp_min(0).sum()), 0.0)
         top = torch.linalg.eigvalsh(T).flip(0)[:kr].clamp_min(0)
         return max(tr - float(top.sum()), 0.0)
+
+    def loss_f32(self, c: int, kr: int) -> tuple[float, float]:
+        """`(loss, error bound)` from one float32 eigenvalue solve of the float64-formed
+        problem (forming it in float32 loses up to 0.3 % to cancellation against `lam`).
+        The loss is the sum of the eigenvalues past `kr` plus the trace a Ritz basis leaves
+        out, in float64 (the form `tr - sum(top kr)` would amplify float32's error by
+        `tr / loss`); its error bound is `_f32_error`'s. When that bound exceeds
+        `F32_MAX_ERROR` of the loss, a float32 value would be re-solved at almost every
+        comparison, so the float64 solve is returned instead, with a zero bound."""
+        _, T, tr = self._problem(c)
+        size = T.shape[0]
+        bound = _f32_error(T, size - kr)
+        mu = torch.linalg.eigvalsh(T.to(torch.float32)).to(F64)
+        outside = tr - float(T.diagonal().sum())  # 0 up to rounding unless reduced
+        value = max(outside + float(mu[: max(size - kr, 0)].clamp_min(0).sum()), 0.0)
+        if bound > F32_MAX_ERROR * value:
+            return self.loss(c, kr), 0.0
+        return value, bound
 
     def factors(self, c: int, rest: Tensor, kr: int) -> tuple[Tensor, Tensor, float]:
         """`(A, B, loss)` for the rest columns, split like `truncate` (`A = U_kr sqrt(s)`,
@@ -1107,7 +1134,7 @@ def column_preserving_split(
     search: str = "exact",
     oversample: float = 0.25,
     schedule: str = "official",
-    probes: str = "auto",
+    probes: str = "float32",
     base: LowRankFactors | None = None,
 ) -> ColumnSplit | None:
     """Duo-SVD column-preserving factorisation, or None when it does not pay off.
@@ -1147,13 +1174,15 @@ def column_preserving_split(
       `exact` and `ritz` need a Cholesky factor of `H` itself (no shift, no fallback);
       otherwise `reference` is used. Timings: `bench_compress.py`, docs/results.md.
 
-    `probes`: the precision of the `exact`/`ritz` candidates' eigenvalue solves (`auto`:
-    float32 on a GPU, float64 otherwise, as `resolve_precision`). `float32` solves the
-    float64-formed problem in float32 and re-solves in float64 any two candidates whose
-    errors are within `CLOSE_CALL` of each other (`_CloseCall`), so the decisions are
-    float64's; the chosen split's factors and loss are always computed in float64. On a
-    CPU it saves only ~5 % of the search (a 576^2 float32 solve is 1.5x faster, and close
-    calls near the optimum are solved twice); GPUs, slow in float64, are where it pays.
+    `probes`: the precision of the `exact`/`ritz` candidates' eigenvalue solves. `float32`
+    (the default) solves the float64-formed problem in float32 with an error bound
+    (`_f32_error`) and re-solves in float64 any two candidates whose gap is within the sum
+    of their bounds (`_CloseCall`), so the decisions are float64's; a candidate whose bound
+    is wide against its loss is solved in float64 at once. `float64` solves every one in
+    float64; `auto` is float32 on a GPU, float64 otherwise (`resolve_precision`). The chosen
+    split's factors and loss are always computed in float64. On this CPU float32 saves
+    ~15 % of the search on SmolLM2-135M with the same splits (docs/results.md); GPUs, slow
+    in float64, are where it pays most.
     """
     if search not in SEARCHES:
         raise NumericsError(f"unknown split search {search!r}; use one of {SEARCHES}")
@@ -1165,7 +1194,10 @@ def column_preserving_split(
     probes = resolve_precision(probes, W.device)
     m, n = W.shape
     _check_rank(k, m, n)
-    H = _check_gram(H, n).to(W.device)
+    # not symmetrised (12 ms at n = 1536, on every call): the search reads H's diagonal and
+    # blocks of rows, where an asymmetry of rounding size moves the losses by as much, and
+    # every whitener made here symmetrises what it factorises
+    H = _check_gram(H, n, symmetrise=False).to(W.device)
     S = _whitener(H, whitener) if S is None else S
     svd = whitened_svd(W, S) if svd is None else svd
     base = truncate(W, S, k, svd=svd) if base is None else base
@@ -1225,10 +1257,12 @@ def column_preserving_split(
         if in_coordinates(c):
             if probes == "float64":
                 return math.sqrt(problem.loss(c, kr))
-            return _CloseCall(
-                math.sqrt(problem.loss(c, kr, "float32")),
-                lambda: math.sqrt(problem.loss(c, kr)),
-            )
+            loss, bound = problem.loss_f32(c, kr)
+            if bound == 0.0:
+                return math.sqrt(loss)
+            # the bound on the loss, carried to its square root
+            error = math.sqrt(loss + bound) - math.sqrt(max(loss - bound, 0.0))
+            return _CloseCall(math.sqrt(loss), error, lambda: math.sqrt(problem.loss(c, kr)))
         rest = split(dr)[3]
         return math.sqrt(truncation_loss(W.index_select(1, rest), rest_whitener(rest), kr))
 

@@ -56,7 +56,7 @@ class ColumnPreserving:
     search: str = "exact"  # or "ritz" (linalg.column_preserving_split)
     oversample: float = 0.25
     schedule: str = "official"  # or "golden", "rounded" (linalg.column_preserving_split)
-    probes: str = "auto"  # the candidates' eigenvalue solves: float32 on a GPU, else float64
+    probes: str = "float32"  # the candidates' eigenvalue solves (linalg.column_preserving_split)
 
     def __post_init__(self) -> None:  # refused when configured, before any compute
         if self.search not in linalg.SEARCHES:
