@@ -596,10 +596,11 @@ def test_a_close_call_is_decided_on_the_float64_values():
     assert same <= same and not same < same and "g" not in solved
 
 
-def test_float32_error_bound_holds_and_a_wide_one_solves_in_float64():
+def test_float32_error_bound_holds_and_a_wide_one_solves_in_float64(monkeypatch):
     """`_f32_error` bounds the float32 solve's error on the tail sum, for flat, graded and
     low-rank-perturbed spectra; a candidate whose bound is wide against its loss (one
-    direction 1e7 x the rest) is solved in float64 and carries no bound."""
+    direction 1e7 x the rest) is solved in float64 and carries no bound, and its
+    neighbour skips the float32 solve."""
     g = torch.Generator().manual_seed(5)
     for r, decay in ((64, 0.0), (200, 1.0), (300, 2.0)):
         lam = torch.arange(1, r + 1, dtype=F64) ** -decay * 1e3
@@ -620,8 +621,19 @@ def test_float32_error_bound_holds_and_a_wide_one_solves_in_float64():
     S = linalg.cholesky_whitener(H)
     Uw, sigma, Vh = linalg.whitened_svd(W, S)
     problem = linalg._RestProblem(W, H, Uw, sigma, torch.arange(n), None, Vh=Vh, L=S.factor)
+    solves: list[torch.dtype] = []
+    eigvalsh = torch.linalg.eigvalsh
+
+    def counted(T, *args, **kwargs):
+        solves.append(T.dtype)
+        return eigvalsh(T, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigvalsh", counted)
     value, bound = problem.loss_f32(3, k)
     assert bound == 0.0 and value == problem.loss(3, k)
+    assert solves == [torch.float32, F64, F64]  # tried, too wide: solved in float64
+    value, bound = problem.loss_f32(4, k)  # a neighbour: float64 at once, no wasted solve
+    assert bound == 0.0 and solves[3:] == [F64]
 
 
 def test_split_schedule_is_refused_unless_known():

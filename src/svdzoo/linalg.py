@@ -967,6 +967,7 @@ class _RestProblem:
         self._W_hat: Tensor | None = None  # U^T W, made once the direct form is used
         self._formed: dict[int, Tensor] = {}  # c -> T(c), the few most recently formed
         self._Wt: Tensor | None = None
+        self._last_loss: float | None = None  # the latest candidate's, for `loss_f32`
 
     KEEP_FORMED = 3  # r x r float64 each: 0.4 GB at r = 4096
 
@@ -1082,7 +1083,8 @@ class _RestProblem:
         """The candidate's loss from one float64 eigenvalue solve: `tr - sum(top kr)`."""
         _, T, tr = self._problem(c)
         top = torch.linalg.eigvalsh(T).flip(0)[:kr].clamp_min(0)
-        return max(tr - float(top.sum()), 0.0)
+        self._last_loss = max(tr - float(top.sum()), 0.0)
+        return self._last_loss
 
     def loss_f32(self, c: int, kr: int) -> tuple[float, float]:
         """`(loss, error bound)` from one float32 eigenvalue solve of the float64-formed
@@ -1091,15 +1093,20 @@ class _RestProblem:
         out, in float64 (the form `tr - sum(top kr)` would amplify float32's error by
         `tr / loss`); its error bound is `_f32_error`'s. When that bound exceeds
         `F32_MAX_ERROR` of the loss, a float32 value would be re-solved at almost every
-        comparison, so the float64 solve is returned instead, with a zero bound."""
+        comparison, so the float64 solve is returned instead, with a zero bound; and when
+        it exceeds half that of the previous candidate's loss (the search's neighbouring
+        candidates differ by a few %), the float32 solve is skipped."""
         _, T, tr = self._problem(c)
         size = T.shape[0]
         bound = _f32_error(T, size - kr)
+        if self._last_loss is not None and bound > 0.5 * F32_MAX_ERROR * self._last_loss:
+            return self.loss(c, kr), 0.0
         mu = torch.linalg.eigvalsh(T.to(torch.float32)).to(F64)
         outside = tr - float(T.diagonal().sum())  # 0 up to rounding unless reduced
         value = max(outside + float(mu[: max(size - kr, 0)].clamp_min(0).sum()), 0.0)
         if bound > F32_MAX_ERROR * value:
             return self.loss(c, kr), 0.0
+        self._last_loss = value
         return value, bound
 
     def factors(self, c: int, rest: Tensor, kr: int) -> tuple[Tensor, Tensor, float]:
