@@ -60,24 +60,24 @@ class _ProbeCounter:
 
     def __init__(self) -> None:
         self.calls = self.calls32 = 0
-        self._loss, self._loss32 = linalg._RestProblem.loss, linalg._RestProblem.loss_f32
+        self._solve64, self._solve32 = linalg._RestProblem._solve64, linalg._RestProblem._solve32
 
     def __enter__(self) -> _ProbeCounter:
-        counter, loss, loss32 = self, self._loss, self._loss32
+        counter, solve64, solve32 = self, self._solve64, self._solve32
 
         def counted(problem, *args, **kwargs):
             counter.calls += 1
-            return loss(problem, *args, **kwargs)
+            return solve64(problem, *args, **kwargs)
 
         def counted32(problem, *args, **kwargs):
             counter.calls32 += 1
-            return loss32(problem, *args, **kwargs)
+            return solve32(problem, *args, **kwargs)
 
-        linalg._RestProblem.loss, linalg._RestProblem.loss_f32 = counted, counted32
+        linalg._RestProblem._solve64, linalg._RestProblem._solve32 = counted, counted32
         return self
 
     def __exit__(self, *exc) -> None:
-        linalg._RestProblem.loss, linalg._RestProblem.loss_f32 = self._loss, self._loss32
+        linalg._RestProblem._solve64, linalg._RestProblem._solve32 = self._solve64, self._solve32
 
 
 def _eig_seconds(r: int, repeats: int = 3, dtype: torch.dtype = torch.float64) -> float:

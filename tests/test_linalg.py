@@ -573,6 +573,115 @@ def test_float32_probes_take_float64_decisions(shape, schedule):
         linalg.column_preserving_split(W, H, 4, probes="float16")
 
 
+def _split_data(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    m, n = shape
+    W = torch.randn(m, n, generator=g, dtype=F64)
+    X = torch.randn(n, 4 * n, generator=g, dtype=F64)
+    X[torch.randperm(n, generator=g)[: n // 5]] *= 10.0
+    return W, X @ X.T
+
+
+def _same_split(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.delta_r == b.delta_r and torch.equal(a.kept_idx, b.kept_idx)
+
+
+def _noisy_probes(monkeypatch, width: float, within: float, seed: int = 0) -> list[int]:
+    """`loss_f32` replaced by the float64 loss moved by up to `within` times a bound of
+    `width` of it (random sign and size): the search must decide as float64 does whenever
+    `within < 1`. Returns a one-element counter of float64 re-solves."""
+    g = torch.Generator().manual_seed(seed)
+    solve64 = linalg._RestProblem.loss
+    resolved = [0]
+
+    def noisy(problem, c, kr):
+        value = solve64(problem, c, kr)
+        bound = width * value
+        u = 2.0 * float(torch.rand(1, generator=g, dtype=F64)) - 1.0
+        return value + within * u * bound, bound
+
+    def counted(problem, c, kr):
+        resolved[0] += 1
+        return solve64(problem, c, kr)
+
+    monkeypatch.setattr(linalg._RestProblem, "loss_f32", noisy)
+    monkeypatch.setattr(linalg._RestProblem, "loss", counted)
+    return resolved
+
+
+@pytest.mark.parametrize("schedule", linalg.SCHEDULES)
+def test_errors_within_their_bounds_never_change_a_decision(monkeypatch, schedule):
+    """The close-call rule, through the whole search: float32 values anywhere inside their
+    bounds (here wide ones, 0.5 % of the loss, so that many comparisons are close) give
+    float64's split in every case, with re-solves; errors past the bounds, with the
+    re-solves still keyed to the stated bounds, give some other split (so the cases are
+    sensitive to the errors and the check can fail)."""
+    cases = [(shape, k) for shape in ((48, 40), (40, 96), (64, 64)) for k in (6, 12, 20)]
+    want = {}
+    for shape, k in cases:
+        W, H = _split_data(shape, sum(shape) + k)
+        want[shape, k] = linalg.column_preserving_split(
+            W, H, k, accept=0.0, schedule=schedule, probes="float64"
+        )
+    with monkeypatch.context() as mp:
+        resolved = _noisy_probes(mp, width=5e-3, within=0.99)
+        for shape, k in cases:
+            W, H = _split_data(shape, sum(shape) + k)
+            got = linalg.column_preserving_split(
+                W, H, k, accept=0.0, schedule=schedule, probes="float32"
+            )
+            assert _same_split(got, want[shape, k]), (shape, k)
+        assert resolved[0] > 0
+    differ = 0
+    for seed in range(3):
+        with monkeypatch.context() as mp:
+            _noisy_probes(mp, width=1e-3, within=100.0, seed=seed)
+            for shape, k in cases:
+                W, H = _split_data(shape, sum(shape) + k)
+                got = linalg.column_preserving_split(
+                    W, H, k, accept=0.0, schedule=schedule, probes="float32"
+                )
+                differ += not _same_split(got, want[shape, k])
+    assert differ > 0
+
+
+@pytest.mark.parametrize("scale_w, scale_h, seed", [(1e-20, 1e-8, 89), (1e15, 1e10, 7)])
+def test_float32_probes_survive_float32s_range(scale_w, scale_h, seed):
+    """Problems far below or above float32's range (`||T||` ~ 1e-42 or 1e40) are scaled
+    before the float32 solve: the same split as float64 probes, no overflow (unscaled,
+    the first case picks other splits, the second raises)."""
+    W, H = _split_data((48, 40), seed)
+    W, H = W * scale_w, H * scale_h
+    for k in (4, 20):
+        for schedule in ("official", "golden"):
+            args = dict(accept=0.0, schedule=schedule)
+            a = linalg.column_preserving_split(W, H, k, probes="float64", **args)
+            b = linalg.column_preserving_split(W, H, k, probes="float32", **args)
+            assert _same_split(a, b)
+
+
+def test_an_asymmetric_gram_is_symmetrised_and_a_transposed_one_is_not_touched():
+    """The split search reads blocks of `H` as if symmetric: a visibly asymmetric one is
+    symmetrised first (same split and loss as its symmetric part), and `_check_gram` on a
+    transposed view returns a new symmetric tensor without writing into the caller's."""
+    W, H = _split_data((40, 96), 3)
+    g = torch.Generator().manual_seed(0)
+    skew = torch.randn(96, 96, generator=g, dtype=F64)
+    skew = (skew - skew.T) * 1e-4 * float(H.abs().max())
+    a = linalg.column_preserving_split(W, H, 12, accept=0.0)
+    b = linalg.column_preserving_split(W, H + skew, 12, accept=0.0)
+    assert _same_split(a, b) and b.loss == pytest.approx(a.loss, rel=1e-12)
+    assert not linalg._looks_symmetric(H + skew) and linalg._looks_symmetric(H)
+
+    Ht = (H + skew).T  # a column-major view
+    before = Ht.clone()
+    out = linalg._check_gram(Ht)
+    assert torch.equal(Ht, before) and torch.equal(out, out.T)
+    assert torch.allclose(out, H, rtol=0, atol=1e-9 * float(H.abs().max()))
+
+
 def test_a_close_call_is_decided_on_the_float64_values():
     """Values whose gap exceeds the sum of their error bounds compare as given (no float64
     solve); closer ones are re-solved and the float64 values decide, against floats (a

@@ -76,8 +76,8 @@ def _check_matrix(W: Tensor, what: str = "W") -> Tensor:
 def _check_gram(
     H: Tensor, n: int | None = None, what: str = "H", *, symmetrise: bool = True
 ) -> Tensor:
-    """`H` in float64, finite and square (`n x n`), and symmetrised unless the caller only
-    reads blocks whose rounding-level asymmetry cannot matter."""
+    """`H` in float64, finite and square (`n x n`), and symmetrised (a new tensor) unless
+    the caller checks symmetry its own way."""
     H = _check_matrix(H, what)
     if H.shape[0] != H.shape[1]:
         raise NumericsError(f"{what} must be square, got {tuple(H.shape)}")
@@ -87,7 +87,19 @@ def _check_gram(
         return H
     # accumulated sums are symmetric only up to rounding; a contiguous transpose first
     # (a blocked copy) is 1.8x faster than adding the strided view, `0.5 * (H + H.T)`
-    return H.T.contiguous().add_(H).mul_(0.5)
+    # (a clone: `contiguous()` of a transposed view would be the caller's own storage)
+    return H.T.clone(memory_format=torch.contiguous_format).add_(H).mul_(0.5)
+
+
+def _looks_symmetric(H: Tensor, rows: int = 16, rtol: float = 1e-13) -> bool:
+    """Whether `rows` evenly spaced rows of `H` equal its columns to `rtol` of `max |H|`:
+    `O(rows n)` where a full check or symmetrisation is `O(n^2)` memory traffic."""
+    n = H.shape[0]
+    if n == 0:
+        return True
+    idx = torch.linspace(0, n - 1, min(rows, n), device=H.device).round().long().unique()
+    gap = (H.index_select(0, idx) - H.index_select(1, idx).T).abs().max()
+    return float(gap) <= rtol * float(H.abs().max())
 
 
 def _check_rank(k: int, m: int, n: int) -> int:
@@ -850,7 +862,7 @@ F32_EPS = float(torch.finfo(torch.float32).eps)
 F32_MAX_ERROR = 1e-2  # relative; past it a candidate's float32 solve is not worth making
 
 
-def _f32_error(T: Tensor, tail: int) -> float:
+def _f32_error(T: Tensor, tail: int, norm: float | None = None) -> float:
     """A bound on the error of the sum of `T`'s `tail` smallest eigenvalues when `T` is
     rounded to float32 and solved there: for a backward error `E` (rounding included), the
     sum moves by at most `sqrt(tail) ||E||_F` (Lidskii), and `||E||_F` is taken as
@@ -859,7 +871,8 @@ def _f32_error(T: Tensor, tail: int) -> float:
     (at most 0.081 of it over the 2,552 probes of 630 matrix-ratio cases, r = 192 and 576);
     on graded synthetic spectra (r = 576-4096) at most 0.003 of it."""
     r = T.shape[0]
-    return 0.5 * math.sqrt(r * max(tail, 1)) * F32_EPS * float(torch.linalg.matrix_norm(T))
+    norm = float(torch.linalg.matrix_norm(T)) if norm is None else norm  # Frobenius
+    return 0.5 * math.sqrt(r * max(tail, 1)) * F32_EPS * norm
 
 
 class _CloseCall:
@@ -1079,33 +1092,52 @@ class _RestProblem:
         form = min(self._update_cost(c)[1], self._direct_cost(c))
         return left**3 + m * left * left <= r**3 + form / 3
 
-    def loss(self, c: int, kr: int) -> float:
-        """The candidate's loss from one float64 eigenvalue solve: `tr - sum(top kr)`."""
-        _, T, tr = self._problem(c)
+    def _solve64(self, T: Tensor, tr: float, kr: int) -> float:
+        """`tr - sum(top kr)` from one float64 eigenvalue solve."""
         top = torch.linalg.eigvalsh(T).flip(0)[:kr].clamp_min(0)
         self._last_loss = max(tr - float(top.sum()), 0.0)
         return self._last_loss
+
+    def _solve32(self, T: Tensor, norm: float) -> Tensor | None:
+        """`T`'s eigenvalues (ascending, float64) from one float32 solve of `T` scaled by a
+        power of two near `||T||_F` (exact both ways, so float32's range cannot underflow or
+        overflow it; `norm` is `||T||_F`); None when the scale or the result is not finite."""
+        if not 0.0 < norm < math.inf:
+            return None
+        scale = 2.0 ** math.frexp(norm)[1]
+        mu = torch.linalg.eigvalsh((T / scale).to(torch.float32)).to(F64)
+        if not bool(torch.isfinite(mu).all()):
+            return None
+        return mu * scale
+
+    def loss(self, c: int, kr: int) -> float:
+        """The candidate's loss from one float64 eigenvalue solve: `tr - sum(top kr)`."""
+        _, T, tr = self._problem(c)
+        return self._solve64(T, tr, kr)
 
     def loss_f32(self, c: int, kr: int) -> tuple[float, float]:
         """`(loss, error bound)` from one float32 eigenvalue solve of the float64-formed
         problem (forming it in float32 loses up to 0.3 % to cancellation against `lam`).
         The loss is the sum of the eigenvalues past `kr` plus the trace a Ritz basis leaves
         out, in float64 (the form `tr - sum(top kr)` would amplify float32's error by
-        `tr / loss`); its error bound is `_f32_error`'s. When that bound exceeds
-        `F32_MAX_ERROR` of the loss, a float32 value would be re-solved at almost every
-        comparison, so the float64 solve is returned instead, with a zero bound; and when
-        it exceeds half that of the previous candidate's loss (the search's neighbouring
-        candidates differ by a few %), the float32 solve is skipped."""
+        `tr / loss`); its error bound is `_f32_error`'s. The float64 solve is returned
+        instead, with a zero bound, when that bound exceeds `F32_MAX_ERROR` of the loss
+        (a float32 value would be re-solved at almost every comparison) or the float32
+        solve fails; and without trying float32 first when the bound exceeds half that
+        of the latest loss solved (the search's neighbouring candidates differ by a few %)."""
         _, T, tr = self._problem(c)
         size = T.shape[0]
-        bound = _f32_error(T, size - kr)
+        norm = float(torch.linalg.matrix_norm(T))
+        bound = _f32_error(T, size - kr, norm)
         if self._last_loss is not None and bound > 0.5 * F32_MAX_ERROR * self._last_loss:
-            return self.loss(c, kr), 0.0
-        mu = torch.linalg.eigvalsh(T.to(torch.float32)).to(F64)
+            return self._solve64(T, tr, kr), 0.0
+        mu = self._solve32(T, norm)
+        if mu is None:
+            return self._solve64(T, tr, kr), 0.0
         outside = tr - float(T.diagonal().sum())  # 0 up to rounding unless reduced
         value = max(outside + float(mu[: max(size - kr, 0)].clamp_min(0).sum()), 0.0)
         if bound > F32_MAX_ERROR * value:
-            return self.loss(c, kr), 0.0
+            return self._solve64(T, tr, kr), 0.0
         self._last_loss = value
         return value, bound
 
@@ -1186,7 +1218,9 @@ def column_preserving_split(
     (the default) solves the float64-formed problem in float32 with an error bound
     (`_f32_error`) and re-solves in float64 any two candidates whose gap is within the sum
     of their bounds (`_CloseCall`), so the decisions are float64's; a candidate whose bound
-    is wide against its loss is solved in float64 at once. `float64` solves every one in
+    is wide against its loss is re-solved in float64, and its neighbours go straight to
+    float64 (`_RestProblem.loss_f32`). `H` must be symmetric to rounding; a sample of its
+    rows is checked, and it is symmetrised when they differ. `float64` solves every one in
     float64; `auto` is float32 on a GPU, float64 otherwise (`resolve_precision`). The chosen
     split's factors and loss are always computed in float64. On this CPU float32 saves
     ~15 % of the search on SmolLM2-135M with the same splits (docs/results.md); GPUs, slow
@@ -1202,10 +1236,12 @@ def column_preserving_split(
     probes = resolve_precision(probes, W.device)
     m, n = W.shape
     _check_rank(k, m, n)
-    # not symmetrised (12 ms at n = 1536, on every call): the search reads H's diagonal and
-    # blocks of rows, where an asymmetry of rounding size moves the losses by as much, and
-    # every whitener made here symmetrises what it factorises
+    # symmetrised only when a sample of its rows is not symmetric (a full pass is 12 ms at
+    # n = 1536, on every call): the updates read blocks of rows as columns, and an asymmetry
+    # moves the losses by ~10x its size; an accumulated float64 Gram is exactly symmetric
     H = _check_gram(H, n, symmetrise=False).to(W.device)
+    if not _looks_symmetric(H):
+        H = _check_gram(H, n)
     S = _whitener(H, whitener) if S is None else S
     svd = whitened_svd(W, S) if svd is None else svd
     base = truncate(W, S, k, svd=svd) if base is None else base
