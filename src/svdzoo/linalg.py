@@ -1223,7 +1223,7 @@ def column_preserving_split(
     rows is checked, and it is symmetrised when they differ. `float64` solves every one in
     float64; `auto` is float32 on a GPU, float64 otherwise (`resolve_precision`). The chosen
     split's factors and loss are always computed in float64. On this CPU float32 saves
-    ~15 % of the search on SmolLM2-135M with the same splits (docs/results.md); GPUs, slow
+    ~14 % of the search on SmolLM2-135M with the same splits (docs/results.md); GPUs, slow
     in float64, are where it pays most.
     """
     if search not in SEARCHES:
