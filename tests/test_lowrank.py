@@ -60,6 +60,26 @@ def test_column_preserving_forward_matches_split():
     assert torch.allclose(mod.weight_product(), split.product(), atol=1e-12)
 
 
+def test_modules_own_their_storage():
+    """A compressed module shares no storage with the dense layer's bias or the factors it
+    was built from (same dtype and device, where `to` would return them as they are): an
+    in-place update of one, as fine-tuning makes, leaves the other alone."""
+    A, B, b = _factors()
+    A0, B0, b0 = A.clone(), B.clone(), b.clone()
+    mod = LowRankLinear.from_factors(A, B, bias=b, dtype=F64)
+    split = _split()
+    kept0, W0 = split.W_kept.clone(), split.A.clone()
+    b48 = torch.randn(48, dtype=F64)
+    b48_0 = b48.clone()
+    col = ColumnPreservingLinear.from_split(split, bias=b48, dtype=F64)
+    with torch.no_grad():
+        for p in [*mod.parameters(), *col.parameters()]:
+            p.add_(1.0)
+    assert torch.equal(A, A0) and torch.equal(B, B0) and torch.equal(b, b0)
+    assert torch.equal(split.W_kept, kept0) and torch.equal(split.A, W0)
+    assert torch.equal(b48, b48_0)
+
+
 def _weight_params(mod: nn.Module) -> int:
     return sum(p.numel() for n, p in mod.named_parameters() if not n.endswith("bias"))
 

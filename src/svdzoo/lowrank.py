@@ -68,7 +68,13 @@ def _linear(i: int, o: int, bias: bool, dtype: Any, device: Any, init: bool) -> 
 
 
 def _param(t: torch.Tensor, dtype: Any, device: Any) -> nn.Parameter:
-    return nn.Parameter(t.detach().to(dtype=dtype, device=device).contiguous())
+    """A parameter with storage of its own: `to` returns `t` itself when nothing changes,
+    and a module sharing the dense layer's bias (or the caller's factors) would change
+    them under any in-place update, e.g. fine-tuning."""
+    t = t.detach()
+    if t.is_contiguous():
+        return nn.Parameter(t.to(dtype=dtype, device=device, copy=True))
+    return nn.Parameter(t.to(dtype=dtype, device=device).contiguous())
 
 
 def _check_bias(bias: torch.Tensor | None, m: int) -> None:
