@@ -71,10 +71,8 @@ def _param(t: torch.Tensor, dtype: Any, device: Any) -> nn.Parameter:
     """A parameter with storage of its own: `to` returns `t` itself when nothing changes,
     and a module sharing the dense layer's bias (or the caller's factors) would change
     them under any in-place update, e.g. fine-tuning."""
-    t = t.detach()
-    if t.is_contiguous():
-        return nn.Parameter(t.to(dtype=dtype, device=device, copy=True))
-    return nn.Parameter(t.to(dtype=dtype, device=device).contiguous())
+    t = t.detach().to(dtype=dtype, device=device, memory_format=torch.contiguous_format, copy=True)
+    return nn.Parameter(t)
 
 
 def _check_bias(bias: torch.Tensor | None, m: int) -> None:
