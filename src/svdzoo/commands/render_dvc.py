@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"{args.out} is current")
         return 0
+    from svdzoo.io import check_file_output
+
+    check_file_output(args.out, protect=[args.params])
     write_text(args.out, dvc_render.render(load_params(args.params)))
     print(f"wrote {args.out}")
     return 0

@@ -124,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         gram,
         args.kind,
         args.out,
+        force=args.force,
+        protect=[args.stats, args.model, args.corpus],
         nsamples=args.nsamples,
         seqlen=args.seqlen,
         seed=args.seed,

@@ -30,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from svdzoo.config import calib_tag, load_params, needed_stats, read_yaml
     from svdzoo.errors import ConfigError
 
+    if args.stamp:  # before the checks: the stamp must never replace the params it vouches for
+        from svdzoo.io import check_file_output
+
+        check_file_output(args.stamp, protect=[args.params, args.schema, args.dvc_yaml])
     params = load_params(args.params, args.schema)
     if args.stamp and "base" in read_yaml(args.params):
         # the stamp is DVC's check, and DVC interpolates the file as it is written
