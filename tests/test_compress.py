@@ -197,3 +197,41 @@ def test_svd_llm_beats_asvd_and_svd_end_to_end(llama, ratio):
         ppl[name] = perplexity(m, windows, batch_size=32)
     assert ppl["svd-llm"] < ppl["asvd-uniform"]
     assert ppl["svd-llm"] < ppl["svd"]
+
+
+@pytest.mark.parametrize("method", ["ressvd", "adasvd"])
+def test_compression_ignores_dropout_and_restores_the_mode(method, tok, windows):
+    """A model handed over in training mode (OPT, dropout 0.1) compresses as in eval mode,
+    the same twice (ResSVD's search of K replays calibration data, AdaSVD its sequential
+    pass), and comes back training (adasvd used to leave it in eval mode, ressvd's K to
+    vary between identical runs)."""
+    from helpers import random_tiny
+
+    model = random_tiny("opt", layers=3)
+    stats = Statistics(gram=calibrate(model, tok, corpus="pydoc", nsamples=4, seqlen=32, seed=0))
+    options = {"seq_nsamples": 2} if method == "adasvd" else {}
+    ref = compress(copy.deepcopy(model), method, 0.3, stats=stats, tokenizer=tok, options=options)
+    model.train()
+    runs = []
+    for _ in range(2):
+        trained = copy.deepcopy(model)
+        runs.append(compress(trained, method, 0.3, stats=stats, tokenizer=tok, options=options))
+        assert trained.training
+    for run in runs:
+        assert run["allocation"] == ref["allocation"] and run["modules"] == ref["modules"]
+    assert perplexity(trained.eval(), windows) > 0
+
+
+def test_a_compressed_model_keeps_its_buffers_dtypes_as_the_dense_one(tiny_llama_dir, tmp_path):
+    """Loaded in float16, a compressed model's rotary frequencies stay float32 as the dense
+    model's do (`to(dtype)` used to cast them, so dense and compressed rows of a float16
+    evaluation used different position encodings)."""
+    model = load_model(tiny_llama_dir)
+    manifest = compress(model, "svd", 0.4)
+    save_compressed(model, manifest, tmp_path / "c")
+    dense = load_model(tiny_llama_dir, dtype="float16")
+    comp = load_compressed(tmp_path / "c", dtype="float16")
+    want = {n: b.dtype for n, b in dense.named_buffers()}
+    got = {n: b.dtype for n, b in comp.named_buffers() if n in want}
+    assert got == want and torch.float32 in want.values(), (got, want)
+    assert all(p.dtype == torch.float16 for p in comp.parameters())

@@ -813,3 +813,12 @@ def test_a_full_disk_while_a_cache_is_finished_is_one_line(monkeypatch, tmp_path
         write_cache(out, base_manifest("gram"), {"x": torch.zeros(2)})
     assert type(info.value).__name__ == "OutputError"
     assert not out.exists() and leftovers(tmp_path, "g") == []
+
+
+def test_an_unknown_device_is_one_line(model_dir, tmp_path, capsys):
+    rc, err = svdzoo(capsys, "calibrate", "--model", model_dir, "--corpus", "pydoc",
+                     "--nsamples", "2", "--seqlen", "16", "--seed", "0", "--device", "bogus",
+                     "--out", tmp_path / "g")  # fmt: skip
+    assert rc == 2
+    one_line_error(err, "unknown device 'bogus'")
+    assert not (tmp_path / "g").exists()

@@ -34,3 +34,16 @@ def test_perplexity_matches_hand_computation():
     expected = math.exp(nll / (n_good + n_bad))
     got = perplexity(FixedLM(vocab, p), windows, batch_size=2)
     assert math.isclose(got, expected, rel_tol=1e-6)  # float32 logits
+
+
+def test_perplexity_is_measured_without_dropout_and_the_mode_restored():
+    """A model left in training mode (OPT's dropout is 0.1) gives the eval-mode value, the
+    same on every call, and is handed back training (it used to measure with dropout on)."""
+    from helpers import random_tiny
+
+    model = random_tiny("opt")
+    windows = torch.randint(0, 258, (4, 16), generator=torch.Generator().manual_seed(0))
+    ref = perplexity(model, windows)
+    model.train()
+    assert perplexity(model, windows) == ref and perplexity(model, windows) == ref
+    assert model.training

@@ -42,6 +42,7 @@ from svdzoo.models import (
     adapter_for,
     check_finite_weights,
     count_params,
+    eval_mode,
     fingerprint,
     replace_module,
     resolve_device,
@@ -255,7 +256,27 @@ def compress(
     device: str | torch.device | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Compress `model` in place; returns the manifest (ranks, columns, parameter counts)."""
+    """Compress `model` in place; returns the manifest (ranks, columns, parameter counts).
+
+    The model runs in evaluation mode throughout (searches and sequential methods replay
+    calibration data through it: dropout would make them random) and is returned in the
+    mode it came in."""
+    with eval_mode(model):
+        return _compress(
+            model, method, ratio, stats=stats, tokenizer=tokenizer, device=device, options=options
+        )
+
+
+def _compress(
+    model: nn.Module,
+    method: str | Method,
+    ratio: float,
+    *,
+    stats: Statistics | None,
+    tokenizer: Any,
+    device: str | torch.device | None,
+    options: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     check_ratio(ratio)
     method = get_method(method) if isinstance(method, str) else method
     check_options(method, options)
@@ -469,8 +490,12 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
         )
     config = AutoConfig.from_pretrained(str(path))
     config.__dict__.pop("auto_map", None)  # the base architecture, not the remote loader
+    target = resolve_dtype(dtype)
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config)
+        # built under the target dtype as `from_pretrained(dtype=...)` builds the dense
+        # model, so that the buffers (rotary frequencies) come out as they do there
+        model = AutoModelForCausalLM.from_config(config, dtype=target)
+        buffer_dtypes = {name: b.dtype for name, b in model.named_buffers()}
         for name, rec in manifest["modules"].items():
             if rec.get("dense"):
                 continue
@@ -500,7 +525,11 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
         raise CacheError(
             f"compressed model {path}: weights do not match the manifest (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
-    model.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
+    model.to(device=resolve_device(device), dtype=target)
+    for name, b in model.named_buffers():  # `to(dtype)` also cast them: back as built
+        if name in buffer_dtypes and b.dtype != buffer_dtypes[name]:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, b.to(buffer_dtypes[name]))
     model.eval()
     check_finite_weights(model, f"compressed model {path}")
     return model

@@ -7,6 +7,7 @@ them read the same input (so they share one Gram matrix).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -159,6 +160,18 @@ def adapter_for(model_or_config: nn.Module | object) -> FamilyAdapter:
     )
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in evaluation mode (no dropout) for the block, the caller's mode restored
+    after: a measurement or a compression must not depend on whether it was training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -170,7 +183,12 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelError(
+            f"unknown device {device!r}; use auto, cpu, cuda or cuda:N (or another torch device)"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} requested but CUDA is not available")
     return dev
