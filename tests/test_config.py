@@ -284,6 +284,10 @@ def test_execution_flags_reach_the_command_and_the_command_line_wins(tmp_path):
     f.write_text("execution:\n  calibrate:\n    seed: 1\n")
     with pytest.raises(ConfigError, match="execution.calibrate.seed"):
         C.execution_flags(f, "calibrate")
+    # an empty value would reach the command as "None" (an offload dir named None)
+    f.write_text("execution:\n  calibrate:\n    offload-dir:\n")
+    with pytest.raises(ConfigError, match="execution.calibrate.offload-dir: empty"):
+        C.execution_flags(f, "calibrate")
 
 
 def test_reference_option_typo_is_refused(default):
@@ -372,3 +376,15 @@ def test_code_hash_follows_what_each_stage_runs():
     assert codehash.code_hash("compress", "svd") != codehash.code_hash("compress", "duo-svd")
     with pytest.raises(ValueError, match="registered method"):
         codehash.stage_files("compress", "nope")
+
+
+def test_a_corpus_path_names_one_directory_inside_data():
+    """An absolute corpus path used to be spliced into the cache path whole, putting every
+    model's statistics at one place outside data/."""
+    from svdzoo.paths import Layout, calib_tag
+
+    tag = calib_tag("/abs/texts/corpus.txt", 32, 256, 3)
+    assert "/" not in tag and tag.startswith("corpus-") and tag.endswith("-n32-l256-s3")
+    assert calib_tag("/other/corpus.txt", 32, 256, 3) != tag
+    for model in ("a", "b"):
+        assert Layout().gram(model, tag) == Path("data/stats") / model / tag / "gram"

@@ -361,6 +361,8 @@ def check_execution(command: str, values: Mapping[str, Any], where: str) -> None
                 f"{', '.join(sorted(allowed))}); flags that change results belong in the "
                 "command's own section"
             )
+        if values[key] is None:  # would reach the command as the text "None"
+            raise ConfigError(f"{where}.{key}: empty (null); give it a value or remove it")
 
 
 def execution_flags(params_file: str | Path, command: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,15 @@ def ratio_tag(ratio: float) -> str:
 
 
 def calib_tag(corpus: str, nsamples: int, seqlen: int, seed: int) -> str:
-    return f"{corpus}-n{nsamples}-l{seqlen}-s{seed}"
+    """`pydoc-n32-l256-s3`: one path component. A corpus given as a path with directories is
+    named by its file's stem and a hash of the path as given (`corpus-1a2b3c4d-n32-...`):
+    spliced in whole, an absolute path would put every model's statistics at the same
+    place outside `data/`."""
+    name = str(corpus)
+    if "/" in name or "\\" in name:
+        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+        name = f"{Path(name).stem or 'corpus'}-{digest}"
+    return f"{name}-n{nsamples}-l{seqlen}-s{seed}"
 
 
 @dataclass(frozen=True)
