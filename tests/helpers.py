@@ -17,7 +17,7 @@ from svdzoo.models import load_model, load_tokenizer
 
 
 def random_tiny(family: str, layers: int = 2, seed: int = 0, **overrides: Any):
-    """An untrained 2-layer (by default) LLaMA, OPT or Gemma 3 on the byte tokenizer's 258 ids, in eval mode.
+    """An untrained 2-layer (by default) LLaMA, OPT, Gemma 3 or Qwen2 (sliding) on the byte tokenizer's 258 ids, in eval mode.
 
     Seeded before construction, so the same arguments give the same weights. transformers is
     imported here, not at module level, so test modules that import this file but build no
@@ -36,6 +36,15 @@ def random_tiny(family: str, layers: int = 2, seed: int = 0, **overrides: Any):
             layer_types=kinds[:layers], max_position_embeddings=128, **overrides,
         )  # fmt: skip
         return Gemma3ForCausalLM(cfg).eval()
+    if family == "qwen2":  # layer 0 full attention, the others sliding (window 4)
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        cfg = Qwen2Config(
+            hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+            num_hidden_layers=layers, vocab_size=258, use_sliding_window=True, sliding_window=4,
+            max_window_layers=1, max_position_embeddings=128, **overrides,
+        )  # fmt: skip
+        return Qwen2ForCausalLM(cfg).eval()
     if family == "llama":
         cfg = LlamaConfig(
             hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,

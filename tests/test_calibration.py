@@ -64,11 +64,15 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize(
-    "family", ["llama", "opt", "gemma3"], ids=["llama-gqa", "opt", "gemma3-sliding"]
+    "family",
+    ["llama", "opt", "gemma3", "qwen2"],
+    ids=["llama-gqa", "opt", "gemma3-sliding", "qwen2-sliding"],
 )
 def test_gram_equals_whole_model_hooks(family, tok, windows):
     """Layer-by-layer calibration sees exactly what a full forward feeds each linear; for
-    Gemma 3 that needs each layer kind's own mask and rotary table (sliding window 4 < 32)."""
+    Gemma 3 and Qwen2 with sliding layers that needs each layer kind's own mask (and for
+    Gemma 3 rotary table; sliding window 4 < 32). Qwen2's sliding layers were given layer
+    0's full-attention mask."""
     model = random_tiny(family, layers=3)
     stats = calibrate(
         model, tok, corpus="pydoc", nsamples=4, seqlen=32, seed=0, batch_size=BATCH,

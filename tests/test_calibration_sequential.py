@@ -193,3 +193,14 @@ def test_actual_stream_only_gives_the_same_actual_statistics(windows):
                 with torch.no_grad():
                     layer.mlp.up_proj.weight.add_(delta)
                     layer2.mlp.up_proj.weight.add_(delta)
+
+
+def test_the_model_gets_its_mode_back(windows):
+    """The calibrator runs the model in eval mode and hands it back training when it came
+    in training, once its layers are done (it used to leave it in eval mode)."""
+    model = random_tiny("llama").train()
+    seq = SequentialCalibrator(model, windows, batch_size=4, device="cpu", progress=False)
+    assert not model.training
+    for i, _layer in seq.layers():
+        seq.layer_stats(i)
+    assert model.training

@@ -81,3 +81,18 @@ def test_hub_corpus_offline_gives_actionable_error(monkeypatch):
     get_corpus.cache_clear()
     with pytest.raises(CorpusError, match="corpus 'wikitext2'.*copy ~/.cache/huggingface"):
         get_corpus("wikitext2")
+
+
+def test_line_ends_are_read_as_python_reads_text(tmp_path):
+    """A Windows (CRLF) .txt splits into the same documents as its LF twin, and a .jsonl
+    whose strings hold U+2028 / U+2029 / U+0085 (valid JSON, written unescaped by
+    `ensure_ascii=False`) loads: both used to be refused."""
+    docs = [f"paragraph {i} line one\nparagraph {i} line two" for i in range(40)]
+    lf, crlf = tmp_path / "lf.txt", tmp_path / "crlf.txt"
+    lf.write_bytes("\n\n".join(docs).encode())
+    crlf.write_bytes("\r\n\r\n".join(d.replace("\n", "\r\n") for d in docs).encode())
+    assert get_corpus(str(crlf)).test == get_corpus(str(lf)).test
+    odd = [f"document {i} one\u2028two\u2029three\u0085four" for i in range(40)]
+    jl = tmp_path / "odd.jsonl"
+    jl.write_text("\n".join(json.dumps({"text": d}, ensure_ascii=False) for d in odd) + "\n")
+    assert "\u2028" in get_corpus(str(jl)).test

@@ -203,3 +203,18 @@ def test_tasks_work_from_another_cwd_after_moving(
         bootstrap_iters=0,
     )
     assert set(task_names(list(TEXTS))) <= set(res["results"])
+
+
+def test_questions_with_unicode_line_separators_read_back(tmp_path: Path) -> None:
+    """Task files hold text unescaped (`ensure_ascii=False`); a U+2028 / U+0085 in it used
+    to break `read_questions` (and so the zero-shot preflight), not lm-eval's own reader."""
+    texts = {
+        k: v.replace(" the ", " the\u2028", 7).replace(" a ", " a\u0085", 5)
+        for k, v in TEXTS.items()
+    }
+    out = tmp_path / "tasks"
+    build_tasks(out, texts, seed=3, n_examples=N)
+    raw = "".join(p.read_text(encoding="utf-8") for p in out.glob("*.jsonl"))
+    assert "\u2028" in raw and "\u0085" in raw
+    for task in task_names(texts):
+        assert len(read_questions(out, task)) == N

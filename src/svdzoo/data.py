@@ -179,7 +179,9 @@ def _c4() -> Corpus:
 
 
 def _read_text_file(path: Path) -> str:
-    """The file as UTF-8 text; CorpusError for a directory, an unreadable or a binary file."""
+    """The file as UTF-8 text with `\n` line ends (as `open` in text mode reads it: a
+    Windows file's blank lines then separate its documents too); CorpusError for a
+    directory, an unreadable or a binary file."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -193,7 +195,7 @@ def _read_text_file(path: Path) -> str:
         ) from exc
     if "\x00" in text:
         raise CorpusError(f"corpus file {str(path)!r} holds NUL bytes: a binary file, not text")
-    return text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _local_file(path: Path) -> Corpus:
@@ -201,7 +203,9 @@ def _local_file(path: Path) -> Corpus:
         raise CorpusError(f"corpus file {str(path)!r} does not exist")
     if path.suffix == ".jsonl":
         docs = []
-        for i, line in enumerate(_read_text_file(path).splitlines()):
+        # lines end at "\n" only: `splitlines` also splits at U+2028/U+2029/U+0085, which
+        # JSON leaves unescaped inside strings (`ensure_ascii=False`)
+        for i, line in enumerate(_read_text_file(path).split("\n")):
             if not line.strip():
                 continue
             try:

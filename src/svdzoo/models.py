@@ -111,7 +111,11 @@ _LLAMA_LIKE = dict(
 FAMILIES: dict[str, FamilyAdapter] = {
     "llama": FamilyAdapter(name="llama", model_types=("llama",), **_LLAMA_LIKE),
     "mistral": FamilyAdapter(name="mistral", model_types=("mistral",), **_LLAMA_LIKE),
-    "qwen2": FamilyAdapter(name="qwen2", model_types=("qwen2",), **_LLAMA_LIKE),
+    # Qwen2 with `use_sliding_window`: its first `max_window_layers` layers full attention,
+    # the rest sliding, each kind with its own mask (`config.layer_types`)
+    "qwen2": FamilyAdapter(
+        name="qwen2", model_types=("qwen2",), layer_kinds_attr="layer_types", **_LLAMA_LIKE
+    ),
     # Gemma 3 text models: LLaMA-style linears (q/k norms and the extra layer norms are not
     # compressed); sliding-window and full-attention layers take different masks and rotary
     # tables, so calibration captures the call arguments of each kind

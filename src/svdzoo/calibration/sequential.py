@@ -124,6 +124,7 @@ class SequentialCalibrator:
         self.device = resolve_device(device)
         self.progress = progress
         self._budget = as_budget(memory_budget, offload_dir)
+        self._was_training = model.training  # restored by `close`
         model.eval()
         with torch.no_grad():
             inputs = capture_layer_inputs(model, self.adapter, windows, batch_size, self._budget)
@@ -325,9 +326,10 @@ class SequentialCalibrator:
         return (num / max(den, 1e-300)) ** 0.5
 
     def close(self) -> None:
-        """Free the streams and their offload files."""
+        """Free the streams and their offload files; the model gets back the mode it came in."""
         for s in (self._orig, self._actual, self._orig_out):
             if s is not None:
                 s.close()
         self._actual = self._orig_out = None
         self._budget.cleanup()
+        self.model.train(self._was_training)

@@ -365,6 +365,7 @@ def read_questions(task_dir: str | Path, task: str) -> list[dict]:
     path = Path(task_dir) / f"{task}.jsonl"
     if not path.exists():
         raise TaskBuildError(f"no task file {path}; run `svdzoo build-tasks` first")
-    return [
-        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
+    # "\n" only, as lm-eval reads the file: `splitlines` would also split at U+2028/U+2029/
+    # U+0085, which the task files hold unescaped (`ensure_ascii=False`)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    return [json.loads(line) for line in lines if line.strip()]
