@@ -125,3 +125,31 @@ def test_method_options_are_read_from_params_per_method(in_root):
     assert "--option whitening=${method_options.svd-llm.whitening}" in mine["cmd"]
     assert mine["params"] == ["compress", "method_options.svd-llm"]
     assert "--option" not in other["cmd"] and other["params"] == ["compress"]
+
+
+def test_a_corpus_file_is_a_dep_and_its_tag_is_rendered(in_root):
+    """A calibration corpus given as a file path: DVC's stages use `paths.calib_tag`'s name
+    for it (a template would splice the path in, so `compress --calibration` refused the
+    statistics), and a local corpus file is a dep of what reads it (editing it reran
+    nothing), in DVC as in the Snakefile."""
+    from svdzoo.config import calib_tag
+
+    params = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    params["calibration"] = {**params["calibration"], "corpus": "corpora/mine.txt"}
+    params["evaluation"] = {**params["evaluation"], "corpora": ["pydoc", "corpora/eval.jsonl"]}
+    params["methods"] = ["svd-llm", "duo-svd-independent"]
+    stages = dvc_render.render_stages(params)["stages"]
+    tag = calib_tag(params)
+    assert "/" not in tag
+    text = yaml.safe_dump(stages)
+    assert "${calibration.corpus}" not in text and "mine.txt-n" not in text
+    calibrate = stages["calibrate"]["do"]
+    assert f"/{tag}/gram" in calibrate["cmd"] and "corpora/mine.txt" in calibrate["deps"]
+    assert "corpora/mine.txt" in stages["sensitivity-duo"]["do"]["deps"]
+    assert f"--calibration {tag}" in stages["compress-svd-llm"]["cmd"]
+    for name in ("evaluate", "evaluate-dense"):
+        deps = stages[name].get("do", stages[name])["deps"]
+        assert "corpora/eval.jsonl" in deps and "corpora/mine.txt" not in deps
+    # a named corpus keeps the template (`dvc exp run -S calibration.nsamples=...` works)
+    plain = stages_for(methods=["svd-llm"])
+    assert "${calibration.corpus}" in plain["calibrate"]["do"]["cmd"]

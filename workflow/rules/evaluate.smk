@@ -7,6 +7,7 @@ rule evaluate_dense:
     input:
         model=lambda w: model_input(w.model),
         tasks=tasks_input(),
+        corpora=svdconf.corpus_files(P, "evaluation"),  # local files: editing one reruns
     output:
         ppl=str(L.ppl("{model}", DENSE, 0.0)),
         zeroshot=str(L.zeroshot("{model}", DENSE, 0.0)),
@@ -40,6 +41,7 @@ rule evaluate:
     input:
         model=ratio_pattern(L.compressed("{model}", "{method}", 0.0)),
         tasks=tasks_input(),
+        corpora=svdconf.corpus_files(P, "evaluation"),  # local files: editing one reruns
     output:
         ppl=ratio_pattern(L.ppl("{model}", "{method}", 0.0)),
         zeroshot=ratio_pattern(L.zeroshot("{model}", "{method}", 0.0)),

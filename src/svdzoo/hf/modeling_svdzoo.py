@@ -95,6 +95,18 @@ def _parameters_on_meta():
         nn.Module.register_parameter = register
 
 
+def _no_save_pretrained(self, save_directory, *args, **kwargs):
+    """`save_pretrained` of a model loaded from an svdzoo directory: refused, because the
+    base architecture's writer would store the factors under names that reload as a dense
+    model with random weights (and drop this loader)."""
+    raise NotImplementedError(
+        f"save_pretrained({str(save_directory)!r}): this model was loaded from an svdzoo "
+        "compressed directory, and the base architecture's save_pretrained would write a "
+        "checkpoint that reloads as a dense model with random weights. Copy the compressed "
+        "directory instead, or save it with svdzoo (svdzoo.compression.save_compressed)"
+    )
+
+
 class SvdzooForCausalLM(PreTrainedModel):
     """Entry point for `auto_map`: `from_pretrained` returns the base architecture's model
     class (e.g. `LlamaForCausalLM`) with the factored linears in place."""
@@ -140,5 +152,10 @@ class SvdzooForCausalLM(PreTrainedModel):
             raise OSError(f"{path}: {left[:5]} were not in the weights file")
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
         if dtype is not None and dtype != "auto":
-            model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+            dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+            # parameters only: `to(dtype)` would also round the rotary frequencies, which
+            # the dense model keeps in float32
+            for param in model.parameters():
+                param.data = param.data.to(dtype)
+        model.save_pretrained = _no_save_pretrained.__get__(model)  # see there
         return model.eval()
