@@ -388,3 +388,14 @@ def test_a_corpus_path_names_one_directory_inside_data():
     assert calib_tag("/other/corpus.txt", 32, 256, 3) != tag
     for model in ("a", "b"):
         assert Layout().gram(model, tag) == Path("data/stats") / model / tag / "gram"
+
+
+def test_model_and_method_names_that_join_alike_are_refused(default):
+    """`ref-duo` with `svd` and `ref` with `duo-svd` both join as `ref-duo-svd`: DVC kept one
+    of the two evaluate stages and Snakemake gave both jobs one log file."""
+    bad = copy.deepcopy(default)
+    ref = next(k for k, v in bad["models"].items() if v["source"] == "reference")
+    bad["models"][f"{ref}-duo"] = copy.deepcopy(bad["models"][ref])
+    bad["methods"] = ["svd", "duo-svd"]
+    _fails(bad, f"{ref}-duo-svd", "rename a model key")
+    C.validate_params({**bad, "methods": ["svd", "svd-llm"]})  # nothing joins alike

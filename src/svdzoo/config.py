@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from svdzoo.errors import ConfigError
+from svdzoo.paths import DENSE
 
 SCHEMA_RELPATH = Path("workflow") / "schemas" / "params.schema.json"
 STATS_KINDS = ("gram", "fisher", "sensitivity-duo", "sensitivity-asvd")
@@ -256,9 +257,28 @@ def validate_params(params: Mapping[str, Any], schema: str | Path | None = None)
         else:
             out.setdefault(key, default)
     _check_names(out)
+    _check_unambiguous_names(out)
     _check_flag_sections(out)
     _check_method_options(out)
     return out
+
+
+def _check_unambiguous_names(p: Mapping[str, Any]) -> None:
+    """Model keys and method names are joined with `-` in DVC's stage names and in the
+    jobs' log and benchmark files: two pairs that join alike (model `a-duo` with method
+    `svd`, model `a` with `duo-svd`) would share a log, and DVC would drop one stage."""
+    seen: dict[str, tuple[str, str]] = {}
+    for model in p["models"]:
+        for method in [*p["methods"], DENSE]:
+            joined = f"{model}-{method}"
+            if joined in seen and seen[joined] != (model, method):
+                other = seen[joined]
+                raise ConfigError(
+                    f"models/methods: model {model!r} with method {method!r} and model "
+                    f"{other[0]!r} with method {other[1]!r} both name their jobs {joined!r} "
+                    "(stage names and log files join them with '-'); rename a model key"
+                )
+            seen[joined] = (model, method)
 
 
 def _check_method_options(p: Mapping[str, Any]) -> None:
