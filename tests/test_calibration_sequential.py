@@ -204,3 +204,33 @@ def test_the_model_gets_its_mode_back(windows):
     for i, _layer in seq.layers():
         seq.layer_stats(i)
     assert model.training
+
+
+def test_a_layer_left_mid_turn_goes_back_home(windows, monkeypatch):
+    """A caller that fails during a layer's turn (or stops early) gets that layer back on
+    the device it lived on; it used to stay on the accelerator. The home is faked as
+    `meta` so the move is visible on a CPU-only machine."""
+    import svdzoo.calibration.sequential as sequential
+
+    model = random_tiny("llama").train()
+    monkeypatch.setattr(sequential, "module_device", lambda _m: torch.device("meta"))
+    seq = SequentialCalibrator(model, windows, batch_size=4, device="cpu", progress=False)
+    with pytest.raises(RuntimeError, match="the method failed"):
+        for i, _layer in seq.layers():
+            seq.layer_stats(i)
+            if i == 0:
+                raise RuntimeError("the method failed")
+    layers = adapter_for(model).layers(model)
+    assert next(layers[0].parameters()).device.type == "meta"
+    assert next(layers[1].parameters()).device.type == "cpu"  # never started
+    assert model.training
+
+
+def test_a_failed_capture_gives_the_mode_back():
+    """The constructor's own failure (here: token ids outside the vocabulary) leaves the
+    model in the mode it came in."""
+    model = random_tiny("llama").train()
+    bad = torch.full((2, 8), model.config.vocab_size + 5, dtype=torch.long)
+    with pytest.raises(IndexError):
+        SequentialCalibrator(model, bad, batch_size=2, device="cpu", progress=False)
+    assert model.training

@@ -297,6 +297,19 @@ def test_reference_option_typo_is_refused(default):
     _fails(bad, f"models.{ref}.options.seq_len", "train-reference")
 
 
+def test_a_published_name_on_a_trained_model_is_refused(default):
+    """No paper reports a model this workflow trains, and the name would only make the
+    prepare-model line change (retraining it in either engine)."""
+    bad = copy.deepcopy(default)
+    ref = next(k for k, v in bad["models"].items() if v["source"] == "reference")
+    bad["models"][ref]["published_name"] = "LLaMA-7B"
+    _fails(bad, f"models.{ref}", "published_name")
+    ok = copy.deepcopy(default)
+    pypi = next(k for k, v in ok["models"].items() if v["source"] == "pypi")
+    ok["models"][pypi]["published_name"] = "SmolLM2-135M"
+    C.validate_params(ok, SCHEMA)
+
+
 def test_sensitivity_samples_bounded_by_calibration(default):
     bad = copy.deepcopy(default)
     bad["sensitivity"]["nsamples"] = bad["calibration"]["nsamples"] + 1

@@ -243,6 +243,13 @@ def test_bad_requests_fail_before_compute(llama):
     other = CalibrationStats({**gram.manifest, "model_fingerprint": "0" * 16}, gram.tensor)
     with pytest.raises(CacheError, match="another model"):
         compute_sensitivity(model, tok, other, "duo")
+    model.train()  # a refused request leaves the caller's mode (max_tokens left it in eval)
+    try:
+        with pytest.raises(ConfigError, match="max_tokens"):
+            compute_sensitivity(model, tok, gram, "duo", max_tokens=0)
+        assert model.training
+    finally:
+        model.eval()
 
 
 def test_cli_computes_once_and_reuses(tmp_path, tiny_llama_dir):

@@ -132,6 +132,19 @@ def _within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
+def _existing_inputs(protect: Iterable[_PathLike | None]) -> Iterator[tuple[_PathLike, Path]]:
+    """`(input, resolved)` for each input that exists: a hub id or a missing path has
+    nothing on disk to lose."""
+    for p in protect:
+        if p is not None and os.path.exists(p):
+            yield p, Path(p).resolve()
+
+
+def _refuse_directory(path: Path) -> None:
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; this output is a file: give a file path")
+
+
 def _refuse_protected(path: Path, protect: Iterable[_PathLike | None]) -> None:
     """`path` must not be, or contain, the working directory or an input (force or not)."""
     target = path.resolve()
@@ -144,11 +157,9 @@ def _refuse_protected(path: Path, protect: Iterable[_PathLike | None]) -> None:
             f"refusing to write {path}: it is the current directory or one of its parents; "
             "give an output directory of its own"
         )
-    for p in protect:
-        if p is None or not os.path.exists(p):
-            continue  # a hub id, or nothing there to lose
-        if _within(Path(p).resolve(), target):
-            what = "is" if Path(p).resolve() == target else "contains"
+    for p, resolved in _existing_inputs(protect):
+        if _within(resolved, target):
+            what = "is" if resolved == target else "contains"
             raise OutputError(
                 f"refusing to write {path}: it {what} the input {p}, which would be "
                 "replaced (--force does not change this); choose another output path"
@@ -499,14 +510,11 @@ def check_file_output(
     created or written. An existing file is replaced, as a rerun replaces its results.
     """
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path} is a directory; this output is a file: give a file path")
+    _refuse_directory(path)
     target = path.resolve()
-    for p in protect:
-        if p is None or not os.path.exists(p):
-            continue
-        if _within(target, Path(p).resolve()):
-            what = "is" if Path(p).resolve() == target else "is inside"
+    for p, resolved in _existing_inputs(protect):
+        if _within(target, resolved):
+            what = "is" if resolved == target else "is inside"
             raise OutputError(
                 f"refusing to write {path}: it {what} the input {p}, which would be changed; "
                 "choose another output path"
@@ -526,8 +534,7 @@ def atomic_path(path: _PathLike) -> Iterator[Path]:
     A directory at `path` is refused (`OutputError`) before the block runs.
     """
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path} is a directory; this output is a file: give a file path")
+    _refuse_directory(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -453,7 +453,7 @@ def compute_sensitivity(
     was (every probe is undone, even on error).
     """
     from svdzoo.data import calibration_windows, get_corpus
-    from svdzoo.models import adapter_for, fingerprint, resolve_device
+    from svdzoo.models import adapter_for, eval_mode, fingerprint, resolve_device
 
     grid = check_ratios(ratios, kind)
     base_p = None
@@ -482,70 +482,72 @@ def compute_sensitivity(
     adapter = adapter_for(model)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     precision = linalg.resolve_precision("auto", device)  # float32 SVDs on a GPU (issue 16)
-    was_training = model.training
-    model.eval()
     if max_tokens < 1:
         raise ConfigError(f"max_tokens must be positive, got {max_tokens}")
-    t0 = time.perf_counter()
-    windows = calibration_windows(tokenizer, corp, nsamples, seqlen, seed)
-    batches = _batches(windows, batch_size)
-    ref = _reference(model, batches, kind)
-    dense_value = 0.0 if kind == "duo" else math.exp(ref.nll / ref.tokens)
-    table: dict[str, dict[float, float]] = {}
-    layers = adapter.layers(model)
-    originals: dict[str, torch.Tensor] = {}  # per-ratio protocol: weights to put back
-    base_value = 0.0
-    bar = tqdm(
-        total=sum(len(adapter.targets) for _ in layers), desc=f"sensitivity-{kind}", unit="module"
-    )
-    try:
-        if base_p is not None:
-            for layer_index, layer in enumerate(tqdm(layers, desc="base state", unit="layer")):
+    with eval_mode(model):
+        t0 = time.perf_counter()
+        windows = calibration_windows(tokenizer, corp, nsamples, seqlen, seed)
+        batches = _batches(windows, batch_size)
+        ref = _reference(model, batches, kind)
+        dense_value = 0.0 if kind == "duo" else math.exp(ref.nll / ref.tokens)
+        table: dict[str, dict[float, float]] = {}
+        layers = adapter.layers(model)
+        originals: dict[str, torch.Tensor] = {}  # per-ratio protocol: weights to put back
+        base_value = 0.0
+        bar = tqdm(
+            total=sum(len(adapter.targets) for _ in layers),
+            desc=f"sensitivity-{kind}",
+            unit="module",
+        )
+        try:
+            if base_p is not None:
+                for layer_index, layer in enumerate(tqdm(layers, desc="base state", unit="layer")):
+                    for target, lin in adapter.target_modules(layer).items():
+                        name = f"{adapter.layers_path}.{layer_index}.{target}"
+                        ctx = _context(model, name, layer_index, target, lin, gram_stats, device)
+                        wh = _whitener(kind, ctx)
+                        m, n = ctx.W.shape
+                        W = truncated_weight(
+                            ctx.W,
+                            wh,
+                            linalg.whitened_svd(ctx.W, wh, precision),
+                            probe_rank(m, n, base_p),
+                        )
+                        originals[name] = lin.weight.detach().clone()
+                        lin.weight.data.copy_(
+                            W.to(dtype=lin.weight.dtype, device=lin.weight.device)
+                        )
+                base_value = _measure(model, batches, kind, ref)
+                log.info("base state (every module at ratio %.2f): KL %.5g", base_ratio, base_value)
+            prober = _LayerwiseProber(model, adapter, batches)  # inputs of the model as it is now
+            for layer_index, layer in enumerate(layers):
                 for target, lin in adapter.target_modules(layer).items():
                     name = f"{adapter.layers_path}.{layer_index}.{target}"
+                    bar.set_postfix_str(name)
                     ctx = _context(model, name, layer_index, target, lin, gram_stats, device)
+                    if name in originals:
+                        ctx.W = originals[name].to(device=device, dtype=torch.float64)
                     wh = _whitener(kind, ctx)
+                    svd = linalg.whitened_svd(ctx.W, wh, precision)  # one SVD serves the grid
                     m, n = ctx.W.shape
-                    W = truncated_weight(
-                        ctx.W,
-                        wh,
-                        linalg.whitened_svd(ctx.W, wh, precision),
-                        probe_rank(m, n, base_p),
-                    )
-                    originals[name] = lin.weight.detach().clone()
-                    lin.weight.data.copy_(W.to(dtype=lin.weight.dtype, device=lin.weight.device))
-            base_value = _measure(model, batches, kind, ref)
-            log.info("base state (every module at ratio %.2f): KL %.5g", base_ratio, base_value)
-        prober = _LayerwiseProber(model, adapter, batches)  # inputs of the model as it is now
-        for layer_index, layer in enumerate(layers):
-            for target, lin in adapter.target_modules(layer).items():
-                name = f"{adapter.layers_path}.{layer_index}.{target}"
-                bar.set_postfix_str(name)
-                ctx = _context(model, name, layer_index, target, lin, gram_stats, device)
-                if name in originals:
-                    ctx.W = originals[name].to(device=device, dtype=torch.float64)
-                wh = _whitener(kind, ctx)
-                svd = linalg.whitened_svd(ctx.W, wh, precision)  # one SVD serves the grid
-                m, n = ctx.W.shape
-                weights = {
-                    p: truncated_weight(ctx.W, wh, svd, probe_rank(m, n, p))
-                    for p in grid
-                    if p < 1.0
-                }
-                if base_p is not None:
-                    weights[1.0] = ctx.W  # this module dense, the others at the base
-                row = prober.probe(layer_index, name, lin, weights, kind, ref, max_tokens)
-                if base_p is None:
-                    row[1.0] = dense_value
-                table[name] = {p: row[p] - base_value for p in grid}
-                log.debug("%s: %s", name, {p: round(v, 5) for p, v in table[name].items()})
-                bar.update()
-            prober.advance(layer_index)
-    finally:
-        bar.close()
-        for name, weight in originals.items():  # undo the base state
-            model.get_submodule(name).weight.data.copy_(weight)
-        model.train(was_training)
+                    weights = {
+                        p: truncated_weight(ctx.W, wh, svd, probe_rank(m, n, p))
+                        for p in grid
+                        if p < 1.0
+                    }
+                    if base_p is not None:
+                        weights[1.0] = ctx.W  # this module dense, the others at the base
+                    row = prober.probe(layer_index, name, lin, weights, kind, ref, max_tokens)
+                    if base_p is None:
+                        row[1.0] = dense_value
+                    table[name] = {p: row[p] - base_value for p in grid}
+                    log.debug("%s: %s", name, {p: round(v, 5) for p, v in table[name].items()})
+                    bar.update()
+                prober.advance(layer_index)
+        finally:
+            bar.close()
+            for name, weight in originals.items():  # undo the base state
+                model.get_submodule(name).weight.data.copy_(weight)
     elapsed = time.perf_counter() - t0
     manifest = {
         "kind": stats_kind(kind),

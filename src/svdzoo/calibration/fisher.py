@@ -31,7 +31,7 @@ from svdzoo.calibration.cache import model_manifest, save_stats
 from svdzoo.calibration.capture import module_device
 from svdzoo.errors import ModelError
 from svdzoo.io import check_output
-from svdzoo.models import adapter_for, resolve_device
+from svdzoo.models import adapter_for, eval_mode, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -53,43 +53,41 @@ def fisher_information(
     device = resolve_device(device)
     home = module_device(model)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    was_training = model.training
     acc: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     handles = []
     model.to(device)
-    model.eval()  # no dropout: deterministic gradients
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for full, _i, _t, lin in adapter.iter_targets(model):
-            w = lin.weight
-            m, n = w.shape
-            acc[full] = (
-                torch.zeros(m, dtype=torch.float64, device=device),
-                torch.zeros(n, dtype=torch.float64, device=device),
-            )
-            w.requires_grad_(True)
+    with eval_mode(model):  # no dropout: deterministic gradients
+        try:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for full, _i, _t, lin in adapter.iter_targets(model):
+                w = lin.weight
+                m, n = w.shape
+                acc[full] = (
+                    torch.zeros(m, dtype=torch.float64, device=device),
+                    torch.zeros(n, dtype=torch.float64, device=device),
+                )
+                w.requires_grad_(True)
 
-            def hook(p: torch.Tensor, full: str = full) -> None:
-                g2 = p.grad.detach().to(torch.float64).square()
-                acc[full][0].add_(g2.sum(1))
-                acc[full][1].add_(g2.sum(0))
-                p.grad = None  # free it now: memory stays one gradient at a time
+                def hook(p: torch.Tensor, full: str = full) -> None:
+                    g2 = p.grad.detach().to(torch.float64).square()
+                    acc[full][0].add_(g2.sum(1))
+                    acc[full][1].add_(g2.sum(0))
+                    p.grad = None  # free it now: memory stays one gradient at a time
 
-            handles.append(w.register_post_accumulate_grad_hook(hook))
-        starts = range(0, windows.shape[0], batch_size)
-        for s in tqdm(starts, desc="fisher", unit="batch", disable=not progress):
-            ids = windows[s : s + batch_size].to(device)
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-            loss.backward()
-    finally:
-        for h in handles:
-            h.remove()
-        for name, p in model.named_parameters():
-            p.requires_grad_(flags[name])
-            p.grad = None
-        model.to(home)
-        model.train(was_training)
+                handles.append(w.register_post_accumulate_grad_hook(hook))
+            starts = range(0, windows.shape[0], batch_size)
+            for s in tqdm(starts, desc="fisher", unit="batch", disable=not progress):
+                ids = windows[s : s + batch_size].to(device)
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+                loss.backward()
+        finally:
+            for h in handles:
+                h.remove()
+            for name, p in model.named_parameters():
+                p.requires_grad_(flags[name])
+                p.grad = None
+            model.to(home)
     return {k: (r.cpu(), c.cpu()) for k, (r, c) in acc.items()}
 
 

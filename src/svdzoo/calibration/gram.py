@@ -45,7 +45,7 @@ from svdzoo.calibration.store import (
     to_host_pageable,
 )
 from svdzoo.errors import ModelError
-from svdzoo.models import adapter_for, resolve_device
+from svdzoo.models import adapter_for, eval_mode, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -74,58 +74,56 @@ def stream_gram_stats(
     device = resolve_device(device)
     budget = as_budget(memory_budget, offload_dir)
     counts: dict[str, int] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        inputs = capture_layer_inputs(model, adapter, windows, batch_size, budget)
-        hidden = inputs.hidden
-        layers = adapter.layers(model)
-        for i, layer in enumerate(
-            tqdm(layers, desc="calibrate", unit="layer", disable=not progress)
-        ):
-            t0 = time.perf_counter()
-            with on_device(layer, device), torch.no_grad():
-                accs = GramCollector()
-                cos = CosineAccumulator()
-                out = ActivationStore(budget)
-                to_dev = CallArgsOnDevice(device)
-                with group_input_hooks(layer, adapter, accs):
-                    for b, call in enumerate(inputs.calls_for(i)):
-                        h = hidden[b].to(device)
-                        y = call_layer(layer, h, to_dev(call))
-                        cos.add(h, y)
-                        out.append(y)
-                hidden.close()
-                hidden = out
-                for group in adapter.groups:
-                    acc = accs[group].finish()
-                    if not bool(torch.isfinite(acc.H).all()):
-                        raise ModelError(
-                            f"layer {i} ({group} inputs): the calibration statistics are not "
-                            "finite, so the model's activations overflow there (a float16 "
-                            "model: calibrate with --dtype float32); nothing was cached"
-                        )
-                    sink(gram_name(i, group), to_host_pageable(acc.H))
-                    sink(absmean_name(i, group), to_host_pageable(acc.absmean()))
-                    counts[count_key(i, group)] = acc.count
-                sink(cosine_name(i), torch.tensor(cos.mean(), dtype=torch.float64))
-                del accs
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            dt = time.perf_counter() - t0
-            log.debug("layer %d: %.2fs, cosine %.4f", i, dt, cos.mean())
-            if layer_callback is not None:
-                layer_callback(i, dt)
-        hidden.close()
-        if budget.offloaded_bytes:
-            log.info(
-                "activation store: peak %.1f MiB in memory, %.1f MiB offloaded in total",
-                budget.peak / 2**20,
-                budget.offloaded_bytes / 2**20,
-            )
-    finally:
-        budget.cleanup()
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            inputs = capture_layer_inputs(model, adapter, windows, batch_size, budget)
+            hidden = inputs.hidden
+            layers = adapter.layers(model)
+            for i, layer in enumerate(
+                tqdm(layers, desc="calibrate", unit="layer", disable=not progress)
+            ):
+                t0 = time.perf_counter()
+                with on_device(layer, device), torch.no_grad():
+                    accs = GramCollector()
+                    cos = CosineAccumulator()
+                    out = ActivationStore(budget)
+                    to_dev = CallArgsOnDevice(device)
+                    with group_input_hooks(layer, adapter, accs):
+                        for b, call in enumerate(inputs.calls_for(i)):
+                            h = hidden[b].to(device)
+                            y = call_layer(layer, h, to_dev(call))
+                            cos.add(h, y)
+                            out.append(y)
+                    hidden.close()
+                    hidden = out
+                    for group in adapter.groups:
+                        acc = accs[group].finish()
+                        if not bool(torch.isfinite(acc.H).all()):
+                            raise ModelError(
+                                f"layer {i} ({group} inputs): the calibration statistics are not "
+                                "finite, so the model's activations overflow there (a float16 "
+                                "model: calibrate with --dtype float32); nothing was cached"
+                            )
+                        sink(gram_name(i, group), to_host_pageable(acc.H))
+                        sink(absmean_name(i, group), to_host_pageable(acc.absmean()))
+                        counts[count_key(i, group)] = acc.count
+                    sink(cosine_name(i), torch.tensor(cos.mean(), dtype=torch.float64))
+                    del accs
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                dt = time.perf_counter() - t0
+                log.debug("layer %d: %.2fs, cosine %.4f", i, dt, cos.mean())
+                if layer_callback is not None:
+                    layer_callback(i, dt)
+            hidden.close()
+            if budget.offloaded_bytes:
+                log.info(
+                    "activation store: peak %.1f MiB in memory, %.1f MiB offloaded in total",
+                    budget.peak / 2**20,
+                    budget.offloaded_bytes / 2**20,
+                )
+        finally:
+            budget.cleanup()
     return counts
 
 

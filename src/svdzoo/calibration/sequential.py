@@ -66,7 +66,7 @@ from svdzoo.calibration.store import (
     to_host,
 )
 from svdzoo.errors import SvdzooError
-from svdzoo.models import adapter_for, resolve_device
+from svdzoo.models import adapter_for, eval_mode, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +124,23 @@ class SequentialCalibrator:
         self.device = resolve_device(device)
         self.progress = progress
         self._budget = as_budget(memory_budget, offload_dir)
-        self._was_training = model.training  # restored by `close`
-        model.eval()
-        with torch.no_grad():
-            inputs = capture_layer_inputs(model, self.adapter, windows, batch_size, self._budget)
-        self._inputs = inputs  # calls_for(i): layer i's call arguments, per batch
-        self._orig: ActivationStore = inputs.hidden
-        self._actual: ActivationStore | None = None  # None: identical to the original stream
-        self._orig_out: ActivationStore | None = None
+        self._mode = contextlib.ExitStack()  # eval mode until `close` gives the caller's back
+        self._mode.enter_context(eval_mode(model))
         self._ref: nn.Module | None = None
         self._home: torch.device | None = None
+        self._orig: ActivationStore | None = None
+        self._actual: ActivationStore | None = None  # None: identical to the original stream
+        self._orig_out: ActivationStore | None = None
+        try:
+            with torch.no_grad():
+                inputs = capture_layer_inputs(
+                    model, self.adapter, windows, batch_size, self._budget
+                )
+        except BaseException:
+            self.close()
+            raise
+        self._inputs = inputs  # calls_for(i): layer i's call arguments, per batch
+        self._orig = inputs.hidden
         self._next = 0
 
     @classmethod
@@ -326,10 +333,15 @@ class SequentialCalibrator:
         return (num / max(den, 1e-300)) ** 0.5
 
     def close(self) -> None:
-        """Free the streams and their offload files; the model gets back the mode it came in."""
+        """Free the streams and their offload files. The model gets back the mode it came in,
+        and a layer left mid-turn (the caller stopped or failed) goes back where it was."""
+        if self._home is not None:
+            self.adapter.layers(self.model)[self._next].to(self._home)
+            self._ref = None
+            self._home = None
         for s in (self._orig, self._actual, self._orig_out):
             if s is not None:
                 s.close()
         self._actual = self._orig_out = None
         self._budget.cleanup()
-        self.model.train(self._was_training)
+        self._mode.close()

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from svdzoo.errors import SvdzooError
+from svdzoo.models import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -155,47 +156,44 @@ def measure_efficiency(
     if device is not None:
         model.to(device)
     dev = _model_device(model)
-    was_training = model.training
-    model.eval()
+    with eval_mode(model):
+        params_total = sum(p.numel() for p in _unique_params(model))
+        params_targets = count_target_params(model)
+        wbytes = weight_bytes(model)
+        gen = torch.Generator().manual_seed(seed)
 
-    params_total = sum(p.numel() for p in _unique_params(model))
-    params_targets = count_target_params(model)
-    wbytes = weight_bytes(model)
-    gen = torch.Generator().manual_seed(seed)
-
-    rows = []
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(dev)
-    sampler = _RssSampler() if dev.type != "cuda" else None
-    try:
-        if sampler is not None:
-            sampler.__enter__()
-        for bs in batch_sizes:
-            ids = torch.randint(0, vocab, (int(bs), prompt_len), generator=gen).to(dev)
-            for _ in range(warmup):
-                _prefill_and_decode(model, ids, gen_len)
-            timings = [_prefill_and_decode(model, ids, gen_len) for _ in range(repeats)]
-            prefill_s = statistics.median(t[0] for t in timings)
-            decode_s = statistics.median(t[1] for t in timings)
-            row = {
-                "batch_size": int(bs),
-                "prefill_s": prefill_s,
-                "decode_s": decode_s,
-                "prefill_tokens_per_s": int(bs) * prompt_len / prefill_s,
-                "decode_tokens_per_s": (int(bs) * gen_len / decode_s) if gen_len else None,
-            }
-            rows.append(row)
-            log.info(
-                "batch %d: prefill %.0f tok/s, decode %s tok/s",
-                bs,
-                row["prefill_tokens_per_s"],
-                f"{row['decode_tokens_per_s']:.0f}" if gen_len else "-",
-            )
-    finally:
-        if sampler is not None:
-            sampler.__exit__(None, None, None)
-        model.train(was_training)
+        rows = []
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+        sampler = _RssSampler() if dev.type != "cuda" else None
+        try:
+            if sampler is not None:
+                sampler.__enter__()
+            for bs in batch_sizes:
+                ids = torch.randint(0, vocab, (int(bs), prompt_len), generator=gen).to(dev)
+                for _ in range(warmup):
+                    _prefill_and_decode(model, ids, gen_len)
+                timings = [_prefill_and_decode(model, ids, gen_len) for _ in range(repeats)]
+                prefill_s = statistics.median(t[0] for t in timings)
+                decode_s = statistics.median(t[1] for t in timings)
+                row = {
+                    "batch_size": int(bs),
+                    "prefill_s": prefill_s,
+                    "decode_s": decode_s,
+                    "prefill_tokens_per_s": int(bs) * prompt_len / prefill_s,
+                    "decode_tokens_per_s": (int(bs) * gen_len / decode_s) if gen_len else None,
+                }
+                rows.append(row)
+                log.info(
+                    "batch %d: prefill %.0f tok/s, decode %s tok/s",
+                    bs,
+                    row["prefill_tokens_per_s"],
+                    f"{row['decode_tokens_per_s']:.0f}" if gen_len else "-",
+                )
+        finally:
+            if sampler is not None:
+                sampler.__exit__(None, None, None)
     if dev.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated(dev))
         method = "cuda_max_memory_allocated"

@@ -29,6 +29,7 @@ from typing import Any
 
 from svdzoo.config import PAPER_TASKS as PAPER_TASKS  # re-exported; defined in config
 from svdzoo.errors import SvdzooError
+from svdzoo.models import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -258,11 +259,9 @@ def run_zeroshot(
         model.to(device)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    was_training = model.training
-    model.eval()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    log.info("zero-shot: %s (batch %d, limit %s)", ", ".join(tasks), batch_size, limit)
-    try:
+    with eval_mode(model):
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        log.info("zero-shot: %s (batch %d, limit %s)", ", ".join(tasks), batch_size, limit)
         _preflight(lm, tasks, task_dir)
         results = simple_evaluate(
             model=lm,
@@ -277,8 +276,6 @@ def run_zeroshot(
             torch_random_seed=seed,
             fewshot_random_seed=seed,
         )
-    finally:
-        model.train(was_training)
     if results is None:  # non-zero rank under distributed launch
         raise ZeroShotError("lm-eval returned no results (not rank 0?)")
     out = summarise(results)
