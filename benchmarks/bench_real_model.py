@@ -72,6 +72,11 @@ def zeroshot_mean(df: pd.DataFrame) -> pd.DataFrame:
     return acc.pivot_table(index="method", columns="ratio", values="value")
 
 
+def factor(x: float, decimals: int) -> str:
+    """`x1,234.5`-style factor; below 1 in significant digits (x0.0 hid 0.018)."""
+    return f"x{x:,.{decimals}f}" if abs(x) >= 1 else f"x{x:.2g}"
+
+
 def claims(df: pd.DataFrame, corpora: list[str], methods: list[str]) -> list[str]:
     """Each claim at each ratio and corpus: the numbers and whether it holds."""
     out = ["### SVD-LLM's Table 1 ordering: SVD >> ASVD > SVD-LLM", ""]
@@ -83,8 +88,8 @@ def claims(df: pd.DataFrame, corpora: list[str], methods: list[str]) -> list[str
                 continue
             out.append(
                 f"| {r:.0%} | {c} | {s:,.1f} | {a:,.1f} | {l_:,.2f} | "
-                f"{'holds' if s > a else 'FAILS'} (x{s / a:,.1f}) | "
-                f"{'holds' if a > l_ else 'FAILS'} (x{a / l_:,.2f}) |"
+                f"{'holds' if s > a else 'FAILS'} ({factor(s / a, 1)}) | "
+                f"{'holds' if a > l_ else 'FAILS'} ({factor(a / l_, 2)}) |"
             )
     out += ["", "### Each seed method against SVD-LLM (lower perplexity = the claim holds)", ""]
     out += ["| method | ratio | corpus | method ppl | svd-llm ppl | ratio to svd-llm | claim |", "|---|---|---|---:|---:|---:|---|"]  # fmt: skip

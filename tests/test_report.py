@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
+import math
+import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +22,7 @@ from svdzoo.report.published import compare, load_published
 from svdzoo.report.tables import best_mask, table1
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "data" / "published.csv"
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 CORPORA = ("wikitext2", "pydoc")
 TASKS = ("task_a", "task_b")
 # (method, ratio) -> wikitext2 perplexity; other metrics derive from it
@@ -351,3 +357,159 @@ def test_diverged_perplexity_is_null_in_summary() -> None:
         [("m", "svd", 0.8, "perplexity", "pydoc", math.inf, math.nan)], columns=COLUMNS
     )
     assert summary(tidy) == {"m": {"svd": {"r0.80": {"ppl-pydoc": None}}}}
+
+
+# From a bug hunt on the report stage (each test fails on the code before its fix).
+
+
+def _ppl_rows(values: dict[tuple[str, float], float]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [("m", meth, r, "perplexity", "c", v, math.nan) for (meth, r), v in values.items()],
+        columns=COLUMNS,
+    )
+
+
+def test_best_mask_never_bolds_a_diverged_perplexity() -> None:
+    """Every compressed method diverged at 0.40: 'diverged' is not the best value there."""
+    df = _ppl_rows(
+        {
+            ("dense", 0.0): 6.0,
+            ("svd", 0.2): 900.0,
+            ("svd-llm", 0.2): 8.0,
+            ("svd", 0.4): math.inf,
+            ("svd-llm", 0.4): math.inf,
+        }
+    )
+    t = table1(df, "m")
+    mask = best_mask(t)
+    at = {(r.method, r.ratio): i for i, r in t.iterrows()}
+    assert mask.at[at[("svd-llm", 0.2)], "ppl:c"]
+    assert not mask.at[at[("svd", 0.4)], "ppl:c"]
+    assert not mask.at[at[("svd-llm", 0.4)], "ppl:c"]
+
+
+def test_diverged_points_stay_on_the_ppl_figure(tmp_path: Path) -> None:
+    """A diverged run is drawn (at the top edge), not dropped: the x range covers its ratio."""
+    from svdzoo.report import figures
+
+    df = _ppl_rows(
+        {
+            ("dense", 0.0): 6.0,
+            ("svd", 0.2): 900.0,
+            ("svd-llm", 0.2): 8.0,
+            ("svd", 0.4): math.inf,
+            ("svd-llm", 0.4): math.inf,
+        }
+    )
+    sub = df[df["model"] == "m"]
+    fig = figures._metric_vs_ratio(
+        sub, "perplexity", ["c"], logy=True, ylabel="perplexity", title="t"
+    )
+    try:
+        ax = fig.axes[0]
+        lo, hi = ax.get_xlim()
+        assert lo <= 0.4 <= hi, (lo, hi)
+        texts = " ".join(t.get_text() for t in ax.texts)
+        assert "diverged" in texts
+    finally:
+        figures._plt().close(fig)
+
+
+def test_published_csv_with_a_dash_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    results = make_tree(tmp_path)
+    pub = tmp_path / "pub.csv"
+    pub.write_text(
+        PUBLISHED.read_text().replace(
+            "LLaMA-7B,svd,0.2,20061,,18800", "LLaMA-7B,svd,0.2,20061,-,18800"
+        )
+    )
+    rc = main(
+        ["report", "--results", str(results), "--out", str(tmp_path / "o"),
+         "--published", str(pub), "--no-figures"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "ptb_ppl" in err and "line 3" in err and "Traceback" not in err
+
+
+def test_rerun_removes_stale_tables_and_figures(tmp_path: Path) -> None:
+    """A second report must not leave the first one's files beside its own: here the
+    published comparison said 14.0 while table1 said 20.0, and a deleted model's tables
+    and figures stayed."""
+    results = make_tree(tmp_path)
+    build_report(results, results, published=PUBLISHED)
+    path = Layout(tmp_path).ppl("llama-7b", "svd-llm", 0.4)
+    obj = json.loads(path.read_text())
+    obj["perplexity"]["wikitext2"] = 20.0
+    write_json(path, obj)
+    shutil.rmtree(results / "metrics" / "ref-llama")
+    shutil.rmtree(results / "compressed" / "ref-llama")
+    build_report(results, results)  # no published comparison this time
+    t1 = pd.read_csv(results / "tables" / "table1_llama-7b.csv")
+    assert t1.query("method == 'svd-llm' and ratio == 0.4")["ppl:wikitext2"].tolist() == [20.0]
+    assert not (results / "tables" / "published_vs_reproduced.csv").exists()
+    assert not list((results / "tables").glob("*ref-llama*"))
+    assert not list((results / "figures").glob("*ref-llama*"))
+    assert (results / "figures" / "ppl_vs_ratio_llama-7b.png").exists()
+
+
+def test_non_canonical_ratio_tag_is_not_silently_merged(tmp_path: Path, caplog) -> None:
+    """r0.4 and r0.40 parse to one ratio: one run's numbers replaced the other's unseen."""
+    metrics = tmp_path / "results" / "metrics" / "m"
+    write_json(metrics / "svd" / "r0.40" / "ppl.json", {"perplexity": {"c": 100.0}})
+    write_json(metrics / "svd" / "r0.4" / "ppl.json", {"perplexity": {"c": 50.0}})
+    write_json(metrics / "svd" / "rnan" / "ppl.json", {"perplexity": {"c": 3.0}})
+    with caplog.at_level(logging.WARNING):
+        df = collect(tmp_path / "results")
+    assert "r0.4/ppl.json" in caplog.text and "rnan/ppl.json" in caplog.text
+    assert df["ratio"].map(math.isfinite).all()
+    assert df["value"].tolist() == [100.0]
+
+
+def test_real_model_claim_factor_below_one_is_not_zero() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "bench_real_model", BENCH / "bench_real_model.py"
+        )
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(BENCH))
+    df = pd.DataFrame(
+        [
+            ("x", meth, 0.8, "perplexity", "pydoc", v, math.nan)
+            for meth, v in (("svd", 95614666.36), ("asvd", 5384807645.4), ("svd-llm", 2454.41))
+        ],
+        columns=COLUMNS,
+    )
+    row = next(ln for ln in mod.claims(df, ["pydoc"], ["svd", "asvd", "svd-llm"]) if "80%" in ln)
+    assert "x0.0)" not in row and "x0.018)" in row, row
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_achieved_ratio_and_allocation_survive_a_deleted_compressed_model(
+    tmp_path: Path,
+) -> None:
+    """keep_compressed: false deletes results/compressed/... once evaluated; the report lost
+    the achieved ratios and the allocation heatmaps of every such run."""
+    from helpers import random_tiny
+
+    from svdzoo.evaluation.efficiency import measure_efficiency
+
+    results = make_tree(tmp_path)
+    model = random_tiny("llama", max_position_embeddings=64)
+    layout = Layout(tmp_path)
+    for mdl in ("llama-7b", "ref-llama"):
+        for ratio in (0.2, 0.4):
+            eff = measure_efficiency(
+                model, batch_sizes=(1,), prompt_len=4, gen_len=1, warmup=0, repeats=1,
+                manifest=_manifest("svd-llm-v2", ratio),
+            )  # fmt: skip
+            labels = {"model": mdl, "method": "svd-llm-v2", "ratio": ratio}
+            write_json(layout.efficiency(mdl, "svd-llm-v2", ratio), {**labels, **eff})
+    shutil.rmtree(results / "compressed")  # what Snakemake's temp() does
+    build_report(results, tmp_path / "out")
+    df = collect(results)
+    got = df[(df["method"] == "svd-llm-v2") & (df["metric"] == "achieved_ratio")]
+    assert sorted(got["ratio"].tolist()) == [0.2, 0.2, 0.4, 0.4]
+    assert (tmp_path / "out" / "figures" / "allocation_llama-7b_svd-llm-v2.png").exists()

@@ -120,6 +120,28 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def manifest_summary(manifest: dict | None) -> dict | None:
+    """What the report reads from a compressed model's manifest (achieved ratios, time, the
+    per-matrix allocation), kept in efficiency.json: with `keep_compressed: false` the
+    model directory, manifest included, is deleted as soon as it is evaluated."""
+    if not manifest:
+        return None
+    keys = (
+        "method",
+        "ratio",
+        "achieved_ratio",
+        "model_params_dense",
+        "model_params_compressed",
+        "compression_time_s",
+    )
+    out: dict = {k: manifest.get(k) for k in keys}
+    out["modules"] = {
+        name: {k: mod.get(k) for k in ("layer", "type", "ratio", "dense")}
+        for name, mod in (manifest.get("modules") or {}).items()
+    }
+    return out
+
+
 def measure_efficiency(
     model: nn.Module,
     *,
@@ -218,4 +240,5 @@ def measure_efficiency(
         "warmup": warmup,
         "repeats": repeats,
         "torch_threads": torch.get_num_threads(),
+        "manifest": manifest_summary(manifest),
     }

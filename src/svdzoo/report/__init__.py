@@ -13,6 +13,28 @@ from svdzoo.paths import SUMMARY
 
 log = logging.getLogger(__name__)
 
+# The files the report writes under tables/ and figures/: one it did not write this time
+# (a model or method no longer in the results, a comparison not asked for) is stale.
+_OWN = {
+    "tables": ("table1_*", "summary_*", "published_vs_reproduced.*"),
+    "figures": (
+        "ppl_vs_ratio_*",
+        "zeroshot_vs_ratio_*",
+        "allocation_*",
+        "efficiency_vs_ratio_*",
+        "compression_time_*",
+    ),
+}
+
+
+def _remove_stale(folder: Path, written: Iterable[Path], patterns: Iterable[str]) -> None:
+    keep = {Path(p).resolve() for p in written}
+    for pattern in patterns:
+        for old in sorted(folder.glob(pattern)):
+            if old.is_file() and old.resolve() not in keep:
+                log.info("removing %s: not part of this report", old)
+                old.unlink()
+
 
 def build_report(
     results_dir: str | Path,
@@ -55,6 +77,8 @@ def build_report(
 
         manifests = metrics.load_manifests(results_dir)
         written["figures"] = figs.write_all(tidy, manifests, out_dir / "figures")
+        _remove_stale(out_dir / "figures", written["figures"], _OWN["figures"])
+    _remove_stale(out_dir / "tables", written["tables"], _OWN["tables"])
     log.info(
         "report: %d rows in %s, %d table files, %d figure files",
         len(tidy),

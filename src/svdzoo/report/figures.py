@@ -76,11 +76,29 @@ def _metric_vs_ratio(
     methods = _methods(sub)
     for ax, ds in zip(axes, datasets, strict=True):
         d = sub[(sub["metric"] == metric) & (sub["dataset"] == ds)]
-        for method in methods:
+        diverged = False
+        for i, method in enumerate(methods):
             line = d[d["method"] == method].sort_values("ratio")
-            if not line.empty:
-                ax.plot(line["ratio"], line["value"], marker="o", label=method)
-        dense = d[d["method"] == DENSE]["value"]
+            if line.empty:
+                continue
+            finite = line["value"].map(math.isfinite)
+            (drawn,) = ax.plot(
+                line.loc[finite, "ratio"], line.loc[finite, "value"], marker="o", label=method
+            )
+            off = line[line["value"] == math.inf]
+            if not off.empty:  # diverged: an x at the top edge, not a point left out
+                diverged = True
+                ax.plot(
+                    off["ratio"], [0.96 - 0.04 * i] * len(off),
+                    transform=ax.get_xaxis_transform(), marker="x", markersize=8,
+                    linestyle="none", color=drawn.get_color(), clip_on=False,
+                )  # fmt: skip
+        if diverged:
+            ax.text(
+                0.98, 0.02, "x at the top: diverged", transform=ax.transAxes, fontsize=7,
+                ha="right", va="bottom",
+            )  # fmt: skip
+        dense = d[(d["method"] == DENSE) & d["value"].map(math.isfinite)]["value"]
         if not dense.empty:
             ax.axhline(
                 float(dense.iloc[0]), color="black", linestyle="--", linewidth=1, label="dense"

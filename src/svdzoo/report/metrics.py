@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from svdzoo.errors import SvdzooError
-from svdzoo.paths import Layout
+from svdzoo.paths import Layout, ratio_tag
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,16 @@ def _glob_pattern(path_fn) -> tuple[str, int, int, int]:
 
 
 def _parse_ratio(tag: str) -> float | None:
+    """`r0.40 -> 0.4`; None for anything but the layout's own tag (`ratio_tag`): `r0.4`
+    beside `r0.40` would be one run twice (one silently replacing the other), `rnan` no
+    ratio at all."""
     try:
-        return float(tag[1:]) if tag.startswith("r") else None
+        ratio = float(tag[1:]) if tag.startswith("r") else None
     except ValueError:
         return None
+    if ratio is None or not math.isfinite(ratio) or ratio_tag(ratio) != tag:
+        return None
+    return ratio
 
 
 @dataclass
@@ -258,14 +264,19 @@ def collect(
     rows = []
     for (model, method, ratio), run in sorted(runs.items()):
         seen_time = False
+        manifest, manifest_path = None, run.manifest
         for kind, path in sorted(run.files.items()):
             obj = _read(path)
             _check_labels(obj, run, path)
+            if kind == "efficiency" and isinstance(obj.get("manifest"), dict):
+                manifest, manifest_path = obj["manifest"], path  # the model may be deleted
             for metric, dataset, value, stderr in _READERS[kind](obj, path):
                 seen_time |= metric == "compression_time_s"
                 rows.append((model, method, ratio, metric, dataset, value, stderr))
         if run.manifest is not None:
-            for metric, dataset, value, stderr in _rows_manifest(_read(run.manifest), run.manifest):
+            manifest, manifest_path = _read(run.manifest), run.manifest
+        if manifest is not None:
+            for metric, dataset, value, stderr in _rows_manifest(manifest, manifest_path):
                 if metric == "compression_time_s" and seen_time:
                     continue
                 rows.append((model, method, ratio, metric, dataset, value, stderr))
@@ -276,7 +287,8 @@ def collect(
 
 
 def load_manifests(results_dir: str | Path) -> dict[tuple[str, str, float], dict]:
-    """Every compressed manifest under `results_dir`, keyed by (model, method, ratio)."""
+    """Every compressed manifest under `results_dir`, keyed by (model, method, ratio); for a
+    run whose compressed model is gone, the manifest summary its efficiency.json kept."""
     results_dir = Path(results_dir)
     layout = Layout(Path("/__root__"))
     pattern, im, ix, ir = _glob_pattern(layout.compressed_manifest)
@@ -286,6 +298,17 @@ def load_manifests(results_dir: str | Path) -> dict[tuple[str, str, float], dict
         ratio = _parse_ratio(parts[ir])
         if ratio is not None:
             out[(parts[im], parts[ix], ratio)] = _read(path)
+    # a compressed model deleted once evaluated (keep_compressed: false) left its
+    # allocation in efficiency.json
+    pattern, im, ix, ir = _glob_pattern(layout.efficiency)
+    for path in sorted(results_dir.glob(pattern)):
+        parts = path.relative_to(results_dir).parts
+        ratio = _parse_ratio(parts[ir])
+        key = (parts[im], parts[ix], ratio)
+        if ratio is not None and key not in out:
+            summary = _read(path).get("manifest")
+            if isinstance(summary, dict):
+                out[key] = summary
     return out
 
 

@@ -53,6 +53,16 @@ def load_published(path: str | Path) -> pd.DataFrame:
     missing = need - set(wide.columns)
     if missing:
         raise PublishedError(f"{path}: missing column(s) {sorted(missing)}")
+    for col in ("ratio", *METRICS):  # a clear error, not pandas' traceback, on a bad cell
+        num = pd.to_numeric(wide[col], errors="coerce")
+        bad = num.isna() & (wide[col].notna() | (col == "ratio"))
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise PublishedError(
+                f"{path}: line {i + 2}, column {col!r} holds {wide[col].iloc[i]!r}, not a "
+                "number (leave a metric's cell empty where the paper reports none)"
+            )
+        wide[col] = num
     if "note" not in wide.columns:
         wide["note"] = ""
     long = wide.melt(

@@ -88,7 +88,8 @@ def higher_is_better(column: str) -> bool | None:
 
 def best_mask(table: pd.DataFrame) -> pd.DataFrame:
     """True where a value is the best of its column among compressed rows of its ratio
-    (ties all bold; groups with a single candidate get no bold)."""
+    (ties all bold; groups with a single candidate get no bold). Only finite values
+    compete: a diverged (infinite) perplexity is never the best of its ratio."""
     mask = pd.DataFrame(False, index=table.index, columns=table.columns)
     compressed = table["method"] != DENSE
     for col in table.columns:
@@ -96,7 +97,8 @@ def best_mask(table: pd.DataFrame) -> pd.DataFrame:
         if hib is None:
             continue
         for _ratio, idx in table[compressed].groupby("ratio").groups.items():
-            vals = table.loc[idx, col].astype(float).dropna()
+            vals = table.loc[idx, col].astype(float)
+            vals = vals[vals.map(math.isfinite)]
             if len(vals) < 2:
                 continue
             best = vals.max() if hib else vals.min()
