@@ -244,6 +244,24 @@ def test_last_k_layers_given_k_and_errors():
     assert al.last_k_layers(INFOS, 0.0) == ({i.name: i.full_rank for i in INFOS}, 0)
 
 
+def test_last_k_layers_every_block_at_exactly_max_ratio():
+    """K = N at ratio == max_ratio is feasible (the docstring calls the failure unreachable).
+    On LLaMA-7B's shapes `target * total / total` rounds to 0.9000000000000001 > 0.9, so
+    `ressvd-compensated` (LastK, max_ratio 0.9) refused a 90 % target it can meet."""
+    from svdzoo.methods.base import AllocationContext
+    from svdzoo.methods.ressvd import LastK
+
+    shapes = dict(q=(4096, 4096), k=(4096, 4096), v=(4096, 4096), o=(4096, 4096),
+                  gate=(11008, 4096), up=(11008, 4096), down=(4096, 11008))  # fmt: skip
+    infos = [MatrixInfo(f"l{j}.{t}", j, t, m, n) for j in range(32) for t, (m, n) in shapes.items()]
+    assert al.last_k_ratio(infos, 0.9, 32) <= 0.9
+    ranks, K = al.last_k_layers(infos, 0.9, max_ratio=0.9)
+    assert K == 32
+    assert abs(al.achieved_ratio(infos, ranks) - 0.9) <= al.TOLERANCE
+    ranks = LastK()(infos, 0.9, AllocationContext(options={}))
+    assert abs(al.achieved_ratio(infos, ranks) - 0.9) <= al.TOLERANCE
+
+
 # ---------------------------------------------------------------- Duo-SVD knapsack
 
 P_OPTIONS = [round(0.1 * j, 1) for j in range(1, 11)]

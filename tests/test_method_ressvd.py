@@ -273,3 +273,15 @@ def test_lastk_search_with_a_fixed_K_or_a_coarse_step(deep, tok):
     man = compress(copy.deepcopy(model), "ressvd-lastk", 0.8, stats=Statistics(gram=stats),
                    tokenizer=tok, options={"step": 2})  # fmt: skip
     assert man["allocation"]["candidates"] == [6] and man["allocation"]["K"] == 6
+
+
+def test_lastk_default_grid_holds_the_papers_choice_on_32_blocks():
+    """methods.md: ResSVD's best layer choice at 20 % on LLaMA-7B (32 blocks) was the last
+    16, so the paper's grid {s, 2s, ..., N - s} holds 16; the default step must not
+    exclude it (N // 10 = 3 gives 3, 6, ..., 27, which cannot reproduce the paper)."""
+    assert 16 in LastKSearch().candidates(32)
+    # and 16 is feasible there: 0.2 * 32 / 16 = 0.4 <= max_ratio
+    from svdzoo.allocation import MatrixInfo, last_k_ratio
+
+    infos = [MatrixInfo(f"l{j}.{t}", j, t, 64, 64) for j in range(32) for t in "qkvo"]
+    assert last_k_ratio(infos, 0.2, 16) == pytest.approx(0.4)

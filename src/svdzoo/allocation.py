@@ -424,7 +424,10 @@ def last_k_ratio(infos: list[MatrixInfo], target: float, k: int) -> float:
     layers = sorted({i.layer for i in infos})
     chosen = set(layers[len(layers) - k :])
     total = sum(i.params for i in infos)
-    return target * total / sum(i.params for i in infos if i.layer in chosen)
+    # total / chosen first: exactly 1.0 when every layer is chosen, so K = N needs exactly
+    # `target` (`target * total / total` can round above it, e.g. 0.9 on LLaMA-7B's shapes,
+    # and then a target equal to `max_ratio` was refused as unreachable)
+    return target * (total / sum(i.params for i in infos if i.layer in chosen))
 
 
 def last_k_layers(

@@ -12,7 +12,8 @@ As the paper defines it (`ressvd`, `ressvd-residual`, `ressvd-lastk`):
 - Partial compression (`LastKSearch`). Only the last `k` blocks are compressed, every
   matrix in them at the ratio that meets the overall budget (`R_l = R_o * total / params of
   the last k blocks`, the paper's `N R_o / k` for equal blocks). `k` is searched over
-  `{s, 2s, ..., N - s}` (`step` option; the paper gives no `s`, default `max(1, N // 10)`):
+  `{s, 2s, ..., N - s}` (`step` option; the paper gives no `s`, default `max(1, N // 8)`,
+  whose grid holds the paper's reported choice, the last 16 of LLaMA-7B's 32 blocks at 20 %):
   each candidate is compressed with the method's own factoriser and scored by the relative
   error of the final hidden state against the original model on calibration windows
   (`methods.probe`, option `search_nsamples`); the lowest error wins. Candidates whose
@@ -94,7 +95,7 @@ class LastKSearch:
     extra_options = ("K",)
 
     def candidates(self, num_layers: int) -> list[int]:
-        step = self.step if self.step is not None else max(1, num_layers // 10)
+        step = self.step if self.step is not None else max(1, num_layers // 8)
         if isinstance(step, bool) or int(step) != step or not 1 <= step < max(num_layers, 2):
             raise ConfigError(
                 f"step must be an integer in [1, {num_layers - 1}], got {self.step!r}"
