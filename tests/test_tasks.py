@@ -218,3 +218,25 @@ def test_questions_with_unicode_line_separators_read_back(tmp_path: Path) -> Non
     assert "\u2028" in raw and "\u0085" in raw
     for task in task_names(texts):
         assert len(read_questions(out, task)) == N
+
+
+def test_wordorder_distractors_are_never_also_right() -> None:
+    """A shuffle that the text itself follows the context with is a second right answer
+    (the continuation builder refuses such distractors; word order did not): here every
+    line has the same 96-character context before a different order of the same words."""
+    import itertools
+    import random
+
+    from svdzoo.evaluation.tasks import wordorder_questions
+
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma"]
+    orders = list(itertools.permutations(words))
+    random.Random(0).shuffle(orders)
+    prefix = "the_same_long_prefix_" * 5  # 105 characters, no space: one cut per line
+    text = "\n".join(f"{prefix} {' '.join(o)}" for o in orders[:240])
+    qs = wordorder_questions(text, TaskSpec(n_examples=40), random.Random(1))
+    assert len(qs) == 40
+    for q in qs:
+        assert q["context"] + q["choices"][q["gold"]] in text
+        right = [c for c in q["choices"] if q["context"] + c in text]
+        assert right == [q["choices"][q["gold"]]], (q["id"], right)

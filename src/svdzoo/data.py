@@ -93,15 +93,16 @@ _OFFLINE_HINT = (
 )
 
 
-def _load_hub(name: str, how: str, loader: Callable[[], Corpus]) -> Corpus:
+def _load_hub(name: str, how: str, loader: Callable[[], Corpus], hint: str | None = None) -> Corpus:
+    """`loader()`, or a CorpusError saying how to get the data (`hint` replaces the
+    generic download-and-copy-the-cache advice)."""
     try:
         return loader()
     except CorpusError:
         raise
     except Exception as exc:  # datasets raises many types for a missing/offline dataset
-        raise CorpusError(
-            f"corpus {name!r}: {_OFFLINE_HINT.format(how=how)} ({type(exc).__name__}: {exc})"
-        ) from exc
+        advice = hint or _OFFLINE_HINT.format(how=how)
+        raise CorpusError(f"corpus {name!r}: {advice} ({type(exc).__name__}: {exc})") from exc
 
 
 def _wikitext2() -> Corpus:
@@ -141,11 +142,21 @@ def _ptb() -> Corpus:
         else:
             files = {s: PTB_URL.format(split=n) for s, n in names.items()}
         ds = datasets.load_dataset("text", data_files=files)
-        parts = [" ".join(ds[s]["text"]) for s in SPLITS]
+        # each raw line is " words ... " (a leading and a trailing space): strip it as
+        # `ptb_text_only` did, so the sentences join with one space as in the papers
+        parts = [" ".join(line.strip() for line in ds[s]["text"]) for s in SPLITS]
         return Corpus("ptb", *parts, description="Penn Treebank (text builder)")
 
     return _load_hub(
-        "ptb", "`SVDZOO_PTB_DIR=<dir with ptb.train.txt, ptb.valid.txt, ptb.test.txt>`", load
+        "ptb",
+        "",
+        load,
+        hint=(
+            "its files could not be downloaded (offline, or HF_DATASETS_OFFLINE=1). Set "
+            "SVDZOO_PTB_DIR to a local folder holding ptb.train.txt, ptb.valid.txt and "
+            f"ptb.test.txt (from {PTB_URL.format(split='{train,valid,test}')}); or use a "
+            "local .txt/.jsonl file as the corpus."
+        ),
     )
 
 

@@ -207,7 +207,8 @@ def continuation_questions(text: str, spec: TaskSpec, rng: random.Random) -> lis
 def wordorder_questions(text: str, spec: TaskSpec, rng: random.Random) -> list[dict]:
     """Context = the `context_chars` before a run of `wordorder_words` single-space-separated
     words on one line (the context ends on a non-space character of that line); choices =
-    `" " + the run` (true) or `" " + a distinct shuffle of its words`."""
+    `" " + the run` (true) or `" " + a distinct shuffle of its words` that the text never
+    follows the context with (else it would be right too)."""
     k = spec.wordorder_words
     pattern = rf"(?<=\S)(?= (\S+(?: \S+){{{k - 1}}})(?!\S))"
     runs = [(m.start(), m.group(1)) for m in re.finditer(pattern, text)]
@@ -223,6 +224,7 @@ def wordorder_questions(text: str, spec: TaskSpec, rng: random.Random) -> list[d
             break
         words = run.split(" ")
         true = " " + run
+        context = text[s - spec.context_chars : s]
         shuffles: list[str] = []
         for _ in range(100):
             if len(shuffles) == spec.n_choices - 1:
@@ -230,7 +232,11 @@ def wordorder_questions(text: str, spec: TaskSpec, rng: random.Random) -> list[d
             perm = words[:]
             rng.shuffle(perm)
             cand = " " + " ".join(perm)
-            if cand != true and cand not in shuffles:
+            if (
+                cand != true
+                and cand not in shuffles
+                and context + cand not in text  # then it would be right too
+            ):
                 shuffles.append(cand)
         if len(shuffles) < spec.n_choices - 1:
             continue  # too many repeated words to make distinct orders
@@ -238,7 +244,7 @@ def wordorder_questions(text: str, spec: TaskSpec, rng: random.Random) -> list[d
         out.append(
             {
                 "id": len(out),
-                "context": text[s - spec.context_chars : s],
+                "context": context,
                 "choices": choices,
                 "gold": gold,
             }
