@@ -153,7 +153,7 @@ def test_heterogeneous_by_type(target):
         assert rk[-1] > rk[0] or target >= 0.8  # not degenerate (clamps may flatten at 0.8)
 
 
-def test_heterogeneous_formula_and_guard():
+def test_heterogeneous_formula_and_guard(caplog):
     infos = [MatrixInfo(f"q{j}", j, "q", 64, 64) for j in range(3)]
     L = {"q0": math.e**2, "q1": math.e**4, "q2": math.e**8}
     cont = al.rebalance(
@@ -163,8 +163,11 @@ def test_heterogeneous_formula_and_guard():
     assert cont["q0"] == pytest.approx(3 * 0.4 * 0.5 / 0.875, abs=1e-9)
     ranks = al.heterogeneous_by_type(infos, L, 0.4)
     assert ranks["q0"] < ranks["q1"] < ranks["q2"]
-    # L <= 1 (or 0) is guarded, never a division by zero or a negative ratio
-    ranks = al.heterogeneous_by_type(infos, {"q0": 0.0, "q1": 1.0, "q2": 1e6}, 0.4)
+    assert "below e" not in caplog.text
+    # L <= 1 (or 0) is guarded, never a division by zero or a negative ratio, and said
+    with caplog.at_level("WARNING", logger="svdzoo.allocation"):
+        ranks = al.heterogeneous_by_type(infos, {"q0": 0.0, "q1": 1.0, "q2": 1e6}, 0.4)
+    assert "2 of 3 q matrices have a loss below e" in caplog.text
     _ok(ranks, 0.4, infos)
     assert ranks["q2"] > ranks["q0"]
     with pytest.raises(AllocationError):

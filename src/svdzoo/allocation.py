@@ -373,7 +373,14 @@ def heterogeneous_by_type(
             raise AllocationError(f"{i.name}: loss {L!r} must be finite and >= 0")
         groups.setdefault(i.type, []).append(i)
     ratios: dict[str, float] = {}
-    for members in groups.values():
+    for kind, members in groups.items():
+        raised = [i.name for i in members if float(losses[i.name]) < math.e]
+        if raised:  # the allocation then depends on the calibration size (L grows with it)
+            log.warning(
+                "SVD-LLM V2: %d of %d %s matrices have a loss below e (lowest %.3g), raised "
+                "to e, so they share one ratio; a larger calibration set spreads them",
+                len(raised), len(members), kind, min(float(losses[n]) for n in raised),
+            )  # fmt: skip
         ell = {i.name: 1.0 / math.log(max(float(losses[i.name]), math.e)) for i in members}
         s = sum(ell.values())
         for i in members:

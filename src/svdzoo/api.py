@@ -61,7 +61,7 @@ def load_statistics(
         if path is not None:
             from svdzoo.sensitivity import load_sensitivity
 
-            stats.sensitivity[kind] = load_sensitivity(path)
+            stats.sensitivity[kind] = load_sensitivity(path, kind=kind)
     return stats
 
 

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 # compressed directory must fail (no weights file it knows) instead of silently returning a
 # randomly initialised dense model. `load_compressed` is the loader.
 WEIGHTS = "svdzoo-lowrank.safetensors"
+CONFIG = "config.json"
 REMOTE_MODULE = "modeling_svdzoo"  # svdzoo/hf/modeling_svdzoo.py, copied into each model
 # whitened SVDs kept for allocators that revisit matrices (search, spectra); the whiteners
 # get half as much again. Beyond that, recomputed.
@@ -101,6 +102,15 @@ def check_statistics(method: Method, stats: Statistics, model_fp: str) -> None:
         if product is None:
             continue
         manifest = getattr(product, "manifest", None) or {}
+        # a table filed under the other key (an ASVD perplexity table given as Duo-SVD's KL
+        # table, or the reverse) would be read as the other metric without complaint
+        have = manifest.get("sensitivity")
+        if kind.startswith("sensitivity-") and have is not None and f"sensitivity-{have}" != kind:
+            raise CacheError(
+                f"the {kind} statistics are a sensitivity-{have} table ({manifest.get('metric')}); "
+                f"pass a sensitivity-{kind.removeprefix('sensitivity-')} table "
+                f"(svdzoo sensitivity --kind {kind.removeprefix('sensitivity-')})"
+            )
         fp = manifest.get("model_fingerprint")
         if fp is not None and fp != model_fp:
             raise CacheError(
@@ -118,6 +128,17 @@ def check_statistics(method: Method, stats: Statistics, model_fp: str) -> None:
             ):
                 raise CacheError(
                     f"{kind} statistics come from another calibration set than the Gram cache: {_calib_key(other)} vs {calib}"
+                )
+            # a sensitivity table is measured with one Gram cache's whitening and names it
+            made_with = (other.get("gram") or {}).get("sha256") if kind != "gram" else None
+            gram_sha = stats.gram.manifest.get("sha256")
+            if made_with is not None and gram_sha is not None and made_with != gram_sha:
+                made_n = (other.get("gram") or {}).get("nsamples")
+                raise CacheError(
+                    f"{kind} statistics were measured with another Gram cache (sha256 "
+                    f"{made_with[:12]}, {made_n} windows) than the one given ({gram_sha[:12]}, "
+                    f"{stats.gram.manifest.get('nsamples')} windows); recompute the table "
+                    "with this Gram cache (svdzoo sensitivity --stats ... --force)"
                 )
 
 
@@ -446,8 +467,17 @@ def write_compressed(
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     save_file(_state_without_tied(model), str(out_dir / WEIGHTS), metadata={"format": "pt"})
-    # the weights' hash ties them to this manifest: another run's file is refused on load
-    write_json(out_dir / MANIFEST, {**manifest, "weights_sha256": file_sha256(out_dir / WEIGHTS)})
+    # the weights' hash ties them to this manifest: another run's file is refused on load;
+    # so does the config's (rope_theta, norm eps, tied embeddings change no shape: another
+    # config would load without an error, as another model)
+    write_json(
+        out_dir / MANIFEST,
+        {
+            **manifest,
+            "weights_sha256": file_sha256(out_dir / WEIGHTS),
+            "config_sha256": file_sha256(out_dir / CONFIG),
+        },
+    )
 
 
 def _tied_output_keys(model: nn.Module) -> set[str]:
@@ -487,6 +517,12 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
         raise CacheError(
             f"compressed model {path}: {WEIGHTS} is not the file this manifest was written "
             "with (replaced by another run's, or corrupted); compress it again"
+        )
+    want = manifest.get("config_sha256")  # absent in directories of older svdzoo
+    if want is not None and (not (path / CONFIG).is_file() or file_sha256(path / CONFIG) != want):
+        raise CacheError(
+            f"compressed model {path}: {CONFIG} is not the config this manifest was written "
+            "with (edited, or replaced by another run's); compress it again"
         )
     config = AutoConfig.from_pretrained(str(path))
     config.__dict__.pop("auto_map", None)  # the base architecture, not the remote loader

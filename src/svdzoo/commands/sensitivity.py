@@ -59,7 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from svdzoo import linalg
     from svdzoo.calibration import load_stats
+    from svdzoo.codehash import recorded
     from svdzoo.errors import CacheError, ConfigError
     from svdzoo.io import check_output
     from svdzoo.models import (
@@ -67,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         fingerprint,
         load_model,
         load_tokenizer,
+        resolve_device,
         resolve_dtype,
     )
     from svdzoo.sensitivity import check_ratios, load_sensitivity, sensitivity_to_dir
@@ -109,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
             "sha256": gram.manifest.get("sha256"),
             "model_fingerprint": gram.manifest.get("model_fingerprint"),
         },
+        # a table from other code (an older svdzoo, an edited probe) or other arithmetic
+        # (float32 SVDs on a GPU, float64 on a CPU) is not this request's table
+        "code": recorded("sensitivity"),
+        "precision": linalg.resolve_precision("auto", resolve_device(args.device)),
     }
     if not args.force and Path(args.out).is_dir():
         try:

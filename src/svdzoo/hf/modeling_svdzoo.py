@@ -124,6 +124,13 @@ class SvdzooForCausalLM(PreTrainedModel):
                 f"{weights} is not the file {MANIFEST} was written with (replaced or "
                 "corrupted): compress the model again"
             )
+        want = manifest.get("config_sha256")  # absent in directories of older svdzoo
+        config_file = os.path.join(path, "config.json")
+        if want is not None and (not os.path.isfile(config_file) or _sha256(config_file) != want):
+            raise OSError(
+                f"{config_file} is not the config {MANIFEST} was written with (edited or "
+                "replaced): compress the model again"
+            )
         if config is None:
             from transformers import AutoConfig
 
