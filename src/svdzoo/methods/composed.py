@@ -89,7 +89,6 @@ register(
         allocator=KnapsackKL(protocol="independent"),
         sequential=True,
         options={"tau": 1, "min_retained": MIN_RETAINED},
-        spectrum_factoriser=Whitened("cholesky"),
     )
 )
 register(
@@ -102,6 +101,5 @@ register(
         allocator=KnapsackKL(protocol="independent"),
         sequential=True,
         options={"tau": 1, "min_retained": MIN_RETAINED},
-        spectrum_factoriser=Whitened("cholesky"),
     )
 )

@@ -200,7 +200,6 @@ register(
         needs=frozenset({GRAM, SENS_DUO}),
         factoriser=ColumnPreserving(),
         allocator=KnapsackKL(),
-        spectrum_factoriser=Whitened("cholesky"),
         options={"min_retained": MIN_RETAINED},
     )
 )
@@ -212,7 +211,6 @@ register(
         needs=frozenset({GRAM, SENS_DUO}),
         factoriser=ColumnPreserving(),
         allocator=KnapsackKL(protocol="independent"),
-        spectrum_factoriser=Whitened("cholesky"),
         options={"min_retained": MIN_RETAINED},
     )
 )
@@ -224,7 +222,6 @@ register(
         needs=frozenset({GRAM}),
         factoriser=ColumnPreserving(),
         allocator=Uniform(),
-        spectrum_factoriser=Whitened("cholesky"),
     )
 )
 register(
