@@ -299,3 +299,42 @@ def test_per_ratio_table_changes_with_the_ratio_and_gates_the_method(families):
     assert independent.manifest["protocol"] == "independent"
     with pytest.raises(ConfigError, match="kind duo"):
         compute_sensitivity(model, tok, gram, "asvd", nsamples=2, base_ratio=0.2)
+
+
+# Duo-SVD's whitening fallback is the official code's (methods.md, Duo-SVD: "Code defaults:
+# ... whitening damping `0.05 * mean(diag H)` when Cholesky fails"), not SVD-LLM's.
+
+
+def _rank_deficient(seed: int = 0):
+    torch.manual_seed(seed)
+    m, n = 24, 32
+    W = torch.randn(m, n, dtype=torch.float64)
+    X = torch.randn(n, 12, dtype=torch.float64)  # 12 tokens < 32 features: H is singular
+    H = X @ X.T
+    return W, H, linalg.rank_for_ratio(m, n, 0.4)
+
+
+def _ctx(W, H):
+    from svdzoo.methods.base import MatrixContext
+
+    return MatrixContext(name="l.0.q", layer=0, type="q", group="attn", W=W, H=H)
+
+
+def test_duo_svd_factoriser_damps_a_singular_gram_like_the_official_code():
+    from svdzoo.methods import get_method
+
+    W, H, k = _rank_deficient()
+    assert int(torch.linalg.cholesky_ex(H)[1]) != 0  # Cholesky fails: the fallback is used
+    want = linalg.truncate(W, linalg.cholesky_whitener(H, fallback="diag-damp"), k)
+    for name in ("duo-svd", "duo-svd-columns", "duo-svd-independent", "duo-svd-allocation"):
+        out = get_method(name).factoriser(_ctx(W, H), k)
+        base = out.baseline_loss if isinstance(out, linalg.ColumnSplit) else out.loss
+        assert abs(base - want.loss) <= 1e-9 * want.loss, (name, base, want.loss)
+
+
+def test_duo_sensitivity_table_whitens_with_the_official_damping():
+    from svdzoo import sensitivity
+
+    W, H, _ = _rank_deficient()
+    wh = sensitivity._whitener("duo", _ctx(W, H))
+    assert wh.fallback == "diag-damp"

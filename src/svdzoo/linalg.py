@@ -214,7 +214,7 @@ class Whitener:
         return torch.diag(f.square())  # type: ignore[union-attr]
 
 
-_FALLBACKS = ("eigen-shift", "diag-damp", "raise")
+FALLBACKS = ("eigen-shift", "diag-damp", "raise")
 
 
 def cholesky_whitener(H: Tensor, *, fallback: str = "eigen-shift", max_tries: int = 8) -> Whitener:
@@ -232,8 +232,8 @@ def cholesky_whitener(H: Tensor, *, fallback: str = "eigen-shift", max_tries: in
     If the shifted matrix still fails (round-off), the extra damping grows 10x per retry.
     The truncation loss reported later is then exact for the shifted Gram, not for `H`.
     """
-    if fallback not in _FALLBACKS:
-        raise NumericsError(f"unknown Cholesky fallback {fallback!r}; choose from {_FALLBACKS}")
+    if fallback not in FALLBACKS:
+        raise NumericsError(f"unknown Cholesky fallback {fallback!r}; choose from {FALLBACKS}")
     H = _check_gram(H)
     n = H.shape[0]
     L, info = torch.linalg.cholesky_ex(H)
@@ -755,9 +755,9 @@ def column_counts(m: int, n: int, k: int, delta_r: int) -> tuple[int, int]:
     return c, max(0, min(kr, m, n - c))
 
 
-def _whitener(H: Tensor, kind: str) -> Whitener:
+def _whitener(H: Tensor, kind: str, fallback: str = "eigen-shift") -> Whitener:
     if kind == "cholesky":
-        return cholesky_whitener(H)
+        return cholesky_whitener(H, fallback=fallback)
     if kind == "eigen":
         return eigen_whitener(H)
     raise NumericsError(f"unknown whitening {kind!r}; use 'cholesky' or 'eigen'")
@@ -1189,6 +1189,7 @@ def column_preserving_split(
     schedule: str = "official",
     probes: str = "float32",
     base: LowRankFactors | None = None,
+    fallback: str = "eigen-shift",
 ) -> ColumnSplit | None:
     """Duo-SVD column-preserving factorisation, or None when it does not pay off.
 
@@ -1208,6 +1209,9 @@ def column_preserving_split(
        minimum of any unimodal curve and costs ~13 evaluations on every matrix;
        `rounded` svdzoo's first form (`_rounded_golden`), which made the results
        recorded before 2026-12-03.
+
+    `fallback`: the Cholesky fallback (`cholesky_whitener`) of `H` (when `S` is not given)
+    and of each rest's `H_RR`; Duo-SVD's factoriser passes its official `diag-damp`.
 
     `S` (the `whitener` factorisation of `H`), `svd` (`whitened_svd(W, S)` in float64) and
     `base` (`truncate(W, S, k, svd=svd)`, the plain factorisation the split must beat) skip
@@ -1256,7 +1260,7 @@ def column_preserving_split(
     H = _check_gram(H, n, symmetrise=False).to(W.device)
     if not _looks_symmetric(H):
         H = _symmetrised(H)
-    S = _whitener(H, whitener) if S is None else S
+    S = _whitener(H, whitener, fallback) if S is None else S
     svd = whitened_svd(W, S) if svd is None else svd
     base = truncate(W, S, k, svd=svd) if base is None else base
     f0 = math.sqrt(max(base.loss, 0.0))
@@ -1275,7 +1279,7 @@ def column_preserving_split(
         return c, kr, kept, torch.nonzero(mask).squeeze(1)
 
     def rest_whitener(rest: Tensor) -> Whitener:
-        return _whitener(H.index_select(0, rest).index_select(1, rest), whitener)
+        return _whitener(H.index_select(0, rest).index_select(1, rest), whitener, fallback)
 
     # (a Cholesky whitener without fallback or shift is exactly a factor of H: H is PD,
     # so every H_RR is too and the rest problem lives in the coordinates of `svd`)

@@ -372,7 +372,8 @@ def _whitener(kind: str, ctx: Any) -> linalg.Whitener:
 
     if kind == "duo":
         ctx.require("H")
-        return Whitened(whitening="cholesky").whitener_of(ctx)
+        # Duo-SVD's code damps a singular Gram by 0.05 * mean(diag H) (methods.md)
+        return Whitened(whitening="cholesky", fallback="diag-damp").whitener_of(ctx)
     return ActivationScaled(alpha=ASVD_ALPHA).whitener(ctx)
 
 

@@ -17,6 +17,10 @@ Choices (see also `svdzoo.sensitivity` for how the KL table is read):
   non-dense module's ratio by one common amount (dense picks stay dense) until the
   achieved ratio over the targeted linears is within 0.5% of the target. The knapsack's
   own choice and its summed cost are recorded in the manifest (`allocation.knapsack`).
+- Whitening: Cholesky of `H` in float64; when it fails (rank-deficient `H`), the official
+  code's damping `0.05 * mean(diag H) I` (`fallback="diag-damp"`, logged), also for each
+  rest's `H_RR` in the split and for the KL table's probes; `--option fallback=eigen-shift`
+  gives SVD-LLM's fix instead.
 - Minimum retained ratio 0.1 (the public code's `min_ratio`): grid points below it are
   not offered. Option `min_retained` overrides it.
 - `base` (option, default None): subtract each module's KL at this retained ratio before
@@ -45,6 +49,9 @@ from svdzoo.methods.parts import Uniform, Whitened
 log = logging.getLogger(__name__)
 
 MIN_RETAINED = 0.1
+# plain whitened truncation as Duo-SVD's code does it: a Cholesky that fails is damped by
+# `0.05 * mean(diag H)` (methods.md, "Code defaults"); SVD-LLM's own fix is eigen-shift
+DUO_WHITENED = Whitened("cholesky", fallback="diag-damp")
 
 
 @dataclass(frozen=True)
@@ -57,11 +64,14 @@ class ColumnPreserving:
     oversample: float = 0.25
     schedule: str = "official"  # or "golden", "rounded" (linalg.column_preserving_split)
     probes: str = "float32"  # the candidates' eigenvalue solves (linalg.column_preserving_split)
+    # Cholesky fallback for a singular `H` (and each rest's `H_RR`): the official code's
+    # `0.05 * mean(diag H) I` (methods.md), not SVD-LLM's eigen-shift
+    fallback: str = "diag-damp"
 
     def __post_init__(self) -> None:  # refused when configured, before any compute
         if self.search not in linalg.SEARCHES:
             raise ConfigError(f"search must be one of {linalg.SEARCHES}, got {self.search!r}")
-        Whitened(self.whitening)  # refuses an unknown whitening
+        Whitened(self.whitening, fallback=self.fallback)  # refuses an unknown whitening/fallback
         if self.schedule not in linalg.SCHEDULES:
             raise ConfigError(f"schedule must be one of {linalg.SCHEDULES}, got {self.schedule!r}")
         if self.probes not in linalg.PRECISIONS:
@@ -73,7 +83,7 @@ class ColumnPreserving:
         ctx.require("H")
         # float64 SVD: the split search works in its coordinates, which must be orthonormal
         # to float64's accuracy for the losses it compares (linalg._RestProblem)
-        plain = Whitened(self.whitening, "float64")
+        plain = Whitened(self.whitening, "float64", self.fallback)
         S = plain.whitener_of(ctx)  # shared by the matrices that read the same input
         svd = plain.svd_of(ctx, S)
         base = linalg.truncate(ctx.W, S, rank, svd=svd)  # what the split must beat
@@ -90,6 +100,7 @@ class ColumnPreserving:
             schedule=self.schedule,
             probes=self.probes,
             base=base,
+            fallback=self.fallback,
         )
         if split is None:  # the trade does not pay on this layer: plain whitened truncation
             return base
@@ -105,7 +116,8 @@ class ColumnPreserving:
         return split
 
     def spectrum(self, ctx: MatrixContext) -> torch.Tensor:
-        return Whitened(self.whitening, "float64").spectrum(ctx)  # the SVD __call__ reuses
+        # the SVD __call__ reuses
+        return Whitened(self.whitening, "float64", self.fallback).spectrum(ctx)
 
 
 @dataclass(frozen=True)
@@ -230,7 +242,7 @@ register(
         description="Duo-SVD ablation: plain whitened SVD at the per-ratio KL-knapsack ranks",
         paper="Duo-SVD (ablation: allocation only)",
         needs=frozenset({GRAM, SENS_DUO}),
-        factoriser=Whitened("cholesky"),
+        factoriser=DUO_WHITENED,
         allocator=KnapsackKL(),
         options={"min_retained": MIN_RETAINED},
     )

@@ -65,10 +65,16 @@ class Whitened:
     # the SVD's arithmetic: "auto" (float32 on GPUs, float64 on CPUs), "float64" or
     # "float32" (linalg.resolve_precision)
     precision: str = "auto"
+    # what Cholesky does when `H` is not positive definite (`linalg.cholesky_whitener`):
+    # "eigen-shift" (SVD-LLM's official fix, the default), "diag-damp" (Duo-SVD's code:
+    # `0.05 * mean(diag H) I`) or "raise"; unused by eigen whitening
+    fallback: str = "eigen-shift"
 
     def __post_init__(self) -> None:  # refused when configured, before any compute
         if self.whitening not in ("cholesky", "eigen"):
             raise ConfigError(f"whitening must be 'cholesky' or 'eigen', got {self.whitening!r}")
+        if self.fallback not in linalg.FALLBACKS:
+            raise ConfigError(f"fallback must be one of {linalg.FALLBACKS}, got {self.fallback!r}")
         if self.precision not in linalg.PRECISIONS:
             raise ConfigError(
                 f"precision must be one of {linalg.PRECISIONS}, got {self.precision!r}"
@@ -76,10 +82,15 @@ class Whitened:
 
     def whitener(self, H: torch.Tensor):
         if self.whitening == "cholesky":
-            return linalg.cholesky_whitener(H)
+            return linalg.cholesky_whitener(H, fallback=self.fallback)
         if self.whitening == "eigen":
             return linalg.eigen_whitener(H)
         raise ConfigError(f"unknown whitening {self.whitening!r}")
+
+    @property
+    def _damping(self) -> str | None:
+        """The fallback, where it can change the whitener (cache keys)."""
+        return self.fallback if self.whitening == "cholesky" else None
 
     def whitener_of(self, ctx: MatrixContext):
         """The whitener of `ctx.H`, shared by the matrices of one input group when the
@@ -87,7 +98,7 @@ class Whitened:
         ctx.require("H")
         if ctx.whiteners is None:
             return self.whitener(ctx.H)
-        key = (self.whitening, ctx.layer, ctx.group)
+        key = (self.whitening, self._damping, ctx.layer, ctx.group)
         return ctx.whiteners.get(key, lambda: self.whitener(ctx.H))
 
     def svd_of(self, ctx: MatrixContext, whitener: linalg.Whitener | None = None):
@@ -97,7 +108,7 @@ class Whitened:
         if ctx.svds is None:
             return linalg.whitened_svd(ctx.W, whitener, precision)
         return ctx.svds.get(  # keyed by the arithmetic used: "auto" shares its twin's SVD
-            (self.whitening, precision, ctx.name),
+            (self.whitening, self._damping, precision, ctx.name),
             lambda: linalg.whitened_svd(ctx.W, whitener, precision),
         )
 
