@@ -140,3 +140,46 @@ def test_gemma3_compresses_with_every_kind_of_method(tok):
         with torch.no_grad():
             logits = model(input_ids=torch.arange(16).unsqueeze(0)).logits
         assert torch.isfinite(logits).all(), method
+
+
+def test_multimodal_gemma3_checkpoint_is_supported(tok):
+    """Gemma 3 4B and up ship as model_type 'gemma3' (Gemma3ForConditionalGeneration): the
+    text decoder sits under model.language_model and its layer_types and
+    max_position_embeddings in config.text_config. The adapter accepted the model type but
+    pointed at model.layers (calibration died with 'has no submodule'), and read
+    layer_types from the top-level config, where there are none (sliding layers would be
+    replayed with the full-attention mask)."""
+    from svdzoo.calibration import calibrate
+    from svdzoo.errors import ConfigError
+    from svdzoo.models import check_seqlen
+
+    kinds = ["sliding_attention", "full_attention", "sliding_attention"]
+    text = dict(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        intermediate_size=128, num_hidden_layers=3, vocab_size=300, sliding_window=4,
+        layer_types=kinds, max_position_embeddings=128,
+    )  # fmt: skip
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=28, patch_size=14)  # fmt: skip
+    cfg = tf.Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4,
+        image_token_index=299, boi_token_index=297, eoi_token_index=298,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(cfg).eval()
+    assert cfg.model_type == "gemma3"
+    ad = adapter_for(model)
+    layers = ad.layers(model)
+    assert layers is model.model.language_model.layers
+    assert ad.layer_kinds(model) == kinds
+    # every linear of the text decoder is a target (the vision tower is not compressed)
+    in_blocks = {
+        n for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and n.startswith(ad.layers_path + ".")
+    }  # fmt: skip
+    assert in_blocks == {n for n, *_ in ad.iter_targets(model)} and len(in_blocks) == 21
+    with pytest.raises(ConfigError, match="max_position_embeddings"):
+        check_seqlen(model, 256)
+    gram = calibrate(model, tok, corpus="pydoc", nsamples=2, seqlen=16, seed=0, device="cpu",
+                     progress=False)  # fmt: skip
+    assert gram.num_layers == 3

@@ -77,3 +77,17 @@ def test_trained_model_behaves_like_an_llm_under_compression(request, fixture):
     dense = perplexity(model, windows, batch_size=32)
     assert perplexity(_zeroed(model), windows, batch_size=32) > 10 * dense
     assert perplexity(_svd(model, 0.6), windows, batch_size=32) > 1.03 * dense
+
+
+def test_validation_split_shorter_than_seqlen_is_refused_before_training(tmp_path):
+    """train_reference checked only the train split's length: a corpus whose validation
+    split is shorter than seqlen trained to the end, then divided by zero windows
+    (ZeroDivisionError in _mean_loss) and wrote nothing."""
+    docs = [("lorem ipsum dolor sit amet " * 8).strip() for _ in range(21)]
+    docs[10] = "short"  # document 10 is the whole validation split
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("\n\n".join(docs))
+    cfg = TrainConfig(family="llama", corpus=str(corpus), **MICRO)
+    with pytest.raises(ConfigError, match="validation"):
+        train_reference(cfg, tmp_path / "m")
+    assert not (tmp_path / "m").exists()

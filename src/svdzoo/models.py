@@ -53,7 +53,7 @@ class FamilyAdapter:
         """Each decoder layer's kind, or None when all layers take the same call arguments."""
         if self.layer_kinds_attr is None:
             return None
-        kinds = getattr(getattr(model, "config", None), self.layer_kinds_attr, None)
+        kinds = getattr(text_config(model), self.layer_kinds_attr, None)
         n = len(self.layers(model))
         if not kinds or len(set(kinds)) < 2:
             return None
@@ -121,9 +121,19 @@ FAMILIES: dict[str, FamilyAdapter] = {
     # tables, so calibration captures the call arguments of each kind
     "gemma3": FamilyAdapter(
         name="gemma3",
-        model_types=("gemma3_text", "gemma3"),
+        model_types=("gemma3_text",),
         layer_kinds_attr="layer_types",
         **_LLAMA_LIKE,
+    ),
+    # multimodal Gemma 3 checkpoints (model_type "gemma3", 4B and up):
+    # Gemma3ForConditionalGeneration keeps the text decoder under model.language_model and
+    # its settings (layer_types, max_position_embeddings) in config.text_config; the vision
+    # tower is not compressed
+    "gemma3_vlm": FamilyAdapter(
+        name="gemma3_vlm",
+        model_types=("gemma3",),
+        layer_kinds_attr="layer_types",
+        **{**_LLAMA_LIKE, "layers_path": "model.language_model.layers"},
     ),
     "opt": FamilyAdapter(
         name="opt",
@@ -148,6 +158,14 @@ FAMILIES: dict[str, FamilyAdapter] = {
         },
     ),
 }
+
+
+def text_config(model_or_config: nn.Module | object) -> object:
+    """The config that describes the text decoder: `config.text_config` for a multimodal
+    wrapper (Gemma 3 4B and up), the config itself otherwise."""
+    config = getattr(model_or_config, "config", model_or_config)
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
 
 
 def adapter_for(model_or_config: nn.Module | object) -> FamilyAdapter:
@@ -305,7 +323,7 @@ def check_seqlen(model: nn.Module, seqlen: int, what: str = "--seqlen") -> None:
 
     Past `max_position_embeddings` OPT's learned positions raise an IndexError and rotary
     models run silently out of distribution."""
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    limit = getattr(text_config(model), "max_position_embeddings", None)
     if limit is not None and seqlen > int(limit):
         raise ConfigError(
             f"{what} {seqlen} exceeds the model's max_position_embeddings ({limit}); "

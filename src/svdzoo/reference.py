@@ -126,6 +126,11 @@ def train_reference(cfg: TrainConfig, out_dir: str | Path, *, force: bool = Fals
     val_ids = tokenize(tok, corpus.validation)
     if train_ids.numel() <= cfg.seqlen + 1:
         raise ConfigError(f"corpus {cfg.corpus!r} is too short for seqlen {cfg.seqlen}")
+    if val_ids.numel() < cfg.seqlen:  # the validation loss needs one whole window
+        raise ConfigError(
+            f"corpus {cfg.corpus!r}: its validation split ({val_ids.numel()} tokens) is "
+            f"shorter than seqlen {cfg.seqlen}"
+        )
     config = build_config(cfg, len(tok), tok.pad_token_id, tok.eos_token_id)
     model = AutoModelForCausalLM.from_config(config)
     model.train()

@@ -1,0 +1,73 @@
+"""A compressed directory behaves as the model that was saved: its generation config, the
+device a plain-transformers load asks for, and no save_pretrained that would write a
+checkpoint reloading with random weights (from a bug hunt; each failed on the old code)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import random_tiny
+
+from svdzoo.compression import compress, load_compressed, save_compressed
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_compressed_directory_keeps_the_generation_config(tmp_path):
+    """A dense checkpoint's generation_config.json (eos ids, sampling, penalties) survives
+    compression: the compressed model generates what the in-memory one does, through
+    svdzoo's loader and through plain transformers."""
+    from transformers import AutoModelForCausalLM
+
+    model = random_tiny("llama")
+    manifest = compress(model, "svd", 0.4)
+    x = torch.tensor([[10, 20, 30, 40]])
+    free = model.generate(x, max_new_tokens=8, do_sample=False)
+    new = free[0, x.shape[1] :].tolist()
+    stop = next(t for i, t in enumerate(new) if i >= 2 and t not in new[:i])
+    # as a hub model's generation_config.json says (e.g. Llama 3's extra eos id)
+    model.generation_config.eos_token_id = stop
+    want = model.generate(x, max_new_tokens=8, do_sample=False)
+    assert want.shape[1] < free.shape[1]
+    save_compressed(model, manifest, tmp_path / "c")
+    back = load_compressed(tmp_path / "c")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "c", trust_remote_code=True)
+    for loaded in (back, plain):
+        assert loaded.generation_config.eos_token_id == stop
+        assert torch.equal(loaded.generate(x, max_new_tokens=8, do_sample=False), want)
+
+
+def test_plain_transformers_loader_honours_device_map(tmp_path):
+    """`from_pretrained(dir, trust_remote_code=True, device_map="cuda")` returns the model
+    on the GPU, or raises where there is none: never a CPU model in silence."""
+    from transformers import AutoModelForCausalLM
+
+    model = random_tiny("llama")
+    save_compressed(model, compress(model, "svd", 0.4), tmp_path / "c")
+    if torch.cuda.is_available():
+        plain = AutoModelForCausalLM.from_pretrained(
+            tmp_path / "c", trust_remote_code=True, device_map="cuda"
+        )
+        assert {p.device.type for p in plain.parameters()} == {"cuda"}
+        assert {b.device.type for b in plain.buffers()} == {"cuda"}
+    else:
+        with pytest.raises((RuntimeError, AssertionError, ValueError)):
+            AutoModelForCausalLM.from_pretrained(
+                tmp_path / "c", trust_remote_code=True, device_map="cuda"
+            )
+    # an explicit CPU map works and places everything there
+    plain = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "c", trust_remote_code=True, device_map={"": "cpu"}
+    )
+    assert {p.device.type for p in plain.parameters()} == {"cpu"}
+
+
+def test_svdzoo_loaded_compressed_model_refuses_save_pretrained(tmp_path):
+    """The base architecture's save_pretrained writes A/B factors that reload as a dense
+    model with random weights: refused for svdzoo's loader as for the remote-code one."""
+    model = random_tiny("llama")
+    save_compressed(model, compress(model, "svd", 0.4), tmp_path / "c")
+    back = load_compressed(tmp_path / "c")
+    with pytest.raises(NotImplementedError, match="save_compressed"):
+        back.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
