@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 # randomly initialised dense model. `load_compressed` is the loader.
 WEIGHTS = "svdzoo-lowrank.safetensors"
 CONFIG = "config.json"
+GENERATION_CONFIG = "generation_config.json"
 REMOTE_MODULE = "modeling_svdzoo"  # svdzoo/hf/modeling_svdzoo.py, copied into each model
 # whitened SVDs kept for allocators that revisit matrices (search, spectra); the whiteners
 # get half as much again. Beyond that, recomputed.
@@ -466,6 +467,12 @@ def write_compressed(
     )
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
+    # generation_config.json (eos ids, sampling, penalties of the dense checkpoint), as
+    # transformers' save_pretrained writes it: without it generate() falls back to the
+    # defaults derived from config.json and produces other tokens than the dense model
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and getattr(model, "can_generate", lambda: False)():
+        generation.save_pretrained(out_dir)
     save_file(_state_without_tied(model), str(out_dir / WEIGHTS), metadata={"format": "pt"})
     # the weights' hash ties them to this manifest: another run's file is refused on load;
     # so does the config's (rope_theta, norm eps, tied embeddings change no shape: another
@@ -565,6 +572,15 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
     # the rotary frequencies to float16 where the dense model keeps them float32)
     for param in model.parameters():
         param.data = param.data.to(target)
+    if (path / GENERATION_CONFIG).is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    # the base architecture's save_pretrained would write the factors under names that
+    # reload as a dense model with random weights: refused, as the remote-code loader does
+    from svdzoo.hf.modeling_svdzoo import _no_save_pretrained
+
+    model.save_pretrained = _no_save_pretrained.__get__(model)
     model.eval()
     check_finite_weights(model, f"compressed model {path}")
     return model

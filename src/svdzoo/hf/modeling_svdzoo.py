@@ -95,6 +95,30 @@ def _parameters_on_meta():
         nn.Module.register_parameter = register
 
 
+def _single_device(device_map):
+    """The one device a `device_map` names (None: leave the model where it is).
+
+    The whole model goes to that device; maps that split it across devices (or onto disk)
+    are refused rather than ignored, which left the model on the CPU without a word."""
+    if device_map is None:
+        return None
+    if isinstance(device_map, dict):
+        devices = {str(d) if not isinstance(d, int) else f"cuda:{d}" for d in device_map.values()}
+        if len(devices) != 1:
+            raise NotImplementedError(
+                f"device_map {device_map!r}: an svdzoo compressed model loads onto one device"
+            )
+        device_map = devices.pop()
+    if isinstance(device_map, int):
+        return torch.device("cuda", device_map)
+    if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device_map)
+    if device.type in ("meta", "disk"):
+        raise NotImplementedError(f"device_map {device_map!r}: not supported for svdzoo models")
+    return device
+
+
 def _no_save_pretrained(self, save_directory, *args, **kwargs):
     """`save_pretrained` of a model loaded from an svdzoo directory: refused, because the
     base architecture's writer would store the factors under names that reload as a dense
@@ -164,5 +188,12 @@ class SvdzooForCausalLM(PreTrainedModel):
             # the dense model keeps in float32
             for param in model.parameters():
                 param.data = param.data.to(dtype)
+        if os.path.isfile(os.path.join(path, "generation_config.json")):
+            from transformers import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(path)
+        device = _single_device(kwargs.get("device_map"))
+        if device is not None:
+            model.to(device)
         model.save_pretrained = _no_save_pretrained.__get__(model)  # see there
         return model.eval()
