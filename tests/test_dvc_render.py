@@ -153,3 +153,18 @@ def test_a_corpus_file_is_a_dep_and_its_tag_is_rendered(in_root):
     # a named corpus keeps the template (`dvc exp run -S calibration.nsamples=...` works)
     plain = stages_for(methods=["svd-llm"])
     assert "${calibration.corpus}" in plain["calibrate"]["do"]["cmd"]
+
+
+def test_a_reference_models_corpus_file_is_a_dep_of_the_model_stage(in_root):
+    """A reference model trained on a local corpus file: editing the file must retrain it
+    (it was a dep of no stage, in DVC as in the Snakefile, so nothing reran)."""
+    params = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    params["models"]["ref-opt"] = {**params["models"]["ref-opt"], "corpus": "corpora/ref.txt"}
+    stages = dvc_render.render_stages(params)["stages"]
+    assert "corpora/ref.txt" in stages["model"]["do"]["deps"]
+    assert "corpora/ref.txt" not in stages["calibrate"]["do"]["deps"]
+    # a named corpus adds nothing (the committed dvc.yaml is unchanged)
+    assert stages_for()["model"]["do"]["deps"] == [
+        "data/code/prepare-model.sha256",
+        "data/params.valid",
+    ]

