@@ -183,6 +183,13 @@ def test_asvd_method_reads_the_table(llama, asvd_table):
     m2 = copy.deepcopy(model)
     man = compress(m2, "asvd", 0.4, stats=Statistics(gram=gram, sensitivity={"asvd": asvd_table}))
     assert abs(man["achieved_ratio"] - 0.4) <= 0.005
+    # the table was measured at alpha 0.5: allocating another alpha's factors by it is refused
+    m3 = copy.deepcopy(model)
+    with pytest.raises(ConfigError, match="measured at alpha 0.5"):
+        compress(
+            m3, "asvd", 0.4, options={"alpha": 1.0},
+            stats=Statistics(gram=gram, sensitivity={"asvd": asvd_table}),
+        )  # fmt: skip
 
 
 def test_cache_round_trip_and_errors(tmp_path, duo_table):

@@ -143,6 +143,26 @@ def check_statistics(method: Method, stats: Statistics, model_fp: str) -> None:
                 )
 
 
+def _check_table_alpha(method: Method, stats: Statistics) -> None:
+    """ASVD allocates by a perplexity table measured with its own activation scaling
+    (`svdzoo sensitivity --kind asvd`: alpha 0.5, as the manifest's `factoriser` says);
+    factorising at another alpha by that table would be neither ASVD nor a measured
+    variant. `asvd-uniform` takes any alpha (it reads no table)."""
+    table = stats.sensitivity.get("asvd")
+    alpha = getattr(method.factoriser, "alpha", None)
+    if table is None or alpha is None or SENS_ASVD not in method.needs:
+        return
+    made = str((getattr(table, "manifest", None) or {}).get("factoriser", ""))
+    if not made.startswith("asvd-alpha"):
+        return
+    if float(made.removeprefix("asvd-alpha")) != float(alpha):
+        raise ConfigError(
+            f"method {method.name!r} at alpha {alpha}: its sensitivity-asvd table was measured "
+            f"at alpha {made.removeprefix('asvd-alpha')}; use that alpha, or asvd-uniform for "
+            "another one"
+        )
+
+
 def _calib_key(manifest: Mapping[str, Any]) -> tuple:
     return tuple(manifest.get(k) for k in ("corpus", "seqlen", "seed"))
 
@@ -313,6 +333,7 @@ def _compress(
         )
     opts = {**method.options, **(options or {})}
     method = with_options(method, opts)
+    _check_table_alpha(method, stats)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     t0 = time.perf_counter()
     infos = matrix_infos(model)
