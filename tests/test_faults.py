@@ -828,3 +828,117 @@ def test_an_unknown_device_is_one_line(model_dir, tmp_path, capsys):
     assert rc == 2
     one_line_error(err, "unknown device 'bogus'")
     assert not (tmp_path / "g").exists()
+
+
+# ---------------------------------------------------------------- bug hunt: CLI inputs
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if a command loads the model (the check must come before)."""
+    from svdzoo import api, models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+    monkeypatch.setattr(api, "load_model", refuse)
+
+
+@pytest.mark.parametrize("command", ["calibrate", "compress", "evaluate", "sensitivity"])
+def test_model_without_tokenizer_is_one_line_before_loading(command, model_dir, gram_n2, tmp_path,
+                                                            capsys, no_model_load):  # fmt: skip
+    """A saved model with weights and config.json but no tokenizer files: transformers'
+    multi-line ValueError escaped as a traceback, after the model had loaded."""
+    bare = tmp_path / "no-tokenizer"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((model_dir / name).read_bytes())
+    out = tmp_path / "out"
+    argv = {
+        "calibrate": ["calibrate", "--model", bare, "--corpus", "pydoc", "--nsamples", "2",
+                      "--seqlen", "16", "--seed", "0", "--device", "cpu", "--out", out],
+        "compress": compress_args(bare, out),
+        "evaluate": ["evaluate", "--model", bare, "--corpora", "pydoc", "--seqlen", "16",
+                     "--max-windows", "1", "--device", "cpu", "--ppl-out", out],
+        "sensitivity": ["sensitivity", "--model", bare, "--stats", gram_n2, "--kind", "duo",
+                        "--nsamples", "1", "--device", "cpu", "--out", out],
+    }[command]  # fmt: skip
+    rc, err = svdzoo(capsys, *argv)
+    assert rc == 2, err
+    one_line_error(err, bare, "tokenizer")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["task-dir", "efficiency"])
+def test_evaluate_checks_tasks_and_efficiency_before_perplexity(case, model_dir, tmp_path, capsys,
+                                                                caplog):  # fmt: skip
+    """A missing --task-dir or a bad efficiency setting used to fail only after perplexity
+    had been computed and --ppl-out written: exit 2 with part of the outputs on disk."""
+    extra = {
+        "task-dir": ["--tasks", "pydoc_continuation", "--task-dir", tmp_path / "no-tasks",
+                     "--zeroshot-out", tmp_path / "z.json"],
+        "efficiency": ["--efficiency-repeats", "0", "--efficiency-out", tmp_path / "e.json"],
+    }[case]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        rc, err = svdzoo(capsys, "evaluate", "--model", model_dir, "--corpora", "pydoc",
+                         "--seqlen", "16", "--max-windows", "1", "--device", "cpu",
+                         "--ppl-out", tmp_path / "p.json", *extra)  # fmt: skip
+    assert rc == 2
+    one_line_error(err, {"task-dir": "no-tasks", "efficiency": "repeats"}[case])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert not any("perplexity" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--heads", "0"), ("--kv-heads", "0"), ("--lr", "nan"), ("--lr", "inf"),
+     ("--init-std", "nan"), ("--threads", "-1"), ("--warmup", "-5")],
+)  # fmt: skip
+def test_train_reference_refuses_bad_hyperparameters_in_one_line(flag, value, tmp_path, capsys):
+    """heads/kv-heads 0 raised ZeroDivisionError, a NaN or negative lr Adam's ValueError, a
+    NaN init-std huggingface_hub's validation error, --threads -1 torch's RuntimeError (all
+    tracebacks); lr inf trained to NaN and only then failed; warmup -5 was used as given."""
+    out = tmp_path / "ref"
+    rc, err = svdzoo(capsys, "train-reference", "--family", "llama", "--out", out,
+                     "--steps", "2", "--hidden", "16", "--layers", "1", "--heads", "2",
+                     "--kv-heads", "1", "--ffn", "32", "--seqlen", "16", "--batch", "2",
+                     flag, value)  # fmt: skip
+    assert rc == 2, err
+    one_line_error(err, flag[2:].replace("-", "_"), value)
+    assert not out.exists()
+
+
+def test_report_with_a_bad_published_csv_writes_nothing(tmp_path, capsys):
+    """The published CSV was read after metrics.csv, summary.json and the tables were
+    written: exit 2 with a half-made report."""
+    results = tmp_path / "results"
+    ppl = results / "metrics" / "m" / "svd" / "r0.40" / "ppl.json"
+    ppl.parent.mkdir(parents=True)
+    write_json(ppl, {"model": "m", "method": "svd", "ratio": 0.4, "seqlen": 32,
+                     "perplexity": {"pydoc": 12.5}, "diverged": [], "n_windows": {"pydoc": 2}})  # fmt: skip
+    bad = tmp_path / "published.csv"
+    bad.write_text("model,method\nx,y\n")
+    out = tmp_path / "report"
+    for published in (bad, tmp_path / "missing.csv"):
+        rc, err = svdzoo(capsys, "report", "--results", results, "--out", out,
+                         "--published", published, "--no-figures")  # fmt: skip
+        assert rc == 2
+        one_line_error(err, published.name)
+        assert not out.exists()
+
+
+def test_sensitivity_refuses_another_corpus_before_loading(model_dir, gram_n2, tmp_path, capsys,
+                                                          no_model_load):  # fmt: skip
+    """An unknown --corpus, or not the Gram cache's, was refused only after the model had
+    loaded and every weight had been hashed (minutes on a 7B model)."""
+    for corpus, needle in (
+        ("pysource", "not the corpus the Gram cache"),
+        ("nope", "unknown corpus"),
+    ):
+        rc, err = svdzoo(capsys, "sensitivity", "--model", model_dir, "--stats", gram_n2,
+                         "--kind", "duo", "--nsamples", "1", "--corpus", corpus,
+                         "--device", "cpu", "--out", tmp_path / "sens")  # fmt: skip
+        assert rc == 2
+        one_line_error(err, corpus, needle)
+        assert not (tmp_path / "sens").exists()

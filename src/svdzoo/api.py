@@ -162,8 +162,8 @@ def compress_to_dir(
         statistics = load_statistics(stats, fisher, sensitivity_duo, sensitivity_asvd)
         if calibration is not None:
             check_calibration(statistics, calibration)
+        tokenizer = load_tokenizer(model)  # a model without a tokenizer fails before loading
         lm = load_model(model, dtype=dtype, device=device)
-        tokenizer = load_tokenizer(model)
         dense_total = count_params(lm)
         manifest = compress(
             lm, method, ratio, stats=statistics, tokenizer=tokenizer, options=options

@@ -228,10 +228,19 @@ def _hub_hint(model_id: str) -> str:
 def load_tokenizer(model_id: str | os.PathLike[str]):
     from transformers import AutoTokenizer
 
+    if Path(model_id).is_dir():
+        check_model_dir(model_id)
     try:
         tok = AutoTokenizer.from_pretrained(str(model_id))
-    except OSError as exc:
-        raise ModelError(_hub_hint(str(model_id))) from exc
+    except (OSError, ValueError) as exc:
+        if not Path(model_id).is_dir():
+            raise ModelError(_hub_hint(str(model_id))) from exc
+        # a saved model without tokenizer files: transformers raises a multi-line ValueError
+        raise ModelError(
+            f"model directory {str(model_id)!r} has no usable tokenizer "
+            f"({type(exc).__name__}); save one next to the weights "
+            "(tokenizer.save_pretrained(DIR))"
+        ) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -51,10 +51,25 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown reference family {self.family!r}; choose one of {REFERENCE_FAMILIES}"
             )
+        for name in ("hidden", "layers", "heads", "kv_heads", "ffn"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.hidden % self.heads or self.heads % self.kv_heads:
             raise ConfigError("hidden must be divisible by heads, and heads by kv_heads")
         if self.steps < 1 or self.batch < 1 or self.seqlen < 8:
             raise ConfigError("steps and batch must be positive and seqlen at least 8")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(
+                f"weight_decay must be a non-negative finite number, got {self.weight_decay}"
+            )
+        if not 0 < self.init_std <= 1:  # also refuses NaN
+            raise ConfigError(f"init_std must be in (0, 1], got {self.init_std}")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup must be non-negative, got {self.warmup}")
+        if self.threads is not None and self.threads < 0:  # 0 (like None): torch's default
+            raise ConfigError(f"threads must be non-negative, got {self.threads}")
 
 
 def build_config(cfg: TrainConfig, vocab_size: int, pad_id: int, eos_id: int):

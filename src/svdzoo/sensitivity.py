@@ -420,6 +420,22 @@ def _check_gram_matches(model: nn.Module, gram_stats: Any) -> None:
         )
 
 
+def gram_corpus(gram_manifest: Mapping[str, Any], corpus: Any = None) -> Any:
+    """The corpus the windows come from (`corpus`, default the Gram cache's); CacheError
+    when it is not the corpus the Gram cache was computed on. Cheap: callers check it
+    before loading a model."""
+    from svdzoo.data import get_corpus
+
+    gm = gram_manifest
+    corp = get_corpus(corpus or gm["corpus"]) if not hasattr(corpus, "train") else corpus
+    if gm.get("corpus_fingerprint") not in (None, corp.fingerprint):
+        raise CacheError(
+            f"corpus {corp.name!r} is not the corpus the Gram cache was computed on "
+            f"({gm.get('corpus')!r}, fingerprint {gm.get('corpus_fingerprint')})"
+        )
+    return corp
+
+
 @torch.no_grad()
 def compute_sensitivity(
     model: nn.Module,
@@ -453,7 +469,7 @@ def compute_sensitivity(
     `linalg.resolve_precision`). The model is left exactly as it
     was (every probe is undone, even on error).
     """
-    from svdzoo.data import calibration_windows, get_corpus
+    from svdzoo.data import calibration_windows
     from svdzoo.models import adapter_for, eval_mode, fingerprint, resolve_device
 
     grid = check_ratios(ratios, kind)
@@ -473,12 +489,7 @@ def compute_sensitivity(
         raise ConfigError(
             f"need nsamples >= 1, seqlen >= 2 and batch_size >= 1 (got {nsamples}, {seqlen}, {batch_size})"
         )
-    corp = get_corpus(corpus or gm["corpus"]) if not hasattr(corpus, "train") else corpus
-    if gm.get("corpus_fingerprint") not in (None, corp.fingerprint):
-        raise CacheError(
-            f"corpus {corp.name!r} is not the corpus the Gram cache was computed on "
-            f"({gm.get('corpus')!r}, fingerprint {gm.get('corpus_fingerprint')})"
-        )
+    corp = gram_corpus(gm, corpus)
     _check_gram_matches(model, gram_stats)
     adapter = adapter_for(model)
     device = resolve_device(device) if device is not None else next(model.parameters()).device

@@ -94,9 +94,9 @@ def run(args: argparse.Namespace) -> int:
 
     get_corpus(args.corpus)  # an unknown or unreachable corpus fails before the model loads
     load_device = "cpu" if args.kind == "gram" else device
+    tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
     model = load_model(args.model, dtype=args.dtype, device=load_device)
     check_seqlen(model, args.seqlen)
-    tokenizer = load_tokenizer(args.model)
     common = dict(
         corpus=args.corpus,
         nsamples=args.nsamples,

@@ -103,6 +103,21 @@ def run(args: argparse.Namespace) -> int:
 
         for c in args.corpora:
             get_corpus(c)
+    if args.efficiency_out:  # efficiency settings, then tasks: before the model loads and
+        # before perplexity is computed and written, not after
+        from svdzoo.evaluation.efficiency import check_settings
+
+        check_settings(
+            args.efficiency_batch_sizes,
+            args.efficiency_prompt_len,
+            args.efficiency_gen_len,
+            args.efficiency_repeats,
+        )
+    task_manager = None
+    if args.zeroshot_out:  # unknown tasks, a missing --task-dir or an uncached dataset
+        from svdzoo.evaluation.zeroshot import prepare_tasks
+
+        task_manager = prepare_tasks(args.tasks, Path(args.task_dir) if args.task_dir else None)
     torch.manual_seed(args.seed)
     path = Path(args.model)
     manifest = read_json(path / MANIFEST) if is_compressed_dir(path) else None
@@ -112,10 +127,16 @@ def run(args: argparse.Namespace) -> int:
         "ratio": args.ratio if args.ratio is not None else (manifest["ratio"] if manifest else 0.0),
     }
     device = resolve_device(args.device)
+    tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
     model = load_model(args.model, dtype=args.dtype, device=device)
     if args.ppl_out:
         check_seqlen(model, args.seqlen)
-    tokenizer = load_tokenizer(args.model)
+    if args.efficiency_out:
+        check_seqlen(
+            model,
+            args.efficiency_prompt_len + args.efficiency_gen_len,
+            "--efficiency-prompt-len + --efficiency-gen-len",
+        )
 
     if args.ppl_out:
         from svdzoo.data import evaluation_windows
@@ -168,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
             limit=args.zeroshot_limit,
             seed=args.seed,
             device=device,
+            task_manager=task_manager,
         )
         write_json(args.zeroshot_out, {**labels, **res})
 

@@ -72,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
         resolve_device,
         resolve_dtype,
     )
-    from svdzoo.sensitivity import check_ratios, load_sensitivity, sensitivity_to_dir
+    from svdzoo.sensitivity import (
+        check_ratios,
+        gram_corpus,
+        load_sensitivity,
+        sensitivity_to_dir,
+    )
 
     if args.nsamples < 1 or args.batch_size < 1 or args.max_tokens < 1:
         raise ConfigError("--nsamples, --batch-size and --max-tokens must be positive")
@@ -98,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
                 "compress refuses a sensitivity table from another calibration set than its "
                 f"Gram cache; omit --{flag} (it defaults to the cache's) or calibrate at {value}"
             )
+    # an unknown corpus, or not the Gram cache's, fails before the model loads and is hashed
+    gram_corpus(gram.manifest, args.corpus)
+    tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     check_seqlen(model, args.seqlen or gram.manifest["seqlen"])
     want = {
@@ -127,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
     manifest = sensitivity_to_dir(
         model,
-        load_tokenizer(args.model),
+        tokenizer,
         gram,
         args.kind,
         args.out,

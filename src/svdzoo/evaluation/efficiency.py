@@ -142,6 +142,16 @@ def manifest_summary(manifest: dict | None) -> dict | None:
     return out
 
 
+def check_settings(
+    batch_sizes: Sequence[int], prompt_len: int, gen_len: int, repeats: int, warmup: int = 1
+) -> None:
+    """The model-independent checks of `measure_efficiency`, for callers that check first."""
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise EfficiencyError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if prompt_len < 1 or gen_len < 0 or repeats < 1 or warmup < 0:
+        raise EfficiencyError("need prompt_len >= 1, gen_len >= 0, repeats >= 1, warmup >= 0")
+
+
 def measure_efficiency(
     model: nn.Module,
     *,
@@ -161,10 +171,7 @@ def measure_efficiency(
     decode_tokens_per_s, prefill_s, decode_s}], compression_time_s (from `manifest`,
     else None), device, dtype, prompt_len, gen_len, repeats.
     """
-    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
-        raise EfficiencyError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    if prompt_len < 1 or gen_len < 0 or repeats < 1 or warmup < 0:
-        raise EfficiencyError("need prompt_len >= 1, gen_len >= 0, repeats >= 1, warmup >= 0")
+    check_settings(batch_sizes, prompt_len, gen_len, repeats, warmup)
     config = getattr(model, "config", None)
     max_pos = getattr(config, "max_position_embeddings", None)
     if max_pos is not None and prompt_len + gen_len > max_pos:

@@ -56,9 +56,8 @@ def _task_manager(tasks: list[str], task_dir: Path | None):
     if task_dir is not None:
         task_dir = Path(task_dir)
         if not task_dir.is_dir():
-            raise ZeroShotError(
-                f"task directory {task_dir} does not exist; run `svdzoo build-tasks` first"
-            )
+            what = "is not a directory" if task_dir.exists() else "does not exist"
+            raise ZeroShotError(f"task directory {task_dir} {what}; run `svdzoo build-tasks` first")
         local = TaskManager(include_path=str(task_dir), include_defaults=False)
         if all(t in local.all_tasks for t in tasks):
             return local
@@ -113,6 +112,17 @@ def _load_tasks(tm, tasks: list[str]) -> None:
         "--tasks <task> --limit 1`), copy ~/.cache/huggingface to this machine, or use the "
         "offline tasks built by `svdzoo build-tasks`."
     ) from next(iter(failures.values()))
+
+
+def prepare_tasks(tasks: list[str], task_dir: Path | None):
+    """The task manager of `tasks`, every task built once: unknown names, a missing task
+    directory or an uncached dataset fail here, so a caller can check before any compute
+    (pass the result to `run_zeroshot(task_manager=...)`)."""
+    if not tasks:
+        raise ZeroShotError("no zero-shot tasks requested")
+    tm = _task_manager(list(tasks), task_dir)
+    _load_tasks(tm, list(tasks))
+    return tm
 
 
 def offline_questions(tasks: list[str], task_dir: Path | None) -> dict[str, list[dict]]:
@@ -239,6 +249,7 @@ def run_zeroshot(
     limit: int | float | None = None,
     seed: int = 1234,
     device: str | None = None,
+    task_manager: Any = None,
 ) -> dict:
     """Evaluate `model` on lm-eval `tasks` (names of tasks or groups), zero-shot.
 
@@ -253,8 +264,7 @@ def run_zeroshot(
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    tm = _task_manager(tasks, task_dir)
-    _load_tasks(tm, tasks)
+    tm = task_manager if task_manager is not None else prepare_tasks(tasks, task_dir)
     if device is not None:
         model.to(device)
     if tokenizer.pad_token is None:

@@ -53,16 +53,18 @@ def build_report(
 
     out_dir = Path(out_dir)
     tidy = metrics.collect(results_dir, expected=expected, require_complete=require_complete)
+    ref = None
+    if published is not None:  # a missing or malformed CSV fails before anything is written
+        from svdzoo.report import published as pub
+
+        ref = pub.load_published(published)
     written: dict[str, list[Path]] = {}
     csv_path = out_dir / "metrics.csv"
     metrics.write_tidy(tidy, csv_path)
     written["metrics"] = [csv_path, summary.write_summary(tidy, out_dir / SUMMARY)]
     written["plots"] = summary.write_plot_data(tidy, out_dir)
     written["tables"] = tables.write_all(tidy, out_dir / "tables")
-    if published is not None:
-        from svdzoo.report import published as pub
-
-        ref = pub.load_published(published)
+    if ref is not None:
         comp = pub.compare(tidy, ref, model_names)
         n_ours = len(pub.ours_long(tidy))
         written["tables"] += pub.write(
