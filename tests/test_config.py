@@ -447,3 +447,24 @@ def test_an_option_that_changes_the_statistics_read_is_refused(default, method, 
     if same:  # restating the registered value is fine
         p["method_options"] = {method: {"protocol": same}}
         C.validate_params(p, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "section, keys",
+    [
+        ("execution", ("evaluate", "batch-size")),
+        ("execution", ("calibrate", "batch-size")),
+        ("execution", ("sensitivity", "max-tokens")),
+        ("offline_tasks", ("n-examples",)),
+    ],
+)
+def test_counts_below_one_are_refused_at_validation(default, section, keys):
+    """A zero batch size or question count validated, and its job failed only when it ran
+    (an evaluate batch size after every compression)."""
+    bad = copy.deepcopy(default)
+    node = bad.setdefault(section, {}) or {}
+    bad[section] = node
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = 0
+    _fails(bad, f"{section}.{'.'.join(keys)}", "minimum of 1")

@@ -942,3 +942,37 @@ def test_sensitivity_refuses_another_corpus_before_loading(model_dir, gram_n2, t
         assert rc == 2
         one_line_error(err, corpus, needle)
         assert not (tmp_path / "sens").exists()
+
+
+def test_a_file_given_for_a_directory_says_so(model_dir, tmp_path, capsys):
+    """A file where a directory is expected (or the reverse) was reported as missing:
+    "does not exist" sends the user looking for a path that is there."""
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    rc, err = svdzoo(capsys, "compress", "--model", model_dir, "--method", "svd-llm",
+                     "--ratio", "0.4", "--stats", afile, "--out", tmp_path / "c")  # fmt: skip
+    assert rc == 2
+    one_line_error(err, afile, "is a file, not a directory")
+    rc, err = svdzoo(capsys, "report", "--results", afile, "--out", tmp_path / "r")
+    assert rc == 2
+    one_line_error(err, afile, "is a file, not a directory")
+    rc, err = svdzoo(capsys, "validate-params", tmp_path)
+    assert rc == 2
+    one_line_error(err, tmp_path, "is a directory, not a file")
+
+
+def test_build_tasks_refuses_a_foreign_out_before_reading_corpora(tmp_path, capsys, monkeypatch):
+    """build-tasks checked its --out only when writing, after every task was built."""
+    import svdzoo.data as data_module  # (a plain `import svdzoo.data` shadows the helper)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a corpus was read before the bad --out was refused")
+
+    monkeypatch.setattr(data_module, "get_corpus", refuse)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me\n")
+    rc, err = svdzoo(capsys, "build-tasks", "--n-examples", "4", "--out", out)
+    assert rc == 2
+    one_line_error(err, out, "--force")
+    assert snapshot(out) == {"notes.txt": b"keep me\n"}

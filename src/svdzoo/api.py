@@ -23,7 +23,7 @@ from svdzoo.compression import (
     write_compressed,
 )
 from svdzoo.errors import CacheError, ConfigError
-from svdzoo.io import atomic_dir
+from svdzoo.io import atomic_dir, not_there
 from svdzoo.methods import get_method
 from svdzoo.methods.base import FISHER, GRAM, SENS_ASVD, SENS_DUO, check_options
 from svdzoo.models import count_params, load_model, load_tokenizer
@@ -122,7 +122,9 @@ def _require_paths(method_name: str, given: Mapping[str, Any]) -> None:
                 f"method {method_name!r} needs {kind} statistics: pass {flags[kind]} DIR"
             )
         if not Path(path).is_dir():
-            raise ConfigError(f"{kind} statistics directory {str(path)!r} does not exist")
+            raise ConfigError(
+                f"{kind} statistics directory {str(path)!r} {not_there(path, 'directory')}"
+            )
 
 
 def compress_to_dir(

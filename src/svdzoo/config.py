@@ -161,7 +161,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"params file {str(path)!r} does not exist")
+        from svdzoo.io import not_there
+
+        raise ConfigError(f"params file {str(path)!r} {not_there(path, 'file')}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

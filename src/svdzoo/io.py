@@ -140,6 +140,18 @@ def _existing_inputs(protect: Iterable[_PathLike | None]) -> Iterator[tuple[_Pat
             yield p, Path(p).resolve()
 
 
+def not_there(path: _PathLike, want: str) -> str:
+    """Why `path` is not the `want` ("directory" or "file") an input needs: it does not
+    exist, or it is the other kind (a file given as a statistics directory was reported as
+    missing)."""
+    p = Path(path)
+    if not os.path.lexists(p):
+        return "does not exist"
+    if want == "directory":
+        return "is a file, not a directory" if p.is_file() else "is not a directory"
+    return "is a directory, not a file" if p.is_dir() else "is not a regular file"
+
+
 def _refuse_directory(path: Path) -> None:
     if path.is_dir():
         raise OutputError(f"{path} is a directory; this output is a file: give a file path")

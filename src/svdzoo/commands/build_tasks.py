@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from svdzoo.data import get_corpus
     from svdzoo.evaluation.tasks import TaskSpec, build_tasks
+    from svdzoo.io import TASKS, check_output
     from svdzoo.paths import Layout
 
     spec = TaskSpec(
@@ -49,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
         wordorder_words=args.wordorder_words,
     )
     spec.validate()  # before loading any corpus
-    texts = {name: get_corpus(name).split(args.split) for name in args.corpora}
     out = Path(args.out) if args.out else Layout().tasks()
+    check_output(out, TASKS, force=args.force)  # a foreign or unwritable --out, before building
+    texts = {name: get_corpus(name).split(args.split) for name in args.corpora}
     manifest = build_tasks(out, texts, seed=args.seed, spec=spec, force=args.force)
     for task, info in manifest["tasks"].items():
         print(f"{task:<28} {info['n']:>5} questions  (chance {info['chance']:.3f})")

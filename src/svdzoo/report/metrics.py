@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from svdzoo.errors import SvdzooError
+from svdzoo.io import not_there
 from svdzoo.paths import Layout, ratio_tag
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ def collect(
                 + "\n  ".join(map(str, absent))
             )
     if not results_dir.is_dir():
-        raise MetricsError(f"results directory {results_dir} does not exist")
+        raise MetricsError(f"results directory {results_dir} {not_there(results_dir, 'directory')}")
     runs = discover(results_dir)
     if not runs:
         example = metric_file(results_dir, "ppl", "<model>", "<method>", 0.4)

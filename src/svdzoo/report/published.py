@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from svdzoo.errors import SvdzooError
-from svdzoo.io import write_text
+from svdzoo.io import not_there, write_text
 from svdzoo.paths import DENSE
 
 CORPUS_COLUMNS = {"wikitext2": "wikitext2_ppl", "ptb": "ptb_ppl", "c4": "c4_ppl"}
@@ -46,8 +46,8 @@ class PublishedError(SvdzooError, ValueError):
 def load_published(path: str | Path) -> pd.DataFrame:
     """Long table: source, table, model, method, ratio, metric, value, note."""
     path = Path(path)
-    if not path.exists():
-        raise PublishedError(f"published results file {path} does not exist")
+    if not path.is_file():
+        raise PublishedError(f"published results file {path} {not_there(path, 'file')}")
     wide = pd.read_csv(path)
     need = {"source", "table", "model", "method", "ratio", *METRICS}
     missing = need - set(wide.columns)
