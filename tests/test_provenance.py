@@ -46,6 +46,16 @@ def saved(tmp_path_factory):
     return root, model_dir, gram_dir, tables
 
 
+def _compress_duo(model, gram_dir, table):
+    """Duo-SVD (one KL table) at 40 % with this Gram cache and this table as its duo table."""
+    return compress(
+        model,
+        "duo-svd-independent",
+        0.4,
+        stats=Statistics(gram=load_stats(gram_dir), sensitivity={"duo": table}),
+    )
+
+
 def test_compress_refuses_a_sensitivity_table_of_the_other_kind(saved, tmp_path):
     """An ASVD perplexity table passed as --sensitivity-duo (or a KL table as
     --sensitivity-asvd) was taken as the other kind: Duo-SVD's knapsack ran on perplexities
@@ -68,18 +78,20 @@ def test_compress_api_refuses_a_table_under_the_wrong_key(saved):
     model = load_model(model_dir)
     asvd = load_sensitivity(tables["asvd"])
     with pytest.raises(CacheError, match="asvd"):
-        compress(
-            model,
-            "duo-svd-independent",
-            0.4,
-            stats=Statistics(gram=load_stats(gram_dir), sensitivity={"duo": asvd}),
-        )
+        _compress_duo(model, gram_dir, asvd)
 
 
-def test_sensitivity_cli_recomputes_a_table_written_by_other_code(saved, tmp_path):
+@pytest.mark.parametrize(
+    "field, other",
+    [("code", "0" * 16), ("precision", "float32")],
+)
+def test_sensitivity_cli_recomputes_a_table_of_other_code_or_precision(
+    saved, tmp_path, field, other
+):
     """`svdzoo sensitivity` keeps an existing table that "matches the request"; the match
-    ignored the code hash the manifest records, so a table computed by older svdzoo code
-    (before a fix of the probes) was kept after the code changed: "nothing to do"."""
+    ignored the code hash and the probes' precision the manifest records, so a table made
+    by older svdzoo code (before a fix of the probes), or on a GPU (float32 SVDs), was kept
+    by this request: "nothing to do"."""
     _, model_dir, gram_dir, _ = saved
     out = tmp_path / "sens"
     argv = ["sensitivity", "--model", str(model_dir), "--stats", str(gram_dir), "--kind", "duo",
@@ -87,33 +99,16 @@ def test_sensitivity_cli_recomputes_a_table_written_by_other_code(saved, tmp_pat
             "--device", "cpu"]  # fmt: skip
     assert cli_main(argv) == 0
     stamp = (out / "table.json").stat().st_mtime_ns
-    assert cli_main(argv) == 0  # the same request and code: kept
+    assert cli_main(argv) == 0  # the same request, code and precision: kept
     assert (out / "table.json").stat().st_mtime_ns == stamp
-    # the same table as written by other code (an older svdzoo, or before an edit)
     mpath = out / "manifest.json"
     manifest = json.loads(mpath.read_text())
-    manifest["code"] = "0" * 16
+    want = {"code": recorded("sensitivity"), "precision": "float64"}[field]  # a CPU's
+    assert manifest[field] == want
+    manifest[field] = other  # the same table as other code, or a GPU, would have written it
     mpath.write_text(json.dumps(seal(manifest), indent=2, sort_keys=True) + "\n")
     assert cli_main(argv) == 0
-    assert load_sensitivity(out).manifest["code"] == recorded("sensitivity")
-
-
-def test_sensitivity_cli_recomputes_a_table_of_other_precision(saved, tmp_path):
-    """The probes' SVDs run in float32 on a GPU and float64 on a CPU ("auto"): a table
-    measured on a GPU was kept by a `--device cpu` request for the same table."""
-    _, model_dir, gram_dir, _ = saved
-    out = tmp_path / "sens"
-    argv = ["sensitivity", "--model", str(model_dir), "--stats", str(gram_dir), "--kind", "duo",
-            "--nsamples", "4", "--ratios", "0.5", "--out", str(out),
-            "--device", "cpu"]  # fmt: skip
-    assert cli_main(argv) == 0
-    mpath = out / "manifest.json"
-    manifest = json.loads(mpath.read_text())
-    assert manifest["precision"] == "float64"
-    manifest["precision"] = "float32"  # as `--device cuda` writes it
-    mpath.write_text(json.dumps(seal(manifest), indent=2, sort_keys=True) + "\n")
-    assert cli_main(argv) == 0
-    assert load_sensitivity(out).manifest["precision"] == "float64"
+    assert load_sensitivity(out).manifest[field] == want
 
 
 def test_compress_refuses_a_table_measured_with_another_gram_cache(saved, tmp_path):
@@ -130,19 +125,9 @@ def test_compress_refuses_a_table_measured_with_another_gram_cache(saved, tmp_pa
     table = load_sensitivity(tables["duo"])
     assert table.manifest["gram"]["sha256"] == load_stats(gram_dir).manifest["sha256"]
     with pytest.raises(CacheError, match="Gram"):
-        compress(
-            model,
-            "duo-svd-independent",
-            0.4,
-            stats=Statistics(gram=load_stats(other), sensitivity={"duo": table}),
-        )
+        _compress_duo(model, other, table)
     # the table's own Gram cache is accepted
-    compress(
-        model,
-        "duo-svd-independent",
-        0.4,
-        stats=Statistics(gram=load_stats(gram_dir), sensitivity={"duo": table}),
-    )
+    _compress_duo(model, gram_dir, table)
 
 
 def test_compressed_model_with_an_edited_config_is_refused(saved, tmp_path):

@@ -362,6 +362,16 @@ def test_diverged_perplexity_is_null_in_summary() -> None:
 # From a bug hunt on the report stage (each test fails on the code before its fix).
 
 
+# every compressed method diverged at 0.40, none at 0.20
+DIVERGED_AT_40 = {
+    ("dense", 0.0): 6.0,
+    ("svd", 0.2): 900.0,
+    ("svd-llm", 0.2): 8.0,
+    ("svd", 0.4): math.inf,
+    ("svd-llm", 0.4): math.inf,
+}
+
+
 def _ppl_rows(values: dict[tuple[str, float], float]) -> pd.DataFrame:
     return pd.DataFrame(
         [("m", meth, r, "perplexity", "c", v, math.nan) for (meth, r), v in values.items()],
@@ -371,15 +381,7 @@ def _ppl_rows(values: dict[tuple[str, float], float]) -> pd.DataFrame:
 
 def test_best_mask_never_bolds_a_diverged_perplexity() -> None:
     """Every compressed method diverged at 0.40: 'diverged' is not the best value there."""
-    df = _ppl_rows(
-        {
-            ("dense", 0.0): 6.0,
-            ("svd", 0.2): 900.0,
-            ("svd-llm", 0.2): 8.0,
-            ("svd", 0.4): math.inf,
-            ("svd-llm", 0.4): math.inf,
-        }
-    )
+    df = _ppl_rows(DIVERGED_AT_40)
     t = table1(df, "m")
     mask = best_mask(t)
     at = {(r.method, r.ratio): i for i, r in t.iterrows()}
@@ -392,15 +394,7 @@ def test_diverged_points_stay_on_the_ppl_figure(tmp_path: Path) -> None:
     """A diverged run is drawn (at the top edge), not dropped: the x range covers its ratio."""
     from svdzoo.report import figures
 
-    df = _ppl_rows(
-        {
-            ("dense", 0.0): 6.0,
-            ("svd", 0.2): 900.0,
-            ("svd-llm", 0.2): 8.0,
-            ("svd", 0.4): math.inf,
-            ("svd-llm", 0.4): math.inf,
-        }
-    )
+    df = _ppl_rows(DIVERGED_AT_40)
     sub = df[df["model"] == "m"]
     fig = figures._metric_vs_ratio(
         sub, "perplexity", ["c"], logy=True, ylabel="perplexity", title="t"
