@@ -1,8 +1,8 @@
 """The Python API: what the CLI calls, and what a practitioner imports.
 
 import svdzoo
-model = svdzoo.load_model("data/models/ref-llama")
-stats = svdzoo.load_statistics(gram="data/stats/ref-llama/pydoc-n64-l128-s3/gram")
+model = svdzoo.load_model("data/models/smollm2-135m")
+stats = svdzoo.load_statistics(gram="data/stats/smollm2-135m/pydoc-n32-l256-s3/gram")
 manifest = svdzoo.compress(model, "svd-llm", 0.4, stats=stats)
 """
 
