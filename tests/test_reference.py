@@ -91,3 +91,16 @@ def test_validation_split_shorter_than_seqlen_is_refused_before_training(tmp_pat
     with pytest.raises(ConfigError, match="validation"):
         train_reference(cfg, tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_training_threads_do_not_outlive_the_training(tmp_path):
+    """`threads` set torch's thread count for the rest of the process (an API caller, or
+    the test session, then ran everything after on one thread)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        cfg = TrainConfig(family="llama", corpus="pydoc", **{**MICRO, "threads": 1})
+        train_reference(cfg, tmp_path / "m")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -129,10 +129,18 @@ def train_reference(cfg: TrainConfig, out_dir: str | Path, *, force: bool = Fals
     model (or `force`)."""
     cfg.validate()
     check_output(out_dir, KIND, force=force)
+    before = torch.get_num_threads()  # `threads` holds for the training only
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        return _train(cfg, out_dir, force)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(cfg: TrainConfig, out_dir: str | Path, force: bool) -> dict:
     from transformers import AutoModelForCausalLM
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     tok = build_byte_tokenizer()
