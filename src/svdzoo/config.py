@@ -504,7 +504,9 @@ def corpus_files(params: Mapping[str, Any], section: str) -> list[str]:
         names = list(dict.fromkeys(refs))
     else:
         names = list((params.get("evaluation") or {}).get("corpora") or [])
-    return [str(n) for n in names if str(n).endswith((".txt", ".jsonl"))]
+    from svdzoo.data import is_corpus_file
+
+    return [str(n) for n in names if is_corpus_file(n)]
 
 
 def model_corpus_files(params: Mapping[str, Any], model: str) -> list[str]:

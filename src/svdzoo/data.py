@@ -247,8 +247,13 @@ def known_corpora() -> list[str]:
     return [*OFFLINE, *HUB]
 
 
+def is_corpus_file(name: str) -> bool:
+    """A corpus given as a local file (read by `_local_file`), not by registry name."""
+    return str(name).endswith((".txt", ".jsonl"))
+
+
 def is_corpus_name(name: str) -> bool:
-    return name in OFFLINE or name in HUB or name.endswith((".txt", ".jsonl"))
+    return name in OFFLINE or name in HUB or is_corpus_file(name)
 
 
 @lru_cache(maxsize=8)
@@ -258,7 +263,7 @@ def get_corpus(name: str) -> Corpus:
         return OFFLINE[name]()
     if name in HUB:
         return HUB[name]()
-    if name.endswith((".txt", ".jsonl")):
+    if is_corpus_file(name):
         return _local_file(Path(name))
     raise CorpusError(
         f"unknown corpus {name!r}: choose one of {known_corpora()} or a path to a .txt/.jsonl file"

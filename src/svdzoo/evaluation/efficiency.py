@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from svdzoo.errors import SvdzooError
-from svdzoo.models import eval_mode
+from svdzoo.models import eval_mode, text_config
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def measure_efficiency(
     else None), device, dtype, prompt_len, gen_len, repeats.
     """
     check_settings(batch_sizes, prompt_len, gen_len, repeats, warmup)
-    config = getattr(model, "config", None)
+    config = text_config(model)  # a multimodal wrapper keeps these in its text config
     max_pos = getattr(config, "max_position_embeddings", None)
     if max_pos is not None and prompt_len + gen_len > max_pos:
         raise EfficiencyError(
