@@ -411,12 +411,68 @@ def test_rest_problem_matches_whitening_the_rest(shape):
             assert loss == pytest.approx(float((D @ H[rest][:, rest] * D).sum()), rel=1e-8)
 
 
+def test_rest_problem_own_side_matches_whitening_the_rest():
+    """The rest's own side (`_own`: `S_R^T (W^T W)_RR S_R`) has the whitened rest's loss,
+    for any kept prefix; `own_factors` returns factors whose layer loss is the one
+    reported and equals plain truncation of the rest; each formed `G` is reused."""
+    g = torch.Generator().manual_seed(5)
+    m, n = 30, 24
+    W = torch.randn(m, n, generator=g, dtype=F64)
+    X = torch.randn(n, 3 * n, generator=g, dtype=F64)
+    H = X @ X.T
+    S = linalg.cholesky_whitener(H)
+    U, sigma, Vh = linalg.whitened_svd(W, S)
+    order = torch.randperm(n, generator=g)
+    calls = []
+
+    def rest_factor(rest):
+        calls.append(rest)
+        return linalg.cholesky_whitener(H[rest][:, rest]).factor
+
+    problem = linalg._RestProblem(
+        W, H, U, sigma, order, None, Vh=Vh, L=S.factor, rest_factor=rest_factor
+    )
+    for c, k in ((2, 3), (10, 1), (20, 2), (5, 0)):
+        rest = order[c:].sort().values
+        Wr, Sr = W[:, rest], linalg.cholesky_whitener(H[rest][:, rest])
+        want = linalg.truncation_loss(Wr, Sr, k)
+        G, tr = problem._own(c)
+        top = torch.linalg.eigvalsh(G).flip(0)[:k].sum()
+        assert tr - float(top) == pytest.approx(want, rel=1e-9)
+        if k:
+            A, B, loss = problem.own_factors(c, rest, k)
+            D = Wr - A @ B
+            assert loss == pytest.approx(float((D @ H[rest][:, rest] * D).sum()), rel=1e-8)
+            assert loss == pytest.approx(linalg.truncate(Wr, Sr, k).loss, rel=1e-9)
+    assert len(calls) == 4  # own_factors reused the G its _own formed
+
+
+def test_times_lower_rows_is_the_plain_product():
+    """`_times_lower_rows` (blocks of rows in index order, each against only the columns up
+    to its largest index) equals `M @ L[idx].T`, in `idx`'s order."""
+    g = torch.Generator().manual_seed(2)
+    n = 50
+    L = torch.tril(torch.randn(n, n, generator=g, dtype=F64))
+    M = torch.randn(7, n, generator=g, dtype=F64)
+    for idx in (torch.randperm(n, generator=g)[:23], torch.tensor([49, 0, 3]), torch.arange(n)):
+        for block in (1, 4, 128):
+            got = linalg._times_lower_rows(M, L, idx, block=block)
+            assert torch.allclose(got, M @ L[idx].T, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("shape", [(48, 40), (40, 96), (72, 40), (64, 64)])
-@pytest.mark.parametrize("search", ["exact", "ritz-0", "ritz-0.25"])
-def test_fast_split_searches_match_the_reference(shape, search):
+@pytest.mark.parametrize(
+    "search", ["exact", "ritz-0", "ritz-0.25", "exact-own", "exact-coordinates"]
+)
+def test_fast_split_searches_match_the_reference(shape, search, monkeypatch):
     """Issue 16's fast searches give the same split as whitening every candidate's rest
     afresh, a loss within 1e-9 (exact) or 1e-6 (Ritz) of it, and report the exact loss of
-    the factors they return (so Ritz can only be above the optimum, by Ky Fan)."""
+    the factors they return (so Ritz can only be above the optimum, by Ky Fan). `-own` and
+    `-coordinates` force every candidate to one side of the cost model."""
+    if search.endswith(("-own", "-coordinates")):
+        search, side = search.split("-")
+        monkeypatch.setattr(linalg._RestProblem, "OWN_SIDE", 0.0 if side == "own" else math.inf)
+        monkeypatch.setattr(linalg._RestProblem, "OWN_SIDE_ONCE", 0.0)
     g = torch.Generator().manual_seed(sum(shape))
     m, n = shape
     f64 = dict(generator=g, dtype=F64)

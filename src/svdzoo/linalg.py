@@ -934,6 +934,20 @@ class _CloseCall:
         return f"_CloseCall({self.value!r}, +-{self.error!r}, exact={self._exact is None})"
 
 
+def _times_lower_rows(M: Tensor, L: Tensor, idx: Tensor, block: int = 128) -> Tensor:
+    """`M @ L[idx].T` for a lower-triangular `L`: row `j` of `L` is zero past column `j`,
+    so the rows are taken in index order, `block` at a time, each block against only the
+    columns up to its largest index (about half the flops of the full product for indices
+    spread over `[0, n)`)."""
+    sorted_idx, perm = torch.sort(idx)
+    out = M.new_empty(M.shape[0], idx.numel())
+    for start in range(0, idx.numel(), block):
+        rows = sorted_idx[start : start + block]
+        width = int(rows[-1]) + 1
+        out[:, perm[start : start + block]] = M[:, :width] @ L.index_select(0, rows)[:, :width].T
+    return out
+
+
 class _RestProblem:
     """Duo-SVD's rest truncation, for the top-`c` scored columns kept, solved in the
     coordinates of the baseline's whitened SVD `W S = U Sigma V^T`.
@@ -973,13 +987,20 @@ class _RestProblem:
         *,
         Vh: Tensor,
         L: Tensor,
+        rest_factor: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.W, self.H, self.U, self.order, self.d = W, H, U, order, d
+        self.rest_factor = rest_factor  # rest indices -> a Cholesky factor of H_RR
+        self._WtW: Tensor | None = None  # W^T W, made once the own side is used
+        self._own_formed: dict[int, tuple[Tensor, Tensor]] = {}  # c -> (G, S_R), the last few
         self.sigma, self.Vh, self.L = sigma, Vh, L
         self.lam = sigma.square()
         self.tr_g = float(self.lam.sum())
-        self.Wc = W.new_zeros(U.shape[1], 0)
-        self.Pc = W.new_zeros(U.shape[1], 0)
+        # the kept prefix's coordinates `U^T W_K` and `U^T W H_K`, in buffers that grow by
+        # doubling (re-concatenating at every extension copied them ~12 times per search)
+        self._have = 0
+        self._Wc = W.new_empty(U.shape[1], 0)
+        self._Pc = W.new_empty(U.shape[1], 0)
         self._W_hat: Tensor | None = None  # U^T W, made once the direct form is used
         self._formed: dict[int, Tensor] = {}  # c -> T(c), the few most recently formed
         self._Wt: Tensor | None = None
@@ -1035,17 +1056,22 @@ class _RestProblem:
         return T
 
     def _coordinates(self, c: int) -> tuple[Tensor, Tensor]:
-        have = self.Wc.shape[1]
+        have = self._have
         if c > have:
             new = self.order[have:c]
             if self._Wt is None:
                 self._Wt = self.W.T.contiguous()  # columns of W as rows: gathers are memcpys
-            wc = (self._Wt.index_select(0, new) @ self.U).T
+            if c > self._Wc.shape[1]:
+                size = min(max(c, 2 * self._Wc.shape[1]), self.W.shape[1])
+                Wc, Pc = (self._Wc.new_empty(self._Wc.shape[0], size) for _ in range(2))
+                Wc[:, :have], Pc[:, :have] = self._Wc[:, :have], self._Pc[:, :have]
+                self._Wc, self._Pc = Wc, Pc
+            torch.mm(self.U.T, self._Wt.index_select(0, new).T, out=self._Wc[:, have:c])
             # U^T W H = Sigma V^T L^T, as W L = U Sigma V^T and H = L L^T: an r x n x c
             # product instead of m x n x c plus r x m x c (5x less for gate/up)
-            pc = self.sigma[:, None] * (self.Vh @ self.L.index_select(0, new).T)
-            self.Wc, self.Pc = torch.cat([self.Wc, wc], 1), torch.cat([self.Pc, pc], 1)
-        return self.Wc[:, :c], self.Pc[:, :c]
+            self._Pc[:, have:c] = self.sigma[:, None] * _times_lower_rows(self.Vh, self.L, new)
+            self._have = c
+        return self._Wc[:, :c], self._Pc[:, :c]
 
     def _direct(self, c: int) -> tuple[Tensor, float]:
         if self._W_hat is None:
@@ -1088,20 +1114,79 @@ class _RestProblem:
         T[d:, d:] += (V.T * self.lam[d:]) @ V
         return V, T, tr
 
+    def _own(self, c: int) -> tuple[Tensor, float]:
+        """The rest's own `L x L` problem, `L = n - c`: `G = S_R^T (W^T W)_RR S_R` for a
+        Cholesky factor `S_R` of `H_RR`, whose eigenvalues are those of the whitened rest's
+        Gram `(W_R S_R)^T (W_R S_R)`. `W^T W` is formed once, so a candidate costs `L^3`
+        GEMM flops instead of `m L^2` (3x less at `m = 1024, L = 413`). The last few are
+        kept for `own_factors` (the chosen candidate was formed by the search)."""
+        assert self.rest_factor is not None
+        if c in self._own_formed:
+            G = self._own_formed[c][0]
+            return G, float(G.diagonal().sum())
+        rest = torch.sort(self.order[c:]).values  # the reference's order: the same Cholesky
+        if self._WtW is None:
+            WtW = self.W.T @ self.W
+            self._WtW = 0.5 * (WtW + WtW.T)
+        S = self.rest_factor(rest)
+        A = self._WtW.index_select(0, rest).index_select(1, rest)
+        G = S.T @ (A @ S)
+        G = 0.5 * (G + G.T)
+        self._own_formed[c] = (G, S)
+        while len(self._own_formed) > self.KEEP_FORMED:
+            del self._own_formed[next(iter(self._own_formed))]
+        return G, float(G.diagonal().sum())
+
+    def own_factors(self, c: int, rest: Tensor, kr: int) -> tuple[Tensor, Tensor, float] | None:
+        """`(A, B, loss)` for the rest columns (`rest` ascending) from the eigenvectors of
+        the own side's `G`, split like `truncate` (`A = W_R S_R V_k s^{-1/2}`,
+        `B = s^{1/2} V_k^T S_R^{-1}`, `s` the singular values of `W_R S_R`); the loss is
+        `tr G - sum(top kr)`, exact for these factors. None when a kept singular value is
+        numerically zero (the caller then truncates the rest by its own SVD)."""
+        G, tr = self._own(c)
+        S = self._own_formed[c][1]
+        mu, V = torch.linalg.eigh(G)
+        mu, V = mu.flip(0)[:kr], V.flip(1)[:, :kr]
+        if kr and not float(mu[-1]) > G.shape[0] * torch.finfo(F64).eps * float(mu[0]):
+            return None
+        s = mu.sqrt()
+        A = (self.W.index_select(1, rest) @ (S @ V)) / s.sqrt()
+        B = torch.linalg.solve_triangular(S, s.sqrt()[:, None] * V.T, upper=False, left=False)
+        return A, B, max(tr - float(mu.sum()), 0.0)
+
+    # the cost model's weights, in units of a float32 eigenvalue-solve flop (an `N x N`
+    # solve costs `N^3`), measured on CPU at LLaMA-7B shapes / 4 (r = 1024, L = 300-2500):
+    # the own side per `L^3` (Cholesky, two GEMMs, gathers, the solve), the one-off
+    # `W^T W` per `m n^2`, and a GEMM flop of the coordinates or of forming `T`
+    OWN_SIDE = 3.5
+    OWN_SIDE_ONCE = 0.5
+    GEMM_FLOP = 0.4
+
     def own_side_cheaper(self, c: int) -> bool:
-        """The cost model for one candidate, in units of an eigenvalue-solve flop: the
-        rest's own side costs `L^3 + m L^2` (`L = n - c` columns left: its Cholesky, the
-        whitened product, the Gram and the `L x L` solve), the `r x r` problem `r^3` plus
-        its cheaper form at a third of that rate (GEMMs). Fitted on CPU at LLaMA-7B shapes
-        / 4, where the square and wide synthetic splits keep most columns and the rest's
-        own side is up to 3 x cheaper; a Ritz reduction, when it applies, is kept, and so is
-        a `T` already formed. The form is the cheaper of an update and the direct product."""
+        """The cost model for one candidate: the rest's own side (`_own`) costs
+        `OWN_SIDE L^3` (`L = n - c` columns left), plus `W^T W` the first time; the
+        `r x r` problem `r^3` plus forming `T` (the cheaper of an update and the direct
+        product) and the coordinates of the kept columns not yet computed, at `GEMM_FLOP`
+        each. A Ritz reduction, when it applies, is kept, and so is a `T` already formed.
+        Without `rest_factor` there is no own side."""
+        if self.rest_factor is None:
+            return False
         m, n = self.W.shape
         r, left = self.lam.numel(), n - c
         if self._reduces(c) or c in self._formed:
             return False
-        form = min(self._update_cost(c)[1], self._direct_cost(c))
-        return left**3 + m * left * left <= r**3 + form / 3
+        form = 2 * min(self._update_cost(c)[1], self._direct_cost(c))
+        new = max(0, c - self._have)
+        coordinates = r**3 + self.GEMM_FLOP * (form + 2 * r * (m + n) * new)
+        once = 0.0 if self._WtW is not None else self.OWN_SIDE_ONCE * m * n * n
+        return self.OWN_SIDE * left**3 + once <= coordinates
+
+    def _side(self, c: int) -> tuple[Tensor, float]:
+        """`(T, tr)` of the cheaper exact form of the candidate's problem."""
+        if self.own_side_cheaper(c):
+            return self._own(c)
+        _, T, tr = self._problem(c)
+        return T, tr
 
     def _solve64(self, T: Tensor, tr: float, kr: int) -> float:
         """`tr - sum(top kr)` from one float64 eigenvalue solve."""
@@ -1125,7 +1210,7 @@ class _RestProblem:
 
     def loss(self, c: int, kr: int) -> float:
         """The candidate's loss from one float64 eigenvalue solve: `tr - sum(top kr)`."""
-        _, T, tr = self._problem(c)
+        T, tr = self._side(c)
         return self._solve64(T, tr, kr)
 
     def loss_f32(self, c: int, kr: int) -> tuple[float, float]:
@@ -1138,7 +1223,7 @@ class _RestProblem:
         (a float32 value would be re-solved at almost every comparison) or the float32
         solve fails; and without trying float32 first when the bound exceeds half that
         of the latest loss solved (the search's neighbouring candidates differ by a few %)."""
-        _, T, tr = self._problem(c)
+        T, tr = self._side(c)
         size = T.shape[0]
         norm = float(torch.linalg.matrix_norm(T))
         bound = _f32_error(T, size - kr, norm)
@@ -1266,8 +1351,15 @@ def column_preserving_split(
     f0 = math.sqrt(max(base.loss, 0.0))
     if k == 0:
         return None
-    R = W - base.A @ base.B
-    score = R.square().sum(0) * torch.diagonal(H).clamp_min(0)
+    sigma_k = svd[1][:k]
+    if S.kind == "cholesky" and base.B.shape[0] == k == sigma_k.numel():
+        # `A B = U_k U_k^T W` (an orthogonal projection, `S` invertible) and
+        # `U_k^T W = Sigma_k^{1/2} B`: the residual's column norms without forming it
+        # (`m k n` flops saved; 25 ms of a 4096x11008 / 4 split)
+        res2 = (W.square().sum(0) - (sigma_k.sqrt()[:, None] * base.B).square().sum(0)).clamp_min(0)
+    else:
+        res2 = (W - base.A @ base.B).square().sum(0)
+    score = res2 * torch.diagonal(H).clamp_min(0)
     order = torch.argsort(score, descending=True, stable=True)
 
     def split(dr: int) -> tuple[int, int, Tensor, Tensor]:
@@ -1292,7 +1384,17 @@ def column_preserving_split(
         d = None
         if search == "ritz":
             d = min(int(sigma.numel()), k + max(8, math.ceil(oversample * k)))
-        problem = _RestProblem(W, H, U, sigma, order, d, Vh=svd[2], L=S.factor)
+        problem = _RestProblem(
+            W,
+            H,
+            U,
+            sigma,
+            order,
+            d,
+            Vh=svd[2],
+            L=S.factor,
+            rest_factor=lambda rest: rest_whitener(rest).factor,
+        )
 
     def in_coordinates(c: int) -> bool:
         """Whether `problem` solves this candidate; otherwise the rest is whitened on its
@@ -1307,6 +1409,10 @@ def column_preserving_split(
         if in_coordinates(c):
             A, B, loss = problem.factors(c, rest, kr)
             return math.sqrt(loss), kept, rest, (A, B), c
+        if problem is not None and problem.rest_factor is not None:
+            own = problem.own_factors(c, rest, kr)
+            if own is not None:
+                return math.sqrt(own[2]), kept, rest, own[:2], c
         fac = truncate(W.index_select(1, rest), rest_whitener(rest), kr)
         return math.sqrt(max(fac.loss, 0.0)), kept, rest, (fac.A, fac.B), c
 
@@ -1316,7 +1422,7 @@ def column_preserving_split(
             return f0
         if c == n:
             return 0.0
-        if in_coordinates(c):
+        if problem is not None:  # either side, whichever the cost model picks
             if probes == "float64":
                 return math.sqrt(problem.loss(c, kr))
             loss, bound = problem.loss_f32(c, kr)
