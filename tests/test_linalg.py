@@ -411,40 +411,72 @@ def test_rest_problem_matches_whitening_the_rest(shape):
             assert loss == pytest.approx(float((D @ H[rest][:, rest] * D).sum()), rel=1e-8)
 
 
-def test_rest_problem_own_side_matches_whitening_the_rest():
+@pytest.mark.parametrize("singular", [False, True])
+def test_rest_problem_own_side_matches_whitening_the_rest(singular):
     """The rest's own side (`_own`: `S_R^T (W^T W)_RR S_R`) has the whitened rest's loss,
-    for any kept prefix; `own_factors` returns factors whose layer loss is the one
-    reported and equals plain truncation of the rest; each formed `G` is reused."""
+    for any kept prefix: from leading blocks of one Cholesky factor of the reordered `H`,
+    or, when that fails (a dead feature), from each rest's own `rest_factor` (the
+    reference's, with its fallback). `own_factors` returns factors whose layer loss is the
+    one reported and equals plain truncation of the rest; each formed `G` is reused."""
     g = torch.Generator().manual_seed(5)
     m, n = 30, 24
     W = torch.randn(m, n, generator=g, dtype=F64)
     X = torch.randn(n, 3 * n, generator=g, dtype=F64)
+    if singular:
+        X[7] = 0.0
     H = X @ X.T
-    S = linalg.cholesky_whitener(H)
+    S = linalg.cholesky_whitener(H, fallback="diag-damp")
     U, sigma, Vh = linalg.whitened_svd(W, S)
     order = torch.randperm(n, generator=g)
     calls = []
 
+    def whiten(rest):
+        return linalg.cholesky_whitener(H[rest][:, rest], fallback="diag-damp")
+
     def rest_factor(rest):
         calls.append(rest)
-        return linalg.cholesky_whitener(H[rest][:, rest]).factor
+        return whiten(rest).factor
 
     problem = linalg._RestProblem(
         W, H, U, sigma, order, None, Vh=Vh, L=S.factor, rest_factor=rest_factor
     )
-    for c, k in ((2, 3), (10, 1), (20, 2), (5, 0)):
+    cases = ((2, 3), (10, 1), (20, 2), (5, 0))
+    for c, k in cases:
         rest = order[c:].sort().values
-        Wr, Sr = W[:, rest], linalg.cholesky_whitener(H[rest][:, rest])
+        Wr, Sr = W[:, rest], whiten(rest)
         want = linalg.truncation_loss(Wr, Sr, k)
         G, tr = problem._own(c)
         top = torch.linalg.eigvalsh(G).flip(0)[:k].sum()
         assert tr - float(top) == pytest.approx(want, rel=1e-9)
         if k:
             A, B, loss = problem.own_factors(c, rest, k)
-            D = Wr - A @ B
-            assert loss == pytest.approx(float((D @ H[rest][:, rest] * D).sum()), rel=1e-8)
+            D = Wr - A @ B  # the loss on the Gram the whitener represents (damped if singular)
+            assert loss == pytest.approx(float((D @ Sr.gram() * D).sum()), rel=1e-8)
             assert loss == pytest.approx(linalg.truncate(Wr, Sr, k).loss, rel=1e-9)
-    assert len(calls) == 4  # own_factors reused the G its _own formed
+    assert (problem._own_factor is None) == singular
+    assert len(calls) == (len(cases) if singular else 0)  # own_factors reused its G
+
+
+def test_top_eigh_matches_float64_eigh():
+    """`_top_eigh` (float32 basis, float64 subspace iterations and Rayleigh-Ritz) gives the
+    top eigenpairs of a float64 `eigh` on a matrix whose spectrum spans twelve decades:
+    values to 1e-12 of the largest, the truncation loss (the trace past them) to 1e-10,
+    orthonormal vectors spanning the same subspace (to 1e-6: float32's angle after two
+    subspace iterations; it enters the values squared)."""
+    g = torch.Generator().manual_seed(3)
+    r = 200
+    Q = torch.linalg.qr(torch.randn(r, r, generator=g, dtype=F64)).Q
+    lam = torch.logspace(6, -6, r, dtype=F64)
+    T = (Q * lam) @ Q.T
+    for k in (1, 20, 60, 150):
+        mu, E = linalg._top_eigh(T, k)
+        want, V = torch.linalg.eigh(T)
+        want, V = want.flip(0)[:k], V.flip(1)[:, :k]
+        assert torch.allclose(mu, want, rtol=0, atol=1e-12 * float(lam[0]))
+        assert torch.allclose(E.T @ E, torch.eye(k, dtype=F64), atol=1e-12)
+        tail = float(T.trace() - want.sum())
+        assert float(T.trace() - mu.sum()) == pytest.approx(tail, rel=1e-10)
+        assert float(torch.linalg.matrix_norm(E @ E.T - V @ V.T, 2)) < 1e-6
 
 
 def test_times_lower_rows_is_the_plain_product():
