@@ -504,7 +504,8 @@ def test_fast_split_searches_match_the_reference(shape, search, monkeypatch):
     if search.endswith(("-own", "-coordinates")):
         search, side = search.split("-")
         monkeypatch.setattr(linalg._RestProblem, "OWN_SIDE", 0.0 if side == "own" else math.inf)
-        monkeypatch.setattr(linalg._RestProblem, "OWN_SIDE_ONCE", 0.0)
+        monkeypatch.setattr(linalg._RestProblem, "OWN_SIDE_GRAM", 0.0)
+        monkeypatch.setattr(linalg._RestProblem, "OWN_SIDE_CHOLESKY", 0.0)
     g = torch.Generator().manual_seed(sum(shape))
     m, n = shape
     f64 = dict(generator=g, dtype=F64)

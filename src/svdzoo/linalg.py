@@ -1026,6 +1026,7 @@ class _RestProblem:
         self._WtW: Tensor | None = None  # W^T W, made once the own side is used
         self._own_formed: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # c -> (G, S_R, R)
         self._own_factor: Tensor | None = None  # `_prepare_own`'s Cholesky factor
+        self.solved = 0  # candidates whose loss was asked for
         self.sigma, self.Vh, self.L = sigma, Vh, L
         self.lam = sigma.square()
         self.tr_g = float(self.lam.sum())
@@ -1214,15 +1215,21 @@ class _RestProblem:
 
     # the cost model's weights, in units of a float32 eigenvalue-solve flop (an `N x N`
     # solve costs `N^3`), measured on CPU at LLaMA-7B shapes / 4 (r = 1024, L = 300-2500):
-    # the own side per `L^3` (Cholesky, two GEMMs, gathers, the solve), the one-off
-    # `W^T W` per `m n^2`, and a GEMM flop of the coordinates or of forming `T`
-    OWN_SIDE = 3.5
-    OWN_SIDE_ONCE = 0.5
+    # the own side per `L^3` (two GEMMs and the solve: 2.0 at L = 922 to 4.0 at L = 410),
+    # `_prepare_own`'s `W^T W` per `m n^2` and Cholesky per `n^3`, and a GEMM flop of the
+    # coordinates or of forming `T`
+    OWN_SIDE = 2.2
+    OWN_SIDE_GRAM = 0.6
+    OWN_SIDE_CHOLESKY = 0.8
     GEMM_FLOP = 0.4
+    # the candidates `_prepare_own` is shared by, once two have been solved: the official
+    # schedule's pre-check makes two and often stops (most matrices of a real model); past
+    # it, a golden-section search makes ~log_phi(k / 3) more, 8-10 at ranks 100-500
+    AMORTISE = 4
 
     def own_side_cheaper(self, c: int) -> bool:
         """The cost model for one candidate: the rest's own side (`_own`) costs
-        `OWN_SIDE L^3` (`L = n - c` columns left), plus `W^T W` the first time; the
+        `OWN_SIDE L^3` (`L = n - c` columns left), plus `_prepare_own` the first time; the
         `r x r` problem `r^3` plus forming `T` (the cheaper of an update and the direct
         product) and the coordinates of the kept columns not yet computed, at `GEMM_FLOP`
         each. A Ritz reduction, when it applies, is kept, and so is a `T` already formed.
@@ -1236,7 +1243,11 @@ class _RestProblem:
         form = 2 * min(self._update_cost(c)[1], self._direct_cost(c))
         new = max(0, c - self._have)
         coordinates = r**3 + self.GEMM_FLOP * (form + 2 * r * (m + n) * new)
-        once = 0.0 if self._WtW is not None else self.OWN_SIDE_ONCE * (m + n / 3) * n * n
+        once = 0.0
+        if self._WtW is None:
+            once = (self.OWN_SIDE_GRAM * m + self.OWN_SIDE_CHOLESKY * n) * n * n
+            if self.solved >= 2:  # past Duo-SVD's pre-check: a search follows
+                once /= self.AMORTISE
         return self.OWN_SIDE * left**3 + once <= coordinates
 
     def _side(self, c: int) -> tuple[Tensor, float]:
@@ -1268,6 +1279,7 @@ class _RestProblem:
 
     def loss(self, c: int, kr: int) -> float:
         """The candidate's loss from one float64 eigenvalue solve: `tr - sum(top kr)`."""
+        self.solved += 1
         T, tr = self._side(c)
         return self._solve64(T, tr, kr)
 
@@ -1281,6 +1293,7 @@ class _RestProblem:
         (a float32 value would be re-solved at almost every comparison) or the float32
         solve fails; and without trying float32 first when the bound exceeds half that
         of the latest loss solved (the search's neighbouring candidates differ by a few %)."""
+        self.solved += 1
         T, tr = self._side(c)
         size = T.shape[0]
         norm = float(torch.linalg.matrix_norm(T))
