@@ -297,6 +297,24 @@ def test_reference_option_typo_is_refused(default):
     _fails(bad, f"models.{ref}.options.seq_len", "train-reference")
 
 
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("heads", 0, "heads must be positive"),
+        ("lr", "nan", "lr must be a positive finite number"),
+        ("hidden", 90, "divisible by heads"),
+        ("batch", "many", "'many' is not a valid int"),
+    ],
+)
+def test_reference_option_values_are_checked_before_any_job(default, key, value, fragment):
+    """A reference model's training options are checked as `prepare-model` checks them
+    (the same `TrainConfig`), by `validate-params` rather than at job time."""
+    bad = copy.deepcopy(default)
+    ref = next(k for k, v in bad["models"].items() if v["source"] == "reference")
+    bad["models"][ref]["options"] = {**(bad["models"][ref].get("options") or {}), key: value}
+    _fails(bad, f"models.{ref}.options", fragment)
+
+
 def test_a_published_name_on_a_trained_model_is_refused(default):
     """No paper reports a model this workflow trains, and the name would only make the
     prepare-model line change (retraining it in either engine)."""

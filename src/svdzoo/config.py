@@ -261,8 +261,24 @@ def validate_params(params: Mapping[str, Any], schema: str | Path | None = None)
     _check_names(out)
     _check_unambiguous_names(out)
     _check_flag_sections(out)
+    _check_reference_options(out)
     _check_method_options(out)
     return out
+
+
+def _check_reference_options(p: Mapping[str, Any]) -> None:
+    """A reference model's training settings, checked as `prepare-model` checks them
+    (`reference.train_config`), so `heads: 0` or `lr: nan` fails before any job."""
+    from svdzoo.reference import train_config
+
+    for key, spec in p["models"].items():
+        if spec["source"] != "reference":
+            continue
+        fixed = {k: spec[k] for k in ("family", "corpus", "steps", "seed")}
+        try:
+            train_config(fixed, spec.get("options") or {})
+        except ConfigError as exc:
+            raise ConfigError(f"models.{key}.options: {exc}") from None
 
 
 def _check_unambiguous_names(p: Mapping[str, Any]) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -70,6 +72,30 @@ class TrainConfig:
             raise ConfigError(f"warmup must be non-negative, got {self.warmup}")
         if self.threads is not None and self.threads < 0:  # 0 (like None): torch's default
             raise ConfigError(f"threads must be non-negative, got {self.threads}")
+
+
+def train_config(fixed: Mapping[str, Any], options: Mapping[str, Any]) -> TrainConfig:
+    """A validated `TrainConfig` from a model entry's fixed keys (`family`, `corpus`,
+    `steps`, `seed`) and its `options` (train-reference flags, values as text or numbers,
+    each cast as its flag would be), so `validate-params` refuses what `prepare-model`
+    would, before any job (`heads: 0`, `lr: nan`)."""
+    kinds = {f.name: f.type for f in fields(TrainConfig)}
+    overrides: dict[str, Any] = dict(fixed)
+    for key, raw in options.items():
+        name = key.replace("-", "_")
+        if name not in kinds or name in fixed:
+            raise ConfigError(
+                f"unknown train-reference flag {key!r}; known: "
+                + ", ".join(k.replace("_", "-") for k in kinds if k not in fixed)
+            )
+        cast = {"int": int, "float": float}.get(str(kinds[name]).split(" ")[0], str)
+        try:
+            overrides[name] = cast(str(raw))
+        except ValueError:
+            raise ConfigError(f"{key}={raw!r} is not a valid {cast.__name__}") from None
+    cfg = TrainConfig(**overrides)
+    cfg.validate()
+    return cfg
 
 
 def build_config(cfg: TrainConfig, vocab_size: int, pad_id: int, eos_id: int):

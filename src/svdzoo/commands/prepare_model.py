@@ -80,34 +80,16 @@ def _need(args: argparse.Namespace, source: str, names: tuple[str, ...]) -> None
 
 
 def _train(args: argparse.Namespace, options: dict[str, str]) -> None:
-    from dataclasses import fields
-
     from svdzoo.errors import ConfigError
-    from svdzoo.reference import TrainConfig, train_reference
+    from svdzoo.reference import train_config, train_reference
 
     _need(args, "reference", ("family", "corpus", "steps", "seed"))
-    kinds = {f.name: f.type for f in fields(TrainConfig)}
-    overrides: dict[str, object] = {
-        "family": args.family,
-        "corpus": args.corpus,
-        "steps": args.steps,
-        "seed": args.seed,
-    }
-    for key, raw in options.items():
-        name = key.replace("-", "_")
-        if name not in kinds or name in overrides:
-            raise ConfigError(
-                f"models options: unknown train-reference flag {key!r}; known: "
-                + ", ".join(k.replace("_", "-") for k in kinds if k not in overrides)
-            )
-        cast = {"int": int, "float": float}.get(str(kinds[name]).split(" ")[0], str)
-        try:
-            overrides[name] = cast(raw)
-        except ValueError:
-            raise ConfigError(
-                f"models options: {key}={raw!r} is not a valid {cast.__name__}"
-            ) from None
-    summary = train_reference(TrainConfig(**overrides), args.out, force=args.force)
+    fixed = {"family": args.family, "corpus": args.corpus, "steps": args.steps, "seed": args.seed}
+    try:
+        cfg = train_config(fixed, options)
+    except ConfigError as exc:
+        raise ConfigError(f"models options: {exc}") from None
+    summary = train_reference(cfg, args.out, force=args.force)
     log.info(
         "trained reference model: validation perplexity %.3f", summary["validation_perplexity"]
     )
