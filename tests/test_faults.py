@@ -565,21 +565,26 @@ def test_write_json_refuses_non_finite(tmp_path):
 
 @pytest.mark.parametrize("family", ["llama", "opt"])
 def test_seqlen_beyond_positions_is_refused(family, tmp_path, capsys):
+    """Refused from the config, before the weights load: the weights file here is garbage,
+    and the refusal is still the window's."""
     model = random_tiny(family)
     limit = model.config.max_position_embeddings
     mdir = tmp_path / "m"
     model.save_pretrained(mdir)
     build_byte_tokenizer().save_pretrained(mdir)
+    (mdir / "model.safetensors").write_bytes(b"not weights")
     for argv in (
         ["calibrate", "--model", mdir, "--corpus", "pydoc", "--nsamples", "1",
          "--seqlen", str(limit + 1), "--seed", "0", "--device", "cpu", "--out", tmp_path / "g"],
         ["evaluate", "--model", mdir, "--corpora", "pydoc", "--seqlen", str(limit + 1),
          "--device", "cpu", "--ppl-out", tmp_path / "p.json"],
+        ["evaluate", "--model", mdir, "--efficiency-prompt-len", str(limit),
+         "--efficiency-gen-len", "4", "--device", "cpu", "--efficiency-out", tmp_path / "e.json"],
     ):  # fmt: skip
         rc, err = svdzoo(capsys, *argv)
         assert rc == 2, err
         one_line_error(err, "max_position_embeddings", str(limit))
-    assert not (tmp_path / "g").exists() and not (tmp_path / "p.json").exists()
+    assert not any((tmp_path / f).exists() for f in ("g", "p.json", "e.json"))
 
 
 # ---------------------------------------------------------------- failing late

@@ -278,27 +278,36 @@ def check_model_dir(path: str | os.PathLike[str]) -> None:
         raise ModelError(f"{config}: not a readable JSON config ({exc})") from exc
 
 
+def load_config(model_id: str | os.PathLike[str]):
+    """A model's transformers config, without its weights (a compressed directory's is its
+    base architecture's): what is checked before anything loads."""
+    from transformers import AutoConfig
+
+    path = Path(model_id)
+    if not is_compressed_dir(path):
+        check_model_dir(path)
+    try:
+        return AutoConfig.from_pretrained(str(model_id))
+    except OSError as exc:
+        raise ModelError(_hub_hint(str(model_id))) from exc
+    except ValueError as exc:  # a config.json without a model type transformers knows
+        raise ModelError(f"{model_id}: {str(exc).splitlines()[0]}") from exc
+
+
 def load_model(
     model_id: str | os.PathLike[str],
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = "cpu",
 ) -> nn.Module:
     """Load a causal LM by hub id or local path; compressed svdzoo models load too."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     path = Path(model_id)
     if is_compressed_dir(path):
         from svdzoo.compression import load_compressed  # lazy: avoids a cycle
 
         return load_compressed(path, dtype=dtype, device=device)
-    check_model_dir(path)
-    try:
-        config = AutoConfig.from_pretrained(str(model_id))
-    except OSError as exc:
-        raise ModelError(_hub_hint(str(model_id))) from exc
-    except ValueError as exc:  # a config.json without a model type transformers knows
-        raise ModelError(f"{model_id}: {str(exc).splitlines()[0]}") from exc
-    adapter_for(config)  # fail before loading weights
+    adapter_for(load_config(model_id))  # fail before loading weights
     model = AutoModelForCausalLM.from_pretrained(
         str(model_id), dtype=resolve_dtype(dtype), low_cpu_mem_usage=True
     )
@@ -327,8 +336,9 @@ def check_finite_weights(model: nn.Module, what: str) -> None:
         )
 
 
-def check_seqlen(model: nn.Module, seqlen: int, what: str = "--seqlen") -> None:
-    """Refuse windows longer than the model's position range, for every family.
+def check_seqlen(model: nn.Module | object, seqlen: int, what: str = "--seqlen") -> None:
+    """Refuse windows longer than the model's position range, for every family (`model`
+    or its config, `load_config`: the commands check before the weights load).
 
     Past `max_position_embeddings` OPT's learned positions raise an IndexError and rotary
     models run silently out of distribution."""

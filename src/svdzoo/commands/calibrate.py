@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out, args.kind, force=args.force, protect=(args.model, args.corpus))
     from svdzoo.models import (
         check_seqlen,
+        load_config,
         load_model,
         load_tokenizer,
         resolve_device,
@@ -95,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     get_corpus(args.corpus)  # an unknown or unreachable corpus fails before the model loads
     load_device = "cpu" if args.kind == "gram" else device
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
+    check_seqlen(load_config(args.model), args.seqlen)  # before the weights load
     model = load_model(args.model, dtype=args.dtype, device=load_device)
-    check_seqlen(model, args.seqlen)
     common = dict(
         corpus=args.corpus,
         nsamples=args.nsamples,

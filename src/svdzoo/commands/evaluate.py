@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from svdzoo.models import (
         check_seqlen,
         is_compressed_dir,
+        load_config,
         load_model,
         load_tokenizer,
         resolve_device,
@@ -128,15 +129,16 @@ def run(args: argparse.Namespace) -> int:
     }
     device = resolve_device(args.device)
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
-    model = load_model(args.model, dtype=args.dtype, device=device)
+    config = load_config(args.model)  # windows past the position range fail before loading
     if args.ppl_out:
-        check_seqlen(model, args.seqlen)
+        check_seqlen(config, args.seqlen)
     if args.efficiency_out:
         check_seqlen(
-            model,
+            config,
             args.efficiency_prompt_len + args.efficiency_gen_len,
             "--efficiency-prompt-len + --efficiency-gen-len",
         )
+    model = load_model(args.model, dtype=args.dtype, device=device)
 
     if args.ppl_out:
         from svdzoo.data import evaluation_windows

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from svdzoo.models import (
         check_seqlen,
         fingerprint,
+        load_config,
         load_model,
         load_tokenizer,
         resolve_device,
@@ -106,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
     # an unknown corpus, or not the Gram cache's, fails before the model loads and is hashed
     gram_corpus(gram.manifest, args.corpus)
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
+    check_seqlen(load_config(args.model), args.seqlen or gram.manifest["seqlen"])
     model = load_model(args.model, dtype=args.dtype, device=args.device)
-    check_seqlen(model, args.seqlen or gram.manifest["seqlen"])
     want = {
         "model_fingerprint": fingerprint(model),
         "nsamples": args.nsamples,
