@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from svdzoo.calibration import (  # noqa: E402
     save_stats,
     stream_gram_stats,
 )
-from svdzoo.errors import CacheError  # noqa: E402
+from svdzoo.errors import CacheError, OutputError  # noqa: E402
 from svdzoo.models import adapter_for, fingerprint  # noqa: E402
 
 BATCH = 3  # does not divide nsamples: the last batch is smaller
@@ -265,6 +266,78 @@ def test_cli_calibrate_gram_and_fisher(tok, tmp_path):
     # bad input: a clear error (exit code 2) before any compute
     assert main(["calibrate", *common, "--nsamples", "0", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_a_bad_offload_dir_is_refused_before_any_compute(tok, tmp_path, capsys):
+    """A file given as --offload-dir failed at the first offload, after the model had loaded
+    and the capture had run, with a bare FileExistsError traceback."""
+    from svdzoo.cli import main
+
+    model = random_tiny("llama")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    (tmp_path / "afile").write_text("not a folder\n")
+    for bad in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        rc = main(["calibrate", "--model", str(tmp_path / "m"), "--corpus", "pydoc",
+                   "--nsamples", "2", "--seqlen", "16", "--seed", "0", "--device", "cpu",
+                   "--out", str(tmp_path / "g"), "--memory-budget-mb", "0",
+                   "--offload-dir", str(bad)])  # fmt: skip
+        assert rc == 2
+        assert f"offload directory {bad}" in capsys.readouterr().err
+        assert not (tmp_path / "g").exists()
+    with pytest.raises(OutputError, match="not a directory"):
+        stream_gram_stats(
+            model, torch.zeros(1, 4, dtype=torch.long), lambda *_: pytest.fail("computed"),
+            memory_budget=0, offload_dir=tmp_path / "afile", device="cpu", progress=False,
+        )  # fmt: skip
+
+
+_KILLED_OFFLOADER = """
+import sys, time, torch
+from svdzoo.calibration.store import ActivationStore, MemoryBudget
+store = ActivationStore(MemoryBudget(0, sys.argv[1]))
+store.append(torch.ones(64, 64))
+print("offloaded", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_job_s_offloaded_states_go_with_the_next_offload(tmp_path, caplog):
+    """A calibration killed mid-run (SIGKILL, or SIGTERM from a cancelled workflow job: no
+    `finally` runs) left its offloaded hidden states (GBs for a large model) in the offload
+    folder for good; the next run there removes them, never a live run's."""
+    import signal
+    import subprocess
+    import sys
+
+    from svdzoo.calibration.store import ActivationStore, MemoryBudget
+
+    off = tmp_path / "offload"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_OFFLOADER, str(off)], stdout=subprocess.PIPE, env=env
+    )
+    try:
+        assert child.stdout.readline().strip() == b"offloaded"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    stale = list(off.iterdir())
+    assert len(stale) == 1 and any(stale[0].rglob("*.safetensors"))
+    live = MemoryBudget(0, off)
+    ActivationStore(live).append(torch.ones(4))
+    mine = set(off.iterdir()) - set(stale)
+    with caplog.at_level(logging.WARNING, logger="svdzoo.calibration.store"):
+        budget = MemoryBudget(0, off)
+        store = ActivationStore(budget)
+        store.append(torch.ones(4))
+        assert torch.equal(store[0], torch.ones(4))
+    assert not stale[0].exists()  # the killed job's states are gone
+    assert all(d.exists() for d in mine)  # the live run's are not
+    assert str(stale[0]) in " ".join(r.getMessage() for r in caplog.records)
+    budget.cleanup()
+    live.cleanup()
+    assert list(off.iterdir()) == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -45,6 +45,19 @@ def test_fisher_equals_direct_autograd(family, windows):
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
 
 
+def test_gradients_the_caller_left_change_nothing_and_are_given_back(windows):
+    """A model with gradients from an earlier backward (say a fine-tuning step) got them
+    summed into the first batch's gradient and squared with it, and lost them afterwards."""
+    model = random_tiny("llama")
+    clean = fisher_information(model, windows, batch_size=2, device="cpu", progress=False)
+    model(input_ids=windows[:1], labels=windows[:1], use_cache=False).loss.backward()
+    left = {n: p.grad.clone() for n, p in model.named_parameters()}
+    again = fisher_information(model, windows, batch_size=2, device="cpu", progress=False)
+    for full, (row, col) in clean.items():
+        assert torch.equal(again[full][0], row) and torch.equal(again[full][1], col), full
+    assert all(torch.equal(p.grad, left[n]) for n, p in model.named_parameters())
+
+
 def test_fisher_cache_roundtrip(tok, tmp_path):
     model = random_tiny("llama")
     kw = dict(corpus="pydoc", nsamples=3, seqlen=16, seed=0, progress=False)

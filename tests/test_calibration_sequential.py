@@ -148,6 +148,23 @@ def test_from_manifest_replays_the_cached_calibration_set():
             assert torch.equal(s.H, cached.gram(i, g))
 
 
+def test_from_manifest_refuses_another_text_under_the_corpus_name():
+    """A cache computed on another version of its corpus (an edited file, another Python's
+    pydoc topics) was replayed on the text there now: other windows, silently, so `H` was
+    no longer the cached Gram."""
+    from svdzoo.calibration import calibrate
+    from svdzoo.errors import CacheError
+
+    tok = build_byte_tokenizer()
+    model = random_tiny("llama", layers=2)
+    cached = calibrate(
+        model, tok, corpus="pydoc", nsamples=2, seqlen=16, seed=5, device="cpu", progress=False
+    )
+    other = {**cached.manifest, "corpus_fingerprint": "0123456789abcdef"}
+    with pytest.raises(CacheError, match="0123456789abcdef"):
+        SequentialCalibrator.from_manifest(model, tok, other, device="cpu", progress=False)
+
+
 def test_custom_accumulator_sees_every_batch(windows):
     """A caller-supplied accumulator (e.g. stack-of-batch averaging) receives the token rows."""
     from svdzoo.calibration.stats import CrossGramAccumulator

@@ -53,6 +53,11 @@ def fisher_information(
     device = resolve_device(device)
     home = module_device(model)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    # gradients the caller left would be summed into the first batch's and squared with
+    # it: set aside for the passes (not moved to the device) and given back afterwards
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = None
     acc: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     handles = []
     model.to(device)
@@ -88,6 +93,8 @@ def fisher_information(
                 p.requires_grad_(flags[name])
                 p.grad = None
             model.to(home)
+            for name, p in model.named_parameters():
+                p.grad = grads[name]
     return {k: (r.cpu(), c.cpu()) for k, (r, c) in acc.items()}
 
 

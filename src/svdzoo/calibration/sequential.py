@@ -65,7 +65,7 @@ from svdzoo.calibration.store import (
     as_budget,
     to_host,
 )
-from svdzoo.errors import SvdzooError
+from svdzoo.errors import CacheError, SvdzooError
 from svdzoo.models import adapter_for, eval_mode, resolve_device
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,21 @@ class SequentialCalibrator:
         """Replay the calibration windows of a cache (its corpus, nsamples, seqlen, seed).
 
         With the same model, `layer_stats(i)[g].H` then equals the cached Gram of layer `i`.
+        A corpus whose text is not the cache's (an edited file, another Python's `pydoc`)
+        would give other windows under the same name: refused by its fingerprint.
         """
-        from svdzoo.data import calibration_windows
+        from svdzoo.data import calibration_windows, get_corpus
 
+        corpus = get_corpus(manifest["corpus"])
+        fp = manifest.get("corpus_fingerprint")
+        if fp is not None and corpus.fingerprint != fp:
+            raise CacheError(
+                f"calibration corpus {manifest['corpus']!r} is not the one the cache was "
+                f"computed on (fingerprint {corpus.fingerprint}, the cache's {fp})"
+            )
         windows = calibration_windows(
             tokenizer,
-            manifest["corpus"],
+            corpus,
             manifest["nsamples"],
             manifest["seqlen"],
             manifest["seed"],

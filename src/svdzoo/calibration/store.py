@@ -11,6 +11,8 @@ by all stores alive at once (two for plain calibration, four in sequential mode)
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,9 +20,88 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from svdzoo import io as svdzoo_io
+from svdzoo.errors import OutputError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET_BYTES = 2 * 1024**3
+PREFIX = "svdzoo-act-"  # an offload folder: svdzoo-act-<pid>-<mkdtemp's 8 characters>
+_LOCKED = re.compile(rf"{re.escape(PREFIX)}\d+-[a-z0-9_]{{8}}")
+
+
+def check_offload_dir(offload_dir: str | os.PathLike[str] | None) -> None:
+    """Refuse an offload folder that cannot be created or written (`OutputError` naming it).
+
+    The folder is first used at the first offload, after the model has loaded and the
+    capture has run; a file or an unwritable place given there must fail before that.
+    """
+    if offload_dir is None:
+        return
+    path = Path(offload_dir)
+    for above in (path, *path.parents):
+        if not os.path.lexists(above):
+            continue
+        if not above.is_dir():
+            raise OutputError(
+                f"offload directory {path}: {above} is not a directory; give a folder for "
+                "the hidden states beyond the memory budget"
+            )
+        if not os.access(above, os.W_OK | os.X_OK):
+            raise OutputError(f"offload directory {path}: {above} is not writable")
+        return
+
+
+def _sweep_stale(root: Path) -> None:
+    """Remove the offload folders in `root` of runs that died without cleaning up.
+
+    A killed run (SIGKILL, or SIGTERM from a cancelled job: no `finally` runs) leaves its
+    offloaded hidden states, gigabytes for a large model, for good. A live run holds a lock
+    on its folder (`_locked_temp`), so only folders nobody holds are removed."""
+    if svdzoo_io.fcntl is None:  # pragma: no cover (no locks: a live run's folder looks stale)
+        return
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in sorted(names):
+        d = root / name
+        if not _LOCKED.fullmatch(name) or d.is_symlink() or not d.is_dir():
+            continue
+        try:
+            fd = svdzoo_io._try_lock_dir(d)
+        except OSError:  # removed meanwhile, or another user's
+            continue
+        if fd is None:  # a live run's
+            continue
+        try:
+            size = svdzoo_io._tree_bytes(d)
+            shutil.rmtree(d, ignore_errors=True)
+        finally:
+            os.close(fd)
+        log.warning(
+            "removed %s (%.1f MiB), hidden states offloaded by a run that was killed",
+            d,
+            size / 2**20,
+        )
+
+
+def _locked_temp(root: Path | None) -> tuple[Path, int]:
+    """A fresh offload folder and an fd holding its lock while the run lives."""
+    while True:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=root))
+        try:
+            fd = svdzoo_io._try_lock_dir(tmp)
+        except FileNotFoundError:  # another run's sweep took it before the lock
+            continue
+        if fd is None:  # a sweep holds it and is removing it
+            continue
+        try:
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return tmp, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # locked only once a sweep had removed it: take another
 
 
 class MemoryBudget:
@@ -31,12 +112,14 @@ class MemoryBudget:
     ):
         if limit_bytes < 0:
             raise ValueError(f"memory budget must be non-negative, got {limit_bytes}")
+        check_offload_dir(offload_dir)
         self.limit = int(limit_bytes)
         self.used = 0
         self.peak = 0
         self.offloaded_bytes = 0
         self._root = Path(offload_dir) if offload_dir is not None else None
         self._tmp: Path | None = None
+        self._lock: int | None = None
         self._counter = 0
 
     def take(self, nbytes: int) -> bool:
@@ -55,7 +138,8 @@ class MemoryBudget:
         if self._tmp is None:
             if self._root is not None:
                 self._root.mkdir(parents=True, exist_ok=True)
-            self._tmp = Path(tempfile.mkdtemp(prefix="svdzoo-act-", dir=self._root))
+            _sweep_stale(self._root or Path(tempfile.gettempdir()))
+            self._tmp, self._lock = _locked_temp(self._root)
             log.info("offloading activations beyond %d MiB to %s", self.limit >> 20, self._tmp)
         self._counter += 1
         d = self._tmp / f"store{self._counter}"
@@ -66,6 +150,9 @@ class MemoryBudget:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
 
 def as_budget(budget: int | MemoryBudget, offload_dir: str | Path | None = None) -> MemoryBudget:

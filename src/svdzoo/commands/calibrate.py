@@ -78,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} must be positive, got {value}")
     if args.memory_budget_mb < 0:
         raise ConfigError("--memory-budget-mb must be non-negative")
+    if args.kind == "gram":
+        from svdzoo.calibration.store import check_offload_dir
+
+        check_offload_dir(args.offload_dir)  # first used after the model loads
     # a foreign, protected, unwritable or busy --out fails here, before the model loads
     check_output(args.out, args.kind, force=args.force, protect=(args.model, args.corpus))
     from svdzoo.models import (
