@@ -116,6 +116,9 @@ def test_out_of_order_use_raises(windows):
     with pytest.raises(SequentialError, match="unknown groups"):
         seq.layer_stats(1, groups=("nope",))
     seq.close()
+    for use in (lambda: seq.layer_stats(1), lambda: seq.advance(1)):
+        with pytest.raises(SequentialError, match="closed"):  # an IndexError before
+            use()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

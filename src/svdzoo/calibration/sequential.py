@@ -124,6 +124,7 @@ class SequentialCalibrator:
         self.device = resolve_device(device)
         self.progress = progress
         self._budget = as_budget(memory_budget, offload_dir)
+        self._closed = False
         self._mode = contextlib.ExitStack()  # eval mode until `close` gives the caller's back
         self._mode.enter_context(eval_mode(model))
         self._ref: nn.Module | None = None
@@ -197,6 +198,8 @@ class SequentialCalibrator:
             self.close()
 
     def _check(self, i: int) -> None:
+        if self._closed:  # its streams are freed: an IndexError or stale stores otherwise
+            raise SequentialError("this SequentialCalibrator is closed; make a new one")
         if i != self._next:
             raise SequentialError(
                 f"layer {i} requested, but the streams are at layer {self._next}: "
@@ -354,3 +357,4 @@ class SequentialCalibrator:
         self._actual = self._orig_out = None
         self._budget.cleanup()
         self._mode.close()
+        self._closed = True
