@@ -285,3 +285,25 @@ def test_lastk_default_grid_holds_the_papers_choice_on_32_blocks():
 
     infos = [MatrixInfo(f"l{j}.{t}", j, t, 64, 64) for j in range(32) for t in "qkvo"]
     assert last_k_ratio(infos, 0.2, 16) == pytest.approx(0.4)
+
+
+def test_lastk_search_never_picks_a_candidate_whose_error_is_not_finite():
+    """A probe whose outputs overflowed (NaN error) is no measurement: `min` over
+    `(error, k)` kept a NaN that came first (every comparison with NaN is False), so the
+    most aggressive candidate won with error NaN. All errors non-finite is an error."""
+    from svdzoo.allocation import MatrixInfo
+
+    infos = [MatrixInfo(f"model.layers.{j}.{t}", j, t, 64, 64) for j in range(6) for t in "qo"]
+
+    def probe_of(errors):
+        def probe(ranks):  # k = number of compressed (non-dense) layers
+            return errors[len({n.split(".")[2] for n, r in ranks.items() if r < 64})]
+
+        return probe
+
+    ctx = AllocationContext(probe=probe_of({3: float("nan"), 4: 0.2, 5: 0.1}))
+    LastKSearch()(infos, 0.4, ctx)  # 6 blocks, step 1: candidates 3, 4, 5
+    assert ctx.report["candidates"] == [3, 4, 5] and ctx.report["K"] == 5
+    ctx = AllocationContext(probe=probe_of({3: float("nan"), 4: float("inf"), 5: float("nan")}))
+    with pytest.raises(linalg.NumericsError, match="finite"):
+        LastKSearch()(infos, 0.4, ctx)

@@ -32,6 +32,7 @@ residual stage reduces to SVD-LLM.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
@@ -137,7 +138,14 @@ class LastKSearch:
                     layer_ratio(k),
                     errors[k],
                 )
-            best = min(tried, key=lambda k: (errors[k], k))
+            # a NaN error (outputs that overflowed) is no measurement, and `min` would keep
+            # one that came first: every comparison with NaN is False
+            finite = [k for k in tried if math.isfinite(errors[k])]
+            if not finite:
+                raise linalg.NumericsError(
+                    f"last-k search: no candidate's output error is finite ({errors})"
+                )
+            best = min(finite, key=lambda k: (errors[k], k))
         else:
             best = tried[0]
         ctx.report.update(
