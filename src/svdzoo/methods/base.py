@@ -188,7 +188,10 @@ def accepted_options(method: Method) -> set[str]:
     """Every `--option` key that changes what `method` does: the fields of its parts, the
     extra keys its allocator reads (`extra_options`), and the sequential/probe options."""
     names = _fields(method.factoriser) | _fields(method.allocator) | set(method.options)
-    names |= _fields(method.spectrum_factoriser) if method.spectrum_factoriser else set()
+    # the spectrum part runs only for an allocator that reads spectra: otherwise its fields
+    # (e.g. `precision`, `fallback` of adasvd-compensated's) would be accepted and ignored
+    if method.spectrum_factoriser and getattr(method.allocator, "reads_spectra", False):
+        names |= _fields(method.spectrum_factoriser)
     names |= set(getattr(method.allocator, "extra_options", ()))
     if method.sequential:
         names |= SEQUENTIAL_OPTIONS

@@ -17,6 +17,15 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- factorisers
 
 
+def _finite(stat: torch.Tensor, ctx: MatrixContext, what: str) -> torch.Tensor:
+    """`stat`, refused if it holds NaN or inf: the floors below would otherwise turn a NaN
+    entry (every comparison with it is False) into a "dead" one without a word, and an
+    all-NaN statistic into the data-free SVD."""
+    if not bool(torch.isfinite(stat).all()):
+        raise linalg.NumericsError(f"{ctx.name}: the {what} statistic holds NaN or inf")
+    return stat
+
+
 @dataclass(frozen=True)
 class PlainSVD:
     """Truncated SVD of W: ignores the data entirely."""
@@ -31,7 +40,7 @@ class FisherWeighted:
 
     def __call__(self, ctx: MatrixContext, rank: int):
         ctx.require("fisher_row")
-        r = ctx.fisher_row.to(ctx.W).clamp_min(0).sqrt()
+        r = _finite(ctx.fisher_row.to(ctx.W), ctx, "Fisher row importance").clamp_min(0).sqrt()
         floor = r[r > 0].min() if bool((r > 0).any()) else torch.tensor(1.0, dtype=r.dtype)
         r = torch.where(
             r > 0, r, floor * 1e-3
@@ -48,7 +57,7 @@ class ActivationScaled:
     def whitener(self, ctx: MatrixContext) -> linalg.Whitener:
         """`S = diag(s)`; exposed so one SVD can serve several ranks (sensitivity probes)."""
         ctx.require("absmean")
-        s = ctx.absmean.to(ctx.W).clamp_min(0).pow(self.alpha)
+        s = _finite(ctx.absmean.to(ctx.W), ctx, "activation mean |x|").clamp_min(0).pow(self.alpha)
         floor = s[s > 0].min() if bool((s > 0).any()) else torch.tensor(1.0, dtype=s.dtype)
         s = torch.where(s > 0, s, floor * 1e-3)  # dead features: tiny scale, no division by zero
         return linalg.diag_whitener(s)
