@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -246,3 +247,57 @@ def test_a_compressed_model_keeps_its_buffers_dtypes_as_the_dense_one(tiny_llama
     for name, b in plain.named_buffers():
         if name in want:
             assert b.dtype == want[name].dtype and torch.equal(b, want[name]), name
+
+
+class _UnusedTokenizer:
+    """A tokenizer `compress` may hold but must not use: it tokenizes only to replay
+    calibration windows (a sequential pass, a search's probe), i.e. once compute began."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"compress started replaying calibration data (tokenizer.{name})")
+
+    def __call__(self, *args, **kwargs):
+        raise AssertionError("compress started replaying calibration data (tokenizer called)")
+
+
+BAD_VALUES = [
+    ("adasvd", {"tau": -1}, "tau"),
+    ("adasvd", {"whitening": "bogus"}, "whitening"),
+    ("adasvd-compensated", {"start": "bogus"}, "start"),
+    ("adasvd-compensated", {"tau": 0.5}, "tau"),
+    ("svdzoo-duo-ada", {"tau": -1}, "tau"),
+    ("ressvd", {"beta": 2.0}, "beta"),
+    ("ressvd-compensated", {"second": "bogus"}, "second"),
+    ("ressvd-compensated-residual", {"k1_fraction": 2.0}, "k1_fraction"),
+]
+
+
+@pytest.mark.parametrize("method,options,match", BAD_VALUES)
+def test_a_bad_option_value_is_refused_before_the_calibration_replay(method, options, match, tok):
+    """A bad value of a sequential or searching method's option (tau, start, beta,
+    k1_fraction, a whitening) is a ConfigError before any calibration data is replayed;
+    it used to pass configuration and fail at the first factorisation, after the
+    sequential pass or the search had started running the model."""
+    from helpers import random_tiny
+
+    model = random_tiny("llama")
+    stats = Statistics(gram=calibrate(model, tok, corpus="pydoc", nsamples=2, seqlen=16, seed=0))
+    if method == "svdzoo-duo-ada":  # a table it never reaches: the option is refused first
+        stats.sensitivity["duo"] = SimpleNamespace(manifest={})
+    with pytest.raises(ConfigError, match=match):
+        compress(model, method, 0.4, stats=stats, tokenizer=_UnusedTokenizer(), options=options)
+
+
+@pytest.mark.parametrize("method,options,match", BAD_VALUES[:2])
+def test_compress_to_dir_refuses_a_bad_option_value_before_loading(
+    method, options, match, tmp_path
+):
+    """`compress_to_dir` checks option values, not only their names, before it loads the
+    statistics or the model (here neither is loadable: the value is the first error)."""
+    (tmp_path / "gram").mkdir()
+    with pytest.raises(ConfigError, match=match):
+        svdzoo.compress_to_dir(
+            str(tmp_path / "no-model"), method, 0.4, tmp_path / "out",
+            stats=tmp_path / "gram", options=options,
+        )  # fmt: skip
+    assert not (tmp_path / "out").exists()

@@ -20,6 +20,7 @@ from svdzoo.compression import (
     compress,
     load_compressed,
     save_compressed,
+    with_options,
     write_compressed,
 )
 from svdzoo.errors import CacheError, ConfigError
@@ -155,6 +156,9 @@ def compress_to_dir(
     """
     check_ratio(ratio)
     check_options(get_method(method), options)
+    # the values too (an unknown whitening, a negative tau): the parts refuse them when
+    # configured, which `compress` does only after the statistics and the model loaded
+    with_options(get_method(method), {**get_method(method).options, **(options or {})})
     _require_paths(
         method,
         {GRAM: stats, FISHER: fisher, SENS_DUO: sensitivity_duo, SENS_ASVD: sensitivity_asvd},

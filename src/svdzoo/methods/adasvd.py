@@ -62,8 +62,11 @@ class AdaComp:
     # cached Gram SVD-LLM's start uses): the pass skips the original stream
     sequential_stats = ("H_actual",)
 
-    def __call__(self, ctx: MatrixContext, rank: int) -> linalg.LowRankFactors:
+    def __post_init__(self) -> None:  # refused when configured, not after the replay began
         _check_tau(self.tau)
+        Whitened(whitening=self.whitening)  # refuses an unknown whitening
+
+    def __call__(self, ctx: MatrixContext, rank: int) -> linalg.LowRankFactors:
         ctx.require("H")
         fac = Whitened(whitening=self.whitening)(ctx, rank)
         data = ctx.H_actual if ctx.H_actual is not None else ctx.H  # original inputs: a no-op
@@ -88,10 +91,13 @@ class AdaCompCompensated:
     start: str = "compensated"
     whitening: str = "eigen"
 
-    def __call__(self, ctx: MatrixContext, rank: int) -> linalg.LowRankFactors:
+    def __post_init__(self) -> None:  # refused when configured, not after the replay began
         if self.start not in STARTS:
             raise ConfigError(f"adaComp start must be one of {STARTS}, got {self.start!r}")
         _check_tau(self.tau)
+        Whitened(whitening=self.whitening)  # refuses an unknown whitening
+
+    def __call__(self, ctx: MatrixContext, rank: int) -> linalg.LowRankFactors:
         ctx.require("H_actual", "C")
         if self.start == "compensated":
             fac = linalg.compensated_truncate(

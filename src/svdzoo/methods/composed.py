@@ -53,8 +53,11 @@ class ColumnAdaComp:
     # like adaComp, it reads only the compressed stream's Gram from the sequential pass
     sequential_stats = ("H_actual",)
 
-    def __call__(self, ctx: MatrixContext, rank: int):
+    def __post_init__(self) -> None:  # refused when configured, not after the replay began
         _check_tau(self.tau)
+        Whitened(self.whitening)  # refuses an unknown whitening
+
+    def __call__(self, ctx: MatrixContext, rank: int):
         if not self.columns:
             return AdaComp(tau=self.tau, whitening=self.whitening)(ctx, rank)
         start = ColumnPreserving(accept=self.accept, whitening=self.whitening)(ctx, rank)

@@ -62,10 +62,13 @@ class Residual:
     beta: float = 0.05
     whitening: str = "cholesky"
 
-    def ranks(self, m: int, n: int, rank: int) -> tuple[int, int]:
-        """`(r1, r2)`, `r2 = round(beta m n / (m + n))` capped at `rank`."""
+    def __post_init__(self) -> None:  # refused when configured, not after a search began
         if not 0.0 <= float(self.beta) <= 1.0:
             raise ConfigError(f"beta must be in [0, 1], got {self.beta!r}")
+        Whitened(whitening=self.whitening)  # refuses an unknown whitening
+
+    def ranks(self, m: int, n: int, rank: int) -> tuple[int, int]:
+        """`(r1, r2)`, `r2 = round(beta m n / (m + n))` capped at `rank`."""
         r2 = min(rank, round(float(self.beta) * m * n / (m + n)))
         return rank - r2, r2
 
@@ -168,6 +171,14 @@ class ResidualCompensated:
     k1_fraction: float = 0.5
     first: str = "cholesky"
     second: str = "eigen"
+
+    def __post_init__(self) -> None:  # refused when configured, not after the replay began
+        split_rank(0, self.k1_fraction)  # refuses a fraction outside [0, 1]
+        for option in ("first", "second"):
+            if getattr(self, option) not in ("cholesky", "eigen"):
+                raise ConfigError(
+                    f"{option} must be 'cholesky' or 'eigen', got {getattr(self, option)!r}"
+                )
 
     def __call__(self, ctx: MatrixContext, rank: int) -> linalg.LowRankFactors:
         ctx.require("H", "H_actual", "C")
