@@ -6,6 +6,10 @@ Plain functions, not fixtures (those live in conftest.py); test modules import t
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +87,17 @@ def correlated_data(m: int = 24, n: int = 16, tokens: int = 300, seed: int = 0):
 def actual_loss(W, Wp, H, Hp, C) -> float:
     """`||W X - W' X'||_F^2` from the Grams: tr(W H W^T) - 2 tr(W C W'^T) + tr(W' H' W'^T)."""
     return float((W @ H * W).sum() - 2 * (W @ C * Wp).sum() + (Wp @ Hp * Wp).sum())
+
+
+def kill_when_ready(code: str, *argv: str | Path, ready: bytes, env: dict | None = None) -> None:
+    """Run `code` in a fresh Python, wait for it to print `ready`, then SIGKILL it: a job
+    killed mid-write, with no `finally` run (the fault tests' crash)."""
+    env = env if env is not None else {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, argv)], stdout=subprocess.PIPE, env=env
+    )
+    try:
+        assert child.stdout.readline().strip() == ready
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()

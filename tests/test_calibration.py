@@ -13,7 +13,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from helpers import random_tiny  # noqa: E402
+from helpers import kill_when_ready, random_tiny  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from svdzoo.calibration import (  # noqa: E402
@@ -306,22 +306,10 @@ def test_a_killed_job_s_offloaded_states_go_with_the_next_offload(tmp_path, capl
     """A calibration killed mid-run (SIGKILL, or SIGTERM from a cancelled workflow job: no
     `finally` runs) left its offloaded hidden states (GBs for a large model) in the offload
     folder for good; the next run there removes them, never a live run's."""
-    import signal
-    import subprocess
-    import sys
-
     from svdzoo.calibration.store import ActivationStore, MemoryBudget
 
     off = tmp_path / "offload"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_OFFLOADER, str(off)], stdout=subprocess.PIPE, env=env
-    )
-    try:
-        assert child.stdout.readline().strip() == b"offloaded"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    kill_when_ready(_KILLED_OFFLOADER, off, ready=b"offloaded")
     stale = list(off.iterdir())
     assert len(stale) == 1 and any(stale[0].rglob("*.safetensors"))
     live = MemoryBudget(0, off)

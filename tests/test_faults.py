@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_tiny
+from helpers import kill_when_ready, random_tiny
 
 from svdzoo import cli
 from svdzoo.calibration import load_stats
@@ -173,14 +173,7 @@ with atomic_dir(sys.argv[1]) as tmp:
 
 def test_killed_writer_leaves_nothing_after_the_next_write(tmp_path, caplog):
     out = tmp_path / "out"
-    child = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_WRITER, str(out)], stdout=subprocess.PIPE, env=ENV
-    )
-    try:
-        assert child.stdout.readline().strip() == b"writing"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    kill_when_ready(_KILLED_WRITER, out, ready=b"writing", env=ENV)
     stale = leftovers(tmp_path, "out")
     assert stale and not out.exists()  # the crash left its temporary
     with caplog.at_level(logging.WARNING, logger="svdzoo.io"), atomic_dir(out) as tmp:
