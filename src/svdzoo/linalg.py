@@ -934,28 +934,32 @@ class _CloseCall:
         return f"_CloseCall({self.value!r}, +-{self.error!r}, exact={self._exact is None})"
 
 
+def _scaled_f32(T: Tensor, norm: float) -> tuple[Tensor, float] | None:
+    """`(T / scale` in float32, `scale)`, `scale` a power of two near `norm = ||T||_F`: exact
+    both ways, so float32's range cannot underflow or overflow it. None when `norm` is not
+    finite and positive."""
+    if not 0.0 < norm < math.inf:
+        return None
+    scale = 2.0 ** math.frexp(norm)[1]
+    T32 = torch.empty(T.shape, dtype=torch.float32, device=T.device)
+    torch.mul(T, 1.0 / scale, out=T32)  # one pass: exact, as `scale` is a power of two
+    return T32, scale
+
+
 def _top_eigh(T: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The top `k` eigenpairs of the symmetric float64 `T` (values descending), to float64
     accuracy: a float32 eigendecomposition gives a basis of the top `k + p` directions
     (`p = max(16, k / 8)`), orthonormalised, refined by two subspace iterations and
-    Rayleigh-Ritz-projected in float64, so the
-    vectors are orthonormal to float64's accuracy and their Rayleigh quotients are the
-    values (what a truncation's loss is computed from); float32's error enters the values
-    only squared, as the basis's angle. Half a float64 `eigh` (60 ms of 136 at r = 1024 on
-    one CPU thread). A plain float64 `eigh` when `k + p` is over half of `T`, or the
-    float32 solve fails."""
+    Rayleigh-Ritz-projected in float64, so the vectors are orthonormal to float64's
+    accuracy and their Rayleigh quotients are the values (what a truncation's loss is
+    computed from); float32's error enters the values only squared, as the basis's angle.
+    Half a float64 `eigh` (60 ms of 136 at r = 1024 on one CPU thread). A plain float64
+    `eigh` when `k + p` is over half of `T`, or the float32 solve fails."""
     r = T.shape[0]
     s = k + max(16, k // 8)
-    if 2 * s > r:
-        mu, E = torch.linalg.eigh(T)
-        return mu.flip(0)[:k], E.flip(1)[:, :k]
-    norm = float(torch.linalg.matrix_norm(T))
-    if not 0.0 < norm < math.inf:
-        mu, E = torch.linalg.eigh(T)
-        return mu.flip(0)[:k], E.flip(1)[:, :k]
-    scale = 2.0 ** math.frexp(norm)[1]
-    _, E32 = torch.linalg.eigh((T / scale).to(torch.float32))
-    if not bool(torch.isfinite(E32).all()):
+    scaled = _scaled_f32(T, float(torch.linalg.matrix_norm(T))) if 2 * s <= r else None
+    E32 = torch.linalg.eigh(scaled[0])[1] if scaled is not None else None
+    if E32 is None or not bool(torch.isfinite(E32).all()):
         mu, E = torch.linalg.eigh(T)
         return mu.flip(0)[:k], E.flip(1)[:, :k]
     Q = torch.linalg.qr(E32[:, r - s :].to(F64)).Q
@@ -1267,11 +1271,10 @@ class _RestProblem:
         """`T`'s eigenvalues (ascending, float64) from one float32 solve of `T` scaled by a
         power of two near `||T||_F` (exact both ways, so float32's range cannot underflow or
         overflow it; `norm` is `||T||_F`); None when the scale or the result is not finite."""
-        if not 0.0 < norm < math.inf:
+        scaled = _scaled_f32(T, norm)
+        if scaled is None:
             return None
-        scale = 2.0 ** math.frexp(norm)[1]
-        T32 = torch.empty(T.shape, dtype=torch.float32, device=T.device)
-        torch.mul(T, 1.0 / scale, out=T32)  # one pass: exact, as `scale` is a power of two
+        T32, scale = scaled
         mu = torch.linalg.eigvalsh(T32).to(F64)
         if not bool(torch.isfinite(mu).all()):
             return None
