@@ -232,13 +232,21 @@ def check_output(
 # ---------------------------------------------------------------- locks and temporaries
 
 
-def _ensure_parent(path: Path) -> None:
-    parent = path.parent
-    for above in (parent, *parent.parents):
+def existing_ancestor(path: Path, what: str, hint: str = "") -> Path | None:
+    """The first of `path` and its ancestors that exists (None if none does), refused with
+    `OutputError` ("`what`: ... is not a directory`hint`") when it is not a directory:
+    creating `path` there would fail only later, once compute has run."""
+    for above in (path, *path.parents):
         if os.path.lexists(above):
             if not above.is_dir():
-                raise OutputError(f"cannot write {path}: {above} is not a directory")
-            break
+                raise OutputError(f"{what}: {above} is not a directory{hint}")
+            return above
+    return None
+
+
+def _ensure_parent(path: Path) -> None:
+    parent = path.parent
+    existing_ancestor(parent, f"cannot write {path}")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -74,21 +74,27 @@ class TrainConfig:
             raise ConfigError(f"threads must be non-negative, got {self.threads}")
 
 
+def flag_type(name: str) -> type:
+    """The type a `TrainConfig` field's flag is parsed as (`int | None` as `int`)."""
+    annotation = next(f.type for f in fields(TrainConfig) if f.name == name)
+    return {"int": int, "float": float}.get(str(annotation).split(" ")[0], str)
+
+
 def train_config(fixed: Mapping[str, Any], options: Mapping[str, Any]) -> TrainConfig:
     """A validated `TrainConfig` from a model entry's fixed keys (`family`, `corpus`,
     `steps`, `seed`) and its `options` (train-reference flags, values as text or numbers,
     each cast as its flag would be), so `validate-params` refuses what `prepare-model`
     would, before any job (`heads: 0`, `lr: nan`)."""
-    kinds = {f.name: f.type for f in fields(TrainConfig)}
+    names = [f.name for f in fields(TrainConfig)]
     overrides: dict[str, Any] = dict(fixed)
     for key, raw in options.items():
         name = key.replace("-", "_")
-        if name not in kinds or name in fixed:
+        if name not in names or name in fixed:
             raise ConfigError(
                 f"unknown train-reference flag {key!r}; known: "
-                + ", ".join(k.replace("_", "-") for k in kinds if k not in fixed)
+                + ", ".join(k.replace("_", "-") for k in names if k not in fixed)
             )
-        cast = {"int": int, "float": float}.get(str(kinds[name]).split(" ")[0], str)
+        cast = flag_type(name)
         try:
             overrides[name] = cast(str(raw))
         except ValueError:

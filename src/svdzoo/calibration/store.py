@@ -39,17 +39,11 @@ def check_offload_dir(offload_dir: str | os.PathLike[str] | None) -> None:
     if offload_dir is None:
         return
     path = Path(offload_dir)
-    for above in (path, *path.parents):
-        if not os.path.lexists(above):
-            continue
-        if not above.is_dir():
-            raise OutputError(
-                f"offload directory {path}: {above} is not a directory; give a folder for "
-                "the hidden states beyond the memory budget"
-            )
-        if not os.access(above, os.W_OK | os.X_OK):
-            raise OutputError(f"offload directory {path}: {above} is not writable")
-        return
+    what = f"offload directory {path}"
+    hint = "; give a folder for the hidden states beyond the memory budget"
+    above = svdzoo_io.existing_ancestor(path, what, hint)
+    if above is not None and not os.access(above, os.W_OK | os.X_OK):
+        raise OutputError(f"{what}: {above} is not writable")
 
 
 def _sweep_stale(root: Path) -> None:

@@ -10,7 +10,7 @@ HELP = "train a small reference causal LM (llama GQA or opt family) on an offlin
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from svdzoo.reference import REFERENCE_FAMILIES, TrainConfig
+    from svdzoo.reference import REFERENCE_FAMILIES, TrainConfig, flag_type
 
     p.add_argument("--family", choices=REFERENCE_FAMILIES, required=True)
     p.add_argument("--out", required=True, help="output model directory")
@@ -22,9 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         if f.name == "family":
             continue
-        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], int)
         p.add_argument(
-            f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"default {f.default}"
+            f"--{f.name.replace('_', '-')}",
+            type=flag_type(f.name),
+            default=None,
+            help=f"default {f.default}",
         )
 
 
