@@ -457,6 +457,65 @@ def test_rest_problem_own_side_matches_whitening_the_rest(singular):
     assert len(calls) == (len(cases) if singular else 0)  # own_factors reused its G
 
 
+def test_own_side_updates_match_forming_afresh():
+    """`_own_update` (a formed `G` moved to a nearby kept prefix by a rank-`2|w|` term, in
+    either direction) gives the `G` that `S_R^T (W^T W)_RR S_R` forms afresh, along a
+    search-like walk whose later candidates are updated from updated ones; and the walk
+    does use updates."""
+    g = torch.Generator().manual_seed(8)
+    m, n = 50, 80
+    W = torch.randn(m, n, generator=g, dtype=F64)
+    X = torch.randn(n, 2 * n, generator=g, dtype=F64)
+    H = X @ X.T
+    S = linalg.cholesky_whitener(H)
+    U, sigma, Vh = linalg.whitened_svd(W, S)
+    order = torch.randperm(n, generator=g)
+    problem = linalg._RestProblem(
+        W, H, U, sigma, order, None, Vh=Vh, L=S.factor, rest_factor=lambda r: r
+    )
+    updated = 0
+    for c in (30, 44, 40, 52, 51, 47, 60, 20):
+        updated += problem._own_form_cost(c)[0] is not None and bool(problem._own_formed)
+        G, tr = problem._own(c)
+        rest = order[c:].flip(0)
+        Lr = torch.linalg.cholesky(H[rest][:, rest])
+        want = Lr.T @ (W[:, rest].T @ W[:, rest]) @ Lr
+        scale = float(want.abs().max())
+        assert torch.allclose(G, want, rtol=0, atol=1e-12 * scale), c
+        assert tr == pytest.approx(float(want.trace()), rel=1e-12)
+    assert updated >= 5
+
+
+def test_own_side_block_that_stops_factoring_falls_back():
+    """`_prepare_own` factors only the leading block the largest rest needs; when a later,
+    larger rest takes in a dead feature, its extension fails and every later candidate is
+    whitened by `rest_factor` (the reference's fallback), while the earlier ones keep
+    their exact `G`: each loss still equals whitening that rest afresh."""
+    g = torch.Generator().manual_seed(9)
+    m, n = 30, 24
+    W = torch.randn(m, n, generator=g, dtype=F64)
+    X = torch.randn(n, 3 * n, generator=g, dtype=F64)
+    order = torch.randperm(n, generator=g)
+    X[order[5]] = 0.0  # in the rest of every candidate keeping fewer than 6 columns
+    H = X @ X.T
+    S = linalg.cholesky_whitener(H, fallback="diag-damp")
+    U, sigma, Vh = linalg.whitened_svd(W, S)
+
+    def whiten(rest):
+        return linalg.cholesky_whitener(H[rest][:, rest], fallback="diag-damp")
+
+    problem = linalg._RestProblem(
+        W, H, U, sigma, order, None, Vh=Vh, L=S.factor, rest_factor=lambda r: whiten(r).factor
+    )
+    for c, k, fast in ((10, 3, True), (8, 2, True), (3, 2, False), (9, 4, False), (10, 1, False)):
+        rest = order[c:].sort().values
+        G, tr = problem._own(c)
+        top = torch.linalg.eigvalsh(G).flip(0)[:k].sum()
+        want = linalg.truncation_loss(W[:, rest], whiten(rest), k)
+        assert tr - float(top) == pytest.approx(want, rel=1e-9), c
+        assert (problem._own_factor is not None) == fast
+
+
 def test_top_eigh_matches_float64_eigh():
     """`_top_eigh` (float32 basis, float64 subspace iterations and Rayleigh-Ritz) gives the
     top eigenpairs of a float64 `eigh` on a matrix whose spectrum spans twelve decades:
@@ -503,7 +562,9 @@ def test_fast_split_searches_match_the_reference(shape, search, monkeypatch):
     `-coordinates` force every candidate to one side of the cost model."""
     if search.endswith(("-own", "-coordinates")):
         search, side = search.split("-")
-        monkeypatch.setattr(linalg._RestProblem, "OWN_SIDE", 0.0 if side == "own" else math.inf)
+        weight = 0.0 if side == "own" else math.inf
+        monkeypatch.setattr(linalg._RestProblem, "OWN_SIDE_SOLVE", weight)
+        monkeypatch.setattr(linalg._RestProblem, "OWN_SIDE_FORM", weight)
         monkeypatch.setattr(linalg._RestProblem, "OWN_SIDE_GRAM", 0.0)
         monkeypatch.setattr(linalg._RestProblem, "OWN_SIDE_CHOLESKY", 0.0)
     g = torch.Generator().manual_seed(sum(shape))

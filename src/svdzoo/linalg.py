@@ -1030,6 +1030,7 @@ class _RestProblem:
         self._WtW: Tensor | None = None  # W^T W, made once the own side is used
         self._own_formed: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # c -> (G, S_R, R)
         self._own_factor: Tensor | None = None  # `_prepare_own`'s Cholesky factor
+        self._own_size = 0  # the leading block `_prepare_own` has made (n: the fallback)
         self.solved = 0  # candidates whose loss was asked for
         self.sigma, self.Vh, self.L = sigma, Vh, L
         self.lam = sigma.square()
@@ -1152,21 +1153,43 @@ class _RestProblem:
         T[d:, d:] += (V.T * self.lam[d:]) @ V
         return V, T, tr
 
-    def _prepare_own(self) -> None:
-        """The own side's one-off work. Taken in the reverse score order, every candidate's
-        rest is a leading block, and the Cholesky factor of a leading block of `H` is the
-        leading block of its Cholesky factor: one factorisation of the reordered `H` and one
-        `W^T W` serve every candidate, as views. When that Cholesky fails, each rest is
-        whitened by `rest_factor` (the reference's, with its fallback) instead."""
+    def _prepare_own(self, left: int) -> None:
+        """The own side's shared work, for rests of up to `left` columns. Taken in the
+        reverse score order, every candidate's rest is a leading block, and the Cholesky
+        factor of a leading block of `H` is the leading block of its Cholesky factor: one
+        factorisation of the reordered `H` and one `W^T W`, each as large as the largest
+        rest asked for so far (extended by blocks when a larger one is asked: the search
+        rarely needs all of `H`), serve every candidate, as views. When the factorisation
+        fails, each rest is whitened by `rest_factor` (the reference's, with its fallback)
+        instead, against the whole `W^T W`."""
+        size = self._own_size
+        if left <= size:
+            return
         rev = self.order.flip(0)
-        L, info = torch.linalg.cholesky_ex(self.H.index_select(0, rev).index_select(1, rev))
-        if int(info) == 0 and bool(torch.isfinite(L).all()):
-            self._own_factor = L
-            Wr = self.W.index_select(1, rev)
-        else:
-            self._own_factor = None
-            Wr = self.W
-        self._WtW = Wr.T @ Wr  # symmetric to rounding; each `G` is symmetrised
+        new, Wl = rev[size:left], self.W.index_select(1, rev[:left])
+        H_new = self.H.index_select(0, new).index_select(1, rev[:left])  # rows `[size, left)`
+        L = H_new.new_zeros(left, left)
+        if size:
+            old = self._own_factor
+            assert old is not None
+            L[:size, :size] = old
+            L21 = torch.linalg.solve_triangular(old.T, H_new[:, :size], upper=True, left=False)
+            L[size:, :size] = L21
+            H_new[:, size:].sub_(L21 @ L21.T)
+        L22, info = torch.linalg.cholesky_ex(H_new[:, size:])
+        if int(info) != 0 or not bool(torch.isfinite(L22).all()):
+            self._own_factor, self._own_size = None, self.W.shape[1]
+            self._WtW = self.W.T @ self.W  # symmetric to rounding; each `G` is symmetrised
+            return
+        L[size:, size:] = L22
+        A = Wl.new_empty(left, left)
+        B = Wl[:, size:].T @ Wl
+        if size:
+            assert self._WtW is not None
+            A[:size, :size] = self._WtW
+            A[:size, size:] = B[:, :size].T
+        A[size:] = B
+        self._own_factor, self._WtW, self._own_size = L, A, left
 
     def _own(self, c: int) -> tuple[Tensor, float]:
         """The rest's own `L x L` problem, `L = n - c`: `G = S_R^T (W^T W)_RR S_R` for a
@@ -1179,23 +1202,68 @@ class _RestProblem:
         if c in self._own_formed:
             G = self._own_formed[c][0]
             return G, float(G.diagonal().sum())
-        if self._WtW is None:
-            self._prepare_own()
-        assert self._WtW is not None
         left = self.order.numel() - c
+        self._prepare_own(left)
+        assert self._WtW is not None
         if self._own_factor is not None:  # leading blocks, in the reverse score order
             cols = self.order.flip(0)[:left]
             S, A = self._own_factor[:left, :left], self._WtW[:left, :left]
+            c0, _ = self._own_form_cost(c)
+            if c0 is not None:
+                G = self._own_update(self._own_formed[c0][0], left)
         else:
             cols = torch.sort(self.order[c:]).values  # the reference's order and Cholesky
             S = self.rest_factor(cols)
             A = self._WtW.index_select(0, cols).index_select(1, cols)
-        G = S.T @ (A @ S)
-        G = 0.5 * (G + G.T)
+            c0 = None
+        if c0 is None:
+            G = S.T @ (A @ S)
+            G = 0.5 * (G + G.T)
         self._own_formed[c] = (G, S, cols)
         while len(self._own_formed) > self.KEEP_FORMED:
             del self._own_formed[next(iter(self._own_formed))]
         return G, float(G.diagonal().sum())
+
+    def _own_form_cost(self, c: int) -> tuple[int | None, int]:
+        """`(c0, flops)`: the formed own-side candidate to update `G(c)` from, or None to form
+        it afresh (`4 L^3` flops). Updates need `_prepare_own`'s shared factor."""
+        left = self.order.numel() - c
+        best, cost = None, 4 * left**3
+        if self._WtW is not None and self._own_factor is None:
+            return best, cost
+        for c0, (G0, _, _) in self._own_formed.items():
+            lo, step = min(left, G0.shape[0]), abs(left - G0.shape[0])
+            flops = 4 * step * lo * (lo + step) + 3 * lo * lo
+            if flops < cost:
+                best, cost = c0, flops
+        return best, cost
+
+    def _own_update(self, G0: Tensor, left: int) -> Tensor:
+        """`G` for `left` columns from a formed `G0` (its `L0` columns): in the reverse
+        score order the two rests are nested leading blocks, `o = [0, lo)` and the
+        difference `w = [lo, hi)`. With `P = A_wo S_oo` and `Y = P + A_ww S_wo / 2`,
+        `G(hi)_oo = G(lo) + X + X^T` for `X = S_wo^T Y`, `G(hi)_wo = S_ww^T (2 Y - P)` and
+        `G(hi)_ww = S_ww^T A_ww S_ww` (`S` the shared Cholesky factor, `A = W^T W`): about
+        `4 |w| lo^2` flops instead of `4 L^3`; the search's late probes sit a few columns
+        apart."""
+        S, A = self._own_factor, self._WtW
+        assert S is not None and A is not None
+        lo, hi = min(left, G0.shape[0]), max(left, G0.shape[0])
+        S_wo, S_ww, A_ww = S[lo:hi, :lo], S[lo:hi, lo:hi], A[lo:hi, lo:hi]
+        P = A[lo:hi, :lo] @ S[:lo, :lo]
+        Y = torch.addmm(P, A_ww, S_wo, alpha=0.5)
+        X = S_wo.T @ Y
+        if left < G0.shape[0]:
+            return (G0[:lo, :lo] - X).sub_(X.T)
+        G = G0.new_empty(hi, hi)
+        torch.add(G0, X, out=G[:lo, :lo])
+        G[:lo, :lo] += X.T
+        G_wo = S_ww.T @ (2.0 * Y - P)
+        G[lo:, :lo] = G_wo
+        G[:lo, lo:] = G_wo.T
+        G_ww = S_ww.T @ (A_ww @ S_ww)
+        G[lo:, lo:] = 0.5 * (G_ww + G_ww.T)
+        return G
 
     def own_factors(self, c: int, rest: Tensor, kr: int) -> tuple[Tensor, Tensor, float] | None:
         """`(A, B, loss)` for the rest columns (`rest` ascending) from the eigenvectors of
@@ -1219,10 +1287,12 @@ class _RestProblem:
 
     # the cost model's weights, in units of a float32 eigenvalue-solve flop (an `N x N`
     # solve costs `N^3`), measured on CPU at LLaMA-7B shapes / 4 (r = 1024, L = 300-2500):
-    # the own side per `L^3` (two GEMMs and the solve: 2.0 at L = 922 to 4.0 at L = 410),
-    # `_prepare_own`'s `W^T W` per `m n^2` and Cholesky per `n^3`, and a GEMM flop of the
-    # coordinates or of forming `T`
-    OWN_SIDE = 2.2
+    # the own side's solve per `L^3` (1.0 at L = 600 to 1.6 at L = 300) and a flop of
+    # forming its `G` (a float64 GEMM flop: 0.25; formed afresh, the own side came to 2.0
+    # per `L^3` at L = 922 to 4.0 at L = 410), `_prepare_own`'s `W^T W` per `m n^2` and
+    # Cholesky per `n^3`, and a GEMM flop of the coordinates or of forming `T`
+    OWN_SIDE_SOLVE = 1.2
+    OWN_SIDE_FORM = 0.25
     OWN_SIDE_GRAM = 0.6
     OWN_SIDE_CHOLESKY = 0.8
     GEMM_FLOP = 0.4
@@ -1233,7 +1303,8 @@ class _RestProblem:
 
     def own_side_cheaper(self, c: int) -> bool:
         """The cost model for one candidate: the rest's own side (`_own`) costs
-        `OWN_SIDE L^3` (`L = n - c` columns left), plus `_prepare_own` the first time; the
+        `OWN_SIDE_SOLVE L^3` (`L = n - c` columns left) and forming its `G` (afresh or
+        updated, `_own_form_cost`), plus `_prepare_own` the first time; the
         `r x r` problem `r^3` plus forming `T` (the cheaper of an update and the direct
         product) and the coordinates of the kept columns not yet computed, at `GEMM_FLOP`
         each. A Ritz reduction, when it applies, is kept, and so is a `T` already formed.
@@ -1247,12 +1318,14 @@ class _RestProblem:
         form = 2 * min(self._update_cost(c)[1], self._direct_cost(c))
         new = max(0, c - self._have)
         coordinates = r**3 + self.GEMM_FLOP * (form + 2 * r * (m + n) * new)
-        once = 0.0
-        if self._WtW is None:
-            once = (self.OWN_SIDE_GRAM * m + self.OWN_SIDE_CHOLESKY * n) * n * n
+        once, size = 0.0, self._own_size
+        if left > size:  # `_prepare_own`'s block made or extended
+            once = self.OWN_SIDE_GRAM * m * (left**2 - size**2)
+            once += self.OWN_SIDE_CHOLESKY * (left**3 - size**3)
             if self.solved >= 2:  # past Duo-SVD's pre-check: a search follows
                 once /= self.AMORTISE
-        return self.OWN_SIDE * left**3 + once <= coordinates
+        own = self.OWN_SIDE_SOLVE * left**3 + self.OWN_SIDE_FORM * self._own_form_cost(c)[1]
+        return own + once <= coordinates
 
     def _side(self, c: int) -> tuple[Tensor, float]:
         """`(T, tr)` of the cheaper exact form of the candidate's problem."""
