@@ -486,3 +486,75 @@ def test_counts_below_one_are_refused_at_validation(default, section, keys):
         node = node.setdefault(k, {})
     node[keys[-1]] = 0
     _fails(bad, f"{section}.{'.'.join(keys)}", "minimum of 1")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("compress", "ratio", 0.5),
+        ("compress", "method", "svd"),
+        ("compress", "option", "whitening=eigen"),
+        ("sensitivity", "kind", "asvd"),
+        ("calibration", "kind", "fisher"),
+        ("evaluation", "model-name", "other"),
+        ("offline_tasks", "corpora", "pydoc"),
+    ],
+)
+def test_a_flag_the_workflow_sets_per_job_is_refused(default, section, key, value):
+    """Both engines put a section's flags after the ones they set per job, and argparse
+    keeps the last value: `compress: {ratio: 0.5}` validated and compressed every ratio's
+    job at 0.5 into its r0.20 / r0.40 ... directory."""
+    bad = copy.deepcopy(default)
+    bad.setdefault(section, {})[key] = value
+    _fails(bad, f"{section}.{key}", "sets it per job")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "fragment"),
+    [
+        ("compress", "dtype", "bf16", "unknown dtype"),
+        ("offline_tasks", "n-choices", "four", "not a valid value"),
+        ("evaluation", "seed", 1.5, "not a valid value"),
+        ("calibration", "fisher-batch-size", "two", "not a valid value"),
+        ("offline_tasks", "split", True, "takes a value"),
+        ("calibration", "force", "yes", "a switch"),
+    ],
+)
+def test_flag_values_are_parsed_as_the_command_would(default, section, key, value, fragment):
+    """A flag section's keys were checked against the command's options, its values not:
+    `compress: {dtype: bf16}` or `offline_tasks: {n-choices: four}` validated and failed in their
+    first job, after the models were trained and calibrated."""
+    bad = copy.deepcopy(default)
+    bad.setdefault(section, {})[key] = value
+    _fails(bad, f"{section}.{key}", fragment)
+
+
+def test_valid_flag_values_and_switches_pass(default):
+    good = copy.deepcopy(default)
+    good["compress"] = {"dtype": "bfloat16"}
+    good["calibration"] = {**good["calibration"], "force": True, "fisher-batch-size": 2}
+    good["execution"] = {"calibrate": {"memory-budget-mb": 512}}
+    C.validate_params(good, SCHEMA)
+    bad = copy.deepcopy(default)
+    bad["execution"] = {"calibrate": {"memory-budget-mb": "lots"}}
+    _fails(bad, "execution.calibrate.memory-budget-mb", "not a valid value")
+
+
+@pytest.mark.parametrize(("key", "value"), [("seqlen", 128), ("seed", 9), ("corpus", "pysource")])
+def test_sensitivity_windows_must_come_from_the_gram_caches_set(default, key, value):
+    """`sensitivity` refuses a window length, seed or corpus other than its Gram cache's
+    (compress would refuse the table): it validated and failed after calibration."""
+    bad = copy.deepcopy(default)
+    bad["sensitivity"] = {**bad["sensitivity"], key: value}
+    _fails(bad, f"sensitivity.{key}", f"calibration.{key}")
+    same = copy.deepcopy(default)
+    same["sensitivity"] = {**same["sensitivity"], key: same["calibration"][key]}
+    C.validate_params(same, SCHEMA)
+
+
+def test_a_ratio_is_written_as_its_path_tag(default):
+    """'00.20' matched the schema: DVC made r00.20 paths and Snakemake r0.20 ones, and
+    next to '0.20' the same ratio was compressed twice."""
+    bad = copy.deepcopy(default)
+    bad["ratios"] = ["0.20", "00.20"]
+    _fails(bad, "ratios[1]", "'0.20'")

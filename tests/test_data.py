@@ -132,3 +132,63 @@ def test_ptb_offline_error_says_to_set_the_local_folder(monkeypatch):
     msg = str(err.value)
     assert "Set SVDZOO_PTB_DIR to a local folder" in msg
     assert "run `SVDZOO_PTB_DIR" not in msg and "copy ~/.cache/huggingface" not in msg
+
+
+def test_jsonl_text_must_be_a_string_and_blank_documents_are_skipped(tmp_path):
+    """`{"text": null}` used to become the document "None" (and 42 the document "42"); a
+    .jsonl of blank texts gave splits of bare separators instead of an error. Blank documents
+    are dropped as a .txt file's are."""
+    docs = [f"document {i}" for i in range(40)]
+    nulls = tmp_path / "nulls.jsonl"
+    nulls.write_text(
+        "\n".join(json.dumps({"text": d if i % 2 else None}) for i, d in enumerate(docs))
+    )
+    with pytest.raises(CorpusError, match=r"nulls.jsonl:1: .*'text' field .*string.*null"):
+        get_corpus(str(nulls))
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n".join(json.dumps({"text": " \n"}) for _ in range(400)))
+    with pytest.raises(CorpusError, match="too few documents"):
+        get_corpus(str(blank))
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(json.dumps({"text": t}) for d in docs for t in (d, "")))
+    txt = tmp_path / "same.txt"
+    txt.write_text("\n\n".join(docs))
+    assert get_corpus(str(mixed)).fingerprint == get_corpus(str(txt)).fingerprint
+
+
+def test_utf8_byte_order_mark_is_not_text(tmp_path):
+    """A UTF-8 file with a byte order mark (as Windows editors save it): the .jsonl was refused
+    as if its first line were not JSON, the .txt kept U+FEFF in its first (test) document."""
+    docs = [f"document {i}" for i in range(40)]
+    bom = b"\xef\xbb\xbf"
+    jl, txt = tmp_path / "bom.jsonl", tmp_path / "bom.txt"
+    jl.write_bytes(bom + "\n".join(json.dumps({"text": d}) for d in docs).encode())
+    txt.write_bytes(bom + "\n\n".join(docs).encode())
+    assert get_corpus(str(jl)).test.startswith("document 0")
+    assert get_corpus(str(txt)).test.startswith("document 0")
+
+
+def test_local_file_corpus_follows_the_file(tmp_path, monkeypatch):
+    """`get_corpus` cached a file by the name it was given: an edited file, or the same
+    relative name in another directory, returned the first text read (so a changed corpus
+    passed the fingerprint check of a Gram cache in the same process)."""
+    path = tmp_path / "c.txt"
+    path.write_text("\n\n".join(f"old {i}" for i in range(40)))
+    old = get_corpus(str(path))
+    path.write_text("\n\n".join(f"new document {i}" for i in range(40)))
+    assert get_corpus(str(path)).test.startswith("new document 0")
+    assert get_corpus(str(path)).fingerprint != old.fingerprint
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "c.txt").write_text("\n\n".join(f"other {i}" for i in range(40)))
+    monkeypatch.chdir(tmp_path)
+    assert get_corpus("c.txt").test.startswith("new document 0")
+    monkeypatch.chdir(other)
+    assert get_corpus("c.txt").test.startswith("other 0")
+
+
+def test_too_few_documents_names_the_file(tmp_path):
+    few = tmp_path / "few.txt"
+    few.write_text("one\n\ntwo")
+    with pytest.raises(CorpusError, match=r"few.txt.*too few documents \(2\)"):
+        get_corpus(str(few))

@@ -168,3 +168,54 @@ def test_a_reference_models_corpus_file_is_a_dep_of_the_model_stage(in_root):
         "data/code/prepare-model.sha256",
         "data/params.valid",
     ]
+
+
+def test_every_flag_the_stages_set_is_refused_in_a_flag_section(in_root):
+    """The flags dvc.yaml's commands (and so the Snakefile's, tests/test_workflow.py) set
+    per job are exactly those `config.WORKFLOW_FLAGS` keeps out of the flag sections, where
+    they would override the job's own value."""
+    from svdzoo import config as C
+
+    stages = stages_for(
+        methods=["svd", "fwsvd", "asvd", "duo-svd", "duo-svd-independent"],
+        method_options={"svd": {"whitening": "none"}},
+    )
+    commands = set(C.FLAG_SECTIONS.values())
+    seen = set()
+    for stage in stages.values():
+        words = stage.get("do", stage)["cmd"].split()
+        if words[0] != "svdzoo":
+            continue
+        if words[1] == "--execution":
+            del words[1:3]
+        command = words[1]
+        if command not in commands:
+            continue
+        seen.add(command)
+        flags = {w[2:] for w in words[2:] if w.startswith("--")}
+        assert flags <= C.WORKFLOW_FLAGS[command], (command, flags - C.WORKFLOW_FLAGS[command])
+    assert seen == commands
+
+
+def test_a_section_dvc_reads_must_be_written_in_the_params_file(in_root, tmp_path, capsys):
+    """DVC interpolates params.yaml as written, without svdzoo's defaults: a file leaving
+    out `offline_tasks`, `compress` or `report` (all optional) rendered a dvc.yaml that
+    DVC could not parse (`Could not find 'offline_tasks'`) or whose stages failed to save
+    (`Parameters 'compress' are missing`), and `render-dvc --check` called it current."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key in ("offline_tasks", "compress", "report"):
+        del params[key]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    out = tmp_path / "dvc.yaml"
+    out.write_text(dvc_render.render(load_params(path)))  # what render-dvc used to write
+    assert cli.main(["render-dvc", str(path), "--out", str(out), "--check"]) != 0
+    err = capsys.readouterr().err
+    assert all(f"`{key}: " in err for key in ("offline_tasks", "compress", "report")), err
+    assert cli.main(["validate-params", str(path), "-q", "--dvc-yaml", str(out)]) != 0
+    assert cli.main(["render-dvc", str(path), "--out", str(tmp_path / "new.yaml")]) != 0
+    assert not (tmp_path / "new.yaml").exists()
+    params.update(offline_tasks={"seed": 0}, compress={}, report={})
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    assert cli.main(["render-dvc", str(path), "--out", str(out)]) == 0
+    assert cli.main(["render-dvc", str(path), "--out", str(out), "--check"]) == 0

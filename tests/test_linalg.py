@@ -383,6 +383,21 @@ def test_column_split_pays_off_on_outlier_features():
     )
 
 
+def _rest_case(seed: int, m: int, n: int, width: int, dead: int | None = None):
+    """`(W, H, S, (U, sigma, Vh), order)` for the rest-problem tests: a random layer, the
+    Gram of `width * n` random inputs (the feature at position `dead` of `order` zeroed,
+    so every block holding it is singular) and its whitened SVD."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(m, n, generator=g, dtype=F64)
+    X = torch.randn(n, width * n, generator=g, dtype=F64)
+    order = torch.randperm(n, generator=g)
+    if dead is not None:
+        X[order[dead]] = 0.0
+    H = X @ X.T
+    S = linalg.cholesky_whitener(H, fallback="diag-damp")
+    return W, H, S, linalg.whitened_svd(W, S), order
+
+
 @pytest.mark.parametrize("shape", [(10, 20), (20, 20), (30, 20)])
 def test_rest_problem_matches_whitening_the_rest(shape):
     """The split search's evaluator: the rest's loss in the whitened SVD's coordinates, by
@@ -390,14 +405,8 @@ def test_rest_problem_matches_whitening_the_rest(shape):
     with the kept columns' coordinates from the Cholesky factor) or directly
     (more kept than left), and reduced to a Ritz subspace, equals (Ritz: bounds from above)
     whitening the rest and truncating it."""
-    g = torch.Generator().manual_seed(sum(shape))
     m, n = shape
-    W = torch.randn(m, n, generator=g, dtype=F64)
-    X = torch.randn(n, 3 * n, generator=g, dtype=F64)
-    H = X @ X.T
-    S = linalg.cholesky_whitener(H)
-    U, sigma, Vh = linalg.whitened_svd(W, S)
-    order = torch.randperm(n, generator=g)
+    W, H, S, (U, sigma, Vh), order = _rest_case(sum(shape), m, n, 3)
     exact = linalg._RestProblem(W, H, U, sigma, order, None, Vh=Vh, L=S.factor)
     ritz = linalg._RestProblem(W, H, U, sigma, order, 3, Vh=Vh, L=S.factor)
     for c, k in ((2, 3), (4, 4), (1, 0), (14, 2), (17, 3), (3, 2), (5, 1)):
@@ -418,16 +427,8 @@ def test_rest_problem_own_side_matches_whitening_the_rest(singular):
     or, when that fails (a dead feature), from each rest's own `rest_factor` (the
     reference's, with its fallback). `own_factors` returns factors whose layer loss is the
     one reported and equals plain truncation of the rest; each formed `G` is reused."""
-    g = torch.Generator().manual_seed(5)
     m, n = 30, 24
-    W = torch.randn(m, n, generator=g, dtype=F64)
-    X = torch.randn(n, 3 * n, generator=g, dtype=F64)
-    if singular:
-        X[7] = 0.0
-    H = X @ X.T
-    S = linalg.cholesky_whitener(H, fallback="diag-damp")
-    U, sigma, Vh = linalg.whitened_svd(W, S)
-    order = torch.randperm(n, generator=g)
+    W, H, S, (U, sigma, Vh), order = _rest_case(5, m, n, 3, dead=22 if singular else None)
     calls = []
 
     def whiten(rest):
@@ -462,14 +463,7 @@ def test_own_side_updates_match_forming_afresh():
     either direction) gives the `G` that `S_R^T (W^T W)_RR S_R` forms afresh, along a
     search-like walk whose later candidates are updated from updated ones; and the walk
     does use updates."""
-    g = torch.Generator().manual_seed(8)
-    m, n = 50, 80
-    W = torch.randn(m, n, generator=g, dtype=F64)
-    X = torch.randn(n, 2 * n, generator=g, dtype=F64)
-    H = X @ X.T
-    S = linalg.cholesky_whitener(H)
-    U, sigma, Vh = linalg.whitened_svd(W, S)
-    order = torch.randperm(n, generator=g)
+    W, H, S, (U, sigma, Vh), order = _rest_case(8, 50, 80, 2)
     problem = linalg._RestProblem(
         W, H, U, sigma, order, None, Vh=Vh, L=S.factor, rest_factor=lambda r: r
     )
@@ -491,15 +485,8 @@ def test_own_side_block_that_stops_factoring_falls_back():
     larger rest takes in a dead feature, its extension fails and every later candidate is
     whitened by `rest_factor` (the reference's fallback), while the earlier ones keep
     their exact `G`: each loss still equals whitening that rest afresh."""
-    g = torch.Generator().manual_seed(9)
-    m, n = 30, 24
-    W = torch.randn(m, n, generator=g, dtype=F64)
-    X = torch.randn(n, 3 * n, generator=g, dtype=F64)
-    order = torch.randperm(n, generator=g)
-    X[order[5]] = 0.0  # in the rest of every candidate keeping fewer than 6 columns
-    H = X @ X.T
-    S = linalg.cholesky_whitener(H, fallback="diag-damp")
-    U, sigma, Vh = linalg.whitened_svd(W, S)
+    # the dead feature is in the rest of every candidate keeping fewer than 6 columns
+    W, H, S, (U, sigma, Vh), order = _rest_case(9, 30, 24, 3, dead=5)
 
     def whiten(rest):
         return linalg.cholesky_whitener(H[rest][:, rest], fallback="diag-damp")

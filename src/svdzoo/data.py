@@ -49,15 +49,19 @@ class Corpus:
         return h.hexdigest()[:16]
 
 
-def interleave_split(docs: list[str], sep: str = "\n\n") -> tuple[str, str, str]:
+def interleave_split(docs: list[str], sep: str = "\n\n", what: str = "") -> tuple[str, str, str]:
     """Assign documents to splits by position: every 20th to test, every 20th (offset 10)
     to validation, the rest to train. Disjoint, deterministic, and each split spans the
-    whole corpus rather than one end of it."""
+    whole corpus rather than one end of it. `what` names the source in the error."""
     train, val, test = [], [], []
     for i, d in enumerate(docs):
         (test if i % 20 == 0 else val if i % 20 == 10 else train).append(d)
     if not val or not test:
-        raise CorpusError(f"too few documents ({len(docs)}) to make train/validation/test splits")
+        prefix = f"{what}: " if what else ""
+        raise CorpusError(
+            f"{prefix}too few documents ({len(docs)}) to make train/validation/test splits "
+            "(at least 11 are needed)"
+        )
     return sep.join(train), sep.join(val), sep.join(test)
 
 
@@ -191,8 +195,9 @@ def _c4() -> Corpus:
 
 def _read_text_file(path: Path) -> str:
     """The file as UTF-8 text with `\n` line ends (as `open` in text mode reads it: a
-    Windows file's blank lines then separate its documents too); CorpusError for a
-    directory, an unreadable or a binary file."""
+    Windows file's blank lines then separate its documents too) and without the byte order
+    mark Windows editors put first (not text: it broke a .jsonl's first line and joined a
+    .txt's first document); CorpusError for a directory, an unreadable or a binary file."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -206,7 +211,7 @@ def _read_text_file(path: Path) -> str:
         ) from exc
     if "\x00" in text:
         raise CorpusError(f"corpus file {str(path)!r} holds NUL bytes: a binary file, not text")
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _local_file(path: Path) -> Corpus:
@@ -220,16 +225,28 @@ def _local_file(path: Path) -> Corpus:
             if not line.strip():
                 continue
             try:
-                docs.append(str(json.loads(line)["text"]))
+                text = json.loads(line)["text"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise CorpusError(
                     f"{path}:{i + 1}: each .jsonl line must be an object with a 'text' field"
                 ) from exc
+            # `str()` made null the document "None" and 42 the document "42"
+            if not isinstance(text, str):
+                raise CorpusError(
+                    f"{path}:{i + 1}: the 'text' field must be a string, got "
+                    f"{json.dumps(text)[:40]}"
+                )
+            if text.strip():  # blank documents are dropped, as a .txt file's are
+                docs.append(text)
     elif path.suffix == ".txt":
         docs = [d.strip() for d in _read_text_file(path).split("\n\n") if d.strip()]
     else:
         raise CorpusError(f"corpus file {str(path)!r}: only .txt and .jsonl files are supported")
-    return Corpus(path.stem, *interleave_split(docs), description=f"local file {path}")
+    return Corpus(
+        path.stem,
+        *interleave_split(docs, what=f"corpus file {str(path)!r}"),
+        description=f"local file {path}",
+    )
 
 
 OFFLINE: dict[str, Callable[[], Corpus]] = {"pydoc": _pydoc_corpus, "pysource": _pysource_corpus}
@@ -256,18 +273,36 @@ def is_corpus_name(name: str) -> bool:
     return name in OFFLINE or name in HUB or is_corpus_file(name)
 
 
-@lru_cache(maxsize=8)
 def get_corpus(name: str) -> Corpus:
-    """A corpus by registry name or path to a local .txt/.jsonl file."""
-    if name in OFFLINE:
-        return OFFLINE[name]()
-    if name in HUB:
-        return HUB[name]()
+    """A corpus by registry name or path to a local .txt/.jsonl file.
+
+    Cached per process; a file by its absolute path, size and modification time, not by the
+    name given, so an edited file or the same relative name in another directory is read
+    again (`get_corpus.cache_clear()` empties the cache).
+    """
+    if name in OFFLINE or name in HUB:
+        return _cached_corpus(name, None)
     if is_corpus_file(name):
-        return _local_file(Path(name))
+        path = Path(name)
+        try:
+            st = path.stat()
+        except OSError:  # missing or unreadable: `_local_file` says which
+            return _local_file(path)
+        return _cached_corpus(name, (str(path.resolve()), st.st_mtime_ns, st.st_size))
     raise CorpusError(
         f"unknown corpus {name!r}: choose one of {known_corpora()} or a path to a .txt/.jsonl file"
     )
+
+
+@lru_cache(maxsize=8)
+def _cached_corpus(name: str, file_key: tuple[str, int, int] | None) -> Corpus:
+    """`get_corpus`'s cache: `file_key` (absolute path, mtime, size) identifies a file's text."""
+    if file_key is None:
+        return OFFLINE[name]() if name in OFFLINE else HUB[name]()
+    return _local_file(Path(name))
+
+
+get_corpus.cache_clear = _cached_corpus.cache_clear  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- token windows

