@@ -1276,8 +1276,7 @@ class _RestProblem:
         to_rest = torch.argsort(cols)  # rest = cols[to_rest]
         if not torch.equal(cols[to_rest], rest):
             raise NumericsError("own_factors: the rest is not the candidate's")
-        mu, V = torch.linalg.eigh(G)
-        mu, V = mu.flip(0)[:kr], V.flip(1)[:, :kr]
+        mu, V = _top_eigh(G, kr)
         if kr and not float(mu[-1]) > G.shape[0] * torch.finfo(F64).eps * float(mu[0]):
             return None
         s = mu.sqrt()
