@@ -343,3 +343,22 @@ def test_cuda_layer_streaming_matches_cpu(tok, windows):
     for k, v in cpu.items():
         assert gpu[k].device.type == "cpu" and gpu[k].dtype == v.dtype
         assert rel(gpu[k], v) < 1e-5, k
+
+
+def test_an_overflowing_last_layer_is_refused_not_cached(tok, tmp_path):
+    """The last layer's output feeds no Gram, so its overflow passed the finiteness check:
+    the cache was written with a NaN cosine (adaCR refused it only at compress time)."""
+    from svdzoo.errors import ModelError
+
+    model = random_tiny("llama")
+    mlp = model.model.layers[-1].mlp
+    with torch.no_grad():  # finite inputs everywhere, an infinite last-layer output
+        mlp.up_proj.weight.mul_(1e3)
+        mlp.down_proj.weight.fill_(1e38)
+    out = tmp_path / "gram"
+    with pytest.raises(ModelError, match="layer 1: its output hidden states are not finite"):
+        calibrate_to_dir(
+            model, tok, out, corpus="pydoc", nsamples=2, seqlen=16, seed=0, device="cpu",
+            progress=False,
+        )  # fmt: skip
+    assert not out.exists()

@@ -254,3 +254,31 @@ def test_a_failed_capture_gives_the_mode_back():
     with pytest.raises(IndexError):
         SequentialCalibrator(model, bad, batch_size=2, device="cpu", progress=False)
     assert model.training
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"seq_batch_size": 0},  # became the default 8
+        {"mini_bsz": 2.5},  # truncated to 2
+        {"seq_nsamples": 2.5},  # truncated to 2
+        {"mini_bsz": True},  # read as 1 (off)
+        {"seq_batch_size": "abc"},  # a bare ValueError
+    ],
+)
+def test_a_sequential_option_that_is_no_whole_number_is_refused(options):
+    """The sequential pass's integer options were read with `int(value or default)`."""
+    from svdzoo.calibration import calibrate
+    from svdzoo.compression import Statistics, compress
+    from svdzoo.errors import ConfigError
+
+    tok = build_byte_tokenizer()
+    model = random_tiny("llama", layers=1)
+    stats = calibrate(
+        model, tok, corpus="pydoc", nsamples=4, seqlen=32, seed=0, device="cpu", progress=False
+    )
+    key = next(iter(options))
+    with pytest.raises(ConfigError, match=f"{key} must be an integer"):
+        compress(model, "adasvd-comp", 0.4, stats=Statistics(gram=stats), tokenizer=tok,
+                 options=options)  # fmt: skip
+    assert isinstance(model.model.layers[0].mlp.up_proj, torch.nn.Linear)

@@ -10,6 +10,7 @@ the cache file as soon as the layer is done, so host memory does not hold them a
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -107,6 +108,13 @@ def stream_gram_stats(
                         sink(gram_name(i, group), to_host_pageable(acc.H))
                         sink(absmean_name(i, group), to_host_pageable(acc.absmean()))
                         counts[count_key(i, group)] = acc.count
+                    # an overflowing output: of the last layer, no later Gram would show it
+                    if not math.isfinite(cos.mean()):
+                        raise ModelError(
+                            f"layer {i}: its output hidden states are not finite (input/output "
+                            "cosine NaN), so the model's activations overflow there (a float16 "
+                            "model: calibrate with --dtype float32); nothing was cached"
+                        )
                     sink(cosine_name(i), torch.tensor(cos.mean(), dtype=torch.float64))
                     del accs
                 if device.type == "cuda":

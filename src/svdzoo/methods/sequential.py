@@ -57,6 +57,25 @@ GRANULARITIES = ("group", "layer")
 ALL_STATS = ("H", "H_actual", "C")  # what the pass gives a factoriser that does not say
 
 
+def int_option(opts: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+    """Option `key` as a whole number `>= minimum` (`default` when absent or None).
+
+    Refused with a ConfigError, before the replay: `int()` used to truncate `2.5` to 2 and
+    read `true` as 1, and `value or default` turned an explicit 0 into the default."""
+    value = opts.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        number = None
+    elif isinstance(value, str):
+        number = int(value) if value.strip().lstrip("+-").isdigit() else None
+    else:
+        number = int(value) if float(value).is_integer() else None
+    if number is None or number < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return number
+
+
 def replay_windows(manifest: Mapping[str, Any], tokenizer: Any, opts: Mapping[str, Any]):
     """The calibration windows the Gram cache was computed on (first `seq_nsamples`)."""
     from svdzoo.data import calibration_windows, get_corpus
@@ -87,7 +106,7 @@ def replay_windows(manifest: Mapping[str, Any], tokenizer: Any, opts: Mapping[st
     windows = calibration_windows(tokenizer, corpus, nsamples, seqlen, seed)
     want = opts.get("seq_nsamples")
     if want is not None:
-        want = int(want)
+        want = int_option(opts, "seq_nsamples", nsamples, 1)
         if not 1 <= want <= nsamples:
             raise ConfigError(f"seq_nsamples must be in [1, {nsamples}], got {want}")
         windows = windows[:want]
@@ -149,10 +168,8 @@ def run_sequential(
     granularity = opts.get("seq_granularity", "group")
     if granularity not in GRANULARITIES:
         raise ConfigError(f"seq_granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    mini_bsz = int(opts.get("mini_bsz") or 0)
-    batch_size = int(opts.get("seq_batch_size") or 8)
-    if mini_bsz < 0 or batch_size < 1:
-        raise ConfigError("mini_bsz must be >= 0 and seq_batch_size >= 1")
+    mini_bsz = int_option(opts, "mini_bsz", 0, 0)
+    batch_size = int_option(opts, "seq_batch_size", 8, 1)
     factoriser = configured(method.factoriser, opts)
     manifest = stats.gram.manifest
     windows = replay_windows(manifest, tokenizer, opts)
