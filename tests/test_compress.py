@@ -14,7 +14,7 @@ from svdzoo.calibration import calibrate
 from svdzoo.calibration.cache import save_stats
 from svdzoo.compression import Statistics, compress, load_compressed, save_compressed
 from svdzoo.data import evaluation_windows
-from svdzoo.errors import CacheError, ConfigError
+from svdzoo.errors import CacheError, ConfigError, ModelError
 from svdzoo.evaluation.perplexity import perplexity
 from svdzoo.methods import REGISTRY, get_method, requirements
 from svdzoo.models import load_model, load_tokenizer
@@ -301,3 +301,34 @@ def test_compress_to_dir_refuses_a_bad_option_value_before_loading(
             stats=tmp_path / "gram", options=options,
         )  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "setting,match",
+    [({"dtype": "float61"}, "unknown dtype"), ({"device": "bogus"}, "unknown device")],
+)
+def test_compress_to_dir_refuses_a_bad_dtype_or_device_before_loading(setting, match, tmp_path):
+    """An unknown dtype or device is refused before the statistics or the model load (here
+    neither is loadable: the setting is the first error). The device used to be resolved
+    only once the model's weights had loaded, after the statistics."""
+    (tmp_path / "gram").mkdir()
+    with pytest.raises(ModelError, match=match):
+        svdzoo.compress_to_dir(
+            str(tmp_path / "no-model"), "svd-llm", 0.4, tmp_path / "out",
+            stats=tmp_path / "gram", **setting,
+        )  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_compress_refuses_bare_statistics_with_a_clear_error(tok):
+    """`stats=` given the Gram product itself (what `calibrate` / `load_stats` return)
+    rather than a `Statistics`: a ConfigError saying what to pass, not an AttributeError
+    ("'CalibrationStats' object has no attribute 'has'")."""
+    from helpers import random_tiny
+
+    model = random_tiny("llama")
+    gram = calibrate(model, tok, corpus="pydoc", nsamples=2, seqlen=16, seed=0)
+    with pytest.raises(ConfigError, match="Statistics.*got CalibrationStats"):
+        compress(model, "svd-llm", 0.4, stats=gram)
+    manifest = compress(model, "svd-llm", 0.4, stats=Statistics(gram=gram))
+    assert manifest["method"] == "svd-llm"

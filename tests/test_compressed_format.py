@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import random_tiny
+from torch import nn
 
 from svdzoo.compression import compress, load_compressed, save_compressed
 
@@ -71,3 +72,31 @@ def test_svdzoo_loaded_compressed_model_refuses_save_pretrained(tmp_path):
     with pytest.raises(NotImplementedError, match="save_compressed"):
         back.save_pretrained(tmp_path / "out")
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_plain_transformers_loader_initialises_no_factor_at_random(tmp_path, monkeypatch):
+    """The remote-code loader builds the model with its parameters on the meta device (no
+    memory, no random init) and fills them from the weights file. The factored modules
+    were built outside that: each factor was allocated for real, in float32 whatever the
+    checkpoint's dtype, and randomly initialised, then thrown away (for a 7B model at 40 %,
+    about 15 GB on top of the weights being read)."""
+    from transformers import AutoModelForCausalLM
+
+    model = random_tiny("llama")
+    manifest = compress(model, "svd", 0.4)
+    save_compressed(model, manifest, tmp_path / "c")
+    initialised = []
+    reset = nn.Linear.reset_parameters
+
+    def spy(self: nn.Linear) -> None:
+        if not self.weight.is_meta:
+            initialised.append(tuple(self.weight.shape))
+        reset(self)
+
+    monkeypatch.setattr(nn.Linear, "reset_parameters", spy)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "c", trust_remote_code=True)
+    monkeypatch.undo()
+    assert initialised == []
+    x = torch.tensor([[10, 20, 30, 40, 50]])
+    with torch.no_grad():
+        assert torch.equal(plain(input_ids=x).logits, model(input_ids=x).logits)

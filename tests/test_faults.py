@@ -861,6 +861,48 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr(api, "load_model", refuse)
 
 
+def test_compressing_a_compressed_model_is_one_line_before_loading(compressed, tmp_path, capsys,
+                                                                   no_model_load):  # fmt: skip
+    """A compressed directory given as `--model`: its factored linears cannot be compressed
+    again. The refusal came after the statistics and the model had loaded, from the first
+    target ("expected nn.Linear ... found LowRankLinear"), or, for a method with
+    statistics, as "computed on another model"."""
+    model, manifest = compressed
+    cdir = tmp_path / "c"
+    save_compressed(model, manifest, cdir, build_byte_tokenizer())
+    rc, err = svdzoo(capsys, *compress_args(cdir, tmp_path / "out"))
+    assert rc == 2, err
+    one_line_error(err, cdir, "svdzoo-compressed", "base model")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_device_is_refused_before_the_weights_are_read(compressed, model_dir,
+                                                                  tmp_path):  # fmt: skip
+    """`load_model` / `load_compressed` with a device that does not exist (or a GPU that is
+    not there) fail before any weight is read: the weights files here are garbage, and the
+    error is still the device's (it used to come after the model had loaded, or from the
+    garbage weights)."""
+    from svdzoo.compression import load_compressed
+    from svdzoo.errors import ModelError
+    from svdzoo.models import load_model
+
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    (dense / "config.json").write_bytes((model_dir / "config.json").read_bytes())
+    (dense / "model.safetensors").write_bytes(b"not weights")
+    model, manifest = compressed
+    comp = tmp_path / "c"
+    save_compressed(model, manifest, comp)
+    (comp / "svdzoo-lowrank.safetensors").write_bytes(b"not weights")
+    for path in (dense, comp):
+        with pytest.raises(ModelError, match="unknown device 'bogus'"):
+            load_model(path, device="bogus")
+        with pytest.raises(ModelError, match="unknown dtype 'float61'"):
+            load_model(path, dtype="float61")
+    with pytest.raises(ModelError, match="unknown device 'bogus'"):
+        load_compressed(comp, device="bogus")
+
+
 @pytest.mark.parametrize("command", ["calibrate", "compress", "evaluate", "sensitivity"])
 def test_model_without_tokenizer_is_one_line_before_loading(command, model_dir, gram_n2, tmp_path,
                                                             capsys, no_model_load):  # fmt: skip

@@ -307,3 +307,14 @@ def test_lastk_search_never_picks_a_candidate_whose_error_is_not_finite():
     ctx = AllocationContext(probe=probe_of({3: float("nan"), 4: float("inf"), 5: float("nan")}))
     with pytest.raises(linalg.NumericsError, match="finite"):
         LastKSearch()(infos, 0.4, ctx)
+
+
+@pytest.mark.parametrize("value", [0, 2.5, True])
+def test_search_nsamples_must_be_a_whole_number(deep, tok, value):
+    """`search_nsamples=0` used to become the default silently, and 2.5 to become 2."""
+    from svdzoo.errors import ConfigError
+
+    model, stats = deep
+    with pytest.raises(ConfigError, match="search_nsamples must be an integer >= 1"):
+        compress(copy.deepcopy(model), "ressvd-lastk", 0.4, stats=Statistics(gram=stats),
+                 tokenizer=tok, options={"search_nsamples": value})  # fmt: skip

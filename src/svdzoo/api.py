@@ -27,7 +27,14 @@ from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import atomic_dir, not_there
 from svdzoo.methods import get_method
 from svdzoo.methods.base import FISHER, GRAM, SENS_ASVD, SENS_DUO, check_options
-from svdzoo.models import count_params, load_model, load_tokenizer
+from svdzoo.models import (
+    count_params,
+    is_compressed_dir,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +135,20 @@ def _require_paths(method_name: str, given: Mapping[str, Any]) -> None:
             )
 
 
+def _check_model_input(model: str | Path, dtype: str, device: str) -> None:
+    """Refuse what `load_model` would refuse only after the statistics and the weights
+    loaded: an unknown dtype or device (an unavailable GPU), and an svdzoo-compressed
+    directory, whose factored linears no method can compress again (the error came from
+    the first target, or, with statistics, as "computed on another model")."""
+    resolve_dtype(dtype)
+    resolve_device(device)
+    if is_compressed_dir(Path(model)):
+        raise ConfigError(
+            f"model {str(model)!r} is an svdzoo-compressed directory; compress its base "
+            "model instead (its manifest.json names it as base_model)"
+        )
+
+
 def compress_to_dir(
     model: str,
     method: str,
@@ -163,6 +184,7 @@ def compress_to_dir(
         method,
         {GRAM: stats, FISHER: fisher, SENS_DUO: sensitivity_duo, SENS_ASVD: sensitivity_asvd},
     )
+    _check_model_input(model, dtype, device)
     inputs = (model, stats, fisher, sensitivity_duo, sensitivity_asvd)
     with atomic_dir(out, COMPRESSED, force=force, protect=inputs) as tmp:
         statistics = load_statistics(stats, fisher, sensitivity_duo, sensitivity_asvd)

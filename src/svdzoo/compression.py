@@ -322,6 +322,12 @@ def _compress(
     check_ratio(ratio)
     method = get_method(method) if isinstance(method, str) else method
     check_options(method, options)
+    if stats is not None and not isinstance(stats, Statistics):
+        # a bare product (`calibrate(...)`, `load_stats(...)`) failed with an AttributeError
+        raise ConfigError(
+            f"stats must be a Statistics (svdzoo.load_statistics(gram=DIR), or "
+            f"Statistics(gram=...)), got {type(stats).__name__}"
+        )
     stats = stats or Statistics()
     adapter = adapter_for(model)
     check_finite_weights(model, "the model to compress")
@@ -532,6 +538,8 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
     from svdzoo.models import resolve_dtype
 
     path = Path(path)
+    # before the weights are hashed and read: an unknown dtype or device fails at once
+    target, dev = resolve_dtype(dtype), resolve_device(device)
     manifest = read_json(path / MANIFEST)
     if not (path / WEIGHTS).exists():
         raise CacheError(
@@ -554,7 +562,6 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
         )
     config = AutoConfig.from_pretrained(str(path))
     config.__dict__.pop("auto_map", None)  # the base architecture, not the remote loader
-    target = resolve_dtype(dtype)
     with init_empty_weights(include_buffers=False):
         # built under the target dtype as `from_pretrained(dtype=...)` builds the dense
         # model, so that the buffers (rotary frequencies) come out as they do there
@@ -588,7 +595,7 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
         raise CacheError(
             f"compressed model {path}: weights do not match the manifest (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
-    model.to(device=resolve_device(device))
+    model.to(device=dev)
     # the parameters in `dtype`, the buffers as built (not `to(dtype)`, which would round
     # the rotary frequencies to float16 where the dense model keeps them float32)
     for param in model.parameters():

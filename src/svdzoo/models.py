@@ -307,11 +307,13 @@ def load_model(
         from svdzoo.compression import load_compressed  # lazy: avoids a cycle
 
         return load_compressed(path, dtype=dtype, device=device)
-    adapter_for(load_config(model_id))  # fail before loading weights
+    # an unknown dtype or device, an unsupported family: refused before the weights load
+    target, dev = resolve_dtype(dtype), resolve_device(device)
+    adapter_for(load_config(model_id))
     model = AutoModelForCausalLM.from_pretrained(
-        str(model_id), dtype=resolve_dtype(dtype), low_cpu_mem_usage=True
+        str(model_id), dtype=target, low_cpu_mem_usage=True
     )
-    model.to(resolve_device(device))
+    model.to(dev)
     model.eval()
     check_finite_weights(model, str(model_id))
     return model

@@ -162,11 +162,13 @@ class SvdzooForCausalLM(PreTrainedModel):
         base = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
         with _parameters_on_meta():
             model = base(config)
-        for name, rec in manifest["modules"].items():
-            if rec.get("dense"):
-                continue
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, _module(rec["spec"]))
+            # the factored modules too: built outside, every factor was allocated in
+            # float32 and randomly initialised, then replaced by the file's
+            for name, rec in manifest["modules"].items():
+                if rec.get("dense"):
+                    continue
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name), child, _module(rec["spec"]))
         state = load_file(weights)
         result = model.load_state_dict(state, strict=False, assign=True)
         model.tie_weights()

@@ -97,12 +97,10 @@ class OutputErrorProbe:
 
 def probe_windows(manifest: Mapping[str, Any], tokenizer: Any, opts: Mapping[str, Any]):
     """The first `search_nsamples` windows of the Gram cache's calibration set."""
-    from svdzoo.methods.sequential import replay_windows
+    from svdzoo.methods.sequential import int_option, replay_windows
 
-    want = int(opts.get("search_nsamples") or SEARCH_NSAMPLES)
+    want = int_option(opts, "search_nsamples", SEARCH_NSAMPLES, minimum=1)
     nsamples = int(manifest.get("nsamples") or 0)
-    if want < 1:
-        raise ConfigError(f"search_nsamples must be >= 1, got {want}")
     return replay_windows(
         manifest, tokenizer, {**opts, "seq_nsamples": min(want, nsamples) if nsamples else want}
     )
