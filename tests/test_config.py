@@ -4,6 +4,7 @@ input fails before any compute with a message naming the offending key."""
 from __future__ import annotations
 
 import copy
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -360,6 +361,10 @@ def test_cli_flags_are_dvc_expansion():
         "rate": 0.1,
     }
     assert C.cli_flags(flags) == to_str(flags).split()
+    # a value with a space or a shell character stays one argument in both engines
+    spaced = {"corpus": "my corpus.txt", "corpora": ["a b", "c;d"], "seqlen": 64}
+    assert C.cli_line(spaced) == to_str(spaced)
+    assert shlex.split(C.cli_line(spaced)) == C.cli_flags(spaced)
     assert C.cli_flags({"flag": True, "off": False}) == ["--flag"]
     evaluation = {"corpora": ["pydoc", "pysource"], "tasks": ["pydoc_continuation"]}
     args = build_parser().parse_args(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+import shlex
 from argparse import ArgumentTypeError
 from collections.abc import Mapping
 from pathlib import Path
@@ -655,6 +656,13 @@ def cli_flags(flags: Mapping[str, Any]) -> list[str]:
         else:
             argv += [f"--{key}", str(value)]
     return argv
+
+
+def cli_line(flags: Mapping[str, Any]) -> str:
+    """`cli_flags` as one shell-quoted string, as DVC's `${dict}` expansion writes it (it
+    quotes strings, so a path with a space stays one argument): the Snakefile's rules
+    put it into their shell commands."""
+    return shlex.join(cli_flags(flags))
 
 
 LOCAL_SOURCES = ("reference", "pypi")  # sources `svdzoo prepare-model` makes into data/models/<key>

@@ -1,6 +1,7 @@
 # Shared helpers: path patterns from svdzoo.paths.Layout, wildcard constraints, resources.
 
 import os
+import shlex
 from pathlib import Path
 
 from svdzoo.paths import ratio_tag
@@ -56,7 +57,7 @@ def code(stage, method=None):
 
 def flags(section):
     """A params section as CLI flags, as dvc.yaml's ${section} expansion gives them."""
-    return " ".join(svdconf.cli_flags(P.get(section) or {}))
+    return svdconf.cli_line(P.get(section) or {})
 
 
 def log_path(rule_name, *parts):

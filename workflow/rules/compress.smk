@@ -13,7 +13,7 @@ rule compress:
         model=lambda w: model_arg(w.model),
         stats=stats_flags,
         extra=flags("compress"),
-        options=lambda w: " ".join(svdconf.option_flags(P, w.method)),
+        options=lambda w: shlex.join(svdconf.option_flags(P, w.method)),
         calib=calibration_flag,
     log:
         log_path("compress", "{model}", "{method}", "r{ratio}"),

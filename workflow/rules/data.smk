@@ -9,7 +9,7 @@ rule prepare_model:
         directory(str(L.model_dir("{model}"))),
     params:
         code=code("prepare-model"),
-        flags=lambda w: " ".join(svdconf.model_flags(P, w.model)),
+        flags=lambda w: shlex.join(svdconf.model_flags(P, w.model)),
     log:
         log_path("prepare_model", "{model}"),
     benchmark:
