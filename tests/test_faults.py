@@ -430,12 +430,19 @@ def test_transformers_loads_a_compressed_directory_with_its_remote_code(tmp_path
         f"    m.save_pretrained({str(tmp_path / 'resaved')!r}); print('saved')\n"
         "except NotImplementedError as e:\n"
         "    print('refused' if 'svdzoo' in str(e) else 'other')\n"
+        # an option the loader would ignore (another model than the one asked for) is refused
+        "try:\n"
+        f"    AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True,\n"
+        "                                         output_loading_info=True); print('ignored')\n"
+        "except ValueError as e:\n"
+        "    print('refused' if 'output_loading_info' in str(e) else 'other')\n"
     )
     res = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
-    name, lowrank, saved = res.stdout.split()[-3:]
+    name, lowrank, saved, option = res.stdout.split()[-4:]
     assert name == "LlamaForCausalLM" and int(lowrank) > 0
     assert saved == "refused" and not (tmp_path / "resaved").exists()
+    assert option == "refused"
     got = torch.load(tmp_path / "logits.pt")
     assert torch.equal(got, want.detach())
 

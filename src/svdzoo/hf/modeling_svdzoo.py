@@ -131,6 +131,17 @@ def _no_save_pretrained(self, save_directory, *args, **kwargs):
     )
 
 
+# `from_pretrained` options that would change what is loaded, which this loader does not do
+UNSUPPORTED = (
+    "quantization_config",
+    "load_in_4bit",
+    "load_in_8bit",
+    "subfolder",
+    "output_loading_info",
+    "gguf_file",
+)
+
+
 class SvdzooForCausalLM(PreTrainedModel):
     """Entry point for `auto_map`: `from_pretrained` returns the base architecture's model
     class (e.g. `LlamaForCausalLM`) with the factored linears in place."""
@@ -138,6 +149,12 @@ class SvdzooForCausalLM(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, config=None, **kwargs):
         path = str(pretrained_model_name_or_path)
+        asked = [k for k in UNSUPPORTED if kwargs.get(k) not in (None, False, "")]
+        if asked:  # silently ignored, they would give another model than the one asked for
+            raise ValueError(
+                f"{path}: an svdzoo compressed model does not load with {', '.join(asked)} "
+                "(its factors are stored as they are; quantize or load them with svdzoo)"
+            )
         if not os.path.isdir(path):
             raise OSError(f"{path}: an svdzoo compressed model loads from a local directory")
         with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
