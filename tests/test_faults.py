@@ -468,6 +468,8 @@ def test_swapped_weights_and_edited_specs_are_cache_errors(two_compressed, tmp_p
     (edited / MANIFEST).write_text(json.dumps(man))
     with pytest.raises(CacheError, match="unusable spec"):
         load_compressed(edited)
+    with pytest.raises(CacheError, match="is not an svdzoo compressed model"):
+        load_compressed(tmp_path)  # a directory without a manifest
     legacy = tmp_path / "legacy"
     shutil.copytree(a, legacy)
     man = json.loads((legacy / MANIFEST).read_text())

@@ -535,11 +535,16 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from svdzoo.calibration.cache import file_sha256
-    from svdzoo.models import resolve_dtype
+    from svdzoo.models import is_compressed_dir, resolve_dtype
 
     path = Path(path)
     # before the weights are hashed and read: an unknown dtype or device fails at once
     target, dev = resolve_dtype(dtype), resolve_device(device)
+    if not is_compressed_dir(path):
+        raise CacheError(
+            f"{path} is not an svdzoo compressed model (no {MANIFEST} naming a method); "
+            "a dense model loads with svdzoo.models.load_model"
+        )
     manifest = read_json(path / MANIFEST)
     if not (path / WEIGHTS).exists():
         raise CacheError(
