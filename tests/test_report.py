@@ -446,6 +446,34 @@ def test_rerun_removes_stale_tables_and_figures(tmp_path: Path) -> None:
     assert (results / "figures" / "ppl_vs_ratio_llama-7b.png").exists()
 
 
+def test_report_removes_only_the_files_it_wrote(tmp_path: Path) -> None:
+    """A report into a folder of the user's deleted every CSV under its plots/ and every
+    file named like a table or figure (tables/summary_*, figures/ppl_vs_ratio_*): only the
+    files an earlier report recorded are stale. Without figures, earlier figures stay."""
+    results = make_tree(tmp_path)
+    out = tmp_path / "paper"
+    mine = {
+        out / "plots" / "fig1" / "data.csv": b"x,y\n1,2\n",
+        out / "tables" / "summary_of_related_work.md": b"my notes\n",
+        out / "figures" / "ppl_vs_ratio_sketch.png": b"my drawing",
+        out / "notes.txt": b"keep\n",
+    }
+    for path, data in mine.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    build_report(results, out)
+    shutil.rmtree(results / "metrics" / "ref-llama")
+    shutil.rmtree(results / "compressed" / "ref-llama")
+    build_report(results, out)  # ref-llama's tables, figures and plot data are stale now
+    assert {path: path.read_bytes() for path in mine if path.exists()} == mine
+    assert not [p for p in out.rglob("*ref-llama*") if p.is_file()]
+    assert (out / "tables" / "table1_llama-7b.csv").exists()
+    figures = sorted((out / "figures").glob("*llama-7b*"))
+    build_report(results, out, figures=False)
+    assert figures and sorted((out / "figures").glob("*llama-7b*")) == figures
+    assert {path: path.read_bytes() for path in mine if path.exists()} == mine
+
+
 def test_non_canonical_ratio_tag_is_not_silently_merged(tmp_path: Path, caplog) -> None:
     """r0.4 and r0.40 parse to one ratio: one run's numbers replaced the other's unseen."""
     metrics = tmp_path / "results" / "metrics" / "m"

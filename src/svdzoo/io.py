@@ -11,7 +11,8 @@ is ever replaced, and a crash leaves nothing that the next write does not clean 
   (`.svdzoo-output`) naming its kind. Any other existing path (a foreign directory, a file,
   an output of another kind) is refused with `OutputError` naming the path; `force=True`
   (`--force`) replaces it. Never replaced, even with `force`: an input given in `protect`
-  (or a directory holding one) and the current directory or one of its parents. An empty
+  (or a directory holding one, or a path inside one) and the current directory or one of
+  its parents. An empty
   directory holds nothing to lose and is replaced.
 - **Checked before compute.** `check_output` runs the same checks without writing, so a
   command fails in a second rather than after hours of compression; `atomic_dir` runs them
@@ -24,7 +25,8 @@ is ever replaced, and a crash leaves nothing that the next write does not clean 
   committing) are serialised by a lock file `.NAME.lock` beside the target, removed after use.
 - **Atomic for readers.** On Linux the finished directory is swapped with the old one in one
   `renameat2(RENAME_EXCHANGE)`, so the target path always names a complete output; elsewhere
-  the old directory is moved aside and the new one renamed in (a brief window without it).
+  the old directory is moved aside and the new one renamed in (a brief window without it;
+  if renaming it in fails, the old one is put back).
 - **Permissions follow the umask**: temporaries are created with 0666 / 0777 masked by the
   umask (not `mkstemp`'s 0600 / 0700), and what a library wrote 0600 inside the output
   (safetensors does) is given the umask's mode before the output appears.
@@ -158,7 +160,8 @@ def _refuse_directory(path: Path) -> None:
 
 
 def _refuse_protected(path: Path, protect: Iterable[_PathLike | None]) -> None:
-    """`path` must not be, or contain, the working directory or an input (force or not)."""
+    """`path` must not be, or contain, the working directory or an input, nor lie inside an
+    input (force or not): replacing it would change the input."""
     target = path.resolve()
     try:
         cwd = Path.cwd().resolve()
@@ -175,6 +178,11 @@ def _refuse_protected(path: Path, protect: Iterable[_PathLike | None]) -> None:
             raise OutputError(
                 f"refusing to write {path}: it {what} the input {p}, which would be "
                 "replaced (--force does not change this); choose another output path"
+            )
+        if resolved in target.parents:  # `--out MODEL/config.json --force` replaced a file of it
+            raise OutputError(
+                f"refusing to write {path}: it is inside the input {p}, which would be "
+                "changed (--force does not change this); choose another output path"
             )
 
 
@@ -219,10 +227,10 @@ def check_output(
     """Everything `atomic_dir(path, kind)` would refuse, checked before any compute.
 
     Refuses (`OutputError`, one line naming the path): the current directory or a parent of
-    it; a path that is or contains one of `protect` (the inputs); an existing path that is
-    not an earlier svdzoo output of `kind` (unless `force`); a path another process is
-    writing; a path whose directory cannot be created or written. Stale temporaries that a
-    killed writer left beside the target are removed (and logged).
+    it; a path that is, contains or lies inside one of `protect` (the inputs); an existing
+    path that is not an earlier svdzoo output of `kind` (unless `force`); a path another
+    process is writing; a path whose directory cannot be created or written. Stale
+    temporaries that a killed writer left beside the target are removed (and logged).
     """
     path = _preflight(path, kind, force, protect)
     with _target_lock(path):
@@ -450,7 +458,11 @@ def _commit(tmp: Path, path: Path, kind: str | None, force: bool) -> None:
     aside = _new_temp(path)
     os.rmdir(aside)
     os.rename(path, aside)
-    os.rename(tmp, path)
+    try:
+        os.rename(tmp, path)
+    except BaseException:  # put the old output back: named like a temporary, the next
+        os.rename(aside, path)  # write's sweep would delete it as a stale one
+        raise
     _remove(aside)
 
 

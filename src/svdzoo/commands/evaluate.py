@@ -92,13 +92,13 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value is not None and value < least:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
-    # each output a file of its own, none of them an input, checked before the model loads
+    # each output a file of its own, none of them an input (a corpus file included: a
+    # `--ppl-out` naming it replaced the text with the JSON), checked before the model loads
     outs = [args.ppl_out, args.zeroshot_out, args.efficiency_out]
+    inputs = [args.model, args.task_dir, *args.corpora]
     for i, out in enumerate(outs):
         if out:
-            check_file_output(
-                out, protect=[args.model, args.task_dir], others=outs[:i] + outs[i + 1 :]
-            )
+            check_file_output(out, protect=inputs, others=outs[:i] + outs[i + 1 :])
     if args.corpora:  # fail on an unknown corpus before loading the model
         from svdzoo.data import get_corpus
 

@@ -128,9 +128,9 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
 
     options = split_options(extra or [])
     # a foreign --out, an output of another kind (or '.') is refused before training or
-    # downloading, not after
+    # downloading, not after; so is the reference's corpus file (--force replaced it)
     kind = REFERENCE_MODEL if args.source == "reference" else PRETRAINED_MODEL
-    check_output(args.out, kind, force=args.force)
+    check_output(args.out, kind, force=args.force, protect=[args.corpus])
     if args.source == "reference":
         _train(args, options)
     else:

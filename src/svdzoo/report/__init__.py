@@ -5,35 +5,56 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from svdzoo.paths import SUMMARY
+from svdzoo.paths import PLOTS, SUMMARY
 
 log = logging.getLogger(__name__)
 
-# The files the report writes under tables/ and figures/: one it did not write this time
-# (a model or method no longer in the results, a comparison not asked for) is stale.
-_OWN = {
-    "tables": ("table1_*", "summary_*", "published_vs_reproduced.*"),
-    "figures": (
-        "ppl_vs_ratio_*",
-        "zeroshot_vs_ratio_*",
-        "allocation_*",
-        "efficiency_vs_ratio_*",
-        "compression_time_*",
-    ),
-}
+# What the last report into a folder wrote under its tables/, figures/ and plots/ (paths
+# relative to the folder). A rerun removes the recorded files it did not write again (a model
+# or method no longer in the results, a comparison not asked for); nothing else is removed.
+RECORD = ".svdzoo-report.json"
+_FOLDERS = ("tables", "figures", PLOTS)
 
 
-def _remove_stale(folder: Path, written: Iterable[Path], patterns: Iterable[str]) -> None:
-    keep = {Path(p).resolve() for p in written}
-    for pattern in patterns:
-        for old in sorted(folder.glob(pattern)):
-            if old.is_file() and old.resolve() not in keep:
-                log.info("removing %s: not part of this report", old)
-                old.unlink()
+def _recorded(out_dir: Path) -> list[str]:
+    """The files the last report recorded under `out_dir`, and only in its own folders (an
+    edited record names nothing else)."""
+    try:
+        files = json.loads((out_dir / RECORD).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    out = []
+    for rel in files if isinstance(files, list) else []:
+        parts = PurePosixPath(rel).parts if isinstance(rel, str) else ()
+        if len(parts) >= 2 and parts[0] in _FOLDERS and ".." not in parts:
+            out.append(rel)
+    return out
+
+
+def _remove_stale(out_dir: Path, written: Iterable[Path], folders: Iterable[str]) -> None:
+    """Remove the files the previous report wrote in `folders` and this one did not, then
+    record this report's files. Only recorded files are removed: a file of the user's beside
+    them (notes in tables/, a CSV in plots/) is never touched, whatever its name (any name
+    like a table's or a figure's, and any CSV under plots/, used to be deleted)."""
+    from svdzoo.io import write_text
+
+    folders = set(folders)
+    now = {Path(p).relative_to(out_dir).as_posix() for p in written}
+    for rel in _recorded(out_dir):
+        old = out_dir / rel
+        if rel in now or not old.is_file():
+            continue
+        if PurePosixPath(rel).parts[0] not in folders:  # not rewritten (no figures): current
+            now.add(rel)
+            continue
+        log.info("removing %s: not part of this report", old)
+        old.unlink()
+    write_text(out_dir / RECORD, json.dumps({"files": sorted(now)}, indent=1) + "\n")
 
 
 def build_report(
@@ -48,7 +69,9 @@ def build_report(
 ) -> dict[str, list[Path]]:
     """Collect metrics under `results_dir`, write metrics.csv, summary.json (headline
     metrics), plots/ (their data per model and metric), tables and figures under `out_dir`
-    (tables/, figures/), and the published comparison when `published` is given."""
+    (tables/, figures/), and the published comparison when `published` is given. Files an
+    earlier report recorded in `out_dir/.svdzoo-report.json` and this one does not write
+    are removed; no other file in `out_dir` is."""
     from svdzoo.report import metrics, summary, tables
 
     out_dir = Path(out_dir)
@@ -79,8 +102,9 @@ def build_report(
 
         manifests = metrics.load_manifests(results_dir)
         written["figures"] = figs.write_all(tidy, manifests, out_dir / "figures")
-        _remove_stale(out_dir / "figures", written["figures"], _OWN["figures"])
-    _remove_stale(out_dir / "tables", written["tables"], _OWN["tables"])
+    folders = ["tables", PLOTS, *(["figures"] if figures else [])]
+    own = written["tables"] + written["plots"] + written.get("figures", [])
+    _remove_stale(out_dir, own, folders)
     log.info(
         "report: %d rows in %s, %d table files, %d figure files",
         len(tidy),

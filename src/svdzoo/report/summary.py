@@ -84,15 +84,13 @@ def plot_frames(tidy: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
 
 
 def write_plot_data(tidy: pd.DataFrame, results: str | Path) -> list[Path]:
-    """Write every plot table; older tables of metrics no longer reported are removed."""
+    """Write every plot table. `build_report` removes the tables an earlier report wrote
+    for metrics no longer reported (it records them; any CSV under plots/ went before)."""
     written = []
     for (model, name), frame in plot_frames(tidy).items():
         path = plot_file(results, model, name)
         write_text(path, frame.to_csv(float_format="%.6g"))
         written.append(path)
-    for old in sorted((Path(results) / PLOTS).glob("*/*.csv")):
-        if old not in written:
-            old.unlink()
     return written
 
 
