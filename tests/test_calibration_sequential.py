@@ -264,6 +264,7 @@ def test_a_failed_capture_gives_the_mode_back():
         {"seq_nsamples": 2.5},  # truncated to 2
         {"mini_bsz": True},  # read as 1 (off)
         {"seq_batch_size": "abc"},  # a bare ValueError
+        {"seq_batch_size": "+-3"},  # passed the digit check, then int() raised ValueError
     ],
 )
 def test_a_sequential_option_that_is_no_whole_number_is_refused(options):

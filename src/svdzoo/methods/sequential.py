@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -67,8 +68,8 @@ def int_option(opts: Mapping[str, Any], key: str, default: int, minimum: int) ->
         return default
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         number = None
-    elif isinstance(value, str):
-        number = int(value) if value.strip().lstrip("+-").isdigit() else None
+    elif isinstance(value, str):  # ASCII digits: `isdigit` passed "+-3" and "²" to `int()`
+        number = int(value) if re.fullmatch(r"[+-]?[0-9]+", value.strip()) else None
     else:
         number = int(value) if float(value).is_integer() else None
     if number is None or number < minimum:
@@ -104,12 +105,10 @@ def replay_windows(manifest: Mapping[str, Any], tokenizer: Any, opts: Mapping[st
         int(manifest["seed"]),
     )
     windows = calibration_windows(tokenizer, corpus, nsamples, seqlen, seed)
-    want = opts.get("seq_nsamples")
-    if want is not None:
-        want = int_option(opts, "seq_nsamples", nsamples, 1)
-        if not 1 <= want <= nsamples:
-            raise ConfigError(f"seq_nsamples must be in [1, {nsamples}], got {want}")
-        windows = windows[:want]
+    want = int_option(opts, "seq_nsamples", nsamples, 1)
+    if want > nsamples:
+        raise ConfigError(f"seq_nsamples must be in [1, {nsamples}], got {want}")
+    windows = windows[:want]
     return windows
 
 
