@@ -176,10 +176,11 @@ def compress_to_dir(
     `out` meanwhile is refused.
     """
     check_ratio(ratio)
-    check_options(get_method(method), options)
+    registered = get_method(method)
+    check_options(registered, options)
     # the values too (an unknown whitening, a negative tau): the parts refuse them when
     # configured, which `compress` does only after the statistics and the model loaded
-    with_options(get_method(method), {**get_method(method).options, **(options or {})})
+    with_options(registered, {**registered.options, **(options or {})})
     _require_paths(
         method,
         {GRAM: stats, FISHER: fisher, SENS_DUO: sensitivity_duo, SENS_ASVD: sensitivity_asvd},

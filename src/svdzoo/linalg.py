@@ -984,6 +984,13 @@ def _times_lower_rows(M: Tensor, L: Tensor, idx: Tensor, block: int = 128) -> Te
     return out
 
 
+def _congruence(S: Tensor, A: Tensor) -> Tensor:
+    """`S^T A S` for a symmetric `A`, symmetrised (the products leave it so only to
+    rounding, and the eigensolvers read one triangle)."""
+    G = S.T @ (A @ S)
+    return 0.5 * (G + G.T)
+
+
 class _RestProblem:
     """Duo-SVD's rest truncation, for the top-`c` scored columns kept, solved in the
     coordinates of the baseline's whitened SVD `W S = U Sigma V^T`.
@@ -1166,7 +1173,7 @@ class _RestProblem:
         if left <= size:
             return
         rev = self.order.flip(0)
-        new, Wl = rev[size:left], self.W.index_select(1, rev[:left])
+        new = rev[size:left]
         H_new = self.H.index_select(0, new).index_select(1, rev[:left])  # rows `[size, left)`
         L = H_new.new_zeros(left, left)
         if size:
@@ -1182,6 +1189,7 @@ class _RestProblem:
             self._WtW = self.W.T @ self.W  # symmetric to rounding; each `G` is symmetrised
             return
         L[size:, size:] = L22
+        Wl = self.W.index_select(1, rev[:left])
         A = Wl.new_empty(left, left)
         B = Wl[:, size:].T @ Wl
         if size:
@@ -1207,18 +1215,16 @@ class _RestProblem:
         assert self._WtW is not None
         if self._own_factor is not None:  # leading blocks, in the reverse score order
             cols = self.order.flip(0)[:left]
-            S, A = self._own_factor[:left, :left], self._WtW[:left, :left]
+            S = self._own_factor[:left, :left]
             c0, _ = self._own_form_cost(c)
             if c0 is not None:
                 G = self._own_update(self._own_formed[c0][0], left)
+            else:
+                G = _congruence(S, self._WtW[:left, :left])
         else:
             cols = torch.sort(self.order[c:]).values  # the reference's order and Cholesky
             S = self.rest_factor(cols)
-            A = self._WtW.index_select(0, cols).index_select(1, cols)
-            c0 = None
-        if c0 is None:
-            G = S.T @ (A @ S)
-            G = 0.5 * (G + G.T)
+            G = _congruence(S, self._WtW.index_select(0, cols).index_select(1, cols))
         self._own_formed[c] = (G, S, cols)
         while len(self._own_formed) > self.KEEP_FORMED:
             del self._own_formed[next(iter(self._own_formed))]
@@ -1261,8 +1267,7 @@ class _RestProblem:
         G_wo = S_ww.T @ (2.0 * Y - P)
         G[lo:, :lo] = G_wo
         G[:lo, lo:] = G_wo.T
-        G_ww = S_ww.T @ (A_ww @ S_ww)
-        G[lo:, lo:] = 0.5 * (G_ww + G_ww.T)
+        G[lo:, lo:] = _congruence(S_ww, A_ww)
         return G
 
     def own_factors(self, c: int, rest: Tensor, kr: int) -> tuple[Tensor, Tensor, float] | None:
