@@ -949,15 +949,21 @@ def test_residual_stage_by_top_svd_equals_the_full_svd():
     assert torch.allclose(fast.A @ fast.B, s1.A @ s1.B + s2.A @ s2.B, atol=1e-10)
 
 
-def test_auto_precision_is_float32_on_gpus_only():
-    """Issue 16's default: float32 SVDs where float64 is slow (GPUs), float64 on CPUs, where
-    the recorded results were made; an explicit choice is kept on any device."""
+def test_auto_precision_is_the_gram_eigh_on_gpus_only():
+    """Issue 16's default: the Gram's float64 eigendecomposition where the SVD is slow
+    (GPUs: 10x on an H200), the float64 SVD on CPUs, where the recorded results were made;
+    an explicit choice is kept on any device. Duo-SVD's probes resolve on their own."""
     assert linalg.resolve_precision("auto", "cpu") == "float64"
-    assert linalg.resolve_precision("auto", torch.device("cuda", 0)) == "float32"
+    assert linalg.resolve_precision("auto", torch.device("cuda", 0)) == "float64-eigh"
     assert linalg.resolve_precision("float64", "cuda") == "float64"
     assert linalg.resolve_precision("float32", "cpu") == "float32"
+    assert linalg.resolve_precision("float64-eigh", "cpu") == "float64-eigh"
+    assert linalg.resolve_probe_precision("auto", "cuda") == "float32"
+    assert linalg.resolve_probe_precision("auto", "cpu") == "float64"
     with pytest.raises(linalg.NumericsError, match="precision"):
         linalg.resolve_precision("bf16", "cpu")
+    with pytest.raises(linalg.NumericsError, match="precision"):
+        linalg.resolve_probe_precision("float64-eigh", "cpu")  # no meaning for a probe
     g = torch.Generator().manual_seed(2)
     W = torch.randn(12, 9, generator=g, dtype=F64)
     X = torch.randn(9, 30, generator=g, dtype=F64)
@@ -975,3 +981,32 @@ def test_rounded_schedule_is_the_first_form():
         s: linalg.column_preserving_split(W, H, 6, schedule=s).delta_r for s in linalg.SCHEDULES
     }
     assert picks == {"official": 2, "golden": 5, "rounded": 2}
+
+
+@pytest.mark.parametrize("shape", [(40, 24), (24, 40), (30, 30)])
+def test_gram_eigh_svd_matches_the_float64_svd(shape):
+    """`float64-eigh` (the GPU default): the same truncations as the float64 SVD on an
+    ill-conditioned whitened matrix, tall, wide and square: the kept factors' product and
+    the loss to 1e-10, the spectrum to rounding of the largest value, and `truncate`'s
+    factors stay a rank-k projection of `W S` (no NaN from a zero singular value)."""
+    m, n = shape
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(m, n, generator=g, dtype=F64)
+    X = torch.randn(n, 4 * n, generator=g, dtype=F64) * torch.logspace(0, -4, n, dtype=F64)[:, None]
+    S = linalg.cholesky_whitener(X @ X.T)
+    ref = linalg.whitened_svd(W, S, "float64")
+    eig = linalg.whitened_svd(W, S, "float64-eigh")
+    assert torch.allclose(eig[1], ref[1], rtol=0, atol=1e-12 * float(ref[1][0]))
+    spec = linalg.whitened_spectrum(W, S, "float64-eigh")
+    assert torch.allclose(spec, ref[1], rtol=0, atol=1e-12 * float(ref[1][0]))
+    for k in (1, min(m, n) // 2, min(m, n) - 1):
+        a = linalg.truncate(W, S, k, svd=ref)
+        b = linalg.truncate(W, S, k, svd=eig)
+        assert torch.allclose(a.A @ a.B, b.A @ b.B, rtol=0, atol=1e-10 * float(W.abs().max()))
+        assert b.loss == pytest.approx(a.loss, rel=1e-10, abs=1e-12 * float(ref[1][0]) ** 2)
+    # a rank-deficient W: zero singular values give zero directions, never NaN
+    W2 = W[:, :1] @ torch.randn(1, n, generator=g, dtype=F64)
+    U, s2, Vh = linalg.whitened_svd(W2, S, "float64-eigh")
+    assert all(bool(torch.isfinite(t).all()) for t in (U, s2, Vh))
+    t = linalg.truncate(W2, S, 3, svd=(U, s2, Vh))
+    assert torch.allclose(t.A @ t.B, W2, atol=1e-9 * float(W2.abs().max()))

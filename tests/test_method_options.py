@@ -110,6 +110,20 @@ def test_a_bad_option_value_is_refused_before_compute(llama, method, options, ma
 
 
 def test_the_manifest_records_the_factorisation_precision(llama):
-    assert _run(llama, "svd-llm", 0.4, {})[0]["precision"] == "float64"
+    base_man, base = _run(llama, "svd-llm", 0.4, {})
+    assert base_man["precision"] == "float64"
     man, _ = _run(llama, "svd-llm", 0.4, {"precision": "float32"})
     assert man["precision"] == "float32" and man["options"]["precision"] == "float32"
+    # the GPU default, run here on a CPU: the same compressed model to float32's rounding
+    # of the weights' product (the factors' balance may differ, their product may not)
+    man, got = _run(llama, "svd-llm", 0.4, {"precision": "float64-eigh"})
+    assert man["precision"] == "float64-eigh"
+    assert man["modules"] == base_man["modules"]
+    stems = [n[: -len(".A.weight")] for n in base if n.endswith(".A.weight")]
+    assert stems  # the model was factored
+    for name in base:
+        if name.endswith(".A.weight"):
+            stem = name[: -len(".A.weight")]
+            want = base[f"{stem}.A.weight"].double() @ base[f"{stem}.B.weight"].double()
+            have = got[f"{stem}.A.weight"].double() @ got[f"{stem}.B.weight"].double()
+            assert torch.allclose(have, want, rtol=0, atol=1e-5 * float(want.abs().max())), stem

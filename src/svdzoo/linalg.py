@@ -48,6 +48,7 @@ __all__ = [
     "column_preserving_split",
     "column_counts",
     "resolve_precision",
+    "resolve_probe_precision",
 ]
 
 
@@ -332,26 +333,51 @@ class LowRankFactors:
         return self.A @ self.B
 
 
-PRECISIONS = ("auto", "float64", "float32")
+PRECISIONS = ("auto", "float64", "float32", "float64-eigh")
+PROBE_PRECISIONS = ("auto", "float64", "float32")  # Duo-SVD's candidate solves
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """`auto` is float32 on a GPU and float64 elsewhere.
+    """How a whitened SVD is computed. `auto` is `float64-eigh` on a GPU, `float64` elsewhere.
 
-    The float32 SVD's layer loss is within 2.1e-7 of float64's on every SmolLM2 matrix and
-    7.8e-7 at LLaMA-7B shapes (benchmarks/results/precision.md), so precision does not
-    decide; speed does. GPUs run float64 at 1/2 (H100) to 1/64 (consumer cards) of float32,
-    while on CPUs float32 gains 1.5x on the SVD alone and would change the bits of every
+    - `float64`: `torch.linalg.svd` in float64 (LAPACK's gesdd on a CPU).
+    - `float32`: the SVD alone in float32; on a GPU through cuSOLVER's `gesvd`, because
+      the default driver (gesvdj) missed float64's truncation error by 0.07-0.16 % at
+      LLaMA-7B shapes on an H200, where gesvd was within 2.5e-6.
+    - `float64-eigh`: the eigendecomposition of the smaller Gram of `W S` in float64
+      (`top_svd`). On the H200 it took 0.10-0.12 s per LLaMA-7B matrix against 1.25-1.8 s
+      for the float64 SVD and 0.8-1.3 s for float32, with the truncation error within
+      3e-12 of the SVD's (benchmarks/results/svd-drivers.md): the Gram squares the small
+      singular values' error, but a truncation only drops them, and the kept factors'
+      product is a projection of `W S` whatever those values are.
+    On CPUs the float64 SVD stays the default: any other path changes the bits of every
     recorded CPU result."""
     if precision not in PRECISIONS:
         raise NumericsError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
     if precision != "auto":
         return precision
+    return "float64-eigh" if torch.device(device).type == "cuda" else "float64"
+
+
+def resolve_probe_precision(precision: str, device: torch.device | str) -> str:
+    """Duo-SVD's candidate eigenvalue solves: `auto` is float32 on a GPU, float64 elsewhere
+    (their float32 answers are checked against error bounds, `column_preserving_split`)."""
+    if precision not in PROBE_PRECISIONS:
+        raise NumericsError(f"unknown precision {precision!r}; use one of {PROBE_PRECISIONS}")
+    if precision != "auto":
+        return precision
     return "float32" if torch.device(device).type == "cuda" else "float64"
 
 
-def _svd_dtype(precision: str, device: torch.device | str = "cpu") -> torch.dtype:
-    return F64 if resolve_precision(precision, device) == "float64" else torch.float32
+def _thin_svd(M: Tensor, precision: str) -> tuple[Tensor, Tensor, Tensor]:
+    """`(U, sigma, Vh)` of the float64 `M` by the resolved `precision`, returned in float64."""
+    if precision == "float64-eigh":
+        return top_svd(M, min(M.shape))
+    if precision == "float32":
+        driver = {"driver": "gesvd"} if M.is_cuda else {}
+        U, s, Vh = torch.linalg.svd(M.to(torch.float32), full_matrices=False, **driver)
+        return U.to(F64), s.to(F64), Vh.to(F64)
+    return torch.linalg.svd(M, full_matrices=False)
 
 
 def whitened_svd(
@@ -359,16 +385,14 @@ def whitened_svd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Thin SVD of `W S`: `(U, sigma, Vh)`, sigma descending, returned in float64.
 
-    `precision="float32"` (or `"auto"` on a GPU, `resolve_precision`) runs only the SVD in
-    float32 (the cost; several times faster on GPUs, ~2x on CPUs); the whitening factor,
-    `W S` and everything after the SVD (the back-substitution through `S`) stay in float64,
-    where round-off would be amplified."""
+    `precision` (`resolve_precision`): `float32` runs only the SVD in float32 and
+    `float64-eigh` takes it from the smaller Gram's eigendecomposition; the whitening
+    factor, `W S` and everything after the SVD (the back-substitution through `S`) stay in
+    float64, where round-off would be amplified."""
     W = _check_matrix(W)
     if W.shape[1] != whitener.n:
         raise NumericsError(f"W has {W.shape[1]} inputs but the whitener is for {whitener.n}")
-    dtype = _svd_dtype(precision, W.device)
-    U, s, Vh = torch.linalg.svd(whitener.apply(W).to(dtype), full_matrices=False)
-    return U.to(F64), s.to(F64), Vh.to(F64)
+    return _thin_svd(whitener.apply(W), resolve_precision(precision, W.device))
 
 
 def whitened_spectrum(W: Tensor, whitener: Whitener, precision: str = "float64") -> Tensor:
@@ -377,7 +401,15 @@ def whitened_spectrum(W: Tensor, whitener: Whitener, precision: str = "float64")
     W = _check_matrix(W)
     if W.shape[1] != whitener.n:
         raise NumericsError(f"W has {W.shape[1]} inputs but the whitener is for {whitener.n}")
-    return torch.linalg.svdvals(whitener.apply(W).to(_svd_dtype(precision, W.device))).to(F64)
+    M = whitener.apply(W)
+    precision = resolve_precision(precision, W.device)
+    if precision == "float64-eigh":
+        G = M.T @ M if M.shape[0] >= M.shape[1] else M @ M.T
+        return torch.linalg.eigvalsh(0.5 * (G + G.T)).flip(0).clamp_min(0).sqrt()
+    if precision == "float32":
+        driver = {"driver": "gesvd"} if M.is_cuda else {}
+        return torch.linalg.svdvals(M.to(torch.float32), **driver).to(F64)
+    return torch.linalg.svdvals(M)
 
 
 def _split(U: Tensor, sigma: Tensor, Vh: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -1474,7 +1506,7 @@ def column_preserving_split(
     is wide against its loss is re-solved in float64, and its neighbours go straight to
     float64 (`_RestProblem.loss_f32`). `H` must be symmetric to rounding; a sample of its
     rows is checked, and it is symmetrised when they differ. `float64` solves every one in
-    float64; `auto` is float32 on a GPU, float64 otherwise (`resolve_precision`). The chosen
+    float64; `auto` is float32 on a GPU, float64 otherwise (`resolve_probe_precision`). The chosen
     split's factors and loss are always computed in float64. On this CPU float32 saves
     ~14 % of the search on SmolLM2-135M with the same splits (docs/results.md); GPUs, slow
     in float64, are where it pays most.
@@ -1486,7 +1518,7 @@ def column_preserving_split(
     if not oversample >= 0:
         raise NumericsError(f"oversample must be >= 0, got {oversample}")
     W = _check_matrix(W)
-    probes = resolve_precision(probes, W.device)
+    probes = resolve_probe_precision(probes, W.device)
     m, n = W.shape
     _check_rank(k, m, n)
     # symmetrised only when a sample of its rows is not symmetric (at n = 1536, on every

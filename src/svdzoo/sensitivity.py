@@ -493,7 +493,7 @@ def compute_sensitivity(
     _check_gram_matches(model, gram_stats)
     adapter = adapter_for(model)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
-    precision = linalg.resolve_precision("auto", device)  # float32 SVDs on a GPU (issue 16)
+    precision = linalg.resolve_precision("auto", device)  # Gram eigh SVDs on a GPU (issue 16)
     if max_tokens < 1:
         raise ConfigError(f"max_tokens must be positive, got {max_tokens}")
     with eval_mode(model):

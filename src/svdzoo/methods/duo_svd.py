@@ -74,8 +74,10 @@ class ColumnPreserving:
         Whitened(self.whitening, fallback=self.fallback)  # refuses an unknown whitening/fallback
         if self.schedule not in linalg.SCHEDULES:
             raise ConfigError(f"schedule must be one of {linalg.SCHEDULES}, got {self.schedule!r}")
-        if self.probes not in linalg.PRECISIONS:
-            raise ConfigError(f"probes must be one of {linalg.PRECISIONS}, got {self.probes!r}")
+        if self.probes not in linalg.PROBE_PRECISIONS:
+            raise ConfigError(
+                f"probes must be one of {linalg.PROBE_PRECISIONS}, got {self.probes!r}"
+            )
         if not float(self.oversample) >= 0:
             raise ConfigError(f"oversample must be >= 0, got {self.oversample!r}")
 

@@ -71,8 +71,8 @@ class Whitened:
     """SVD-LLM (cholesky) or SVD-LLM V2 loss-optimised truncation (eigen)."""
 
     whitening: str = "cholesky"
-    # the SVD's arithmetic: "auto" (float32 on GPUs, float64 on CPUs), "float64" or
-    # "float32" (linalg.resolve_precision)
+    # the SVD's arithmetic: "auto" (float64-eigh on GPUs, float64 on CPUs), "float64",
+    # "float32" or "float64-eigh" (linalg.resolve_precision)
     precision: str = "auto"
     # what Cholesky does when `H` is not positive definite (`linalg.cholesky_whitener`):
     # "eigen-shift" (SVD-LLM's official fix, the default), "diag-damp" (Duo-SVD's code:
