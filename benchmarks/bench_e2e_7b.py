@@ -198,7 +198,7 @@ def run(a: argparse.Namespace, save=lambda result: None) -> dict[str, Any]:
                 "calibration_plus_compress_s": round(calib_s + took, 2),
                 "achieved_ratio": round(manifest["achieved_ratio"], 4),
                 "matrices": len(manifest["modules"]),
-                "precision": manifest["precision"],  # the SVD's: "auto" is float32 on a GPU
+                "precision": manifest["precision"],  # the SVD's: "auto" is float64-eigh on a GPU
             }
         )
         print(json.dumps(result["rows"][-1]), flush=True)
