@@ -117,6 +117,33 @@ def test_paper_adacomp_steps_minimise_their_own_objectives(tau):
         AdaComp(tau=-1)(matrix_ctx(W, H), 3)
 
 
+def test_paper_adacomp_on_a_rank_deficient_gram_is_the_minimum_norm_fit_and_fits_float16():
+    """A Gram of many tokens over few distinct inputs (rank 10 < k = 100), as a byte-level
+    corpus gives a random LLaMA-7B-wide layer 0 (rank 43 < k = 1228). The U-step's
+    pseudo-inverse of the singular `B H B^T` used to invert `H`'s round-off: `A` got O(1)
+    columns along directions the data never saw, the V-step's `A^+` blew `B` up (6e7 at
+    LLaMA-7B widths) and the float16 factors were inf. The U-step is the minimum-norm
+    solution, of rank <= rank(H), and both factors fit a float16 model."""
+    g = torch.Generator().manual_seed(1)
+    n, k, distinct, f64 = 256, 100, 10, torch.float64
+    E = torch.randn(distinct, n, generator=g, dtype=f64)
+    E = E / E.square().mean(1, keepdim=True).sqrt()  # RMS-normalised, like a norm's output
+    X = E[torch.randint(distinct, (4096,), generator=g)]  # tokens x n
+    H = X.T @ X  # unnormalised sum over the tokens
+    W = 0.02 * torch.randn(n, n, generator=g, dtype=f64)
+    start = linalg.truncate(W, linalg.cholesky_whitener(H), k)  # eigen-shift fallback
+    got = linalg.adacomp_steps(W, start.A, start.B, H)
+    # the exact minimum-norm U-step, from the tokens themselves (no Gram, nothing squared)
+    ref = (W @ X.T) @ torch.linalg.pinv(start.B @ X.T)
+    assert torch.allclose(got.A, ref, atol=1e-8 * float(ref.norm()))
+    sv = torch.linalg.svdvals(got.A)
+    assert float(sv[distinct]) <= 1e-10 * float(sv[0])
+    assert got.loss <= 1e-12 * float(((W @ H) * W).sum())
+    lin = torch.nn.Linear(n, n, bias=False, dtype=torch.float16)
+    for name, p in build_module(lin, got).named_parameters():
+        assert bool(torch.isfinite(p).all()), name
+
+
 def test_paper_adacomp_uniform_ranks_differs_from_svd_llm(llama):
     model, tok, stats = llama
     m, ref = copy.deepcopy(model), copy.deepcopy(model)

@@ -650,7 +650,9 @@ def als_refine(
     return LowRankFactors(A, B, None, layer_loss(T, A, B, Hp))
 
 
-def adacomp_steps(W: Tensor, A: Tensor, B: Tensor, H: Tensor, iters: int = 1) -> LowRankFactors:
+def adacomp_steps(
+    W: Tensor, A: Tensor, B: Tensor, H: Tensor, iters: int = 1, *, S: Whitener | None = None
+) -> LowRankFactors:
     """AdaSVD adaComp as the paper states it: `iters` alternations of
 
     - U-step, least squares against the data: `A = argmin ||(W - A B) X||_F`, i.e.
@@ -660,23 +662,42 @@ def adacomp_steps(W: Tensor, A: Tensor, B: Tensor, H: Tensor, iters: int = 1) ->
     Only the U-step minimises the loss on the data; the V-step minimises `||W - A B||_F`, so
     from SVD-LLM's whitened optimum (where the U-step is a fixed point) the data loss can
     only rise: the V-step pulls the factors towards the weights, a regulariser. `loss` is
-    the data loss `tr((W - A B) H (W - A B)^T)`.
+    the data loss `tr((W - A B) H (W - A B)^T)`. `S`: `eigen_whitener(H)` if the caller has
+    it (the matrices of one input group share it); one serves every U-step.
     """
     W = _check_matrix(W)
     m, n = W.shape
     A, B = _check_factors(W, A, B, iters)
     H = _check_gram(H, n).to(W.device)
+    if S is None:
+        S = eigen_whitener(H)
+    elif S.kind != "eigen" or S.n != n:
+        raise NumericsError(f"adaComp's U-step needs the eigen whitener of H ({n}), got {S.kind}")
+    WS = S.apply(W)
     for _ in range(iters):
-        A = adacomp_u_step(W, B, H)
+        A = _u_step(WS, B, S)
         B = adacomp_v_step(W, A)
     return LowRankFactors(A, B, None, layer_loss(W, A, B, H))
 
 
 def adacomp_u_step(W: Tensor, B: Tensor, H: Tensor) -> Tensor:
-    """`argmin_A ||(W - A B) X||_F = W H B^T (B H B^T)^+`."""
-    W, B, H = _as64(W), _as64(B).to(W.device), _as64(H).to(W.device)
-    G = B @ H @ B.T
-    return (W @ H @ B.T) @ torch.linalg.pinv(0.5 * (G + G.T), hermitian=True)
+    """`argmin_A ||(W - A B) X||_F`, the minimum-norm solution `W H B^T (B H B^T)^+`.
+
+    Computed as `(W S) (B S)^+` with `H = S S^T` from `eigen_whitener` (the directions of
+    `H` with no energy dropped), not through the pseudo-inverse of the `k x k` Gram
+    `B H B^T`: when `H` is rank-deficient (few distinct inputs, or `k > rank H`) that Gram
+    is singular and its null space holds `H`'s round-off (~1e-15 of `||H||`, but above
+    `pinv`'s cut relative to `||B H B^T||` once `B` is small on `H`'s range); inverting it
+    put O(1) columns into `A` along directions the data never saw, and the V-step's `A^+`
+    then blew `B` up (to ~6e7 at LLaMA-7B widths: inf in float16)."""
+    W, H = _as64(W), _as64(H).to(W.device)
+    S = eigen_whitener(_check_gram(H, W.shape[1]))
+    return _u_step(S.apply(W), B, S)
+
+
+def _u_step(WS: Tensor, B: Tensor, S: Whitener) -> Tensor:
+    """`argmin_A ||W S - A B S||_F` (minimum norm) given `W S`."""
+    return WS @ torch.linalg.pinv(S.apply(_as64(B).to(WS.device)))
 
 
 def adacomp_v_step(W: Tensor, A: Tensor) -> Tensor:

@@ -41,6 +41,8 @@ import logging
 import math
 from dataclasses import dataclass
 
+import torch
+
 from svdzoo import allocation, linalg
 from svdzoo.errors import ConfigError
 from svdzoo.methods.base import GRAM, AllocationContext, MatrixContext, Method, register
@@ -69,13 +71,26 @@ class AdaComp:
     def __call__(self, ctx: MatrixContext, rank: int) -> linalg.LowRankFactors:
         ctx.require("H")
         fac = Whitened(whitening=self.whitening)(ctx, rank)
-        data = ctx.H_actual if ctx.H_actual is not None else ctx.H  # original inputs: a no-op
         if self.tau > 0 and rank > 0:
-            fac = linalg.adacomp_steps(ctx.W, fac.A, fac.B, data, iters=int(self.tau))
+            data, S = adacomp_data(ctx)  # original inputs: a no-op
+            fac = linalg.adacomp_steps(ctx.W, fac.A, fac.B, data, iters=int(self.tau), S=S)
         return fac
 
     def spectrum(self, ctx: MatrixContext):
         return Whitened(whitening=self.whitening).spectrum(ctx)
+
+
+def adacomp_data(ctx: MatrixContext) -> tuple[torch.Tensor, linalg.Whitener]:
+    """The Gram adaComp's U-step fits (the compressed model's inputs in sequential mode,
+    else the cached Gram) and its eigen whitener, computed once per input group: the
+    sequential pass gathers each group's `H_actual` once per layer, and `H`'s is the one
+    eigen whitening (SVD-LLM V2's) would use."""
+    actual = ctx.H_actual is not None
+    data = ctx.H_actual if actual else ctx.H
+    if ctx.whiteners is None:
+        return data, linalg.eigen_whitener(data)
+    key = ("eigen", "H_actual" if actual else None, ctx.layer, ctx.group)
+    return data, ctx.whiteners.get(key, lambda: linalg.eigen_whitener(data))
 
 
 def _check_tau(tau) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from svdzoo import linalg
 from svdzoo.methods.adasvd import PAPER as ADASVD_PAPER
-from svdzoo.methods.adasvd import AdaComp, _check_tau
+from svdzoo.methods.adasvd import AdaComp, _check_tau, adacomp_data
 from svdzoo.methods.base import GRAM, SENS_DUO, MatrixContext, Method, register
 from svdzoo.methods.duo_svd import MIN_RETAINED, ColumnPreserving, KnapsackKL
 from svdzoo.methods.parts import Whitened
@@ -63,11 +63,12 @@ class ColumnAdaComp:
         start = ColumnPreserving(accept=self.accept, whitening=self.whitening)(ctx, rank)
         if self.tau == 0 or start.rank == 0:
             return start
-        data = ctx.H_actual if ctx.H_actual is not None else ctx.H
         if not isinstance(start, linalg.ColumnSplit):
             # the split did not pay: `start` is SVD-LLM's truncation, adaComp's own start,
             # so refit it rather than truncate again (one whitened SVD per matrix)
-            return linalg.adacomp_steps(ctx.W, start.A, start.B, data, iters=int(self.tau))
+            data, S = adacomp_data(ctx)
+            return linalg.adacomp_steps(ctx.W, start.A, start.B, data, iters=int(self.tau), S=S)
+        data = ctx.H_actual if ctx.H_actual is not None else ctx.H
         rest = start.rest_idx.to(ctx.W.device)
         fac = linalg.adacomp_steps(
             ctx.W.index_select(1, rest),
