@@ -3,7 +3,8 @@
 adaComp, as the paper states it (`adasvd`, `adasvd-comp`). Start from SVD-LLM's whitened
 truncation (Cholesky of the original model's Gram `H`), `sqrt(Sigma)` folded into both
 factors (`W ~ A B`). Then `tau` alternations (`tau = 1`, the paper's best) of a U-step,
-least squares against the data `X`, `A = W H_X B^T (B H_X B^T)^+`, and a V-step in weight
+least squares against the data `X`, `A = W H_X B^T (B H_X B^T)^+` (computed as
+`(W S)(B S)^+`, `H_X = S S^T`, so a rank-deficient `H_X` stays exact), and a V-step in weight
 space, `B = A^+ W` (`linalg.adacomp_steps`). The paper does not say whose inputs `X` are.
 With the original model's inputs (`H_X = H`) the procedure is an exact no-op: SVD-LLM's
 factors are the data optimum (U-step fixed point) and `A^+ W` gives back `B` whenever `H`
