@@ -225,6 +225,29 @@ def test_corrupted_header_raises_without_hash(cache_dir):
         load_stats(out, verify=False)
 
 
+def test_a_failed_pass_gives_back_a_caller_s_budget(tok, windows):
+    """A budget the caller owns (to read its accounting, or to share it) is whole again after
+    a pass that failed in a layer: the stores alive then gave back their bytes, so the next
+    pass is not pushed to disk early by activations that no longer exist."""
+    from svdzoo.calibration.store import MemoryBudget
+
+    model = random_tiny("llama")
+    budget = MemoryBudget(1 << 30)
+
+    def boom(_m, _args):
+        raise RuntimeError("layer 1 failed")
+
+    handle = adapter_for(model).layers(model)[1].register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="layer 1 failed"):
+        stream_gram_stats(model, windows, {}.__setitem__, batch_size=2, memory_budget=budget,
+                          device="cpu", progress=False)  # fmt: skip
+    handle.remove()
+    assert budget.peak > 0 and budget.used == 0
+    stream_gram_stats(model, windows, {}.__setitem__, batch_size=2, memory_budget=budget,
+                      device="cpu", progress=False)  # fmt: skip
+    assert budget.used == 0
+
+
 def test_failed_calibration_leaves_no_cache(tok, tmp_path):
     model = random_tiny("llama")
     out = tmp_path / "gram"

@@ -159,6 +159,9 @@ def capture_layer_inputs(
                 store.append(box["hidden"])
                 for i in watch:
                     per_layer[i].append(_dedup(per_layer[i], box[i]))
+    except BaseException:
+        store.close()  # its bytes back to the (possibly caller-owned) budget
+        raise
     finally:
         for h in handles:
             h.remove()

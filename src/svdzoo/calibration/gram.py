@@ -75,10 +75,12 @@ def stream_gram_stats(
     device = resolve_device(device)
     budget = as_budget(memory_budget, offload_dir)
     counts: dict[str, int] = {}
+    stores: list[ActivationStore] = []  # closed on failure too: a caller's budget is whole
     with eval_mode(model):
         try:
             inputs = capture_layer_inputs(model, adapter, windows, batch_size, budget)
             hidden = inputs.hidden
+            stores.append(hidden)
             layers = adapter.layers(model)
             for i, layer in enumerate(
                 tqdm(layers, desc="calibrate", unit="layer", disable=not progress)
@@ -88,6 +90,7 @@ def stream_gram_stats(
                     accs = GramCollector()
                     cos = CosineAccumulator()
                     out = ActivationStore(budget)
+                    stores.append(out)
                     to_dev = CallArgsOnDevice(device)
                     with group_input_hooks(layer, adapter, accs):
                         for b, call in enumerate(inputs.calls_for(i)):
@@ -131,6 +134,8 @@ def stream_gram_stats(
                     budget.offloaded_bytes / 2**20,
                 )
         finally:
+            for store in stores:
+                store.close()
             budget.cleanup()
     return counts
 
