@@ -703,6 +703,23 @@ def test_out_dot_is_refused(model_dir, tmp_path, capsys, monkeypatch):
         assert sorted(p.name for p in work.iterdir()) == ["keep.txt"]
 
 
+def test_forcing_onto_home_or_a_repository_is_refused(model_dir, tmp_path, capsys, monkeypatch):
+    """`--force` replaces a foreign directory, but never the home directory (or a parent of
+    it) nor a git repository: one typo (`--out ~`) would delete everything there."""
+    home = tmp_path / "home" / "me"
+    home.mkdir(parents=True)
+    (home / "thesis.tex").write_text("x")
+    repo = tmp_path / "work" / "project"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "main.py").write_text("x")
+    monkeypatch.setenv("HOME", str(home))
+    for out, why in ((home, "home directory"), (home.parent, "home directory"), (repo, "git repository")):  # fmt: skip
+        rc, err = svdzoo(capsys, *compress_args(model_dir, out), "--force")
+        assert rc == 2
+        one_line_error(err, why)
+    assert (home / "thesis.tex").exists() and (repo / "main.py").exists()
+
+
 def test_disk_full_is_one_line_naming_the_path(tmp_path):
     """ENOSPC from the kernel (a write into /dev/full) while an output is written."""
     if not os.path.exists("/dev/full"):

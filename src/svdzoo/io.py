@@ -172,6 +172,15 @@ def _refuse_protected(path: Path, protect: Iterable[_PathLike | None]) -> None:
             f"refusing to write {path}: it is the current directory or one of its parents; "
             "give an output directory of its own"
         )
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no home directory known: nothing to protect
+        home = None
+    if home is not None and _within(home, target):  # `--out ~ --force`: one typo
+        raise OutputError(
+            f"refusing to write {path}: it is the home directory or one of its parents "
+            "(--force does not change this); give an output directory of its own"
+        )
     for p, resolved in _existing_inputs(protect):
         if _within(resolved, target):
             what = "is" if resolved == target else "contains"
@@ -192,6 +201,11 @@ def _check_existing(path: Path, kind: str | None, force: bool) -> str | None:
         return None
     found = recognise(path)
     if force:
+        if found is None and os.path.lexists(path / ".git"):
+            raise OutputError(
+                f"refusing to replace {path}: it is a git repository (it holds .git), and "
+                "--force replaces only outputs and other directories; choose another path"
+            )
         return found
     if found is None:
         raise OutputError(
