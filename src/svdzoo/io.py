@@ -240,9 +240,10 @@ def check_output(
 ) -> None:
     """Everything `atomic_dir(path, kind)` would refuse, checked before any compute.
 
-    Refuses (`OutputError`, one line naming the path): the current directory or a parent of
-    it; a path that is, contains or lies inside one of `protect` (the inputs); an existing
-    path that is not an earlier svdzoo output of `kind` (unless `force`); a path another
+    Refuses (`OutputError`, one line naming the path): the current directory, the home
+    directory or a parent of either; a path that is, contains or lies inside one of
+    `protect` (the inputs); an existing path that is not an earlier svdzoo output of `kind`
+    (unless `force`, which still never replaces a git repository); a path another
     process is writing; a path whose directory cannot be created or written. Stale
     temporaries that a killed writer left beside the target are removed (and logged).
     """
