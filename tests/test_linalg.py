@@ -1013,3 +1013,28 @@ def test_gram_eigh_svd_matches_the_float64_svd(shape):
     assert all(bool(torch.isfinite(t).all()) for t in (U, s2, Vh))
     t = linalg.truncate(W2, S, 3, svd=(U, s2, Vh))
     assert torch.allclose(t.A @ t.B, W2, atol=1e-9 * float(W2.abs().max()))
+
+
+@pytest.mark.parametrize("shape", [(40, 24), (24, 40), (30, 30)])
+def test_duo_split_from_the_orthonormal_gram_eigh_svd_is_the_float64_svd_s(shape):
+    """Duo-SVD's search on a GPU takes its coordinates from `float64-eigh` with `U`
+    re-orthonormalised (QR): `U` orthonormal to rounding even where `M V / sigma` is not,
+    and the same split with the same loss as from the float64 SVD."""
+    m, n = shape
+    g = torch.Generator().manual_seed(7)
+    W = torch.randn(m, n, generator=g, dtype=F64)
+    W[:, :3] *= 30  # columns worth keeping dense
+    X = torch.randn(n, 4 * n, generator=g, dtype=F64) * torch.logspace(0, -5, n, dtype=F64)[:, None]
+    H = X @ X.T
+    S = linalg.cholesky_whitener(H)
+    ref = linalg.whitened_svd(W, S, "float64")
+    eig = linalg.whitened_svd(W, S, "float64-eigh", orthonormal=True)
+    U = eig[0]
+    assert float((U.T @ U - torch.eye(U.shape[1], dtype=F64)).abs().max()) < 1e-12
+    k = min(m, n) // 2
+    a = linalg.column_preserving_split(W, H, k, S=S, svd=ref, probes="float64")
+    b = linalg.column_preserving_split(W, H, k, S=S, svd=eig, probes="float64")
+    assert (a is None) == (b is None)
+    if a is not None:
+        assert a.delta_r == b.delta_r
+        assert b.loss == pytest.approx(a.loss, rel=1e-9)

@@ -369,10 +369,22 @@ def resolve_probe_precision(precision: str, device: torch.device | str) -> str:
     return "float32" if torch.device(device).type == "cuda" else "float64"
 
 
-def _thin_svd(M: Tensor, precision: str) -> tuple[Tensor, Tensor, Tensor]:
-    """`(U, sigma, Vh)` of the float64 `M` by the resolved `precision`, returned in float64."""
+def _thin_svd(
+    M: Tensor, precision: str, orthonormal: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`(U, sigma, Vh)` of the float64 `M` by the resolved `precision`, returned in float64.
+
+    `float64-eigh` computes the larger side's vectors as `M V / sigma`, orthonormal only to
+    ~`eps sigma_1^2 / sigma_i^2` (0.54 off on one SmolLM2 `q_proj`'s smallest directions);
+    `orthonormal` re-orthonormalises them by a QR of `M V` (`= U Sigma`), for callers that
+    work in `U`'s coordinates (Duo-SVD's split search)."""
     if precision == "float64-eigh":
-        return top_svd(M, min(M.shape))
+        U, sigma, Vh = top_svd(M, min(M.shape))
+        if orthonormal and M.shape[0] >= M.shape[1]:
+            Q, R = torch.linalg.qr(M @ Vh.T)
+            sign = torch.where(torch.diagonal(R) < 0, -1.0, 1.0).to(Q)
+            U = Q * sign
+        return U, sigma, Vh
     if precision == "float32":
         driver = {"driver": "gesvd"} if M.is_cuda else {}
         U, s, Vh = torch.linalg.svd(M.to(torch.float32), full_matrices=False, **driver)
@@ -381,7 +393,7 @@ def _thin_svd(M: Tensor, precision: str) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def whitened_svd(
-    W: Tensor, whitener: Whitener, precision: str = "float64"
+    W: Tensor, whitener: Whitener, precision: str = "float64", *, orthonormal: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Thin SVD of `W S`: `(U, sigma, Vh)`, sigma descending, returned in float64.
 
@@ -392,7 +404,7 @@ def whitened_svd(
     W = _check_matrix(W)
     if W.shape[1] != whitener.n:
         raise NumericsError(f"W has {W.shape[1]} inputs but the whitener is for {whitener.n}")
-    return _thin_svd(whitener.apply(W), resolve_precision(precision, W.device))
+    return _thin_svd(whitener.apply(W), resolve_precision(precision, W.device), orthonormal)
 
 
 def whitened_spectrum(W: Tensor, whitener: Whitener, precision: str = "float64") -> Tensor:

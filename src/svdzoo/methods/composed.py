@@ -57,6 +57,12 @@ class ColumnAdaComp:
         _check_tau(self.tau)
         Whitened(self.whitening)  # refuses an unknown whitening
 
+    @property
+    def precision(self) -> str:
+        """The whitened SVDs' arithmetic for the manifest: `auto` in both of its paths (the
+        split's `ColumnPreserving.precision`, adaComp's start `Whitened`'s default)."""
+        return "auto"
+
     def __call__(self, ctx: MatrixContext, rank: int):
         if not self.columns:
             return AdaComp(tau=self.tau, whitening=self.whitening)(ctx, rank)
