@@ -1,4 +1,5 @@
-"""Float32 against float64 factorisation: layer loss and SVD time (issue 16, goal 2).
+"""Float32 and float64-eigh against the float64 SVD: layer loss and SVD time (issue 16,
+goal 2; `float64-eigh` is the GPU default, `linalg.resolve_precision`).
 
 svdzoo factorises in float64. `precision="float32"` (`Whitened`, `linalg.whitened_svd`)
 runs only the SVD of `W S` in float32 and keeps the whitening and the back-substitution in
@@ -45,20 +46,24 @@ def _timed_svd(W, S, precision):
 
 
 def compare(W, H, S, ratios, **labels) -> list[dict]:
+    """Per ratio: the float64 SVD's layer loss, and each other path's relative difference
+    (`rel_diff`: float32; `rel_diff_eigh`: float64-eigh, the GPU default)."""
     m, n = W.shape
     svd64, t64 = _timed_svd(W, S, "float64")
     svd32, t32 = _timed_svd(W, S, "float32")
+    svde, te = _timed_svd(W, S, "float64-eigh")
     rows = []
     for ratio in ratios:
         k = linalg.rank_for_ratio(m, n, ratio)
-        a = linalg.truncate(W, S, k, svd=svd64)
-        b = linalg.truncate(W, S, k, svd=svd32)
-        l64 = linalg.layer_loss(W, a.A, a.B, H)
-        l32 = linalg.layer_loss(W, b.A, b.B, H)
+        l64, l32, le = (
+            linalg.layer_loss(W, f.A, f.B, H)
+            for f in (linalg.truncate(W, S, k, svd=svd) for svd in (svd64, svd32, svde))
+        )
         rows.append(
             {**labels, "m": m, "n": n, "ratio": ratio, "rank": k, "loss_float64": l64,
              "loss_float32": l32, "rel_diff": l32 / l64 - 1 if l64 > 0 else 0.0,
-             "svd_s_float64": t64, "svd_s_float32": t32}
+             "loss_float64_eigh": le, "rel_diff_eigh": le / l64 - 1 if l64 > 0 else 0.0,
+             "svd_s_float64": t64, "svd_s_float32": t32, "svd_s_float64_eigh": te}
         )  # fmt: skip
     return rows
 
@@ -123,18 +128,21 @@ def report(df: pd.DataFrame, wall: float) -> str:
             "median |rel diff|": g.rel_diff.apply(lambda s: s.abs().median()),
             "max |rel diff|": g.rel_diff.apply(lambda s: s.abs().max()),
             "within 0.1 %": g.rel_diff.apply(lambda s: bool((s.abs() <= TOLERANCE).all())),
+            "float64-eigh max |rel diff|": g.rel_diff_eigh.apply(lambda s: s.abs().max()),
         }
     )
     once = df.drop_duplicates(["source", "matrix"])
-    speed = once.groupby("source")[["svd_s_float64", "svd_s_float32"]].sum()
+    speed = once.groupby("source")[["svd_s_float64", "svd_s_float32", "svd_s_float64_eigh"]].sum()
     speed["float64 / float32"] = speed.svd_s_float64 / speed.svd_s_float32
-    ok = bool((df.rel_diff.abs() <= TOLERANCE).all())
+    speed["float64 / float64-eigh"] = speed.svd_s_float64 / speed.svd_s_float64_eigh
+    ok = bool((df[["rel_diff", "rel_diff_eigh"]].abs() <= TOLERANCE).all().all())
     return "\n".join(
         [
-            "# Float32 against float64 SVD (SVD-LLM truncation)",
+            "# Float32 and float64-eigh against the float64 SVD (SVD-LLM truncation)",
             "",
-            f"Layer loss of the float32-SVD factors against the float64 ones, both evaluated in "
-            f"float64 on the Gram. `python benchmarks/{Path(__file__).name}` on "
+            f"Layer loss of the float32-SVD and the float64-eigh factors against the float64 "
+            f"SVD's, all evaluated in float64 on the Gram (this CPU's LAPACK; the GPU solvers: "
+            f"svd-drivers.md). `python benchmarks/{Path(__file__).name}` on "
             f"{platform.platform()}, {torch.get_num_threads()} threads, {wall:.0f} s.",
             "",
             table.to_markdown(floatfmt=".2e"),
