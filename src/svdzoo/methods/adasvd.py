@@ -73,7 +73,7 @@ class AdaComp:
         ctx.require("H")
         fac = Whitened(whitening=self.whitening)(ctx, rank)
         if self.tau > 0 and rank > 0:
-            data, S = adacomp_data(ctx)  # original inputs: a no-op
+            data, S = adacomp_data(ctx)
             fac = linalg.adacomp_steps(ctx.W, fac.A, fac.B, data, iters=int(self.tau), S=S)
         return fac
 
@@ -81,13 +81,18 @@ class AdaComp:
         return Whitened(whitening=self.whitening).spectrum(ctx)
 
 
+def adacomp_gram(ctx: MatrixContext) -> torch.Tensor:
+    """The Gram adaComp's U-step fits: the compressed model's inputs' in sequential mode,
+    else the cached one (original inputs: adaComp is then a no-op)."""
+    return ctx.H_actual if ctx.H_actual is not None else ctx.H
+
+
 def adacomp_data(ctx: MatrixContext) -> tuple[torch.Tensor, linalg.Whitener]:
-    """The Gram adaComp's U-step fits (the compressed model's inputs in sequential mode,
-    else the cached Gram) and its eigen whitener, computed once per input group: the
+    """`adacomp_gram(ctx)` and its eigen whitener, computed once per input group: the
     sequential pass gathers each group's `H_actual` once per layer, and `H`'s is the one
     eigen whitening (SVD-LLM V2's) would use."""
     actual = ctx.H_actual is not None
-    data = ctx.H_actual if actual else ctx.H
+    data = adacomp_gram(ctx)
     if ctx.whiteners is None:
         return data, linalg.eigen_whitener(data)
     key = ("eigen", "H_actual" if actual else None, ctx.layer, ctx.group)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from svdzoo import linalg
 from svdzoo.methods.adasvd import PAPER as ADASVD_PAPER
-from svdzoo.methods.adasvd import AdaComp, _check_tau, adacomp_data
+from svdzoo.methods.adasvd import AdaComp, _check_tau, adacomp_data, adacomp_gram
 from svdzoo.methods.base import GRAM, SENS_DUO, MatrixContext, Method, register
 from svdzoo.methods.duo_svd import MIN_RETAINED, ColumnPreserving, KnapsackKL
 from svdzoo.methods.parts import Whitened
@@ -74,7 +74,7 @@ class ColumnAdaComp:
             # so refit it rather than truncate again (one whitened SVD per matrix)
             data, S = adacomp_data(ctx)
             return linalg.adacomp_steps(ctx.W, start.A, start.B, data, iters=int(self.tau), S=S)
-        data = ctx.H_actual if ctx.H_actual is not None else ctx.H
+        data = adacomp_gram(ctx)
         rest = start.rest_idx.to(ctx.W.device)
         fac = linalg.adacomp_steps(
             ctx.W.index_select(1, rest),
