@@ -15,6 +15,7 @@ from svdzoo.calibration import SequentialCalibrator
 from svdzoo.compression import Statistics, build_module, compress, matrix_infos
 from svdzoo.data import calibration_windows
 from svdzoo.errors import ConfigError
+from svdzoo.linalg import NumericsError
 from svdzoo.methods import get_method, requirements
 from svdzoo.methods.adasvd import AdaComp, AdaCompCompensated, AdaCR
 from svdzoo.methods.base import AllocationContext
@@ -117,7 +118,8 @@ def test_paper_adacomp_steps_minimise_their_own_objectives(tau):
         AdaComp(tau=-1)(matrix_ctx(W, H), 3)
 
 
-def test_paper_adacomp_on_a_rank_deficient_gram_is_the_minimum_norm_fit_and_fits_float16():
+@pytest.mark.parametrize("ridge", [0.0, 1e-12])
+def test_paper_adacomp_on_a_rank_deficient_gram_is_the_minimum_norm_fit_and_fits_float16(ridge):
     """A Gram of many tokens over few distinct inputs (rank 10 < k = 100), as a byte-level
     corpus gives a random LLaMA-7B-wide layer 0 (rank 43 < k = 1228). The U-step's
     pseudo-inverse of the singular `B H B^T` used to invert `H`'s round-off: `A` got O(1)
@@ -130,6 +132,10 @@ def test_paper_adacomp_on_a_rank_deficient_gram_is_the_minimum_norm_fit_and_fits
     E = E / E.square().mean(1, keepdim=True).sqrt()  # RMS-normalised, like a norm's output
     X = E[torch.randint(distinct, (4096,), generator=g)]  # tokens x n
     H = X.T @ X  # unnormalised sum over the tokens
+    # a ridge of round-off's size lets a Cholesky factor through, which keeps it: the
+    # U-step must drop it all the same
+    H = H + ridge * float(H.diagonal().mean()) * torch.eye(n, dtype=f64)
+    assert (int(torch.linalg.cholesky_ex(H).info) == 0) == (ridge > 0)
     W = 0.02 * torch.randn(n, n, generator=g, dtype=f64)
     start = linalg.truncate(W, linalg.cholesky_whitener(H), k)  # eigen-shift fallback
     got = linalg.adacomp_steps(W, start.A, start.B, H)
@@ -142,6 +148,23 @@ def test_paper_adacomp_on_a_rank_deficient_gram_is_the_minimum_norm_fit_and_fits
     lin = torch.nn.Linear(n, n, bias=False, dtype=torch.float16)
     for name, p in build_module(lin, got).named_parameters():
         assert bool(torch.isfinite(p).all()), name
+
+
+def test_paper_adacomp_u_step_is_the_same_through_either_factor():
+    """The Cholesky factor (the fast path) and the eigen whitener give one U-step when
+    `B H B^T` is invertible: the least-squares solution is unique."""
+    W, X, Xp = correlated_data(seed=5)
+    H, Hp = X @ X.T, Xp @ Xp.T
+    start = Whitened("cholesky")(matrix_ctx(W, H), 5)
+    chol, eig = linalg.adacomp_whitener(Hp), linalg.eigen_whitener(Hp)
+    assert chol.kind == "cholesky"
+    fast = linalg.adacomp_steps(W, start.A, start.B, Hp, S=chol)
+    slow = linalg.adacomp_steps(W, start.A, start.B, Hp, S=eig)
+    assert torch.allclose(fast.A, slow.A, atol=1e-9 * float(slow.A.norm()))
+    assert abs(fast.loss - slow.loss) <= 1e-10 * slow.loss
+    shifted = linalg.Whitener("cholesky", chol.n, factor=chol.factor, shift=1.0)
+    with pytest.raises(NumericsError, match="exact factor"):  # a damped factor is another H
+        linalg.adacomp_steps(W, start.A, start.B, Hp, S=shifted)
 
 
 def test_paper_adacomp_uniform_ranks_differs_from_svd_llm(llama):

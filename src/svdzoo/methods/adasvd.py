@@ -4,7 +4,8 @@ adaComp, as the paper states it (`adasvd`, `adasvd-comp`). Start from SVD-LLM's 
 truncation (Cholesky of the original model's Gram `H`), `sqrt(Sigma)` folded into both
 factors (`W ~ A B`). Then `tau` alternations (`tau = 1`, the paper's best) of a U-step,
 least squares against the data `X`, `A = W H_X B^T (B H_X B^T)^+` (computed as
-`(W S)(B S)^+`, `H_X = S S^T`, so a rank-deficient `H_X` stays exact), and a V-step in weight
+`(W S)(B S)^+`, `H_X = S S^T`: its Cholesky factor, or its eigen whitener when `H_X` is
+rank-deficient or `B S` ill-conditioned, so a rank-deficient `H_X` stays exact), and a V-step in weight
 space, `B = A^+ W` (`linalg.adacomp_steps`). The paper does not say whose inputs `X` are.
 With the original model's inputs (`H_X = H`) the procedure is an exact no-op: SVD-LLM's
 factors are the data optimum (U-step fixed point) and `A^+ W` gives back `B` whenever `H`
@@ -88,15 +89,14 @@ def adacomp_gram(ctx: MatrixContext) -> torch.Tensor:
 
 
 def adacomp_data(ctx: MatrixContext) -> tuple[torch.Tensor, linalg.Whitener]:
-    """`adacomp_gram(ctx)` and its eigen whitener, computed once per input group: the
-    sequential pass gathers each group's `H_actual` once per layer, and `H`'s is the one
-    eigen whitening (SVD-LLM V2's) would use."""
+    """`adacomp_gram(ctx)` and its U-step factor (`linalg.adacomp_whitener`), computed once
+    per input group: the sequential pass gathers each group's `H_actual` once per layer."""
     actual = ctx.H_actual is not None
     data = adacomp_gram(ctx)
     if ctx.whiteners is None:
-        return data, linalg.eigen_whitener(data)
-    key = ("eigen", "H_actual" if actual else None, ctx.layer, ctx.group)
-    return data, ctx.whiteners.get(key, lambda: linalg.eigen_whitener(data))
+        return data, linalg.adacomp_whitener(data)
+    key = ("adacomp", "H_actual" if actual else None, ctx.layer, ctx.group)
+    return data, ctx.whiteners.get(key, lambda: linalg.adacomp_whitener(data))
 
 
 def _check_tau(tau) -> None:
