@@ -25,7 +25,7 @@ import pytest
 import torch
 from helpers import kill_when_ready, random_tiny
 
-from svdzoo import cli
+from svdzoo import cli, io
 from svdzoo.calibration import load_stats
 from svdzoo.calibration.cache import base_manifest, write_cache
 from svdzoo.compression import compress, save_compressed
@@ -123,6 +123,45 @@ def test_out_foreign_directory_is_replaced_with_force(model_dir, tmp_path, capsy
     assert (out / "manifest.json").is_file() and not (out / "notes.txt").exists()
     assert any("--force: replacing" in r.getMessage() for r in caplog.records)
     assert leftovers(tmp_path, "mine") == []
+
+
+@pytest.mark.parametrize("added", ["notes.txt", "mine/plot.png"])
+def test_out_earlier_output_holding_a_persons_files_is_refused(added, model_dir, tmp_path, capsys):
+    """An earlier compressed model is replaced by a rerun, but a file a person put inside it
+    since (notes beside a model, a plot in a folder of its own) used to be deleted with it
+    silently: refused before any compute, naming the file; `--force` replaces it all."""
+    out = tmp_path / "c"
+    rc, err = svdzoo(capsys, *compress_args(model_dir, out))
+    assert rc == 0, err
+    rc, err = svdzoo(capsys, *compress_args(model_dir, out))  # nothing added: replaced
+    assert rc == 0, err
+    (out / added).parent.mkdir(exist_ok=True)
+    (out / added).write_text("keep me\n")
+    before = {f: (out / f).read_bytes() for f in io._files(out)}
+    rc, err = svdzoo(capsys, *compress_args(model_dir, out))
+    assert rc == 2
+    one_line_error(err, out, added, "--force")
+    assert {f: (out / f).read_bytes() for f in io._files(out)} == before
+    assert leftovers(tmp_path, "c") == []
+    rc, err = svdzoo(capsys, *compress_args(model_dir, out), "--force")
+    assert rc == 0, err
+    assert not (out / added).exists() and (out / "manifest.json").is_file()
+
+
+def test_an_output_without_an_inventory_is_replaced_as_before(tmp_path):
+    """Outputs written before inventories were kept have nothing to compare: replaced (the
+    earlier behaviour); the new one lists its files."""
+    out = tmp_path / "o"
+    with atomic_dir(out, "thing") as tmp:
+        (tmp / "a.txt").write_text("1\n")
+    (out / io.INVENTORY).unlink()
+    (out / "extra.txt").write_text("2\n")
+    with atomic_dir(out, "thing") as tmp:
+        (tmp / "a.txt").write_text("3\n")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [".svdzoo-output", io.INVENTORY, "a.txt"]
+    )
+    assert io.read_json(out / io.INVENTORY) == {"files": [".svdzoo-output", "a.txt"]}
 
 
 def test_out_equal_to_model_is_refused_even_with_force(model_dir, capsys):

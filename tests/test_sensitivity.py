@@ -195,7 +195,11 @@ def test_asvd_method_reads_the_table(llama, asvd_table):
 def test_cache_round_trip_and_errors(tmp_path, duo_table):
     out = tmp_path / "sens"
     manifest = save_sensitivity(duo_table, out)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "table.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".svdzoo-files.json",
+        "manifest.json",
+        "table.json",
+    ]
     loaded = load_sensitivity(
         out, kind="duo", expect={"model_fingerprint": manifest["model_fingerprint"]}
     )

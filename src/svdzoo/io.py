@@ -3,7 +3,9 @@ is ever replaced, and a crash leaves nothing that the next write does not clean 
 
 `atomic_dir(path, kind)` is how every svdzoo output directory is written:
 
-- **Only an earlier svdzoo output of the same kind is replaced.** Each kind is recognised by
+- **Only an earlier svdzoo output of the same kind is replaced**, and only while it holds
+  nothing but the files it was written with (listed in its `.svdzoo-files.json`): a file
+  a person added inside it since is named and refused, unless `force`. Each kind is recognised by
   its own manifest (`recognise`): a compressed model's `manifest.json` names its method, a
   statistics cache's names its kind, a sensitivity table's its sensitivity; a task directory
   has `tasks_manifest.json`, a reference model `train_log.json`, a converted pretrained model
@@ -61,6 +63,8 @@ except ImportError:  # pragma: no cover (Windows: no locks; single writers only)
 log = logging.getLogger(__name__)
 
 MARKER = ".svdzoo-output"  # kind of an output whose own files do not say it
+# the files an output was written with: a replacement finds what a person added since
+INVENTORY = ".svdzoo-files.json"
 GENERIC = "output"  # the kind of an unrecognisable output written without an explicit kind
 # the kinds `recognise` knows from their own manifests (any other name gets the marker)
 COMPRESSED_MODEL = "compressed-model"
@@ -217,7 +221,40 @@ def _check_existing(path: Path, kind: str | None, force: bool) -> str | None:
             f"{path} holds an svdzoo {found} output, not a {kind}; refusing to replace it. "
             "Choose another output path, or pass --force (force=True) to replace it"
         )
+    added = _added_files(path)
+    if added:
+        shown = ", ".join(added[:5]) + (f" and {len(added) - 5} more" if len(added) > 5 else "")
+        raise OutputError(
+            f"{path} is an earlier svdzoo {found} output, but {len(added)} file"
+            f"{'s' if len(added) > 1 else ''} in it {'were' if len(added) > 1 else 'was'} not "
+            f"written by svdzoo ({shown}); refusing to replace it. Move them out, or pass "
+            "--force (force=True) to replace it with them"
+        )
     return found
+
+
+def _files(root: Path) -> list[str]:
+    """Every file and link under `root`, as sorted POSIX paths relative to it."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        for name in filenames + [d for d in dirnames if (base / d).is_symlink()]:
+            out.append((base / name).relative_to(root).as_posix())
+    return sorted(out)
+
+
+def _added_files(path: Path) -> list[str]:
+    """The files in the output at `path` that its inventory does not list: what a person
+    put there since. An output written before inventories were kept has none to compare."""
+    obj = _json(path / INVENTORY)
+    listed = obj.get("files") if isinstance(obj, dict) else None
+    if not isinstance(listed, list):
+        return []
+    known = set(listed) | {INVENTORY}
+    try:
+        return [f for f in _files(path) if f not in known]
+    except OSError:
+        return []
 
 
 def _preflight(
@@ -458,6 +495,7 @@ def _commit(tmp: Path, path: Path, kind: str | None, force: bool) -> None:
         (tmp / MARKER).write_text(json.dumps({"kind": new_kind}) + "\n")
     elif kind is not None and found_new != kind:
         raise OutputError(f"internal error: {path} was written as {kind} but holds {found_new}")
+    (tmp / INVENTORY).write_text(json.dumps({"files": _files(tmp)}, indent=0) + "\n")
     if not os.path.lexists(path):
         os.rename(tmp, path)
         return
