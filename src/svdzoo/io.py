@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 MARKER = ".svdzoo-output"  # kind of an output whose own files do not say it
 # the files an output was written with: a replacement finds what a person added since
 INVENTORY = ".svdzoo-files.json"
+# what tools put inside outputs they track, not a person's files: Snakemake's mtime carrier
+# for `directory()` outputs
+TOOL_FILES = frozenset({".snakemake_timestamp"})
 GENERIC = "output"  # the kind of an unrecognisable output written without an explicit kind
 # the kinds `recognise` knows from their own manifests (any other name gets the marker)
 COMPRESSED_MODEL = "compressed-model"
@@ -250,7 +253,7 @@ def _added_files(path: Path) -> list[str]:
     listed = obj.get("files") if isinstance(obj, dict) else None
     if not isinstance(listed, list):
         return []
-    known = set(listed) | {INVENTORY}
+    known = set(listed) | {INVENTORY} | TOOL_FILES
     try:
         return [f for f in _files(path) if f not in known]
     except OSError:
