@@ -162,6 +162,13 @@ def test_paper_adacomp_u_step_is_the_same_through_either_factor():
     slow = linalg.adacomp_steps(W, start.A, start.B, Hp, S=eig)
     assert torch.allclose(fast.A, slow.A, atol=1e-9 * float(slow.A.norm()))
     assert abs(fast.loss - slow.loss) <= 1e-10 * slow.loss
+    # a `B` with a zero row (a spare direction): the minimum-norm `A` has a zero column there
+    Bz = start.B.clone()
+    Bz[2] = 0
+    A = linalg._u_step(chol.apply(W), Bz, chol)
+    ref = (W @ Xp) @ torch.linalg.pinv(Bz @ Xp)
+    assert torch.allclose(A, ref, atol=1e-9 * float(ref.norm()))
+    assert float(A[:, 2].abs().max()) <= 1e-12 * float(A.norm())
     shifted = linalg.Whitener("cholesky", chol.n, factor=chol.factor, shift=1.0)
     with pytest.raises(NumericsError, match="exact factor"):  # a damped factor is another H
         linalg.adacomp_steps(W, start.A, start.B, Hp, S=shifted)

