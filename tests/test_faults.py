@@ -134,6 +134,8 @@ def test_out_earlier_output_holding_a_persons_files_is_refused(added, model_dir,
     rc, err = svdzoo(capsys, *compress_args(model_dir, out))
     assert rc == 0, err
     (out / ".snakemake_timestamp").touch()  # Snakemake's, on a directory() output
+    (out / "__pycache__").mkdir()  # Python's, beside a module lm-eval imports from a task dir
+    (out / "__pycache__" / "svdzoo_jsonl.cpython-311.pyc").write_bytes(b"\x00")
     rc, err = svdzoo(capsys, *compress_args(model_dir, out))  # nothing of a person's: replaced
     assert rc == 0, err
     (out / added).parent.mkdir(exist_ok=True)
@@ -163,6 +165,11 @@ def test_an_output_without_an_inventory_is_replaced_as_before(tmp_path):
         [".svdzoo-output", io.INVENTORY, "a.txt"]
     )
     assert io.read_json(out / io.INVENTORY) == {"files": [".svdzoo-output", "a.txt"]}
+    (out / io.INVENTORY).write_text('{"files": [["a.txt"]]}\n')  # not one svdzoo wrote
+    (out / "extra.txt").write_text("2\n")
+    with atomic_dir(out, "thing") as tmp:
+        (tmp / "a.txt").write_text("4\n")
+    assert (out / "a.txt").read_text() == "4\n"
 
 
 def test_out_equal_to_model_is_refused_even_with_force(model_dir, capsys):

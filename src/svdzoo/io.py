@@ -65,9 +65,11 @@ log = logging.getLogger(__name__)
 MARKER = ".svdzoo-output"  # kind of an output whose own files do not say it
 # the files an output was written with: a replacement finds what a person added since
 INVENTORY = ".svdzoo-files.json"
-# what tools put inside outputs they track, not a person's files: Snakemake's mtime carrier
-# for `directory()` outputs
-TOOL_FILES = frozenset({".snakemake_timestamp"})
+# what tools put inside outputs, not a person's files: Snakemake's mtime carrier for
+# `directory()` outputs, macOS Finder's folder settings; and any `__pycache__/` (lm-eval
+# imports a task directory's `svdzoo_jsonl.py`, and Python caches its bytecode beside it)
+TOOL_FILES = frozenset({".snakemake_timestamp", ".DS_Store"})
+TOOL_DIRS = frozenset({"__pycache__"})
 GENERIC = "output"  # the kind of an unrecognisable output written without an explicit kind
 # the kinds `recognise` knows from their own manifests (any other name gets the marker)
 COMPRESSED_MODEL = "compressed-model"
@@ -251,13 +253,20 @@ def _added_files(path: Path) -> list[str]:
     put there since. An output written before inventories were kept has none to compare."""
     obj = _json(path / INVENTORY)
     listed = obj.get("files") if isinstance(obj, dict) else None
-    if not isinstance(listed, list):
-        return []
-    known = set(listed) | {INVENTORY} | TOOL_FILES
+    if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed):
+        return []  # none, or not one svdzoo wrote: nothing to compare against
+    known = set(listed) | {INVENTORY}
     try:
-        return [f for f in _files(path) if f not in known]
+        found = _files(path)
     except OSError:
         return []
+    return [
+        f
+        for f in found
+        if f not in known
+        and f.rsplit("/", 1)[-1] not in TOOL_FILES
+        and not TOOL_DIRS.intersection(f.split("/")[:-1])
+    ]
 
 
 def _preflight(

@@ -4,9 +4,9 @@ adaComp, as the paper states it (`adasvd`, `adasvd-comp`). Start from SVD-LLM's 
 truncation (Cholesky of the original model's Gram `H`), `sqrt(Sigma)` folded into both
 factors (`W ~ A B`). Then `tau` alternations (`tau = 1`, the paper's best) of a U-step,
 least squares against the data `X`, `A = W H_X B^T (B H_X B^T)^+` (computed as
-`(W S)(B S)^+`, `H_X = S S^T`: its Cholesky factor, or its eigen whitener when `H_X` is
-rank-deficient or `B S` ill-conditioned, so a rank-deficient `H_X` stays exact), and a V-step in weight
-space, `B = A^+ W` (`linalg.adacomp_steps`). The paper does not say whose inputs `X` are.
+`(W S)(B S)^+`, `H_X = S S^T`: its Cholesky factor when `H_X` is well-conditioned, else
+its eigen whitener, so a rank-deficient `H_X` stays exact; `linalg.adacomp_whitener`), and
+a V-step in weight space, `B = A^+ W` (`linalg.adacomp_steps`). The paper does not say whose inputs `X` are.
 With the original model's inputs (`H_X = H`) the procedure is an exact no-op: SVD-LLM's
 factors are the data optimum (U-step fixed point) and `A^+ W` gives back `B` whenever `H`
 is invertible (V-step fixed point; both tested). So `X` must be what the layer sees in
