@@ -151,6 +151,24 @@ def test_out_earlier_output_holding_a_persons_files_is_refused(added, model_dir,
     assert not (out / added).exists() and (out / "manifest.json").is_file()
 
 
+def test_a_file_added_during_the_write_keeps_the_finished_output_aside(tmp_path):
+    """The check before compute passed, then a person put a file into the earlier output:
+    the commit refuses to replace it, and the finished output is kept beside it rather
+    than deleted with the temporary."""
+    from svdzoo.errors import OutputError
+
+    out = tmp_path / "o"
+    with atomic_dir(out, "thing") as tmp:
+        (tmp / "a.txt").write_text("1\n")
+    with pytest.raises(OutputError, match="kept at") as info, atomic_dir(out, "thing") as tmp:
+        (tmp / "a.txt").write_text("2\n")
+        (out / "notes.txt").write_text("mine\n")
+    kept = Path(str(info.value).rsplit("kept at ", 1)[1])
+    assert kept.parent == tmp_path and (kept / "a.txt").read_text() == "2\n"
+    assert (out / "notes.txt").read_text() == "mine\n" and (out / "a.txt").read_text() == "1\n"
+    assert temps(tmp_path, "o") == []
+
+
 def test_an_output_without_an_inventory_is_replaced_as_before(tmp_path):
     """Outputs written before inventories were kept have nothing to compare: replaced (the
     earlier behaviour); the new one lists its files."""

@@ -511,7 +511,11 @@ def _commit(tmp: Path, path: Path, kind: str | None, force: bool) -> None:
     if not os.path.lexists(path):
         os.rename(tmp, path)
         return
-    old_kind = _check_existing(path, new_kind, force)
+    try:
+        old_kind = _check_existing(path, new_kind, force)
+    except OutputError as exc:  # it changed while this job computed: keep the result
+        kept = _keep_finished(tmp, path)
+        raise OutputError(f"{exc}. The finished output is kept at {kept}") from None
     if old_kind == new_kind:
         log.info("replacing the earlier %s output at %s", old_kind, path)
     elif not _is_empty_dir(path):
@@ -529,6 +533,18 @@ def _commit(tmp: Path, path: Path, kind: str | None, force: bool) -> None:
         os.rename(aside, path)  # write's sweep would delete it as a stale one
         raise
     _remove(aside)
+
+
+def _keep_finished(tmp: Path, path: Path) -> Path:
+    """Move a finished output that may not replace `path` to a free sibling name (not one
+    a sweep takes for a stale temporary): hours of compute are not thrown away because a
+    file appeared in the target meanwhile."""
+    for i in range(1000):
+        kept = path.with_name(f"{path.name}.finished-{os.getpid()}" + (f"-{i}" if i else ""))
+        if not os.path.lexists(kept):
+            os.rename(tmp, kept)
+            return kept
+    raise OutputError(f"no free name beside {path} to keep the finished output at")
 
 
 def _no_space(exc: BaseException) -> bool:
