@@ -717,8 +717,12 @@ def adacomp_whitener(H: Tensor, *, iters: int = 4) -> Whitener:
     Any exact factor gives one U-step wherever `B H B^T` is invertible."""
     H = _check_gram(H)
     n = H.shape[0]
-    L, info = torch.linalg.cholesky_ex(H)
-    if n and int(info) == 0 and bool(torch.isfinite(L).all()):
+    try:
+        S = cholesky_whitener(H, fallback="raise") if n else None
+    except NumericsError:
+        S = None
+    if S is not None:
+        L = S.factor
         g = torch.Generator().manual_seed(0)
         x = torch.randn(n, 1, generator=g, dtype=F64).to(H.device)
         for _ in range(iters):
@@ -726,11 +730,12 @@ def adacomp_whitener(H: Tensor, *, iters: int = 4) -> Whitener:
         x = x / x.norm()
         lam_min = float((x * (H @ x)).sum())  # a Rayleigh quotient: >= lambda_min
         if lam_min > ADACOMP_RCOND * float(torch.linalg.matrix_norm(H)):
-            return Whitener("cholesky", n, factor=L)
+            return S
     return eigen_whitener(H)
 
 
 def _plain_cholesky(S: Whitener) -> bool:
+    """Whether `S` is exactly a Cholesky factor of `H`: no fallback, no shift."""
     return S.kind == "cholesky" and S.fallback is None and S.shift == 0.0
 
 
@@ -1656,9 +1661,7 @@ def column_preserving_split(
 
     # (a Cholesky whitener without fallback or shift is exactly a factor of H: H is PD,
     # so every H_RR is too and the rest problem lives in the coordinates of `svd`)
-    exact_factor = (
-        whitener == "cholesky" and S.kind == "cholesky" and S.fallback is None and S.shift == 0.0
-    )
+    exact_factor = whitener == "cholesky" and _plain_cholesky(S)
     problem = None
     if search != "reference" and exact_factor:
         U, sigma = svd[0], svd[1]
