@@ -101,6 +101,87 @@ def test_gram_equals_whole_model_hooks(family, tok, windows):
         assert stats.cosine(i) == pytest.approx(float(cos.mean()), rel=1e-12)
 
 
+HALF = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["float16", "bfloat16"])
+def test_a_half_precision_gram_is_exact_products_summed_in_float32_chunks(dtype, tok):
+    """A float16/bfloat16 model's Grams: every product exact, float32's rounding only within
+    a 2048-token chunk, so each entry is within `2048 * 2^-24` of `|X|^T |X|` of the exact
+    float64 sum of the same activations, and far closer in norm (products or sums rounded
+    to half precision miss both by ~100x). 2,304 tokens: two chunks, batches crossing."""
+    from svdzoo.calibration.stats import HALF_CHUNK_TOKENS
+    from svdzoo.data import calibration_windows
+
+    model = random_tiny("llama", layers=2).to(dtype)
+    nsamples, seqlen = 72, 32
+    assert HALF_CHUNK_TOKENS < nsamples * seqlen < 2 * HALF_CHUNK_TOKENS
+    stats = calibrate(
+        model, tok, corpus="pydoc", nsamples=nsamples, seqlen=seqlen, seed=0, batch_size=5,
+        device="cpu", progress=False,
+    )  # fmt: skip
+    assert stats.manifest["gram_sums"].startswith("exact products, float32 within 2048")
+    xs, _ = direct_stats(model, calibration_windows(tok, "pydoc", nsamples, seqlen, 0), 5)
+    adapter = adapter_for(model)
+    for i in range(2):
+        for g, members in adapter.groups.items():
+            X = xs[(i, g, members[0])]
+            assert X.dtype == dtype
+            X = X.double()
+            exact, scale = X.T @ X, X.abs().T @ X.abs()
+            H = stats.gram(i, g)
+            assert H.dtype == torch.float64
+            assert bool(((H - exact).abs() <= HALF_CHUNK_TOKENS * 2.0**-24 * scale).all())
+            assert rel(H, exact) < 1e-6
+            assert rel(stats.absmean(i, g), X.abs().mean(0)) < 1e-12
+
+
+def test_a_half_precision_gram_does_not_depend_on_the_batch_size(tok):
+    model = random_tiny("llama", layers=1).to(torch.bfloat16)
+    kw = dict(corpus="pydoc", nsamples=72, seqlen=32, seed=0, device="cpu", progress=False)
+    a, b = calibrate(model, tok, batch_size=5, **kw), calibrate(model, tok, batch_size=8, **kw)
+    for g in adapter_for(model).groups:
+        assert torch.equal(a.gram(0, g), b.gram(0, g))
+        assert torch.equal(a.absmean(0, g), b.absmean(0, g))
+
+
+def test_the_cross_gram_sums_half_precision_inputs_like_the_cached_gram():
+    """AdaSVD's sequential pass compares its `H` with the cached Gram's: for half-precision
+    inputs both sum exact products over the same chunks, so they agree bytewise; inputs
+    that mix precisions are refused."""
+    from svdzoo.calibration.stats import CrossGramAccumulator, GramAccumulator
+
+    gen = torch.Generator().manual_seed(0)
+    X = (torch.randn(3000, 24, generator=gen) * 3).to(torch.float16)
+    gram, cross = GramAccumulator(24, X.device, half=True), CrossGramAccumulator(24, X.device)
+    for s in range(0, 3000, 700):
+        gram.add(X[s : s + 700])
+    for s in range(0, 3000, 1100):
+        cross.add(X[s : s + 1100], None)
+    assert torch.equal(gram.finish().H, cross.H)
+    assert torch.equal(cross.C, cross.H) and torch.equal(cross.H_actual, cross.H)
+    with pytest.raises(TypeError, match="mix half and full"):
+        cross.add(X[:10].float(), None)
+    with pytest.raises(TypeError, match="inputs for a Gram"):
+        gram.add(X[:10].float())
+
+
+def test_tf32_is_on_only_inside_the_exact_sums_and_put_back():
+    """The flag is cuBLAS's (a CPU build has it too), set and restored by the new API where
+    torch has it: a TF32 setting left half-changed makes torch >= 2.9 refuse to read it."""
+    from svdzoo.calibration.stats import _tf32_matmul
+
+    matmul = torch.backends.cuda.matmul
+    name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    before = getattr(matmul, name)
+    with _tf32_matmul(torch.device("cuda")):
+        assert getattr(matmul, name) in ("tf32", True)
+    assert getattr(matmul, name) == before
+    with _tf32_matmul(torch.device("cpu")):
+        assert getattr(matmul, name) == before
+    torch.get_float32_matmul_precision()  # raises when the two APIs disagree
+
+
 def test_groups_share_one_tensor(tok):
     model = random_tiny("llama")
     stats = calibrate(model, tok, corpus="pydoc", nsamples=2, seqlen=16, seed=0, progress=False)
@@ -177,6 +258,7 @@ def test_manifest_records_the_request(cache_dir):
         assert key in m, key
     assert m["model_fingerprint"] == fingerprint(model)
     assert m["kind"] == "gram" and m["dtype"] == "float32" and m["tokens"] == 32
+    assert m["gram_sums"] == "float64 (chunks of 256 tokens)"
     assert m["groups"]["attn_in"] == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
     stats = load_stats(out, expect=expected(model, corpus="pydoc", nsamples=2, seqlen=16, seed=0))
     assert stats.gram(0, "attn_in").shape == (64, 64)

@@ -37,6 +37,7 @@ from svdzoo.calibration.stats import (
     cosine_name,
     count_key,
     gram_name,
+    gram_sums,
 )
 from svdzoo.calibration.store import (
     DEFAULT_BUDGET_BYTES,
@@ -152,11 +153,14 @@ def gram_manifest(
     """Everything that identifies a Gram cache (tensor names and hash are added on write).
 
     Not the batch size, device or memory budget: they change how the statistics are
-    computed, never their bytes (`GramAccumulator` sums fixed token chunks in order)."""
+    computed, never their bytes (`GramAccumulator` sums fixed token chunks in order).
+    `gram_sums` records how the products were summed (`stats.gram_sums`; the activations
+    take the model's dtype)."""
     return model_manifest(
         "gram", model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
         model_id=model_id,
         groups={g: list(m) for g, m in adapter_for(model).groups.items()},
+        gram_sums=gram_sums(next(model.parameters()).dtype),
     )  # fmt: skip
 
 

@@ -3,12 +3,18 @@
 Sums, not means: `H = sum_t x_t x_t^T` with its token count beside it, so caches built on
 different batch sizes or merged later stay exact. The per-feature `mean |x|` (ASVD) is the
 one quantity stored as a mean, because that is how every consumer reads it.
+
+Half-precision activations (a float16 or bfloat16 model) are multiplied exactly in float32
+and summed there within a chunk of `HALF_CHUNK_TOKENS` tokens, the chunks in float64
+(`exact_products`): on a GPU that runs on tensor cores instead of float64 units, which made
+most of a 7B calibration's time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,22 +25,72 @@ from svdzoo.errors import CacheError
 from svdzoo.models import FAMILIES, FamilyAdapter
 
 CHUNK_TOKENS = 256  # Grams are summed over token chunks of this size, in token order
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+# half-precision inputs: float32 sums over chunks of this size (GEMMs a GPU runs at speed;
+# float32's rounding over one chunk is at most HALF_CHUNK_TOKENS * 2^-24 of |x|^T |x|)
+HALF_CHUNK_TOKENS = 2048
+
+
+def is_half(dtype: torch.dtype) -> bool:
+    return dtype in HALF_DTYPES
+
+
+def gram_sums(dtype: torch.dtype) -> str:
+    """How Grams of `dtype` inputs are summed, as a cache manifest records it."""
+    if is_half(dtype):
+        return f"exact products, float32 within {HALF_CHUNK_TOKENS}-token chunks, float64 across"
+    return f"float64 (chunks of {CHUNK_TOKENS} tokens)"
+
+
+@contextlib.contextmanager
+def _tf32_matmul(device: torch.device) -> Iterator[None]:
+    """float32 products on tensor cores (TF32) inside the block, on CUDA. TF32 keeps 10
+    significand bits, so it holds float16 and bfloat16 values exactly: no input rounding.
+    Set through the cuBLAS flag alone, and put back: torch >= 2.9 refuses to read a TF32
+    setting that its two APIs disagree on."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    name, value = (
+        ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
+    )
+    before = getattr(matmul, name)
+    setattr(matmul, name, value)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, before)
+
+
+def exact_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a^T b` in float32 for float16/bfloat16 `a`, `b` (rows are tokens).
+
+    Their significands (11 and 8 bits) multiply exactly in float32's 24, so the one
+    rounding is float32's accumulation over the rows: at most `rows * 2^-24` of
+    `|a|^T |b|` per entry (about `sqrt(rows) * 2^-24` in practice). The official SVD-LLM
+    code sums every token's products in float32; here only a chunk's are."""
+    if not (is_half(a.dtype) and is_half(b.dtype)):
+        raise TypeError(f"exact products need float16/bfloat16 inputs, got {a.dtype}, {b.dtype}")
+    with _tf32_matmul(a.device):
+        return a.float().T @ b.float()
 
 
 class _Chunks:
     """Rows (tokens) of one or more aligned streams, handed out in chunks of exactly
-    `CHUNK_TOKENS` consecutive rows, in order, whatever batches they arrive in; the last
+    `size` consecutive rows, in order, whatever batches they arrive in; the last
     partial chunk comes out at `flush`. Summing Grams per chunk makes their bytes
     independent of the batch size (an execution setting, not part of a cache's identity)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = CHUNK_TOKENS) -> None:
+        self.size = size
         self._pending: list[tuple[torch.Tensor | None, ...]] = []
         self._rows = 0
 
     def put(self, *xs: torch.Tensor | None) -> list[tuple[torch.Tensor | None, ...]]:
         self._pending.append(tuple(None if x is None else x.detach() for x in xs))
         self._rows += next(x for x in xs if x is not None).shape[0]
-        return self._take(final=False) if self._rows >= CHUNK_TOKENS else []
+        return self._take(final=False) if self._rows >= self.size else []
 
     def flush(self) -> list[tuple[torch.Tensor | None, ...]]:
         return self._take(final=True) if self._rows else []
@@ -42,10 +98,10 @@ class _Chunks:
     def _take(self, final: bool) -> list[tuple[torch.Tensor | None, ...]]:
         cols = list(zip(*self._pending, strict=True))
         rows = [None if c[0] is None else torch.cat(c) if len(c) > 1 else c[0] for c in cols]
-        n = self._rows if final else self._rows // CHUNK_TOKENS * CHUNK_TOKENS
+        size = self.size
+        n = self._rows if final else self._rows // size * size
         out = [
-            tuple(None if r is None else r[s : s + CHUNK_TOKENS] for r in rows)
-            for s in range(0, n, CHUNK_TOKENS)
+            tuple(None if r is None else r[s : s + size] for r in rows) for s in range(0, n, size)
         ]
         rest = tuple(None if r is None else r[n:] for r in rows)
         self._rows -= n
@@ -55,21 +111,31 @@ class _Chunks:
 
 class GramAccumulator:
     """`H = sum x x^T`, `sum |x|` and the token count of one input group, summed over
-    fixed token chunks (`_Chunks`): the bytes do not depend on the batch size."""
+    fixed token chunks (`_Chunks`): the bytes do not depend on the batch size. `half`:
+    the inputs are float16/bfloat16, summed by `exact_products` (`gram_sums`)."""
 
-    def __init__(self, n: int, device: torch.device):
+    def __init__(self, n: int, device: torch.device, half: bool = False):
         self.H = torch.zeros(n, n, dtype=torch.float64, device=device)
         self.abssum = torch.zeros(n, dtype=torch.float64, device=device)
         self.count = 0
-        self._chunks = _Chunks()
+        self.half = half
+        self._chunks = _Chunks(HALF_CHUNK_TOKENS if half else CHUNK_TOKENS)
 
     def add(self, x: torch.Tensor) -> None:
         """`x`: (tokens, n) inputs of the group's linear."""
+        if is_half(x.dtype) != self.half:
+            raise TypeError(
+                f"{x.dtype} inputs for a Gram that sums {'half' if self.half else 'full'}-precision ones"
+            )
         self.count += x.shape[0]
         self._fold(self._chunks.put(x))
 
     def _fold(self, chunks) -> None:
         for (c,) in chunks:
+            if self.half:
+                self.H += exact_products(c, c)
+                self.abssum += c.abs().sum(0, dtype=torch.float64)
+                continue
             c = c.to(torch.float64)
             self.H.addmm_(c.T, c)
             self.abssum += c.abs().sum(0)
@@ -89,7 +155,7 @@ class GramCollector(dict):
 
     def __call__(self, group: str, x: torch.Tensor) -> None:
         if group not in self:
-            self[group] = GramAccumulator(x.shape[-1], x.device)
+            self[group] = GramAccumulator(x.shape[-1], x.device, half=is_half(x.dtype))
         self[group].add(x)
 
 
@@ -104,6 +170,7 @@ class CrossGramAccumulator:
         self._H = torch.zeros_like(self._H_actual) if original else None
         self._C = torch.zeros_like(self._H_actual) if original else None
         self.count = 0
+        self.half: bool | None = None  # set by the first inputs' dtype, as the Gram's
         self._chunks = _Chunks()
 
     # summed over token chunks like the cached Gram (so `H` equals it bytewise); reading
@@ -123,6 +190,14 @@ class CrossGramAccumulator:
         self._fold(self._chunks.flush())
         return self._C
 
+    def _check_dtype(self, *xs: torch.Tensor | None) -> None:
+        halves = {is_half(x.dtype) for x in xs if x is not None}
+        if len(halves) > 1 or (self.half is not None and halves != {self.half}):
+            raise TypeError("the inputs of one cross Gram mix half and full precision")
+        if self.half is None and halves:
+            self.half = halves.pop()
+            self._chunks = _Chunks(HALF_CHUNK_TOKENS if self.half else CHUNK_TOKENS)
+
     def add(self, x: torch.Tensor | None, x_actual: torch.Tensor | None) -> None:
         """Rows are tokens. `x_actual=None` means the two streams coincide for this batch;
         `x` is not read (may be None) when the accumulator keeps only `H'`."""
@@ -130,16 +205,25 @@ class CrossGramAccumulator:
             src = x if x_actual is None else x_actual
             if src is None:
                 raise ValueError("no inputs to accumulate")
+            self._check_dtype(src)
             self.count += src.shape[0]
             self._fold(self._chunks.put(None, src))
             return
         if x is None:
             raise ValueError("the original inputs are needed for H and C")
+        self._check_dtype(x, x_actual)
         self.count += x.shape[0]
         self._fold(self._chunks.put(x, x if x_actual is None else x_actual))
 
     def _fold(self, chunks) -> None:
         for x, xa in chunks:
+            if self.half:
+                self._H_actual += exact_products(xa, xa)
+                if x is not None:
+                    assert self._H is not None and self._C is not None
+                    self._H += exact_products(x, x)
+                    self._C += exact_products(x, xa)
+                continue
             xa = None if xa is None else xa.to(torch.float64)
             if x is None:  # H' only
                 self._H_actual.addmm_(xa.T, xa)
