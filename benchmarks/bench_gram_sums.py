@@ -9,7 +9,7 @@ float64 over 256-token chunks. On the same activations this measures
 - speed (`--widths`, default LLaMA-7B's 4096 and 11008, `--tokens` tokens of random
   activations with outlier channels): the float64 sums (the code before, re-run here)
   against `GramAccumulator`'s, and the error against the float64 sum;
-- accuracy on the real model (`--model`, SmolLM2-135M cast to bfloat16, `--nsamples`
+- accuracy on the real model (`--model`, SmolLM2-135M cast to `--dtype`, `--nsamples`
   windows of pydoc): each Gram's relative error, and what it does to SVD-LLM: the layer
   loss, on the float64 Gram, of the factors computed from either Gram at `--ratio`.
 
@@ -247,7 +247,7 @@ def main() -> None:
     if not a.no_speed:
         res["speed"] = speed(a.widths, a.tokens, dtype, device, a.repeats)
     if a.model:
-        res["real"] = real_model(a.model, a.nsamples, a.seqlen, a.ratio, torch.bfloat16)
+        res["real"] = real_model(a.model, a.nsamples, a.seqlen, a.ratio, dtype)
     a.results.mkdir(parents=True, exist_ok=True)
     write_text(a.results / "gram-sums.json", json.dumps(res, indent=2) + "\n")
     write_text(a.results / "gram-sums.md", render(res))

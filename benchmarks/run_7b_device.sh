@@ -2,7 +2,8 @@
 # Issue 16's GPU check in one call (a device lease is short): a smoke run at shrunken
 # shapes that stops everything if the device path is broken, SVD-LLM end to end on the
 # whole LLaMA-7B-shaped model (the goal), the whitened-SVD solver table, then the slower
-# methods and both sensitivity tables on one full-width layer (scaled to 32 in the md).
+# methods and both sensitivity tables on one full-width layer (scaled to 32 in the md),
+# and the Gram sums of float16 activations (bench_gram_sums.py) last.
 #
 #   bash benchmarks/run_7b_device.sh OUT_DIR      # python3 with torch, transformers, tqdm
 #
@@ -11,7 +12,8 @@
 # EXTRA (arguments appended to every bench_e2e_7b call, argparse keeps the last) and
 # DRIVER_ARGS let it be tried on a CPU first:
 #   EXTRA="--device cpu --shrink 32 --nsamples 4 --seqlen 128" \
-#   DRIVER_ARGS="--device cpu --shrink 16" bash benchmarks/run_7b_device.sh /tmp/check
+#   DRIVER_ARGS="--device cpu --shrink 16" GRAM_ARGS="--device cpu --widths 256,688 --tokens 4096" \
+#   bash benchmarks/run_7b_device.sh /tmp/check
 set -u
 OUT=${1:?usage: run_7b_device.sh OUT_DIR}
 mkdir -p "$OUT"
@@ -44,6 +46,10 @@ timeout "${DRIVERS_S:-55}" $PY benchmarks/bench_svd_drivers.py --results "$OUT" 
 stamp "slower methods and tables on 1 full-width layer"
 timeout "${REST_S:-110}" $PY $B --layers 1 --methods duo-svd-columns adasvd --section "H200, LLaMA-7B widths, 1 layer" \
   --results "$OUT" ${EXTRA:-} >>"$LOG" 2>&1
+
+stamp "Gram sums of float16 activations at 7B widths: float64 against exact float32 chunks"
+timeout "${GRAM_S:-25}" $PY benchmarks/bench_gram_sums.py ${GRAM_ARGS:---device cuda --tokens 16384} \
+  --results "$OUT" >>"$LOG" 2>&1
 stamp "done (rc $?)"
 grep -v '%|' "$LOG" | grep -E '^(===|\{|calibration|model built)|Error|error' | tail -60
-cat "$OUT/svd-drivers.md" "$OUT/e2e-7b.md" 2>/dev/null
+cat "$OUT/svd-drivers.md" "$OUT/e2e-7b.md" "$OUT/gram-sums.md" 2>/dev/null

@@ -166,20 +166,76 @@ def test_the_cross_gram_sums_half_precision_inputs_like_the_cached_gram():
         gram.add(X[:10].float())
 
 
-def test_tf32_is_on_only_inside_the_exact_sums_and_put_back():
-    """The flag is cuBLAS's (a CPU build has it too), set and restored by the new API where
-    torch has it: a TF32 setting left half-changed makes torch >= 2.9 refuse to read it."""
-    from svdzoo.calibration.stats import _tf32_matmul
+def test_the_exact_sums_set_their_matmul_flag_only_inside_and_put_it_back():
+    """TF32 on CUDA, plain float32 on the CPU (a user's `set_float32_matmul_precision
+    ("medium")` lets oneDNN round float32 inputs to bfloat16, which would not keep float16
+    values exact), each through its backend's own flag and restored: a TF32 setting left
+    half-changed makes torch >= 2.9 refuse to read it. Run in a child process, as the flags
+    are process-wide."""
+    import subprocess
+    import sys
 
-    matmul = torch.backends.cuda.matmul
-    name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
-    before = getattr(matmul, name)
-    with _tf32_matmul(torch.device("cuda")):
-        assert getattr(matmul, name) in ("tf32", True)
-    assert getattr(matmul, name) == before
-    with _tf32_matmul(torch.device("cpu")):
-        assert getattr(matmul, name) == before
-    torch.get_float32_matmul_precision()  # raises when the two APIs disagree
+    code = """
+import torch
+from svdzoo.calibration.stats import _exact_matmul, exact_products
+torch.set_float32_matmul_precision("medium")
+cuda, cpu = torch.backends.cuda.matmul, torch.backends.mkldnn.matmul
+new = hasattr(cuda, "fp32_precision")
+name = "fp32_precision" if new else "allow_tf32"
+before = (getattr(cuda, name), getattr(cpu, name, None))
+with _exact_matmul(torch.device("cuda")):
+    assert getattr(cuda, name) in ("tf32", True)
+with _exact_matmul(torch.device("cpu")):
+    assert not new or cpu.fp32_precision == "ieee"
+assert (getattr(cuda, name), getattr(cpu, name, None)) == before
+assert torch.get_float32_matmul_precision() == "medium"  # raises when two APIs disagree
+# and the products are plain float32's under "medium" too (where oneDNN would split float32
+# inputs into bfloat16 parts, as on this project's AVX512-BF16 CPUs at 2048 rows)
+X = torch.randn(2048, 64, generator=torch.Generator().manual_seed(0)).half()
+torch.set_float32_matmul_precision("highest")
+plain = X.float().T @ X.float()
+torch.set_float32_matmul_precision("medium")
+assert torch.equal(exact_products(X, X), plain)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_half_precision_inputs_are_summed_in_float32_over_2048_token_chunks_exactly():
+    """The chunking itself, bytewise: the accumulator's `H` is the float64 sum, in order, of
+    each 2048-token chunk's float32 product, whatever the batches; the cross Gram's three
+    products too, for distinct streams and for `H'` alone."""
+    from svdzoo.calibration.stats import (
+        HALF_CHUNK_TOKENS,
+        CrossGramAccumulator,
+        GramAccumulator,
+        exact_products,
+    )
+
+    gen = torch.Generator().manual_seed(1)
+    X = (torch.randn(5000, 16, generator=gen) * 4).to(torch.bfloat16)
+    Xa = (X.float() + 0.1 * torch.randn(5000, 16, generator=gen)).to(torch.bfloat16)
+
+    def chunked(a, b):
+        out = torch.zeros(16, 16, dtype=torch.float64)
+        for s in range(0, a.shape[0], HALF_CHUNK_TOKENS):
+            out += exact_products(a[s : s + HALF_CHUNK_TOKENS], b[s : s + HALF_CHUNK_TOKENS])
+        return out
+
+    gram, cross = GramAccumulator(16, X.device, half=True), CrossGramAccumulator(16, X.device)
+    actual_only = CrossGramAccumulator(16, X.device, original=False)
+    for s, e in [(0, 300), (300, 2100), (2100, 2101), (2101, 5000)]:
+        gram.add(X[s:e])
+        cross.add(X[s:e], Xa[s:e])
+        actual_only.add(None, Xa[s:e])
+    assert torch.equal(gram.finish().H, chunked(X, X))
+    assert torch.equal(cross.H, chunked(X, X)) and torch.equal(cross.C, chunked(X, Xa))
+    assert torch.equal(cross.H_actual, chunked(Xa, Xa))
+    assert torch.equal(actual_only.H_actual, chunked(Xa, Xa)) and actual_only.H is None
+    exact = X.double().T @ Xa.double()
+    bound = HALF_CHUNK_TOKENS * 2.0**-24 * (X.double().abs().T @ Xa.double().abs())
+    assert bool(((cross.C - exact).abs() <= bound).all())
 
 
 def test_groups_share_one_tensor(tok):

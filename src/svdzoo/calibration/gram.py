@@ -106,8 +106,8 @@ def stream_gram_stats(
                         if not bool(torch.isfinite(acc.H).all()):
                             raise ModelError(
                                 f"layer {i} ({group} inputs): the calibration statistics are not "
-                                "finite, so the model's activations overflow there (a float16 "
-                                "model: calibrate with --dtype float32); nothing was cached"
+                                "finite, so the model's activations overflow there (a float16 or "
+                                "bfloat16 model: calibrate with --dtype float32); nothing was cached"
                             )
                         sink(gram_name(i, group), to_host_pageable(acc.H))
                         sink(absmean_name(i, group), to_host_pageable(acc.absmean()))

@@ -6,8 +6,8 @@ one quantity stored as a mean, because that is how every consumer reads it.
 
 Half-precision activations (a float16 or bfloat16 model) are multiplied exactly in float32
 and summed there within a chunk of `HALF_CHUNK_TOKENS` tokens, the chunks in float64
-(`exact_products`): on a GPU that runs on tensor cores instead of float64 units, which made
-most of a 7B calibration's time.
+(`exact_products`): on a GPU that runs on TF32 tensor cores instead of at float64's rate,
+whose products made most of a 7B calibration's time.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from svdzoo.errors import CacheError
 from svdzoo.models import FAMILIES, FamilyAdapter
 
-CHUNK_TOKENS = 256  # Grams are summed over token chunks of this size, in token order
+CHUNK_TOKENS = 256  # Grams of float32 inputs are summed over token chunks of this size, in order
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 # half-precision inputs: float32 sums over chunks of this size (GEMMs a GPU runs at speed;
 # float32's rounding over one chunk is at most HALF_CHUNK_TOKENS * 2^-24 of |x|^T |x|)
@@ -43,24 +43,28 @@ def gram_sums(dtype: torch.dtype) -> str:
 
 
 @contextlib.contextmanager
-def _tf32_matmul(device: torch.device) -> Iterator[None]:
-    """float32 products on tensor cores (TF32) inside the block, on CUDA. TF32 keeps 10
-    significand bits, so it holds float16 and bfloat16 values exactly: no input rounding.
-    Set through the cuBLAS flag alone, and put back: torch >= 2.9 refuses to read a TF32
-    setting that its two APIs disagree on."""
-    if device.type != "cuda":
-        yield
-        return
-    matmul = torch.backends.cuda.matmul
-    name, value = (
-        ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
-    )
-    before = getattr(matmul, name)
-    setattr(matmul, name, value)
+def _exact_matmul(device: torch.device) -> Iterator[None]:
+    """float32 matmuls that keep half-precision inputs exact inside the block: TF32 tensor
+    cores on CUDA (TF32 keeps 10 significand bits and float32's exponent, so it holds
+    float16 and bfloat16 values exactly), plain float32 on the CPU, whose oneDNN would
+    otherwise round inputs to bfloat16 under `set_float32_matmul_precision("medium")`. Set
+    through the backend's own flag and put back: torch >= 2.9 refuses to read a setting
+    that its two APIs disagree on."""
+    if device.type == "cuda":
+        backend, value = torch.backends.cuda.matmul, "tf32"
+        name = "fp32_precision" if hasattr(backend, "fp32_precision") else "allow_tf32"
+        value = value if name == "fp32_precision" else True
+    else:
+        backend, name, value = torch.backends.mkldnn.matmul, "fp32_precision", "ieee"
+        if not hasattr(backend, name):  # torch < 2.9: the generic setting governs it
+            yield
+            return
+    before = getattr(backend, name)
+    setattr(backend, name, value)
     try:
         yield
     finally:
-        setattr(matmul, name, before)
+        setattr(backend, name, before)
 
 
 def exact_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -68,11 +72,15 @@ def exact_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     Their significands (11 and 8 bits) multiply exactly in float32's 24, so the one
     rounding is float32's accumulation over the rows: at most `rows * 2^-24` of
-    `|a|^T |b|` per entry (about `sqrt(rows) * 2^-24` in practice). The official SVD-LLM
-    code sums every token's products in float32; here only a chunk's are."""
+    `|a|^T |b|` per entry (about `sqrt(rows) * 2^-24` in practice). That holds while the
+    products stay in float32's normal range, which float16's always do; bfloat16 shares
+    float32's exponent range, so past |x| ~ 2^63 a product overflows (the calibration then
+    refuses the non-finite Gram) and below ~2^-63 it underflows (an absolute error under
+    2^-126). The official SVD-LLM code sums every token's products in float32; here only
+    a chunk's are."""
     if not (is_half(a.dtype) and is_half(b.dtype)):
         raise TypeError(f"exact products need float16/bfloat16 inputs, got {a.dtype}, {b.dtype}")
-    with _tf32_matmul(a.device):
+    with _exact_matmul(a.device):
         return a.float().T @ b.float()
 
 
