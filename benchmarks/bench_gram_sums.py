@@ -13,7 +13,8 @@ float64 over 256-token chunks. On the same activations this measures
   windows of pydoc): each Gram's relative error, and what it does to SVD-LLM: the layer
   loss, on the float64 Gram, of the factors computed from either Gram at `--ratio`.
 
-Writes benchmarks/results/gram-sums.{json,md}.
+Writes benchmarks/results/gram-sums.{json,md,png}; the json keeps the section a run does
+not remake.
 
     python benchmarks/bench_gram_sums.py --model data/models/smollm2-135m
     python benchmarks/bench_gram_sums.py --device cuda --tokens 16384   # on a GPU
@@ -26,6 +27,7 @@ import contextlib
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ from svdzoo.calibration.stats import (  # noqa: E402
     HALF_CHUNK_TOKENS,
     GramAccumulator,
 )
-from svdzoo.io import write_text  # noqa: E402
+from svdzoo.io import atomic_path, write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 U32 = 2.0**-24
@@ -181,23 +183,27 @@ def real_model(
     }
 
 
+def _run_line(sec: dict[str, Any]) -> str:
+    return (
+        f"`python benchmarks/bench_gram_sums.py {sec['command']}` on {sec['machine']}, "
+        f"torch {sec['torch']}."
+    )
+
+
 def render(res: dict[str, Any]) -> str:
-    lines = [
-        "# Gram sums of half-precision activations",
-        "",
-        f"`python benchmarks/bench_gram_sums.py` ({res['command']}) on {res['machine']}, torch {res['torch']}.",
-        "",
-    ]
+    lines = ["# Gram sums of half-precision activations", ""]
     if res.get("speed"):
+        sec = res["speed"]
         lines += [
-            f"## Speed, random activations with 8 outlier channels, on {res['device']}",
+            f"## Speed, random activations with 8 outlier channels, on {sec['device']}",
             "",
+            _run_line(sec),
             "Each time the fastest of the interleaved repeats. `float64`: every product summed in float64 over 256-token chunks (svdzoo before); `exact`: exact products summed in float32 within 2048-token chunks, the chunks in float64. Errors are against the float64 sum; the bound is `2048 * 2^-24 * |X|^T |X|` per entry.",
             "",
             "| width | tokens | dtype | float64 s | exact s | speedup | rel. error (Frobenius) | max rel. diagonal error | max error / bound |",
             "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for r in res["speed"]:
+        for r in sec["rows"]:
             lines.append(
                 f"| {r['width']} | {r['tokens']} | {r['dtype']} | {r['float64_s']:.3f} | {r['exact_s']:.3f} | {r['speedup']:.2f}x | {r['rel_fro_error']:.1e} | {r['max_rel_diag_error']:.1e} | {r['max_error_over_bound']:.1e} |"
             )
@@ -210,11 +216,53 @@ def render(res: dict[str, Any]) -> str:
         lines += [
             f"## Accuracy on the real model ({r['model']} in {r['dtype']}, {r['tokens']} pydoc tokens)",
             "",
+            _run_line(r),
+            "",
             f"- {len(g)} Grams: relative error (Frobenius) against the float64 sum of the same activations at most **{max(x['rel_fro_error'] for x in g):.1e}**, median {sorted(x['rel_fro_error'] for x in g)[len(g) // 2]:.1e}; diagonal entries at most {max(x['max_rel_diag_error'] for x in g):.1e} off.",
             f"- SVD-LLM at {r['ratio']:.0%} on its {len(m)} matrices: the factors from the float32-chunk Gram lose, on the float64 Gram, at most **{abs(worst['rel_loss_diff']):.1e}** relatively more than the float64 Gram's own ({worst['matrix']}); mean {sum(x['rel_loss_diff'] for x in m) / len(m):.1e}. Issue 16's tolerance for a precision change is 1e-3.",
             "",
         ]
     return "\n".join(lines)
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    """The errors at a glance: speed-up and error per width; the real model's per-Gram error
+    and per-matrix SVD-LLM loss change, each against the tolerance that matters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = (2 if res.get("real") else 0) + (1 if res.get("speed") else 0)
+    if not count:
+        return
+    fig, axes = plt.subplots(1, count, figsize=(5.5 * count, 3.8), squeeze=False)
+    axes = list(axes[0])
+    if res.get("real"):
+        r = res["real"]
+        g = sorted(x["rel_fro_error"] for x in r["groups"])
+        m = sorted(abs(x["rel_loss_diff"]) for x in r["matrices"])
+        ax = axes.pop(0)
+        ax.semilogy(range(len(g)), g, ".", label="Gram, relative error (Frobenius)")
+        ax.axhline(HALF_CHUNK_TOKENS * U32, color="grey", ls="--", lw=1, label="2048 x 2^-24")
+        ax.set(xlabel="Gram (sorted)", title=f"{r['model']} in {r['dtype']}, {r['tokens']} tokens")
+        ax.legend(fontsize=8)
+        ax = axes.pop(0)
+        ax.semilogy(range(len(m)), [max(v, 1e-18) for v in m], ".", color="C1")
+        ax.axhline(1e-3, color="grey", ls="--", lw=1, label="issue 16's tolerance (1e-3)")
+        ax.set(xlabel="matrix (sorted)", ylabel="|relative loss change|",
+               title=f"SVD-LLM at {r['ratio']:.0%}: factors from the float32-chunk Gram")  # fmt: skip
+        ax.legend(fontsize=8)
+    if res.get("speed"):
+        ax = axes.pop(0)
+        rows = res["speed"]["rows"]
+        ax.bar([str(x["width"]) for x in rows], [x["speedup"] for x in rows])
+        ax.set(xlabel="width", ylabel="float64 time / exact time",
+               title=f"Gram sums on {res['speed']['device']}")  # fmt: skip
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -238,19 +286,22 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     dtype = getattr(torch, a.dtype)
     device = torch.device(a.device)
-    res: dict[str, Any] = {
-        "command": " ".join(os.sys.argv[1:]) or "defaults",
+    run = {
+        "command": " ".join(sys.argv[1:]),
         "machine": f"{platform.platform()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
+    path = a.results / "gram-sums.json"
+    res: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}  # by section
     if not a.no_speed:
-        res["speed"] = speed(a.widths, a.tokens, dtype, device, a.repeats)
+        res["speed"] = {**run, "rows": speed(a.widths, a.tokens, dtype, device, a.repeats)}
     if a.model:
-        res["real"] = real_model(a.model, a.nsamples, a.seqlen, a.ratio, dtype)
+        res["real"] = {**run, **real_model(a.model, a.nsamples, a.seqlen, a.ratio, dtype)}
     a.results.mkdir(parents=True, exist_ok=True)
-    write_text(a.results / "gram-sums.json", json.dumps(res, indent=2) + "\n")
+    write_text(path, json.dumps(res, indent=2) + "\n")
     write_text(a.results / "gram-sums.md", render(res))
+    plot(res, a.results / "gram-sums.png")
     print(render(res))
 
 
