@@ -80,8 +80,10 @@ def exact_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a chunk's are."""
     if not (is_half(a.dtype) and is_half(b.dtype)):
         raise TypeError(f"exact products need float16/bfloat16 inputs, got {a.dtype}, {b.dtype}")
+    a32 = a.float()
+    b32 = a32 if b is a else b.float()  # a Gram's one copy, not two
     with _exact_matmul(a.device):
-        return a.float().T @ b.float()
+        return a32.T @ b32
 
 
 class _Chunks:
