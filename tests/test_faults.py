@@ -822,18 +822,20 @@ def test_model_dir_without_config_is_one_line(model_dir, tmp_path, capsys):
 # ---------------------------------------------------------------- 10. cache keys too wide
 
 
-def test_gram_bytes_do_not_depend_on_batch_size_or_threads(model_dir, tmp_path):
+@pytest.mark.parametrize(("dtype", "nsamples"), [("float32", "10"), ("bfloat16", "50")])
+def test_gram_bytes_do_not_depend_on_batch_size_or_threads(model_dir, tmp_path, dtype, nsamples):
     """Real processes: the Gram cache's files (tensors and manifest) are the same bytes for
     any calibration batch size and thread count, so a rerun under other execution
-    settings (Snakemake's one thread vs DVC's default) gives the same DVC hash."""
+    settings (Snakemake's one thread vs DVC's default) gives the same DVC hash. A bfloat16
+    model's Grams too (float32 sums over 2048-token chunks: 2,400 tokens cross one)."""
     runs = {"b1-t1": ("1", "1"), "b8-t2": ("8", "2"), "b3-t1": ("3", "1")}
     digests = {}
     for name, (batch, threads) in runs.items():
         out = tmp_path / name
         res = subprocess.run(
             [sys.executable, "-m", "svdzoo.cli", "calibrate", "--model", str(model_dir),
-             "--corpus", "pydoc", "--nsamples", "10", "--seqlen", "48", "--seed", "0",
-             "--device", "cpu", "--batch-size", batch, "--out", str(out)],
+             "--corpus", "pydoc", "--nsamples", nsamples, "--seqlen", "48", "--seed", "0",
+             "--device", "cpu", "--dtype", dtype, "--batch-size", batch, "--out", str(out)],
             env={**ENV, "OMP_NUM_THREADS": threads}, capture_output=True, text=True,
         )  # fmt: skip
         assert res.returncode == 0, res.stderr[-2000:]
