@@ -35,6 +35,11 @@ def is_half(dtype: torch.dtype) -> bool:
     return dtype in HALF_DTYPES
 
 
+def chunk_tokens(half: bool) -> int:
+    """The token chunk a Gram is summed over: longer for half precision (`exact_products`)."""
+    return HALF_CHUNK_TOKENS if half else CHUNK_TOKENS
+
+
 def gram_sums(dtype: torch.dtype) -> str:
     """How Grams of `dtype` inputs are summed, as a cache manifest records it."""
     if is_half(dtype):
@@ -51,9 +56,9 @@ def _exact_matmul(device: torch.device) -> Iterator[None]:
     through the backend's own flag and put back: torch >= 2.9 refuses to read a setting
     that its two APIs disagree on."""
     if device.type == "cuda":
-        backend, value = torch.backends.cuda.matmul, "tf32"
-        name = "fp32_precision" if hasattr(backend, "fp32_precision") else "allow_tf32"
-        value = value if name == "fp32_precision" else True
+        backend = torch.backends.cuda.matmul
+        new_api = hasattr(backend, "fp32_precision")
+        name, value = ("fp32_precision", "tf32") if new_api else ("allow_tf32", True)
     else:
         backend, name, value = torch.backends.mkldnn.matmul, "fp32_precision", "ieee"
         if not hasattr(backend, name):  # torch < 2.9: the generic setting governs it
@@ -129,7 +134,7 @@ class GramAccumulator:
         self.abssum = torch.zeros(n, dtype=torch.float64, device=device)
         self.count = 0
         self.half = half
-        self._chunks = _Chunks(HALF_CHUNK_TOKENS if half else CHUNK_TOKENS)
+        self._chunks = _Chunks(chunk_tokens(half))
 
     def add(self, x: torch.Tensor) -> None:
         """`x`: (tokens, n) inputs of the group's linear."""
@@ -206,7 +211,7 @@ class CrossGramAccumulator:
             raise TypeError("the inputs of one cross Gram mix half and full precision")
         if self.half is None and halves:
             self.half = halves.pop()
-            self._chunks = _Chunks(HALF_CHUNK_TOKENS if self.half else CHUNK_TOKENS)
+            self._chunks = _Chunks(chunk_tokens(self.half))
 
     def add(self, x: torch.Tensor | None, x_actual: torch.Tensor | None) -> None:
         """Rows are tokens. `x_actual=None` means the two streams coincide for this batch;
