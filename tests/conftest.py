@@ -5,7 +5,9 @@ small module-scoped fixtures several test modules use (`one_thread`, `tok`, `win
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -41,22 +43,55 @@ TINY = dict(
 )
 
 
-def _train(tmp_path_factory: pytest.TempPathFactory, family: str) -> Path:
-    out = tmp_path_factory.mktemp(f"ref-{family}") / "model"
-    train_reference(TrainConfig(family=family, **TINY), out)
-    return out
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long end-to-end modules (snakemake, dvc, SLURM, the real model) first, in their
+    own order: under pytest-xdist's `--dist loadfile` each worker then starts on one of them
+    and the short modules fill in around them, instead of a long one ending the run alone."""
+    long = ("slow", "real_model")
+    items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in long))
+
+
+FAMILIES = ("llama", "opt")
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Both reference families, trained at once in two processes. Each trains on one thread,
+    so the bytes are those of training them one after the other, in half the wall time.
+    Under pytest-xdist (`run.sh test` runs `-n auto`) the first worker to ask trains them
+    for every worker of the run; the others wait on its lock and then reuse the files."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the run's directory, above each worker's
+        shared = shared.parent
+    root = shared / "tiny-models"
+    root.mkdir(exist_ok=True)
+    dirs = {family: root / f"ref-{family}" / "model" for family in FAMILIES}
+    with FileLock(str(root / "train.lock")):
+        todo = [f for f, path in dirs.items() if not (path / "train_log.json").is_file()]
+        if todo:
+            spawn = multiprocessing.get_context("spawn")  # no forked OpenMP state
+            with ProcessPoolExecutor(len(todo), mp_context=spawn) as pool:
+                runs = [
+                    pool.submit(train_reference, TrainConfig(family=f, **TINY), dirs[f])
+                    for f in todo
+                ]
+                for run in runs:
+                    run.result()
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_model_dirs: dict[str, Path]) -> Path:
     """A trained 2-layer LLaMA-style model with grouped-query attention (saved dir)."""
-    return _train(tmp_path_factory, "llama")
+    return tiny_model_dirs["llama"]
 
 
 @pytest.fixture(scope="session")
-def tiny_opt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_opt_dir(tiny_model_dirs: dict[str, Path]) -> Path:
     """A trained 2-layer OPT-style model (biases, fc1/fc2) (saved dir)."""
-    return _train(tmp_path_factory, "opt")
+    return tiny_model_dirs["opt"]
 
 
 @pytest.fixture(scope="module")

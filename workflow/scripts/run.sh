@@ -76,5 +76,8 @@ case "$mode" in
     else
       echo "[svdzoo] no slurm-wlm/munge or not root: the SLURM cluster test is skipped" >&2
     fi
-    exec "$PY" -m pytest -q "$@" ;;
+    # one pytest-xdist worker per CPU (at most 4), one test module per worker at a time:
+    # module-scoped fixtures and the order of a module's tests hold as in a serial run
+    exec "$PY" -m pytest -q --numprocesses logical --maxprocesses 4 --dist loadfile \
+      --no-loadscope-reorder "$@" ;;
 esac

@@ -1,0 +1,190 @@
+"""The workflow under DVC, end to end: real `snakemake` and `dvc` subprocesses on the micro
+config of test_workflow (no mocks), in their own module so that a parallel run (`run.sh test`
+runs pytest-xdist, one module per worker) does them beside the Snakemake tests.
+
+- A Snakemake run in a DVC project leaves its outputs in dvc.lock: `dvc repro` does nothing.
+- `dvc repro` twice is a no-op; `dvc exp run -S` with a new ratio runs only its stages;
+  metrics, plots, a remote and a fresh clone that pulls instead of recomputing.
+- A params typo is refused by the `params` stage before any other stage runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+
+import pytest
+import yaml
+from test_workflow import BIN, MICRO, init_dvc_repo, make_workspace, run, smk, write_params
+
+pytestmark = pytest.mark.slow
+
+
+# ---------------------------------------------------------------- Snakemake then DVC
+
+
+def test_snakemake_outputs_are_dvc_tracked(tmp_path):
+    """Issue 14.2: a Snakemake run in a DVC project leaves its outputs in dvc.lock, so
+    `dvc repro` then does nothing and an experiment runs only its new stages."""
+    params = {**MICRO, "methods": ["svd-llm", "fwsvd", "asvd", "duo-svd-independent"]}
+    ws = make_workspace(tmp_path / "both", params)
+    git, dvc = init_dvc_repo(ws)
+    smk(ws)
+    assert (ws / "dvc.lock").is_file()
+    out = run(ws, dvc, "repro")
+    assert "Running stage" not in out, out[-3000:]
+    run(ws, git, "add", "-A")
+    run(ws, git, "commit", "-q", "-m", "snakemake run")
+    out = run(ws, dvc, "exp", "run", "-S", 'ratios=["0.40","0.60"]')
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    new = {f"compress-{m}@tiny-0.60" for m in params["methods"]}
+    new |= {f"evaluate@tiny-{m}-0.60" for m in params["methods"]}
+    assert ran == {"params", "report"} | new, sorted(ran)
+    # a run that left a stage incomplete: every other stage is committed, that one is left
+    # to dvc repro (the per-stage path; a complete run is committed in one call)
+    shutil.rmtree(ws / "results/metrics/tiny/fwsvd/r0.60")
+    (ws / "dvc.lock").unlink()
+    code = "import json; from svdzoo.dvc_track import commit_outputs as c; print('COMMITTED=' + json.dumps(c('params.yaml')))"
+    out = run(ws, sys.executable, "-c", code)
+    line = next(x for x in out.splitlines() if x.startswith("COMMITTED="))
+    done = json.loads(line.removeprefix("COMMITTED="))
+    assert "evaluate@tiny-fwsvd-0.60" not in done and len(done) > 10, done
+    out = run(ws, dvc, "status")
+    assert "evaluate@tiny-fwsvd-0.60" in out and "compress-fwsvd@tiny-0.60" not in out, out
+    # a Snakemake run of one target commits its own DAG only: the evaluations, complete on
+    # disk but made with another evaluation setting, stay stale for `dvc repro` (they were
+    # recorded as current before)
+    edited = yaml.safe_load((ws / "params.yaml").read_text())
+    edited["evaluation"]["max-windows"] = 3
+    write_params(ws, edited)
+    out = smk(ws, "data/tasks", "--forcerun", "build_tasks")
+    assert "dvc: committed" in out, out[-3000:]
+    out = run(ws, dvc, "status")
+    assert "evaluate@tiny-svd-llm-0.40" in out, out
+    assert not re.search(r"^tasks:", out, re.M), out  # what the run made is committed
+
+
+# ---------------------------------------------------------------- DVC
+
+
+def test_dvc_refuses_a_params_typo_before_any_stage(tmp_path):
+    """DVC validates nothing itself; the `params` stage does, before the root stages."""
+    import copy
+
+    params = copy.deepcopy(MICRO)
+    params["evaluation"]["max_windows"] = params["evaluation"].pop("max-windows")
+    ws = make_workspace(tmp_path / "dvc-typo", params)
+    run(ws, str(BIN / "dvc"), "init", "--no-scm", "-q")
+    out = run(ws, str(BIN / "dvc"), "repro", check=False)
+    assert "evaluation.max_windows" in out and "did you mean 'max-windows'" in out, out[-3000:]
+    assert not (ws / "data" / "models").exists() and not (ws / "data" / "tasks").exists()
+    params["evaluation"]["max-windows"] = params["evaluation"].pop("max_windows")
+    params["keep_compresed"] = params.pop("keep_compressed")
+    write_params(ws, params)
+    out = run(ws, str(BIN / "dvc"), "repro", "params", check=False)
+    assert "keep_compresed" in out and not (ws / "data" / "params.valid").exists(), out[-3000:]
+
+
+# columns `dvc exp show` need not show to compare experiments: creation time, dependency
+# hashes, the params file's own hash, execution-only settings
+READABLE_DROP = r"Created|results|data|src|params\.yaml|execution"
+
+
+def test_dvc_repro_noop_and_experiment(tmp_path):
+    import json
+
+    params = {**MICRO, "methods": ["svd-llm"]}
+    ws = make_workspace(tmp_path / "dvc", params)
+    git, dvc = init_dvc_repo(ws)
+
+    out = run(ws, dvc, "repro")
+    assert "Running stage 'report'" in out
+    assert (ws / "results/metrics/tiny/svd-llm/r0.40/ppl.json").is_file()
+    assert (ws / "results/metrics.csv").is_file()
+
+    again = run(ws, dvc, "repro")
+    assert "Running stage" not in again
+    assert "up to date" in run(ws, dvc, "status")
+
+    # issue 14.4: one small metrics file, model -> method -> ratio -> headline metrics
+    shown = json.loads(run(ws, dvc, "metrics", "show", "--json"))
+    ((_, found),) = shown.items()
+    metrics = found["data"]["results/summary.json"]["data"]
+    assert set(metrics["tiny"]) == {"dense", "svd-llm"}
+    assert set(metrics["tiny"]["svd-llm"]["r0.40"]) == {"ppl-pydoc", "acc"}
+    # DVC plots: one per model and headline metric, a series per method, x = ratio
+    html = tmp_path / "plots"
+    run(ws, dvc, "plots", "show", "-o", str(html))
+    page = (html / "index.html").read_text()
+    assert "tiny: perplexity, pydoc vs compression ratio" in page and '"svd-llm"' in page
+    assert "tiny: mean zero-shot accuracy vs compression ratio" in page
+
+    run(ws, git, "add", "-A")
+    run(ws, git, "commit", "-q", "-m", "baseline")
+    # issue 14.1: an edit to a module no stage runs reruns only the code stamps; an edit to
+    # the method's module reruns its compression, evaluation and the report
+    (ws / "src/svdzoo/methods/svd_llm_v2.py").write_text(
+        (ws / "src/svdzoo/methods/svd_llm_v2.py").read_text() + "\n# edited\n"
+    )
+    out = run(ws, dvc, "repro")
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"code"}, out
+    (ws / "src/svdzoo/methods/baselines.py").write_text(
+        (ws / "src/svdzoo/methods/baselines.py").read_text() + "\n# edited\n"
+    )
+    out = run(ws, dvc, "repro")
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {
+        "code",
+        "compress-svd-llm@tiny-0.40",
+        "evaluate@tiny-svd-llm-0.40",
+        "report",
+    }, out
+    run(ws, git, "add", "-A")
+    run(ws, git, "commit", "-q", "-m", "edited code")
+    # case 10: execution-only settings rerun nothing but the params check
+    out = run(ws, dvc, "exp", "run", "-S", "execution.compress.device=auto",
+              "-S", "execution.evaluate.batch-size=2")  # fmt: skip
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"params"}, out
+    out = run(ws, dvc, "exp", "run", "-S", 'ratios=["0.40","0.60"]')
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    # `params` re-validates the edited params.yaml (seconds); its stamp is unchanged, so
+    # nothing else reruns beyond the new ratio's stages and the report
+    assert ran == {
+        "params",
+        "compress-svd-llm@tiny-0.60",
+        "evaluate@tiny-svd-llm-0.60",
+        "report",
+    }, out
+    assert (ws / "results/metrics/tiny/svd-llm/r0.60/ppl.json").is_file()
+    # the experiment against its baseline: only the new ratio's headline numbers differ
+    diff = json.loads(run(ws, dvc, "metrics", "diff", "HEAD", "--json"))
+    changed = diff["results/summary.json"]
+    assert changed and all(".r0.60." in key for key in changed), changed
+    assert changed["tiny.svd-llm.r0.60.ppl-pydoc"]["old"] is None
+    # the readable comparison docs/workflow.md gives: headline metrics and changed params
+    table = run(ws, dvc, "exp", "show", "--no-pager", "--md", "--only-changed",
+                "--hide-workspace", "--drop", READABLE_DROP)  # fmt: skip
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    assert set(header) == {
+        "Experiment", "tiny.svd-llm.r0.60.acc", "tiny.svd-llm.r0.60.ppl-pydoc",
+        "ratios",
+    }, table  # fmt: skip
+    run(ws, dvc, "plots", "diff", "HEAD", "-o", str(tmp_path / "plots-diff"))
+    page = (tmp_path / "plots-diff" / "index.html").read_text()
+    assert "tiny: perplexity, pydoc vs compression ratio" in page
+
+    # issue 14.4: a shared-directory remote; a fresh clone pulls instead of recomputing
+    remote = tmp_path / "remote"
+    run(ws, dvc, "remote", "add", "-d", "shared", str(remote))
+    run(ws, git, "add", "-A")
+    run(ws, git, "commit", "-q", "-m", "experiment and remote")
+    run(ws, dvc, "push")
+    clone = tmp_path / "clone"
+    run(tmp_path, git, "clone", "-q", str(ws), str(clone))
+    run(clone, dvc, "pull")
+    out = run(clone, dvc, "repro")
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    # the uncached stamps are remade (seconds); nothing they feed changes
+    assert ran <= {"params", "code"}, out
+    assert (clone / "results/metrics/tiny/svd-llm/r0.60/ppl.json").is_file()
