@@ -222,9 +222,9 @@ def _train(cfg: TrainConfig, out_dir: str | Path, force: bool) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        curve.append({"step": step, "loss": float(loss), "lr": _lr_at(step, cfg)})
+        curve.append({"step": step, "loss": loss.item(), "lr": _lr_at(step, cfg)})
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
     train_time = time.perf_counter() - t0
     model.eval()
     val_loss = _mean_loss(model, val_ids, cfg.seqlen)

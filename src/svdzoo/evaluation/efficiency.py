@@ -17,6 +17,7 @@ the median is reported.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import statistics
 import threading
@@ -68,6 +69,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _cache_name(model: nn.Module) -> str:
+    """The key-value cache's name in the forward's arguments and outputs: transformers 5
+    renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 @torch.no_grad()
 def _prefill_and_decode(model: nn.Module, ids: torch.Tensor, gen_len: int) -> tuple[float, float]:
     """Seconds for one prefill and for `gen_len` greedy cached decode steps."""
@@ -77,11 +85,10 @@ def _prefill_and_decode(model: nn.Module, ids: torch.Tensor, gen_len: int) -> tu
     out = model(input_ids=ids, use_cache=True)
     _sync(device)
     t1 = time.perf_counter()
-    past = out.past_key_values
+    name = _cache_name(model)
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     for _ in range(gen_len):
-        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=nxt, use_cache=True, **{name: out[name]})
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     _sync(device)
     t2 = time.perf_counter()
