@@ -76,7 +76,8 @@ case "$mode" in
     else
       echo "[svdzoo] no slurm-wlm/munge or not root: the SLURM cluster test is skipped" >&2
     fi
-    # one pytest-xdist worker per CPU (at most 4), one test module per worker at a time:
+    # one pytest-xdist worker per CPU (at most 4), one test module per worker at a time
+    # (--no-loadscope-reorder: xdist >= 3.8; conftest puts the long modules first):
     # module-scoped fixtures and the order of a module's tests hold as in a serial run
     exec "$PY" -m pytest -q --numprocesses logical --maxprocesses 4 --dist loadfile \
       --no-loadscope-reorder "$@" ;;
