@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,6 +52,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in long))
 
 
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A directory of this run that every pytest-xdist worker sees (the run's base
+    directory, above each worker's own); without xdist, under the session's base."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    path = base / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
 FAMILIES = ("llama", "opt")
 
 
@@ -62,11 +74,7 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     for every worker of the run; the others wait on its lock and then reuse the files."""
     from filelock import FileLock
 
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # the run's directory, above each worker's
-        shared = shared.parent
-    root = shared / "tiny-models"
-    root.mkdir(exist_ok=True)
+    root = _shared_dir(tmp_path_factory, "tiny-models")
     dirs = {family: root / f"ref-{family}" / "model" for family in FAMILIES}
     with FileLock(str(root / "train.lock")):
         todo = [f for f, path in dirs.items() if not (path / "train_log.json").is_file()]
@@ -92,6 +100,24 @@ def tiny_llama_dir(tiny_model_dirs: dict[str, Path]) -> Path:
 def tiny_opt_dir(tiny_model_dirs: dict[str, Path]) -> Path:
     """A trained 2-layer OPT-style model (biases, fc1/fc2) (saved dir)."""
     return tiny_model_dirs["opt"]
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The micro workflow config (`test_workflow.MICRO`) run from scratch by Snakemake once
+    for every module and worker of the run: test_cluster compares its SLURM run with it and
+    test_workflow's incremental tests work on a copy. Read it; never change it."""
+    from filelock import FileLock
+    from test_workflow import MICRO, make_workspace, smk
+
+    root = _shared_dir(tmp_path_factory, "micro-run")
+    ws, done = root / "ws", root / "complete"
+    with FileLock(str(root / "run.lock")):
+        if not done.is_file():
+            shutil.rmtree(ws, ignore_errors=True)  # a worker that failed half-way
+            smk(make_workspace(ws, MICRO))
+            done.touch()
+    return ws
 
 
 @pytest.fixture(scope="module")

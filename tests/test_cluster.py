@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_workflow import BIN, MICRO, ROOT, _env, jobs_of, make_workspace, run, smk
+from test_workflow import BIN, MICRO, ROOT, _env, jobs_of, make_workspace, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -69,13 +69,6 @@ def results(ws: Path) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory) -> Path:
-    ws = make_workspace(tmp_path_factory.mktemp("local") / "ws", MICRO)
-    smk(ws)
-    return ws
-
-
-@pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory) -> tuple[Path, str]:
     ws = make_workspace(tmp_path_factory.mktemp("slurm") / "ws", MICRO)
     out = run(ws, str(BIN / "snakemake"), *PROFILE, timeout=900)
@@ -93,12 +86,12 @@ def test_every_job_goes_through_sbatch(slurm_run):
     assert (ws / "results" / "metrics.csv").is_file()
 
 
-def test_outputs_equal_a_local_run(slurm_run, local_run):
+def test_outputs_equal_a_local_run(slurm_run, micro_run):
     ws, _ = slurm_run
-    assert results(ws) == results(local_run) != {}
+    assert results(ws) == results(micro_run) != {}
 
 
-def test_a_cancelled_job_is_redone(slurm_run, local_run):
+def test_a_cancelled_job_is_redone(slurm_run, micro_run):
     """scancel a running compression: the run fails, no output of that job is left to be
     taken as done, and the next run redoes it and what depends on it."""
     ws, _ = slurm_run
@@ -132,4 +125,4 @@ def test_a_cancelled_job_is_redone(slurm_run, local_run):
     assert redone == ["compress", "evaluate", "report"], jobs_of(out)
     assert len(submitted(out)) == len(redone)
     assert "Nothing to be done" in run(ws, str(BIN / "snakemake"), *PROFILE, "-n")
-    assert results(ws) == results(local_run)
+    assert results(ws) == results(micro_run)

@@ -272,10 +272,11 @@ def test_bad_params_fail_before_any_job(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def micro_ws(tmp_path_factory) -> Path:
-    """The micro config, run once from scratch."""
-    ws = make_workspace(tmp_path_factory.mktemp("smk") / "ws", MICRO)
-    smk(ws)
+def micro_ws(micro_run: Path, tmp_path_factory) -> Path:
+    """The micro config run once from scratch (conftest's `micro_run`, shared with
+    test_cluster), copied with its Snakemake records and file times: these tests change it."""
+    ws = tmp_path_factory.mktemp("smk") / "ws"
+    shutil.copytree(micro_run, ws, symlinks=True)
     assert (ws / "results" / "metrics.csv").is_file()
     return ws
 
