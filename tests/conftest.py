@@ -1,6 +1,7 @@
-"""Shared fixtures: tiny reference models trained once per test session (offline), and the
-small module-scoped fixtures several test modules use (`one_thread`, `tok`, `windows`,
-`family_ppl`)."""
+"""Shared fixtures: the tiny reference models and the micro workflow run, each made once per
+test run (offline; once for all pytest-xdist workers, under a file lock), the order that
+starts the long modules first, and the small module-scoped fixtures several test modules use
+(`one_thread`, `tok`, `windows`, `family_ppl`)."""
 
 from __future__ import annotations
 
