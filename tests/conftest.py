@@ -71,7 +71,7 @@ FAMILIES = ("llama", "opt")
 def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Both reference families, trained at once in two processes. Each trains on one thread,
     so the bytes are those of training them one after the other, in half the wall time.
-    Under pytest-xdist (`run.sh test` runs `-n auto`) the first worker to ask trains them
+    Under pytest-xdist (`run.sh test` runs a worker per CPU) the first worker to ask trains them
     for every worker of the run; the others wait on its lock and then reuse the files."""
     from filelock import FileLock
 
