@@ -584,6 +584,33 @@ def test_fast_split_searches_match_the_reference(shape, search, monkeypatch):
     assert seen >= 1
 
 
+@pytest.mark.parametrize("shape", [(85, 38), (40, 30), (30, 40)])
+@pytest.mark.parametrize("schedule", linalg.SCHEDULES)
+def test_fast_split_search_takes_the_reference_split_where_the_rest_fits_its_rank(shape, schedule):
+    """At a rank past the break-even (`k > m n / (m + n)`, which no compression ratio asks
+    for, but `column_preserving_split` accepts up to `min(m, n)`), late candidates keep so
+    many columns that the rest fits in its rank (`k' = min(m, n - c)`): its loss is exactly
+    0, as the reference's truncation drops nothing. The fast searches solved those
+    candidates too and got round-off (1e-21-1e-9) instead of 0, which the schedules then
+    compared, so they picked other splits than the reference (360 of 720 cases of a sweep
+    over these shapes, 40 seeds)."""
+    g = torch.Generator().manual_seed(0)
+    m, n = shape
+    W = torch.randn(m, n, generator=g, dtype=F64)
+    X = torch.randn(n, 4 * n, generator=g, dtype=F64)
+    X[torch.randperm(n, generator=g)[: n // 5]] *= 10.0
+    H = X @ X.T
+    energy = float(torch.trace(W @ H @ W.T))  # the chosen split's factors: round-off of it
+    for k in (min(m, n) - 4, min(m, n) - 8):
+        ref = linalg.column_preserving_split(W, H, k, search="reference", schedule=schedule)
+        for probes in ("float32", "float64"):
+            fast = linalg.column_preserving_split(W, H, k, schedule=schedule, probes=probes)
+            assert (fast is None) == (ref is None)
+            if ref is not None:
+                assert fast.delta_r == ref.delta_r
+                assert fast.loss == pytest.approx(ref.loss, rel=1e-9, abs=1e-13 * energy)
+
+
 @pytest.mark.parametrize("shape", [(96, 64), (64, 160)])
 def test_float32_svd_keeps_the_layer_loss_within_a_thousandth(shape):
     """Issue 16's float32 path: only the SVD of `W S` runs in float32; on an anisotropic

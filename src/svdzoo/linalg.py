@@ -1704,7 +1704,10 @@ def column_preserving_split(
         c, kr = column_counts(m, n, k, dr)
         if dr == 0 or c == 0:
             return f0
-        if c == n:
+        # the rest fits in rank `kr` (or every column is kept): exactly 0, as the reference's
+        # truncation drops nothing; a solve gives round-off, which the schedules would then
+        # compare. Only past the break-even rank `m n / (m + n)`, which no ratio asks for
+        if kr >= min(m, n - c):
             return 0.0
         if problem is not None:  # either side, whichever the cost model picks
             if probes == "float64":
