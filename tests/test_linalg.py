@@ -548,6 +548,20 @@ def test_top_eigh_keeps_float64_accuracy_where_float32_cannot_resolve_the_spectr
     assert torch.allclose(E.T @ T @ E, torch.diag(mu), rtol=0, atol=1e-12 * 1e10)
 
 
+@pytest.mark.parametrize("n", [1, 5, 127, 128, 129, 300])
+def test_lower_congruence_is_the_plain_product(n):
+    """`_lower_congruence` (block products that skip the triangular factor's zeros and the
+    upper half of the symmetric result) equals `S^T A S` to rounding, exactly symmetric."""
+    g = torch.Generator().manual_seed(n)
+    M = torch.randn(n, n, generator=g, dtype=F64)
+    A = M @ M.T
+    S = torch.linalg.cholesky(A + n * torch.eye(n, dtype=F64))
+    got = linalg._lower_congruence(S, A)
+    want = S.T @ A @ S
+    assert torch.allclose(got, want, rtol=0, atol=1e-14 * float(want.abs().max()))
+    assert torch.equal(got, got.T)
+
+
 def test_times_lower_rows_is_the_plain_product():
     """`_times_lower_rows` (blocks of rows in index order, each against only the columns up
     to its largest index) equals `M @ L[idx].T`, in `idx`'s order."""
