@@ -157,7 +157,7 @@ def figure(df: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     same = df[(df.outcome == "same split") & df.loss_reference.notna()]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(6, 3.6), layout="tight")
     for label, g in same.groupby("search"):
         allowed = LOSS_RTOL * g.loss_reference + ZERO * g.energy
         used = ((g.loss - g.loss_reference).abs() / allowed).clip(lower=1e-12)
@@ -167,7 +167,6 @@ def figure(df: pd.DataFrame, path: Path) -> None:
     ax.set_xlabel(f"|loss - reference| / ({LOSS_RTOL:g} reference + {ZERO:g} tr(W H W^T))")
     ax.set_ylabel("cases with the reference's split")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
