@@ -6,6 +6,7 @@ Plain functions, not fixtures (those live in conftest.py); test modules import t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -18,6 +19,21 @@ import torch
 from svdzoo.calibration import CalibrationStats, calibrate
 from svdzoo.methods.base import MatrixContext
 from svdzoo.models import load_model, load_tokenizer
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """`benchmarks/<name>.py` as a module (benchmarks are scripts, not a package), with
+    `benchmarks/` on `sys.path` while it loads, for the siblings it imports."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(BENCH))
+    return mod
 
 
 def random_tiny(family: str, layers: int = 2, seed: int = 0, **overrides: Any):

@@ -3,26 +3,14 @@ happen to be timed would be too low, so it must say "unknown" instead of yes or 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_compose", BENCH / "bench_compose.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_benchmark("bench_compose")
 
 
 def rows(entries: list[tuple[str, float, str, float]], seed: int = 3) -> pd.DataFrame:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import load_benchmark
 
 from svdzoo.cli import main
 from svdzoo.io import write_json
@@ -22,7 +21,6 @@ from svdzoo.report.published import compare, load_published
 from svdzoo.report.tables import best_mask, table1
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "data" / "published.csv"
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 CORPORA = ("wikitext2", "pydoc")
 TASKS = ("task_a", "task_b")
 # (method, ratio) -> wikitext2 perplexity; other metrics derive from it
@@ -488,15 +486,7 @@ def test_non_canonical_ratio_tag_is_not_silently_merged(tmp_path: Path, caplog) 
 
 
 def test_real_model_claim_factor_below_one_is_not_zero() -> None:
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "bench_real_model", BENCH / "bench_real_model.py"
-        )
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(BENCH))
+    mod = load_benchmark("bench_real_model")
     df = pd.DataFrame(
         [
             ("x", meth, 0.8, "perplexity", "pydoc", v, math.nan)

@@ -5,28 +5,15 @@ its factors' layer loss computed directly."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import load_benchmark
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 BAD = {"mismatch", "loss not the factors'"}
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location(
-        "bench_split_agreement", BENCH / "bench_split_agreement.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses and pickling look modules up by name
-    try:
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.modules.pop(spec.name, None)
+    return load_benchmark("bench_split_agreement")
 
 
 # 3051: a 157 x 135 layer whose Gram comes from 140 tokens; the chosen split's factors from
