@@ -1106,11 +1106,13 @@ def _top_eigh(T: Tensor, k: int) -> tuple[Tensor, Tensor]:
     A spectrum float32 cannot resolve at `k` (no gap above its error, as in an
     ill-conditioned rest) goes straight to the float64 `eigh`: the fixed two iterations had
     left such a split's loss up to 0.7 % above the optimum. Also a plain `eigh` when
-    `k + p` is over half of `T`, or the float32 solve fails. About half a float64 `eigh`
-    when the first check passes (60 ms of 136 at r = 1024 on one CPU thread)."""
+    `k + p` is over a quarter of `T` (the iterations' `r^2 (k + p)` products and the
+    `(k + p)`-sized solve then cost more: on one CPU thread, at `k = 0.4 r` this took 58 ms
+    against `eigh`'s 37 at r = 576 and 328 against 210 at r = 1024; they break even near
+    `k = 0.2 r`, and at `k = 0.05 r` this takes 0.6 of `eigh`), or the float32 solve fails."""
     r = T.shape[0]
     s = k + max(16, k // 8)
-    if k == 0 or 2 * s > r:
+    if k == 0 or 4 * s > r:
         return _eigh_top(T, k)
     norm = float(torch.linalg.matrix_norm(T))
     scaled = _scaled_f32(T, norm)
