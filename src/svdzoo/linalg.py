@@ -1153,14 +1153,19 @@ def _times_lower_rows(M: Tensor, L: Tensor, idx: Tensor, block: int = 128) -> Te
     """`M @ L[idx].T` for a lower-triangular `L`: row `j` of `L` is zero past column `j`,
     so the rows are taken in index order, `block` at a time, each block against only the
     columns up to its largest index (about half the flops of the full product for indices
-    spread over `[0, n)`)."""
+    spread over `[0, n)`). Computed as its transpose, `L[idx] M^T` by row blocks into a
+    row-major buffer, whose rows are put back in `idx`'s order at the end: 1.45x faster
+    on one CPU thread than the blocks of `M L^T` scattered into columns (576 x 1536 by 682
+    rows: 26.9 -> 18.5 ms; 1024 x 2752 by 863: 98 -> 68 ms). Returns a transposed view."""
     sorted_idx, perm = torch.sort(idx)
-    out = M.new_empty(M.shape[0], idx.numel())
+    rows_first = M.new_empty(idx.numel(), M.shape[0])
     for start in range(0, idx.numel(), block):
         rows = sorted_idx[start : start + block]
         width = int(rows[-1]) + 1
-        out[:, perm[start : start + block]] = M[:, :width] @ L.index_select(0, rows)[:, :width].T
-    return out
+        torch.mm(L[:, :width][rows], M[:, :width].T, out=rows_first[start : start + rows.numel()])
+    out = torch.empty_like(rows_first)
+    out[perm] = rows_first
+    return out.T
 
 
 def _lower_congruence(S: Tensor, A: Tensor, block: int = 128) -> Tensor:
@@ -1252,6 +1257,7 @@ class _RestProblem:
         self._W_hat: Tensor | None = None  # U^T W, made once the direct form is used
         self._formed: dict[int, Tensor] = {}  # c -> T(c), the few most recently formed
         self._Wt: Tensor | None = None
+        self._Ut: Tensor | None = None
         self._last_loss: float | None = None  # the latest candidate's, for `loss_f32`
 
     KEEP_FORMED = 3  # r x r float64 each: 0.4 GB at r = 4096
@@ -1314,7 +1320,9 @@ class _RestProblem:
                 Wc, Pc = (self._Wc.new_empty(self._Wc.shape[0], size) for _ in range(2))
                 Wc[:, :have], Pc[:, :have] = self._Wc[:, :have], self._Pc[:, :have]
                 self._Wc, self._Pc = Wc, Pc
-            torch.mm(self.U.T, self._Wt.index_select(0, new).T, out=self._Wc[:, have:c])
+            if self._Ut is None:  # `U^T` row-major: the product with the transposed view
+                self._Ut = self.U.T.contiguous()  # ran 1.8x slower (70 -> 39 ms, r = 1024)
+            torch.mm(self._Ut, self._Wt.index_select(0, new).T, out=self._Wc[:, have:c])
             # U^T W H = Sigma V^T L^T, as W L = U Sigma V^T and H = L L^T: an r x n x c
             # product instead of m x n x c plus r x m x c (5x less for gate/up)
             self._Pc[:, have:c] = self.sigma[:, None] * _times_lower_rows(self.Vh, self.L, new)
