@@ -31,7 +31,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from svdzoo import linalg  # noqa: E402
+from svdzoo import column_split, linalg  # noqa: E402
 from svdzoo.compression import WhitenerCache  # noqa: E402
 from svdzoo.io import write_text  # noqa: E402
 from svdzoo.methods.base import MatrixContext  # noqa: E402
@@ -85,12 +85,14 @@ def bench_matrices(
             "adasvd (compensated+ALS)": lambda W=W, H=H, k=k: linalg.als_refine(
                 W, *_pair(linalg.compensated_truncate(W, H, H, k)), H, H, iters=1
             ),
-            "duo-svd (column split)": lambda W=W, H=H, k=k: linalg.column_preserving_split(W, H, k),
+            "duo-svd (column split)": lambda W=W, H=H, k=k: column_split.column_preserving_split(
+                W, H, k
+            ),
             "duo-svd (column split, ritz search)": lambda W=W, H=H, k=k: (
-                linalg.column_preserving_split(W, H, k, search="ritz")
+                column_split.column_preserving_split(W, H, k, search="ritz")
             ),
             "duo-svd (column split, reference search)": lambda W=W, H=H, k=k: (
-                linalg.column_preserving_split(W, H, k, search="reference")
+                column_split.column_preserving_split(W, H, k, search="reference")
             ),
             # the registered factorisers as `compress` calls them: a whitener cache per input
             # group, Duo-SVD's split reusing the whitened SVD (plain truncation when rejected)

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from svdzoo import linalg
+from svdzoo import column_split, linalg
 from svdzoo.io import atomic_path, write_text
 
 OUT = Path(__file__).resolve().parent / "results" / "split-agreement"
@@ -69,7 +69,7 @@ def case(seed: int, max_dim: int = 320) -> tuple[torch.Tensor, torch.Tensor, int
         cols = torch.randperm(n, generator=g)[: rnd.randint(1, max(1, n // 5))]
         W[:, cols] += rnd.choice([1.0, 10.0]) * torch.randn(m, cols.numel(), generator=g, dtype=F64)
     k = rnd.randint(1, min(m, n))
-    schedule = rnd.choice(linalg.SCHEDULES)
+    schedule = rnd.choice(column_split.SCHEDULES)
     about = dict(m=m, n=n, k=k, schedule=schedule, tokens=tokens, decades=decades)
     about.update(outliers=outliers, symmetric=symmetric, low_rank=low_rank)
     about["past_break_even"] = k > m * n / (m + n)
@@ -90,13 +90,13 @@ def compare(seed: int, max_dim: int = 320) -> list[dict]:
     W, H, k, schedule, about = case(seed, max_dim)
     energy = float(torch.trace(W @ H @ W.T))
     try:
-        ref = linalg.column_preserving_split(W, H, k, search="reference", schedule=schedule)
+        ref = column_split.column_preserving_split(W, H, k, search="reference", schedule=schedule)
     except linalg.NumericsError as exc:  # e.g. a Gram too singular to whiten
         return [dict(seed=seed, **about, search="reference", outcome=f"refused: {exc}")]
     rows = []
     ref_honest = _honest(W, H, ref, energy)
     for label, probes in FAST.items():
-        fast = linalg.column_preserving_split(W, H, k, schedule=schedule, probes=probes)
+        fast = column_split.column_preserving_split(W, H, k, schedule=schedule, probes=probes)
         dr_ref = 0 if ref is None else ref.delta_r
         dr = 0 if fast is None else fast.delta_r
         loss_ref = None if ref is None else ref.loss

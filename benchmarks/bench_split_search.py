@@ -2,7 +2,7 @@
 (issue 16, goal 1).
 
 For every matrix of SmolLM2-135M (its cached Gram) at uniform 20/40/60 % removal it runs
-`linalg.column_preserving_split` with each search, all from the same whitener and
+`column_split.column_preserving_split` with each search, all from the same whitener and
 whitened SVD (as `compress` shares them), and records
 
 - the chosen split (`delta_r`, or none accepted) and its loss, against `reference`,
@@ -34,7 +34,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from bench_precision import real_matrices, write_results  # noqa: E402
 
-from svdzoo import linalg  # noqa: E402
+from svdzoo import column_split, linalg  # noqa: E402
+from svdzoo.column_split import rest_problem  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "split-search"
 # label -> column_preserving_split options; every label is checked against "reference"
@@ -67,7 +68,10 @@ class _ProbeCounter:
 
     def __init__(self) -> None:
         self.calls = self.calls32 = 0
-        self._solve64, self._solve32 = linalg._RestProblem._solve64, linalg._RestProblem._solve32
+        self._solve64, self._solve32 = (
+            rest_problem._RestProblem._solve64,
+            rest_problem._RestProblem._solve32,
+        )
 
     def __enter__(self) -> _ProbeCounter:
         counter, solve64, solve32 = self, self._solve64, self._solve32
@@ -80,11 +84,14 @@ class _ProbeCounter:
             counter.calls32 += 1
             return solve32(problem, *args, **kwargs)
 
-        linalg._RestProblem._solve64, linalg._RestProblem._solve32 = counted, counted32
+        rest_problem._RestProblem._solve64, rest_problem._RestProblem._solve32 = counted, counted32
         return self
 
     def __exit__(self, *exc) -> None:
-        linalg._RestProblem._solve64, linalg._RestProblem._solve32 = self._solve64, self._solve32
+        rest_problem._RestProblem._solve64, rest_problem._RestProblem._solve32 = (
+            self._solve64,
+            self._solve32,
+        )
 
 
 def _eig_seconds(r: int, repeats: int = 3, dtype: torch.dtype = torch.float64) -> float:
@@ -115,7 +122,9 @@ def measure(W, H, S, ratios, repeats: int = 1, **labels) -> list[dict]:
         for label, options in SEARCHES.items():
 
             def search(options=options, k=k, base=base):
-                return linalg.column_preserving_split(W, H, k, S=S, svd=svd, base=base, **options)
+                return column_split.column_preserving_split(
+                    W, H, k, S=S, svd=svd, base=base, **options
+                )
 
             with _ProbeCounter() as probes:
                 split, t = _timed(search)

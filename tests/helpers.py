@@ -7,6 +7,7 @@ Plain functions, not fixtures (those live in conftest.py); test modules import t
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import signal
 import subprocess
@@ -117,3 +118,40 @@ def kill_when_ready(code: str, *argv: str | Path, ready: bytes, env: dict | None
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
+
+
+# ---------------------------------------------------------------- layer data (linalg, column_split)
+
+F64 = torch.float64
+
+
+def layer_data(m: int = 24, n: int = 16, N: int = 200, seed: int = 0):
+    """A weight and correlated, unevenly scaled inputs (like real activations)."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(m, n, generator=g, dtype=F64)
+    mix = torch.randn(n, n, generator=g, dtype=F64) / math.sqrt(n)
+    scale = torch.logspace(0, 1.5, n, dtype=F64)
+    X = (torch.eye(n, dtype=F64) + mix) @ (
+        scale[:, None] * torch.randn(n, N, generator=g, dtype=F64)
+    )
+    return W, X, X @ X.T
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+OUTLIER_FEATURES = [2, 5, 11, 17, 23, 29, 30, 36]
+
+
+def outlier_data(seed=0):
+    """More outlier features than the rank can absorb: Duo-SVD's motivating case.
+
+    (A handful of outliers would simply take the top singular directions, leaving no
+    residual on their columns to preserve.)"""
+    g = torch.Generator().manual_seed(seed)
+    m, n, N = 48, 40, 400
+    W = torch.randn(m, n, generator=g, dtype=F64)
+    X = torch.randn(n, N, generator=g, dtype=F64)
+    X[OUTLIER_FEATURES] *= 10.0
+    return W, X, X @ X.T

@@ -408,6 +408,15 @@ def test_code_hash_follows_what_each_stage_runs():
     report = {p.name for p in codehash.stage_files("report")}
     # the report validates its params file (the method registry, not a method module)
     assert "figures.py" in report and "duo_svd.py" not in report
+    # Duo-SVD's split search is its own package: the compressions run it, the sensitivity
+    # tables (whitened SVDs from `linalg`) and the report do not, so editing it reruns no table
+    split = {"column_split/split_search.py", "column_split/rest_problem.py"}
+    for stage, method in (("compress", "duo-svd"), ("sensitivity", None), ("report", None)):
+        files = {
+            p.relative_to(codehash.PACKAGE).as_posix() for p in codehash.stage_files(stage, method)
+        }
+        assert "linalg.py" in files and (split <= files) == (stage == "compress"), stage
+        assert stage == "compress" or not any(f.startswith("column_split/") for f in files)
     assert codehash.code_hash("compress", "svd") == codehash.code_hash("compress", "svd-llm")
     assert codehash.code_hash("compress", "svd") != codehash.code_hash("compress", "duo-svd")
     with pytest.raises(ValueError, match="registered method"):

@@ -497,7 +497,7 @@ def test_transformers_loads_a_compressed_directory_with_its_remote_code(tmp_path
     low-rank and Duo-SVD column-preserving modules alike."""
     import copy
 
-    from svdzoo import linalg
+    from svdzoo import column_split
     from svdzoo.compression import (
         _module_record,
         build_module,
@@ -518,7 +518,7 @@ def test_transformers_loads_a_compressed_directory_with_its_remote_code(tmp_path
     g = torch.Generator().manual_seed(0)
     X = torch.randn(W.shape[1], 600, generator=g, dtype=torch.float64)
     X[::9] *= 30.0
-    split = linalg.column_preserving_split(W, X @ X.T, 12, accept=0.0)
+    split = column_split.column_preserving_split(W, X @ X.T, 12, accept=0.0)
     assert split is not None and split.n_kept > 0
     new = build_module(lin, split)
     replace_module(model, name, new)

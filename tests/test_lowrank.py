@@ -12,7 +12,11 @@ import torch  # noqa: E402
 from helpers import random_tiny  # noqa: E402
 from torch import nn  # noqa: E402
 
-from svdzoo import linalg, lowrank  # noqa: E402
+from svdzoo import (  # noqa: E402
+    column_split,  # noqa: E402
+    linalg,
+    lowrank,
+)
 from svdzoo.lowrank import ColumnPreservingLinear, LowRankLinear  # noqa: E402
 
 F64 = torch.float64
@@ -33,7 +37,7 @@ def _split():
     W = torch.randn(m, n, generator=g, dtype=F64)
     X = torch.randn(n, N, generator=g, dtype=F64)
     X[[2, 5, 11, 17, 23, 29, 30, 36]] *= 10.0
-    split = linalg.column_preserving_split(W, X @ X.T, 6)
+    split = column_split.column_preserving_split(W, X @ X.T, 6)
     assert split is not None and split.n_kept > 0
     return split
 

@@ -14,7 +14,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from helpers import load_calibrated  # noqa: E402
 
-from svdzoo import linalg, lowrank  # noqa: E402
+from svdzoo import (  # noqa: E402
+    column_split,  # noqa: E402
+    linalg,
+    lowrank,
+)
 from svdzoo.allocation import MatrixInfo  # noqa: E402
 from svdzoo.compression import Statistics, compress, matrix_infos  # noqa: E402
 from svdzoo.data import evaluation_windows  # noqa: E402
@@ -73,7 +77,7 @@ def test_column_split_helps_when_the_residual_sits_in_a_few_columns():
     X = torch.randn(n, 400, **f64)
     H = X @ X.T
     out = ColumnPreserving()(_ctx(W, H), k)
-    assert isinstance(out, linalg.ColumnSplit) and out.n_kept > 0
+    assert isinstance(out, column_split.ColumnSplit) and out.n_kept > 0
     assert out.params <= k * (m + n)
     plain = Whitened("cholesky")(_ctx(W, H), k)
     loss_split = linalg.layer_loss(W, torch.eye(m, dtype=torch.float64), out.product(), H)
@@ -109,10 +113,10 @@ def test_column_split_reuses_the_whitener_and_svd_to_the_bit(shape, structured):
     W += 0.05 * torch.randn(m, n, **f64)
     X = torch.randn(n, 400, **f64)
     H = X @ X.T
-    fresh = linalg.column_preserving_split(W, H, k)
+    fresh = column_split.column_preserving_split(W, H, k)
     if fresh is None:
         fresh = linalg.truncate(W, linalg.cholesky_whitener(H), k)
-    assert isinstance(fresh, linalg.ColumnSplit) == structured
+    assert isinstance(fresh, column_split.ColumnSplit) == structured
     cache = WhitenerCache()
     other = MatrixContext(name="y", layer=0, type="t", group="g", W=W[:5], H=H, whiteners=cache)
     Whitened("cholesky")(other, 3)  # fills the group's whitener first
@@ -328,7 +332,7 @@ def test_duo_svd_factoriser_damps_a_singular_gram_like_the_official_code():
     want = linalg.truncate(W, linalg.cholesky_whitener(H, fallback="diag-damp"), k)
     for name in ("duo-svd", "duo-svd-columns", "duo-svd-independent", "duo-svd-allocation"):
         out = get_method(name).factoriser(_ctx(W, H), k)
-        base = out.baseline_loss if isinstance(out, linalg.ColumnSplit) else out.loss
+        base = out.baseline_loss if isinstance(out, column_split.ColumnSplit) else out.loss
         assert abs(base - want.loss) <= 1e-9 * want.loss, (name, base, want.loss)
 
 

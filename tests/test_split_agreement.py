@@ -34,13 +34,13 @@ def test_the_sweep_classes_a_worse_loss_at_the_same_split_as_a_mismatch(sweep, m
     not, and the sweep says mismatch."""
     import torch
 
-    from svdzoo import linalg
+    from svdzoo.column_split import rest_problem
 
     def coarse(T, k):
         mu, E = torch.linalg.eigh(T.to(torch.float32))
         E = torch.linalg.qr(E.flip(1)[:, :k].to(T.dtype)).Q
         return torch.diagonal(E.T @ T @ E), E
 
-    monkeypatch.setattr(linalg, "_top_eigh", coarse)
+    monkeypatch.setattr(rest_problem, "_top_eigh", coarse)
     outcomes = {row["outcome"] for row in sweep.compare(3051)}
     assert outcomes == {"mismatch"}

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from svdzoo import __version__, allocation, codehash, linalg, lowrank
+from svdzoo import __version__, allocation, codehash, column_split, linalg, lowrank
 from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import COMPRESSED_MODEL, atomic_dir, read_json, write_json
 from svdzoo.methods import get_method
@@ -218,7 +218,7 @@ def build_module(lin: nn.Linear, result: Any) -> nn.Module:
     """The drop-in replacement for `lin` from a factoriser's result."""
     dtype, device = lin.weight.dtype, lin.weight.device
     bias = None if lin.bias is None else lin.bias.detach()
-    if isinstance(result, linalg.ColumnSplit):
+    if isinstance(result, column_split.ColumnSplit):
         return lowrank.ColumnPreservingLinear.from_split(
             result, bias=bias, dtype=dtype, device=device
         )

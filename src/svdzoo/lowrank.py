@@ -182,7 +182,7 @@ class ColumnPreservingLinear(nn.Module):
     def from_split(
         cls, split: Any, bias: torch.Tensor | None = None, dtype: Any = None, device: Any = None
     ) -> ColumnPreservingLinear:
-        """Module from a `linalg.ColumnSplit` (kept_idx, W_kept, rest_idx, A, B)."""
+        """Module from a `column_split.ColumnSplit` (kept_idx, W_kept, rest_idx, A, B)."""
         A, B, Wk = split.A, split.B, split.W_kept
         kept, rest = split.kept_idx, split.rest_idx
         m, k = A.shape

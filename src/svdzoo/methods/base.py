@@ -124,7 +124,7 @@ def factorise(factoriser: Factoriser, ctx: MatrixContext, rank: int) -> Any:
 
 
 class Factoriser(Protocol):
-    """Approximates one matrix at a given rank; returns `linalg.LowRankFactors` or `linalg.ColumnSplit`."""
+    """Approximates one matrix at a given rank; returns `linalg.LowRankFactors` or `column_split.ColumnSplit`."""
 
     def __call__(self, ctx: MatrixContext, rank: int) -> Any: ...
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from svdzoo import linalg
+from svdzoo import column_split, linalg
 from svdzoo.methods.adasvd import PAPER as ADASVD_PAPER
 from svdzoo.methods.adasvd import AdaComp, _check_tau, adacomp_data, adacomp_gram
 from svdzoo.methods.base import GRAM, SENS_DUO, MatrixContext, Method, register
@@ -69,7 +69,7 @@ class ColumnAdaComp:
         start = ColumnPreserving(accept=self.accept, whitening=self.whitening)(ctx, rank)
         if self.tau == 0 or start.rank == 0:
             return start
-        if not isinstance(start, linalg.ColumnSplit):
+        if not isinstance(start, column_split.ColumnSplit):
             # the split did not pay: `start` is SVD-LLM's truncation, adaComp's own start,
             # so refit it rather than truncate again (one whitened SVD per matrix)
             data, S = adacomp_data(ctx)

@@ -28,7 +28,7 @@ Choices (see also `svdzoo.sensitivity` for how the KL table is read):
   module by one constant, so the chosen ratios cannot change; it only changes the reported
   cost.
 - The column split keeps the rank budget the allocator gave: it trades `delta_r` rank units
-  for dense columns without ever increasing the parameter count (`linalg.column_counts`),
+  for dense columns without ever increasing the parameter count (`column_split.column_counts`),
   and is kept only when the layer error drops by more than `accept` (1%); otherwise the
   layer is plain whitened truncation at the same rank.
 """
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from svdzoo import allocation, linalg
+from svdzoo import allocation, column_split, linalg
 from svdzoo.errors import ConfigError
 from svdzoo.methods.base import GRAM, SENS_DUO, AllocationContext, MatrixContext, Method, register
 from svdzoo.methods.parts import Uniform, Whitened
@@ -60,20 +60,22 @@ class ColumnPreserving:
 
     accept: float = 0.01
     whitening: str = "cholesky"
-    search: str = "exact"  # or "ritz" (linalg.column_preserving_split)
+    search: str = "exact"  # or "ritz" (column_split.column_preserving_split)
     oversample: float = 0.25
-    schedule: str = "official"  # or "golden", "rounded" (linalg.column_preserving_split)
-    probes: str = "float32"  # the candidates' eigenvalue solves (linalg.column_preserving_split)
+    schedule: str = "official"  # or "golden", "rounded" (column_split.column_preserving_split)
+    probes: str = "float32"  # the candidates' eigenvalue solves (column_preserving_split)
     # Cholesky fallback for a singular `H` (and each rest's `H_RR`): the official code's
     # `0.05 * mean(diag H) I` (methods.md), not SVD-LLM's eigen-shift
     fallback: str = "diag-damp"
 
     def __post_init__(self) -> None:  # refused when configured, before any compute
-        if self.search not in linalg.SEARCHES:
-            raise ConfigError(f"search must be one of {linalg.SEARCHES}, got {self.search!r}")
+        if self.search not in column_split.SEARCHES:
+            raise ConfigError(f"search must be one of {column_split.SEARCHES}, got {self.search!r}")
         Whitened(self.whitening, fallback=self.fallback)  # refuses an unknown whitening/fallback
-        if self.schedule not in linalg.SCHEDULES:
-            raise ConfigError(f"schedule must be one of {linalg.SCHEDULES}, got {self.schedule!r}")
+        if self.schedule not in column_split.SCHEDULES:
+            raise ConfigError(
+                f"schedule must be one of {column_split.SCHEDULES}, got {self.schedule!r}"
+            )
         if self.probes not in linalg.PROBE_PRECISIONS:
             raise ConfigError(
                 f"probes must be one of {linalg.PROBE_PRECISIONS}, got {self.probes!r}"
@@ -86,7 +88,7 @@ class ColumnPreserving:
         """The whitened SVD's arithmetic (recorded in the manifest): `auto`, the float64 SVD
         on a CPU and `float64-eigh` with re-orthonormalised `U` on a GPU. Not an option: the
         search works in the SVD's coordinates, which must be orthonormal to float64's
-        accuracy for the losses it compares (`linalg._RestProblem`), so float32 is never
+        accuracy for the losses it compares (`column_split.rest_problem`), so float32 is never
         used. On all 630 SmolLM2 splits (20/40/60 %) the eigh path chose the float64 SVD's
         split, with losses within 3.1e-11 and `U` orthonormal to 7.3e-15."""
         return "auto"
@@ -107,7 +109,7 @@ class ColumnPreserving:
         S = plain.whitener_of(ctx)  # shared by the matrices that read the same input
         svd = self._svd(ctx, S)
         base = linalg.truncate(ctx.W, S, rank, svd=svd)  # what the split must beat
-        split = linalg.column_preserving_split(
+        split = column_split.column_preserving_split(
             ctx.W,
             ctx.H,
             rank,
