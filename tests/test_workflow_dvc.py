@@ -33,6 +33,12 @@ def test_snakemake_outputs_are_dvc_tracked(tmp_path):
     git, dvc = init_dvc_repo(ws)
     smk(ws)
     assert (ws / "dvc.lock").is_file()
+    # committed without a second copy: DVC hard-links an output into its cache only when
+    # `hardlink` is the first cache type (with `reflink` first, on a filesystem without
+    # reflinks, every output was copied and the workspace kept its own copy: twice the disk)
+    model = next((ws / "results" / "compressed").rglob("*.safetensors"))
+    cached = [p for p in (ws / ".dvc" / "cache").rglob("*") if p.is_file()]
+    assert any(p.stat().st_ino == model.stat().st_ino for p in cached), model
     out = run(ws, dvc, "repro")
     assert "Running stage" not in out, out[-3000:]
     run(ws, git, "add", "-A")
