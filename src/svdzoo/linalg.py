@@ -828,7 +828,7 @@ def residual_truncate(
     return LowRankFactors(A, B, s2.sigma, loss)
 
 
-# ---------------------------------------------------------------- Duo-SVD: column preserving
+# ---------------------------------------------------------------- a whitener by name
 
 
 def _whitener(H: Tensor, kind: str, fallback: str = "eigen-shift") -> Whitener:
