@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import OUTLIER_FEATURES, layer_data, outlier_data, rel_error
 
-from svdzoo import column_split, linalg
+from svdzoo import column_split, lapack, linalg
 from svdzoo.column_split import kernels, rest_problem, schedules, split_search
 
 F64 = torch.float64
@@ -427,6 +427,30 @@ def test_float32_probes_take_float64_decisions(shape, schedule):
         column_split.column_preserving_split(W, H, 4, probes="float16")
 
 
+@pytest.mark.parametrize("probes", ["float32", "float64"])
+def test_search_does_not_depend_on_the_cpu_lapack(probes, monkeypatch):
+    """The candidates' eigenvalue solves go through scipy's LAPACK on a CPU
+    (`svdzoo.lapack`); the chosen split's factors through torch's. The decisions are the
+    same with torch's solves (`SVDZOO_CPU_LAPACK=torch`), so the output is bit for bit."""
+    seen = 0
+    for shape, seed in (((48, 40), 3), ((40, 96), 4), ((96, 40), 5), ((64, 64), 6)):
+        W, H = _split_data(shape, seed)
+        for k in (6, min(shape) // 3, min(shape) // 2):
+            out = {}
+            for backend in lapack.BACKENDS:
+                monkeypatch.setenv(lapack.ENV, backend)
+                out[backend] = column_split.column_preserving_split(
+                    W, H, k, accept=0.0, probes=probes
+                )
+            a, b = out["torch"], out["scipy"]
+            assert (a is None) == (b is None)
+            if a is not None:
+                seen += 1
+                assert a.delta_r == b.delta_r and torch.equal(a.kept_idx, b.kept_idx)
+                assert torch.equal(a.A, b.A) and torch.equal(a.B, b.B) and a.loss == b.loss
+    assert seen >= 6
+
+
 def _split_data(shape, seed):
     g = torch.Generator().manual_seed(seed)
     m, n = shape
@@ -571,8 +595,9 @@ def test_float32_error_bound_holds_and_a_wide_one_solves_in_float64(monkeypatch)
         T = torch.diag(lam) - (Z[:, :4] @ Z[:, 4:].T + Z[:, 4:] @ Z[:, :4].T)
         for tail in (1, r // 3, r - 1):
             want = float(torch.linalg.eigvalsh(T)[:tail].sum())
-            got = float(torch.linalg.eigvalsh(T.float()).to(F64)[:tail].sum())
-            assert abs(got - want) <= kernels._f32_error(T, tail)
+            for solve in (torch.linalg.eigvalsh, lapack.eigvalsh):  # torch's and scipy's
+                got = float(solve(T.float()).to(F64)[:tail].sum())
+                assert abs(got - want) <= kernels._f32_error(T, tail)
 
     m, n, k = 40, 30, 10
     U = torch.linalg.qr(torch.randn(m, n, generator=g, dtype=F64))[0]
@@ -585,13 +610,13 @@ def test_float32_error_bound_holds_and_a_wide_one_solves_in_float64(monkeypatch)
     Uw, sigma, Vh = linalg.whitened_svd(W, S)
     problem = rest_problem._RestProblem(W, H, Uw, sigma, torch.arange(n), None, Vh=Vh, L=S.factor)
     solves: list[torch.dtype] = []
-    eigvalsh = torch.linalg.eigvalsh
+    eigvalsh = lapack.eigvalsh
 
     def counted(T, *args, **kwargs):
         solves.append(T.dtype)
         return eigvalsh(T, *args, **kwargs)
 
-    monkeypatch.setattr(torch.linalg, "eigvalsh", counted)
+    monkeypatch.setattr(lapack, "eigvalsh", counted)
     value, bound = problem.loss_f32(3, k)
     assert bound == 0.0 and value == problem.loss(3, k)
     assert solves == [torch.float32, F64, F64]  # tried, too wide: solved in float64

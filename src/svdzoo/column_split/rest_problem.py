@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from svdzoo import lapack
 from svdzoo.column_split.kernels import (
     F32_MAX_ERROR,
     _congruence,
@@ -374,7 +375,7 @@ class _RestProblem:
 
     def _solve64(self, T: Tensor, tr: float, kr: int) -> float:
         """`tr - sum(top kr)` from one float64 eigenvalue solve."""
-        top = torch.linalg.eigvalsh(T).flip(0)[:kr].clamp_min(0)
+        top = lapack.eigvalsh(T).flip(0)[:kr].clamp_min(0)  # T may be kept: not overwritten
         self._last_loss = max(tr - float(top.sum()), 0.0)
         return self._last_loss
 
@@ -386,7 +387,7 @@ class _RestProblem:
         if scaled is None:
             return None
         T32, scale = scaled
-        mu = torch.linalg.eigvalsh(T32).to(F64)
+        mu = lapack.eigvalsh(T32, overwrite=True).to(F64)
         if not bool(torch.isfinite(mu).all()):
             return None
         return mu * scale
