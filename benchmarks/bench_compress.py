@@ -105,6 +105,13 @@ def bench_matrices(
             "duo-svd (ColumnPreserving part)": lambda W=W, H=H, k=k: ColumnPreserving()(
                 _ctx(W, H), k
             ),
+            **(
+                {
+                    OPENBLAS_LLM: lambda W=W, H=H, k=k: _openblas_whitened(W, H, k),
+                }
+                if device.type == "cpu"
+                else {}
+            ),
             "duo-svd (ColumnPreserving part, float64 probes)": lambda W=W, H=H, k=k: (
                 ColumnPreserving(probes="float64")(_ctx(W, H), k)
             ),
@@ -148,6 +155,24 @@ def bench_matrices(
         "per_layer_s": per_layer,
         "llama7b_32_layers_s": {k: v * 32 for k, v in per_layer.items()},
     }
+
+
+OPENBLAS_LLM = "svd-llm (Whitened part, OpenBLAS SVD)"
+
+
+def _openblas_whitened(W: torch.Tensor, H: torch.Tensor, k: int) -> linalg.LowRankFactors:
+    """SVD-LLM with its whitened SVD from scipy's `gesdd` (OpenBLAS) on torch's thread count:
+    Duo-SVD's candidate solves run on that library on a CPU (`svdzoo.lapack`), so the ratio
+    against this one credits neither side with the library."""
+    import scipy.linalg
+    from threadpoolctl import threadpool_limits
+
+    S = linalg.cholesky_whitener(H)
+    M = S.apply(W).numpy()
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
+        U, s, Vh = scipy.linalg.svd(M, full_matrices=False, check_finite=False)
+    svd = (torch.from_numpy(U), torch.from_numpy(s), torch.from_numpy(Vh))
+    return linalg.truncate(W, S, k, svd=svd)
 
 
 def _same_result(W: torch.Tensor, H: torch.Tensor, results: dict[str, Any]) -> dict[str, Any]:
@@ -282,6 +307,17 @@ def _write(section: str, result: dict[str, Any]) -> None:
                 + ", ".join(f"{s} {x:.2f}x" for s, x in zip(r["per_matrix"], ratios, strict=True))
                 + f"; per layer {pl['duo-svd (ColumnPreserving part)'] / pl['svd-llm (Whitened part)']:.2f}x.",
             ]
+            if OPENBLAS_LLM in pl:
+                lines += [
+                    "",
+                    "Duo-SVD / SVD-LLM with its SVD on OpenBLAS too (scipy's `gesdd`; Duo-SVD's "
+                    "candidate solves run on OpenBLAS, `svdzoo.lapack`): "
+                    + ", ".join(
+                        f"{s} {r['per_matrix'][s]['duo-svd (ColumnPreserving part)']['seconds'] / r['per_matrix'][s][OPENBLAS_LLM]['seconds']:.2f}x"
+                        for s in r["per_matrix"]
+                    )
+                    + f"; per layer {pl['duo-svd (ColumnPreserving part)'] / pl[OPENBLAS_LLM]:.2f}x.",
+                ]
             paired = _paired_ratios(r["per_matrix"])
             if paired:
                 lines += [
