@@ -29,7 +29,7 @@ def test_fast_searches_agree_with_the_reference(sweep, seed):
 
 
 def test_the_sweep_classes_a_worse_loss_at_the_same_split_as_a_mismatch(sweep, monkeypatch):
-    """The check can fail: with `_top_eigh` made coarse (its float32 basis, no subspace
+    """The check can fail: with the chosen split's eigenpairs made coarse (its float32 basis, no subspace
     iteration or residual check), seed 3051's split is still the reference's but its loss is
     not, and the sweep says mismatch."""
     import torch
@@ -41,6 +41,6 @@ def test_the_sweep_classes_a_worse_loss_at_the_same_split_as_a_mismatch(sweep, m
         E = torch.linalg.qr(E.flip(1)[:, :k].to(T.dtype)).Q
         return torch.diagonal(E.T @ T @ E), E
 
-    monkeypatch.setattr(rest_problem, "_top_eigh", coarse)
+    monkeypatch.setattr(rest_problem, "top_eigenpairs", coarse)
     outcomes = {row["outcome"] for row in sweep.compare(3051)}
     assert outcomes == {"mismatch"}

@@ -5,7 +5,8 @@ dense, the solvers of each candidate, and their numerical kernels.
 - `split_search`: `column_preserving_split`, `ColumnSplit`, `column_counts`;
 - `schedules`: how the search walks `delta_r`;
 - `rest_problem`: one candidate's rest truncation (`_RestProblem`);
-- `kernels`: float32 solves with error bounds, `_top_eigh`, triangular products.
+- `kernels`: float32 solves with error bounds, the chosen split's eigenpairs (`top_eigenpairs`:
+  LAPACK's wanted pairs on a CPU, the certified `_top_eigh` elsewhere), triangular products.
 """
 
 from svdzoo.column_split.schedules import SCHEDULES

@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from svdzoo import lapack
 from svdzoo.linalg import F64, Tensor
 
 F32_EPS = float(torch.finfo(torch.float32).eps)
@@ -39,11 +40,20 @@ def _scaled_f32(T: Tensor, norm: float) -> tuple[Tensor, float] | None:
 
 
 def _eigh_top(T: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The top `k` eigenpairs of a float64 `eigh` (values descending)."""
-    if k == 0:  # a split that trades all the rank: nothing to solve
-        return T.new_empty(0), T.new_empty(T.shape[0], 0)
-    mu, E = torch.linalg.eigh(T)
-    return mu.flip(0)[:k], E.flip(1)[:, :k]
+    """The top `k` eigenpairs of a float64 `eigh` (values descending; `k = 0`: a split that
+    trades all the rank, nothing to solve)."""
+    return lapack.eigh_top(T, k)
+
+
+def top_eigenpairs(T: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The chosen split's top `k` eigenpairs of the float64 `T` (values descending). On a
+    CPU, LAPACK's float64 solve of only the wanted pairs (`lapack.eigh_top`) is faster than
+    `_top_eigh`'s certified float32 route at every `k` (one thread, r = 1024: 55 against 136
+    ms at k = 1, 107 against 172 at k = 128, 161 against 221 at k = 256; r = 576: 13 against
+    25 at k = 16) and exact to float64; `_top_eigh` is for a GPU, where float64 is slow."""
+    if lapack.on_scipy(T):
+        return lapack.eigh_top(T, k)
+    return _top_eigh(T, k)
 
 
 TOP_EIGH_RTOL = 1e-10  # of the trace past the top `k`: what `_top_eigh` may lose of it

@@ -15,7 +15,7 @@ from svdzoo.column_split.kernels import (
     _lower_congruence,
     _scaled_f32,
     _times_lower_rows,
-    _top_eigh,
+    top_eigenpairs,
 )
 from svdzoo.linalg import F64, NumericsError, Tensor
 
@@ -316,7 +316,7 @@ class _RestProblem:
         to_rest = torch.argsort(cols)  # rest = cols[to_rest]
         if not torch.equal(cols[to_rest], rest):
             raise NumericsError("own_factors: the rest is not the candidate's")
-        mu, V = _top_eigh(G, kr)
+        mu, V = top_eigenpairs(G, kr)
         if kr and not float(mu[-1]) > G.shape[0] * torch.finfo(F64).eps * float(mu[0]):
             return None
         s = mu.sqrt()
@@ -429,7 +429,7 @@ class _RestProblem:
         """`(A, B, loss)` for the rest columns, split like `truncate` (`A = U_kr sqrt(s)`,
         `B = s^{-1/2} U_kr^T W_R`, which is `sqrt(s) V^T S_R^+` of the whitened SVD)."""
         V, T, tr = self._problem(c)
-        mu, E = _top_eigh(T, kr)
+        mu, E = top_eigenpairs(T, kr)
         mu = mu.clamp_min(0)
         if V is not None:  # back from the Ritz basis to the coordinates
             d = self.d
