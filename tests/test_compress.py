@@ -76,6 +76,18 @@ def test_bad_inputs_fail_before_compute(llama):
         compress(other, "svd-llm", 0.4, stats=Statistics(gram=stats))
 
 
+def test_an_unknown_cpu_lapack_is_refused_before_loading(monkeypatch, tmp_path):
+    """`SVDZOO_CPU_LAPACK` (svdzoo.lapack) is read at the first eigenvalue solve, deep in a
+    compression: a typo is refused before the model or the statistics load."""
+    monkeypatch.setenv("SVDZOO_CPU_LAPACK", "mkl")
+    (tmp_path / "gram").mkdir()
+    with pytest.raises(ConfigError, match="SVDZOO_CPU_LAPACK='mkl'"):
+        svdzoo.compress_to_dir(
+            str(tmp_path / "no-model"), "duo-svd", 0.4, tmp_path / "out", stats=tmp_path / "gram"
+        )
+    assert not (tmp_path / "out").exists()
+
+
 def test_save_load_roundtrip_gives_identical_logits(llama, tmp_path):
     model, tok, _, windows = llama
     m, manifest = _compressed(llama, "svd-llm", 0.4)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from svdzoo import lapack
 from svdzoo.compression import KIND as COMPRESSED
 from svdzoo.compression import (
     Statistics,
@@ -176,6 +177,7 @@ def compress_to_dir(
     `out` meanwhile is refused.
     """
     check_ratio(ratio)
+    lapack.check_environment()  # SVDZOO_CPU_LAPACK, before the model loads
     registered = get_method(method)
     check_options(registered, options)
     # the values too (an unknown whitening, a negative tau): the parts refuse them when

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from svdzoo import __version__, allocation, codehash, column_split, linalg, lowrank
+from svdzoo import __version__, allocation, codehash, column_split, lapack, linalg, lowrank
 from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import COMPRESSED_MODEL, atomic_dir, read_json, write_json
 from svdzoo.methods import get_method
@@ -320,6 +320,7 @@ def _compress(
     options: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     check_ratio(ratio)
+    lapack.check_environment()
     method = get_method(method) if isinstance(method, str) else method
     check_options(method, options)
     if stats is not None and not isinstance(stats, Statistics):

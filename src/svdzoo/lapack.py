@@ -30,12 +30,19 @@ ENV = "SVDZOO_CPU_LAPACK"
 BACKENDS = ("scipy", "torch")
 
 
-def backend() -> str:
-    """The CPU backend: `SVDZOO_CPU_LAPACK` (`scipy`, the default, or `torch`); `torch` when
-    scipy cannot be imported."""
+def check_environment() -> str:
+    """`SVDZOO_CPU_LAPACK` as set (`scipy` when unset); ConfigError for anything else. Cheap
+    (no scipy import): `compress` calls it before any model loads."""
     choice = os.environ.get(ENV, "scipy").strip().lower() or "scipy"
     if choice not in BACKENDS:
         raise ConfigError(f"{ENV}={choice!r}: choose one of {BACKENDS}")
+    return choice
+
+
+def backend() -> str:
+    """The CPU backend: `SVDZOO_CPU_LAPACK` (`scipy`, the default, or `torch`); `torch` when
+    scipy cannot be imported."""
+    choice = check_environment()
     if choice == "scipy" and _scipy() is None:
         return "torch"
     return choice
