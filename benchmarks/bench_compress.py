@@ -23,6 +23,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,19 +167,28 @@ def _neutral(t: dict[str, float]) -> float:
     return 1 + (t[DUO] - t[LLM]) / t[OPENBLAS_LLM]
 
 
+def _ratio_line(r: dict[str, Any], text: str, ratio: Callable[[dict[str, float]], float]) -> str:
+    """`text`, then `ratio` of each shape's times (factoriser -> seconds) and of the per-layer
+    sums."""
+    shapes = {
+        s: {name: row["seconds"] for name, row in rows.items()}
+        for s, rows in r["per_matrix"].items()
+    }
+    return (
+        text
+        + ", ".join(f"{s} {ratio(t):.2f}x" for s, t in shapes.items())
+        + f"; per layer {ratio(r['per_layer_s']):.2f}x."
+    )
+
+
 def _openblas_whitened(W: torch.Tensor, H: torch.Tensor, k: int) -> linalg.LowRankFactors:
-    """SVD-LLM with its whitened SVD from scipy's `gesdd` (OpenBLAS) on torch's thread count:
+    """SVD-LLM with its whitened SVD on OpenBLAS (`bench_split_search.openblas_whitened_svd`):
     Duo-SVD's candidate solves run on that library on a CPU (`svdzoo.lapack`), so the ratio
     against this one credits neither side with the library."""
-    import scipy.linalg
-    from threadpoolctl import threadpool_limits
+    from bench_split_search import openblas_whitened_svd
 
     S = linalg.cholesky_whitener(H)
-    M = S.apply(W).numpy()
-    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
-        U, s, Vh = scipy.linalg.svd(M, full_matrices=False, check_finite=False)
-    svd = (torch.from_numpy(U), torch.from_numpy(s), torch.from_numpy(Vh))
-    return linalg.truncate(W, S, k, svd=svd)
+    return linalg.truncate(W, S, k, svd=openblas_whitened_svd(W, S))
 
 
 def _same_result(W: torch.Tensor, H: torch.Tensor, results: dict[str, Any]) -> dict[str, Any]:
@@ -301,28 +311,25 @@ def _write(section: str, result: dict[str, Any]) -> None:
                 + f" | {r['per_layer_s'][name]:.2f} s | {r['llama7b_32_layers_s'][name] / 60:.1f} min |"
             )
         pl = r["per_layer_s"]
-        if "duo-svd (ColumnPreserving part)" in pl and "svd-llm (Whitened part)" in pl:
-            ratios = [
-                r["per_matrix"][s]["duo-svd (ColumnPreserving part)"]["seconds"]
-                / r["per_matrix"][s]["svd-llm (Whitened part)"]["seconds"]
-                for s in r["per_matrix"]
-            ]
+        if DUO in pl and LLM in pl:
             lines += [
                 "",
-                "Duo-SVD / SVD-LLM time per matrix (the registered parts): "
-                + ", ".join(f"{s} {x:.2f}x" for s, x in zip(r["per_matrix"], ratios, strict=True))
-                + f"; per layer {pl['duo-svd (ColumnPreserving part)'] / pl['svd-llm (Whitened part)']:.2f}x.",
+                _ratio_line(
+                    r,
+                    "Duo-SVD / SVD-LLM time per matrix (the registered parts): ",
+                    lambda t: t[DUO] / t[LLM],
+                ),
             ]
             if OPENBLAS_LLM in pl:
-                shapes = {s: {n: r["per_matrix"][s][n]["seconds"] for n in (DUO, LLM, OPENBLAS_LLM)}
-                          for s in r["per_matrix"]}  # fmt: skip
                 lines += [
                     "",
-                    "The same with the whitened SVD on OpenBLAS (scipy's `gesdd`) on both sides, "
-                    "as Duo-SVD's candidate solves are (`svdzoo.lapack`): 1 + Duo-SVD's "
-                    "search / that SVD-LLM, the search being Duo-SVD's time minus SVD-LLM's: "
-                    + ", ".join(f"{s} {_neutral(t):.2f}x" for s, t in shapes.items())
-                    + f"; per layer {_neutral(pl):.2f}x.",
+                    _ratio_line(
+                        r,
+                        "The same with the whitened SVD on OpenBLAS (scipy's `gesdd`) on both "
+                        "sides, as Duo-SVD's candidate solves are (`svdzoo.lapack`): 1 + Duo-SVD's "
+                        "search / that SVD-LLM, the search being Duo-SVD's time minus SVD-LLM's: ",
+                        _neutral,
+                    ),
                 ]
             paired = _paired_ratios(r["per_matrix"])
             if paired:

@@ -105,16 +105,18 @@ def _eig_seconds(r: int, repeats: int = 3, dtype: torch.dtype = torch.float64) -
     return (time.perf_counter() - t0) / repeats
 
 
-def _openblas_svd(W, S):
+def openblas_whitened_svd(W, S) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SVD-LLM's whitened SVD with scipy's `gesdd` (OpenBLAS) on torch's thread count: the
     split search's solves go through that library (`svdzoo.lapack`), so this is what
-    SVD-LLM would cost if its SVD did too (the ratio against it is reported beside)."""
+    SVD-LLM would cost if its SVD did too (the ratio against it is reported beside; also
+    `bench_compress.py`'s)."""
     import scipy.linalg
     from threadpoolctl import threadpool_limits
 
     M = S.apply(W).numpy()
     with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
-        return scipy.linalg.svd(M, full_matrices=False, check_finite=False)
+        U, s, Vh = scipy.linalg.svd(M, full_matrices=False, check_finite=False)
+    return torch.from_numpy(U), torch.from_numpy(s), torch.from_numpy(Vh)
 
 
 def measure(W, H, S, ratios, repeats: int = 1, **labels) -> list[dict]:
@@ -123,7 +125,7 @@ def measure(W, H, S, ratios, repeats: int = 1, **labels) -> list[dict]:
     of `repeats` runs; the solves are counted on the first."""
     m, n = W.shape
     svd, t_svd = _timed(lambda: linalg.whitened_svd(W, S), repeats)
-    _, t_svd_openblas = _timed(lambda: _openblas_svd(W, S), repeats)
+    _, t_svd_openblas = _timed(lambda: openblas_whitened_svd(W, S), repeats)
     t_eig = _eig_seconds(min(m, n))
     t_eig32 = _eig_seconds(min(m, n), dtype=torch.float32)
     rows = []

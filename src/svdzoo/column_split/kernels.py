@@ -39,12 +39,6 @@ def _scaled_f32(T: Tensor, norm: float) -> tuple[Tensor, float] | None:
     return T32, scale
 
 
-def _eigh_top(T: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The top `k` eigenpairs of a float64 `eigh` (values descending; `k = 0`: a split that
-    trades all the rank, nothing to solve)."""
-    return lapack.eigh_top(T, k)
-
-
 def top_eigenpairs(T: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The chosen split's top `k` eigenpairs of the float64 `T` (values descending). On a
     CPU, LAPACK's float64 solve of only the wanted pairs (`lapack.eigh_top`) is faster than
@@ -83,19 +77,19 @@ def _top_eigh(T: Tensor, k: int) -> tuple[Tensor, Tensor]:
     r = T.shape[0]
     s = k + max(16, k // 8)
     if k == 0 or 4 * s > r:
-        return _eigh_top(T, k)
+        return lapack.eigh_top(T, k)
     norm = float(torch.linalg.matrix_norm(T))
     scaled = _scaled_f32(T, norm)
     if scaled is None:
-        return _eigh_top(T, k)
+        return lapack.eigh_top(T, k)
     mu32, E32 = torch.linalg.eigh(scaled[0])
     if not (bool(torch.isfinite(mu32).all()) and bool(torch.isfinite(E32).all())):
-        return _eigh_top(T, k)
+        return lapack.eigh_top(T, k)
     mu32 = mu32.to(F64) * scaled[1]
     error = 2.0 * _f32_error(T, 1, norm)  # on one of float32's eigenvalues, with a margin
     above = float(mu32[r - k - 1]) + error  # an upper bound on T's (k+1)-th eigenvalue
     if float(mu32[r - k]) - error <= above:  # no gap float32 can show: no bound to be had
-        return _eigh_top(T, k)
+        return lapack.eigh_top(T, k)
     floor = 10 * r * torch.finfo(F64).eps * norm  # any float64 solve's round-off
     trace = float(T.diagonal().sum())
     first, most = TOP_EIGH_ITERATIONS
@@ -116,7 +110,7 @@ def _top_eigh(T: Tensor, k: int) -> tuple[Tensor, Tensor]:
             if done == most:
                 break
         Q = torch.linalg.qr(Y).Q
-    return _eigh_top(T, k)
+    return lapack.eigh_top(T, k)
 
 
 def _times_lower_rows(M: Tensor, L: Tensor, idx: Tensor, block: int = 128) -> Tensor:
