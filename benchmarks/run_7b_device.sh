@@ -24,7 +24,12 @@ B=benchmarks/bench_e2e_7b.py
 LOG="$OUT/run.log"
 stamp() { echo "=== $(date +%T) $*" | tee -a "$LOG"; }
 
-stamp "versions"
+# the sections are named after the card that ran them (an H100 run must not overwrite the
+# H200's numbers in e2e-7b.json): "NVIDIA H100 80GB HBM3" -> "H100", no GPU -> "cpu"
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | sed 's/^NVIDIA //; s/ .*//')
+GPU=${GPU:-cpu}
+
+stamp "versions ($GPU)"
 { nvidia-smi -L; $PY -c "import torch, transformers, tqdm; print(torch.__version__,
   transformers.__version__, tqdm.__version__, torch.cuda.get_device_name())"; } >>"$LOG" 2>&1
 
@@ -38,13 +43,13 @@ fi
 
 stamp "SVD-LLM end to end, LLaMA-7B shapes"
 timeout "${GOAL_S:-350}" $PY $B --methods svd-llm --tables \
-  --section "H200, LLaMA-7B shapes" --results "$OUT" ${EXTRA:-} >>"$LOG" 2>&1
+  --section "$GPU, LLaMA-7B shapes" --results "$OUT" ${EXTRA:-} >>"$LOG" 2>&1
 
 stamp "solver table"
 timeout "${DRIVERS_S:-55}" $PY benchmarks/bench_svd_drivers.py --results "$OUT" ${DRIVER_ARGS:-} >>"$LOG" 2>&1
 
 stamp "slower methods and tables on 1 full-width layer"
-timeout "${REST_S:-110}" $PY $B --layers 1 --methods duo-svd-columns adasvd --section "H200, LLaMA-7B widths, 1 layer" \
+timeout "${REST_S:-110}" $PY $B --layers 1 --methods duo-svd-columns adasvd --section "$GPU, LLaMA-7B widths, 1 layer" \
   --results "$OUT" ${EXTRA:-} >>"$LOG" 2>&1
 
 stamp "Gram sums of float16 activations at 7B widths: float64 against exact float32 chunks"

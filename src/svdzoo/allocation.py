@@ -506,16 +506,21 @@ def knapsack(
     resolution: int = 8192,
 ) -> dict[str, float]:
     """Duo-SVD module-adaptive allocation: one retained ratio `p` per module (from its
-    cost table's keys, e.g. 0.1..1.0; `p = 1.0` is dense) minimising the summed cost with
-    total real parameters `<= budget_params`.
+    cost table's keys, e.g. 0.1..1.0; `p = 1.0` is dense), chosen as the official code's
+    `determine_optimal_ranks_dp` chooses: the reachable parameter total closest to the
+    budget, and at that total the smallest summed cost (ties: the smaller total).
 
     Dynamic programme over a parameter axis discretised into at least `resolution` units
-    of at most `ceil(total / resolution)` parameters. Each option's weight is rounded UP to
-    whole units and the capacity DOWN, so the chosen set always fits the real budget; the
-    price is up to one unit per module of unused budget. That is `n / resolution` of the
-    total for `n` modules (2.6 % for SmolLM2's 210 at 8192 units, five times the 0.5 %
-    tolerance): the unit is made finer where needed so it stays under 0.25 %.
-    Ties prefer the larger `p`. Returns retained ratios.
+    of at most `ceil(total / resolution)` parameters: the least cost of every exact total.
+    Each option's weight is rounded UP to whole units and the budget DOWN (the official
+    code rounds both down), so a choice at or below the budget's units fits the real
+    budget. The rounding wastes up to one unit per module, `n / resolution` of the total
+    for `n` modules (2.6 % for SmolLM2's 210 at 8192 units, five times the 0.5 %
+    tolerance): the unit is made finer where needed so it stays under 0.25 %. Within a
+    module, ties prefer the larger `p`. A budget outside the grid's reach (e.g. 85 %
+    removed with retained options down to 0.2) gets the nearest total the grid reaches,
+    with a warning: `fit_budget` then shifts the ratios to the target. Returns retained
+    ratios.
     """
     _check_infos(infos)
     _require(infos, cost, "cost table")
@@ -526,65 +531,45 @@ def knapsack(
     # rounding wastes < 1 unit per module and < 1 of the capacity: keep that under
     # _KNAPSACK_WASTE of the total, or the choice answers a tighter budget than asked
     unit = max(1, min(unit, math.floor(_KNAPSACK_WASTE * total / (len(infos) + 1))))
-    cap = min(int(budget_params) // unit, math.ceil(total / unit) + 1)
+    target = int(budget_params) // unit
+    opts_all = [_options(cost, info.name) for info in infos]
+    weights = [
+        [math.ceil(_params_retained(info, p) / unit) for p, _ in opts]
+        for info, opts in zip(infos, opts_all, strict=True)
+    ]
+    size = sum(max(w) for w in weights) + 1  # every reachable total
     INF = math.inf
-    dp = torch.zeros(cap + 1, dtype=torch.float64)  # min cost with <= j units used
+    dp = torch.full((size,), INF, dtype=torch.float64)  # least cost of each exact total
+    dp[0] = 0.0
     choices: list[torch.Tensor] = []
-    opts_all: list[list[tuple[float, float]]] = []
-    for info in infos:
-        opts = _options(cost, info.name)
-        opts_all.append(opts)
-        cand = torch.full((len(opts), cap + 1), INF, dtype=torch.float64)
-        for o, (p, c) in enumerate(opts):
-            w = math.ceil(_params_retained(info, p) / unit)
-            if w <= cap:
-                cand[o, w:] = dp[: cap + 1 - w] + c
-        dp, arg = cand.min(0)
+    for opts, ws in zip(opts_all, weights, strict=True):
+        cand = torch.full((len(opts), size), INF, dtype=torch.float64)
+        for o, ((_, c), w) in enumerate(zip(opts, ws, strict=True)):
+            cand[o, w:] = dp[: size - w] + c
+        dp, arg = cand.min(0)  # the first minimum: the larger `p` (options sorted descending)
         choices.append(arg.to(torch.int16) if len(opts) <= 2**15 - 1 else arg)  # compact
-    if not math.isfinite(float(dp[cap])):
-        raise AllocationError(
-            f"no choice of retained ratios fits {budget_params} parameters "
-            f"(smallest options need more)"
+    reachable = torch.isfinite(dp)
+    distance = (torch.arange(size) - target).abs().to(torch.float64)
+    distance[~reachable] = INF
+    nearest = torch.nonzero(distance == distance.min()).squeeze(1)  # one or two totals
+    j = int(nearest[int(torch.argmin(dp[nearest]))])  # argmin: the first, the smaller total
+    if abs(j - target) * unit > _KNAPSACK_WASTE * total:
+        log.warning(
+            "the sensitivity table's grid does not reach this budget (%d parameters): the "
+            "nearest choice it allows keeps about %d, and fit_budget shifts the ratios to "
+            "the target, so the allocation is not the table's alone",
+            budget_params,
+            j * unit,
         )
     out: dict[str, float] = {}
-    j = cap
-    for info, opts, arg in zip(reversed(infos), reversed(opts_all), reversed(choices), strict=True):
-        p, _ = opts[int(arg[j])]
-        out[info.name] = p
-        j -= math.ceil(_params_retained(info, p) / unit)
-    used = sum(_params_retained(i, out[i.name]) for i in infos)
-    assert used <= budget_params, (used, budget_params)
+    for info, opts, ws, arg in zip(
+        reversed(infos), reversed(opts_all), reversed(weights), reversed(choices), strict=True
+    ):
+        o = int(arg[j])
+        out[info.name] = opts[o][0]
+        j -= ws[o]
+    assert j == 0, j
     return {i.name: out[i.name] for i in infos}
-
-
-def knapsack_or_floor(
-    infos: list[MatrixInfo],
-    cost: Mapping[str, Mapping[float, float]],
-    budget_params: int,
-    *,
-    resolution: int = 8192,
-) -> dict[str, float]:
-    """`knapsack`, or, when no choice fits the budget (a target at or beyond the table's
-    grid, e.g. 80 % removed with retained options down to 0.2, where the rounding of the
-    programme's parameter units alone can exclude the all-smallest choice), every module
-    at its smallest option: the table then leaves no real choice, and
-    `fit_budget` shifts all ratios by one common amount to the target. Logged as a warning,
-    because the allocation is then uniform, not the table's."""
-    _check_infos(infos)
-    _require(infos, cost, "cost table")  # the fallback below would index a missing row
-    try:
-        return knapsack(infos, cost, budget_params, resolution=resolution)
-    except AllocationError:
-        floor = {i.name: min(p for p, _ in _options(cost, i.name)) for i in infos}
-        need = sum(_params_retained(i, floor[i.name]) for i in infos)
-        log.warning(
-            "the sensitivity table's grid does not reach this budget (%d parameters; its "
-            "smallest options keep %d): every module takes its smallest option and the "
-            "ratios are shifted uniformly, so the allocation is not the table's",
-            budget_params,
-            need,
-        )
-        return floor
 
 
 def knapsack_allocation(
@@ -600,9 +585,7 @@ def knapsack_allocation(
     _check_infos(infos)
     target = _check_target(target)
     total = sum(i.params for i in infos)
-    retained = knapsack_or_floor(
-        infos, cost, math.floor((1.0 - target) * total), resolution=resolution
-    )
+    retained = knapsack(infos, cost, math.floor((1.0 - target) * total), resolution=resolution)
     return fit_retained(infos, retained, target, rmax=rmax)
 
 

@@ -11,11 +11,12 @@ module-adaptive allocation, and one ablation per component.
 
 Choices (see also `svdzoo.sensitivity` for how the KL table is read):
 - The knapsack picks one retained ratio per module from the table's grid (`p = 1.0` keeps
-  the module dense) minimising the summed KL under the parameter budget
-  (`allocation.knapsack`, which never exceeds the budget). A grid of ten options per
-  module usually undershoots the budget, so `allocation.fit_budget` then shifts every
-  non-dense module's ratio by one common amount (dense picks stay dense) until the
-  achieved ratio over the targeted linears is within 0.5% of the target. The knapsack's
+  the module dense) as the official code does: the parameter total closest to the
+  budget that the grid reaches, and at that total the least summed KL
+  (`allocation.knapsack`). The grid's totals rarely hit the budget to the parameter, so
+  `allocation.fit_budget` then shifts every non-dense module's ratio by one common amount
+  (dense picks stay dense) until the achieved ratio over the targeted linears is within
+  0.5% of the target. The knapsack's
   own choice and its summed cost are recorded in the manifest (`allocation.knapsack`).
 - Whitening: Cholesky of `H` in float64; when it fails (rank-deficient `H`), the official
   code's damping `0.05 * mean(diag H) I` (`fallback="diag-damp"`, logged), also for each
@@ -204,7 +205,7 @@ class KnapsackKL:
         cost = self.costs(infos, ctx)
         total = sum(i.params for i in infos)
         budget = math.floor((1.0 - target) * total)
-        retained = allocation.knapsack_or_floor(infos, cost, budget, resolution=self.resolution)
+        retained = allocation.knapsack(infos, cost, budget, resolution=self.resolution)
         ranks = allocation.fit_retained(infos, retained, target)
         grid_ratio = allocation.achieved_ratio(
             infos, allocation.ranks_for_retained(infos, retained)
