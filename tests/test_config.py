@@ -131,6 +131,10 @@ def test_method_options_are_checked_per_method(default):
                                                           "schedule"]),
         ({"svd-llm": {"precision": "float 32"}}, ["method_options"]),  # no shell words
         ({"svd-llm": {"precision": ["float32"]}}, ["method_options"]),  # scalars only
+        # a value of the wrong kind used to pass here and fail in the compress job
+        ({"asvd": {"alpha": "abc"}}, ["method_options.asvd", "'alpha' must be a number"]),
+        ({"ressvd": {"K": "abc"}}, ["method_options.ressvd", "'K' must be an integer"]),
+        ({"adasvd": {"tau": 1.5}}, ["method_options.adasvd", "'tau' must be an integer"]),
     ]:  # fmt: skip
         bad = copy.deepcopy(default)
         bad["method_options"] = options
@@ -391,6 +395,27 @@ def test_validate_params_command(tmp_path, default):
     res = subprocess.run([*cmd, str(path), "--schema", str(SCHEMA)], capture_output=True, text=True)
     assert res.returncode == 2
     assert "ratios[1]" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_unreadable_params_and_schema_files_are_named_not_tracebacks(tmp_path):
+    """A params file that is not UTF-8, and a `--schema` that is missing, a directory, not
+    JSON or not a schema, each fail with one line naming the file (they were tracebacks)."""
+    cmd = [sys.executable, "-m", "svdzoo.cli", "validate-params"]
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe")
+    (tmp_path / "list.json").write_text("[]")
+    (tmp_path / "bad.json").write_text("{bad")
+    params = str(ROOT / "params.yaml")
+    for args, fragment in [
+        ([str(binary)], "not UTF-8 text"),
+        ([params, "--schema", str(tmp_path / "nope.json")], "does not exist"),
+        ([params, "--schema", str(tmp_path)], "is a directory"),
+        ([params, "--schema", str(tmp_path / "bad.json")], "is not JSON text"),
+        ([params, "--schema", str(tmp_path / "list.json")], "is not a JSON schema"),
+    ]:
+        res = subprocess.run([*cmd, *args], capture_output=True, text=True)
+        assert res.returncode == 2, (args, res.stderr)
+        assert fragment in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
 
 
 def test_code_hash_follows_what_each_stage_runs():

@@ -97,6 +97,15 @@ def test_an_option_the_method_does_not_take_is_refused_before_compute(llama, met
         ("duo-svd-columns", {"oversample": -1}, "oversample"),
         ("duo-svd-columns", {"schedule": "brent"}, "schedule"),
         ("duo-svd-columns", {"probes": "float16"}, "probes"),
+        # values of the wrong kind: these failed inside the compression, after the model
+        # had loaded (`alpha=abc` in torch.pow), or as a bare ValueError
+        ("asvd-uniform", {"alpha": "abc"}, "'alpha' must be a number"),
+        ("ressvd-residual", {"beta": "abc"}, "'beta' must be a number"),
+        ("ressvd", {"K": "abc"}, "'K' must be an integer"),
+        ("svd-llm-v2", {"rmax": "abc"}, "'rmax' must be a number"),
+        ("adasvd-cr", {"mrr": "abc"}, "'mrr' must be a number"),
+        ("adasvd", {"tau": 1.5}, "'tau' must be an integer"),
+        ("svdzoo-duo-ada", {"columns": "yes"}, "'columns' must be true or false"),
     ],
 )
 def test_a_bad_option_value_is_refused_before_compute(llama, method, options, match):
@@ -127,3 +136,11 @@ def test_the_manifest_records_the_factorisation_precision(llama):
             want = base[f"{stem}.A.weight"].double() @ base[f"{stem}.B.weight"].double()
             have = got[f"{stem}.A.weight"].double() @ got[f"{stem}.B.weight"].double()
             assert torch.allclose(have, want, rtol=0, atol=1e-5 * float(want.abs().max())), stem
+
+
+def test_a_malformed_option_value_is_named_not_a_traceback():
+    from svdzoo.commands.compress import parse_options
+
+    with pytest.raises(ConfigError, match=r"--option foo: '\[1' is not a valid YAML value"):
+        parse_options(["foo=[1"])
+    assert parse_options(["alpha=0.5", "columns=true"]) == {"alpha": 0.5, "columns": True}

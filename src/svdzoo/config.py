@@ -203,7 +203,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
         raise ConfigError(f"params file {str(path)!r} {not_there(path, 'file')}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict):
@@ -265,7 +267,20 @@ def _schema_errors(params: Mapping[str, Any], schema_path: Path) -> None:
 
     import jsonschema
 
-    schema = json.loads(Path(schema_path).read_text())
+    schema_path = Path(schema_path)
+    if not schema_path.is_file():
+        from svdzoo.io import not_there
+
+        raise ConfigError(f"schema {str(schema_path)!r} {not_there(schema_path, 'file')}")
+    try:
+        schema = json.loads(schema_path.read_text(encoding="utf-8"))
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"schema {str(schema_path)!r} is not JSON text ({exc})") from exc
+    except jsonschema.SchemaError as exc:
+        raise ConfigError(
+            f"schema {str(schema_path)!r} is not a JSON schema ({exc.message})"
+        ) from exc
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: (list(e.absolute_path), e.message))
     if not errors:

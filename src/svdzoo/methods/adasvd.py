@@ -137,7 +137,7 @@ class AdaCR:
     """Layer-wise retained ratios from how much each decoder layer turns its hidden state."""
 
     mrr_fraction: float = 0.5
-    extra_options = ("mrr",)
+    extra_options = {"mrr": "a number"}  # option -> its kind (`base.check_options`)
 
     def mrr(self, target: float, options) -> float:
         trr = 1.0 - target

@@ -201,7 +201,9 @@ def accepted_options(method: Method) -> set[str]:
 
 
 def check_options(method: Method, options: Mapping[str, Any] | None) -> None:
-    """Refuse, before any compute, an option the method would silently ignore."""
+    """Refuse, before any compute, an option the method would silently ignore, and one
+    whose value is not of its default's kind (`alpha=abc` for a number failed deep in
+    the compression, after the model had loaded)."""
     unknown = sorted(set(options or {}) - accepted_options(method))
     if unknown:
         known = ", ".join(sorted(accepted_options(method))) or "none"
@@ -209,6 +211,52 @@ def check_options(method: Method, options: Mapping[str, Any] | None) -> None:
             f"method {method.name!r} takes no option {', '.join(map(repr, unknown))}; "
             f"its options: {known}"
         )
+    kinds = option_kinds(method)
+    for key, value in (options or {}).items():
+        want = kinds.get(key)
+        if value is None or want is None or _kind(value) in _ACCEPTS[want]:
+            continue
+        raise ConfigError(f"method {method.name!r}: option {key!r} must be {want}, got {value!r}")
+
+
+_ACCEPTS = {"a number": ("an integer", "a number"), "an integer": ("an integer",),
+            "true or false": ("true or false",), "a string": ("a string",)}  # fmt: skip
+_ANNOTATIONS = {
+    "float": "a number",
+    "int": "an integer",
+    "bool": "true or false",
+    "str": "a string",
+}
+
+
+def _kind(value: Any) -> str | None:
+    """The option kinds `check_options` tells apart (None: not checked)."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return None
+
+
+def option_kinds(method: Method) -> dict[str, str]:
+    """The kind of value each option takes, where the method's parts declare it: a
+    dataclass field's annotation (`float`, `int | None`, ...), the type of a
+    `Method.options` default, or an allocator's `extra_options` mapping."""
+    out: dict[str, str] = {k: kind for k, v in method.options.items() if (kind := _kind(v))}
+    extra = getattr(method.allocator, "extra_options", {})
+    out.update(extra if isinstance(extra, Mapping) else {})
+    for part in (method.spectrum_factoriser, method.allocator, method.factoriser):
+        if part is None or not dataclasses.is_dataclass(part):
+            continue
+        for f in dataclasses.fields(part):
+            names = {t.strip() for t in str(f.type).split("|")} - {"None"}
+            if len(names) == 1 and (kind := _ANNOTATIONS.get(names.pop())):
+                out[f.name] = kind
+    return out
 
 
 def configured(part: Any, opts: Mapping[str, Any]) -> Any:

@@ -151,7 +151,7 @@ class KnapsackKL:
     min_retained: float = MIN_RETAINED
     resolution: int = 8192
     protocol: str = "per-ratio"  # or "independent": which table it accepts
-    extra_options = ("base",)
+    extra_options = {"base": "a number"}  # option -> its kind (`base.check_options`)
 
     def check_table(self, table, target: float) -> None:
         """The table must follow this allocator's protocol (and be for this ratio)."""

@@ -96,7 +96,7 @@ class LastKSearch:
     step: int | None = None
     max_ratio: float = 0.95
     probes = True
-    extra_options = ("K",)
+    extra_options = {"K": "an integer"}  # option -> its kind (`base.check_options`)
 
     def candidates(self, num_layers: int) -> list[int]:
         step = self.step if self.step is not None else max(1, num_layers // 8)
@@ -195,7 +195,7 @@ class LastK:
 
     max_ratio: float = 0.9
     k: int | None = None
-    extra_options = ("K",)
+    extra_options = {"K": "an integer"}  # option -> its kind (`base.check_options`)
 
     def __call__(self, infos: list, target: float, ctx: AllocationContext) -> dict[str, int]:
         max_ratio = float(ctx.options.get("max_ratio", self.max_ratio))
