@@ -630,6 +630,25 @@ def test_nan_weight_is_refused_before_compression(nan_model_dir, tmp_path, capsy
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty", "missing"])
+def test_unreadable_weights_are_named_not_a_traceback(model_dir, tmp_path, capsys, damage):
+    """A truncated, empty or missing `model.safetensors` was a safetensors/transformers
+    traceback from every command that loads the model."""
+    out = tmp_path / "broken"
+    out.mkdir()
+    for f in model_dir.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    weights = out / "model.safetensors"
+    if damage == "missing":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[: 1000 if damage == "truncated" else 0])
+    rc, err = svdzoo(capsys, *compress_args(out, tmp_path / "c"))
+    assert rc == 2
+    one_line_error(err, str(out), "weights could not be loaded")
+    assert not (tmp_path / "c").exists()
+
+
 def test_non_finite_factors_name_the_matrix(model_dir):
     """A Gram that holds NaN (a corrupt cache) is caught at the matrix it breaks."""
     from svdzoo.calibration import calibrate

@@ -310,9 +310,19 @@ def load_model(
     # an unknown dtype or device, an unsupported family: refused before the weights load
     target, dev = resolve_dtype(dtype), resolve_device(device)
     adapter_for(load_config(model_id))
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_id), dtype=target, low_cpu_mem_usage=True
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_id), dtype=target, low_cpu_mem_usage=True
+        )
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:  # a truncated or missing weights file, weights unlike config.json
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(
+            f"{model_id}: its weights could not be loaded ({type(exc).__name__}: {reason}); "
+            "the checkpoint is incomplete, corrupt or does not match its config.json: "
+            "re-create it (svdzoo prepare-model) or download it again"
+        ) from exc
     model.to(dev)
     model.eval()
     check_finite_weights(model, str(model_id))
