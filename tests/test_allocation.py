@@ -306,7 +306,6 @@ def _official_choice(infos, opts, cost, budget):
 
 
 def test_knapsack_is_the_official_choice_on_a_brute_forceable_case():
-    g = torch.Generator().manual_seed(3)
     infos = [
         MatrixInfo(f"m{j}", j, "t", m, n)
         for j, (m, n) in enumerate([(12, 8), (8, 8), (6, 10), (16, 8)])

@@ -16,8 +16,8 @@ Choices (see also `svdzoo.sensitivity` for how the KL table is read):
   (`allocation.knapsack`). The grid's totals rarely hit the budget to the parameter, so
   `allocation.fit_budget` then shifts every non-dense module's ratio by one common amount
   (dense picks stay dense) until the achieved ratio over the targeted linears is within
-  0.5% of the target. The knapsack's
-  own choice and its summed cost are recorded in the manifest (`allocation.knapsack`).
+  0.5% of the target. The knapsack's own choice and its summed cost are recorded in the
+  manifest (`allocation.knapsack`).
 - Whitening: Cholesky of `H` in float64; when it fails (rank-deficient `H`), the official
   code's damping `0.05 * mean(diag H) I` (`fallback="diag-damp"`, logged), also for each
   rest's `H_RR` in the split and for the KL table's probes; `--option fallback=eigen-shift`
