@@ -13,6 +13,7 @@ import pytest
 from helpers import load_benchmark
 
 from svdzoo.cli import main
+from svdzoo.errors import OutputError
 from svdzoo.io import write_json
 from svdzoo.paths import Layout
 from svdzoo.report import build_report
@@ -525,3 +526,59 @@ def test_achieved_ratio_and_allocation_survive_a_deleted_compressed_model(
     got = df[(df["method"] == "svd-llm-v2") & (df["metric"] == "achieved_ratio")]
     assert sorted(got["ratio"].tolist()) == [0.2, 0.2, 0.4, 0.4]
     assert (tmp_path / "out" / "figures" / "allocation_llama-7b_svd-llm-v2.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "content", "message"),
+    [
+        ("ppl", {"perplexity": "abc"}, "perplexity should be an object"),
+        ("ppl", {"perplexity": {"c": "abc"}}, r"perplexity.c is \"abc\", not a number"),
+        ("ppl", {"perplexity": {"c": -3}}, r"perplexity.c is -3, outside \[1, inf\]"),
+        ("ppl", {"perplexity": {"c": 5.0}, "diverged": "c"}, "diverged should be a list"),
+        ("zeroshot", {"tasks": {"t": {"acc": 1.5}}}, r"tasks.t.acc is 1.5, outside \[0, 1\]"),
+        ("zeroshot", {"tasks": {"t": 0.5}}, "tasks.t should be an object"),
+        ("efficiency", {"throughput": [{"batch_size": "one"}]}, 'batch_size is "one"'),
+        ("efficiency", {"weight_bytes": True}, "weight_bytes is true, not a number"),
+    ],
+)
+def test_malformed_metric_values_are_named_not_silent(
+    tmp_path: Path, kind: str, content: dict, message: str
+) -> None:
+    """`{"c": "abc"}` became NaN in every table and a string in the place of a dict an
+    AttributeError traceback; a value no metric can take (perplexity -3, accuracy 1.5) a row."""
+    results = tmp_path / "results"
+    write_json(results / "metrics" / "m" / "svd" / "r0.40" / f"{kind}.json", content)
+    with pytest.raises(MetricsError, match=message):
+        collect(results)
+    bad = results / "metrics" / "m" / "svd" / "r0.40" / f"{kind}.json"
+    bad.write_bytes(b"\xff\xfe")
+    with pytest.raises(MetricsError, match="is not valid JSON"):
+        collect(results)
+
+
+def test_out_never_replaces_a_file_no_report_wrote(tmp_path: Path, capsys) -> None:
+    """`--out` into a folder of the user's replaced their metrics.csv and any table of a
+    report file's name. Refused before anything is written, unless --force; a report's own
+    files (recorded) and the results tree itself (both workflow engines) are replaced."""
+    results = make_tree(tmp_path)
+    paper = tmp_path / "paper"
+    mine = {paper / "metrics.csv": b"my,numbers\n", paper / "tables" / "table1_ref-llama.md": b"x"}
+    for path, data in mine.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    before = sorted(p.relative_to(paper) for p in paper.rglob("*"))
+    argv = ["report", "--results", str(results), "--out", str(paper), "--no-figures"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "would replace 2 file(s)" in err and "tables/table1_ref-llama.md" in err, err
+    assert "--force" in err and "Traceback" not in err
+    assert sorted(p.relative_to(paper) for p in paper.rglob("*")) == before  # no staging left
+    assert {p: p.read_bytes() for p in mine} == mine
+    assert main([*argv, "--force"]) == 0
+    assert (paper / "metrics.csv").read_bytes() != mine[paper / "metrics.csv"]
+    assert main(argv) == 0  # its own files now
+    build_report(results, results, figures=False)  # the results tree, no record yet
+    build_report(results, results, figures=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        build_report(results, tmp_path / "afile", figures=False)

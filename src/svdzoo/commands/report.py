@@ -45,6 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fail when a run lacks a metric file that other runs have (default: warn)",
     )
     p.add_argument("--no-figures", action="store_true", help="skip figures")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files in --out that no earlier report wrote (metrics.csv, tables/..., "
+        "figures/..., plots/... of the same names); without it such a file is refused",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         expected=expected,
         require_complete=args.require_complete,
         figures=not args.no_figures,
+        force=args.force,
     )
     for kind, paths in written.items():
         print(f"{kind}: {len(paths)} file(s)" + (f", e.g. {paths[0]}" if paths else ""))

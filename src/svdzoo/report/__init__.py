@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from svdzoo.errors import OutputError
 from svdzoo.paths import PLOTS, SUMMARY
 
 log = logging.getLogger(__name__)
 
-# What the last report into a folder wrote under its tables/, figures/ and plots/ (paths
-# relative to the folder). A rerun removes the recorded files it did not write again (a model
-# or method no longer in the results, a comparison not asked for); nothing else is removed.
+# What the last report into a folder wrote (paths relative to the folder). A rerun removes
+# the recorded files under tables/, figures/ and plots/ it did not write again (a model or
+# method no longer in the results, a comparison not asked for); nothing else is removed.
 RECORD = ".svdzoo-report.json"
 _FOLDERS = ("tables", "figures", PLOTS)
+METRICS_CSV = "metrics.csv"
+_TOP = (METRICS_CSV, SUMMARY)  # always written, so a folder with a record holds ours
 
 
 def _recorded(out_dir: Path) -> list[str]:
@@ -34,6 +40,52 @@ def _recorded(out_dir: Path) -> list[str]:
         if len(parts) >= 2 and parts[0] in _FOLDERS and ".." not in parts:
             out.append(rel)
     return out
+
+
+def _refuse_replacing(out_dir: Path, results_dir: Path, planned: list[str], force: bool) -> None:
+    """`--out` into a folder of the user's replaced any file that happened to share a
+    report file's name (their metrics.csv, tables/table1_x.csv). A file may be replaced only
+    if an earlier report recorded it, or `out_dir` is the results tree itself with no record
+    (what both workflow engines run; reports before the record existed wrote there), or
+    `force`. A directory in a file's place is refused even with `force`."""
+    for rel in planned:
+        if (out_dir / rel).is_dir():
+            raise OutputError(
+                f"refusing to write the report into {out_dir}: {rel} is a directory there "
+                "(--force does not change this); choose another --out"
+            )
+        for parent in PurePosixPath(rel).parents:
+            if (
+                parent.parts
+                and os.path.lexists(out_dir / parent)
+                and not (out_dir / parent).is_dir()
+            ):
+                raise OutputError(
+                    f"refusing to write the report into {out_dir}: {parent} is a file there, "
+                    f"where the report needs a folder for {rel}; choose another --out"
+                )
+    if force:
+        return
+    if not (out_dir / RECORD).exists() and out_dir.resolve() == results_dir.resolve():
+        return
+    ours = set(_recorded(out_dir)) | (set(_TOP) if (out_dir / RECORD).is_file() else set())
+    foreign = [rel for rel in planned if rel not in ours and os.path.lexists(out_dir / rel)]
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise OutputError(
+            f"refusing to write the report into {out_dir}: it would replace "
+            f"{len(foreign)} file(s) no earlier report wrote there ({', '.join(foreign[:5])}"
+            f"{more}); choose another --out, or pass --force to replace them"
+        )
+
+
+def _move_into(stage: Path, out_dir: Path, rels: Iterable[str]) -> None:
+    """Each staged file renamed onto its place (one `rename` each: a reader sees the old
+    file or the new one, never half of one)."""
+    for rel in rels:
+        target = out_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / rel, target)
 
 
 def _remove_stale(out_dir: Path, written: Iterable[Path], folders: Iterable[str]) -> None:
@@ -66,45 +118,43 @@ def build_report(
     expected: Iterable[str | Path] | None = None,
     require_complete: bool = False,
     figures: bool = True,
+    force: bool = False,
 ) -> dict[str, list[Path]]:
     """Collect metrics under `results_dir`, write metrics.csv, summary.json (headline
     metrics), plots/ (their data per model and metric), tables and figures under `out_dir`
-    (tables/, figures/), and the published comparison when `published` is given. Files an
-    earlier report recorded in `out_dir/.svdzoo-report.json` and this one does not write
-    are removed; no other file in `out_dir` is."""
-    from svdzoo.report import metrics, summary, tables
+    (tables/, figures/), and the published comparison when `published` is given.
 
-    out_dir = Path(out_dir)
+    Everything is written to a temporary folder first and moved into `out_dir` only when
+    complete, and only if it replaces no file but an earlier report's (`force` replaces any
+    file): see `_refuse_replacing`. Files an earlier report recorded in
+    `out_dir/.svdzoo-report.json` and this one does not write are removed; no other file in
+    `out_dir` is."""
+    from svdzoo.report import metrics
+
+    out_dir, results_dir = Path(out_dir), Path(results_dir)
     tidy = metrics.collect(results_dir, expected=expected, require_complete=require_complete)
     ref = None
     if published is not None:  # a missing or malformed CSV fails before anything is written
         from svdzoo.report import published as pub
 
         ref = pub.load_published(published)
-    written: dict[str, list[Path]] = {}
-    csv_path = out_dir / "metrics.csv"
-    metrics.write_tidy(tidy, csv_path)
-    written["metrics"] = [csv_path, summary.write_summary(tidy, out_dir / SUMMARY)]
-    written["plots"] = summary.write_plot_data(tidy, out_dir)
-    written["tables"] = tables.write_all(tidy, out_dir / "tables")
-    if ref is not None:
-        comp = pub.compare(tidy, ref, model_names)
-        n_ours = len(pub.ours_long(tidy))
-        written["tables"] += pub.write(
-            comp,
-            out_dir / "tables" / "published_vs_reproduced",
-            published_path=published,
-            n_ours=n_ours,
-        )
-        log.info("published vs reproduced: %d matching row(s)", len(comp))
-    if figures:
-        from svdzoo.report import figures as figs
-
-        manifests = metrics.load_manifests(results_dir)
-        written["figures"] = figs.write_all(tidy, manifests, out_dir / "figures")
+    manifests = metrics.load_manifests(results_dir) if figures else None
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise OutputError(f"--out {out_dir} is a file; the report needs a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".svdzoo-report.", suffix=".tmp", dir=out_dir))
+    try:
+        staged = _write(tidy, ref, manifests, stage, published, model_names)
+        rels = {k: [p.relative_to(stage).as_posix() for p in v] for k, v in staged.items()}
+        planned = [rel for v in rels.values() for rel in v]
+        _refuse_replacing(out_dir, results_dir, planned, force)
+        _move_into(stage, out_dir, planned)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    written = {k: [out_dir / rel for rel in v] for k, v in rels.items()}
+    csv_path = out_dir / METRICS_CSV
     folders = ["tables", PLOTS, *(["figures"] if figures else [])]
-    own = written["tables"] + written["plots"] + written.get("figures", [])
-    _remove_stale(out_dir, own, folders)
+    _remove_stale(out_dir, [p for v in written.values() for p in v], folders)
     log.info(
         "report: %d rows in %s, %d table files, %d figure files",
         len(tidy),
@@ -112,4 +162,32 @@ def build_report(
         len(written["tables"]),
         len(written.get("figures", [])),
     )
+    return written
+
+
+def _write(tidy, ref, manifests, out_dir: Path, published, model_names) -> dict[str, list[Path]]:
+    """Every report file under `out_dir` (the staging folder), by kind."""
+    from svdzoo.report import metrics, summary, tables
+
+    written: dict[str, list[Path]] = {}
+    csv_path = out_dir / METRICS_CSV
+    metrics.write_tidy(tidy, csv_path)
+    written["metrics"] = [csv_path, summary.write_summary(tidy, out_dir / SUMMARY)]
+    written["plots"] = summary.write_plot_data(tidy, out_dir)
+    written["tables"] = tables.write_all(tidy, out_dir / "tables")
+    if ref is not None:
+        from svdzoo.report import published as pub
+
+        comp = pub.compare(tidy, ref, model_names)
+        written["tables"] += pub.write(
+            comp,
+            out_dir / "tables" / "published_vs_reproduced",
+            published_path=published,
+            n_ours=len(pub.ours_long(tidy)),
+        )
+        log.info("published vs reproduced: %d matching row(s)", len(comp))
+    if manifests is not None:
+        from svdzoo.report import figures as figs
+
+        written["figures"] = figs.write_all(tidy, manifests, out_dir / "figures")
     return written

@@ -125,20 +125,53 @@ def discover(results_dir: str | Path) -> dict[tuple[str, str, float], Run]:
 
 def _read(path: Path) -> dict:
     try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MetricsError(
             f"{path} is not valid JSON ({exc}); re-run the stage that writes it"
         ) from exc
+    except OSError as exc:
+        raise MetricsError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if not isinstance(obj, dict):
         raise MetricsError(f"{path}: expected a JSON object, found {type(obj).__name__}")
     return obj
 
 
-def _need(obj: dict, key: str, path: Path):
+def _need(obj: dict, key: str, path: Path, kind: type = object):
     if key not in obj:
         raise MetricsError(f"{path}: missing key {key!r}")
-    return obj[key]
+    return _kind(obj[key], kind, path, key)
+
+
+def _kind(x, kind: type, path: Path, where: str):
+    """`x` if it is a `kind` (a dict of corpora, a list of throughput rows); a string or
+    number there raised an AttributeError from deep inside the reader."""
+    if not isinstance(x, kind):
+        want = {dict: "an object", list: "a list"}.get(kind, kind.__name__)
+        raise MetricsError(
+            f"{path}: {where} should be {want}, found {json.dumps(x)[:60]}; "
+            "re-run the stage that writes it"
+        )
+    return x
+
+
+def _value(x, path: Path, where: str, low: float = -math.inf, high: float = math.inf) -> float:
+    """A metric value: a number in [low, high], or null (not measured, or diverged). A
+    string ("abc") used to become NaN silently, a negative perplexity a table row."""
+    if x is None:
+        return math.nan
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise MetricsError(
+            f"{path}: {where} is {json.dumps(x)[:60]}, not a number; "
+            "re-run the stage that writes it"
+        )
+    v = float(x)
+    if not low <= v <= high and not math.isnan(v):
+        raise MetricsError(
+            f"{path}: {where} is {v:g}, outside [{low:g}, {high:g}]; "
+            "re-run the stage that writes it"
+        )
+    return v
 
 
 def _num(x) -> float:
@@ -163,18 +196,25 @@ def _check_labels(obj: dict, run: Run, path: Path) -> None:
 
 
 def _rows_ppl(obj: dict, path: Path) -> Iterable[tuple]:
-    diverged = set(obj.get("diverged") or ())
-    for corpus, v in _need(obj, "perplexity", path).items():
-        yield "perplexity", corpus, math.inf if corpus in diverged else _num(v), math.nan
+    diverged = set(_kind(obj.get("diverged") or [], list, path, "diverged"))
+    for corpus, v in _need(obj, "perplexity", path, dict).items():
+        # perplexity = exp(mean negative log-likelihood) >= 1
+        value = math.inf if corpus in diverged else _value(v, path, f"perplexity.{corpus}", 1.0)
+        yield "perplexity", corpus, value, math.nan
 
 
 def _rows_zeroshot(obj: dict, path: Path) -> Iterable[tuple]:
-    for task, vals in _need(obj, "tasks", path).items():
-        yield "acc", task, _num(vals.get("acc")), _num(vals.get("acc_stderr"))
+    for task, vals in _need(obj, "tasks", path, dict).items():
+        _kind(vals, dict, path, f"tasks.{task}")
+        acc = [_value(vals.get(k), path, f"tasks.{task}.{k}", 0.0, 1.0) for k in _ACC_KEYS]
+        yield "acc", task, acc[0], acc[1]
         if vals.get("acc_norm") is not None:
-            yield "acc_norm", task, _num(vals.get("acc_norm")), _num(vals.get("acc_norm_stderr"))
+            yield "acc_norm", task, acc[2], acc[3]
     if obj.get("mean_acc") is not None:
-        yield "acc", "mean", _num(obj["mean_acc"]), math.nan
+        yield "acc", "mean", _value(obj["mean_acc"], path, "mean_acc", 0.0, 1.0), math.nan
+
+
+_ACC_KEYS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 
 
 _EFF_SCALARS = (
@@ -189,12 +229,14 @@ _EFF_SCALARS = (
 def _rows_efficiency(obj: dict, path: Path) -> Iterable[tuple]:
     for key in _EFF_SCALARS:
         if obj.get(key) is not None:
-            yield key, NO_DATASET, _num(obj[key]), math.nan
-    for row in obj.get("throughput", []):
-        bs = f"bs{int(_need(row, 'batch_size', path))}"
+            yield key, NO_DATASET, _value(obj[key], path, key, 0.0), math.nan
+    for i, row in enumerate(_kind(obj.get("throughput", []), list, path, "throughput")):
+        where = f"throughput[{i}]"
+        _kind(row, dict, path, where)
+        bs = f"bs{int(_value(_need(row, 'batch_size', path), path, f'{where}.batch_size', 1))}"
         for key in ("prefill_tokens_per_s", "decode_tokens_per_s"):
             if row.get(key) is not None:
-                yield key, bs, _num(row[key]), math.nan
+                yield key, bs, _value(row[key], path, f"{where}.{key}", 0.0), math.nan
 
 
 def _rows_manifest(obj: dict, path: Path) -> Iterable[tuple]:
