@@ -106,6 +106,20 @@ def test_an_option_the_method_does_not_take_is_refused_before_compute(llama, met
         ("adasvd-cr", {"mrr": "abc"}, "'mrr' must be a number"),
         ("adasvd", {"tau": 1.5}, "'tau' must be an integer"),
         ("svdzoo-duo-ada", {"columns": "yes"}, "'columns' must be true or false"),
+        # values out of range: accepted, then failed late or quietly did something else
+        ("svd-llm-v2", {"rmax": -1}, r"'rmax' must be in \(0, 1\], got -1"),
+        ("asvd-uniform", {"alpha": -3}, r"'alpha' must be in \[0, inf\), got -3"),
+        ("asvd-uniform", {"alpha": float("nan")}, "'alpha' must be in"),
+        ("adasvd-cr", {"mrr": 1.5}, r"'mrr' must be in \[0, 1\)"),
+        ("adasvd-cr", {"mrr_fraction": -0.1}, "'mrr_fraction' must be in"),
+        ("duo-svd-allocation", {"min_retained": 2.0}, r"'min_retained' must be in \[0, 1\]"),
+        ("duo-svd-allocation", {"resolution": 0}, r"'resolution' must be in \[1, inf\)"),
+        ("duo-svd-allocation", {"base": 0.0}, r"'base' must be in \(0, 1\)"),
+        ("duo-svd-columns", {"accept": -0.5}, "'accept' must be in"),
+        ("ressvd", {"K": 0}, "'K' must be in"),
+        ("ressvd", {"step": 0}, "'step' must be in"),
+        ("ressvd-lastk", {"max_ratio": 1.0}, r"'max_ratio' must be in \(0, 1\)"),
+        ("svdzoo-kl-ada", {"accept": float("inf")}, "'accept' must be in"),
     ],
 )
 def test_a_bad_option_value_is_refused_before_compute(llama, method, options, match):

@@ -47,7 +47,14 @@ import torch
 
 from svdzoo import allocation, linalg
 from svdzoo.errors import ConfigError
-from svdzoo.methods.base import GRAM, AllocationContext, MatrixContext, Method, register
+from svdzoo.methods.base import (
+    FRACTION,
+    GRAM,
+    AllocationContext,
+    MatrixContext,
+    Method,
+    register,
+)
 from svdzoo.methods.parts import Uniform, Whitened
 
 log = logging.getLogger(__name__)
@@ -138,6 +145,7 @@ class AdaCR:
 
     mrr_fraction: float = 0.5
     extra_options = {"mrr": "a number"}  # option -> its kind (`base.check_options`)
+    option_ranges = {"mrr": FRACTION, "mrr_fraction": FRACTION}
 
     def mrr(self, target: float, options) -> float:
         trr = 1.0 - target

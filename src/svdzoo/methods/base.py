@@ -7,6 +7,7 @@ an ablation or a new combination is a new record, never a copy of the algorithm.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -217,6 +218,49 @@ def check_options(method: Method, options: Mapping[str, Any] | None) -> None:
         if value is None or want is None or _kind(value) in _ACCEPTS[want]:
             continue
         raise ConfigError(f"method {method.name!r}: option {key!r} must be {want}, got {value!r}")
+    ranges = option_ranges(method)
+    for key, value in (options or {}).items():
+        span = ranges.get(key)
+        if span is not None and _kind(value) in ("an integer", "a number") and value not in span:
+            raise ConfigError(
+                f"method {method.name!r}: option {key!r} must be in {span}, got {value!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option can take (a part's `option_ranges`): `rmax=-1` or
+    `alpha=nan` was accepted and failed, or quietly did something else, deep in the run."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        v = float(value)
+        above = v > self.low if self.low_open or self.low == -math.inf else v >= self.low
+        below = v < self.high if self.high_open or self.high == math.inf else v <= self.high
+        return above and below  # NaN: neither
+
+    def __str__(self) -> str:
+        lo = "(" if self.low_open or self.low == -math.inf else "["
+        hi = ")" if self.high_open or self.high == math.inf else "]"
+        return f"{lo}{self.low:g}, {self.high:g}{hi}"
+
+
+FRACTION = Range(0.0, 1.0, high_open=True)  # a share of something, 1 excluded
+POSITIVE_INT = Range(1.0)
+
+
+def option_ranges(method: Method) -> dict[str, Range]:
+    """Each numeric option's range, as the method's parts declare it (`option_ranges`)."""
+    out: dict[str, Range] = {}
+    for part in (method.spectrum_factoriser, method.allocator, method.factoriser):
+        out.update(getattr(part, "option_ranges", {}) if part is not None else {})
+    return out
 
 
 _ACCEPTS = {"a number": ("an integer", "a number"), "an integer": ("an integer",),

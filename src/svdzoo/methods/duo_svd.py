@@ -44,7 +44,17 @@ import torch
 
 from svdzoo import allocation, column_split, linalg
 from svdzoo.errors import ConfigError
-from svdzoo.methods.base import GRAM, SENS_DUO, AllocationContext, MatrixContext, Method, register
+from svdzoo.methods.base import (
+    FRACTION,
+    GRAM,
+    POSITIVE_INT,
+    SENS_DUO,
+    AllocationContext,
+    MatrixContext,
+    Method,
+    Range,
+    register,
+)
 from svdzoo.methods.parts import Uniform, Whitened
 
 log = logging.getLogger(__name__)
@@ -68,6 +78,7 @@ class ColumnPreserving:
     # Cholesky fallback for a singular `H` (and each rest's `H_RR`): the official code's
     # `0.05 * mean(diag H) I` (methods.md), not SVD-LLM's eigen-shift
     fallback: str = "diag-damp"
+    option_ranges = {"accept": FRACTION, "oversample": Range(0.0)}  # `base.check_options`
 
     def __post_init__(self) -> None:  # refused when configured, before any compute
         if self.search not in column_split.SEARCHES:
@@ -152,6 +163,11 @@ class KnapsackKL:
     resolution: int = 8192
     protocol: str = "per-ratio"  # or "independent": which table it accepts
     extra_options = {"base": "a number"}  # option -> its kind (`base.check_options`)
+    option_ranges = {
+        "min_retained": Range(0.0, 1.0),
+        "resolution": POSITIVE_INT,
+        "base": Range(0.0, 1.0, low_open=True, high_open=True),
+    }
 
     def check_table(self, table, target: float) -> None:
         """The table must follow this allocator's protocol (and be for this ratio)."""

@@ -9,7 +9,7 @@ import torch
 
 from svdzoo import allocation, linalg
 from svdzoo.errors import ConfigError
-from svdzoo.methods.base import AllocationContext, MatrixContext
+from svdzoo.methods.base import AllocationContext, MatrixContext, Range
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class ActivationScaled:
     """ASVD: SVD of W diag(s), s_j = mean|x_j|^alpha, scaling undone on B."""
 
     alpha: float = 0.5
+    option_ranges = {"alpha": Range(0.0)}  # `base.check_options`
 
     def whitener(self, ctx: MatrixContext) -> linalg.Whitener:
         """`S = diag(s)`; exposed so one SVD can serve several ranks (sensitivity probes)."""

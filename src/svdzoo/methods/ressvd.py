@@ -39,7 +39,15 @@ from tqdm.auto import tqdm
 
 from svdzoo import allocation, linalg
 from svdzoo.errors import ConfigError
-from svdzoo.methods.base import GRAM, AllocationContext, MatrixContext, Method, register
+from svdzoo.methods.base import (
+    GRAM,
+    POSITIVE_INT,
+    AllocationContext,
+    MatrixContext,
+    Method,
+    Range,
+    register,
+)
 from svdzoo.methods.parts import Uniform, Whitened
 
 log = logging.getLogger(__name__)
@@ -53,6 +61,9 @@ def split_rank(rank: int, k1_fraction: float) -> tuple[int, int]:
         raise ConfigError(f"k1_fraction must be in [0, 1], got {k1_fraction!r}")
     k1 = min(rank, max(0, round(float(k1_fraction) * rank)))
     return k1, rank - k1
+
+
+MAX_RATIO = Range(0.0, 1.0, low_open=True, high_open=True)  # a layer's share removed
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,7 @@ class LastKSearch:
     max_ratio: float = 0.95
     probes = True
     extra_options = {"K": "an integer"}  # option -> its kind (`base.check_options`)
+    option_ranges = {"K": POSITIVE_INT, "step": POSITIVE_INT, "max_ratio": MAX_RATIO}
 
     def candidates(self, num_layers: int) -> list[int]:
         step = self.step if self.step is not None else max(1, num_layers // 8)
@@ -196,6 +208,7 @@ class LastK:
     max_ratio: float = 0.9
     k: int | None = None
     extra_options = {"K": "an integer"}  # option -> its kind (`base.check_options`)
+    option_ranges = {"K": POSITIVE_INT, "k": POSITIVE_INT, "max_ratio": MAX_RATIO}
 
     def __call__(self, infos: list, target: float, ctx: AllocationContext) -> dict[str, int]:
         max_ratio = float(ctx.options.get("max_ratio", self.max_ratio))

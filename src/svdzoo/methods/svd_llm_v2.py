@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from svdzoo import allocation
 from svdzoo.errors import ConfigError
-from svdzoo.methods.base import GRAM, AllocationContext, Method, register
+from svdzoo.methods.base import GRAM, AllocationContext, Method, Range, register
 from svdzoo.methods.parts import Uniform, Whitened
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class HeterogeneousByType:
     """Ranks from the truncation loss each matrix would suffer at the target ratio."""
 
     rmax: float = 0.95
+    option_ranges = {"rmax": Range(0.0, 1.0, low_open=True)}  # `base.check_options`
     reads_spectra = True  # every matrix's spectrum, before the factorisation: cache SVDs
 
     def __call__(self, infos: list, target: float, ctx: AllocationContext) -> dict[str, int]:
