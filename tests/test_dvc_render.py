@@ -46,6 +46,13 @@ def test_stale_dvc_yaml_is_refused(in_root, tmp_path, capsys):
     assert cli.main(["render-dvc", str(edited), "--out", str(out)]) == 0
     assert cli.main(["render-dvc", str(edited), "--out", str(out), "--check"]) == 0
     assert "compress-svd-llm" in out.read_text() and "compress-asvd" not in out.read_text()
+    # a directory was "does not exist: run render-dvc --out DIR"; non-UTF-8 bytes a traceback
+    assert cli.main(["validate-params", "params.yaml", "-q", "--dvc-yaml", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory, not a file" in err and "render-dvc" not in err, err
+    out.write_bytes(b"\xff\xfe")
+    assert cli.main(["validate-params", str(edited), "-q", "--dvc-yaml", str(out)]) == 2
+    assert "is not what `svdzoo render-dvc` makes" in capsys.readouterr().err
 
 
 def test_each_compression_depends_on_what_its_method_reads(in_root):

@@ -740,6 +740,16 @@ def test_evaluate_refuses_a_split_shorter_than_seqlen_before_loading(tmp_path, c
     assert not (tmp_path / "p.json").exists()
 
 
+@pytest.mark.parametrize("ratio", ["5", "-0.2", "1", "nan"])
+def test_evaluate_refuses_a_ratio_label_no_run_can_have(tmp_path, capsys, ratio):
+    """`--ratio 5` (meant 0.5) was written into every metric file as the run's ratio."""
+    rc, err = svdzoo(capsys, "evaluate", "--model", tmp_path / "absent", "--corpora", "pydoc",
+                     "--ratio", ratio, "--ppl-out", tmp_path / "p.json")  # fmt: skip
+    assert rc == 2, err
+    one_line_error(err, "--ratio must be in [0, 1)")
+    assert not (tmp_path / "p.json").exists()
+
+
 # ---------------------------------------------------------------- failing late
 
 

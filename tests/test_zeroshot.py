@@ -71,6 +71,25 @@ def test_missing_task_dir_and_bad_args(tmp_path: Path) -> None:
         run_zeroshot(model, tok, [], task_dir=None)
 
 
+def test_a_corrupt_task_yaml_is_named_not_just_not_found(task_dir: Path, tmp_path: Path) -> None:
+    """lm-eval's indexer skips a YAML it cannot parse, so a truncated task file made its
+    task "unknown ... not found" with no word of the file. Indexes lm-eval's bundled tasks."""
+    import shutil
+
+    broken = tmp_path / "tasks"
+    shutil.copytree(task_dir, broken)
+    (broken / "toy_continuation.yaml").write_text(
+        "task: toy_continuation\ndataset_kwargs: {data_files: ["
+    )
+    with pytest.raises(ZeroShotError, match=r"not found.*toy_continuation\.yaml: .*build-tasks"):
+        run_zeroshot(
+            random_tiny("llama", max_position_embeddings=512),
+            build_byte_tokenizer(),
+            ["toy_continuation"],
+            task_dir=broken,
+        )
+
+
 def test_summarise_separates_groups_from_tasks() -> None:
     res = {
         "results": {

@@ -21,6 +21,7 @@ hub models run through Snakemake.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -400,12 +401,23 @@ def stale(params_file: str | Path, dvc_yaml: str | Path) -> str | None:
     path = Path(dvc_yaml)
     if not path.is_file():
         return f"{path} does not exist"
-    if path.read_text(encoding="utf-8") != text:
+    try:
+        same = path.read_text(encoding="utf-8") == text
+    except UnicodeDecodeError:  # not even text: stale, not a traceback
+        same = False
+    if not same:
         return f"{path} is not what `svdzoo render-dvc` makes of {params_file}"
     return None
 
 
 def check(params_file: str | Path, dvc_yaml: str | Path) -> None:
+    from svdzoo.io import not_there
+
+    if os.path.lexists(dvc_yaml) and not Path(dvc_yaml).is_file():
+        # a directory was told "does not exist" and to render into it
+        raise ConfigError(
+            f"--dvc-yaml {dvc_yaml} {not_there(dvc_yaml, 'file')}: give the dvc.yaml file"
+        )
     why = stale(params_file, dvc_yaml)
     if why:
         raise ConfigError(

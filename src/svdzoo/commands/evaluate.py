@@ -92,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value is not None and value < least:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
+    if args.ratio is not None and not 0.0 <= args.ratio < 1.0:  # 5 (for 0.5) was taken as is
+        raise ConfigError(
+            f"--ratio must be in [0, 1) (the fraction of parameters removed; 0 for the dense "
+            f"model), got {args.ratio:g}"
+        )
     # each output a file of its own, none of them an input (a corpus file included: a
     # `--ppl-out` naming it replaced the text with the JSON), checked before the model loads
     outs = [args.ppl_out, args.zeroshot_out, args.efficiency_out]

@@ -65,10 +65,37 @@ def _task_manager(tasks: list[str], task_dir: Path | None):
     unknown = [t for t in tasks if t not in tm.all_tasks]
     if unknown:
         where = f" in {task_dir} or" if task_dir is not None else ""
+        broken = _unreadable_yamls(task_dir) if task_dir is not None else []
+        why = (
+            f"; lm-eval skipped {len(broken)} task file(s) there it could not read: "
+            + "; ".join(broken[:3])
+            + " (rebuild them: svdzoo build-tasks)"
+            if broken
+            else ""
+        )
         raise ZeroShotError(
-            f"unknown zero-shot task(s) {unknown}: not found{where} among lm-eval's tasks"
+            f"unknown zero-shot task(s) {unknown}: not found{where} among lm-eval's tasks{why}"
         )
     return tm
+
+
+def _unreadable_yamls(task_dir: Path) -> list[str]:
+    """`FILE: error` for each task YAML lm-eval's indexer skips silently (a truncated or
+    corrupt file made its task "not found")."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    out = []
+    for path in sorted(Path(task_dir).glob("*.yaml")):
+        try:
+            cfg = load_yaml(path, resolve_func=False)
+        except Exception as exc:  # yaml, OS and decoding errors alike
+            out.append(
+                f"{path.name}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
+            )
+            continue
+        if not isinstance(cfg, dict):
+            out.append(f"{path.name}: not a mapping")
+    return out
 
 
 def _dataset_of(tm, task: str) -> str | None:
