@@ -582,3 +582,31 @@ def test_out_never_replaces_a_file_no_report_wrote(tmp_path: Path, capsys) -> No
     (tmp_path / "afile").write_text("x")
     with pytest.raises(OutputError, match="is a file"):
         build_report(results, tmp_path / "afile", figures=False)
+
+
+def test_one_report_at_a_time_and_a_killed_one_leaves_nothing(tmp_path: Path) -> None:
+    """The report is staged in `.svdzoo-report.<pid>.<random>.tmp` inside --out: a killed
+    report's staging folder is removed by the next, and one still held (a report running)
+    refuses a second writer rather than interleaving their files."""
+    import fcntl
+    import os
+
+    results = make_tree(tmp_path)
+    out = tmp_path / "paper"
+    stale = out / ".svdzoo-report.99999.deadbeef.tmp"
+    (stale / "tables").mkdir(parents=True)
+    (stale / "tables" / "half.csv").write_text("a,b\n")
+    build_report(results, out, figures=False)
+    assert not stale.exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    live = out / f".svdzoo-report.{os.getpid()}.cafebabe.tmp"
+    live.mkdir()
+    fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(OutputError, match="being written by another process"):
+            build_report(results, out, figures=False)
+    finally:
+        os.close(fd)
+    build_report(results, out, figures=False)  # the holder is gone: its folder is stale
+    assert not live.exists()

@@ -606,6 +606,30 @@ def atomic_dir(
             os.close(fd)
 
 
+@contextlib.contextmanager
+def staging_dir(target: _PathLike) -> Iterator[Path]:
+    """A locked temporary directory `.NAME.<pid>.<random>.tmp` beside `target`, removed on
+    exit, for a writer that moves its files into place itself (the report). As with
+    `atomic_dir`, a second writer for the same `target` is refused while this one runs,
+    and a temporary left by a killed writer is removed by the next one."""
+    target = Path(target)
+    _ensure_parent(target)
+    with _target_lock(target):
+        _sweep(target)
+        tmp = _new_temp(target)
+        fd = _try_lock_dir(tmp)
+    try:
+        yield tmp
+    except Exception as exc:
+        if _no_space(exc):
+            raise _space_error(target, exc) from exc
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
+
+
 # ---------------------------------------------------------------- single files
 
 

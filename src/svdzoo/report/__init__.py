@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from svdzoo.errors import OutputError
+from svdzoo.io import staging_dir
 from svdzoo.paths import PLOTS, SUMMARY
 
 log = logging.getLogger(__name__)
@@ -25,6 +24,7 @@ RECORD = ".svdzoo-report.json"
 _FOLDERS = ("tables", "figures", PLOTS)
 METRICS_CSV = "metrics.csv"
 _TOP = (METRICS_CSV, SUMMARY)  # always written, so a folder with a record holds ours
+STAGING = "svdzoo-report"  # the report is written to `.svdzoo-report.<pid>.<random>.tmp` first
 
 
 def _recorded(out_dir: Path) -> list[str]:
@@ -142,15 +142,13 @@ def build_report(
     if os.path.lexists(out_dir) and not out_dir.is_dir():
         raise OutputError(f"--out {out_dir} is a file; the report needs a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".svdzoo-report.", suffix=".tmp", dir=out_dir))
-    try:
+    # one report into a folder at a time; a killed one's staging folder goes with the next
+    with staging_dir(out_dir / STAGING) as stage:
         staged = _write(tidy, ref, manifests, stage, published, model_names)
         rels = {k: [p.relative_to(stage).as_posix() for p in v] for k, v in staged.items()}
         planned = [rel for v in rels.values() for rel in v]
         _refuse_replacing(out_dir, results_dir, planned, force)
         _move_into(stage, out_dir, planned)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     written = {k: [out_dir / rel for rel in v] for k, v in rels.items()}
     csv_path = out_dir / METRICS_CSV
     folders = ["tables", PLOTS, *(["figures"] if figures else [])]
