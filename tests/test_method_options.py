@@ -114,7 +114,7 @@ def test_an_option_the_method_does_not_take_is_refused_before_compute(llama, met
         ("adasvd-cr", {"mrr_fraction": -0.1}, "'mrr_fraction' must be in"),
         ("duo-svd-allocation", {"min_retained": 2.0}, r"'min_retained' must be in \[0, 1\]"),
         ("duo-svd-allocation", {"resolution": 0}, r"'resolution' must be in \[1, inf\)"),
-        ("duo-svd-allocation", {"base": 0.0}, r"'base' must be in \(0, 1\)"),
+        ("duo-svd-allocation", {"base": 0.0}, r"'base' must be in \(0, 1\]"),
         ("duo-svd-columns", {"accept": -0.5}, "'accept' must be in"),
         ("ressvd", {"K": 0}, "'K' must be in"),
         ("ressvd", {"step": 0}, "'step' must be in"),

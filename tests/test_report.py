@@ -577,8 +577,17 @@ def test_out_never_replaces_a_file_no_report_wrote(tmp_path: Path, capsys) -> No
     assert main([*argv, "--force"]) == 0
     assert (paper / "metrics.csv").read_bytes() != mine[paper / "metrics.csv"]
     assert main(argv) == 0  # its own files now
-    build_report(results, results, figures=False)  # the results tree, no record yet
+    # the results tree is svdzoo's own: a fresh clone has plots/ and summary.json from git
+    # and no record; a later checkout brings back plot data a record may not list
+    (results / "plots" / "llama-7b").mkdir(parents=True)
+    (results / "plots" / "llama-7b" / "acc.csv").write_text("ratio,svd\n0.20,0.5\n")
+    (results / "summary.json").write_text("{}\n")
     build_report(results, results, figures=False)
+    (results / "plots" / "llama-7b" / "acc.csv").unlink()
+    (results / "plots" / "ref-llama" / "acc.csv").write_text("from git\n")
+    (results / ".svdzoo-report.json").write_text('{"files": []}\n')
+    build_report(results, results, figures=False)
+    assert (results / "plots" / "ref-llama" / "acc.csv").read_text() != "from git\n"
     (tmp_path / "afile").write_text("x")
     with pytest.raises(OutputError, match="is a file"):
         build_report(results, tmp_path / "afile", figures=False)
@@ -610,3 +619,35 @@ def test_one_report_at_a_time_and_a_killed_one_leaves_nothing(tmp_path: Path) ->
         os.close(fd)
     build_report(results, out, figures=False)  # the holder is gone: its folder is stale
     assert not live.exists()
+
+
+def test_a_report_stopped_midway_is_finished_by_the_next(tmp_path: Path, monkeypatch) -> None:
+    """Files moved in before a failure were in no record, so every later report refused
+    them as the user's. Across file systems (`tables/` a link to another disk) the rename
+    fails with EXDEV: the file is copied beside its place and renamed there."""
+    import errno
+    import os
+
+    results = make_tree(tmp_path)
+    out = tmp_path / "paper"
+    real_replace, calls = os.replace, []
+
+    def failing(src, dst):
+        if ".svdzoo-report." in str(src) and ".svdzoo-report." not in str(dst):
+            calls.append(dst)  # a move out of the staging folder
+            if len(calls) == 4:
+                raise OSError(errno.EIO, "I/O error")
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="I/O error"):
+        build_report(results, out, figures=False)
+    assert (out / "metrics.csv").exists()  # moved (copied, then renamed) before the failure
+    monkeypatch.setattr(os, "replace", real_replace)
+    build_report(results, out, figures=False)  # no refusal: the record named them
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    recorded = json.loads((out / ".svdzoo-report.json").read_text())["files"]
+    assert sorted(recorded) == sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name[0] != "."
+    )

@@ -45,7 +45,6 @@ import torch
 from svdzoo import allocation, column_split, linalg
 from svdzoo.errors import ConfigError
 from svdzoo.methods.base import (
-    FRACTION,
     GRAM,
     POSITIVE_INT,
     SENS_DUO,
@@ -78,7 +77,7 @@ class ColumnPreserving:
     # Cholesky fallback for a singular `H` (and each rest's `H_RR`): the official code's
     # `0.05 * mean(diag H) I` (methods.md), not SVD-LLM's eigen-shift
     fallback: str = "diag-damp"
-    option_ranges = {"accept": FRACTION, "oversample": Range(0.0)}  # `base.check_options`
+    option_ranges = {"accept": Range(0.0, 1.0), "oversample": Range(0.0)}  # `base.check_options`
 
     def __post_init__(self) -> None:  # refused when configured, before any compute
         if self.search not in column_split.SEARCHES:
@@ -166,7 +165,7 @@ class KnapsackKL:
     option_ranges = {
         "min_retained": Range(0.0, 1.0),
         "resolution": POSITIVE_INT,
-        "base": Range(0.0, 1.0, low_open=True, high_open=True),
+        "base": Range(0.0, 1.0, low_open=True),
     }
 
     def check_table(self, table, target: float) -> None:

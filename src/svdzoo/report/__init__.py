@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
@@ -45,9 +48,10 @@ def _recorded(out_dir: Path) -> list[str]:
 def _refuse_replacing(out_dir: Path, results_dir: Path, planned: list[str], force: bool) -> None:
     """`--out` into a folder of the user's replaced any file that happened to share a
     report file's name (their metrics.csv, tables/table1_x.csv). A file may be replaced only
-    if an earlier report recorded it, or `out_dir` is the results tree itself with no record
-    (what both workflow engines run; reports before the record existed wrote there), or
-    `force`. A directory in a file's place is refused even with `force`."""
+    if an earlier report recorded it, or `out_dir` is the results tree itself (svdzoo's own:
+    what both workflow engines write, with plot data and summary.json in git and reports from
+    before the record), or `force`. A directory in a file's place, or a file in a folder's,
+    is refused even with `force`."""
     for rel in planned:
         if (out_dir / rel).is_dir():
             raise OutputError(
@@ -64,9 +68,7 @@ def _refuse_replacing(out_dir: Path, results_dir: Path, planned: list[str], forc
                     f"refusing to write the report into {out_dir}: {parent} is a file there, "
                     f"where the report needs a folder for {rel}; choose another --out"
                 )
-    if force:
-        return
-    if not (out_dir / RECORD).exists() and out_dir.resolve() == results_dir.resolve():
+    if force or out_dir.resolve() == results_dir.resolve():
         return
     ours = set(_recorded(out_dir)) | (set(_TOP) if (out_dir / RECORD).is_file() else set())
     foreign = [rel for rel in planned if rel not in ours and os.path.lexists(out_dir / rel)]
@@ -74,18 +76,37 @@ def _refuse_replacing(out_dir: Path, results_dir: Path, planned: list[str], forc
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         raise OutputError(
             f"refusing to write the report into {out_dir}: it would replace "
-            f"{len(foreign)} file(s) no earlier report wrote there ({', '.join(foreign[:5])}"
-            f"{more}); choose another --out, or pass --force to replace them"
+            f"{len(foreign)} file(s) its {RECORD} does not list as a report's "
+            f"({', '.join(foreign[:5])}{more}): yours, or from a report older than the "
+            "record; choose another --out, or pass --force to replace them"
         )
 
 
 def _move_into(stage: Path, out_dir: Path, rels: Iterable[str]) -> None:
     """Each staged file renamed onto its place (one `rename` each: a reader sees the old
-    file or the new one, never half of one)."""
+    file or the new one, never half of one). Across file systems (a `tables/` that is a
+    link to another disk) it is copied beside its place first, then renamed."""
     for rel in rels:
         target = out_dir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(stage / rel, target)
+        try:
+            os.replace(stage / rel, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            beside = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            try:
+                shutil.copyfile(stage / rel, beside)
+                os.replace(beside, target)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    beside.unlink()
+
+
+def _record(out_dir: Path, rels: Iterable[str]) -> None:
+    from svdzoo.io import write_text
+
+    write_text(out_dir / RECORD, json.dumps({"files": sorted(set(rels))}, indent=1) + "\n")
 
 
 def _remove_stale(out_dir: Path, written: Iterable[Path], folders: Iterable[str]) -> None:
@@ -93,8 +114,6 @@ def _remove_stale(out_dir: Path, written: Iterable[Path], folders: Iterable[str]
     record this report's files. Only recorded files are removed: a file of the user's beside
     them (notes in tables/, a CSV in plots/) is never touched, whatever its name (any name
     like a table's or a figure's, and any CSV under plots/, used to be deleted)."""
-    from svdzoo.io import write_text
-
     folders = set(folders)
     now = {Path(p).relative_to(out_dir).as_posix() for p in written}
     for rel in _recorded(out_dir):
@@ -106,7 +125,7 @@ def _remove_stale(out_dir: Path, written: Iterable[Path], folders: Iterable[str]
             continue
         log.info("removing %s: not part of this report", old)
         old.unlink()
-    write_text(out_dir / RECORD, json.dumps({"files": sorted(now)}, indent=1) + "\n")
+    _record(out_dir, now)
 
 
 def build_report(
@@ -148,11 +167,14 @@ def build_report(
         rels = {k: [p.relative_to(stage).as_posix() for p in v] for k, v in staged.items()}
         planned = [rel for v in rels.values() for rel in v]
         _refuse_replacing(out_dir, results_dir, planned, force)
+        # recorded before the first file moves: a report stopped midway leaves only files
+        # the record names, which the next one replaces (and removes if stale)
+        _record(out_dir, [*_recorded(out_dir), *planned])
         _move_into(stage, out_dir, planned)
-    written = {k: [out_dir / rel for rel in v] for k, v in rels.items()}
+        written = {k: [out_dir / rel for rel in v] for k, v in rels.items()}
+        folders = ["tables", PLOTS, *(["figures"] if figures else [])]
+        _remove_stale(out_dir, [p for v in written.values() for p in v], folders)
     csv_path = out_dir / METRICS_CSV
-    folders = ["tables", PLOTS, *(["figures"] if figures else [])]
-    _remove_stale(out_dir, [p for v in written.values() for p in v], folders)
     log.info(
         "report: %d rows in %s, %d table files, %d figure files",
         len(tidy),
