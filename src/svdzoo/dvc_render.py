@@ -397,10 +397,12 @@ def _flow(value: Any) -> str:
 
 def stale(params_file: str | Path, dvc_yaml: str | Path) -> str | None:
     """Why `dvc_yaml` does not match the params (None when it does)."""
+    from svdzoo.io import not_there
+
     text = render_file(params_file)
     path = Path(dvc_yaml)
-    if not path.is_file():
-        return f"{path} does not exist"
+    if not path.is_file():  # a directory is not "does not exist"
+        return f"{path} {not_there(path, 'file')}"
     try:
         same = path.read_text(encoding="utf-8") == text
     except UnicodeDecodeError:  # not even text: stale, not a traceback
@@ -411,14 +413,10 @@ def stale(params_file: str | Path, dvc_yaml: str | Path) -> str | None:
 
 
 def check(params_file: str | Path, dvc_yaml: str | Path) -> None:
-    from svdzoo.io import not_there
-
-    if os.path.lexists(dvc_yaml) and not Path(dvc_yaml).is_file():
-        # a directory was told "does not exist" and to render into it
-        raise ConfigError(
-            f"--dvc-yaml {dvc_yaml} {not_there(dvc_yaml, 'file')}: give the dvc.yaml file"
-        )
     why = stale(params_file, dvc_yaml)
+    if why and os.path.lexists(dvc_yaml) and not Path(dvc_yaml).is_file():
+        # a directory was told "does not exist" and to render into it
+        raise ConfigError(f"--dvc-yaml {why}: give the dvc.yaml file")
     if why:
         raise ConfigError(
             f"{why}: run `svdzoo render-dvc {params_file} --out {dvc_yaml}` and commit it "

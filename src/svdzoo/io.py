@@ -584,26 +584,10 @@ def atomic_dir(
     the module docstring for locking, stale temporaries, `force` and `protect`.
     """
     path = _preflight(path, kind, force, protect)
-    with _target_lock(path):
-        _sweep(path)
-        tmp = _new_temp(path)
-        fd = _try_lock_dir(tmp)
-    try:
-        try:
-            yield tmp
-            with _target_lock(path):
-                _commit(tmp, path, kind, force)
-        except OutputError:
-            raise
-        except Exception as exc:
-            if _no_space(exc):
-                raise _space_error(path, exc) from exc
-            raise
-    finally:
-        if os.path.lexists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        if fd is not None:
-            os.close(fd)
+    with _locked_temp(path) as tmp:
+        yield tmp
+        with _target_lock(path):
+            _commit(tmp, path, kind, force)
 
 
 @contextlib.contextmanager
@@ -614,18 +598,30 @@ def staging_dir(target: _PathLike) -> Iterator[Path]:
     and a temporary left by a killed writer is removed by the next one."""
     target = Path(target)
     _ensure_parent(target)
-    with _target_lock(target):
-        _sweep(target)
-        tmp = _new_temp(target)
+    with _locked_temp(target) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _locked_temp(path: Path) -> Iterator[Path]:
+    """`path`'s fresh temporary, held under `flock` until the block ends and then removed
+    (with what `_commit` swapped into it); stale temporaries of `path` are swept first. A
+    full disk in the block is `_space_error`. The parent of `path` must exist."""
+    with _target_lock(path):
+        _sweep(path)
+        tmp = _new_temp(path)
         fd = _try_lock_dir(tmp)
     try:
         yield tmp
+    except OutputError:
+        raise
     except Exception as exc:
         if _no_space(exc):
-            raise _space_error(target, exc) from exc
+            raise _space_error(path, exc) from exc
         raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
         if fd is not None:
             os.close(fd)
 
