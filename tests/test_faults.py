@@ -857,7 +857,8 @@ def test_gram_bytes_do_not_depend_on_batch_size_or_threads(model_dir, tmp_path, 
     any calibration batch size and thread count, so a rerun under other execution
     settings (Snakemake's one thread vs DVC's default) gives the same DVC hash. A bfloat16
     model's Grams too (float32 sums over 2048-token chunks: 2,400 tokens cross one)."""
-    runs = {"b1-t1": ("1", "1"), "b8-t2": ("8", "2"), "b3-t1": ("3", "1")}
+    # batch 3 splits neither the 10 windows nor, at 50, the 2048-token chunk evenly
+    runs = {"b1-t1": ("1", "1"), "b3-t2": ("3", "2")}
     digests = {}
     for name, (batch, threads) in runs.items():
         out = tmp_path / name
@@ -869,7 +870,7 @@ def test_gram_bytes_do_not_depend_on_batch_size_or_threads(model_dir, tmp_path, 
         )  # fmt: skip
         assert res.returncode == 0, res.stderr[-2000:]
         digests[name] = {f.name: f.read_bytes() for f in sorted(out.iterdir())}
-    assert digests["b1-t1"] == digests["b8-t2"] == digests["b3-t1"]
+    assert digests["b1-t1"] == digests["b3-t2"]
     assert "batch_size" not in json.loads(digests["b1-t1"]["manifest.json"])
 
 

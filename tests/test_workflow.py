@@ -10,6 +10,7 @@ temporary copy of the workflow files (no mocks). The DVC runs are in test_workfl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -409,43 +410,57 @@ def test_another_params_file_with_the_same_settings_reruns_nothing(micro_ws):
     assert [rule for rule, _ in jobs_of(out)] == ["report"], out[-3000:]
 
 
-def edit(ws: Path, module: str) -> None:
-    """Change a source file of the workspace's package copy (a comment: new bytes)."""
+@contextlib.contextmanager
+def edited(ws: Path, module: str):
+    """A source file of the workspace's package copy changed (a comment: new bytes) for the
+    block, then put back byte for byte, so the workspace is current again afterwards."""
     path = ws / "src" / "svdzoo" / module
-    path.write_text(path.read_text() + "\n# edited by a test\n")
+    before = path.read_bytes()
+    path.write_bytes(before + b"\n# edited by a test\n")
+    try:
+        yield
+    finally:
+        path.write_bytes(before)
 
 
 def test_editing_code_reruns_what_runs_it(micro_ws):
-    """Issue 14.1: each rule's params hold the hash of the svdzoo source it runs."""
+    """Issue 14.1: each rule's params hold the hash of the svdzoo source it runs. Planned
+    (dry runs): what a plan holds is what runs, and running it is the other tests' job."""
     params = {**MICRO, "ratios": ["0.40", "0.60"]}
     write_params(micro_ws, params)
     # a method module no configured method lives in: nothing
-    edit(micro_ws, "methods/svd_llm_v2.py")
-    assert jobs_of(smk(micro_ws, "-n")) == []
+    with edited(micro_ws, "methods/svd_llm_v2.py"):
+        assert jobs_of(smk(micro_ws, "-n")) == []
     # the module of svd and svd-llm: their compressions, evaluations and the report only
-    edit(micro_ws, "methods/baselines.py")
-    rules = sorted(r for r, _ in smk_jobs(micro_ws))
+    with edited(micro_ws, "methods/baselines.py"):
+        rules = sorted(r for r, _ in jobs_of(smk(micro_ws, "-n")))
     assert rules == ["compress"] * 4 + ["evaluate"] * 4 + ["report"], rules
     # the Gram calibration: the statistics and everything downstream (compress and
     # evaluate can import the calibration package too: the closure is conservative), but
     # not the model or the tasks
-    edit(micro_ws, "calibration/gram.py")
-    rules = {r for r, _ in smk_jobs(micro_ws)}
+    with edited(micro_ws, "calibration/gram.py"):
+        rules = {r for r, _ in jobs_of(smk(micro_ws, "-n"))}
     assert {"calibrate", "compress", "evaluate", "report"} <= rules, rules
     assert not rules & {"prepare_model", "build_tasks"}, rules
+    # the source as it was: its hash is the recorded one again
+    assert jobs_of(smk(micro_ws, "-n")) == []
 
 
 def test_changing_nsamples_reruns_calibration_and_downstream(micro_ws):
     params = {**MICRO, "ratios": ["0.40", "0.60"]}
     params["calibration"] = {**MICRO["calibration"], "nsamples": 6}
     write_params(micro_ws, params)
-    jobs = smk_jobs(micro_ws)
+    jobs = jobs_of(smk(micro_ws, "-n"))
     rules = sorted(r for r, _ in jobs)
     assert rules == ["calibrate", "compress", "compress", "evaluate", "evaluate", "report"], jobs
-    assert any("pydoc-n6-l32-s0/gram" in o for r, o in jobs if r == "calibrate")
+    (gram,) = [o for r, o in jobs if r == "calibrate"]
+    assert gram == "data/stats/tiny/pydoc-n6-l32-s0/gram", jobs
     # plain SVD reads no statistics: it is not recompressed
     assert all("svd-llm" in o for r, o in jobs if r in ("compress", "evaluate")), jobs
-    assert (micro_ws / "data/stats/tiny/pydoc-n6-l32-s0/gram/manifest.json").is_file()
+    # the planned calibration runs and makes the new statistics (the jobs after it are
+    # those test_adding_a_ratio_runs_only_that_ratio runs)
+    assert [r for r, _ in smk_jobs(micro_ws, gram)] == ["calibrate"]
+    assert (micro_ws / gram / "manifest.json").is_file()
     write_params(micro_ws, {**MICRO, "ratios": ["0.40", "0.60"]})  # back to the fixture's
 
 

@@ -2,7 +2,8 @@
 config of test_workflow (no mocks), in their own module so that a parallel run (`run.sh test`
 runs pytest-xdist, one module per worker) does them beside the Snakemake tests.
 
-- A Snakemake run in a DVC project leaves its outputs in dvc.lock: `dvc repro` does nothing.
+- A Snakemake run in a DVC project (the micro run's copy, three methods added) leaves its
+  outputs in dvc.lock: `dvc repro` does nothing; `dvc exp run -S` reruns the changed stages.
 - `dvc repro` twice is a no-op; `dvc exp run -S` with a new ratio runs only its stages;
   metrics, plots, a remote and a fresh clone that pulls instead of recomputing.
 - A params typo is refused by the `params` stage before any other stage runs.
@@ -17,7 +18,16 @@ import sys
 
 import pytest
 import yaml
-from test_workflow import BIN, MICRO, init_dvc_repo, make_workspace, run, smk, write_params
+from test_workflow import (
+    BIN,
+    MICRO,
+    init_dvc_repo,
+    jobs_of,
+    make_workspace,
+    run,
+    smk,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -25,40 +35,59 @@ pytestmark = pytest.mark.slow
 # ---------------------------------------------------------------- Snakemake then DVC
 
 
-def test_snakemake_outputs_are_dvc_tracked(tmp_path):
+def test_snakemake_outputs_are_dvc_tracked(micro_run, tmp_path):
     """Issue 14.2: a Snakemake run in a DVC project leaves its outputs in dvc.lock, so
-    `dvc repro` then does nothing and an experiment runs only its new stages."""
-    params = {**MICRO, "methods": ["svd-llm", "fwsvd", "asvd", "duo-svd-independent"]}
-    ws = make_workspace(tmp_path / "both", params)
+    `dvc repro` then does nothing and an experiment runs only its changed stages.
+
+    It starts from a copy of the micro run (model, tasks, Gram statistics, dense evaluation),
+    made a DVC project, and adds the methods whose statistics are other stages (FWSVD's
+    Fisher, ASVD's and Duo-SVD's sensitivity tables): the run commits what it made and what
+    it found current."""
+    ws = tmp_path / "both"
+    shutil.copytree(micro_run, ws, symlinks=True)
+    params = {
+        **MICRO,
+        "methods": ["svd-llm", "fwsvd", "asvd", "duo-svd-independent"],
+        "method_options": {"svd-llm": {"precision": "float64"}},
+    }
+    write_params(ws, params)
+    run(ws, str(BIN / "svdzoo"), "render-dvc")
     git, dvc = init_dvc_repo(ws)
-    smk(ws)
+    ran = {rule for rule, _ in jobs_of(smk(ws))}
+    assert {"calibrate_fisher", "sensitivity", "compress", "evaluate", "report"} <= ran, ran
+    assert not ran & {"prepare_model", "build_tasks", "calibrate", "evaluate_dense"}, ran
     assert (ws / "dvc.lock").is_file()
     # committed without a second copy: DVC hard-links an output into its cache only when
     # `hardlink` is the first cache type (with `reflink` first, on a filesystem without
     # reflinks, every output was copied and the workspace kept its own copy: twice the disk)
-    model = next((ws / "results" / "compressed").rglob("*.safetensors"))
-    cached = [p for p in (ws / ".dvc" / "cache").rglob("*") if p.is_file()]
-    assert any(p.stat().st_ino == model.stat().st_ino for p in cached), model
+    cached = {p.stat().st_ino for p in (ws / ".dvc" / "cache").rglob("*") if p.is_file()}
+    found, made = ws / "data/models/tiny", ws / "results/compressed/tiny/asvd/r0.40"
+    for model in (*found.glob("*.safetensors"), *made.glob("*.safetensors")):
+        assert model.stat().st_ino in cached, model
     out = run(ws, dvc, "repro")
     assert "Running stage" not in out, out[-3000:]
     run(ws, git, "add", "-A")
     run(ws, git, "commit", "-q", "-m", "snakemake run")
-    out = run(ws, dvc, "exp", "run", "-S", 'ratios=["0.40","0.60"]')
+    # an ablation by configuration: one method option reruns that method's stages only
+    out = run(ws, dvc, "exp", "run", "-S", "method_options.svd-llm.precision=float32")
     ran = set(re.findall(r"Running stage '([^']+)'", out))
-    new = {f"compress-{m}@tiny-0.60" for m in params["methods"]}
-    new |= {f"evaluate@tiny-{m}-0.60" for m in params["methods"]}
-    assert ran == {"params", "report"} | new, sorted(ran)
+    assert ran == {
+        "params",
+        "compress-svd-llm@tiny-0.40",
+        "evaluate@tiny-svd-llm-0.40",
+        "report",
+    }, sorted(ran)
     # a run that left a stage incomplete: every other stage is committed, that one is left
     # to dvc repro (the per-stage path; a complete run is committed in one call)
-    shutil.rmtree(ws / "results/metrics/tiny/fwsvd/r0.60")
+    shutil.rmtree(ws / "results/metrics/tiny/fwsvd/r0.40")
     (ws / "dvc.lock").unlink()
     code = "import json; from svdzoo.dvc_track import commit_outputs as c; print('COMMITTED=' + json.dumps(c('params.yaml')))"
     out = run(ws, sys.executable, "-c", code)
     line = next(x for x in out.splitlines() if x.startswith("COMMITTED="))
     done = json.loads(line.removeprefix("COMMITTED="))
-    assert "evaluate@tiny-fwsvd-0.60" not in done and len(done) > 10, done
+    assert "evaluate@tiny-fwsvd-0.40" not in done and len(done) > 10, done
     out = run(ws, dvc, "status")
-    assert "evaluate@tiny-fwsvd-0.60" in out and "compress-fwsvd@tiny-0.60" not in out, out
+    assert "evaluate@tiny-fwsvd-0.40" in out and "compress-fwsvd@tiny-0.40" not in out, out
     # a Snakemake run of one target commits its own DAG only: the evaluations, complete on
     # disk but made with another evaluation setting, stay stale for `dvc repro` (they were
     # recorded as current before)

@@ -322,7 +322,7 @@ def validate_params(params: Mapping[str, Any], schema: str | Path | None = None)
 def _check_reference_options(p: Mapping[str, Any]) -> None:
     """A reference model's training settings, checked as `prepare-model` checks them
     (`reference.train_config`), so `heads: 0` or `lr: nan` fails before any job."""
-    from svdzoo.reference import train_config
+    from svdzoo.reference_config import train_config
 
     for key, spec in p["models"].items():
         if spec["source"] != "reference":
@@ -540,7 +540,7 @@ def execution_flags(params_file: str | Path, command: str) -> list[str]:
 
 def _check_names(p: dict[str, Any]) -> None:
     from svdzoo.data import is_corpus_name, known_corpora
-    from svdzoo.reference import REFERENCE_FAMILIES
+    from svdzoo.reference_config import REFERENCE_FAMILIES
 
     def corpus(key: str, name: str) -> None:
         if not is_corpus_name(name):

@@ -10,7 +10,7 @@ HELP = "train a small reference causal LM (llama GQA or opt family) on an offlin
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from svdzoo.reference import REFERENCE_FAMILIES, TrainConfig, flag_type
+    from svdzoo.reference_config import REFERENCE_FAMILIES, TrainConfig, flag_type
 
     p.add_argument("--family", choices=REFERENCE_FAMILIES, required=True)
     p.add_argument("--out", required=True, help="output model directory")
