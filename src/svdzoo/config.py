@@ -321,7 +321,7 @@ def validate_params(params: Mapping[str, Any], schema: str | Path | None = None)
 
 def _check_reference_options(p: Mapping[str, Any]) -> None:
     """A reference model's training settings, checked as `prepare-model` checks them
-    (`reference.train_config`), so `heads: 0` or `lr: nan` fails before any job."""
+    (`reference_config.train_config`), so `heads: 0` or `lr: nan` fails before any job."""
     from svdzoo.reference_config import train_config
 
     for key, spec in p["models"].items():

@@ -20,12 +20,7 @@ from tqdm.auto import tqdm
 from svdzoo.data import get_corpus, tokenize
 from svdzoo.errors import ConfigError
 from svdzoo.io import REFERENCE_MODEL, atomic_dir, check_output, write_json
-from svdzoo.reference_config import (  # noqa: F401  (re-exported: the training API)
-    REFERENCE_FAMILIES,
-    TrainConfig,
-    flag_type,
-    train_config,
-)
+from svdzoo.reference_config import TrainConfig
 from svdzoo.tokenizer import build_byte_tokenizer
 
 log = logging.getLogger(__name__)

@@ -81,7 +81,8 @@ def _need(args: argparse.Namespace, source: str, names: tuple[str, ...]) -> None
 
 def _train(args: argparse.Namespace, options: dict[str, str]) -> None:
     from svdzoo.errors import ConfigError
-    from svdzoo.reference import train_config, train_reference
+    from svdzoo.reference import train_reference
+    from svdzoo.reference_config import train_config
 
     _need(args, "reference", ("family", "corpus", "steps", "seed"))
     fixed = {"family": args.family, "corpus": args.corpus, "steps": args.steps, "seed": args.seed}

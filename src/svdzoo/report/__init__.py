@@ -160,7 +160,8 @@ def build_report(
     manifests = metrics.load_manifests(results_dir) if figures else None
     if os.path.lexists(out_dir) and not out_dir.is_dir():
         raise OutputError(f"--out {out_dir} is a file; the report needs a directory")
-    # staging_dir creates out_dir; one report into a folder at a time; a killed one's staging folder goes with the next
+    # staging_dir creates out_dir; one report into a folder at a time; a killed one's
+    # staging folder goes with the next
     with staging_dir(out_dir / STAGING) as stage:
         staged = _write(tidy, ref, manifests, stage, published, model_names)
         rels = {k: [p.relative_to(stage).as_posix() for p in v] for k, v in staged.items()}
