@@ -1,8 +1,8 @@
 """The SLURM profile, run for real (issue 17): a single-node SLURM cluster on this machine
 (workflow/scripts/slurm-local.sh), the micro workflow (from its calibration on) submitted
-through snakemake-executor-plugin-slurm, every job through sbatch, outputs equal to a local
-run, and a job cancelled with scancel is redone by the next run without a partial output ever
-taken as complete.
+through snakemake-executor-plugin-slurm, every job through sbatch, a job cancelled with
+scancel redone by the next run without a partial output ever taken as complete, and outputs
+equal to a local run.
 
 Needs root and Debian's slurm-wlm and munge (`run.sh test` installs them in CI and sets
 SVDZOO_REQUIRE_SLURM, so there a missing cluster fails instead of skipping)."""
@@ -68,7 +68,7 @@ def results(ws: Path) -> dict[str, object]:
     return out
 
 
-# What the SLURM run redoes of the micro run: the calibration and every job after it
+# What the SLURM runs redo of the micro run: the calibration and every job after it
 # (svd-llm's compression and evaluation, the report). The model, the tasks and the dense
 # and svd evaluations stay the local run's: each job costs a Snakemake and an svdzoo start
 # on the node, and these four are the kinds the others repeat.
@@ -78,68 +78,74 @@ REDONE = (
     "results/metrics/tiny/svd-llm",
     "results/metrics.csv",
 )
+TARGET = Path("results/compressed/tiny/svd-llm/r0.40")
+
+
+def cancel_compression(proc: subprocess.Popen, timeout: float = 300) -> str:
+    """scancel svd-llm's compression once it runs on the node; its SLURM job id."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        for job_id, state, comment in squeue("-o", "%i %T %k"):
+            if state == "RUNNING" and "compress" in comment and "svd-llm" in comment:
+                time.sleep(1.0)  # the job's snakemake and svdzoo have started
+                subprocess.run(["scancel", job_id], check=True)
+                return job_id
+        time.sleep(0.2)
+    pytest.fail("no running svd-llm compression to cancel")
 
 
 @pytest.fixture(scope="module")
-def slurm_run(cluster, micro_run, tmp_path_factory) -> tuple[Path, str]:
+def slurm_run(cluster, micro_run, tmp_path_factory) -> dict[str, object]:
+    """Two SLURM runs of the micro run's copy, calibration on: the first has its svd-llm
+    compression cancelled with scancel while it runs, the second finishes what is left.
+    Every job of either goes through sbatch (one run of all four jobs and a second one
+    after the cancellation took twice the cluster time)."""
     ws = tmp_path_factory.mktemp("slurm") / "ws"
     shutil.copytree(micro_run, ws, symlinks=True)
     for rel in REDONE:
         path = ws / rel
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out = run(ws, str(BIN / "snakemake"), *PROFILE, timeout=900)
-    return ws, out
-
-
-def test_every_job_goes_through_sbatch(slurm_run):
-    ws, out = slurm_run
-    jobs = jobs_of(out)
-    ids = submitted(out)
-    assert sorted(r for r, _ in jobs) == ["calibrate", "compress", "evaluate", "report"], jobs
-    assert len(ids) == len(jobs), (jobs, ids)
-    # the cluster's own record: every one of them ran there and completed
-    states = {i: s for i, s in squeue("-t", "all", "-j", ",".join(ids), "-o", "%i %T")}
-    assert states == dict.fromkeys(ids, "COMPLETED"), states
-    assert (ws / "results" / "metrics.csv").is_file()
-
-
-def test_outputs_equal_a_local_run(slurm_run, micro_run):
-    ws, _ = slurm_run
-    assert results(ws) == results(micro_run) != {}
-
-
-def test_a_cancelled_job_is_redone(slurm_run, micro_run):
-    """scancel a running compression: the run fails, no output of that job is left to be
-    taken as done, and the next run redoes it and what depends on it."""
-    ws, _ = slurm_run
-    target = ws / "results" / "compressed" / "tiny" / "svd-llm" / "r0.40"
-    # as if svd-llm had never run (Snakemake redoes a missing intermediate only when
-    # something needs it: the report's table goes too)
-    shutil.rmtree(target)
-    shutil.rmtree(ws / "results" / "metrics" / "tiny" / "svd-llm")
-    (ws / "results" / "metrics.csv").unlink()
     with (ws / "cancelled.log").open("w") as log:
         proc = subprocess.Popen(
             [str(BIN / "snakemake"), *PROFILE, "--retries", "0"],
             cwd=ws, env=_env(), stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        cancelled = None
-        deadline = time.time() + 300
-        while cancelled is None and time.time() < deadline and proc.poll() is None:
-            for job_id, state, comment in squeue("-o", "%i %T %k"):
-                if state == "RUNNING" and "compress" in comment and "svd-llm" in comment:
-                    time.sleep(1.0)  # the job's snakemake and svdzoo have started
-                    subprocess.run(["scancel", job_id], check=True)
-                    cancelled = job_id
-                    break
-            time.sleep(0.2)
-        assert cancelled, "no running svd-llm compression to cancel"
-        assert proc.wait(timeout=600) != 0  # the run reports the failed job
-    assert "CANCELLED" in (ws / "cancelled.log").read_text()
-    assert not target.exists()  # nothing of the cancelled job is left
-    out = run(ws, str(BIN / "snakemake"), *PROFILE, timeout=900)
-    redone = sorted(rule for rule, _ in jobs_of(out))
-    assert redone == ["compress", "evaluate", "report"], jobs_of(out)
-    assert len(submitted(out)) == len(redone)
+        try:
+            cancelled = cancel_compression(proc)
+            returncode = proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    first = (ws / "cancelled.log").read_text()
+    left = TARGET.as_posix() if (ws / TARGET).exists() else None  # before the next run
+    second = run(ws, str(BIN / "snakemake"), *PROFILE, timeout=900)
+    return dict(ws=ws, first=first, returncode=returncode, cancelled=cancelled,
+                left=left, second=second)  # fmt: skip
+
+
+def test_every_job_goes_through_sbatch(slurm_run):
+    first, second = slurm_run["first"], slurm_run["second"]
+    assert sorted(r for r, _ in jobs_of(first)) == ["calibrate", "compress"], first[-3000:]
+    assert sorted(r for r, _ in jobs_of(second)) == ["compress", "evaluate", "report"], second
+    for out in (first, second):
+        assert len(submitted(out)) == len(jobs_of(out)), out[-3000:]
+    # the cluster's own record: every one of them ran there, and all but one completed
+    ids = submitted(first) + submitted(second)
+    states = {i: s for i, s in squeue("-t", "all", "-j", ",".join(ids), "-o", "%i %T")}
+    want = dict.fromkeys(ids, "COMPLETED") | {slurm_run["cancelled"]: "CANCELLED"}
+    assert states == want, states
+    assert (slurm_run["ws"] / "results" / "metrics.csv").is_file()
+
+
+def test_outputs_equal_a_local_run(slurm_run, micro_run):
+    assert results(slurm_run["ws"]) == results(micro_run) != {}
+
+
+def test_a_cancelled_job_is_redone(slurm_run):
+    """scancel a running compression: the run fails, no output of that job is left to be
+    taken as done, and the next run redoes it and what depends on it."""
+    assert slurm_run["returncode"] != 0  # the run reports the failed job
+    assert "CANCELLED" in slurm_run["first"]
+    assert slurm_run["left"] is None  # nothing of the cancelled job is left
+    ws = slurm_run["ws"]
     assert "Nothing to be done" in run(ws, str(BIN / "snakemake"), *PROFILE, "-n")
-    assert results(ws) == results(micro_run)
