@@ -1,0 +1,128 @@
+"""Where the test suite's wall time goes, worker by worker: a pytest plugin that records
+each test phase, and a summary of what each pytest-xdist worker ran when.
+
+The slowest-durations list says what is slow, not what is on the critical path: with one
+module per worker at a time (`--dist loadfile`), the suite ends when the busier worker does.
+
+    SUITE_TIMELINE=/tmp/timeline.jsonl PYTHONPATH=benchmarks \\
+        bash workflow/scripts/run.sh test -p suite_timeline
+    python benchmarks/suite_timeline.py /tmp/timeline.jsonl --label <commit>
+
+The summary goes to benchmarks/results/suite-timeline.md (modules over `--min-s` seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+OUT = Path(__file__).parent / "results" / "suite-timeline.md"
+
+
+def _record(item: pytest.Item, phase: str, start: float) -> None:
+    path = os.environ.get("SUITE_TIMELINE")
+    if not path:
+        return
+    row = {
+        "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+        "test": item.nodeid,
+        "phase": phase,
+        "start": start,
+        "stop": time.time(),
+    }
+    with open(path, "a") as f:  # one short line per write: workers' lines do not interleave
+        f.write(json.dumps(row) + "\n")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    start = time.time()
+    try:
+        return (yield)
+    finally:
+        _record(item, "setup", start)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    start = time.time()
+    try:
+        return (yield)
+    finally:
+        _record(item, "call", start)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    start = time.time()
+    try:
+        return (yield)
+    finally:
+        _record(item, "teardown", start)
+
+
+def summarise(rows: list[dict], min_s: float) -> str:
+    """Per worker: the modules it ran, in order, with start, end and duration (seconds
+    from the first test's start)."""
+    t0 = min(r["start"] for r in rows)
+    by_worker: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_worker[r["worker"]].append(r)
+    lines = []
+    for worker, runs in sorted(by_worker.items()):
+        runs.sort(key=lambda r: r["start"])
+        spans: list[list] = []  # [module, start, stop]
+        for r in runs:
+            module = r["test"].split("::")[0]
+            if spans and spans[-1][0] == module:
+                spans[-1][2] = r["stop"]
+            else:
+                spans.append([module, r["start"], r["stop"]])
+        busy = sum(r["stop"] - r["start"] for r in runs)
+        end = max(r["stop"] for r in runs) - t0
+        lines += [
+            f"### {worker}: ends at {end:.0f} s, in tests for {busy:.0f} s",
+            "",
+            "| from (s) | to (s) | seconds | module |",
+            "|---:|---:|---:|---|",
+        ]
+        shorter = 0.0
+        for module, start, stop in spans:
+            if stop - start < min_s:
+                shorter += stop - start
+                continue
+            lines.append(
+                f"| {start - t0:.0f} | {stop - t0:.0f} | {stop - start:.0f} | `{module}` |"
+            )
+        lines += [f"| | | {shorter:.0f} | modules under {min_s:g} s each |", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("timeline", type=Path, help="the SUITE_TIMELINE file of one run")
+    ap.add_argument("--label", default="", help="what was run (commit, host)")
+    ap.add_argument("--min-s", type=float, default=15.0)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    rows = [json.loads(line) for line in args.timeline.read_text().splitlines() if line]
+    if not rows:
+        raise SystemExit(f"{args.timeline}: no test phases recorded")
+    text = f"# The test suite, worker by worker{f' ({args.label})' if args.label else ''}\n\n"
+    text += summarise(rows, args.min_s)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
