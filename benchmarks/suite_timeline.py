@@ -41,31 +41,23 @@ def _record(item: pytest.Item, phase: str, start: float) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    start = time.time()
-    try:
-        return (yield)
-    finally:
-        _record(item, "setup", start)
+def _timed(phase: str):
+    """A wrapper of the `pytest_runtest_<phase>` hook that records how long the phase took."""
+
+    @pytest.hookimpl(wrapper=True)
+    def hook(item: pytest.Item) -> Iterator[None]:
+        start = time.time()
+        try:
+            return (yield)
+        finally:
+            _record(item, phase, start)
+
+    return hook
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    start = time.time()
-    try:
-        return (yield)
-    finally:
-        _record(item, "call", start)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
-    start = time.time()
-    try:
-        return (yield)
-    finally:
-        _record(item, "teardown", start)
+pytest_runtest_setup = _timed("setup")
+pytest_runtest_call = _timed("call")
+pytest_runtest_teardown = _timed("teardown")
 
 
 def summarise(rows: list[dict], min_s: float) -> str:
