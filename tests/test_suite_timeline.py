@@ -18,7 +18,7 @@ def test_a_run_with_the_plugin_records_every_phase(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "suite_timeline", "-p", "no:cacheprovider",
          "-p", "no:xdist", "test_a.py"],
-        cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True,
+        cwd=tmp_path, env={k: v for k, v in {**os.environ, **env}.items() if k != "PYTEST_XDIST_WORKER"}, capture_output=True, text=True,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     rows = [json.loads(line) for line in timeline.read_text().splitlines()]
