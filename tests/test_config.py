@@ -397,6 +397,47 @@ def test_validate_params_command(tmp_path, default):
     assert "ratios[1]" in res.stderr and "Traceback" not in res.stderr
 
 
+CHECK_WITHOUT_TORCH = """
+import sys
+from svdzoo import codehash, config
+from svdzoo.cli import build_parser
+from svdzoo.methods import REGISTRY
+from svdzoo.paths import Layout
+build_parser()
+for path in sys.argv[1:]:
+    p = config.load_params(path)  # the names, method options and flag sections included
+    config.needed_stats(p), config.local_models(p), config.calib_tag(p)
+assert len(REGISTRY) > 10, sorted(REGISTRY)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "numpy"))
+print("LOADED", loaded[:5])
+"""
+
+
+def test_checking_params_does_not_import_torch():
+    """What a Snakemake parse, `validate-params` and the report do with params.yaml (load and
+    check it against the method registry) runs without torch, ~3 s of every such process:
+    the registry's modules take it from `svdzoo.lazy`."""
+    paths = [str(ROOT / "params.yaml"), *map(str, CONFIGS)]
+    res = subprocess.run(
+        [sys.executable, "-c", CHECK_WITHOUT_TORCH, *paths], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "LOADED []" in res.stdout, res.stdout
+
+
+def test_a_lazy_module_imports_on_first_use_and_keeps_what_it_read():
+    from svdzoo.lazy import LazyModule
+
+    lazy = LazyModule("svdzoo._not_a_module")
+    assert "svdzoo._not_a_module" in repr(lazy)
+    with pytest.raises(AttributeError):
+        getattr(lazy, "__wrapped__")  # noqa: B009 (introspection probes import nothing)
+    with pytest.raises(ModuleNotFoundError):
+        getattr(lazy, "anything")  # noqa: B009 (a missing module fails where it is used)
+    json_ = LazyModule("json")
+    assert json_.dumps([1]) == "[1]" and "dumps" in vars(json_)
+
+
 def test_unreadable_params_and_schema_files_are_named_not_tracebacks(tmp_path, capsys):
     """A params file that is not UTF-8, and a `--schema` that is missing, a directory, not
     JSON or not a schema, each fail with one line naming the file (they were tracebacks).

@@ -35,6 +35,7 @@ def _run(llama, method, ratio, options):
 
 # (method, ratio, option, value): one row per documented option of each method
 CASES = [
+    ("svd", 0.4, "precision", "float32"),
     ("asvd-uniform", 0.4, "alpha", 1.0),
     ("svd-llm", 0.4, "whitening", "eigen"),
     ("svd-llm", 0.4, "precision", "float32"),
@@ -117,6 +118,7 @@ def test_an_option_the_method_does_not_take_is_refused_before_compute(llama, met
         ("duo-svd-allocation", {"base": 0.0}, r"'base' must be in \(0, 1\]"),
         ("duo-svd-columns", {"accept": -0.5}, "'accept' must be in"),
         ("ressvd", {"K": 0}, "'K' must be in"),
+        ("svd", {"precision": "bf16"}, "precision must be one of"),
         ("ressvd", {"step": 0}, "'step' must be in"),
         ("ressvd-lastk", {"max_ratio": 1.0}, r"'max_ratio' must be in \(0, 1\)"),
         ("svdzoo-kl-ada", {"accept": float("inf")}, "'accept' must be in"),
@@ -132,14 +134,15 @@ def test_a_bad_option_value_is_refused_before_compute(llama, method, options, ma
     )
 
 
-def test_the_manifest_records_the_factorisation_precision(llama):
-    base_man, base = _run(llama, "svd-llm", 0.4, {})
+@pytest.mark.parametrize("method", ["svd-llm", "svd"])
+def test_the_manifest_records_the_factorisation_precision(llama, method):
+    base_man, base = _run(llama, method, 0.4, {})
     assert base_man["precision"] == "float64"
-    man, _ = _run(llama, "svd-llm", 0.4, {"precision": "float32"})
+    man, _ = _run(llama, method, 0.4, {"precision": "float32"})
     assert man["precision"] == "float32" and man["options"]["precision"] == "float32"
     # the GPU default, run here on a CPU: the same compressed model to float32's rounding
     # of the weights' product (the factors' balance may differ, their product may not)
-    man, got = _run(llama, "svd-llm", 0.4, {"precision": "float64-eigh"})
+    man, got = _run(llama, method, 0.4, {"precision": "float64-eigh"})
     assert man["precision"] == "float64-eigh"
     assert man["modules"] == base_man["modules"]
     stems = [n[: -len(".A.weight")] for n in base if n.endswith(".A.weight")]

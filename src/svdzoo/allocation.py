@@ -20,11 +20,10 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import torch
-
 from svdzoo.errors import SvdzooError
+from svdzoo.lazy import torch
 from svdzoo.linalg import rank_for_ratio
-from svdzoo.lowrank import column_params, worth_factoring
+from svdzoo.param_counts import column_params, worth_factoring
 
 log = logging.getLogger(__name__)
 

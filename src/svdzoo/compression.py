@@ -7,7 +7,6 @@ model or calibration set) is checked before any matrix is touched.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import logging
 import shutil
@@ -35,8 +34,8 @@ from svdzoo.methods.base import (
     Method,
     WhitenerCache,
     check_options,
-    configured,
     factorise,
+    with_options,
 )
 from svdzoo.models import (
     adapter_for,
@@ -253,17 +252,6 @@ def _module_record(info: allocation.MatrixInfo, module: nn.Module, dense: bool) 
         "dense": dense,
         "spec": None if dense else lowrank.module_spec(module),
     }
-
-
-def with_options(method: Method, opts: Mapping[str, Any]) -> Method:
-    """`method` with its parts' fields overridden by `opts` (so every option takes effect)."""
-    spectrum = method.spectrum_factoriser
-    return dataclasses.replace(
-        method,
-        factoriser=configured(method.factoriser, opts),
-        allocator=configured(method.allocator, opts),
-        spectrum_factoriser=None if spectrum is None else configured(spectrum, opts),
-    )
 
 
 def _probe(model, method, stats, tokenizer, modules, context, device, opts):

@@ -361,9 +361,8 @@ def _check_method_options(p: Mapping[str, Any]) -> None:
     `methods`: trimming the list for a quick run keeps the settings), and each of its
     options is one that method takes, with a value its parts accept: refused here, before
     any job."""
-    from svdzoo.compression import with_options
     from svdzoo.methods import get_method
-    from svdzoo.methods.base import check_options
+    from svdzoo.methods.base import check_options, with_options
 
     for name, opts in (p.get("method_options") or {}).items():
         try:

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import torch
-
 from svdzoo.errors import CorpusError
+from svdzoo.lazy import torch
 
 log = logging.getLogger(__name__)
 

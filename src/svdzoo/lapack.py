@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from svdzoo.errors import ConfigError
+from svdzoo.lazy import torch
 
-Tensor = torch.Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+
 ENV = "SVDZOO_CPU_LAPACK"
 BACKENDS = ("scipy", "torch")
 

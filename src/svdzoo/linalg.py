@@ -15,15 +15,16 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from svdzoo.errors import SvdzooError
+from svdzoo.lazy import torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-Tensor = torch.Tensor
-F64 = torch.float64
 
 __all__ = [
     "NumericsError",
@@ -57,11 +58,11 @@ class NumericsError(SvdzooError, ValueError):
 
 
 def _as64(x: Tensor) -> Tensor:
-    return x.detach().to(dtype=F64)
+    return x.detach().to(dtype=torch.float64)
 
 
 def _check_matrix(W: Tensor, what: str = "W") -> Tensor:
-    if not isinstance(W, Tensor) or W.dim() != 2:
+    if not isinstance(W, torch.Tensor) or W.dim() != 2:
         raise NumericsError(f"{what} must be a 2-D tensor, got {getattr(W, 'shape', type(W))}")
     W = _as64(W)
     # NaN propagates to both ends of aminmax, inf reaches one: one pass and no mask, 12x
@@ -203,7 +204,7 @@ class Whitener:
     def gram(self) -> Tensor:
         """`S S^T`: the Gram this whitener actually represents (after any shift or truncation)."""
         if self.kind == "identity":
-            return torch.eye(self.n, dtype=F64)
+            return torch.eye(self.n, dtype=torch.float64)
         f = self.factor
         if self.kind == "cholesky":
             return f @ f.T  # type: ignore[union-attr]
@@ -241,7 +242,7 @@ def cholesky_whitener(H: Tensor, *, fallback: str = "eigen-shift", max_tries: in
         raise NumericsError(f"Cholesky of the {n}x{n} Gram failed (leading minor {int(info)})")
     mean_diag = float(torch.diagonal(H).mean())
     scale = mean_diag if mean_diag > 0 else 1.0
-    eye = torch.eye(n, dtype=F64, device=H.device)
+    eye = torch.eye(n, dtype=torch.float64, device=H.device)
     if fallback == "eigen-shift":
         lam_min = float(torch.linalg.eigvalsh(H)[0])
         base, extra = max(-lam_min, 0.0), 1e-6 * scale
@@ -296,7 +297,7 @@ def eigen_whitener(H: Tensor, *, rtol: float = 1e-10) -> Whitener:
 
 def diag_whitener(s: Tensor) -> Whitener:
     """`S = diag(s)`, `s > 0`: ASVD's per-input-feature activation scaling."""
-    if not isinstance(s, Tensor) or s.dim() != 1:
+    if not isinstance(s, torch.Tensor) or s.dim() != 1:
         raise NumericsError("scale must be a 1-D tensor")
     s = _as64(s)
     if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
@@ -390,7 +391,7 @@ def _thin_svd(
         return U, sigma, Vh
     if precision == "float32":
         U, s, Vh = torch.linalg.svd(M.to(torch.float32), full_matrices=False, **_f32_driver(M))
-        return U.to(F64), s.to(F64), Vh.to(F64)
+        return U.to(torch.float64), s.to(torch.float64), Vh.to(torch.float64)
     return torch.linalg.svd(M, full_matrices=False)
 
 
@@ -420,7 +421,7 @@ def whitened_spectrum(W: Tensor, whitener: Whitener, precision: str = "float64")
     if precision == "float64-eigh":
         return _gram_eigvals(M).sqrt()
     if precision == "float32":
-        return torch.linalg.svdvals(M.to(torch.float32), **_f32_driver(M)).to(F64)
+        return torch.linalg.svdvals(M.to(torch.float32), **_f32_driver(M)).to(torch.float64)
     return torch.linalg.svdvals(M)
 
 
@@ -475,9 +476,11 @@ def truncate_fp32_official(W: Tensor, whitener: Whitener, k: int) -> LowRankFact
     L_inv = torch.linalg.inv(L).to(torch.float32)
     U, sigma, Vh = torch.linalg.svd(W.to(torch.float32) @ L.to(torch.float32), full_matrices=False)
     r = sigma[:k].clamp_min(0).sqrt()
-    A = (U[:, :k] * r).to(F64)
-    B = ((r[:, None] * Vh[:k]) @ L_inv).to(F64)
-    return LowRankFactors(A, B, sigma.to(F64), layer_loss(W, A, B, whitener.gram().to(W.device)))
+    A = (U[:, :k] * r).to(torch.float64)
+    B = ((r[:, None] * Vh[:k]) @ L_inv).to(torch.float64)
+    return LowRankFactors(
+        A, B, sigma.to(torch.float64), layer_loss(W, A, B, whitener.gram().to(W.device))
+    )
 
 
 def truncation_loss(W: Tensor, whitener: Whitener, k: int) -> float:
@@ -514,10 +517,12 @@ def top_svd(M: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     return Q, sigma, (Q.T @ M) / safe[:, None]
 
 
-def svd_truncate(W: Tensor, k: int) -> LowRankFactors:
-    """Plain truncated SVD (the `SVD` baseline); `loss = ||W - A B||_F^2`."""
+def svd_truncate(W: Tensor, k: int, precision: str = "float64") -> LowRankFactors:
+    """Plain truncated SVD (the `SVD` baseline); `loss = ||W - A B||_F^2`. `precision`: how
+    the SVD is computed (`resolve_precision`)."""
     W = _check_matrix(W)
-    return truncate(W, identity_whitener(W.shape[1]), k)
+    identity = identity_whitener(W.shape[1])
+    return truncate(W, identity, k, svd=whitened_svd(W, identity, precision))
 
 
 def input_scaled_truncate(W: Tensor, s: Tensor, k: int) -> LowRankFactors:
@@ -534,7 +539,7 @@ def output_scaled_truncate(W: Tensor, r: Tensor, k: int) -> LowRankFactors:
     W = _check_matrix(W)
     m, n = W.shape
     _check_rank(k, m, n)
-    if not isinstance(r, Tensor) or r.dim() != 1 or r.numel() != m:
+    if not isinstance(r, torch.Tensor) or r.dim() != 1 or r.numel() != m:
         raise NumericsError(f"row scale must be a 1-D tensor of {m} entries")
     r = _as64(r).to(W.device)
     if not bool(torch.isfinite(r).all()) or not bool((r > 0).all()):
@@ -721,7 +726,7 @@ def adacomp_whitener(H: Tensor, *, iters: int = 4) -> Whitener:
     if S is not None:
         L = S.factor
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(n, 1, generator=g, dtype=F64).to(H.device)
+        x = torch.randn(n, 1, generator=g, dtype=torch.float64).to(H.device)
         for _ in range(iters):
             x = torch.cholesky_solve(x / x.norm(), L)
         x = x / x.norm()

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from svdzoo.errors import SvdzooError
+from svdzoo.param_counts import column_params, dense_params, lowrank_params, worth_factoring
 
 __all__ = [
     "LowRankLinear",
@@ -32,27 +33,6 @@ __all__ = [
 
 class SpecError(SvdzooError, ValueError):
     """A module spec (manifest entry) or factor set that cannot describe a valid module."""
-
-
-# ---------------------------------------------------------------- parameter accounting
-
-
-def dense_params(m: int, n: int, bias: bool = False) -> int:
-    return m * n + (m if bias else 0)
-
-
-def lowrank_params(m: int, n: int, k: int, bias: bool = False) -> int:
-    return k * (m + n) + (m if bias else 0)
-
-
-def column_params(m: int, n: int, k: int, c: int, bias: bool = False) -> int:
-    """`c` dense columns (`m x c`) plus rank `k` on the other `n - c` inputs."""
-    return c * m + k * (m + n - c) + (m if bias else 0)
-
-
-def worth_factoring(m: int, n: int, k: int) -> bool:
-    """False when the factored form is not smaller than the dense one: it then stays dense."""
-    return k * (m + n) < m * n
 
 
 # ---------------------------------------------------------------- modules

@@ -16,19 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from svdzoo.errors import ConfigError, ModelError
+from svdzoo.lazy import nn, torch
 
 log = logging.getLogger(__name__)
 
-DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
+DTYPES = ("float32", "float16", "bfloat16", "float64")  # torch's names, resolved on use
 
 
 @dataclass(frozen=True)
@@ -199,7 +192,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         return dtype
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
+    return getattr(torch, dtype)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

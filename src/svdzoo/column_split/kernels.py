@@ -4,13 +4,15 @@ eigendecomposition, and products that skip a triangular factor's zeros."""
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from svdzoo import lapack
-from svdzoo.linalg import F64, Tensor
+from svdzoo.lazy import torch
 
-F32_EPS = float(torch.finfo(torch.float32).eps)
+if TYPE_CHECKING:
+    from torch import Tensor
+
+F32_EPS = 2.0**-23  # torch.finfo(torch.float32).eps, without importing torch
 F32_MAX_ERROR = 1e-2  # relative; past it a candidate's float32 solve is not worth making
 
 
@@ -85,15 +87,15 @@ def _top_eigh(T: Tensor, k: int) -> tuple[Tensor, Tensor]:
     mu32, E32 = torch.linalg.eigh(scaled[0])
     if not (bool(torch.isfinite(mu32).all()) and bool(torch.isfinite(E32).all())):
         return lapack.eigh_top(T, k)
-    mu32 = mu32.to(F64) * scaled[1]
+    mu32 = mu32.to(torch.float64) * scaled[1]
     error = 2.0 * _f32_error(T, 1, norm)  # on one of float32's eigenvalues, with a margin
     above = float(mu32[r - k - 1]) + error  # an upper bound on T's (k+1)-th eigenvalue
     if float(mu32[r - k]) - error <= above:  # no gap float32 can show: no bound to be had
         return lapack.eigh_top(T, k)
-    floor = 10 * r * torch.finfo(F64).eps * norm  # any float64 solve's round-off
+    floor = 10 * r * torch.finfo(torch.float64).eps * norm  # any float64 solve's round-off
     trace = float(T.diagonal().sum())
     first, most = TOP_EIGH_ITERATIONS
-    Q = torch.linalg.qr(E32[:, r - s :].to(F64)).Q
+    Q = torch.linalg.qr(E32[:, r - s :].to(torch.float64)).Q
     for done in range(most + 1):
         Y = T @ Q
         if done >= first:

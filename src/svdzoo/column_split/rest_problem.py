@@ -4,8 +4,7 @@ coordinates, or on the rest's own side, each candidate updated from the nearest 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import torch
+from typing import TYPE_CHECKING
 
 from svdzoo import lapack
 from svdzoo.column_split.kernels import (
@@ -17,7 +16,11 @@ from svdzoo.column_split.kernels import (
     _times_lower_rows,
     top_eigenpairs,
 )
-from svdzoo.linalg import F64, NumericsError, Tensor
+from svdzoo.lazy import torch
+from svdzoo.linalg import NumericsError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class _RestProblem:
@@ -185,7 +188,7 @@ class _RestProblem:
         tr = self.tr_g - 2.0 * float((a * Q).sum())
         assert d is not None
         Uz, sz, _ = torch.linalg.svd(torch.cat([a[d:], Q[d:]], 1), full_matrices=False)
-        tol = (float(sz[0]) if sz.numel() else 0.0) * max(Uz.shape) * torch.finfo(F64).eps
+        tol = (float(sz[0]) if sz.numel() else 0.0) * max(Uz.shape) * torch.finfo(torch.float64).eps
         V = Uz[:, sz > tol]  # orthonormal, in the coordinates past d
         a = torch.cat([a[:d], V.T @ a[d:]], 0)
         Q = torch.cat([Q[:d], V.T @ Q[d:]], 0)
@@ -317,7 +320,7 @@ class _RestProblem:
         if not torch.equal(cols[to_rest], rest):
             raise NumericsError("own_factors: the rest is not the candidate's")
         mu, V = top_eigenpairs(G, kr)
-        if kr and not float(mu[-1]) > G.shape[0] * torch.finfo(F64).eps * float(mu[0]):
+        if kr and not float(mu[-1]) > G.shape[0] * torch.finfo(torch.float64).eps * float(mu[0]):
             return None
         s = mu.sqrt()
         A = (self.W.index_select(1, cols) @ (S @ V)) / s.sqrt()
@@ -387,7 +390,7 @@ class _RestProblem:
         if scaled is None:
             return None
         T32, scale = scaled
-        mu = lapack.eigvalsh(T32, overwrite=True).to(F64)
+        mu = lapack.eigvalsh(T32, overwrite=True).to(torch.float64)
         if not bool(torch.isfinite(mu).all()):
             return None
         return mu * scale

@@ -7,8 +7,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from svdzoo.column_split.rest_problem import _RestProblem
 from svdzoo.column_split.schedules import (
@@ -17,11 +16,10 @@ from svdzoo.column_split.schedules import (
     _official_schedule,
     _rounded_golden,
 )
+from svdzoo.lazy import torch
 from svdzoo.linalg import (
-    F64,
     LowRankFactors,
     NumericsError,
-    Tensor,
     Whitener,
     _check_gram,
     _check_matrix,
@@ -35,6 +33,9 @@ from svdzoo.linalg import (
     truncation_loss,
     whitened_svd,
 )
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +340,8 @@ def column_preserving_split(
         log.debug("column split rejected: error %.4g vs plain %.4g", err, f0)
         return None
     if fac is None:  # every column kept
-        A = torch.zeros(m, 0, dtype=F64, device=W.device)
-        B = torch.zeros(0, 0, dtype=F64, device=W.device)
+        A = torch.zeros(m, 0, dtype=torch.float64, device=W.device)
+        B = torch.zeros(0, 0, dtype=torch.float64, device=W.device)
     else:
         A, B = fac
     params = c * m + A.shape[1] * (m + rest.numel())

@@ -43,10 +43,9 @@ import logging
 import math
 from dataclasses import dataclass
 
-import torch
-
 from svdzoo import allocation, linalg
 from svdzoo.errors import ConfigError
+from svdzoo.lazy import torch
 from svdzoo.methods.base import (
     FRACTION,
     GRAM,

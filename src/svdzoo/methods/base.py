@@ -13,9 +13,8 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import torch
-
 from svdzoo.errors import ConfigError
+from svdzoo.lazy import torch
 
 # Statistics products a method may need (each is a separate cached calibration output).
 GRAM = "gram"  # Gram matrices, abs-means, layer cosines (svdzoo calibrate)
@@ -309,6 +308,17 @@ def configured(part: Any, opts: Mapping[str, Any]) -> Any:
         return part
     changes = {k: v for k, v in opts.items() if k in _fields(part) and v is not None}
     return dataclasses.replace(part, **changes) if changes else part
+
+
+def with_options(method: Method, opts: Mapping[str, Any]) -> Method:
+    """`method` with its parts' fields overridden by `opts` (so every option takes effect)."""
+    spectrum = method.spectrum_factoriser
+    return dataclasses.replace(
+        method,
+        factoriser=configured(method.factoriser, opts),
+        allocator=configured(method.allocator, opts),
+        spectrum_factoriser=None if spectrum is None else configured(spectrum, opts),
+    )
 
 
 REGISTRY: dict[str, Method] = {}

@@ -40,10 +40,9 @@ import logging
 import math
 from dataclasses import dataclass
 
-import torch
-
 from svdzoo import allocation, column_split, linalg
 from svdzoo.errors import ConfigError
+from svdzoo.lazy import torch
 from svdzoo.methods.base import (
     GRAM,
     POSITIVE_INT,

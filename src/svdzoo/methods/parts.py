@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch
-
 from svdzoo import allocation, linalg
 from svdzoo.errors import ConfigError
+from svdzoo.lazy import torch
 from svdzoo.methods.base import AllocationContext, MatrixContext, Range
 
 log = logging.getLogger(__name__)
@@ -26,12 +25,24 @@ def _finite(stat: torch.Tensor, ctx: MatrixContext, what: str) -> torch.Tensor:
     return stat
 
 
+def _check_precision(precision: str) -> None:
+    if precision not in linalg.PRECISIONS:
+        raise ConfigError(f"precision must be one of {linalg.PRECISIONS}, got {precision!r}")
+
+
 @dataclass(frozen=True)
 class PlainSVD:
     """Truncated SVD of W: ignores the data entirely."""
 
+    # the SVD's arithmetic, as `Whitened.precision`: "auto" is the float64 SVD on a CPU
+    # (every recorded result) and the eigendecomposition of the smaller Gram on a GPU
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_precision(self.precision)
+
     def __call__(self, ctx: MatrixContext, rank: int):
-        return linalg.svd_truncate(ctx.W, rank)
+        return linalg.svd_truncate(ctx.W, rank, self.precision)
 
 
 @dataclass(frozen=True)
@@ -85,10 +96,7 @@ class Whitened:
             raise ConfigError(f"whitening must be 'cholesky' or 'eigen', got {self.whitening!r}")
         if self.fallback not in linalg.FALLBACKS:
             raise ConfigError(f"fallback must be one of {linalg.FALLBACKS}, got {self.fallback!r}")
-        if self.precision not in linalg.PRECISIONS:
-            raise ConfigError(
-                f"precision must be one of {linalg.PRECISIONS}, got {self.precision!r}"
-            )
+        _check_precision(self.precision)
 
     def whitener(self, H: torch.Tensor):
         if self.whitening == "cholesky":

@@ -16,12 +16,10 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-from torch import nn
-
-from svdzoo import lowrank
 from svdzoo.errors import ConfigError
+from svdzoo.lazy import nn, torch
 from svdzoo.models import replace_module
+from svdzoo.param_counts import worth_factoring
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +57,15 @@ class OutputErrorProbe:
         self.batch_size = batch_size
         self._reference: list[torch.Tensor] | None = None
 
-    @torch.no_grad()
     def _outputs(self) -> list[torch.Tensor]:
         decoder = decoder_of(self.model)
         device = next(self.model.parameters()).device
         out = []
-        for start in range(0, self.windows.shape[0], self.batch_size):
-            ids = self.windows[start : start + self.batch_size].to(device)
-            hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
-            out.append(hidden.detach().to(torch.float64).cpu())
+        with torch.no_grad():
+            for start in range(0, self.windows.shape[0], self.batch_size):
+                ids = self.windows[start : start + self.batch_size].to(device)
+                hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
+                out.append(hidden.detach().to(torch.float64).cpu())
         return out
 
     def reference(self) -> list[torch.Tensor]:
@@ -82,7 +80,7 @@ class OutputErrorProbe:
             for name, lin in self.modules.items():
                 k = int(ranks[name])
                 m, n = lin.out_features, lin.in_features
-                if k >= min(m, n) or not lowrank.worth_factoring(m, n, k):
+                if k >= min(m, n) or not worth_factoring(m, n, k):
                     continue
                 replace_module(self.model, name, self.build(lin, self.factorise_at(name, k)))
                 swapped[name] = lin

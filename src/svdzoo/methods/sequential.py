@@ -45,12 +45,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-from torch import nn
-
-from svdzoo import lowrank
 from svdzoo.errors import ConfigError
+from svdzoo.lazy import nn, torch
 from svdzoo.methods.base import Method, configured, factorise
+from svdzoo.param_counts import worth_factoring
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +183,7 @@ def run_sequential(
     plan: dict[int, dict[str, list[tuple[str, str]]]] = {}
     for name, layer, target, lin in adapter.iter_targets(model):
         k = int(ranks[name])
-        if k >= min(lin.out_features, lin.in_features) or not lowrank.worth_factoring(
+        if k >= min(lin.out_features, lin.in_features) or not worth_factoring(
             lin.out_features, lin.in_features, k
         ):
             continue
