@@ -73,6 +73,30 @@ def test_compress_refuses_a_sensitivity_table_of_the_other_kind(saved, tmp_path)
         assert not out.exists()
 
 
+def test_every_manifest_names_the_library_versions_it_was_made_with(saved):
+    """Statistics, tables and compressed models record python, torch, transformers and the
+    rest (`svdzoo.provenance`), so two runs of one code and params that disagree can be
+    told apart: the default run's reference OPT came out different on two days, and its
+    manifests recorded only svdzoo's version."""
+    import platform
+
+    import torch
+    import transformers
+
+    _, model_dir, gram_dir, tables = saved
+    manifest = _compress_duo(load_model(model_dir), gram_dir, load_sensitivity(tables["duo"]))
+    recorded = [
+        json.loads((gram_dir / "manifest.json").read_text())["software"],
+        load_sensitivity(tables["duo"]).manifest["software"],
+        manifest["software"],
+    ]
+    for software in recorded:
+        assert software["python"] == platform.python_version()
+        assert software["torch"] == torch.__version__
+        assert software["transformers"] == transformers.__version__
+        assert {"scipy", "lm-eval"} <= software.keys(), software
+
+
 def test_compress_api_refuses_a_table_under_the_wrong_key(saved):
     _, model_dir, gram_dir, tables = saved
     model = load_model(model_dir)

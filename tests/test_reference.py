@@ -31,6 +31,9 @@ def test_training_is_deterministic(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     log = json.loads((tmp_path / "a" / "train_log.json").read_text())
     assert len(log["curve"]) == 3 and log["summary"]["n_params"] > 0
+    # what else the bits depend on: the thread count and the library versions
+    assert log["summary"]["threads"] == torch.get_num_threads()
+    assert log["summary"]["software"]["torch"] == torch.__version__
 
 
 @pytest.mark.parametrize("family", ["llama", "opt"])

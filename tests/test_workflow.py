@@ -287,6 +287,13 @@ def test_full_run_produces_every_metric(micro_ws):
     for run_dir in ("tiny/dense/r0.00", "tiny/svd/r0.40", "tiny/svd-llm/r0.40"):
         for kind in ("ppl", "zeroshot", "efficiency"):
             assert f"{run_dir}/{kind}.json" in names
+    # each says what it was made with (svdzoo.provenance), as the model and statistics do
+    import torch
+
+    for path in metric_files(micro_ws):
+        assert json.loads(path.read_text())["software"]["torch"] == torch.__version__, path
+    log = json.loads((micro_ws / "data/models/tiny/train_log.json").read_text())
+    assert log["summary"]["software"]["torch"] == torch.__version__
     # svd needs no statistics: the calibration set exists only for svd-llm
     assert (micro_ws / "data/stats/tiny/pydoc-n4-l32-s0/gram/manifest.json").is_file()
     assert not (micro_ws / "data/stats/tiny/pydoc-n4-l32-s0/fisher").exists()

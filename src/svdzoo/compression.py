@@ -47,6 +47,7 @@ from svdzoo.models import (
     resolve_device,
 )
 from svdzoo.paths import MANIFEST
+from svdzoo.provenance import software
 
 log = logging.getLogger(__name__)
 
@@ -426,6 +427,7 @@ def _compress(
         "base_fingerprint": model_fp,
         "family": adapter.name,
         "svdzoo_version": __version__,
+        "software": software(),
         "code": codehash.recorded("compress", method.name),
         "modules": records,
     }

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from svdzoo.data import get_corpus, tokenize
 from svdzoo.errors import ConfigError
 from svdzoo.io import REFERENCE_MODEL, atomic_dir, check_output, write_json
+from svdzoo.provenance import software
 from svdzoo.reference_config import TrainConfig
 from svdzoo.tokenizer import build_byte_tokenizer
 
@@ -158,6 +159,9 @@ def _train(cfg: TrainConfig, out_dir: str | Path, force: bool) -> dict:
         "validation_loss": val_loss,
         "validation_perplexity": math.exp(val_loss),
         "corpus_fingerprint": corpus.fingerprint,
+        # the bits depend on both (ac9ed00: one more thread changed a model)
+        "threads": torch.get_num_threads(),
+        "software": software(),
     }
     log.info(
         "trained in %.1fs, validation perplexity %.3f", train_time, summary["validation_perplexity"]

@@ -57,6 +57,7 @@ from svdzoo import __version__, linalg
 from svdzoo.codehash import recorded
 from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import atomic_dir
+from svdzoo.provenance import software
 
 log = logging.getLogger(__name__)
 
@@ -567,6 +568,7 @@ def compute_sensitivity(
         "metric": METRIC[kind],
         "format_version": FORMAT_VERSION,
         "svdzoo_version": __version__,
+        "software": software(),
         "model": gm.get("model"),
         "model_fingerprint": fingerprint(model),
         "family": adapter.name,

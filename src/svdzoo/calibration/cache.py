@@ -31,6 +31,7 @@ from svdzoo.calibration.stats import CalibrationStats, FisherStats, _Cached
 from svdzoo.codehash import recorded
 from svdzoo.errors import CacheError
 from svdzoo.io import atomic_dir
+from svdzoo.provenance import software
 
 MANIFEST = "manifest.json"
 TENSORS = "stats.safetensors"
@@ -112,7 +113,13 @@ def file_sha256(path: Path) -> str:
 def base_manifest(kind: str, **fields: Any) -> dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"unknown cache kind {kind!r}")
-    return {"kind": kind, "format_version": FORMAT_VERSION, "svdzoo_version": __version__, **fields}
+    return {
+        "kind": kind,
+        "format_version": FORMAT_VERSION,
+        "svdzoo_version": __version__,
+        "software": software(),
+        **fields,
+    }
 
 
 def model_manifest(

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         resolve_device,
     )
     from svdzoo.paths import DENSE, MANIFEST
+    from svdzoo.provenance import software
 
     if args.ppl_out and not args.corpora:
         raise ConfigError("--ppl-out needs --corpora")
@@ -132,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         "method": args.method or (manifest["method"] if manifest else DENSE),
         "ratio": args.ratio if args.ratio is not None else (manifest["ratio"] if manifest else 0.0),
     }
+    made_with = {"software": software()}  # in every metrics file, beside its labels
     device = resolve_device(args.device)
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
     config = load_config(args.model)  # windows past the position range fail before loading
@@ -184,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
             args.ppl_out,
             {
                 **labels,
+                **made_with,
                 "seqlen": args.seqlen,
                 "perplexity": ppl,
                 "diverged": diverged,
@@ -205,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
             device=device,
             task_manager=task_manager,
         )
-        write_json(args.zeroshot_out, {**labels, **res})
+        write_json(args.zeroshot_out, {**labels, **made_with, **res})
 
     if args.efficiency_out:
         from svdzoo.evaluation.efficiency import measure_efficiency
@@ -219,5 +222,5 @@ def run(args: argparse.Namespace) -> int:
             device=device,
             manifest=manifest,
         )
-        write_json(args.efficiency_out, {**labels, **res})
+        write_json(args.efficiency_out, {**labels, **made_with, **res})
     return 0
