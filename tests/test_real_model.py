@@ -14,8 +14,11 @@ average ~9): fetch + conversion 131 s on the first run, 0 s afterwards. On one t
 a 2-process workflow run (2026-12-06): calibration 71.5 s (the float64 Grams), each
 perplexity pass 32-36 s, plain SVD's compression 117 s (210 float64 SVDs), SVD-LLM's 121 s
 with float64 SVDs and 85 s with `precision=float64-eigh` (the GPU default), which the test
-uses: perplexity 59.3767 either way (59.37671 against 59.37672). Perplexity on 8 x 256 pydoc
-test tokens: dense 18.74, svd 4.1e7, svd-llm 59.4.
+uses for both methods: perplexity 59.3767 either way (59.37671 against 59.37672); plain
+SVD's 210 SVDs at SmolLM2's shapes take 67 s as float64 SVDs and 33 s as float64-eigh on
+an idle thread. Perplexity on 8 x 256 pydoc test tokens: dense 18.74, svd 4.1e7, svd-llm
+59.4 (svd measured with float64 SVDs). The whole test: 213 s in the 06f86e6 suite run
+(252 s before, with float64 plain SVD).
 """
 
 from __future__ import annotations

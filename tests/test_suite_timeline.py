@@ -43,3 +43,19 @@ def test_summary_spans_each_worker_s_modules_in_order():
     assert "| 0 | 50 | 50 | `tests/test_a.py` |" in gw0
     assert "test_b.py" not in gw0 and "| | | 2 | modules under 15 s each |" in gw0
     assert "ends at 100 s" in gw1 and "| 1 | 100 | 99 | `tests/test_c.py` |" in gw1
+
+
+def test_the_figure_draws_the_same_spans(tmp_path):
+    from matplotlib.image import imread
+
+    timeline = load_benchmark("suite_timeline")
+    row = lambda w, t, a, b: {"worker": w, "test": t, "phase": "call", "start": a, "stop": b}  # noqa: E731
+    rows = [row("gw0", "tests/test_a.py::x", 0, 300), row("gw1", "tests/test_b.py::y", 0, 5)]
+    assert [s for s, _ in timeline.worker_spans(rows).values()] == [
+        [["tests/test_a.py", 0, 300]],
+        [["tests/test_b.py", 0, 5]],
+    ]
+    out = tmp_path / "timeline.png"
+    timeline.plot(rows, 15, out, "two workers")
+    pixels = imread(out)
+    assert pixels.shape[0] > 100 and pixels.std() > 0.05  # a chart, not a blank image
