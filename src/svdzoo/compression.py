@@ -420,7 +420,7 @@ def _compress(
         "compression_time_s": elapsed,
         "allocation": actx.report,
         "options": {k: v for k, v in opts.items() if isinstance(v, int | float | str | bool)},
-        # the factorisation's arithmetic (only `Whitened` offers float32 SVDs)
+        # the factorisation's arithmetic (the `precision` of `Whitened` and `PlainSVD`)
         "precision": linalg.resolve_precision(
             getattr(method.factoriser, "precision", "float64"), device
         ),

@@ -521,6 +521,7 @@ def svd_truncate(W: Tensor, k: int, precision: str = "float64") -> LowRankFactor
     """Plain truncated SVD (the `SVD` baseline); `loss = ||W - A B||_F^2`. `precision`: how
     the SVD is computed (`resolve_precision`)."""
     W = _check_matrix(W)
+    _check_rank(k, *W.shape)  # before the SVD, not after it
     identity = identity_whitener(W.shape[1])
     return truncate(W, identity, k, svd=whitened_svd(W, identity, precision))
 

@@ -5,23 +5,41 @@ with nothing recorded to tell why) can then be told apart by their manifests."""
 
 from __future__ import annotations
 
-import functools
 import platform
+import sys
 from importlib import metadata
 
-# the distributions whose versions can change a result: kernels (torch, scipy's LAPACK),
-# model code and tokenisation (transformers, tokenizers), zero-shot scoring (lm-eval)
-DISTRIBUTIONS = ("torch", "transformers", "tokenizers", "scipy", "numpy", "lm-eval")
+# the distributions whose versions can change a result, with the module each installs:
+# kernels (torch, scipy's LAPACK), model code and tokenisation (transformers, tokenizers),
+# zero-shot scoring (lm-eval)
+DISTRIBUTIONS = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "tokenizers": "tokenizers",
+    "scipy": "scipy",
+    "numpy": "numpy",
+    "lm-eval": "lm_eval",
+}
 
 
-@functools.cache
 def software() -> dict[str, str]:
-    """`{"python": ..., "torch": ..., ...}`: the installed versions, read from package
-    metadata (importing nothing); a distribution that is not installed is left out."""
+    """`{"python": ..., "torch": ..., ...}`, a new dict each call. A module already
+    imported answers with its own `__version__` (what actually ran, even from a path that
+    shadows the installed package); the others from package metadata, importing nothing.
+    A distribution that is not installed is left out; `cuda` is torch's CUDA version when
+    torch is imported and built with CUDA."""
     found = {"python": platform.python_version()}
-    for name in DISTRIBUTIONS:
+    for dist, module in DISTRIBUTIONS.items():
+        loaded = getattr(sys.modules.get(module), "__version__", None)
+        if isinstance(loaded, str):
+            found[dist] = loaded
+            continue
         try:
-            found[name] = metadata.version(name)
+            found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
+    torch = sys.modules.get("torch")
+    cuda = getattr(getattr(torch, "version", None), "cuda", None)
+    if isinstance(cuda, str):
+        found["cuda"] = cuda
     return found
