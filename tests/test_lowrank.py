@@ -18,6 +18,12 @@ from svdzoo import (  # noqa: E402
     lowrank,
 )
 from svdzoo.lowrank import ColumnPreservingLinear, LowRankLinear  # noqa: E402
+from svdzoo.param_counts import (  # noqa: E402
+    column_params,
+    dense_params,
+    lowrank_params,
+    worth_factoring,
+)
 
 F64 = torch.float64
 
@@ -91,24 +97,24 @@ def _weight_params(mod: nn.Module) -> int:
 def test_parameter_accounting_matches_modules():
     A, B, b = _factors(m=12, n=10, k=4)
     mod = LowRankLinear.from_factors(A, B, bias=b)
-    assert _weight_params(mod) == lowrank.lowrank_params(12, 10, 4)
-    assert sum(p.numel() for p in mod.parameters()) == lowrank.lowrank_params(12, 10, 4, True)
+    assert _weight_params(mod) == lowrank_params(12, 10, 4)
+    assert sum(p.numel() for p in mod.parameters()) == lowrank_params(12, 10, 4, True)
     split = _split()
     cmod = ColumnPreservingLinear.from_split(split)
-    assert _weight_params(cmod) == lowrank.column_params(48, 40, split.rank, split.n_kept)
-    assert _weight_params(cmod) == split.params <= lowrank.lowrank_params(48, 40, 6)
-    assert lowrank.dense_params(12, 10) == 120 and lowrank.dense_params(12, 10, True) == 132
+    assert _weight_params(cmod) == column_params(48, 40, split.rank, split.n_kept)
+    assert _weight_params(cmod) == split.params <= lowrank_params(48, 40, 6)
+    assert dense_params(12, 10) == 120 and dense_params(12, 10, True) == 132
     # bias counted equally on both sides: it never changes the removed count
-    assert lowrank.dense_params(12, 10, True) - lowrank.lowrank_params(12, 10, 4, True) == (
-        lowrank.dense_params(12, 10) - lowrank.lowrank_params(12, 10, 4)
+    assert dense_params(12, 10, True) - lowrank_params(12, 10, 4, True) == (
+        dense_params(12, 10) - lowrank_params(12, 10, 4)
     )
 
 
 def test_worth_factoring_boundary():
-    assert lowrank.worth_factoring(64, 64, 31)
-    assert not lowrank.worth_factoring(64, 64, 32)  # 32*128 == 64*64: not smaller
-    assert not lowrank.worth_factoring(2, 2, 1)
-    assert lowrank.worth_factoring(172, 64, 46) and not lowrank.worth_factoring(172, 64, 47)
+    assert worth_factoring(64, 64, 31)
+    assert not worth_factoring(64, 64, 32)  # 32*128 == 64*64: not smaller
+    assert not worth_factoring(2, 2, 1)
+    assert worth_factoring(172, 64, 46) and not worth_factoring(172, 64, 47)
 
 
 @pytest.mark.parametrize("which", ["lowrank", "column"])

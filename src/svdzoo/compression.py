@@ -20,7 +20,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from svdzoo import __version__, allocation, codehash, column_split, lapack, linalg, lowrank
+from svdzoo import (
+    __version__,
+    allocation,
+    codehash,
+    column_split,
+    lapack,
+    linalg,
+    lowrank,
+    param_counts,
+)
 from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import COMPRESSED_MODEL, atomic_dir, read_json, write_json
 from svdzoo.methods import get_method
@@ -393,9 +402,9 @@ def _compress(
     else:
         for name in tqdm(list(modules), desc=f"compress {method.name}", unit="matrix"):
             layer, t, lin = modules[name]
-            if ranks[name] >= min(by_name[name].m, by_name[name].n) or not lowrank.worth_factoring(
-                by_name[name].m, by_name[name].n, ranks[name]
-            ):
+            if ranks[name] >= min(
+                by_name[name].m, by_name[name].n
+            ) or not param_counts.worth_factoring(by_name[name].m, by_name[name].n, ranks[name]):
                 records[name] = _module_record(by_name[name], lin, True)
                 continue
             ctx = context(model, name, layer, t, lin, stats, device)

@@ -1,12 +1,9 @@
-"""Drop-in replacements for `nn.Linear` and honest parameter accounting.
+"""Drop-in replacements for `nn.Linear` (their parameter counts: `svdzoo.param_counts`).
 
 `LowRankLinear`: `y = A (B x) + b`. `ColumnPreservingLinear` (Duo-SVD):
 `y = A (B x[rest]) + W_c x[kept] + b`. Both rebuild from a small JSON-able spec
 (`module_spec` / `build_from_spec`) so a compressed model is recreated from its manifest
 and then filled by `load_state_dict`.
-
-Biases are never compressed, so every count here excludes them unless `bias=True` is
-passed, and then it adds the same `m` on the dense and the compressed side.
 """
 
 from __future__ import annotations
@@ -17,15 +14,10 @@ import torch
 from torch import nn
 
 from svdzoo.errors import SvdzooError
-from svdzoo.param_counts import column_params, dense_params, lowrank_params, worth_factoring
 
 __all__ = [
     "LowRankLinear",
     "ColumnPreservingLinear",
-    "dense_params",
-    "lowrank_params",
-    "column_params",
-    "worth_factoring",
     "module_spec",
     "build_from_spec",
 ]
