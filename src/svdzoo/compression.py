@@ -21,7 +21,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from svdzoo import (
-    __version__,
     allocation,
     codehash,
     column_split,
@@ -56,7 +55,7 @@ from svdzoo.models import (
     resolve_device,
 )
 from svdzoo.paths import MANIFEST
-from svdzoo.provenance import software
+from svdzoo.provenance import made_with
 
 log = logging.getLogger(__name__)
 
@@ -435,8 +434,7 @@ def _compress(
         ),
         "base_fingerprint": model_fp,
         "family": adapter.name,
-        "svdzoo_version": __version__,
-        "software": software(),
+        **made_with(),
         "code": codehash.recorded("compress", method.name),
         "modules": records,
     }

@@ -8,6 +8,9 @@ from __future__ import annotations
 import platform
 import sys
 from importlib import metadata
+from typing import Any
+
+from svdzoo import __version__
 
 # the distributions whose versions can change a result, with the module each installs:
 # kernels (torch, scipy's LAPACK), model code and tokenisation (transformers, tokenizers),
@@ -43,3 +46,9 @@ def software() -> dict[str, str]:
     if isinstance(cuda, str):
         found["cuda"] = cuda
     return found
+
+
+def made_with() -> dict[str, Any]:
+    """What every statistics cache, sensitivity table and compressed model records of its
+    making: svdzoo's version and `software()`, always together."""
+    return {"svdzoo_version": __version__, "software": software()}

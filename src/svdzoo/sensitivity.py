@@ -53,11 +53,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from svdzoo import __version__, linalg
+from svdzoo import linalg
 from svdzoo.codehash import recorded
 from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import atomic_dir
-from svdzoo.provenance import software
+from svdzoo.provenance import made_with
 
 log = logging.getLogger(__name__)
 
@@ -567,8 +567,7 @@ def compute_sensitivity(
         "sensitivity": kind,
         "metric": METRIC[kind],
         "format_version": FORMAT_VERSION,
-        "svdzoo_version": __version__,
-        "software": software(),
+        **made_with(),
         "model": gm.get("model"),
         "model_fingerprint": fingerprint(model),
         "family": adapter.name,

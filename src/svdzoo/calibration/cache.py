@@ -26,12 +26,11 @@ from typing import Any
 
 import torch
 
-from svdzoo import __version__
 from svdzoo.calibration.stats import CalibrationStats, FisherStats, _Cached
 from svdzoo.codehash import recorded
 from svdzoo.errors import CacheError
 from svdzoo.io import atomic_dir
-from svdzoo.provenance import software
+from svdzoo.provenance import made_with
 
 MANIFEST = "manifest.json"
 TENSORS = "stats.safetensors"
@@ -116,8 +115,7 @@ def base_manifest(kind: str, **fields: Any) -> dict[str, Any]:
     return {
         "kind": kind,
         "format_version": FORMAT_VERSION,
-        "svdzoo_version": __version__,
-        "software": software(),
+        **made_with(),
         **fields,
     }
 
