@@ -32,6 +32,11 @@ from test_workflow import (
 pytestmark = pytest.mark.slow
 
 
+def stages_run(out: str) -> set[str]:
+    """The stages a `dvc repro` or `dvc exp run` ran, from its output."""
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
 # ---------------------------------------------------------------- Snakemake then DVC
 
 
@@ -70,7 +75,7 @@ def test_snakemake_outputs_are_dvc_tracked(micro_run, tmp_path):
     run(ws, git, "commit", "-q", "-m", "snakemake run")
     # an ablation by configuration: one method option reruns that method's stages only
     out = run(ws, dvc, "exp", "run", "-S", "method_options.svd-llm.precision=float32")
-    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    ran = stages_run(out)
     assert ran == {
         "params",
         "compress-svd-llm@tiny-0.40",
@@ -166,18 +171,18 @@ def test_dvc_repro_noop_and_experiment(tmp_path):
         (ws / "src/svdzoo/methods/svd_llm_v2.py").read_text() + "\n# edited\n"
     )
     out = run(ws, dvc, "repro")
-    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"code"}, out
+    assert stages_run(out) == {"code"}, out
     baselines = ws / "src/svdzoo/methods/baselines.py"
     source = baselines.read_text()
     baselines.write_text(source + "\n# edited\n")
     out = run(ws, dvc, "repro", "code")
-    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"code"}, out
+    assert stages_run(out) == {"code"}, out
     stale = json.loads(run(ws, dvc, "status", "--json"))
     assert set(stale) == {"compress-svd-llm@tiny-0.40"}, stale
     assert "data/code/" in json.dumps(stale), stale  # stale by its code stamp
     baselines.write_text(source)
     out = run(ws, dvc, "repro")
-    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"code"}, out
+    assert stages_run(out) == {"code"}, out
     run(ws, git, "add", "-A")
     run(ws, git, "commit", "-q", "-m", "edited code")
     # a new ratio, and (case 10) execution-only settings in the same experiment: `params`
@@ -187,7 +192,7 @@ def test_dvc_repro_noop_and_experiment(tmp_path):
     out = run(ws, dvc, "exp", "run", "-S", 'ratios=["0.40","0.60"]',
               "-S", "execution.compress.device=auto",
               "-S", "execution.evaluate.batch-size=2")  # fmt: skip
-    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    ran = stages_run(out)
     assert ran == {
         "params",
         "compress-svd-llm@tiny-0.60",
@@ -222,7 +227,7 @@ def test_dvc_repro_noop_and_experiment(tmp_path):
     run(tmp_path, git, "clone", "-q", str(ws), str(clone))
     run(clone, dvc, "pull")
     out = run(clone, dvc, "repro")
-    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    ran = stages_run(out)
     # the uncached stamps are remade (seconds); nothing they feed changes
     assert ran <= {"params", "code"}, out
     assert (clone / "results/metrics/tiny/svd-llm/r0.60/ppl.json").is_file()
