@@ -8,7 +8,13 @@ import transformers as tf
 from helpers import random_tiny
 
 from svdzoo.errors import ModelError
-from svdzoo.models import adapter_for, fingerprint, load_model, replace_module
+from svdzoo.models import (
+    adapter_for,
+    fingerprint,
+    load_model,
+    load_tokenizer,
+    replace_module,
+)
 
 SMALL = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
 
@@ -115,6 +121,17 @@ def test_missing_model_offline_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="huggingface-cli download"):
         load_model("someone/definitely-not-cached-model")
+
+
+@pytest.mark.parametrize("name", ["/no/such/model", "./no-such-model", "results/no/such"])
+def test_a_missing_local_path_is_named_as_a_path_not_a_hub_download(monkeypatch, name):
+    """A name that cannot be a hub id (absolute, relative with './', or with two slashes)
+    gets 'no such directory', not the advice to download it from the hub."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for load in (load_model, load_tokenizer):
+        with pytest.raises(ModelError, match="no such directory") as err:
+            load(name)
+        assert "huggingface-cli" not in str(err.value)
 
 
 def test_gemma3_compresses_with_every_kind_of_method(tok):

@@ -221,8 +221,7 @@ def _hub_hint(model_id: str) -> str:
 def load_tokenizer(model_id: str | os.PathLike[str]):
     from transformers import AutoTokenizer
 
-    if Path(model_id).is_dir():
-        check_model_dir(model_id)
+    check_model_dir(model_id)
     try:
         tok = AutoTokenizer.from_pretrained(str(model_id))
     except (OSError, ValueError) as exc:
@@ -252,12 +251,31 @@ def is_compressed_dir(path: Path) -> bool:
         return False
 
 
+def _could_be_hub_id(name: str) -> bool:
+    """Whether a name that is no local directory could still be a hub repository; a path
+    such as '/data/m' or './m' cannot, and the hub's download advice would mislead."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def check_model_dir(path: str | os.PathLike[str]) -> None:
     """A local directory given as a model must hold a readable `config.json` (cheap, no torch)."""
-    path = Path(path)
+    name, path = os.fspath(path), Path(path)
     if path.is_file():
         raise ModelError(f"model {str(path)!r} is a file; give a saved model directory or hub id")
     if not path.is_dir():
+        if not _could_be_hub_id(name):
+            raise ModelError(
+                f"model {name!r}: no such directory ({path.expanduser().absolute()}), and "
+                "not a Hugging Face id either (those are 'name' or 'namespace/name'); give "
+                "the directory of a saved model, or a hub id"
+            )
         return  # a hub id: resolved (or refused) by transformers
     config = path / "config.json"
     if not config.is_file():
@@ -278,7 +296,7 @@ def load_config(model_id: str | os.PathLike[str]):
 
     path = Path(model_id)
     if not is_compressed_dir(path):
-        check_model_dir(path)
+        check_model_dir(model_id)  # as given: Path('./m') is 'm', which could be a hub id
     try:
         return AutoConfig.from_pretrained(str(model_id))
     except OSError as exc:
