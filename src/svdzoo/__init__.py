@@ -11,6 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = (
+    "calibrate_and_compress",
     "compress",
     "compress_to_dir",
     "load_compressed",
@@ -24,6 +25,10 @@ __all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "calibrate_and_compress":
+        from svdzoo.calibrate_compress import calibrate_and_compress
+
+        return calibrate_and_compress
     if name in _API:
         from svdzoo import api
 

@@ -136,7 +136,7 @@ def _require_paths(method_name: str, given: Mapping[str, Any]) -> None:
             )
 
 
-def _check_model_input(model: str | Path, dtype: str, device: str) -> None:
+def check_model_input(model: str | Path, dtype: str, device: str) -> None:
     """Refuse what `load_model` would refuse only after the statistics and the weights
     loaded: an unknown dtype or device (an unavailable GPU), and an svdzoo-compressed
     directory, whose factored linears no method can compress again (the error came from
@@ -187,7 +187,7 @@ def compress_to_dir(
         method,
         {GRAM: stats, FISHER: fisher, SENS_DUO: sensitivity_duo, SENS_ASVD: sensitivity_asvd},
     )
-    _check_model_input(model, dtype, device)
+    check_model_input(model, dtype, device)
     inputs = (model, stats, fisher, sensitivity_duo, sensitivity_asvd)
     with atomic_dir(out, COMPRESSED, force=force, protect=inputs) as tmp:
         statistics = load_statistics(stats, fisher, sensitivity_duo, sensitivity_asvd)
@@ -195,21 +195,38 @@ def compress_to_dir(
             check_calibration(statistics, calibration)
         tokenizer = load_tokenizer(model)  # a model without a tokenizer fails before loading
         lm = load_model(model, dtype=dtype, device=device)
-        dense_total = count_params(lm)
-        manifest = compress(
-            lm, method, ratio, stats=statistics, tokenizer=tokenizer, options=options
+        paths = {
+            "gram": stats,
+            "fisher": fisher,
+            "sensitivity-duo": sensitivity_duo,
+            "sensitivity-asvd": sensitivity_asvd,
+        }
+        manifest = compress_loaded(
+            lm, tokenizer, method, ratio, tmp, statistics, paths, options=options, base=model
         )
-        manifest["model_params_dense"] = dense_total
-        manifest["base_model"] = str(model)
-        manifest["statistics"] = statistics_identity(
-            statistics,
-            {
-                "gram": stats,
-                "fisher": fisher,
-                "sensitivity-duo": sensitivity_duo,
-                "sensitivity-asvd": sensitivity_asvd,
-            },
-        )
-        write_compressed(lm, manifest, tmp, tokenizer)
     log.info("wrote %s (achieved ratio %.4f)", out, manifest["achieved_ratio"])
+    return manifest
+
+
+def compress_loaded(
+    lm: Any,
+    tokenizer: Any,
+    method: str,
+    ratio: float,
+    tmp: Path,
+    statistics: Statistics,
+    paths: Mapping[str, Any],
+    *,
+    options: Mapping[str, Any] | None,
+    base: str | Path,
+) -> dict[str, Any]:
+    """Compress a loaded model in place and write it to `tmp` (an `atomic_dir`'s staging
+    directory), its manifest naming the base model and where each statistics product came
+    from (`paths`: product kind -> directory)."""
+    dense_total = count_params(lm)
+    manifest = compress(lm, method, ratio, stats=statistics, tokenizer=tokenizer, options=options)
+    manifest["model_params_dense"] = dense_total
+    manifest["base_model"] = str(base)
+    manifest["statistics"] = statistics_identity(statistics, paths)
+    write_compressed(lm, manifest, tmp, tokenizer)
     return manifest

@@ -15,6 +15,7 @@ COMMANDS: tuple[str, ...] = (
     "methods",
     "train_reference",
     "compress",
+    "calibrate_compress",
     "evaluate",
     "build_tasks",
     "report",

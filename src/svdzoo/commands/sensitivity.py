@@ -59,18 +59,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from svdzoo import linalg
     from svdzoo.calibration import load_stats
-    from svdzoo.codehash import recorded
     from svdzoo.errors import CacheError, ConfigError
     from svdzoo.io import check_output
     from svdzoo.models import (
         check_seqlen,
-        fingerprint,
         load_config,
         load_model,
         load_tokenizer,
-        resolve_device,
         resolve_dtype,
     )
     from svdzoo.sensitivity import (
@@ -78,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         gram_corpus,
         load_sensitivity,
         sensitivity_to_dir,
+        table_request,
     )
 
     if args.nsamples < 1 or args.batch_size < 1 or args.max_tokens < 1:
@@ -109,23 +106,16 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
     check_seqlen(load_config(args.model), args.seqlen or gram.manifest["seqlen"])
     model = load_model(args.model, dtype=args.dtype, device=args.device)
-    want = {
-        "model_fingerprint": fingerprint(model),
-        "nsamples": args.nsamples,
-        "seqlen": args.seqlen or gram.manifest["seqlen"],
-        "seed": gram.manifest["seed"] if args.seed is None else args.seed,
-        "ratios": list(grid),
-        "base_ratio": None if args.base_ratio is None else round(args.base_ratio, 6),
-        "gram": {
-            "nsamples": gram.manifest.get("nsamples"),
-            "sha256": gram.manifest.get("sha256"),
-            "model_fingerprint": gram.manifest.get("model_fingerprint"),
-        },
-        # a table from other code (an older svdzoo, an edited probe) or other arithmetic
-        # (float32 SVDs on a GPU, float64 on a CPU) is not this request's table
-        "code": recorded("sensitivity"),
-        "precision": linalg.resolve_precision("auto", resolve_device(args.device)),
-    }
+    want = table_request(
+        model,
+        gram,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        seed=args.seed,
+        ratios=grid,
+        base_ratio=args.base_ratio,
+        device=args.device,
+    )
     if not args.force and Path(args.out).is_dir():
         try:
             load_sensitivity(args.out, expect=want, kind=args.kind)

@@ -1,0 +1,120 @@
+"""`svdzoo calibrate-compress` / `svdzoo.calibrate_and_compress`: a model to a compressed
+model in one call, its statistics computed where the workflow files them, reused when they
+are this request's and recomputed when not; bad input refused before any compute."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+import svdzoo
+from svdzoo.cli import main
+from svdzoo.errors import ConfigError, CorpusError, ModelError, OutputError
+from svdzoo.paths import Layout
+
+CALIB = dict(corpus="pydoc", nsamples=4, seqlen=64, seed=1)
+TAG = "pydoc-n4-l64-s1"
+WEIGHTS = "svdzoo-lowrank.safetensors"
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    x, y = load_file(str(a / WEIGHTS)), load_file(str(b / WEIGHTS))
+    return x.keys() == y.keys() and all(x[k].equal(y[k]) for k in x)
+
+
+def test_one_call_gives_the_steps_model_and_files_the_gram_where_the_workflow_does(
+    tiny_llama_dir, tmp_path
+):
+    out = tmp_path / "one-call"
+    manifest = svdzoo.calibrate_and_compress(
+        tiny_llama_dir, "svd-llm", 0.4, out, **CALIB, stats_root=tmp_path, model_name="tiny"
+    )
+    gram = Layout(tmp_path).gram("tiny", TAG)
+    assert (gram / "manifest.json").is_file()
+    assert manifest["statistics"]["gram"]["path"] == str(gram)
+    assert json.loads((out / "manifest.json").read_text())["achieved_ratio"] == pytest.approx(
+        0.4, abs=0.005
+    )
+    # the same Gram cache through the separate steps: the same factors, bit for bit
+    steps = tmp_path / "steps"
+    svdzoo.compress_to_dir(str(tiny_llama_dir), "svd-llm", 0.4, steps, stats=gram)
+    assert same_weights(out, steps)
+
+
+def test_a_cache_is_reused_when_it_is_this_requests_and_recomputed_when_not(
+    tiny_llama_dir, tiny_opt_dir, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="svdzoo.calibrate_compress")
+    run = dict(**CALIB, stats_root=tmp_path, model_name="tiny")
+    svdzoo.calibrate_and_compress(tiny_llama_dir, "svd-llm", 0.4, tmp_path / "a", **run)
+    gram = Layout(tmp_path).gram("tiny", TAG)
+    first = json.loads((gram / "manifest.json").read_text())
+    made = (gram / "stats.safetensors").stat().st_mtime_ns
+    caplog.clear()
+    svdzoo.calibrate_and_compress(tiny_llama_dir, "svd", 0.6, tmp_path / "b", **run)
+    assert "reusing" not in caplog.text  # plain SVD needs no statistics
+    svdzoo.calibrate_and_compress(tiny_llama_dir, "svd-llm", 0.6, tmp_path / "c", **run)
+    assert f"reusing {gram}" in caplog.text
+    assert (gram / "stats.safetensors").stat().st_mtime_ns == made
+    # another model filed under the same name: its own Gram, not the llama's
+    caplog.clear()
+    svdzoo.calibrate_and_compress(tiny_opt_dir, "svd-llm", 0.4, tmp_path / "d", **run)
+    assert f"recomputing {gram}" in caplog.text and "model_fingerprint" in caplog.text
+    again = json.loads((gram / "manifest.json").read_text())
+    assert again["model_fingerprint"] != first["model_fingerprint"]
+    assert again["family"] == "opt"
+
+
+def test_fisher_and_per_ratio_sensitivity_methods_compute_what_they_need(tiny_llama_dir, tmp_path):
+    run = dict(**CALIB, stats_root=tmp_path, model_name="tiny", sensitivity_nsamples=2)
+    stats = Layout(tmp_path).stats("tiny", TAG)
+    fwsvd = svdzoo.calibrate_and_compress(tiny_llama_dir, "fwsvd", 0.4, tmp_path / "f", **run)
+    assert set(fwsvd["statistics"]) == {"fisher"}
+    assert (stats / "fisher" / "manifest.json").is_file() and not (stats / "gram").exists()
+    duo = svdzoo.calibrate_and_compress(tiny_llama_dir, "duo-svd", 0.4, tmp_path / "d", **run)
+    assert set(duo["statistics"]) == {"gram", "sensitivity-duo"}
+    table = stats / "sensitivity-duo-r0.40"  # Duo-SVD's per-ratio table, as the workflow's
+    assert duo["statistics"]["sensitivity-duo"]["path"] == str(table)
+    assert json.loads((table / "manifest.json").read_text())["base_ratio"] == 0.4
+
+
+def test_the_command_line_runs_it(tiny_llama_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["calibrate-compress", "--model", str(tiny_llama_dir), "--method", "svd-llm",
+            "--ratio", "0.4", "--out", "out", "--corpus", "pydoc", "--nsamples", "4",
+            "--seqlen", "64", "--seed", "1", "--model-name", "tiny"]  # fmt: skip
+    assert main(argv) == 0
+    assert (tmp_path / "data/stats/tiny" / TAG / "gram/manifest.json").is_file()
+    assert (tmp_path / "out" / WEIGHTS).is_file()
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"method": "svd-lm"}, ConfigError, "svd-lm"),
+        ({"ratio": 1.5}, ConfigError, "compression ratio"),
+        ({"corpus": "no-such-corpus"}, CorpusError, "no-such-corpus"),
+        ({"seqlen": 1}, ConfigError, "seqlen"),
+        ({"model": "./no-such-model"}, ModelError, "no such directory"),
+        ({"options": {"precision": "bf16"}}, ConfigError, "precision"),
+        ({"foreign_cache": True}, OutputError, "gram"),
+    ],
+)
+def test_bad_input_is_refused_before_any_compute(tiny_llama_dir, tmp_path, change, error, match):
+    args = dict(model=str(tiny_llama_dir), method="svd-llm", ratio=0.4, out=tmp_path / "out")
+    kwargs = dict(**CALIB, stats_root=tmp_path, model_name="tiny")
+    if change.pop("foreign_cache", False):  # not a Gram cache where one goes: never replaced
+        gram = Layout(tmp_path).gram("tiny", TAG)
+        gram.mkdir(parents=True)
+        (gram / "notes.txt").write_text("mine")
+    for key in ("method", "ratio", "model"):
+        args[key] = change.pop(key, args[key])
+    kwargs.update(change)
+    with pytest.raises(error, match=match):
+        svdzoo.calibrate_and_compress(args.pop("model"), **args, **kwargs)
+    assert not (tmp_path / "out").exists()
+    assert not any((tmp_path / "data").rglob("*.safetensors"))
