@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 
 import svdzoo
 from svdzoo.cli import main
-from svdzoo.errors import ConfigError, CorpusError, ModelError, OutputError
+from svdzoo.errors import CacheError, ConfigError, CorpusError, ModelError, OutputError
 from svdzoo.paths import Layout
 
 CALIB = dict(corpus="pydoc", nsamples=4, seqlen=64, seed=1)
@@ -45,7 +46,7 @@ def test_one_call_gives_the_steps_model_and_files_the_gram_where_the_workflow_do
     assert same_weights(out, steps)
 
 
-def test_a_cache_is_reused_when_it_is_this_requests_and_recomputed_when_not(
+def test_a_cache_is_reused_when_it_is_this_requests_and_replaced_only_when_asked(
     tiny_llama_dir, tiny_opt_dir, tmp_path, caplog
 ):
     caplog.set_level(logging.INFO, logger="svdzoo.calibrate_compress")
@@ -55,18 +56,48 @@ def test_a_cache_is_reused_when_it_is_this_requests_and_recomputed_when_not(
     first = json.loads((gram / "manifest.json").read_text())
     made = (gram / "stats.safetensors").stat().st_mtime_ns
     caplog.clear()
-    svdzoo.calibrate_and_compress(tiny_llama_dir, "svd", 0.6, tmp_path / "b", **run)
-    assert "reusing" not in caplog.text  # plain SVD needs no statistics
     svdzoo.calibrate_and_compress(tiny_llama_dir, "svd-llm", 0.6, tmp_path / "c", **run)
-    assert f"reusing {gram}" in caplog.text
+    assert f"reusing {gram}" in caplog.text and "computing" not in caplog.text
     assert (gram / "stats.safetensors").stat().st_mtime_ns == made
-    # another model filed under the same name: its own Gram, not the llama's
+    # another model filed under the same name: refused before anything is computed...
+    with pytest.raises(CacheError, match="model_fingerprint(.|\n)*recompute_stats"):
+        svdzoo.calibrate_and_compress(tiny_opt_dir, "svd-llm", 0.4, tmp_path / "d", **run)
+    assert not (tmp_path / "d").exists()
+    assert (gram / "stats.safetensors").stat().st_mtime_ns == made
+    # ...and replaced when asked: its own Gram, not the llama's
     caplog.clear()
-    svdzoo.calibrate_and_compress(tiny_opt_dir, "svd-llm", 0.4, tmp_path / "d", **run)
+    svdzoo.calibrate_and_compress(
+        tiny_opt_dir, "svd-llm", 0.4, tmp_path / "d", **run, recompute_stats=True
+    )
     assert f"recomputing {gram}" in caplog.text and "model_fingerprint" in caplog.text
     again = json.loads((gram / "manifest.json").read_text())
     assert again["model_fingerprint"] != first["model_fingerprint"]
     assert again["family"] == "opt"
+
+
+def test_a_table_is_reused_refused_when_its_grid_differs_and_remade_with_its_gram(
+    tiny_llama_dir, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="svdzoo.calibrate_compress")
+    run = dict(**CALIB, stats_root=tmp_path, model_name="tiny", sensitivity_nsamples=2)
+    stats = Layout(tmp_path).stats("tiny", TAG)
+    table = stats / "sensitivity-asvd"
+    svdzoo.calibrate_and_compress(tiny_llama_dir, "asvd", 0.4, tmp_path / "a", **run)
+    made = (table / "table.json").stat().st_mtime_ns
+    caplog.clear()
+    svdzoo.calibrate_and_compress(tiny_llama_dir, "asvd", 0.6, tmp_path / "b", **run)
+    assert f"reusing {table}" in caplog.text and "computing" not in caplog.text
+    other = dict(run, sensitivity_nsamples=3)
+    with pytest.raises(CacheError, match="nsamples"):
+        svdzoo.calibrate_and_compress(tiny_llama_dir, "asvd", 0.4, tmp_path / "c", **other)
+    assert (table / "table.json").stat().st_mtime_ns == made
+    # the Gram cache gone: made again, and the table measured on the old one with it
+    shutil.rmtree(stats / "gram")
+    caplog.clear()
+    svdzoo.calibrate_and_compress(tiny_llama_dir, "asvd", 0.4, tmp_path / "d", **run)
+    assert f"computing {stats / 'gram'}" in caplog.text
+    # a Gram cache made again from the same request has the same bytes: the table stays
+    assert f"reusing {table}" in caplog.text
 
 
 def test_fisher_and_per_ratio_sensitivity_methods_compute_what_they_need(tiny_llama_dir, tmp_path):
@@ -102,19 +133,27 @@ def test_the_command_line_runs_it(tiny_llama_dir, tmp_path, monkeypatch):
         ({"model": "./no-such-model"}, ModelError, "no such directory"),
         ({"options": {"precision": "bf16"}}, ConfigError, "precision"),
         ({"foreign_cache": True}, OutputError, "gram"),
+        ({"model_name": "../elsewhere"}, ConfigError, "one path component"),
+        ({"out_in_stats": True}, ConfigError, "overlap"),
+        ({"method": "duo-svd", "ratio": 0.333}, ConfigError, "two decimals"),
     ],
 )
 def test_bad_input_is_refused_before_any_compute(tiny_llama_dir, tmp_path, change, error, match):
+    change = dict(change)
     args = dict(model=str(tiny_llama_dir), method="svd-llm", ratio=0.4, out=tmp_path / "out")
     kwargs = dict(**CALIB, stats_root=tmp_path, model_name="tiny")
+    notes = Layout(tmp_path).gram("tiny", TAG) / "notes.txt"
     if change.pop("foreign_cache", False):  # not a Gram cache where one goes: never replaced
-        gram = Layout(tmp_path).gram("tiny", TAG)
-        gram.mkdir(parents=True)
-        (gram / "notes.txt").write_text("mine")
+        notes.parent.mkdir(parents=True)
+        notes.write_text("mine")
+    if change.pop("out_in_stats", False):  # the caches would be written inside --out
+        args["out"] = tmp_path / "data" / "stats"
     for key in ("method", "ratio", "model"):
         args[key] = change.pop(key, args[key])
     kwargs.update(change)
+    out = args["out"]
     with pytest.raises(error, match=match):
         svdzoo.calibrate_and_compress(args.pop("model"), **args, **kwargs)
-    assert not (tmp_path / "out").exists()
-    assert not any((tmp_path / "data").rglob("*.safetensors"))
+    assert not out.exists()
+    assert not any(tmp_path.rglob("*.safetensors"))
+    assert not notes.exists() or notes.read_text() == "mine"

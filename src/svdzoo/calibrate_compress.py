@@ -1,13 +1,15 @@
 """From a model to a compressed model in one call: the statistics the method needs (Gram,
 Fisher, sensitivity tables) are computed, or reused where the workflow's path scheme
-already holds them for this very model and calibration set, then the model is compressed.
+already holds them for this very request, then the model is compressed.
 
 The workflow runs the same steps as separate cached jobs; this is the practitioner's path
 (the official SVD-LLM code also calibrates and compresses in one command). The caches go
 where the workflow puts them (`data/stats/<model>/<corpus-nN-lL-sS>/...` under
 `stats_root`), so the two share them. A cache there that is not this request's (another
-model behind the same name, other code, another dtype) is recomputed, and the log says why.
-The model is loaded once.
+model behind the same name, other code, another dtype, another sensitivity grid) is never
+replaced behind the user's back: the call stops before any compute and names the
+differences, and `recompute_stats` replaces it. A table whose Gram cache is new (missing,
+or replaced) is remade with it, as the workflow would. The model is loaded once.
 """
 
 from __future__ import annotations
@@ -67,6 +69,40 @@ def plan_products(
     return products
 
 
+def check_model_name(name: str) -> None:
+    """The name is one path component: '../x' or '/x' would file caches outside the root."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ConfigError(
+            f"model name {name!r} must be one path component (no '/', '\\', '.' or '..'); "
+            "give --model-name"
+        )
+
+
+def check_apart(out: str | Path, products: Sequence[Product]) -> None:
+    """`out` and the cache directories may not hold one another, existing or not (the final
+    rename would replace the caches, or find them in its way after all the compute)."""
+    target = Path(out).resolve()
+    for p in products:
+        cache = p.path.resolve()
+        if target == cache or target in cache.parents or cache in target.parents:
+            raise ConfigError(
+                f"--out {str(out)!r} and the {p.kind} cache {str(p.path)!r} overlap; "
+                "write the compressed model elsewhere or give another stats root"
+            )
+
+
+def check_per_ratio(method: str, ratio: float) -> None:
+    """A per-ratio Duo-SVD table is filed, and measured, at the ratio's two decimals; the
+    compression accepts it only for that very ratio."""
+    from svdzoo.config import per_ratio_methods
+
+    if method in per_ratio_methods() and abs(round(ratio, 2) - ratio) > 1e-9:
+        raise ConfigError(
+            f"method {method!r} measures its sensitivity table at the target ratio, filed at "
+            f"two decimals: give a ratio such as {round(ratio, 2):.2f}, not {ratio!r}"
+        )
+
+
 def calibrate_and_compress(
     model: str | Path,
     method: str,
@@ -84,14 +120,16 @@ def calibrate_and_compress(
     dtype: str = "float32",
     sensitivity_nsamples: int = 32,
     sensitivity_ratios: Sequence[float] | None = None,
+    recompute_stats: bool = False,
     force: bool = False,
 ) -> dict[str, Any]:
     """Compute (or reuse) the statistics, compress, and write `out`; its manifest.
 
     Every input is checked before any compute: the method and its options, the ratio, the
     model and its tokenizer, the corpus, the window length, each cache path (an existing
-    directory there must be an earlier cache of its kind) and `out` (`compress_to_dir`'s
-    rules; `force` replaces an `out` that is not an earlier compressed model)."""
+    directory there must be an earlier cache of its kind, and this request's unless
+    `recompute_stats`) and `out` (`compress_to_dir`'s rules; `force` replaces an `out` that
+    is not an earlier compressed model)."""
     from svdzoo import lapack
     from svdzoo.api import check_model_input, compress_loaded
     from svdzoo.compression import KIND as COMPRESSED
@@ -100,7 +138,14 @@ def calibrate_and_compress(
     from svdzoo.io import atomic_dir, check_output
     from svdzoo.methods import get_method
     from svdzoo.methods.base import check_options
-    from svdzoo.models import check_seqlen, load_config, load_model, load_tokenizer
+    from svdzoo.models import (
+        check_seqlen,
+        fingerprint,
+        load_config,
+        load_model,
+        load_tokenizer,
+        resolve_device,
+    )
     from svdzoo.paths import calib_tag
     from svdzoo.sensitivity import check_ratios
 
@@ -109,6 +154,7 @@ def calibrate_and_compress(
     registered = get_method(method)
     check_options(registered, options)
     with_options(registered, {**registered.options, **(options or {})})
+    check_per_ratio(method, ratio)
     if nsamples < 1 or seqlen < 2 or sensitivity_nsamples < 1:
         raise ConfigError(
             f"nsamples and sensitivity_nsamples must be >= 1 and seqlen >= 2 (got {nsamples}, "
@@ -118,9 +164,10 @@ def calibrate_and_compress(
     corp = get_corpus(corpus)  # an unknown or unreachable corpus fails before the model loads
     check_seqlen(load_config(model), seqlen)
     name = model_name or default_model_name(model)
-    products = plan_products(
-        method, ratio, name, calib_tag(corpus, nsamples, seqlen, seed), stats_root
-    )
+    check_model_name(name)
+    tag = calib_tag(corpus, nsamples, seqlen, seed)
+    products = plan_products(method, ratio, name, tag, stats_root)
+    check_apart(out, products)
     grids = {
         p.kind: check_ratios(sensitivity_ratios, p.kind.removeprefix("sensitivity-"))
         for p in products
@@ -132,21 +179,28 @@ def calibrate_and_compress(
     with atomic_dir(out, COMPRESSED, force=force, protect=inputs) as tmp:
         tokenizer = load_tokenizer(model)  # a model without a tokenizer fails before loading
         lm = load_model(model, dtype=dtype, device="cpu")  # Gram calibration streams layers
+        requests = _Requests(
+            fingerprint(lm), corp, dict(corpus=corpus, nsamples=nsamples, seqlen=seqlen,
+            seed=seed), str(next(lm.parameters()).dtype).removeprefix("torch."), device,
+            sensitivity_nsamples, grids,
+        )  # fmt: skip
+        found = requests.existing(products, recompute_stats)  # before any compute
         stats = Statistics()
-        calib = dict(corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed)
         for p in products:
-            if p.kind == "gram":
-                stats.gram = _gram(lm, tokenizer, p.path, corp, calib, device, name)
-            elif p.kind == "fisher":
-                stats.fisher = _fisher(lm, tokenizer, p.path, corp, calib, device, name)
+            product = found.get(p.kind)
+            if p.kind.startswith("sensitivity-") and product is not None:
+                product = requests.still_current(p, product, stats.gram)
+            if product is None:
+                log.info("computing %s", p.path)
+                product = _compute(p, lm, tokenizer, stats.gram, requests, name, (model, corpus))
             else:
-                kind = p.kind.removeprefix("sensitivity-")
-                stats.sensitivity[kind] = _table(
-                    lm, tokenizer, stats.gram, p, grids[p.kind], sensitivity_nsamples, device,
-                    protect=(model, corpus),
-                )  # fmt: skip
-        from svdzoo.models import resolve_device
-
+                log.info("reusing %s", p.path)
+            if p.kind == "gram":
+                stats.gram = product
+            elif p.kind == "fisher":
+                stats.fisher = product
+            else:
+                stats.sensitivity[p.kind.removeprefix("sensitivity-")] = product
         lm.to(resolve_device(device))
         paths = {p.kind: p.path for p in products}
         manifest = compress_loaded(
@@ -156,73 +210,91 @@ def calibrate_and_compress(
     return manifest
 
 
-def _reuse(load: Any, path: Path, expect: Mapping[str, Any]) -> Any | None:
-    """The cached product at `path` if it is this request's, else None (logged: why not)."""
-    if not path.exists():
-        return None
-    try:
-        product = load(path, expect=expect)
-    except CacheError as exc:
-        log.info("recomputing %s: %s", path, exc)
-        return None
-    log.info("reusing %s", path)
-    return product
+@dataclass(frozen=True)
+class _Requests:
+    """What each product must record to be this call's."""
 
+    fingerprint: str
+    corpus: Any
+    calib: Mapping[str, Any]
+    dtype: str
+    device: str
+    sensitivity_nsamples: int
+    grids: Mapping[str, Sequence[float]]
 
-def _expect(lm: Any, corp: Any, calib: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    from svdzoo.calibration import expected
-    from svdzoo.codehash import recorded
+    def expect(self, p: Product, gram_manifest: Mapping[str, Any] | None = None) -> dict:
+        from svdzoo.calibration import expected
+        from svdzoo.codehash import recorded
+        from svdzoo.sensitivity import table_request
 
-    dtype = str(next(lm.parameters()).dtype).removeprefix("torch.")
-    return expected(
-        lm, **calib, corpus_fingerprint=corp.fingerprint, dtype=dtype,
-        code=recorded("calibrate"), **extra,
-    )  # fmt: skip
+        if p.kind in ("gram", "fisher"):
+            extra = {"batch_size": 1} if p.kind == "fisher" else {}  # per-sample gradients
+            return expected(
+                None, model_fingerprint=self.fingerprint, **self.calib,
+                corpus_fingerprint=self.corpus.fingerprint, dtype=self.dtype,
+                code=recorded("calibrate"), **extra,
+            )  # fmt: skip
+        return table_request(
+            self.fingerprint, gram_manifest, nsamples=self.sensitivity_nsamples,
+            seqlen=self.calib["seqlen"], seed=self.calib["seed"], ratios=self.grids[p.kind],
+            base_ratio=p.base_ratio, device=self.device,
+        )  # fmt: skip
 
-
-def _gram(lm, tokenizer, path: Path, corp, calib, device: str, name: str):
-    from svdzoo.calibration import calibrate_to_dir, load_stats
-    from svdzoo.models import resolve_device
-
-    found = _reuse(load_stats, path, _expect(lm, corp, calib))
-    if found is not None:
+    def existing(self, products: Sequence[Product], recompute: bool) -> dict[str, Any]:
+        """The cached products that are this request's (a table: but for its Gram cache,
+        checked once that is settled); a cache that is not is an error unless `recompute`."""
+        found = {}
+        for p in products:
+            if not p.path.exists():
+                continue
+            try:
+                found[p.kind] = _load(p, self.expect(p))
+            except CacheError as exc:
+                if not recompute:
+                    raise CacheError(
+                        f"{exc}. It is not replaced unasked: pass recompute_stats=True "
+                        "(--recompute-stats) to recompute it, or give the request that made "
+                        "it, or another stats root or model name"
+                    ) from exc
+                log.info("recomputing %s: %s", p.path, exc)
         return found
-    log.info("computing the Gram statistics -> %s", path)
-    calibrate_to_dir(lm, tokenizer, path, device=resolve_device(device), model_id=name, **calib)
-    return load_stats(path)
+
+    def still_current(self, p: Product, table: Any, gram: Any) -> Any | None:
+        """A table found before the Gram cache was settled: still this request's only if
+        it was measured on that very Gram cache (else it is remade, as downstream of it)."""
+        try:
+            return _load(p, self.expect(p, gram.manifest))
+        except CacheError as exc:
+            log.info("recomputing %s: its Gram cache is new (%s)", p.path, exc)
+            return None
 
 
-def _fisher(lm, tokenizer, path: Path, corp, calib, device: str, name: str):
-    from svdzoo.calibration import fisher_to_dir, load_fisher
+def _load(p: Product, expect: Mapping[str, Any]) -> Any:
+    from svdzoo.calibration import load_fisher, load_stats
+    from svdzoo.sensitivity import load_sensitivity
+
+    if p.kind == "gram":
+        return load_stats(p.path, expect=expect)
+    if p.kind == "fisher":
+        return load_fisher(p.path, expect=expect)
+    return load_sensitivity(p.path, expect=expect, kind=p.kind.removeprefix("sensitivity-"))
+
+
+def _compute(p: Product, lm, tokenizer, gram, req: _Requests, name: str, protect) -> Any:
+    from svdzoo.calibration import calibrate_to_dir, fisher_to_dir
     from svdzoo.models import resolve_device
+    from svdzoo.sensitivity import sensitivity_to_dir
 
-    found = _reuse(load_fisher, path, _expect(lm, corp, calib, batch_size=1))
-    if found is not None:
-        return found
-    log.info("computing the Fisher statistics -> %s", path)
-    fisher_to_dir(lm, tokenizer, path, device=resolve_device(device), model_id=name, **calib)
-    return load_fisher(path)
-
-
-def _table(lm, tokenizer, gram, p: Product, grid, nsamples: int, device: str, protect):
-    from svdzoo.models import resolve_device
-    from svdzoo.sensitivity import load_sensitivity, sensitivity_to_dir, table_request
-
-    kind = p.kind.removeprefix("sensitivity-")
-    want = table_request(
-        lm, gram, nsamples=nsamples, seqlen=None, seed=None, ratios=grid,
-        base_ratio=p.base_ratio, device=device,
-    )  # fmt: skip
-    found = _reuse(
-        lambda path, expect: load_sensitivity(path, expect=expect, kind=kind), p.path, want
-    )
-    if found is not None:
-        return found
-    log.info("computing the %s sensitivity table -> %s", kind, p.path)
-    dev = resolve_device(device)
-    lm.to(dev)  # the probes' forward passes run where the model is
-    sensitivity_to_dir(
-        lm, tokenizer, gram, kind, p.path, protect=[*protect], nsamples=nsamples, ratios=grid,
-        device=dev, base_ratio=p.base_ratio, corpus=gram.manifest["corpus"],
-    )  # fmt: skip
-    return load_sensitivity(p.path, kind=kind)
+    dev = resolve_device(req.device)
+    if p.kind == "gram":  # the layers go to the device one at a time
+        calibrate_to_dir(lm, tokenizer, p.path, device=dev, model_id=name, **req.calib)
+    elif p.kind == "fisher":  # the model goes to the device and back
+        fisher_to_dir(lm, tokenizer, p.path, device=dev, model_id=name, **req.calib)
+    else:
+        lm.to(dev)  # the probes' forward passes run where the model is
+        sensitivity_to_dir(
+            lm, tokenizer, gram, p.kind.removeprefix("sensitivity-"), p.path,
+            protect=[*protect], nsamples=req.sensitivity_nsamples, ratios=req.grids[p.kind],
+            device=dev, base_ratio=p.base_ratio, corpus=gram.manifest["corpus"],
+        )  # fmt: skip
+    return _load(p, {})

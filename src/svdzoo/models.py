@@ -254,8 +254,7 @@ def is_compressed_dir(path: Path) -> bool:
 def _could_be_hub_id(name: str) -> bool:
     """Whether a name that is no local directory could still be a hub repository; a path
     such as '/data/m' or './m' cannot, and the hub's download advice would mislead."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
         validate_repo_id(name)
@@ -272,7 +271,7 @@ def check_model_dir(path: str | os.PathLike[str]) -> None:
     if not path.is_dir():
         if not _could_be_hub_id(name):
             raise ModelError(
-                f"model {name!r}: no such directory ({path.expanduser().absolute()}), and "
+                f"model {name!r}: no such directory ({path.absolute()}), and "
                 "not a Hugging Face id either (those are 'name' or 'namespace/name'); give "
                 "the directory of a saved model, or a hub id"
             )

@@ -606,8 +606,8 @@ def compute_sensitivity(
 
 
 def table_request(
-    model: nn.Module,
-    gram_stats: Any,
+    model_fingerprint: str,
+    gram_manifest: Mapping[str, Any] | None,
     *,
     nsamples: int,
     seqlen: int | None,
@@ -617,27 +617,31 @@ def table_request(
     device: str | torch.device | None,
 ) -> dict[str, Any]:
     """The manifest fields a cached table must have to be this request's table (an `expect`
-    for `load_sensitivity`): the same model, Gram cache, windows, grid, code and arithmetic."""
-    from svdzoo.models import fingerprint, resolve_device
+    for `load_sensitivity`): the same model, Gram cache, windows, grid, code and arithmetic.
+    Without `gram_manifest`, everything but the Gram cache (then `seqlen` and `seed` must be
+    given): what can be checked before the Gram cache exists."""
+    from svdzoo.models import resolve_device
 
-    gm = gram_stats.manifest
-    return {
-        "model_fingerprint": fingerprint(model),
+    gm = gram_manifest or {}
+    want = {
+        "model_fingerprint": model_fingerprint,
         "nsamples": nsamples,
         "seqlen": seqlen or gm["seqlen"],
         "seed": gm["seed"] if seed is None else seed,
         "ratios": list(ratios),
         "base_ratio": None if base_ratio is None else round(base_ratio, 6),
-        "gram": {
-            "nsamples": gm.get("nsamples"),
-            "sha256": gm.get("sha256"),
-            "model_fingerprint": gm.get("model_fingerprint"),
-        },
         # a table from other code (an older svdzoo, an edited probe) or other arithmetic
         # (float32 SVDs on a GPU, float64 on a CPU) is not this request's table
         "code": recorded("sensitivity"),
         "precision": linalg.resolve_precision("auto", resolve_device(device)),
     }
+    if gram_manifest is not None:
+        want["gram"] = {
+            "nsamples": gm.get("nsamples"),
+            "sha256": gm.get("sha256"),
+            "model_fingerprint": gm.get("model_fingerprint"),
+        }
+    return want
 
 
 # ---------------------------------------------------------------- cache

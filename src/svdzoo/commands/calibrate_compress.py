@@ -55,6 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="RETAINED ratios a sensitivity table probes (default: the method's grid)",
     )
     p.add_argument(
+        "--recompute-stats",
+        action="store_true",
+        help="recompute a cache at the statistics paths that is not this request's (another "
+        "model under the same name, other settings or code); without it the command stops",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="replace --out even if it is not an earlier compressed model (never an input)",
@@ -86,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         sensitivity_nsamples=args.sensitivity_nsamples,
         sensitivity_ratios=args.sensitivity_ratios,
+        recompute_stats=args.recompute_stats,
         force=args.force,
     )
     return 0

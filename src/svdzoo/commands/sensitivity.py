@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from svdzoo.io import check_output
     from svdzoo.models import (
         check_seqlen,
+        fingerprint,
         load_config,
         load_model,
         load_tokenizer,
@@ -107,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     check_seqlen(load_config(args.model), args.seqlen or gram.manifest["seqlen"])
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     want = table_request(
-        model,
-        gram,
+        fingerprint(model),
+        gram.manifest,
         nsamples=args.nsamples,
         seqlen=args.seqlen,
         seed=args.seed,
