@@ -13,6 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 import svdzoo
+from svdzoo.calibration.cache import seal
 from svdzoo.cli import main
 from svdzoo.errors import CacheError, ConfigError, CorpusError, ModelError, OutputError
 from svdzoo.paths import Layout
@@ -75,7 +76,7 @@ def test_a_cache_is_reused_when_it_is_this_requests_and_replaced_only_when_asked
     assert again["family"] == "opt"
 
 
-def test_a_table_is_reused_refused_when_its_grid_differs_and_remade_with_its_gram(
+def test_a_table_is_reused_refused_when_not_the_requests_and_remade_with_a_new_gram(
     tiny_llama_dir, tmp_path, caplog
 ):
     caplog.set_level(logging.INFO, logger="svdzoo.calibrate_compress")
@@ -87,20 +88,35 @@ def test_a_table_is_reused_refused_when_its_grid_differs_and_remade_with_its_gra
     caplog.clear()
     svdzoo.calibrate_and_compress(tiny_llama_dir, "asvd", 0.6, tmp_path / "b", **run)
     assert f"reusing {table}" in caplog.text and "computing" not in caplog.text
-    other = dict(run, sensitivity_nsamples=3)
-    with pytest.raises(CacheError, match="nsamples"):
-        svdzoo.calibrate_and_compress(tiny_llama_dir, "asvd", 0.4, tmp_path / "c", **other)
-    assert (table / "table.json").stat().st_mtime_ns == made
-    # the Gram cache gone: made again, and the table measured on the old one with it
+    # other windows: refused before anything is computed, even a missing Gram cache
     shutil.rmtree(stats / "gram")
+    other = dict(run, sensitivity_nsamples=3)
+    with pytest.raises(CacheError, match="nsamples(.|\n)*recompute_stats"):
+        svdzoo.calibrate_and_compress(tiny_llama_dir, "asvd", 0.4, tmp_path / "c", **other)
+    assert not (stats / "gram").exists()
+    assert (table / "table.json").stat().st_mtime_ns == made
+    # the Gram cache made again from the same request has the same bytes: the table stays
     caplog.clear()
     svdzoo.calibrate_and_compress(tiny_llama_dir, "asvd", 0.4, tmp_path / "d", **run)
-    assert f"computing {stats / 'gram'}" in caplog.text
-    # a Gram cache made again from the same request has the same bytes: the table stays
-    assert f"reusing {table}" in caplog.text
+    assert f"computing {stats / 'gram'}" in caplog.text and f"reusing {table}" in caplog.text
+    # a table measured on another Gram cache than the one found: refused, then remade
+    manifest = json.loads((table / "manifest.json").read_text())
+    manifest["gram"]["sha256"] = "0" * 64
+    (table / "manifest.json").write_text(json.dumps(seal(manifest)))
+    with pytest.raises(CacheError, match="gram"):
+        svdzoo.calibrate_and_compress(tiny_llama_dir, "asvd", 0.4, tmp_path / "e", **run)
+    caplog.clear()
+    svdzoo.calibrate_and_compress(
+        tiny_llama_dir, "asvd", 0.4, tmp_path / "e", **run, recompute_stats=True
+    )
+    assert f"recomputing {table}" in caplog.text and f"computing {table}" in caplog.text
+    assert json.loads((table / "manifest.json").read_text())["gram"]["sha256"] != "0" * 64
 
 
-def test_fisher_and_per_ratio_sensitivity_methods_compute_what_they_need(tiny_llama_dir, tmp_path):
+def test_fisher_and_per_ratio_sensitivity_methods_compute_and_reuse_what_they_need(
+    tiny_llama_dir, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="svdzoo.calibrate_compress")
     run = dict(**CALIB, stats_root=tmp_path, model_name="tiny", sensitivity_nsamples=2)
     stats = Layout(tmp_path).stats("tiny", TAG)
     fwsvd = svdzoo.calibrate_and_compress(tiny_llama_dir, "fwsvd", 0.4, tmp_path / "f", **run)
@@ -111,16 +127,27 @@ def test_fisher_and_per_ratio_sensitivity_methods_compute_what_they_need(tiny_ll
     table = stats / "sensitivity-duo-r0.40"  # Duo-SVD's per-ratio table, as the workflow's
     assert duo["statistics"]["sensitivity-duo"]["path"] == str(table)
     assert json.loads((table / "manifest.json").read_text())["base_ratio"] == 0.4
+    # both found again as this request's
+    caplog.clear()
+    svdzoo.calibrate_and_compress(tiny_llama_dir, "fwsvd", 0.4, tmp_path / "f2", **run)
+    svdzoo.calibrate_and_compress(tiny_llama_dir, "duo-svd", 0.4, tmp_path / "d2", **run)
+    assert "computing" not in caplog.text
+    assert f"reusing {stats / 'fisher'}" in caplog.text and f"reusing {table}" in caplog.text
 
 
-def test_the_command_line_runs_it(tiny_llama_dir, tmp_path, monkeypatch):
+def test_the_command_line_runs_it(tiny_llama_dir, tiny_opt_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    argv = ["calibrate-compress", "--model", str(tiny_llama_dir), "--method", "svd-llm",
-            "--ratio", "0.4", "--out", "out", "--corpus", "pydoc", "--nsamples", "4",
-            "--seqlen", "64", "--seed", "1", "--model-name", "tiny"]  # fmt: skip
-    assert main(argv) == 0
-    assert (tmp_path / "data/stats/tiny" / TAG / "gram/manifest.json").is_file()
+    argv = ["calibrate-compress", "--method", "svd-llm", "--ratio", "0.4", "--out", "out",
+            "--corpus", "pydoc", "--nsamples", "4", "--seqlen", "64", "--seed", "1",
+            "--model-name", "tiny"]  # fmt: skip
+    assert main([*argv, "--model", str(tiny_llama_dir)]) == 0
+    gram = tmp_path / "data/stats/tiny" / TAG / "gram/manifest.json"
     assert (tmp_path / "out" / WEIGHTS).is_file()
+    llama = json.loads(gram.read_text())["model_fingerprint"]
+    assert main([*argv, "--model", str(tiny_opt_dir)]) == 2  # another model, same name
+    assert "--recompute-stats" in capsys.readouterr().err
+    assert main([*argv, "--model", str(tiny_opt_dir), "--recompute-stats"]) == 0
+    assert json.loads(gram.read_text())["model_fingerprint"] != llama
 
 
 @pytest.mark.parametrize(
@@ -136,6 +163,8 @@ def test_the_command_line_runs_it(tiny_llama_dir, tmp_path, monkeypatch):
         ({"model_name": "../elsewhere"}, ConfigError, "one path component"),
         ({"out_in_stats": True}, ConfigError, "overlap"),
         ({"method": "duo-svd", "ratio": 0.333}, ConfigError, "two decimals"),
+        ({"method": "asvd", "options": {"alpha": 0.3}}, ConfigError, "alpha"),
+        ({"method": "duo-svd-independent", "options": {"base": 0.35}}, ConfigError, "grid"),
     ],
 )
 def test_bad_input_is_refused_before_any_compute(tiny_llama_dir, tmp_path, change, error, match):

@@ -103,6 +103,27 @@ def check_per_ratio(method: str, ratio: float) -> None:
         )
 
 
+def check_table_options(method: Any, options: Mapping[str, Any], grids: Mapping) -> None:
+    """The options a table must agree with, refused before the table is measured rather
+    than by the compression after it: ASVD's alpha (its table is measured at
+    `sensitivity.ASVD_ALPHA`) and Duo-SVD's `base` (a retained ratio on the table's grid)."""
+    from svdzoo.sensitivity import ASVD_ALPHA
+
+    alpha = getattr(method.factoriser, "alpha", None)
+    if "sensitivity-asvd" in grids and alpha is not None and float(alpha) != ASVD_ALPHA:
+        raise ConfigError(
+            f"method {method.name!r} at alpha {alpha}: its sensitivity-asvd table is measured "
+            f"at alpha {ASVD_ALPHA}; use that alpha, or asvd-uniform for another one"
+        )
+    base = options.get("base")
+    grid = grids.get("sensitivity-duo")
+    if base is not None and grid is not None and all(abs(p - float(base)) > 1e-9 for p in grid):
+        raise ConfigError(
+            f"option base={base} is not on the sensitivity-duo grid {list(grid)}; add it "
+            "(sensitivity_ratios / --sensitivity-ratios) or choose one of them"
+        )
+
+
 def calibrate_and_compress(
     model: str | Path,
     method: str,
@@ -153,7 +174,7 @@ def calibrate_and_compress(
     lapack.check_environment()
     registered = get_method(method)
     check_options(registered, options)
-    with_options(registered, {**registered.options, **(options or {})})
+    configured = with_options(registered, {**registered.options, **(options or {})})
     check_per_ratio(method, ratio)
     if nsamples < 1 or seqlen < 2 or sensitivity_nsamples < 1:
         raise ConfigError(
@@ -173,6 +194,7 @@ def calibrate_and_compress(
         for p in products
         if p.kind.startswith("sensitivity-")
     }
+    check_table_options(configured, {**configured.options, **(options or {})}, grids)
     for p in products:  # a foreign directory at a cache path is refused, not replaced
         check_output(p.path, p.kind, protect=(model, corpus, out))
     inputs = (model, corpus, *(p.path for p in products))
@@ -188,8 +210,8 @@ def calibrate_and_compress(
         stats = Statistics()
         for p in products:
             product = found.get(p.kind)
-            if p.kind.startswith("sensitivity-") and product is not None:
-                product = requests.still_current(p, product, stats.gram)
+            if p.kind.startswith("sensitivity-") and product is not None and "gram" not in found:
+                product = requests.still_current(p, product, stats.gram)  # a new Gram cache
             if product is None:
                 log.info("computing %s", p.path)
                 product = _compute(p, lm, tokenizer, stats.gram, requests, name, (model, corpus))
@@ -241,14 +263,16 @@ class _Requests:
         )  # fmt: skip
 
     def existing(self, products: Sequence[Product], recompute: bool) -> dict[str, Any]:
-        """The cached products that are this request's (a table: but for its Gram cache,
-        checked once that is settled); a cache that is not is an error unless `recompute`."""
-        found = {}
-        for p in products:
-            if not p.path.exists():
+        """The cached products that are this request's; a cache that is not is an error
+        unless `recompute`. A table is checked against the Gram cache found here, or, when
+        that is to be made, against everything else (`still_current` checks the rest)."""
+        found: dict[str, Any] = {}
+        for p in products:  # the Gram cache first
+            if not p.path.exists() or not any(p.path.iterdir()):  # an empty one is new
                 continue
+            gram = found["gram"].manifest if "gram" in found else None
             try:
-                found[p.kind] = _load(p, self.expect(p))
+                found[p.kind] = _load(p, self.expect(p, gram))
             except CacheError as exc:
                 if not recompute:
                     raise CacheError(
@@ -260,7 +284,7 @@ class _Requests:
         return found
 
     def still_current(self, p: Product, table: Any, gram: Any) -> Any | None:
-        """A table found before the Gram cache was settled: still this request's only if
+        """A table found while its Gram cache was to be made: still this request's only if
         it was measured on that very Gram cache (else it is remade, as downstream of it)."""
         try:
             return _load(p, self.expect(p, gram.manifest))
