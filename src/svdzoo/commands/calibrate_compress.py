@@ -18,12 +18,9 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="hub id or saved model dir")
-    p.add_argument("--method", required=True)
-    p.add_argument(
-        "--ratio", type=float, required=True, help="fraction of parameters removed, in (0, 1)"
-    )
-    p.add_argument("--out", required=True, help="compressed model directory to write")
+    from svdzoo.commands.compress import add_compression_arguments
+
+    add_compression_arguments(p)
     p.add_argument("--corpus", required=True, help="calibration corpus: name or .txt/.jsonl path")
     p.add_argument("--nsamples", type=int, required=True, help="calibration windows")
     p.add_argument("--seqlen", type=int, required=True, help="tokens per calibration window")
@@ -39,9 +36,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model-name", help="the name the caches are filed under (default: the model's last "
         "path component)"
     )  # fmt: skip
-    p.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE", help="method option override"
-    )
     p.add_argument(
         "--sensitivity-nsamples",
         type=int,
@@ -60,13 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="recompute a cache at the statistics paths that is not this request's (another "
         "model under the same name, other settings or code); without it the command stops",
     )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace --out even if it is not an earlier compressed model (never an input)",
-    )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32")
 
 
 def run(args: argparse.Namespace) -> int:

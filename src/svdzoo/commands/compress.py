@@ -11,16 +11,13 @@ HELP = "compress a model with a registered method; writes safetensors weights an
 log = logging.getLogger(__name__)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_compression_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, method, ratio, options and output flags, shared with `calibrate-compress`."""
     p.add_argument("--model", required=True, help="hub id or local model directory")
     p.add_argument("--method", required=True)
     p.add_argument(
         "--ratio", type=float, required=True, help="fraction of parameters removed, in (0, 1)"
     )
-    p.add_argument("--stats", help="Gram statistics directory (svdzoo calibrate)")
-    p.add_argument("--fisher", help="Fisher statistics directory (svdzoo calibrate --kind fisher)")
-    p.add_argument("--sensitivity-duo", help="Duo-SVD sensitivity table directory")
-    p.add_argument("--sensitivity-asvd", help="ASVD sensitivity table directory")
     p.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="method option override"
     )
@@ -30,14 +27,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace --out even if it is not an earlier compressed model (never an input)",
     )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_compression_arguments(p)
+    p.add_argument("--stats", help="Gram statistics directory (svdzoo calibrate)")
+    p.add_argument("--fisher", help="Fisher statistics directory (svdzoo calibrate --kind fisher)")
+    p.add_argument("--sensitivity-duo", help="Duo-SVD sensitivity table directory")
+    p.add_argument("--sensitivity-asvd", help="ASVD sensitivity table directory")
     p.add_argument(
         "--calibration",
         metavar="TAG",
         help="the calibration set the statistics must come from (CORPUS-nN-lL-sS, the "
         "workflow's directory name); checked against each product's manifest",
     )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32")
 
 
 def parse_options(items: list[str]) -> dict:
