@@ -95,6 +95,13 @@ def main() -> None:
                 rows.append({"method": method, "path": "steps", "step": "calibrate",
                              **timed(step, steps)})  # fmt: skip
                 compress += ["--stats", str(gram)]
+            if "fisher" in needs:
+                fisher = lay.fisher(name, tag)
+                step = ["svdzoo", "calibrate", "--kind", "fisher", "--model", model,
+                        "--model-name", name, *calib_flags(), "--out", str(fisher)]  # fmt: skip
+                rows.append({"method": method, "path": "steps", "step": "calibrate fisher",
+                             **timed(step, steps)})  # fmt: skip
+                compress += ["--fisher", str(fisher)]
             for kind in ("duo", "asvd"):
                 if f"sensitivity-{kind}" in needs:
                     table = lay.sensitivity(name, tag, kind)
