@@ -45,7 +45,7 @@ def plan_products(
 ) -> list[Product]:
     """What `method` needs, in the order it is computed (a sensitivity table reads the Gram
     cache), at the workflow's paths (`paths.Layout`, `config.sensitivity_table`)."""
-    from svdzoo.config import sensitivity_flags, sensitivity_table
+    from svdzoo.config import sensitivity_table, sensitivity_table_parts
     from svdzoo.methods import get_method
     from svdzoo.methods.base import FISHER, GRAM, SENS_ASVD, SENS_DUO
     from svdzoo.paths import Layout
@@ -60,12 +60,9 @@ def plan_products(
     for kind in (SENS_DUO, SENS_ASVD):
         if kind in needs:
             table = sensitivity_table(kind, method, f"{ratio:.2f}")
-            flags = sensitivity_flags(table).split()
-            base = None
-            if "--base-ratio" in flags:  # Duo-SVD's per-ratio protocol
-                base = float(flags[flags.index("--base-ratio") + 1])
+            _, base = sensitivity_table_parts(table)  # Duo-SVD's per-ratio protocol
             path = layout.sensitivity(model_name, calibration, table)
-            products.append(Product(kind, path, base))
+            products.append(Product(kind, path, None if base is None else float(base)))
     return products
 
 
@@ -161,6 +158,7 @@ def calibrate_and_compress(
     from svdzoo.methods.base import check_options
     from svdzoo.models import (
         check_seqlen,
+        dtype_name,
         fingerprint,
         load_config,
         load_model,
@@ -174,7 +172,8 @@ def calibrate_and_compress(
     lapack.check_environment()
     registered = get_method(method)
     check_options(registered, options)
-    configured = with_options(registered, {**registered.options, **(options or {})})
+    merged = {**registered.options, **(options or {})}
+    configured = with_options(registered, merged)
     check_per_ratio(method, ratio)
     if nsamples < 1 or seqlen < 2 or sensitivity_nsamples < 1:
         raise ConfigError(
@@ -194,7 +193,7 @@ def calibrate_and_compress(
         for p in products
         if p.kind.startswith("sensitivity-")
     }
-    check_table_options(configured, {**configured.options, **(options or {})}, grids)
+    check_table_options(configured, merged, grids)
     for p in products:  # a foreign directory at a cache path is refused, not replaced
         check_output(p.path, p.kind, protect=(model, corpus, out))
     inputs = (model, corpus, *(p.path for p in products))
@@ -203,7 +202,7 @@ def calibrate_and_compress(
         lm = load_model(model, dtype=dtype, device="cpu")  # Gram calibration streams layers
         requests = _Requests(
             fingerprint(lm), corp, dict(corpus=corpus, nsamples=nsamples, seqlen=seqlen,
-            seed=seed), str(next(lm.parameters()).dtype).removeprefix("torch."), device,
+            seed=seed), dtype_name(lm), device,
             sensitivity_nsamples, grids,
         )  # fmt: skip
         found = requests.existing(products, recompute_stats)  # before any compute

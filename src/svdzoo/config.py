@@ -153,9 +153,16 @@ def sensitivity_table(kind: str, method: str, ratio_tag: str) -> str:
     return f"{table}-r{ratio_tag}" if table == "duo" and method in per_ratio_methods() else table
 
 
+def sensitivity_table_parts(table: str) -> tuple[str, str | None]:
+    """A table suffix's kind and, for a per-ratio table, its target ratio as written
+    (`duo-r0.20` -> ('duo', '0.20'), `asvd` -> ('asvd', None))."""
+    kind, _, ratio = table.partition("-r")
+    return kind, ratio or None
+
+
 def sensitivity_flags(table: str) -> str:
     """`svdzoo sensitivity` flags for a table suffix (`duo-r0.20` -> a per-ratio table)."""
-    kind, _, ratio = table.partition("-r")
+    kind, ratio = sensitivity_table_parts(table)
     return f"--kind {kind} --base-ratio {ratio}" if ratio else f"--kind {kind}"
 
 

@@ -187,6 +187,11 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def dtype_name(model: nn.Module) -> str:
+    """The name of the dtype a model's weights are in ('float32'), as manifests record it."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype

@@ -138,7 +138,7 @@ def model_manifest(
     (its groups or targets, reduction, ...).
     """
     from svdzoo.data import get_corpus
-    from svdzoo.models import adapter_for, fingerprint
+    from svdzoo.models import adapter_for, dtype_name, fingerprint
 
     adapter = adapter_for(model)
     corp = get_corpus(corpus) if isinstance(corpus, str) else corpus
@@ -155,7 +155,7 @@ def model_manifest(
         nsamples=nsamples,
         seqlen=seqlen,
         seed=seed,
-        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        dtype=dtype_name(model),
         code=recorded("calibrate"),
         # recorded only where it changes the result (Fisher: samples per gradient); the
         # Gram's batch size is execution-only and its bytes do not depend on it
