@@ -401,13 +401,13 @@ def _compress(
     else:
         for name in tqdm(list(modules), desc=f"compress {method.name}", unit="matrix"):
             layer, t, lin = modules[name]
-            if ranks[name] >= min(
-                by_name[name].m, by_name[name].n
-            ) or not param_counts.worth_factoring(by_name[name].m, by_name[name].n, ranks[name]):
-                records[name] = _module_record(by_name[name], lin, True)
+            info, rank = by_name[name], ranks[name]
+            dense = rank >= min(info.m, info.n)
+            if dense or not param_counts.worth_factoring(info.m, info.n, rank):
+                records[name] = _module_record(info, lin, True)
                 continue
             ctx = context(model, name, layer, t, lin, stats, device)
-            replace(name, factorise(method.factoriser, ctx, ranks[name]))
+            replace(name, factorise(method.factoriser, ctx, rank))
     elapsed = time.perf_counter() - t0
     if whiteners.misses:
         log.info(
