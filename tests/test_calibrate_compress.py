@@ -13,6 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 import svdzoo
+from svdzoo import models
 from svdzoo.calibration.cache import seal
 from svdzoo.cli import main
 from svdzoo.errors import CacheError, ConfigError, CorpusError, ModelError, OutputError
@@ -114,7 +115,7 @@ def test_a_table_is_reused_refused_when_not_the_requests_and_remade_with_a_new_g
 
 
 def test_fisher_and_per_ratio_sensitivity_methods_compute_and_reuse_what_they_need(
-    tiny_llama_dir, tmp_path, caplog
+    tiny_llama_dir, tmp_path, caplog, monkeypatch
 ):
     caplog.set_level(logging.INFO, logger="svdzoo.calibrate_compress")
     run = dict(**CALIB, stats_root=tmp_path, model_name="tiny", sensitivity_nsamples=2)
@@ -122,8 +123,19 @@ def test_fisher_and_per_ratio_sensitivity_methods_compute_and_reuse_what_they_ne
     fwsvd = svdzoo.calibrate_and_compress(tiny_llama_dir, "fwsvd", 0.4, tmp_path / "f", **run)
     assert set(fwsvd["statistics"]) == {"fisher"}
     assert (stats / "fisher" / "manifest.json").is_file() and not (stats / "gram").exists()
+    hashed = []
+    real = models._hash_model
+    monkeypatch.setattr(models, "_hash_model", lambda m: hashed.append(m) or real(m))
     duo = svdzoo.calibrate_and_compress(tiny_llama_dir, "duo-svd", 0.4, tmp_path / "d", **run)
     assert set(duo["statistics"]) == {"gram", "sensitivity-duo"}
+    # the weights hashed once for the Gram cache, the table and the compressed model (a
+    # pass over 13 GB at 7B), and recorded alike in all three
+    assert len(hashed) == 1
+    fps = {
+        json.loads((d / "manifest.json").read_text())["model_fingerprint"]
+        for d in (stats / "gram", stats / "sensitivity-duo-r0.40")
+    }
+    assert fps == {duo["base_fingerprint"]}
     table = stats / "sensitivity-duo-r0.40"  # Duo-SVD's per-ratio table, as the workflow's
     assert duo["statistics"]["sensitivity-duo"]["path"] == str(table)
     assert json.loads((table / "manifest.json").read_text())["base_ratio"] == 0.4

@@ -7,10 +7,12 @@ import torch
 import transformers as tf
 from helpers import random_tiny
 
+from svdzoo import models
 from svdzoo.errors import ModelError
 from svdzoo.models import (
     adapter_for,
     fingerprint,
+    fingerprint_known,
     load_model,
     load_tokenizer,
     replace_module,
@@ -108,6 +110,29 @@ def test_fingerprint_is_stable_and_weight_sensitive():
     with torch.no_grad():
         b.model.layers[0].mlp.up_proj.weight[0, 0] += 1e-3
     assert fingerprint(a) != fingerprint(b)
+
+
+def test_a_known_fingerprint_is_hashed_once_and_only_inside_its_block(monkeypatch):
+    hashed = []
+    real = models._hash_model
+    monkeypatch.setattr(models, "_hash_model", lambda m: hashed.append(m) or real(m))
+    a = _tiny("llama")
+    before = fingerprint(a)
+    with fingerprint_known(a) as fp:
+        assert fp == before
+        with fingerprint_known(a) as inner:  # a nested block keeps the outer one's value
+            assert inner == fp
+        assert fingerprint(a) == fp
+        with torch.no_grad():  # what the caller vouches will not happen inside the block
+            a.model.layers[0].mlp.up_proj.weight[0, 0] += 1e-3
+        assert fingerprint(a) == fp
+    assert len(hashed) == 2  # the call before the block, and the block's own
+    assert fingerprint(a) != fp  # outside the block the weights are hashed again
+    with pytest.raises(RuntimeError), fingerprint_known(a):
+        raise RuntimeError
+    hashed.clear()
+    fingerprint(a)
+    assert hashed == [a]  # a block left by an error is forgotten too
 
 
 def test_replace_module():

@@ -151,7 +151,7 @@ def calibrate_and_compress(
     from svdzoo import lapack
     from svdzoo.api import check_model_input, compress_loaded
     from svdzoo.compression import KIND as COMPRESSED
-    from svdzoo.compression import Statistics, check_ratio, with_options
+    from svdzoo.compression import check_ratio, with_options
     from svdzoo.data import get_corpus
     from svdzoo.io import atomic_dir, check_output
     from svdzoo.methods import get_method
@@ -159,7 +159,7 @@ def calibrate_and_compress(
     from svdzoo.models import (
         check_seqlen,
         dtype_name,
-        fingerprint,
+        fingerprint_known,
         load_config,
         load_model,
         load_tokenizer,
@@ -200,33 +200,21 @@ def calibrate_and_compress(
     with atomic_dir(out, COMPRESSED, force=force, protect=inputs) as tmp:
         tokenizer = load_tokenizer(model)  # a model without a tokenizer fails before loading
         lm = load_model(model, dtype=dtype, device="cpu")  # Gram calibration streams layers
-        requests = _Requests(
-            fingerprint(lm), corp, dict(corpus=corpus, nsamples=nsamples, seqlen=seqlen,
-            seed=seed), dtype_name(lm), device,
-            sensitivity_nsamples, grids,
-        )  # fmt: skip
-        found = requests.existing(products, recompute_stats)  # before any compute
-        stats = Statistics()
-        for p in products:
-            product = found.get(p.kind)
-            if p.kind.startswith("sensitivity-") and product is not None and "gram" not in found:
-                product = requests.still_current(p, product, stats.gram)  # a new Gram cache
-            if product is None:
-                log.info("computing %s", p.path)
-                product = _compute(p, lm, tokenizer, stats.gram, requests, name, (model, corpus))
-            else:
-                log.info("reusing %s", p.path)
-            if p.kind == "gram":
-                stats.gram = product
-            elif p.kind == "fisher":
-                stats.fisher = product
-            else:
-                stats.sensitivity[p.kind.removeprefix("sensitivity-")] = product
-        lm.to(resolve_device(device))
-        paths = {p.kind: p.path for p in products}
-        manifest = compress_loaded(
-            lm, tokenizer, method, ratio, tmp, stats, paths, options=options, base=model
-        )
+        # hashed once: calibration, the tables and compression leave the weights as they are
+        # until compression, the last step, replaces them
+        with fingerprint_known(lm) as fp:
+            requests = _Requests(
+                fp, corp, dict(corpus=corpus, nsamples=nsamples, seqlen=seqlen,
+                seed=seed), dtype_name(lm), device,
+                sensitivity_nsamples, grids,
+            )  # fmt: skip
+            found = requests.existing(products, recompute_stats)  # before any compute
+            stats = _statistics(products, found, lm, tokenizer, requests, name, (model, corpus))
+            lm.to(resolve_device(device))
+            paths = {p.kind: p.path for p in products}
+            manifest = compress_loaded(
+                lm, tokenizer, method, ratio, tmp, stats, paths, options=options, base=model
+            )
     log.info("wrote %s (achieved ratio %.4f)", out, manifest["achieved_ratio"])
     return manifest
 
@@ -290,6 +278,32 @@ class _Requests:
         except CacheError as exc:
             log.info("recomputing %s: its Gram cache is new (%s)", p.path, exc)
             return None
+
+
+def _statistics(
+    products: Sequence[Product], found: Mapping[str, Any], lm, tokenizer, req: _Requests,
+    name: str, protect: Sequence[Any],
+) -> Any:  # fmt: skip
+    """The products found, the rest computed in order (the Gram cache first)."""
+    from svdzoo.compression import Statistics
+
+    stats = Statistics()
+    for p in products:
+        product = found.get(p.kind)
+        if p.kind.startswith("sensitivity-") and product is not None and "gram" not in found:
+            product = req.still_current(p, product, stats.gram)  # a new Gram cache
+        if product is None:
+            log.info("computing %s", p.path)
+            product = _compute(p, lm, tokenizer, stats.gram, req, name, protect)
+        else:
+            log.info("reusing %s", p.path)
+        if p.kind == "gram":
+            stats.gram = product
+        elif p.kind == "fisher":
+            stats.fisher = product
+        else:
+            stats.sensitivity[p.kind.removeprefix("sensitivity-")] = product
+    return stats
 
 
 def _load(p: Product, expect: Mapping[str, Any]) -> Any:

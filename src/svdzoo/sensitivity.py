@@ -410,14 +410,12 @@ def truncated_weight(W: torch.Tensor, wh: linalg.Whitener, svd, k: int) -> torch
     return (U[:, :k] * sigma[:k]) @ wh.unapply(Vh[:k])
 
 
-def _check_gram_matches(model: nn.Module, gram_stats: Any) -> None:
-    from svdzoo.models import fingerprint
-
+def _check_gram_matches(model_fp: str, gram_stats: Any) -> None:
     fp = gram_stats.manifest.get("model_fingerprint")
-    if fp is not None and fp != fingerprint(model):
+    if fp is not None and fp != model_fp:
         raise CacheError(
             f"the Gram statistics were computed on another model (fingerprint {fp}, "
-            f"this model is {fingerprint(model)})"
+            f"this model is {model_fp})"
         )
 
 
@@ -491,7 +489,8 @@ def compute_sensitivity(
             f"need nsamples >= 1, seqlen >= 2 and batch_size >= 1 (got {nsamples}, {seqlen}, {batch_size})"
         )
     corp = gram_corpus(gm, corpus)
-    _check_gram_matches(model, gram_stats)
+    model_fp = fingerprint(model)  # hashed once: the probes leave the weights as they were
+    _check_gram_matches(model_fp, gram_stats)
     adapter = adapter_for(model)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     precision = linalg.resolve_precision("auto", device)  # Gram eigh SVDs on a GPU (issue 16)
@@ -569,7 +568,7 @@ def compute_sensitivity(
         "format_version": FORMAT_VERSION,
         **made_with(),
         "model": gm.get("model"),
-        "model_fingerprint": fingerprint(model),
+        "model_fingerprint": model_fp,
         "family": adapter.name,
         "corpus": gm.get("corpus", corp.name),
         "corpus_fingerprint": corp.fingerprint,

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from svdzoo.io import check_output
     from svdzoo.models import (
         check_seqlen,
-        fingerprint,
+        fingerprint_known,
         load_config,
         load_model,
         load_tokenizer,
@@ -107,41 +107,45 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
     check_seqlen(load_config(args.model), args.seqlen or gram.manifest["seqlen"])
     model = load_model(args.model, dtype=args.dtype, device=args.device)
-    want = table_request(
-        fingerprint(model),
-        gram.manifest,
-        nsamples=args.nsamples,
-        seqlen=args.seqlen,
-        seed=args.seed,
-        ratios=grid,
-        base_ratio=args.base_ratio,
-        device=args.device,
-    )
-    if not args.force and Path(args.out).is_dir():
-        try:
-            load_sensitivity(args.out, expect=want, kind=args.kind)
-        except CacheError as exc:
-            log.info("recomputing %s: %s", args.out, exc)
-        else:
-            log.info("%s already holds this table; nothing to do (--force recomputes)", args.out)
-            return 0
-    manifest = sensitivity_to_dir(
-        model,
-        tokenizer,
-        gram,
-        args.kind,
-        args.out,
-        force=args.force,
-        protect=[args.stats, args.model, args.corpus],
-        nsamples=args.nsamples,
-        seqlen=args.seqlen,
-        seed=args.seed,
-        ratios=grid,
-        corpus=args.corpus,
-        batch_size=args.batch_size,
-        max_tokens=args.max_tokens,
-        base_ratio=args.base_ratio,
-    )
+    # hashed once for the request and the table's manifest (the probes restore the weights)
+    with fingerprint_known(model) as fp:
+        want = table_request(
+            fp,
+            gram.manifest,
+            nsamples=args.nsamples,
+            seqlen=args.seqlen,
+            seed=args.seed,
+            ratios=grid,
+            base_ratio=args.base_ratio,
+            device=args.device,
+        )
+        if not args.force and Path(args.out).is_dir():
+            try:
+                load_sensitivity(args.out, expect=want, kind=args.kind)
+            except CacheError as exc:
+                log.info("recomputing %s: %s", args.out, exc)
+            else:
+                log.info(
+                    "%s already holds this table; nothing to do (--force recomputes)", args.out
+                )
+                return 0
+        manifest = sensitivity_to_dir(
+            model,
+            tokenizer,
+            gram,
+            args.kind,
+            args.out,
+            force=args.force,
+            protect=[args.stats, args.model, args.corpus],
+            nsamples=args.nsamples,
+            seqlen=args.seqlen,
+            seed=args.seed,
+            ratios=grid,
+            corpus=args.corpus,
+            batch_size=args.batch_size,
+            max_tokens=args.max_tokens,
+            base_ratio=args.base_ratio,
+        )
     log.info(
         "sensitivity-%s of %s: %d modules -> %s",
         args.kind,
