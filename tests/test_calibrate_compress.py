@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from test_workflow import MICRO
 
 import svdzoo
 from svdzoo import models
@@ -198,3 +199,75 @@ def test_bad_input_is_refused_before_any_compute(tiny_llama_dir, tmp_path, chang
     assert not out.exists()
     assert not any(tmp_path.rglob("*.safetensors"))
     assert not notes.exists() or notes.read_text() == "mine"
+
+
+def _params(**sections) -> dict:
+    return {**MICRO, **sections}
+
+
+def test_params_give_the_workflows_settings_and_refuse_what_cannot_be_mirrored(tmp_path):
+    from svdzoo.job_settings import settings_from_params
+
+    (tmp_path / "data/models/tiny").mkdir(parents=True)
+    params = _params(method_options={"asvd": {"alpha": 0.5}}, sensitivity={"ratios": [0.4, 0.8]})
+    job = settings_from_params(params, "tiny", "asvd", tmp_path)
+    assert job == {
+        "model": str(tmp_path / "data/models/tiny"), "corpus": "pydoc", "nsamples": 4,
+        "seqlen": 32, "seed": 0, "sensitivity_ratios": [0.4, 0.8], "dtype": "float32",
+        "options": {"alpha": 0.5},
+    }  # fmt: skip
+    f16 = {**MICRO["calibration"], "dtype": "float16"}
+    assert settings_from_params(_params(calibration=f16, compress={"dtype": "float16"}),
+                                "tiny", "svd-llm", tmp_path)["dtype"] == "float16"  # fmt: skip
+    # one dtype for all: a table in another dtype matters only to a method that reads one
+    odd = _params(calibration=f16, compress={"dtype": "float16"})
+    assert settings_from_params(
+        {**odd, "sensitivity": {"dtype": "float32"}}, "tiny", "svd-llm", tmp_path
+    )
+    refused = [
+        (_params(calibration=f16), "svd-llm", "float16 for calibration, float32 for compress"),
+        ({**odd, "sensitivity": {"dtype": "float32"}}, "asvd", "float32 for sensitivity"),
+        (_params(sensitivity={"seqlen": 64}), "asvd", "seqlen 64 is not the calibration's 32"),
+        (_params(calibration={**MICRO["calibration"], "fisher-batch-size": 4}), "fwsvd",
+         "batches of 4"),
+    ]  # fmt: skip
+    for params, method, match in refused:
+        with pytest.raises(ConfigError, match=match):
+            settings_from_params(params, "tiny", method, tmp_path)
+    # unless one dtype is asked for
+    assert (
+        settings_from_params(
+            _params(calibration=f16), "tiny", "svd-llm", tmp_path, dtype="bfloat16"
+        )["dtype"]
+        == "bfloat16"
+    )
+    # what cannot change this method's statistics passes
+    fisher4 = _params(calibration={**MICRO["calibration"], "fisher-batch-size": 4})
+    assert settings_from_params(fisher4, "tiny", "svd-llm", tmp_path)["nsamples"] == 4
+    with pytest.raises(ConfigError, match="not a model of the params file, which has tiny"):
+        settings_from_params(params, "big", "asvd", tmp_path)
+    with pytest.raises(ConfigError, match="made by the workflow and is not there yet"):
+        settings_from_params(params, "tiny", "asvd", tmp_path / "elsewhere")
+    given = settings_from_params(params, "tiny", "asvd", tmp_path / "elsewhere", "/m")
+    assert given["model"] == "/m"  # a model given is taken as it is
+
+
+def test_the_command_line_says_what_it_needs(tmp_path, capsys):
+    argv = [
+        "calibrate-compress",
+        "--method",
+        "svd-llm",
+        "--ratio",
+        "0.4",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main([*argv, "--model", "m", "--nsamples", "4"]) == 2
+    assert "give --corpus, --seqlen, or --params FILE and --model-name" in capsys.readouterr().err
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(_params()))
+    assert main([*argv, "--params", str(params)]) == 2
+    assert "--params needs --model-name" in capsys.readouterr().err
+    assert main([*argv, "--params", str(tmp_path / "nope.yaml"), "--model-name", "tiny"]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

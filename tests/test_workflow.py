@@ -299,6 +299,33 @@ def test_full_run_produces_every_metric(micro_ws):
     assert not (micro_ws / "data/stats/tiny/pydoc-n4-l32-s0/fisher").exists()
 
 
+def test_calibrate_compress_with_the_params_is_the_workflows_own_job(micro_run, tmp_path):
+    """`svdzoo calibrate-compress --params` takes the settings of the workflow's jobs: it
+    finds the micro run's Gram cache (changing nothing there) and writes the weights the
+    workflow's compress job wrote."""
+    from safetensors.torch import load_file
+
+    from svdzoo.cli import main
+
+    gram = micro_run / "data/stats/tiny/pydoc-n4-l32-s0/gram/manifest.json"
+    before = gram.stat().st_mtime_ns
+    argv = ["calibrate-compress", "--params", str(micro_run / "params.yaml"),
+            "--model-name", "tiny", "--method", "svd-llm", "--ratio", "0.40",
+            "--stats-root", str(micro_run), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 0
+    assert gram.stat().st_mtime_ns == before
+    name = "svdzoo-lowrank.safetensors"
+    ours = load_file(str(tmp_path / "out" / name))
+    theirs = load_file(str(micro_run / "results/compressed/tiny/svd-llm/r0.40" / name))
+    assert ours.keys() == theirs.keys() and all(ours[k].equal(theirs[k]) for k in ours)
+    # flags given override the params: here the model, the stats root and nsamples
+    model = str(micro_run / "data/models/tiny")
+    argv[argv.index("--stats-root") + 1] = str(tmp_path)
+    assert main([*argv[:-1], str(tmp_path / "out2"), "--model", model, "--nsamples", "2"]) == 0
+    made = json.loads((tmp_path / "data/stats/tiny/pydoc-n2-l32-s0/gram/manifest.json").read_text())
+    assert (made["nsamples"], made["seqlen"]) == (2, 32)
+
+
 def test_second_run_does_nothing(micro_ws):
     before = mtimes(metric_files(micro_ws))
     out = smk(micro_ws)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 NAME = "calibrate-compress"
 HELP = "compute (or reuse) the statistics a method needs and compress a model, in one command"
@@ -17,14 +18,28 @@ HELP = "compute (or reuse) the statistics a method needs and compress a model, i
 log = logging.getLogger(__name__)
 
 
+# what the command does without --params (argparse defaults are None, so that --params
+# can tell a flag given from one left out)
+DEFAULTS = {"seed": 0, "dtype": "float32", "sensitivity_nsamples": 32}
+FROM_PARAMS = ("model", "corpus", "nsamples", "seqlen", "seed", "dtype",
+               "sensitivity_nsamples", "sensitivity_ratios")  # fmt: skip
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from svdzoo.commands.compress import add_compression_arguments
 
-    add_compression_arguments(p)
-    p.add_argument("--corpus", required=True, help="calibration corpus: name or .txt/.jsonl path")
-    p.add_argument("--nsamples", type=int, required=True, help="calibration windows")
-    p.add_argument("--seqlen", type=int, required=True, help="tokens per calibration window")
-    p.add_argument("--seed", type=int, default=0, help="window seed (default 0)")
+    add_compression_arguments(p, model_required=False)
+    p.add_argument(
+        "--params",
+        metavar="FILE",
+        help="take the calibration set, table windows and grid, dtype and method options from "
+        "a workflow params file (the settings of its jobs for --model-name, one of its "
+        "models; --model defaults to the workflow's); flags given here override them",
+    )
+    p.add_argument("--corpus", help="calibration corpus: name or .txt/.jsonl path")
+    p.add_argument("--nsamples", type=int, help="calibration windows")
+    p.add_argument("--seqlen", type=int, help="tokens per calibration window")
+    p.add_argument("--seed", type=int, help="window seed (default 0)")
     p.add_argument(
         "--stats-root",
         default=".",
@@ -34,12 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--model-name", help="the name the caches are filed under (default: the model's last "
-        "path component)"
+        "path component; with --params, the params' model key)"
     )  # fmt: skip
     p.add_argument(
         "--sensitivity-nsamples",
         type=int,
-        default=32,
         help="windows per sensitivity probe, for the methods that need a table (default 32)",
     )
     p.add_argument(
@@ -54,31 +68,63 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="recompute a cache at the statistics paths that is not this request's (another "
         "model under the same name, other settings or code); without it the command stops",
     )
+    p.set_defaults(dtype=None)  # float32 unless --params says otherwise (DEFAULTS)
+
+
+def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The settings (FROM_PARAMS) and method options: the flags given, then the params',
+    then DEFAULTS. ConfigError for what is missing or cannot be mirrored."""
+    from svdzoo.commands.compress import parse_options
+    from svdzoo.errors import ConfigError
+
+    given = {k: getattr(args, k) for k in FROM_PARAMS if getattr(args, k) is not None}
+    options = parse_options(args.option)
+    settings: dict[str, Any] = dict(DEFAULTS)
+    if args.params:
+        from svdzoo.config import load_params
+        from svdzoo.job_settings import settings_from_params
+
+        if not args.model_name:
+            raise ConfigError("--params needs --model-name, the params' key of the model")
+        params = load_params(args.params)
+        job = settings_from_params(
+            params, args.model_name, args.method, args.stats_root, args.model, args.dtype
+        )
+        options = {**job.pop("options"), **options}
+        for key, value in given.items():
+            if key in job and job[key] != value:
+                log.info(
+                    "--%s %s instead of the params' %s", key.replace("_", "-"), value, job[key]
+                )
+        settings.update(job)
+    settings.update(given)
+    missing = [k for k in ("model", "corpus", "nsamples", "seqlen") if settings.get(k) is None]
+    if missing:
+        raise ConfigError(
+            "give " + ", ".join(f"--{k}" for k in missing) + ", or --params FILE and "
+            "--model-name to take them from a workflow params file"
+        )
+    return settings, options
 
 
 def run(args: argparse.Namespace) -> int:
     from svdzoo.calibrate_compress import calibrate_and_compress
-    from svdzoo.commands.compress import parse_options
     from svdzoo.io import COMPRESSED_MODEL, check_output
 
+    settings, options = resolve(args)
+    model = settings.pop("model")
     # a foreign, protected, unwritable or busy --out fails here, before anything loads
-    check_output(args.out, COMPRESSED_MODEL, force=args.force, protect=(args.model, args.corpus))
+    check_output(args.out, COMPRESSED_MODEL, force=args.force, protect=(model, settings["corpus"]))
     calibrate_and_compress(
-        args.model,
+        model,
         args.method,
         args.ratio,
         args.out,
-        corpus=args.corpus,
-        nsamples=args.nsamples,
-        seqlen=args.seqlen,
-        seed=args.seed,
+        **settings,
         stats_root=args.stats_root,
         model_name=args.model_name,
-        options=parse_options(args.option),
+        options=options,
         device=args.device,
-        dtype=args.dtype,
-        sensitivity_nsamples=args.sensitivity_nsamples,
-        sensitivity_ratios=args.sensitivity_ratios,
         recompute_stats=args.recompute_stats,
         force=args.force,
     )

@@ -11,9 +11,9 @@ HELP = "compress a model with a registered method; writes safetensors weights an
 log = logging.getLogger(__name__)
 
 
-def add_compression_arguments(p: argparse.ArgumentParser) -> None:
+def add_compression_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
     """The model, method, ratio, options and output flags, shared with `calibrate-compress`."""
-    p.add_argument("--model", required=True, help="hub id or local model directory")
+    p.add_argument("--model", required=model_required, help="hub id or local model directory")
     p.add_argument("--method", required=True)
     p.add_argument(
         "--ratio", type=float, required=True, help="fraction of parameters removed, in (0, 1)"
