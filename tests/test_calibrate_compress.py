@@ -202,48 +202,52 @@ def test_bad_input_is_refused_before_any_compute(tiny_llama_dir, tmp_path, chang
 
 
 def _params(**sections) -> dict:
-    return {**MICRO, **sections}
+    """The micro workflow's params with `sections` replaced, validated as the command's are
+    (`report` dropped: its file is looked up from the current directory)."""
+    from svdzoo.config import find_schema, validate_params
+
+    params = {k: v for k, v in {**MICRO, **sections}.items() if k != "report"}
+    return validate_params(params, find_schema(Path(__file__)))
 
 
 def test_params_give_the_workflows_settings_and_refuse_what_cannot_be_mirrored(tmp_path):
     from svdzoo.job_settings import settings_from_params
 
+    def job(params, method, **given):
+        return settings_from_params(params, "tiny", method, tmp_path, **given)
+
     (tmp_path / "data/models/tiny").mkdir(parents=True)
-    params = _params(method_options={"asvd": {"alpha": 0.5}}, sensitivity={"ratios": [0.4, 0.8]})
-    job = settings_from_params(params, "tiny", "asvd", tmp_path)
-    assert job == {
+    table = {"nsamples": 2, "ratios": [0.4, 0.8], "seqlen": 32}  # seqlen: the calibration's
+    params = _params(method_options={"asvd": {"alpha": 0.5}}, sensitivity=table)
+    assert job(params, "asvd") == {
         "model": str(tmp_path / "data/models/tiny"), "corpus": "pydoc", "nsamples": 4,
-        "seqlen": 32, "seed": 0, "sensitivity_ratios": [0.4, 0.8], "dtype": "float32",
-        "options": {"alpha": 0.5},
+        "seqlen": 32, "seed": 0, "sensitivity_nsamples": 2, "sensitivity_ratios": [0.4, 0.8],
+        "dtype": "float32", "device": "cpu", "options": {"alpha": 0.5},
     }  # fmt: skip
+    assert job(_params(), "svd")["device"] == "cpu"  # MICRO's execution.compress.device
     f16 = {**MICRO["calibration"], "dtype": "float16"}
-    assert settings_from_params(_params(calibration=f16, compress={"dtype": "float16"}),
-                                "tiny", "svd-llm", tmp_path)["dtype"] == "float16"  # fmt: skip
-    # one dtype for all: a table in another dtype matters only to a method that reads one
-    odd = _params(calibration=f16, compress={"dtype": "float16"})
-    assert settings_from_params(
-        {**odd, "sensitivity": {"dtype": "float32"}}, "tiny", "svd-llm", tmp_path
-    )
+    both16 = _params(calibration=f16, compress={"dtype": "float16"})
+    assert job(both16, "svd-llm")["dtype"] == "float16"
+    # one dtype for the jobs the method's statistics come from and its compress job
+    assert job(_params(calibration=f16), "svd")["dtype"] == "float32"  # plain SVD: no stats
+    table32 = {**MICRO["sensitivity"], "dtype": "float32"}
+    assert job({**both16, "sensitivity": table32}, "svd-llm")["dtype"] == "float16"
+    cpu_probes = {**MICRO["execution"], "sensitivity": {"device": "cpu"}}
     refused = [
-        (_params(calibration=f16), "svd-llm", "float16 for calibration, float32 for compress"),
-        ({**odd, "sensitivity": {"dtype": "float32"}}, "asvd", "float32 for sensitivity"),
-        (_params(sensitivity={"seqlen": 64}), "asvd", "seqlen 64 is not the calibration's 32"),
-        (_params(calibration={**MICRO["calibration"], "fisher-batch-size": 4}), "fwsvd",
+        (_params(calibration=f16), "svd-llm", {}, "float16 for calibration, float32 for compress"),
+        ({**both16, "sensitivity": table32}, "asvd", {}, "float32 for sensitivity"),
+        (_params(calibration={**MICRO["calibration"], "fisher-batch-size": 4}), "fwsvd", {},
          "batches of 4"),
     ]  # fmt: skip
-    for params, method, match in refused:
+    for params_, method, given, match in refused:
         with pytest.raises(ConfigError, match=match):
-            settings_from_params(params, "tiny", method, tmp_path)
+            job(params_, method, **given)
     # unless one dtype is asked for
-    assert (
-        settings_from_params(
-            _params(calibration=f16), "tiny", "svd-llm", tmp_path, dtype="bfloat16"
-        )["dtype"]
-        == "bfloat16"
-    )
+    assert job(_params(calibration=f16), "svd-llm", dtype="bfloat16")["dtype"] == "bfloat16"
     # what cannot change this method's statistics passes
     fisher4 = _params(calibration={**MICRO["calibration"], "fisher-batch-size": 4})
-    assert settings_from_params(fisher4, "tiny", "svd-llm", tmp_path)["nsamples"] == 4
+    assert job(fisher4, "svd-llm")["nsamples"] == 4
+    assert job(_params(execution=cpu_probes), "asvd")["device"] == "cpu"
     with pytest.raises(ConfigError, match="not a model of the params file, which has tiny"):
         settings_from_params(params, "big", "asvd", tmp_path)
     with pytest.raises(ConfigError, match="made by the workflow and is not there yet"):

@@ -307,19 +307,21 @@ def test_calibrate_compress_with_the_params_is_the_workflows_own_job(micro_run, 
 
     from svdzoo.cli import main
 
-    gram = micro_run / "data/stats/tiny/pydoc-n4-l32-s0/gram/manifest.json"
+    ws = tmp_path / "ws"  # a copy: a regression must not write into the shared run
+    shutil.copytree(micro_run, ws, symlinks=True)
+    gram = ws / "data/stats/tiny/pydoc-n4-l32-s0/gram/manifest.json"
     before = gram.stat().st_mtime_ns
-    argv = ["calibrate-compress", "--params", str(micro_run / "params.yaml"),
+    argv = ["calibrate-compress", "--params", str(ws / "params.yaml"),
             "--model-name", "tiny", "--method", "svd-llm", "--ratio", "0.40",
-            "--stats-root", str(micro_run), "--out", str(tmp_path / "out")]  # fmt: skip
+            "--stats-root", str(ws), "--out", str(tmp_path / "out")]  # fmt: skip
     assert main(argv) == 0
     assert gram.stat().st_mtime_ns == before
     name = "svdzoo-lowrank.safetensors"
     ours = load_file(str(tmp_path / "out" / name))
-    theirs = load_file(str(micro_run / "results/compressed/tiny/svd-llm/r0.40" / name))
+    theirs = load_file(str(ws / "results/compressed/tiny/svd-llm/r0.40" / name))
     assert ours.keys() == theirs.keys() and all(ours[k].equal(theirs[k]) for k in ours)
     # flags given override the params: here the model, the stats root and nsamples
-    model = str(micro_run / "data/models/tiny")
+    model = str(ws / "data/models/tiny")
     argv[argv.index("--stats-root") + 1] = str(tmp_path)
     assert main([*argv[:-1], str(tmp_path / "out2"), "--model", model, "--nsamples", "2"]) == 0
     made = json.loads((tmp_path / "data/stats/tiny/pydoc-n2-l32-s0/gram/manifest.json").read_text())

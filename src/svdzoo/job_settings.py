@@ -2,10 +2,11 @@
 file, as `calibrate_and_compress` keyword arguments (`svdzoo calibrate-compress --params`).
 
 The workflow runs `calibrate`, `sensitivity` and `compress` with the flags of the params'
-`calibration`, `sensitivity` and `compress` sections and `method_options.<method>`; the one
-command takes the same values, so it computes what those jobs would and finds their caches.
-A flag that changes what a job computes but that the one command cannot mirror is refused:
-silently dropping it would make statistics the workflow's manifests disagree with.
+`calibration`, `sensitivity` and `compress` sections, `execution.<command>` and
+`method_options.<method>`; the one command takes the same values, so it computes what
+those jobs would and finds their caches. A setting that changes what a job computes but
+that the one command cannot mirror is refused: silently dropping it would make statistics
+the workflow's manifests disagree with.
 """
 
 from __future__ import annotations
@@ -18,19 +19,18 @@ from svdzoo.errors import ConfigError
 
 # params section -> {flag: calibrate_and_compress keyword}
 TAKEN = {
-    "calibration": {
-        "corpus": "corpus",
-        "nsamples": "nsamples",
-        "seqlen": "seqlen",
-        "seed": "seed",
-        "dtype": "dtype",
-    },
+    "calibration": {"corpus": "corpus", "nsamples": "nsamples", "seqlen": "seqlen", "seed": "seed"},
     "sensitivity": {"nsamples": "sensitivity_nsamples", "ratios": "sensitivity_ratios"},
     "compress": {},
 }
-# flags that set how a job runs, never what it computes (devices, batching, memory)
-RUN_TIME = frozenset({"device", "batch-size", "memory-budget-mb", "offload-dir", "max-tokens"})
+# validated to equal the calibration's (`config.validate_params`), or not a result at all
+IGNORED = {
+    "calibration": frozenset({"force"}),
+    "sensitivity": frozenset({"corpus", "seqlen", "seed", "force"}),
+    "compress": frozenset({"force"}),
+}
 DEFAULT_DTYPE = "float32"  # `svdzoo calibrate`, `sensitivity` and `compress` alike
+STATS = frozenset({"gram", "fisher"})
 
 
 def settings_from_params(
@@ -40,12 +40,18 @@ def settings_from_params(
     root: str | Path = ".",
     model_path: str | None = None,
     dtype: str | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """`calibrate_and_compress` keywords for `method` on the params' model `model`, with
-    `model` the path or hub id the workflow passes as `--model` (its directory under
-    `root` for a model the workflow makes); ConfigError for what cannot be mirrored.
-    `model_path` and `dtype`, where given, replace the params' (the user's choice)."""
-    from svdzoo.config import LOCAL_SOURCES, method_requirements, model_arg
+    """`calibrate_and_compress` keywords for `method` on the model `model` of validated
+    `params` (`config.load_params`), with `model` the path or hub id the workflow passes
+    as `--model` (its directory under `root` for a model the workflow makes). `model_path`,
+    `dtype` and `device`, where given, replace the params' (the user's choice).
+
+    The device is the compress job's (it decides the factorisations' precision); a table's
+    precision follows the sensitivity job's, so the two must agree. The calibration job's
+    device and the batch sizes change only round-off, which no manifest records."""
+    from svdzoo.commands.compress import parse_options
+    from svdzoo.config import LOCAL_SOURCES, method_requirements, model_arg, option_flags
     from svdzoo.paths import Layout
 
     if model not in params["models"]:
@@ -63,41 +69,55 @@ def settings_from_params(
         )
     needs = method_requirements(method)
     tables = any(k.startswith("sensitivity-") for k in needs)
-    sections = {s: dict(params.get(s) or {}) for s in TAKEN}
     out: dict[str, Any] = {"model": path}
-    for section, flags in sections.items():
-        for flag, value in flags.items():
-            if flag in TAKEN[section]:
-                out[TAKEN[section][flag]] = value
-            elif flag not in RUN_TIME and flag != "dtype":
-                _check_other(section, flag, value, sections["calibration"], needs)
-    dtypes = {
-        s: sections[s].get("dtype", DEFAULT_DTYPE)
-        for s in ("calibration", "sensitivity", "compress")
-        if s != "sensitivity" or tables
-    }
-    if dtype is None and len(set(dtypes.values())) > 1:
-        raise ConfigError(
-            "the params load the model in "
-            + ", ".join(f"{v} for {s}" for s, v in dtypes.items())
-            + "; calibrate-compress loads it once, in one dtype: run the workflow, or "
-            "give --dtype to use one for all"
-        )
-    out["dtype"] = dtype or dtypes["calibration"]
-    out["options"] = dict((params.get("method_options") or {}).get(method) or {})
+    for section, taken in TAKEN.items():
+        for flag, value in (params.get(section) or {}).items():
+            if flag in taken:
+                out[taken[flag]] = value
+            elif flag != "dtype" and flag not in IGNORED[section]:
+                _check_other(section, flag, value, needs)
+    # the jobs this method's statistics come from, and the compress job itself
+    jobs = ["calibration"] if needs & STATS or tables else []
+    jobs += [*(["sensitivity"] if tables else []), "compress"]
+    out["dtype"] = dtype or _one_dtype(params, jobs)
+    out["device"] = device or _compress_device(params, tables)
+    # as the workflow hands them over: `--option KEY=VALUE` text, read back as YAML
+    out["options"] = parse_options(option_flags(params, method)[1::2])
     return out
 
 
-def _check_other(
-    section: str, flag: str, value: Any, calibration: Mapping[str, Any], needs: frozenset[str]
-) -> None:
-    """A flag the one command does not take: fine where it repeats the calibration set or
-    cannot matter to this method, refused where it would change the statistics."""
-    if section == "sensitivity" and flag in ("seqlen", "seed", "corpus"):
-        if value == calibration.get(flag):
-            return
-        why = f"the tables' {flag} {value!r} is not the calibration's {calibration.get(flag)!r}"
-    elif section == "calibration" and flag == "fisher-batch-size":
+def _one_dtype(params: Mapping[str, Any], jobs: list[str]) -> str:
+    dtypes = {s: (params.get(s) or {}).get("dtype", DEFAULT_DTYPE) for s in jobs}
+    if len(set(dtypes.values())) > 1:
+        raise ConfigError(
+            "the params load the model in "
+            + ", ".join(f"{v} for {s}" for s, v in dtypes.items())
+            + "; calibrate-compress loads it once, in one dtype: give --dtype to use one "
+            "for all (the workflow's own caches are then not this request's)"
+        )
+    return dtypes["compress"]
+
+
+def _compress_device(params: Mapping[str, Any], tables: bool) -> str:
+    execution = params.get("execution") or {}
+    device = str((execution.get("compress") or {}).get("device", "auto"))
+    if tables:
+        from svdzoo.models import resolve_device
+
+        probes = str((execution.get("sensitivity") or {}).get("device", "auto"))
+        if resolve_device(probes).type != resolve_device(device).type:
+            raise ConfigError(
+                f"the params probe the sensitivity tables on {probes} and compress on "
+                f"{device}, and a table's precision follows its device; calibrate-compress "
+                "runs both on one: give --device"
+            )
+    return device
+
+
+def _check_other(section: str, flag: str, value: Any, needs: frozenset[str]) -> None:
+    """A flag the one command does not take: fine where it cannot matter to this method,
+    refused where it would change the statistics."""
+    if section == "calibration" and flag == "fisher-batch-size":
         if "fisher" not in needs or int(value) == 1:
             return
         why = f"Fisher is summed over batches of {value} (calibrate-compress: per sample)"

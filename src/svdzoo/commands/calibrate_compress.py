@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 # what the command does without --params (argparse defaults are None, so that --params
 # can tell a flag given from one left out)
-DEFAULTS = {"seed": 0, "dtype": "float32", "sensitivity_nsamples": 32}
-FROM_PARAMS = ("model", "corpus", "nsamples", "seqlen", "seed", "dtype",
+DEFAULTS = {"seed": 0, "dtype": "float32", "device": "auto", "sensitivity_nsamples": 32}
+FROM_PARAMS = ("model", "corpus", "nsamples", "seqlen", "seed", "dtype", "device",
                "sensitivity_nsamples", "sensitivity_ratios")  # fmt: skip
 
 
@@ -32,9 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--params",
         metavar="FILE",
-        help="take the calibration set, table windows and grid, dtype and method options from "
-        "a workflow params file (the settings of its jobs for --model-name, one of its "
-        "models; --model defaults to the workflow's); flags given here override them",
+        help="take the calibration set, table windows and grid, dtype, device and method "
+        "options from a workflow params file: the settings of its jobs for --model-name, "
+        "one of its models (--model defaults to the workflow's; run it from the workflow's "
+        "root); flags given here override them",
     )
     p.add_argument("--corpus", help="calibration corpus: name or .txt/.jsonl path")
     p.add_argument("--nsamples", type=int, help="calibration windows")
@@ -49,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--model-name", help="the name the caches are filed under (default: the model's last "
-        "path component; with --params, the params' model key)"
+        "path component; required with --params: the params' model key)"
     )  # fmt: skip
     p.add_argument(
         "--sensitivity-nsamples",
@@ -68,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="recompute a cache at the statistics paths that is not this request's (another "
         "model under the same name, other settings or code); without it the command stops",
     )
-    p.set_defaults(dtype=None)  # float32 unless --params says otherwise (DEFAULTS)
+    p.set_defaults(dtype=None, device=None)  # DEFAULTS, unless --params says otherwise
 
 
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -88,8 +89,9 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
             raise ConfigError("--params needs --model-name, the params' key of the model")
         params = load_params(args.params)
         job = settings_from_params(
-            params, args.model_name, args.method, args.stats_root, args.model, args.dtype
-        )
+            params, args.model_name, args.method, args.stats_root, args.model, args.dtype,
+            args.device,
+        )  # fmt: skip
         options = {**job.pop("options"), **options}
         for key, value in given.items():
             if key in job and job[key] != value:
@@ -124,7 +126,6 @@ def run(args: argparse.Namespace) -> int:
         stats_root=args.stats_root,
         model_name=args.model_name,
         options=options,
-        device=args.device,
         recompute_stats=args.recompute_stats,
         force=args.force,
     )

@@ -27,8 +27,12 @@ def add_compression_arguments(p: argparse.ArgumentParser, *, model_required: boo
         action="store_true",
         help="replace --out even if it is not an earlier compressed model (never an input)",
     )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument(
+        "--device", default="auto", help="where the factorisations run (default auto: a GPU if any)"
+    )
+    p.add_argument(
+        "--dtype", default="float32", help="dtype the model is loaded in (default float32)"
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
