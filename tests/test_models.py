@@ -112,6 +112,26 @@ def test_fingerprint_is_stable_and_weight_sensitive():
     assert fingerprint(a) != fingerprint(b)
 
 
+def test_fingerprint_does_not_depend_on_the_hashing_threads():
+    model, threads = _tiny("llama"), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fingerprint(model)
+        torch.set_num_threads(3)
+        assert fingerprint(model) == one
+    finally:
+        torch.set_num_threads(threads)
+    # a tied head is the embedding's storage, hashed once but named under both names
+    cfg = tf.LlamaConfig(**SMALL, num_key_value_heads=2, intermediate_size=48,
+                         tie_word_embeddings=True)  # fmt: skip
+    tied = tf.LlamaForCausalLM(cfg)
+    assert tied.lm_head.weight.data_ptr() == tied.model.embed_tokens.weight.data_ptr()
+    before = fingerprint(tied)
+    with torch.no_grad():
+        tied.lm_head.weight[0, 0] += 1e-3
+    assert fingerprint(tied) != before
+
+
 def test_a_known_fingerprint_is_hashed_once_and_only_inside_its_block(monkeypatch):
     hashed = []
     real = models._hash_model
