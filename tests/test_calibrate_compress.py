@@ -256,11 +256,11 @@ def test_params_give_the_workflows_settings_and_refuse_what_cannot_be_mirrored(t
     assert given["model"] == "/m"  # a model given is taken as it is
 
 
-def test_the_command_line_says_what_it_needs(tmp_path, capsys):
+def test_the_command_line_says_what_it_needs(tiny_llama_dir, tmp_path, capsys):
     argv = [
         "calibrate-compress",
         "--method",
-        "svd-llm",
+        "svd",
         "--ratio",
         "0.4",
         "--out",
@@ -274,4 +274,13 @@ def test_the_command_line_says_what_it_needs(tmp_path, capsys):
     assert "--params needs --model-name" in capsys.readouterr().err
     assert main([*argv, "--params", str(tmp_path / "nope.yaml"), "--model-name", "tiny"]) == 2
     assert "nope.yaml" in capsys.readouterr().err
+    # the params file is an input: never the output, not even with --force
+    before = params.read_bytes()
+    out_at = argv.index("--out") + 1
+    at_params = [*argv[:out_at], str(params), *argv[out_at + 1 :], "--force"]
+    job = ["--params", str(params), "--model-name", "tiny", "--model", str(tiny_llama_dir),
+           "--stats-root", str(tmp_path)]  # fmt: skip
+    assert main([*at_params, *job]) == 2
+    err = capsys.readouterr().err
+    assert f"refusing to write {params}" in err and params.read_bytes() == before, err
     assert not (tmp_path / "o").exists()

@@ -115,8 +115,10 @@ def run(args: argparse.Namespace) -> int:
 
     settings, options = resolve(args)
     model = settings.pop("model")
-    # a foreign, protected, unwritable or busy --out fails here, before anything loads
-    check_output(args.out, COMPRESSED_MODEL, force=args.force, protect=(model, settings["corpus"]))
+    # a foreign, protected, unwritable or busy --out fails here, before anything loads; the
+    # inputs, the params file among them, are never replaced, not even with --force
+    inputs = [model, settings["corpus"], *([args.params] if args.params else [])]
+    check_output(args.out, COMPRESSED_MODEL, force=args.force, protect=inputs)
     calibrate_and_compress(
         model,
         args.method,
