@@ -132,6 +132,14 @@ def test_fingerprint_does_not_depend_on_the_hashing_threads():
     assert fingerprint(tied) != before
 
 
+def test_a_tensors_digest_is_that_of_its_values_whatever_its_layout():
+    w = torch.randn(4, 5)
+    one = models._tensor_digest(w[2:3, 1].clone())
+    for view in (w[2:3, 1], w.t()[1:2, 2:3], w[2, 1]):  # strides 5, (1, 5) and a 0-dim
+        assert models._tensor_digest(view) == one
+    assert models._tensor_digest(w.t()) == models._tensor_digest(w.t().contiguous())
+
+
 def test_a_known_fingerprint_is_hashed_once_and_only_inside_its_block(monkeypatch):
     hashed = []
     real = models._hash_model

@@ -427,6 +427,8 @@ def _hash_model(model: nn.Module) -> str:
     items = sorted(model.state_dict().items())
     distinct = {_storage_key(t): t for _, t in items}
     workers = torch.get_num_threads()
+    if any(t.device.type != "cpu" for t in distinct.values()):
+        workers = min(workers, 8)  # each worker holds a host copy of its device tensor
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             found = list(pool.map(_tensor_digest, distinct.values()))
@@ -446,6 +448,8 @@ def _storage_key(t: torch.Tensor) -> tuple:
 
 def _tensor_digest(tensor: torch.Tensor) -> bytes:
     t = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if t.numel() and t.stride(0) != 1:  # a one-element slice keeps its stride
+        t = torch.empty(t.numel(), dtype=t.dtype).copy_(t)
     # the array's buffer itself, not a bytes copy of it: half the time at 7B (13 GB)
     return hashlib.sha256(t.view(torch.uint8).numpy() if t.numel() else b"").digest()
 
