@@ -387,7 +387,7 @@ def fingerprint_known(model: nn.Module) -> Iterator[str]:
     """Hash `model` once and answer `fingerprint(model)` from that inside the block.
 
     Calibration, the sensitivity tables and compression each fingerprint the model for
-    their manifests. A pass reads about 1.2 GB/s per core (0.46 s for SmolLM2-135M in
+    their manifests. A pass reads about 1.2 GB/s per core (0.47 s for SmolLM2-135M in
     float32 on one thread, some 11 s at 7B in float16), so a caller that runs them in turn
     hashes once.
     The caller vouches that the weights inside the block are the ones hashed: what changes
