@@ -8,7 +8,9 @@ randomly initialised LLaMA-7B-shaped model (hidden 4096, 32 heads, intermediate 
 corpus (`pydoc`, every machine's Python docs) through svdzoo's byte-level tokenizer, with
 the workflow's own streaming code (`calibrate`), so methods that replay calibration text
 (AdaSVD's sequential recalibration) run too. Then `svdzoo.compress` runs each method on a
-copy of the dense model with the factorisations on the device. Timed phases: model build
+copy of the dense model with the factorisations on the device. The weights are hashed
+once, in the calibration's time, for every manifest (as `svdzoo calibrate-compress`
+does; `models.fingerprint_known`). Timed phases: model build
 (not counted), calibration, each method's compression, and each sensitivity table, each
 to a device sync.
 
@@ -141,7 +143,7 @@ def run(a: argparse.Namespace, save=lambda result: None) -> dict[str, Any]:
     limit keeps what it measured."""
     import svdzoo
     from svdzoo.compression import Statistics
-    from svdzoo.models import resolve_device
+    from svdzoo.models import fingerprint_known, resolve_device
     from svdzoo.tokenizer import build_byte_tokenizer
 
     device = resolve_device(a.device)
@@ -153,63 +155,70 @@ def run(a: argparse.Namespace, save=lambda result: None) -> dict[str, Any]:
     print(f"model built in {build_s:.1f} s", flush=True)
     _sync(device)
     t0 = time.perf_counter()
-    gram = calibrate(model, tokenizer, device, a)
-    _sync(device)
-    calib_s = time.perf_counter() - t0
-    print(f"calibration: {calib_s:.1f} s", flush=True)
-    result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "shrink": a.shrink,
-        "layers": a.layers,
-        "nsamples": a.nsamples,
-        "seqlen": a.seqlen,
-        "dtype": a.dtype,
-        "ratio": a.ratio,
-        "model_build_s": round(build_s, 1),
-        "calibration_s": round(calib_s, 2),
-        "peak_gpu_mib": None,
-        "corpus": a.corpus,
-        "rows": [],
-        "tables": [],
-    }
-
-    def saved() -> None:
-        if cuda:
-            result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-        save(result)
-
-    saved()
-    for method in a.methods:
-        work = copy.deepcopy(model)
+    # hashed once, timed with the calibration, as `calibrate-compress` does: the manifests of
+    # the statistics, the tables and each compressed copy read it (`fingerprint_known`)
+    with fingerprint_known(model) as fp:
+        gram = calibrate(model, tokenizer, device, a)
         _sync(device)
-        t0 = time.perf_counter()
-        manifest = svdzoo.compress(
-            work, method, a.ratio, stats=Statistics(gram=gram), tokenizer=tokenizer, device=device
-        )
-        _sync(device)
-        took = time.perf_counter() - t0
-        del work
-        result["rows"].append(
-            {
-                "method": method,
-                "compress_s": round(took, 2),
-                "calibration_plus_compress_s": round(calib_s + took, 2),
-                "achieved_ratio": round(manifest["achieved_ratio"], 4),
-                "matrices": len(manifest["modules"]),
-                "precision": manifest["precision"],  # the SVD's: "auto" is float64-eigh on a GPU
-            }
-        )
-        print(json.dumps(result["rows"][-1]), flush=True)
+        calib_s = time.perf_counter() - t0
+        print(f"calibration: {calib_s:.1f} s", flush=True)
+        result: dict[str, Any] = {
+            "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "shrink": a.shrink,
+            "layers": a.layers,
+            "nsamples": a.nsamples,
+            "seqlen": a.seqlen,
+            "dtype": a.dtype,
+            "ratio": a.ratio,
+            "model_build_s": round(build_s, 1),
+            "calibration_s": round(calib_s, 2),
+            "peak_gpu_mib": None,
+            "corpus": a.corpus,
+            "rows": [],
+            "tables": [],
+        }
+
+        def saved() -> None:
+            if cuda:
+                result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+            save(result)
+
         saved()
-    if a.tables:
-        model.to(device)  # the probes' forward passes run where the model is
-        for kind in a.tables:
-            result["tables"].append(time_table(model, tokenizer, gram, kind, device, a))
-            print(json.dumps(result["tables"][-1]), flush=True)
+        for method in a.methods:
+            work = copy.deepcopy(model)
+            _sync(device)
+            t0 = time.perf_counter()
+            with fingerprint_known(work, fp):  # an exact copy
+                manifest = svdzoo.compress(
+                    work, method, a.ratio, stats=Statistics(gram=gram), tokenizer=tokenizer,
+                    device=device,
+                )  # fmt: skip
+            _sync(device)
+            took = time.perf_counter() - t0
+            del work
+            result["rows"].append(
+                {
+                    "method": method,
+                    "compress_s": round(took, 2),
+                    "calibration_plus_compress_s": round(calib_s + took, 2),
+                    "achieved_ratio": round(manifest["achieved_ratio"], 4),
+                    "matrices": len(manifest["modules"]),
+                    "precision": manifest[
+                        "precision"
+                    ],  # the SVD's: "auto" is float64-eigh on a GPU
+                }
+            )
+            print(json.dumps(result["rows"][-1]), flush=True)
             saved()
-    return result
+        if a.tables:
+            model.to(device)  # the probes' forward passes run where the model is
+            for kind in a.tables:
+                result["tables"].append(time_table(model, tokenizer, gram, kind, device, a))
+                print(json.dumps(result["tables"][-1]), flush=True)
+                saved()
+        return result
 
 
 def write(section: str, result: dict[str, Any], results: Path = RESULTS) -> None:

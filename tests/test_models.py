@@ -156,6 +156,14 @@ def test_a_known_fingerprint_is_hashed_once_and_only_inside_its_block(monkeypatc
         assert fingerprint(a) == fp
     assert len(hashed) == 2  # the call before the block, and the block's own
     assert fingerprint(a) != fp  # outside the block the weights are hashed again
+    # a copy's fingerprint is vouched for, not hashed again
+    twin = copy.deepcopy(a)
+    hashed.clear()
+    fp_a = fingerprint(a)
+    with fingerprint_known(twin, fp_a) as fp_twin:
+        assert fingerprint(twin) == fp_twin == fp_a
+    assert hashed == [a]
+    assert fingerprint(twin) == fp_a  # and it is the copy's: hashed now, outside the block
     with pytest.raises(RuntimeError), fingerprint_known(a):
         raise RuntimeError
     hashed.clear()
