@@ -30,7 +30,6 @@ IGNORED = {
     "compress": frozenset({"force"}),
 }
 DEFAULT_DTYPE = "float32"  # `svdzoo calibrate`, `sensitivity` and `compress` alike
-STATS = frozenset({"gram", "fisher"})
 
 
 def settings_from_params(
@@ -77,7 +76,7 @@ def settings_from_params(
             elif flag != "dtype" and flag not in IGNORED[section]:
                 _check_other(section, flag, value, needs)
     # the jobs this method's statistics come from, and the compress job itself
-    jobs = ["calibration"] if needs & STATS or tables else []
+    jobs = ["calibration"] if needs else []  # every statistics product reads the calibration set
     jobs += [*(["sensitivity"] if tables else []), "compress"]
     out["dtype"] = dtype or _one_dtype(params, jobs)
     out["device"] = device or _compress_device(params, tables)

@@ -390,10 +390,9 @@ def fingerprint_known(model: nn.Module, fp: str | None = None) -> Iterator[str]:
     Calibration, the sensitivity tables and compression each fingerprint the model for
     their manifests. A pass reads about 1.2 GB/s per core (0.47 s for SmolLM2-135M in
     float32 on one thread, some 11 s at 7B in float16), so a caller that runs them in turn
-    hashes once.
-    The caller vouches that the weights inside the block are the ones hashed: what changes
-    them there (compression) must be the block's last step, and what probes them (the
-    tables) must restore them (tests/test_sensitivity.py checks that they do)."""
+    hashes once. The caller vouches that the weights inside the block are the ones hashed:
+    what changes them there (compression) must be the block's last step, and what probes
+    them (the tables) must restore them (tests/test_sensitivity.py checks that they do)."""
     outer = model in _KNOWN  # a nested block keeps the outer block's value
     fp = _KNOWN[model] = _KNOWN[model] if outer else fp or fingerprint(model)
     try:

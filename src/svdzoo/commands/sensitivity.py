@@ -107,17 +107,12 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
     check_seqlen(load_config(args.model), args.seqlen or gram.manifest["seqlen"])
     model = load_model(args.model, dtype=args.dtype, device=args.device)
+    # the windows and grid asked of a table found at --out are the ones a new table measures
+    windows = dict(nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, ratios=grid)
     # hashed once for the request and the table's manifest (the probes restore the weights)
     with fingerprint_known(model) as fp:
         want = table_request(
-            fp,
-            gram.manifest,
-            nsamples=args.nsamples,
-            seqlen=args.seqlen,
-            seed=args.seed,
-            ratios=grid,
-            base_ratio=args.base_ratio,
-            device=args.device,
+            fp, gram.manifest, **windows, base_ratio=args.base_ratio, device=args.device
         )
         if not args.force and Path(args.out).is_dir():
             try:
@@ -137,10 +132,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             force=args.force,
             protect=[args.stats, args.model, args.corpus],
-            nsamples=args.nsamples,
-            seqlen=args.seqlen,
-            seed=args.seed,
-            ratios=grid,
+            **windows,
             corpus=args.corpus,
             batch_size=args.batch_size,
             max_tokens=args.max_tokens,
