@@ -238,6 +238,33 @@ def test_half_precision_inputs_are_summed_in_float32_over_2048_token_chunks_exac
     assert bool(((cross.C - exact).abs() <= bound).all())
 
 
+def test_gram_products_do_not_depend_on_the_thread_count():
+    """A narrow Gram over many rows is the shape MKL splits across threads by default: on an
+    AVX-512 host a 64- or 192-wide Gram over 1,024 float32 rows (4,096 in float64) came out
+    different on 1 and 2 threads, and with it a bfloat16 model's Gram cache. `import
+    svdzoo` sets MKL's strict reproducibility mode, in which they agree."""
+    import os
+
+    from svdzoo.calibration.stats import exact_products
+
+    assert os.environ.get("MKL_CBWR") == "AUTO,STRICT"
+    before = torch.get_num_threads()
+    gen = torch.Generator().manual_seed(0)
+    try:
+        for n in (64, 192):
+            for rows in (1024, 2048, 4096):
+                x = torch.randn(rows, n, generator=gen).to(torch.bfloat16)
+                x64 = x.double()
+                got = []
+                for threads in (1, 2):
+                    torch.set_num_threads(threads)
+                    got.append((exact_products(x, x), x64.T @ x64))
+                for one, two in zip(*got, strict=True):
+                    assert torch.equal(one, two), (n, rows)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_groups_share_one_tensor(tok):
     model = random_tiny("llama")
     stats = calibrate(model, tok, corpus="pydoc", nsamples=2, seqlen=16, seed=0, progress=False)

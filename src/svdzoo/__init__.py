@@ -6,7 +6,15 @@ cheap; see `svdzoo.api` for the functions.
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# MKL's strict conditional numerical reproducibility: its GEMMs give the same bits on any
+# number of threads. Without it MKL splits a long reduction across threads for a narrow
+# output (a 64-wide Gram over 1,024 float32 rows on an AVX-512 host), so a cache's bytes
+# changed with the job's thread count. Read by MKL at its first call: the CLI sets it
+# before any; a program that ran an MKL routine before importing svdzoo sets it itself.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
 

@@ -5,6 +5,7 @@ with nothing recorded to tell why) can then be told apart by their manifests."""
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from importlib import metadata
@@ -30,8 +31,11 @@ def software() -> dict[str, str]:
     imported answers with its own `__version__` (what actually ran, even from a path that
     shadows the installed package); the others from package metadata, importing nothing.
     A distribution that is not installed is left out; `cuda` is torch's CUDA version when
-    torch is imported and built with CUDA."""
+    torch is imported and built with CUDA; `mkl_cbwr` is MKL's reproducibility mode (set by
+    `import svdzoo`), which decides whether its GEMMs' bits follow the thread count."""
     found = {"python": platform.python_version()}
+    if os.environ.get("MKL_CBWR"):
+        found["mkl_cbwr"] = os.environ["MKL_CBWR"]
     for dist, module in DISTRIBUTIONS.items():
         loaded = getattr(sys.modules.get(module), "__version__", None)
         if isinstance(loaded, str):
