@@ -210,7 +210,9 @@ def _params(**sections) -> dict:
     return validate_params(params, find_schema(Path(__file__)))
 
 
-def test_params_give_the_workflows_settings_and_refuse_what_cannot_be_mirrored(tmp_path):
+def test_params_give_the_workflows_settings_and_refuse_what_cannot_be_mirrored(
+    tmp_path, monkeypatch
+):
     from svdzoo.job_settings import settings_from_params
 
     def job(params, method, **given):
@@ -254,6 +256,14 @@ def test_params_give_the_workflows_settings_and_refuse_what_cannot_be_mirrored(t
         settings_from_params(params, "tiny", "asvd", tmp_path / "elsewhere")
     given = settings_from_params(params, "tiny", "asvd", tmp_path / "elsewhere", "/m")
     assert given["model"] == "/m"  # a model given is taken as it is
+    # a corpus file is named by its path as given, relative to the workflow's root: from
+    # elsewhere the command would read another file, or make statistics under another name
+    (tmp_path / "data" / "c.txt").write_text("some text\n")
+    own = _params(calibration={**MICRO["calibration"], "corpus": "data/c.txt"})
+    with pytest.raises(ConfigError, match=f"relative to the workflow's root {tmp_path}: run"):
+        job(own, "svd-llm")
+    monkeypatch.chdir(tmp_path)
+    assert job(own, "svd-llm")["corpus"] == "data/c.txt"
 
 
 def test_the_command_line_says_what_it_needs(tiny_llama_dir, tmp_path, capsys):
@@ -280,6 +290,12 @@ def test_the_command_line_says_what_it_needs(tiny_llama_dir, tmp_path, capsys):
     at_params = [*argv[:out_at], str(params), *argv[out_at + 1 :], "--force"]
     job = ["--params", str(params), "--model-name", "tiny", "--model", str(tiny_llama_dir),
            "--stats-root", str(tmp_path)]  # fmt: skip
+    # the params' paths are the workflow's, under --stats-root, wherever it runs from
+    assert main([*at_params, *job]) == 2
+    err = capsys.readouterr().err
+    assert f"report.published: data/published.csv does not exist under {tmp_path}" in err, err
+    (tmp_path / "data").mkdir()
+    shutil.copy("data/published.csv", tmp_path / "data" / "published.csv")
     assert main([*at_params, *job]) == 2
     err = capsys.readouterr().err
     assert f"refusing to write {params}" in err and params.read_bytes() == before, err

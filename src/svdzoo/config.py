@@ -251,12 +251,15 @@ def _overlay(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_params(path: str | Path = "params.yaml", schema: str | Path | None = None) -> dict:
+def load_params(
+    path: str | Path = "params.yaml", schema: str | Path | None = None, root: str | Path = "."
+) -> dict:
     """Read (with its base, `read_params`), validate and complete a params file; raises
-    ConfigError naming the bad key."""
+    ConfigError naming the bad key. `root` is the workflow's root, which the params' own
+    paths (`report.published`) are relative to."""
     params = read_params(path)
     try:
-        return validate_params(params, schema or find_schema(path))
+        return validate_params(params, schema or find_schema(path), root)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -309,8 +312,11 @@ def _schema_errors(params: Mapping[str, Any], schema_path: Path) -> None:
     raise ConfigError("invalid params: " + "; ".join(lines))
 
 
-def validate_params(params: Mapping[str, Any], schema: str | Path | None = None) -> dict:
-    """Check `params` (schema, then names and ranges); return a completed deep copy."""
+def validate_params(
+    params: Mapping[str, Any], schema: str | Path | None = None, root: str | Path = "."
+) -> dict:
+    """Check `params` (schema, then names and ranges; its paths relative to the workflow's
+    `root`); return a completed deep copy."""
     _schema_errors(params, Path(schema) if schema else find_schema())
     out = copy.deepcopy(dict(params))
     for key, default in DEFAULTS.items():
@@ -318,7 +324,7 @@ def validate_params(params: Mapping[str, Any], schema: str | Path | None = None)
             out[key] = {**copy.deepcopy(default), **(out.get(key) or {})}
         else:
             out.setdefault(key, default)
-    _check_names(out)
+    _check_names(out, Path(root))
     _check_unambiguous_names(out)
     _check_flag_sections(out)
     _check_reference_options(out)
@@ -544,7 +550,7 @@ def execution_flags(params_file: str | Path, command: str) -> list[str]:
     return cli_flags(values)
 
 
-def _check_names(p: dict[str, Any]) -> None:
+def _check_names(p: dict[str, Any], root: Path) -> None:
     from svdzoo.data import is_corpus_name, known_corpora
     from svdzoo.reference_config import REFERENCE_FAMILIES
 
@@ -596,9 +602,10 @@ def _check_names(p: dict[str, Any]) -> None:
             f"{1 - max(float(r) for r in p['ratios']):.2f} or lower"
         )
     published = (p.get("report") or {}).get("published")
-    if published and not Path(published).is_file():
+    if published and not (root / published).is_file():
+        where = "" if root == Path(".") else f" under {root}"
         raise ConfigError(
-            f"report.published: {published} does not exist (a checkout has "
+            f"report.published: {published} does not exist{where} (a checkout has "
             "data/published.csv); point it at the published-numbers CSV or remove the key"
         )
     for key in ("corpus", "seqlen", "seed"):

@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="take the calibration set, table windows and grid, dtype, device and method "
         "options from a workflow params file: the settings of its jobs for --model-name, "
-        "one of its models (--model defaults to the workflow's; run it from the workflow's "
-        "root); flags given here override them",
+        "one of its models (--model defaults to the workflow's; --stats-root is the "
+        "workflow's root); flags given here override them",
     )
     p.add_argument("--corpus", help="calibration corpus: name or .txt/.jsonl path")
     p.add_argument("--nsamples", type=int, help="calibration windows")
@@ -87,7 +87,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
 
         if not args.model_name:
             raise ConfigError("--params needs --model-name, the params' key of the model")
-        params = load_params(args.params)
+        params = load_params(args.params, root=args.stats_root)
         job = settings_from_params(
             params, args.model_name, args.method, args.stats_root, args.model, args.dtype,
             args.device,
