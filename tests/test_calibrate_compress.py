@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -257,13 +258,24 @@ def test_params_give_the_workflows_settings_and_refuse_what_cannot_be_mirrored(
     given = settings_from_params(params, "tiny", "asvd", tmp_path / "elsewhere", "/m")
     assert given["model"] == "/m"  # a model given is taken as it is
     # a corpus file is named by its path as given, relative to the workflow's root: from
-    # elsewhere the command would read another file, or make statistics under another name
+    # elsewhere the command would read another file (or none) under the workflow's names
+    from svdzoo.job_settings import check_corpus_path
+
     (tmp_path / "data" / "c.txt").write_text("some text\n")
-    own = _params(calibration={**MICRO["calibration"], "corpus": "data/c.txt"})
-    with pytest.raises(ConfigError, match=f"relative to the workflow's root {tmp_path}: run"):
-        job(own, "svd-llm")
+    root_only = re.escape(f"relative to the workflow's root {tmp_path}: run")
+    with pytest.raises(ConfigError, match=root_only):
+        check_corpus_path("data/c.txt", tmp_path)
+    check_corpus_path("pydoc", tmp_path)  # a named corpus is the same everywhere
+    check_corpus_path(str(tmp_path / "data" / "c.txt"), tmp_path / "elsewhere")
+    here = tmp_path / "elsewhere"
+    (here / "data").mkdir(parents=True)
+    monkeypatch.chdir(here)
+    (here / "data" / "c.txt").write_text("other text\n")  # its own, not the root's
+    with pytest.raises(ConfigError, match=root_only):
+        check_corpus_path("data/c.txt", tmp_path)
     monkeypatch.chdir(tmp_path)
-    assert job(own, "svd-llm")["corpus"] == "data/c.txt"
+    check_corpus_path("data/c.txt", tmp_path)
+    check_corpus_path("data/c.txt", ".")
 
 
 def test_the_command_line_says_what_it_needs(tiny_llama_dir, tmp_path, capsys):
@@ -290,13 +302,24 @@ def test_the_command_line_says_what_it_needs(tiny_llama_dir, tmp_path, capsys):
     at_params = [*argv[:out_at], str(params), *argv[out_at + 1 :], "--force"]
     job = ["--params", str(params), "--model-name", "tiny", "--model", str(tiny_llama_dir),
            "--stats-root", str(tmp_path)]  # fmt: skip
-    # the params' paths are the workflow's, under --stats-root, wherever it runs from
-    assert main([*at_params, *job]) == 2
-    err = capsys.readouterr().err
-    assert f"report.published: data/published.csv does not exist under {tmp_path}" in err, err
-    (tmp_path / "data").mkdir()
-    shutil.copy("data/published.csv", tmp_path / "data" / "published.csv")
+    # (and report.published, the report's file, is not looked for: tmp_path has none)
     assert main([*at_params, *job]) == 2
     err = capsys.readouterr().err
     assert f"refusing to write {params}" in err and params.read_bytes() == before, err
+    # a params corpus file under --stats-root, run from elsewhere: refused for a method
+    # that calibrates, unless another corpus is given; nothing is read for plain SVD
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "c.txt").write_text("some text\n")
+    own = tmp_path / "own.yaml"
+    own.write_text(
+        json.dumps(_params(calibration={**MICRO["calibration"], "corpus": "data/c.txt"}))
+    )
+    job[1] = str(own)
+    at_own = [*argv[:1], "--method", "svd-llm", *argv[3:out_at], str(own), *argv[out_at + 1 :]]
+    assert main([*at_own, "--force", *job]) == 2
+    assert "relative to the workflow's root" in capsys.readouterr().err
+    for method, given in (("svd-llm", ["--corpus", "pydoc"]), ("svd", [])):
+        at_own[2] = method
+        assert main([*at_own, "--force", *job, *given]) == 2
+        assert f"refusing to write {own}" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -252,11 +252,13 @@ def _overlay(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_params(
-    path: str | Path = "params.yaml", schema: str | Path | None = None, root: str | Path = "."
+    path: str | Path = "params.yaml",
+    schema: str | Path | None = None,
+    root: str | Path | None = ".",
 ) -> dict:
     """Read (with its base, `read_params`), validate and complete a params file; raises
-    ConfigError naming the bad key. `root` is the workflow's root, which the params' own
-    paths (`report.published`) are relative to."""
+    ConfigError naming the bad key. `root`: the workflow's root, which the params' own
+    files (`report.published`) are checked under; None for a caller that reads none."""
     params = read_params(path)
     try:
         return validate_params(params, schema or find_schema(path), root)
@@ -313,10 +315,10 @@ def _schema_errors(params: Mapping[str, Any], schema_path: Path) -> None:
 
 
 def validate_params(
-    params: Mapping[str, Any], schema: str | Path | None = None, root: str | Path = "."
+    params: Mapping[str, Any], schema: str | Path | None = None, root: str | Path | None = "."
 ) -> dict:
-    """Check `params` (schema, then names and ranges; its paths relative to the workflow's
-    `root`); return a completed deep copy."""
+    """Check `params` (schema, then names and ranges; its files under the workflow's `root`,
+    unless None); return a completed deep copy."""
     _schema_errors(params, Path(schema) if schema else find_schema())
     out = copy.deepcopy(dict(params))
     for key, default in DEFAULTS.items():
@@ -324,7 +326,7 @@ def validate_params(
             out[key] = {**copy.deepcopy(default), **(out.get(key) or {})}
         else:
             out.setdefault(key, default)
-    _check_names(out, Path(root))
+    _check_names(out, None if root is None else Path(root))
     _check_unambiguous_names(out)
     _check_flag_sections(out)
     _check_reference_options(out)
@@ -550,7 +552,7 @@ def execution_flags(params_file: str | Path, command: str) -> list[str]:
     return cli_flags(values)
 
 
-def _check_names(p: dict[str, Any], root: Path) -> None:
+def _check_names(p: dict[str, Any], root: Path | None) -> None:
     from svdzoo.data import is_corpus_name, known_corpora
     from svdzoo.reference_config import REFERENCE_FAMILIES
 
@@ -602,7 +604,7 @@ def _check_names(p: dict[str, Any], root: Path) -> None:
             f"{1 - max(float(r) for r in p['ratios']):.2f} or lower"
         )
     published = (p.get("report") or {}).get("published")
-    if published and not (root / published).is_file():
+    if published and root is not None and not (root / published).is_file():
         where = "" if root == Path(".") else f" under {root}"
         raise ConfigError(
             f"report.published: {published} does not exist{where} (a checkout has "

@@ -75,7 +75,6 @@ def settings_from_params(
                 out[taken[flag]] = value
             elif flag != "dtype" and flag not in IGNORED[section]:
                 _check_other(section, flag, value, needs)
-    _check_corpus_path(str(out["corpus"]), Path(root))
     # the jobs this method's statistics come from, and the compress job itself
     jobs = ["calibration"] if needs else []  # every statistics product reads the calibration set
     jobs += [*(["sensitivity"] if tables else []), "compress"]
@@ -114,15 +113,18 @@ def _compress_device(params: Mapping[str, Any], tables: bool) -> str:
     return device
 
 
-def _check_corpus_path(corpus: str, root: Path) -> None:
-    """A corpus file is named relative to the workflow's root, and its path as given names
-    its statistics (`paths.calib_tag`): rewritten to reach it from elsewhere, the workflow's
-    caches would not be found."""
+def check_corpus_path(corpus: str, root: str | Path) -> None:
+    """A corpus file the params name is relative to the workflow's root, and its path as
+    given names its statistics (`paths.calib_tag`): from another directory the command
+    would read another file (or none) under the workflow's cache names, and rewritten to
+    reach the root's file, the workflow's caches would not be found. Refused unless the
+    path reaches the root's file from here."""
     from svdzoo.data import is_corpus_file
 
-    path = Path(corpus)
-    elsewhere = not path.is_absolute() and not path.is_file() and (root / path).is_file()
-    if is_corpus_file(corpus) and elsewhere:
+    path, there = Path(corpus), Path(root) / corpus
+    if not is_corpus_file(corpus) or path.is_absolute() or not there.is_file():
+        return
+    if not path.is_file() or path.resolve() != there.resolve():
         raise ConfigError(
             f"calibration.corpus {corpus} is a path relative to the workflow's root "
             f"{root}: run this command from there (cd {root}), as the workflow does"

@@ -76,6 +76,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """The settings (FROM_PARAMS) and method options: the flags given, then the params',
     then DEFAULTS. ConfigError for what is missing or cannot be mirrored."""
     from svdzoo.commands.compress import parse_options
+    from svdzoo.config import method_requirements
     from svdzoo.errors import ConfigError
 
     given = {k: getattr(args, k) for k in FROM_PARAMS if getattr(args, k) is not None}
@@ -83,11 +84,12 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     settings: dict[str, Any] = dict(DEFAULTS)
     if args.params:
         from svdzoo.config import load_params
-        from svdzoo.job_settings import settings_from_params
+        from svdzoo.job_settings import check_corpus_path, settings_from_params
 
         if not args.model_name:
             raise ConfigError("--params needs --model-name, the params' key of the model")
-        params = load_params(args.params, root=args.stats_root)
+        # report.published is the report's, not read here: not checked under any root
+        params = load_params(args.params, root=None)
         job = settings_from_params(
             params, args.model_name, args.method, args.stats_root, args.model, args.dtype,
             args.device,
@@ -100,6 +102,8 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
                 )
         settings.update(job)
     settings.update(given)
+    if args.params and "corpus" not in given and method_requirements(args.method):
+        check_corpus_path(str(settings["corpus"]), args.stats_root)
     missing = [k for k in ("model", "corpus", "nsamples", "seqlen") if settings.get(k) is None]
     if missing:
         raise ConfigError(
