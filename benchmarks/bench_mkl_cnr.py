@@ -30,6 +30,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from svdzoo.io import write_text  # noqa: E402  (the probes' MKL_CBWR is set per process)
+
 OUT = Path(__file__).resolve().parent / "results" / "mkl-cnr"
 MODES = ("AUTO", "AUTO,STRICT")
 
@@ -112,8 +114,6 @@ def main() -> None:
             ].values,
         }
     )
-    from svdzoo.io import write_text
-
     OUT.parent.mkdir(parents=True, exist_ok=True)
     write_text(OUT.with_suffix(".csv"), df.to_csv(index=False))
     write_text(

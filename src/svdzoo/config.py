@@ -252,16 +252,14 @@ def _overlay(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_params(
-    path: str | Path = "params.yaml",
-    schema: str | Path | None = None,
-    root: str | Path | None = ".",
+    path: str | Path = "params.yaml", schema: str | Path | None = None, check_files: bool = True
 ) -> dict:
     """Read (with its base, `read_params`), validate and complete a params file; raises
-    ConfigError naming the bad key. `root`: the workflow's root, which the params' own
-    files (`report.published`) are checked under; None for a caller that reads none."""
+    ConfigError naming the bad key. `check_files=False` for a caller that reads none of the
+    params' own files (`report.published`)."""
     params = read_params(path)
     try:
-        return validate_params(params, schema or find_schema(path), root)
+        return validate_params(params, schema or find_schema(path), check_files)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -315,10 +313,10 @@ def _schema_errors(params: Mapping[str, Any], schema_path: Path) -> None:
 
 
 def validate_params(
-    params: Mapping[str, Any], schema: str | Path | None = None, root: str | Path | None = "."
+    params: Mapping[str, Any], schema: str | Path | None = None, check_files: bool = True
 ) -> dict:
-    """Check `params` (schema, then names and ranges; its files under the workflow's `root`,
-    unless None); return a completed deep copy."""
+    """Check `params` (schema, then names and ranges; its own files exist, unless
+    `check_files` is False); return a completed deep copy."""
     _schema_errors(params, Path(schema) if schema else find_schema())
     out = copy.deepcopy(dict(params))
     for key, default in DEFAULTS.items():
@@ -326,7 +324,7 @@ def validate_params(
             out[key] = {**copy.deepcopy(default), **(out.get(key) or {})}
         else:
             out.setdefault(key, default)
-    _check_names(out, None if root is None else Path(root))
+    _check_names(out, check_files)
     _check_unambiguous_names(out)
     _check_flag_sections(out)
     _check_reference_options(out)
@@ -552,7 +550,7 @@ def execution_flags(params_file: str | Path, command: str) -> list[str]:
     return cli_flags(values)
 
 
-def _check_names(p: dict[str, Any], root: Path | None) -> None:
+def _check_names(p: dict[str, Any], check_files: bool) -> None:
     from svdzoo.data import is_corpus_name, known_corpora
     from svdzoo.reference_config import REFERENCE_FAMILIES
 
@@ -604,10 +602,9 @@ def _check_names(p: dict[str, Any], root: Path | None) -> None:
             f"{1 - max(float(r) for r in p['ratios']):.2f} or lower"
         )
     published = (p.get("report") or {}).get("published")
-    if published and root is not None and not (root / published).is_file():
-        where = "" if root == Path(".") else f" under {root}"
+    if published and check_files and not Path(published).is_file():
         raise ConfigError(
-            f"report.published: {published} does not exist{where} (a checkout has "
+            f"report.published: {published} does not exist (a checkout has "
             "data/published.csv); point it at the published-numbers CSV or remove the key"
         )
     for key in ("corpus", "seqlen", "seed"):

@@ -88,8 +88,8 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
 
         if not args.model_name:
             raise ConfigError("--params needs --model-name, the params' key of the model")
-        # report.published is the report's, not read here: not checked under any root
-        params = load_params(args.params, root=None)
+        # report.published is the report's, not read here (nor looked for under any root)
+        params = load_params(args.params, check_files=False)
         job = settings_from_params(
             params, args.model_name, args.method, args.stats_root, args.model, args.dtype,
             args.device,
