@@ -23,8 +23,8 @@ def rows(entries: list[tuple[str, float, str, float]], seed: int = 3) -> pd.Data
     return df
 
 
-def scene(bench, duo_cpu: float | None, mine_cpu: float = 500.0) -> pd.DataFrame:
-    cpu = bench.CPU
+def scene(bench, duo_cpu: float | None, mine_cpu: float = 500.0, cpu: str = "") -> pd.DataFrame:
+    cpu = cpu or bench.CPU
     out = [
         ("adasvd", 0.4, "perplexity", 58.0),
         ("adasvd", 0.4, cpu, 200.0),
@@ -71,3 +71,38 @@ def test_a_saved_csv_reloads_one_seed_and_rejects_other_files(bench, tmp_path):
     both.drop(columns="source").to_csv(path, index=False)
     with pytest.raises(SystemExit, match="not a compose CSV"):
         bench.load(path, {}, 3)
+
+
+@pytest.mark.parametrize(
+    ("mine", "duo", "verdict"),
+    [
+        (500.0, 300.0, "yes (sampled CPU: holds with its 30 s margin)"),  # 530 <= 600
+        (580.0, 300.0, "unsure: sampled CPU times, within their 30 s margin"),
+        (640.0, 300.0, "unsure: sampled CPU times, within their 30 s margin"),  # cap to 660
+        (661.0, 300.0, "NO (sampled CPU: holds with its 30 s margin)"),
+    ],
+)
+def test_a_verdict_on_sampled_cpu_times_holds_over_their_margin(bench, mine, duo, verdict):
+    row = goal_row(bench, scene(bench, duo_cpu=duo, mine_cpu=mine, cpu=bench.SAMPLED))
+    assert row.endswith(f"| {mine:.0f} | {2 * duo:.0f} | {verdict} |")
+
+
+def test_the_exact_cpu_time_is_read_from_the_log_and_only_then_from_snakemake(bench, tmp_path):
+    from svdzoo.usage import Usage
+
+    results = tmp_path / "results"
+    for method, logged in (("svd-llm", True), ("adasvd", False)):
+        job = f"smollm2-135m-{method}-r0.40"
+        tsv = results / "benchmarks" / "compress" / f"{job}.tsv"
+        tsv.parent.mkdir(parents=True, exist_ok=True)
+        tsv.write_text("s\tcpu_time\n80.0\t47.0\n")
+        log = results / "logs" / "compress" / f"{job}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(
+            "INFO svdzoo.cli: " + Usage("compress", 80.5, 77.25, 900.0).line() if logged else ""
+        )
+    params = {"methods": ["svd-llm", "adasvd"], "ratios": [0.4]}
+    assert bench.cpu_rows(results, params) == [
+        ("smollm2-135m", "svd-llm", 0.4, bench.CPU, "-", 77.25),
+        ("smollm2-135m", "adasvd", 0.4, bench.SAMPLED, "-", 47.0),
+    ]

@@ -26,6 +26,9 @@ COMMANDS: tuple[str, ...] = (
     "prepare_model",
     "render_dvc",
 )
+# Commands that answer a question (stdout) log nothing of their own; the others are jobs
+# and end with one line of what they cost (svdzoo.usage), which benchmarks/ read back.
+QUESTIONS: frozenset[str] = frozenset({"corpora", "methods", "validate-params", "render-dvc"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +62,9 @@ def with_execution(argv: list[str], command: str, flags: list[str]) -> list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from svdzoo import usage
+
+    started = usage.start()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
@@ -81,12 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args._extra:
-            return int(args._run(args, extra) or 0)
-        return int(args._run(args) or 0)
+        rc = int((args._run(args, extra) if args._extra else args._run(args)) or 0)
     except SvdzooError as exc:
         print(f"svdzoo {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    if args.command not in QUESTIONS:
+        cost = usage.measure(args.command, started)
+        if cost is not None:
+            logging.getLogger("svdzoo.cli").info(cost.line())
+    return rc
 
 
 if __name__ == "__main__":

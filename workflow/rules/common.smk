@@ -65,7 +65,7 @@ def log_path(rule_name, *parts):
 
 
 def bench_path(rule_name, *parts):
-    """Snakemake's per-job wall time, CPU time and peak memory (benchmarks/bench_default_run.py reads them)."""
+    """Snakemake's per-job wall time, sampled CPU time and peak memory (benchmarks/bench_default_run.py reads them with the log's usage line)."""
     return str(L.results / "benchmarks" / rule_name / ("-".join(parts) + ".tsv"))
 
 
