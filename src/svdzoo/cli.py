@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except SvdzooError as exc:
         print(f"svdzoo {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    if args.command not in QUESTIONS:
+    if rc == 0 and args.command not in QUESTIONS:
         cost = usage.measure(args.command, started)
         if cost is not None:
             logging.getLogger("svdzoo.cli").info(cost.line())

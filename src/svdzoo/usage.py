@@ -3,10 +3,9 @@
 Snakemake's `benchmark:` files sample a job's CPU time (every 0.5 s for the first 15 s,
 then every 30 s), so a job that ends between two samples loses up to 30 s of it: in the
 default run of 2026-12-06 they counted 61 CPU-minutes for jobs that ran 88 minutes on one
-thread each. The process itself
-knows exactly: `getrusage` for itself and the children it waited for. Every job command
-logs that line when it finishes, and `parse_usage` reads it back (benchmarks/).
-"""
+thread each. The process itself knows exactly: `getrusage` for itself and the children it
+waited for. Every job command that succeeds logs that line as it ends, and `parse_usage`
+reads it back (benchmarks/)."""
 
 from __future__ import annotations
 
