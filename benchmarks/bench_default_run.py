@@ -13,13 +13,14 @@ that ran `bash workflow/scripts/run.sh reproduce` gives the from-scratch numbers
 
     python benchmarks/bench_default_run.py --project /tmp/fresh [--wall-s 1234]
 
-A job's cost is its CPU time, read from the usage line its log ends with (svdzoo.usage:
+A job's cost is its CPU time, read from the usage line in its log (svdzoo.usage:
 `getrusage`, exact). Snakemake's own CPU column is sampled (every 0.5 s for the first 15 s,
 then every 30 s) and loses the end of every job longer than 15 s, so it is kept only as
 `sampled_cpu_s`. A run made before that line existed has no CPU time to read; its jobs' cost
-is their wall time, which for these one-thread jobs two at a time on 2 cores is within 1 % of
-CPU (benchmarks/results/job-costs.md), and the report says which was used. The lower bound
-on the run's wall time with N cores is the total cost / N (perfect packing, no idle core).
+is their wall time, an upper bound on a one-thread job's CPU time (for compress and evaluate
+jobs two at a time on 2 cores, benchmarks/results/job-costs.md measured CPU within 1 % of
+wall), and the report says which was used. The lower bound on the run's wall time with N
+cores is the total cost / N (perfect packing, no idle core).
 """
 
 from __future__ import annotations
@@ -91,10 +92,12 @@ def cost_words(df: pd.DataFrame) -> str:
         return "CPU time from each job's usage line"
     if exact == 0:
         return (
-            "each job's wall time: this run's logs have no usage line (svdzoo before "
-            "svdzoo.usage), and its jobs run one thread each"
+            "each job's wall time, at least its CPU time: this run's logs have no usage "
+            "line (svdzoo before svdzoo.usage), and its jobs run one thread each"
         )
-    return f"CPU time from {exact} jobs' usage lines, wall time for the other {len(df) - exact}"
+    other = len(df) - exact
+    lines = "job's usage line" if exact == 1 else "jobs' usage lines"
+    return f"CPU time from {exact} {lines}, wall time for the other {other}"
 
 
 def figure(stages: pd.DataFrame, path: Path) -> None:
@@ -135,8 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         + (f" {args.note}" if args.note else ""),
         "",
         f"- the jobs' cost: **{total / 60:.1f} min**, summed over jobs ({cost_words(df)}); "
-        f"with {args.cores} cores the run cannot take less than "
-        f"**{total / 60 / args.cores:.1f} min** of wall time",
+        + (
+            f"with {args.cores} cores the run cannot take less than "
+            f"**{total / 60 / args.cores:.1f} min** of wall time"
+            if df.cpu_s.notna().all()
+            else f"divided by {args.cores} cores, **{total / 60 / args.cores:.1f} min**: a "
+            "lower bound on the run's wall time only as far as wall time stands for CPU"
+        ),
         f"- Snakemake's benchmark files count {df.sampled_cpu_s.sum() / 60:.1f} CPU-min: they "
         "sample CPU time (every 30 s after a job's first 15 s) and lose the end of every "
         "longer job, so they are not used",

@@ -84,7 +84,15 @@ def test_a_saved_csv_reloads_one_seed_and_rejects_other_files(bench, tmp_path):
 )
 def test_a_verdict_on_sampled_cpu_times_holds_over_their_margin(bench, mine, duo, verdict):
     row = goal_row(bench, scene(bench, duo_cpu=duo, mine_cpu=mine, cpu=bench.SAMPLED))
-    assert row.endswith(f"| {mine:.0f} | {2 * duo:.0f} | {verdict} |")
+    assert row.endswith(f"| ≥ {mine:.0f} | ≥ {2 * duo:.0f} | {verdict} |")
+
+
+def test_an_exact_pick_against_a_sampled_cap_still_gets_a_verdict(bench):
+    df = scene(bench, duo_cpu=None, mine_cpu=500.0)
+    df = pd.concat([df, rows([("duo-svd-independent", 0.4, bench.SAMPLED, 240.0)])])
+    assert goal_row(bench, df).endswith("| 500 | ≥ 480 | unsure: sampled CPU times, within their 30 s margin |")  # fmt: skip
+    df.loc[df.metric == bench.SAMPLED, "value"] = 260.0
+    assert goal_row(bench, df).endswith("| 500 | ≥ 520 | yes (sampled CPU: holds with its 30 s margin) |")  # fmt: skip
 
 
 def test_the_exact_cpu_time_is_read_from_the_log_and_only_then_from_snakemake(bench, tmp_path):

@@ -37,7 +37,7 @@ def test_the_cost_is_the_logged_cpu_time_else_the_wall_time(bench, tmp_path):
     assert df.loc["evaluate", "cost_s"] == 45.0
     assert df.loc["evaluate", "cost_source"] == "wall (no usage line)"
     assert list(df.sampled_cpu_s) == [15.0, 14.5]
-    assert bench.cost_words(df) == "CPU time from 1 jobs' usage lines, wall time for the other 1"
+    assert bench.cost_words(df) == "CPU time from 1 job's usage line, wall time for the other 1"
 
 
 def test_the_report_bounds_the_run_by_the_cost_not_the_samples(bench, tmp_path):
