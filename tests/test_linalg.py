@@ -443,3 +443,32 @@ def test_gram_eigh_svd_matches_the_float64_svd(shape):
     assert all(bool(torch.isfinite(t).all()) for t in (U, s2, Vh))
     t = linalg.truncate(W2, S, 3, svd=(U, s2, Vh))
     assert torch.allclose(t.A @ t.B, W2, atol=1e-9 * float(W2.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_all_finite_agrees_with_isfinite_all(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(257, 33, generator=g).to(dtype)
+    assert linalg.all_finite(x)
+    for bad in (math.nan, math.inf, -math.inf):
+        for at in (0, 4000, x.numel() - 1):
+            y = x.clone()
+            y.view(-1)[at] = bad
+            assert not linalg.all_finite(y), (bad, at)
+    both = x.clone()
+    both.view(-1)[[3, 9]] = torch.tensor([math.inf, -math.inf], dtype=dtype)  # sum: NaN
+    assert not linalg.all_finite(both)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_all_finite_is_not_fooled_by_a_sum_that_overflows(dtype):
+    big = torch.full((64,), torch.finfo(dtype).max / 2, dtype=dtype)
+    assert not bool(torch.isfinite(big.sum()))  # the one-pass test fails; the fallback decides
+    assert linalg.all_finite(big)
+    big[7] = math.nan
+    assert not linalg.all_finite(big)
+
+
+def test_all_finite_of_empty_and_integer_tensors():
+    assert linalg.all_finite(torch.empty(0, 5))
+    assert linalg.all_finite(torch.arange(10))

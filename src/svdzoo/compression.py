@@ -376,7 +376,7 @@ def _compress(
         info = by_name[name]
         new = build_module(lin, result)
         for pname, p in new.named_parameters():
-            if not bool(torch.isfinite(p.detach()).all()):
+            if not linalg.all_finite(p):
                 raise linalg.NumericsError(
                     f"{method.name}: the factors of {name} ({pname}) are not finite; its "
                     "statistics or weights hold NaN/inf or the factorisation diverged"

@@ -350,10 +350,12 @@ def check_finite_weights(model: nn.Module, what: str) -> None:
 
     One bad weight makes every later product non-finite (statistics, factors, metrics), and
     those failures surface minutes later without naming the cause."""
+    from svdzoo.linalg import all_finite
+
     bad = []
     for name, p in model.named_parameters():
-        finite = torch.isfinite(p.detach())
-        if not bool(finite.all()):
+        if not all_finite(p):
+            finite = torch.isfinite(p.detach())
             nan = int(torch.isnan(p.detach()).sum())
             bad.append(f"{name} ({nan} NaN, {int((~finite).sum()) - nan} inf)")
     if bad:
