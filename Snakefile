@@ -57,6 +57,12 @@ rule all:
 
 
 onsuccess:
+    # the run's CPU beside its jobs' own usage lines (svdzoo.usage, benchmarks/bench_default_run.py)
+    from snakemake.logging import logger as smk_logger
+
+    from svdzoo.usage import scheduler_line
+
+    smk_logger.info(scheduler_line())
     # In a DVC project: the outputs this run made are recorded in dvc.lock, so a following
     # `dvc repro` is a no-op and `dvc exp run -S` reruns only what changes (svdzoo.dvc_track).
     from svdzoo.dvc_track import commit_outputs

@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from svdzoo.io import write_text  # noqa: E402
-from svdzoo.usage import read_usage  # noqa: E402
+from svdzoo.usage import parse_scheduler, read_usage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results" / "default-run"
@@ -83,6 +83,16 @@ def per_stage(df: pd.DataFrame) -> pd.DataFrame:
         }
     ).reset_index()
     return out.sort_values("cost_min", ascending=False).reset_index(drop=True)
+
+
+def scheduler_split(project: Path) -> tuple[float, float] | None:
+    """Snakemake's own CPU s and its jobs' (with their shells), from the newest Snakemake
+    log that has the line (the Snakefile's `onsuccess`), or None for an older run."""
+    for log in sorted((project / ".snakemake" / "log").glob("*.snakemake.log"), reverse=True):
+        split = parse_scheduler(log.read_text(errors="replace"))
+        if split is not None:
+            return split
+    return None
 
 
 def cost_words(df: pd.DataFrame) -> str:
@@ -149,6 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         "sample CPU time (every 30 s after a job's first 15 s) and lose the end of every "
         "longer job, so they are not used",
     ]
+    split = scheduler_split(args.project)
+    if split is not None:
+        own, jobs = split
+        lines.append(
+            f"- Snakemake itself (scheduling, benchmark sampling, bookkeeping) used "
+            f"**{own / 60:.1f} CPU-min**; the processes it ran, {jobs / 60:.1f} CPU-min, of "
+            f"which the jobs' own usage lines hold {df.cpu_s.sum() / 60:.1f} (the rest: job "
+            "shells and interpreter start-up)"
+        )
     if args.wall_s:
         lines.append(f"- measured wall time of the run: **{args.wall_s / 60:.1f} min**")
     lines += [

@@ -50,3 +50,18 @@ def test_the_report_bounds_the_run_by_the_cost_not_the_samples(bench, tmp_path):
     assert "cannot take less than **1.0 min**" in md
     assert "Snakemake's benchmark files count 0.5 CPU-min" in md
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_snakemakes_own_cpu_is_reported_when_its_log_has_it(bench, tmp_path):
+    job(tmp_path, "compress", "smollm2-135m-svd-r0.20", 60.0, 15.0, 58.5)
+    out = tmp_path / "out" / "default-run"
+    bench.main(["--project", str(tmp_path), "--out", str(out)])
+    assert "Snakemake itself" not in out.with_suffix(".md").read_text()
+    logs = tmp_path / ".snakemake" / "log"
+    logs.mkdir(parents=True)
+    line = "Snakemake itself used 300.00 s CPU, the jobs it ran (with their shells) 66.00 s"
+    (logs / "2026-12-06T214658.539121.snakemake.log").write_text(f"...\n{line}\n")
+    bench.main(["--project", str(tmp_path), "--out", str(out)])
+    md = out.with_suffix(".md").read_text()
+    assert "used **5.0 CPU-min**; the processes it ran, 1.1 CPU-min" in md
+    assert "the jobs' own usage lines hold 1.0" in md

@@ -75,3 +75,10 @@ def test_a_failed_job_logs_no_cost(tmp_path: Path) -> None:
     bad = _svdzoo("build-tasks", "--n-examples", "0", "--out", str(tmp_path / "t"), cwd=tmp_path)
     assert bad.returncode != 0
     assert parse_usage(bad.stderr) is None
+
+
+def test_the_scheduler_line_reads_back() -> None:
+    line = usage.scheduler_line()
+    own, jobs = usage.parse_scheduler(f"[Sun Dec  6 22:31:31 2026]\n{line}\n")
+    assert own > 0 and jobs >= 0
+    assert usage.parse_scheduler("Finished jobid: 3\n") is None

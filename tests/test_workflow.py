@@ -299,6 +299,22 @@ def test_full_run_produces_every_metric(micro_ws):
     assert not (micro_ws / "data/stats/tiny/pydoc-n4-l32-s0/fisher").exists()
 
 
+def test_the_run_accounts_for_its_cpu_jobs_and_snakemake(micro_run):
+    """Each job's log holds its exact CPU time, and Snakemake's log the scheduler's own and
+    that of every process it waited for, which includes every job (svdzoo.usage)."""
+    from svdzoo.usage import parse_scheduler, read_usage
+
+    logs = sorted((micro_run / "results" / "logs").rglob("*.log"))
+    used = {p.name: read_usage(p) for p in logs}
+    assert logs and all(u is not None for u in used.values()), [n for n, u in used.items() if u is None]  # fmt: skip
+    (smk_log,) = (micro_run / ".snakemake" / "log").glob("*.snakemake.log")
+    split = parse_scheduler(smk_log.read_text())
+    assert split is not None, smk_log.read_text()[-2000:]
+    own, jobs = split
+    assert own > 0
+    assert jobs >= sum(u.cpu_s for u in used.values() if u is not None) > 0
+
+
 def test_calibrate_compress_with_the_params_is_the_workflows_own_job(micro_run, tmp_path):
     """`svdzoo calibrate-compress --params` takes the settings of the workflow's jobs: it
     finds the micro run's Gram cache (changing nothing there) and writes the weights the

@@ -71,6 +71,32 @@ def measure(command: str, since: Start) -> Usage | None:
     return Usage(command, time.perf_counter() - since.wall, _cpu_s() - since.cpu, rss)
 
 
+_SCHEDULER = re.compile(
+    r"Snakemake itself used (?P<own>[\d.]+) s CPU, the jobs it ran \(with their shells\) "
+    r"(?P<jobs>[\d.]+) s"
+)
+
+
+def scheduler_line() -> str:
+    """For a Snakemake run's end (the Snakefile's `onsuccess`): the CPU of the scheduler
+    process itself (its benchmark sampling, DAG updates, job bookkeeping) and that of the
+    jobs it waited for, so that a run's CPU splits into jobs, their shells and Snakemake."""
+    own = resource.getrusage(resource.RUSAGE_SELF) if resource is not None else None
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN) if resource is not None else None
+    if own is None or kids is None:
+        return "Snakemake itself used an unknown CPU time (no getrusage here)"
+    return (
+        f"Snakemake itself used {own.ru_utime + own.ru_stime:.2f} s CPU, the jobs it ran "
+        f"(with their shells) {kids.ru_utime + kids.ru_stime:.2f} s"
+    )
+
+
+def parse_scheduler(text: str) -> tuple[float, float] | None:
+    """`(Snakemake's own CPU s, its jobs' CPU s)` from a Snakemake log, or None."""
+    found = list(_SCHEDULER.finditer(text))
+    return (float(found[-1]["own"]), float(found[-1]["jobs"])) if found else None
+
+
 def parse_usage(text: str) -> Usage | None:
     """The last usage line in a log's text, or None when it has none (an older svdzoo, a
     job that failed)."""
