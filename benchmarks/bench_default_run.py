@@ -165,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"- Snakemake itself (scheduling, benchmark sampling, bookkeeping) used "
             f"**{own / 60:.1f} CPU-min**; the processes it ran, {jobs / 60:.1f} CPU-min, of "
-            f"which the jobs' own usage lines hold {df.cpu_s.sum() / 60:.1f} (the rest: job "
-            "shells and interpreter start-up)"
+            f"which the jobs' own usage lines hold {df.cpu_s.sum() / 60:.1f} (the rest: each "
+            "job's process start and exit around svdzoo's main, where it frees its memory, "
+            "and the job shells)"
         )
     if args.wall_s:
         lines.append(f"- measured wall time of the run: **{args.wall_s / 60:.1f} min**")
