@@ -46,9 +46,12 @@ class Start:
     cpu: float
 
 
-def _cpu_s() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+def _rusage() -> tuple:
+    """`getrusage` of this process and of the children it waited for."""
+    return resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+
+
+def _cpu_s(own, kids) -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
@@ -56,19 +59,18 @@ def start() -> Start:
     """Where a command's count starts: a job is a fresh process, so this misses only the
     interpreter's own start-up; a command run in-process (tests, the Python API) counts
     from here, not from the process's start."""
-    return Start(time.perf_counter(), _cpu_s() if resource is not None else 0.0)
+    return Start(time.perf_counter(), _cpu_s(*_rusage()) if resource is not None else 0.0)
 
 
 def measure(command: str, since: Start) -> Usage | None:
     """CPU and wall time since `since`, and the process's peak RSS (children included)."""
     if resource is None:
         return None
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own, kids = _rusage()
     # ru_maxrss is KiB on Linux, bytes on macOS
     scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10
     rss = max(own.ru_maxrss, kids.ru_maxrss) * scale
-    return Usage(command, time.perf_counter() - since.wall, _cpu_s() - since.cpu, rss)
+    return Usage(command, time.perf_counter() - since.wall, _cpu_s(own, kids) - since.cpu, rss)
 
 
 _SCHEDULER = re.compile(
@@ -81,30 +83,31 @@ def scheduler_line() -> str:
     """For a Snakemake run's end (the Snakefile's `onsuccess`): the CPU of the scheduler
     process itself (its benchmark sampling, DAG updates, job bookkeeping) and that of the
     jobs it waited for, so that a run's CPU splits into jobs, their shells and Snakemake."""
-    own = resource.getrusage(resource.RUSAGE_SELF) if resource is not None else None
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN) if resource is not None else None
-    if own is None or kids is None:
+    if resource is None:
         return "Snakemake itself used an unknown CPU time (no getrusage here)"
+    own, kids = _rusage()
     return (
         f"Snakemake itself used {own.ru_utime + own.ru_stime:.2f} s CPU, the jobs it ran "
         f"(with their shells) {kids.ru_utime + kids.ru_stime:.2f} s"
     )
 
 
+def _last(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    found = list(pattern.finditer(text))
+    return found[-1] if found else None
+
+
 def parse_scheduler(text: str) -> tuple[float, float] | None:
     """`(Snakemake's own CPU s, its jobs' CPU s)` from a Snakemake log, or None."""
-    found = list(_SCHEDULER.finditer(text))
-    return (float(found[-1]["own"]), float(found[-1]["jobs"])) if found else None
+    m = _last(_SCHEDULER, text)
+    return (float(m["own"]), float(m["jobs"])) if m else None
 
 
 def parse_usage(text: str) -> Usage | None:
     """The last usage line in a log's text, or None when it has none (an older svdzoo, a
     job that failed)."""
-    found = list(_LINE.finditer(text))
-    if not found:
-        return None
-    m = found[-1]
-    return Usage(m["command"], float(m["wall"]), float(m["cpu"]), float(m["rss"]))
+    m = _last(_LINE, text)
+    return Usage(m["command"], float(m["wall"]), float(m["cpu"]), float(m["rss"])) if m else None
 
 
 def read_usage(log: Path) -> Usage | None:
