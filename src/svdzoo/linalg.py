@@ -79,9 +79,7 @@ def _check_matrix(W: Tensor, what: str = "W") -> Tensor:
     if not isinstance(W, torch.Tensor) or W.dim() != 2:
         raise NumericsError(f"{what} must be a 2-D tensor, got {getattr(W, 'shape', type(W))}")
     W = _as64(W)
-    # NaN propagates to both ends of aminmax, inf reaches one: one pass and no mask, 12x
-    # faster than isfinite(W).all() on a 1536^2 Gram (checked on every call)
-    if W.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(W))).all()):
+    if not all_finite(W):  # checked on every call: one pass, no mask
         raise NumericsError(f"{what} contains NaN or inf")
     return W
 

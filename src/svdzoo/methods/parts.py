@@ -20,7 +20,7 @@ def _finite(stat: torch.Tensor, ctx: MatrixContext, what: str) -> torch.Tensor:
     """`stat`, refused if it holds NaN or inf: the floors below would otherwise turn a NaN
     entry (every comparison with it is False) into a "dead" one without a word, and an
     all-NaN statistic into the data-free SVD."""
-    if not bool(torch.isfinite(stat).all()):
+    if not linalg.all_finite(stat):
         raise linalg.NumericsError(f"{ctx.name}: the {what} statistic holds NaN or inf")
     return stat
 
