@@ -27,7 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "render_dvc",
 )
 # Commands that answer a question (stdout) log nothing of their own; the others are jobs
-# and end with one line of what they cost (svdzoo.usage), which benchmarks/ read back.
+# and, when they succeed, log one line of what they cost (svdzoo.usage) for benchmarks/.
 QUESTIONS: frozenset[str] = frozenset({"corpora", "methods", "validate-params", "render-dvc"})
 
 
