@@ -248,7 +248,7 @@ def cholesky_whitener(H: Tensor, *, fallback: str = "eigen-shift", max_tries: in
     H = _check_gram(H)
     n = H.shape[0]
     L, info = torch.linalg.cholesky_ex(H)
-    if int(info) == 0 and bool(torch.isfinite(L).all()):
+    if int(info) == 0 and all_finite(L):
         return Whitener("cholesky", n, factor=L)
     if fallback == "raise":
         raise NumericsError(f"Cholesky of the {n}x{n} Gram failed (leading minor {int(info)})")
@@ -263,7 +263,7 @@ def cholesky_whitener(H: Tensor, *, fallback: str = "eigen-shift", max_tries: in
     for _ in range(max_tries):
         shift = base + extra
         L, info = torch.linalg.cholesky_ex(H + shift * eye)
-        if int(info) == 0 and bool(torch.isfinite(L).all()):
+        if int(info) == 0 and all_finite(L):
             log.warning(
                 "Cholesky of the %dx%d Gram failed (rank-deficient); %s fallback added %.3e*I "
                 "(lambda_min %.3e, mean diag %.3e)",

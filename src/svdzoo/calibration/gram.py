@@ -47,6 +47,7 @@ from svdzoo.calibration.store import (
     to_host_pageable,
 )
 from svdzoo.errors import ModelError
+from svdzoo.linalg import all_finite
 from svdzoo.models import adapter_for, eval_mode, resolve_device
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def stream_gram_stats(
                     hidden = out
                     for group in adapter.groups:
                         acc = accs[group].finish()
-                        if not bool(torch.isfinite(acc.H).all()):
+                        if not all_finite(acc.H):
                             raise ModelError(
                                 f"layer {i} ({group} inputs): the calibration statistics are not "
                                 "finite, so the model's activations overflow there (a float16 or "

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from svdzoo import lapack
 from svdzoo.lazy import torch
+from svdzoo.linalg import all_finite
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -85,7 +86,7 @@ def _top_eigh(T: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if scaled is None:
         return lapack.eigh_top(T, k)
     mu32, E32 = torch.linalg.eigh(scaled[0])
-    if not (bool(torch.isfinite(mu32).all()) and bool(torch.isfinite(E32).all())):
+    if not (all_finite(mu32) and all_finite(E32)):
         return lapack.eigh_top(T, k)
     mu32 = mu32.to(torch.float64) * scaled[1]
     error = 2.0 * _f32_error(T, 1, norm)  # on one of float32's eigenvalues, with a margin

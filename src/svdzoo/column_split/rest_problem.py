@@ -17,7 +17,7 @@ from svdzoo.column_split.kernels import (
     top_eigenpairs,
 )
 from svdzoo.lazy import torch
-from svdzoo.linalg import NumericsError
+from svdzoo.linalg import NumericsError, all_finite
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -222,7 +222,7 @@ class _RestProblem:
             L[size:, :size] = L21
             H_new[:, size:].sub_(L21 @ L21.T)
         L22, info = torch.linalg.cholesky_ex(H_new[:, size:])
-        if int(info) != 0 or not bool(torch.isfinite(L22).all()):
+        if int(info) != 0 or not all_finite(L22):
             self._own_factor, self._own_size = None, self.W.shape[1]
             self._WtW = self.W.T @ self.W  # symmetric to rounding; each `G` is symmetrised
             return
