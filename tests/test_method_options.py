@@ -109,6 +109,8 @@ def test_an_option_the_method_does_not_take_is_refused_before_compute(llama, met
         ("svdzoo-duo-ada", {"columns": "yes"}, "'columns' must be true or false"),
         # values out of range: accepted, then failed late or quietly did something else
         ("svd-llm-v2", {"rmax": -1}, r"'rmax' must be in \(0, 1\], got -1"),
+        ("svd-llm-v2", {"loss_tokens": 0}, r"'loss_tokens' must be in \[1, inf\), got 0"),
+        ("svd-llm-v2-allocation", {"loss_tokens": 2.5}, "'loss_tokens' must be an integer"),
         ("asvd-uniform", {"alpha": -3}, r"'alpha' must be in \[0, inf\), got -3"),
         ("asvd-uniform", {"alpha": float("nan")}, "'alpha' must be in"),
         ("adasvd-cr", {"mrr": 1.5}, r"'mrr' must be in \[0, 1\)"),

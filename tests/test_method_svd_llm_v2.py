@@ -145,3 +145,53 @@ def test_v2_allocation_uses_cholesky_factors_at_non_uniform_ranks(family):
         got = m.get_submodule(name)
         W_got = got.A.weight.detach().double() @ got.B.weight.detach().double()
         assert torch.allclose(W_got, ref.A @ ref.B, atol=1e-5)
+
+
+def _type_spread(infos, ranks) -> float:
+    """Summed over types, the spread (max - min) of the per-matrix ratios within a type."""
+    by_type: dict[str, list[float]] = {}
+    for i in infos:
+        by_type.setdefault(i.type, []).append(1 - ranks[i.name] * (i.m + i.n) / (i.m * i.n))
+    return sum(max(r) - min(r) for r in by_type.values())
+
+
+def test_loss_tokens_rescales_the_losses_and_evens_the_ratios(family):
+    """`loss_tokens`: `L` as if the Gram summed that many tokens (`sqrt` of the token
+    ratio). At the calibration's own count nothing changes; more tokens make `1/log L`
+    flatter, so the ratios within a type move towards the uniform ones."""
+    from svdzoo.methods.svd_llm_v2 import calibration_tokens
+
+    model, _, stats = family
+    tokens = calibration_tokens(stats)
+    assert tokens == CALIB["nsamples"] * CALIB["seqlen"]
+    method = get_method("svd-llm-v2")
+    infos = matrix_infos(model)
+
+    def allocate(loss_tokens):
+        actx = _spectrum_ctx(model, stats, method)
+        if loss_tokens is not None:
+            actx.options = {**actx.options, "loss_tokens": loss_tokens}
+        return method.allocator(infos, 0.4, actx), actx.report
+
+    base, rep = allocate(None)
+    same, rep_same = allocate(tokens)
+    assert same == base and rep_same["losses"] == rep["losses"]
+    assert rep["loss_tokens"] is None and rep_same["calibration_tokens"] == tokens
+    more, rep_more = allocate(tokens * 10_000)
+    for name, loss in rep["losses"].items():
+        assert rep_more["losses"][name] == pytest.approx(100 * loss, rel=1e-12)
+    assert abs(achieved_ratio(infos, more) - 0.4) <= 0.005
+    assert _type_spread(infos, more) < _type_spread(infos, base)
+
+
+def test_loss_tokens_needs_one_token_count():
+    from types import SimpleNamespace
+
+    from svdzoo.errors import ConfigError
+    from svdzoo.methods.svd_llm_v2 import calibration_tokens
+
+    assert calibration_tokens(SimpleNamespace(manifest={"counts": {"a": 64, "b": 64}})) == 64
+    with pytest.raises(ConfigError, match=r"one token count .* has \[32, 64\]"):
+        calibration_tokens(SimpleNamespace(manifest={"counts": {"a": 64, "b": 32}}))
+    with pytest.raises(ConfigError, match="needs the Gram statistics"):
+        calibration_tokens(None)

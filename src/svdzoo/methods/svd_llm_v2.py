@@ -19,11 +19,12 @@ ratios) and `svd-llm-v2-allocation` (SVD-LLM Cholesky truncation, heterogeneous 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from svdzoo import allocation
 from svdzoo.errors import ConfigError
-from svdzoo.methods.base import GRAM, AllocationContext, Method, Range, register
+from svdzoo.methods.base import GRAM, POSITIVE_INT, AllocationContext, Method, Range, register
 from svdzoo.methods.parts import Uniform, Whitened
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,11 @@ class HeterogeneousByType:
     """Ranks from the truncation loss each matrix would suffer at the target ratio."""
 
     rmax: float = 0.95
-    option_ranges = {"rmax": Range(0.0, 1.0, low_open=True)}  # `base.check_options`
+    # `L_i` as if the Gram summed this many tokens (None: the calibration's own count).
+    # `L` grows with the square root of the token count and `1 / log L` does not scale, so
+    # the ratios depend on the calibration size; the paper calibrated on 256 x 2048 tokens
+    loss_tokens: int | None = None
+    option_ranges = {"rmax": Range(0.0, 1.0, low_open=True), "loss_tokens": POSITIVE_INT}
     reads_spectra = True  # every matrix's spectrum, before the factorisation: cache SVDs
 
     def __call__(self, infos: list, target: float, ctx: AllocationContext) -> dict[str, int]:
@@ -45,15 +50,37 @@ class HeterogeneousByType:
                 "heterogeneous allocation needs the whitened spectrum of every matrix"
             )
         rmax = max(float(ctx.options.get("rmax", self.rmax)), target)
+        want = ctx.options.get("loss_tokens", self.loss_tokens)
+        scale, tokens = 1.0, None
+        if want is not None:
+            tokens = calibration_tokens(ctx.stats)
+            scale = math.sqrt(int(want) / tokens)
         spectra = {i.name: ctx.spectrum(i.name) for i in infos}
-        losses = allocation.truncation_losses(infos, spectra, target)
+        measured = allocation.truncation_losses(infos, spectra, target)
+        losses = {name: scale * v for name, v in measured.items()}
         ranks = allocation.heterogeneous_by_type(infos, losses, target, rmax=rmax)
         ctx.report.update(
             kind="heterogeneous-by-type",
             rmax=rmax,
+            calibration_tokens=tokens,
+            loss_tokens=None if want is None else int(want),
             losses={name: float(v) for name, v in losses.items()},
         )
         return ranks
+
+
+def calibration_tokens(stats) -> int:
+    """The tokens the Gram cache summed: the same for every layer and input group of a
+    decoder, where each token passes every layer."""
+    if stats is None:
+        raise ConfigError("loss_tokens needs the Gram statistics (their token count)")
+    counts = {int(c) for c in stats.manifest.get("counts", {}).values()}
+    if len(counts) != 1 or min(counts) < 1:
+        raise ConfigError(
+            f"loss_tokens needs one token count for every input group; the Gram cache "
+            f"has {sorted(counts) or 'none'}"
+        )
+    return counts.pop()
 
 
 register(
