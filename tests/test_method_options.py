@@ -124,6 +124,10 @@ def test_an_option_the_method_does_not_take_is_refused_before_compute(llama, met
         ("ressvd", {"step": 0}, "'step' must be in"),
         ("ressvd-lastk", {"max_ratio": 1.0}, r"'max_ratio' must be in \(0, 1\)"),
         ("svdzoo-kl-ada", {"accept": float("inf")}, "'accept' must be in"),
+        # an option every part that takes it would ignore: eigen whitening never falls back
+        ("svd-llm-v2", {"fallback": "raise"}, "'fallback' would do nothing here: eigen"),
+        ("svd-llm-v2-truncation", {"fallback": "diag-damp"}, "'fallback' would do nothing"),
+        ("duo-svd-columns", {"whitening": "eigen", "fallback": "raise"}, "'fallback' would do"),
     ],
 )
 def test_a_bad_option_value_is_refused_before_compute(llama, method, options, match):
@@ -163,3 +167,20 @@ def test_a_malformed_option_value_is_named_not_a_traceback():
     with pytest.raises(ConfigError, match=r"--option foo: '\[1' is not a valid YAML value"):
         parse_options(["foo=[1"])
     assert parse_options(["alpha=0.5", "columns=true"]) == {"alpha": 0.5, "columns": True}
+
+
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("svd-llm-v2", {"whitening": "cholesky", "fallback": "raise"}),  # Cholesky's again
+        ("adasvd-cr", {"fallback": "raise"}),  # its factoriser is Cholesky, its spectra eigen
+        ("svd-llm", {"fallback": "diag-damp"}),
+        ("duo-svd-columns", {"fallback": "raise"}),
+    ],
+)
+def test_fallback_is_taken_where_a_cholesky_whitening_uses_it(method, options):
+    from svdzoo.methods import get_method
+    from svdzoo.methods.base import check_options, inert_options
+
+    check_options(get_method(method), options)
+    assert inert_options(get_method(method), options) == {}

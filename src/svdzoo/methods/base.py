@@ -224,6 +224,33 @@ def check_options(method: Method, options: Mapping[str, Any] | None) -> None:
             raise ConfigError(
                 f"method {method.name!r}: option {key!r} must be in {span}, got {value!r}"
             )
+    for key, why in inert_options(method, options).items():
+        raise ConfigError(f"method {method.name!r}: option {key!r} would do nothing here: {why}")
+
+
+def inert_options(method: Method, options: Mapping[str, Any] | None) -> dict[str, str]:
+    """Options that every part taking them ignores as configured (a part's `inert()`:
+    `fallback` under eigen whitening), with the reason: accepted, they would change
+    nothing while the manifest recorded them."""
+    if not options:
+        return {}
+    configured_method = with_options(method, options)
+    parts = [
+        p
+        for p in (
+            configured_method.factoriser,
+            configured_method.allocator,
+            configured_method.spectrum_factoriser,
+        )
+        if dataclasses.is_dataclass(p)
+    ]
+    out: dict[str, str] = {}
+    for key in options:
+        takers = [p for p in parts if key in _fields(p)]
+        reasons = [getattr(p, "inert", dict)().get(key) for p in takers]
+        if takers and all(reasons):
+            out[key] = str(reasons[0])
+    return out
 
 
 @dataclass(frozen=True)

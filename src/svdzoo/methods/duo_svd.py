@@ -93,6 +93,13 @@ class ColumnPreserving:
         if not float(self.oversample) >= 0:
             raise ConfigError(f"oversample must be >= 0, got {self.oversample!r}")
 
+    def inert(self) -> dict[str, str]:
+        """Fields that do nothing as configured (`base.inert_options` refuses them)."""
+        if self.whitening == "eigen":
+            return {"fallback": "eigen whitening drops the directions of no energy and never "
+                    "falls back; `fallback` is what Cholesky whitening does with a singular Gram"}  # fmt: skip
+        return {}
+
     @property
     def precision(self) -> str:
         """The whitened SVD's arithmetic (recorded in the manifest): `auto`, the float64 SVD

@@ -98,6 +98,13 @@ class Whitened:
             raise ConfigError(f"fallback must be one of {linalg.FALLBACKS}, got {self.fallback!r}")
         _check_precision(self.precision)
 
+    def inert(self) -> dict[str, str]:
+        """Fields that do nothing as configured (`base.inert_options` refuses them)."""
+        if self.whitening == "eigen":
+            return {"fallback": "eigen whitening drops the directions of no energy and never "
+                    "falls back; `fallback` is what Cholesky whitening does with a singular Gram"}  # fmt: skip
+        return {}
+
     def whitener(self, H: torch.Tensor):
         if self.whitening == "cholesky":
             return linalg.cholesky_whitener(H, fallback=self.fallback)
