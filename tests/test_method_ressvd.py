@@ -318,3 +318,29 @@ def test_search_nsamples_must_be_a_whole_number(deep, tok, value):
     with pytest.raises(ConfigError, match="search_nsamples must be an integer >= 1"):
         compress(copy.deepcopy(model), "ressvd-lastk", 0.4, stats=Statistics(gram=stats),
                  tokenizer=tok, options={"search_nsamples": value})  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["ressvd", "ressvd-lastk"])
+def test_the_searchs_best_trial_is_reused_bit_for_bit(deep, tok, method, monkeypatch, caplog):
+    """The final pass takes the modules the search's best trial built instead of factorising
+    again: the same model, byte for byte, as without them (PROBE_KEEP_BYTES = 0)."""
+    import logging
+
+    from svdzoo import compression
+
+    model, stats = deep
+    kw = dict(stats=Statistics(gram=stats), tokenizer=tok, options={"search_nsamples": 2})
+    with caplog.at_level(logging.INFO, logger="svdzoo.compression"):
+        kept = copy.deepcopy(model)
+        man_kept = compress(kept, method, 0.4, **kw)
+    assert "as the search's best trial built them" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(compression, "PROBE_KEEP_BYTES", 0)
+    with caplog.at_level(logging.INFO, logger="svdzoo.compression"):
+        again = copy.deepcopy(model)
+        man_again = compress(again, method, 0.4, **kw)
+    assert "best trial built them" not in caplog.text
+    a, b = kept.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert man_kept["modules"] == man_again["modules"]
+    assert man_kept["allocation"] == man_again["allocation"]

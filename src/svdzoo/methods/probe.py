@@ -13,6 +13,7 @@ cache's set; `calibration_corpus`: as for the sequential pass.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,6 +49,7 @@ class OutputErrorProbe:
         build: Callable[[nn.Linear, Any], nn.Module],
         *,
         batch_size: int = 4,
+        keep_bytes: int = 0,
     ) -> None:
         self.model = model
         self.windows = windows
@@ -56,6 +58,27 @@ class OutputErrorProbe:
         self.build = build
         self.batch_size = batch_size
         self._reference: list[torch.Tensor] | None = None
+        # the built modules of the lowest-error trial so far, on the CPU, up to `keep_bytes`:
+        # a search's choice is usually one of its trials, whose factorisations are then
+        # not redone (`kept`)
+        self.keep_bytes = keep_bytes
+        self._best = math.inf
+        self._kept: dict[tuple[str, int], nn.Module] = {}
+
+    def kept(self, name: str, rank: int) -> nn.Module | None:
+        """The module the best trial built for `name` at `rank` (None if none was kept);
+        the same factoriser at the same rank on the same weights and statistics, so the
+        same module the final pass would build."""
+        return self._kept.get((name, int(rank)))
+
+    def _keep(self, error: float, trial: dict[tuple[str, int], nn.Module]) -> None:
+        if not error < self._best:  # NaN never replaces a kept trial
+            return
+        self._best = error
+        self._kept = {}
+        size = sum(p.numel() * p.element_size() for mod in trial.values() for p in mod.parameters())
+        if size <= self.keep_bytes:
+            self._kept = {key: mod.to("cpu") for key, mod in trial.items()}
 
     def _outputs(self) -> list[torch.Tensor]:
         decoder = decoder_of(self.model)
@@ -76,21 +99,26 @@ class OutputErrorProbe:
     def __call__(self, ranks: Mapping[str, int]) -> float:
         reference = self.reference()
         swapped: dict[str, nn.Linear] = {}
+        built: dict[tuple[str, int], nn.Module] = {}
         try:
             for name, lin in self.modules.items():
                 k = int(ranks[name])
                 m, n = lin.out_features, lin.in_features
                 if k >= min(m, n) or not worth_factoring(m, n, k):
                     continue
-                replace_module(self.model, name, self.build(lin, self.factorise_at(name, k)))
+                new = self.build(lin, self.factorise_at(name, k))
+                replace_module(self.model, name, new)
                 swapped[name] = lin
+                built[(name, k)] = new
             trial = self._outputs()
         finally:
             for name, lin in swapped.items():
                 replace_module(self.model, name, lin)
         num = sum(float((y - r).square().sum()) for y, r in zip(trial, reference, strict=True))
         den = sum(float(r.square().sum()) for r in reference)
-        return num / den if den > 0 else float("inf")
+        error = num / den if den > 0 else float("inf")
+        self._keep(error, built)
+        return error
 
 
 def probe_windows(manifest: Mapping[str, Any], tokenizer: Any, opts: Mapping[str, Any]):
