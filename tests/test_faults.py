@@ -1021,6 +1021,70 @@ def test_a_reference_model_never_replaces_its_corpus_file(command, tmp_path, cap
         assert corpus.read_text() == text
 
 
+def test_build_tasks_never_replaces_its_corpus_file(tmp_path, capsys, monkeypatch):
+    """`build-tasks --corpora c.txt --out c.txt --force` deleted the corpus and left a task
+    directory under its name. Refused, force or not, the corpus untouched."""
+    monkeypatch.chdir(tmp_path)
+    corpus = tmp_path / "c.txt"
+    text = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(400))
+    corpus.write_text(text)
+    for extra in ([], ["--force"]):
+        rc, err = svdzoo(capsys, "build-tasks", "--corpora", "c.txt", "--n-examples", "5",
+                         "--out", "./c.txt", *extra)  # fmt: skip
+        assert rc == 2
+        one_line_error(err, "input")
+        assert corpus.read_text() == text
+
+
+def test_evaluate_replaces_only_its_own_earlier_file(model_dir, tmp_path, capsys):
+    """A --ppl-out naming a person's file replaced it with the JSON. Refused (before the
+    model loads) unless --force; an earlier perplexity file is replaced, as a rerun does."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious\n")
+    zs = tmp_path / "z.json"
+    zs.write_text('{"model": "m", "method": "svd", "ratio": 0.4, "tasks": {}}')  # zero-shot's
+    argv = ["evaluate", "--model", model_dir, "--corpora", "pydoc", "--seqlen", "16",
+            "--max-windows", "1", "--device", "cpu", "--ppl-out"]  # fmt: skip
+    for out in (notes, zs):  # a person's file, and an svdzoo file of another kind
+        before = out.read_text()
+        rc, err = svdzoo(capsys, *argv, out)
+        assert rc == 2
+        one_line_error(err, "not a perplexity file", "--force")
+        assert out.read_text() == before
+    ppl = tmp_path / "p.json"
+    for _ in range(2):  # written, then replaced by the rerun
+        rc, err = svdzoo(capsys, *argv, ppl)
+        assert rc == 0, err
+        assert "perplexity" in json.loads(ppl.read_text())
+    rc, err = svdzoo(capsys, *argv, notes, "--force")
+    assert rc == 0, err
+    assert "perplexity" in json.loads(notes.read_text())
+
+
+@pytest.mark.parametrize("command", ["render-dvc", "validate-params"])
+def test_a_generated_file_replaces_only_its_own_earlier_file(command, tmp_path, capsys,
+                                                             monkeypatch):  # fmt: skip
+    """render-dvc's --out and validate-params' --stamp replaced any file there."""
+    root = Path(__file__).resolve().parent.parent
+    params = root / "params.yaml"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious\n")
+    flag = {"render-dvc": "--out", "validate-params": "--stamp"}[command]
+    argv = [command, params, "-q"] if command == "validate-params" else [command, params]
+    monkeypatch.chdir(root)  # params.yaml names report.published relative to the project
+    rc, err = svdzoo(capsys, *argv, flag, notes)
+    assert rc == 2
+    one_line_error(err, "refusing to replace", "--force")
+    assert notes.read_text() == "precious\n"
+    out = tmp_path / "generated"
+    for _ in range(2):  # written, then replaced by the rerun
+        rc, err = svdzoo(capsys, *argv, flag, out)
+        assert rc == 0, err
+    rc, err = svdzoo(capsys, *argv, flag, notes, "--force")
+    assert rc == 0, err
+    assert notes.read_text() == out.read_text()
+
+
 def test_params_file_is_never_its_own_stamp_or_dvc_yaml(tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text("models: {}\n")

@@ -49,7 +49,7 @@ import secrets
 import shutil
 import stat
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -634,13 +634,18 @@ def check_file_output(
     *,
     protect: Iterable[_PathLike | None] = (),
     others: Iterable[_PathLike | None] = (),
+    ours: Callable[[Path], bool] | None = None,
+    what: str = "a file",
+    force: bool = False,
 ) -> Path:
     """Everything a single-file write (`atomic_path`) would refuse, checked before compute.
 
     Refuses (`OutputError`, one line naming the path): a directory at `path`; a path that
     is one of `protect` (the inputs) or lies inside one (a model directory's `config.json`);
     a path also given for another output in `others`; a path whose directory cannot be
-    created or written. An existing file is replaced, as a rerun replaces its results.
+    created or written; and, unless `force`, an existing file that `ours` does not
+    recognise as an earlier output of this kind (`what`): a rerun replaces its results,
+    never a file svdzoo did not write (`--ppl-out notes.txt` replaced the notes).
     """
     path = Path(path)
     _refuse_directory(path)
@@ -655,8 +660,42 @@ def check_file_output(
     for other in others:
         if other is not None and Path(other).resolve() == target:
             raise OutputError(f"{path} is given for two outputs; give each its own path")
+    if ours is not None and not force and os.path.lexists(path) and not _is_ours(path, ours):
+        raise OutputError(
+            f"refusing to replace {path}: it is not {what} that svdzoo wrote; move it, "
+            "choose another path, or pass --force"
+        )
     _ensure_parent(path)
     return path
+
+
+def _is_ours(path: Path, ours: Callable[[Path], bool]) -> bool:
+    try:
+        return path.is_file() and bool(ours(path))
+    except (OSError, ValueError, UnicodeDecodeError):  # unreadable: not recognisably ours
+        return False
+
+
+def json_with(*keys: str) -> Callable[[Path], bool]:
+    """Recognises a JSON object holding every one of `keys` (an earlier svdzoo output)."""
+
+    def ours(path: Path) -> bool:
+        if path.stat().st_size > 64 << 20:  # svdzoo's metric files are kilobytes
+            return False
+        obj = json.loads(path.read_text())
+        return isinstance(obj, dict) and all(k in obj for k in keys)
+
+    return ours
+
+
+def text_starting(prefix: str) -> Callable[[Path], bool]:
+    """Recognises a text file that begins with `prefix` (a generated file's header)."""
+
+    def ours(path: Path) -> bool:
+        with open(path, "rb") as f:
+            return f.read(len(prefix.encode())) == prefix.encode()
+
+    return ours
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from svdzoo.data import get_corpus
+    from svdzoo.data import get_corpus, is_corpus_file
     from svdzoo.evaluation.tasks import TaskSpec, build_tasks
     from svdzoo.io import TASKS, check_output
     from svdzoo.paths import Layout
@@ -51,9 +51,12 @@ def run(args: argparse.Namespace) -> int:
     )
     spec.validate()  # before loading any corpus
     out = Path(args.out) if args.out else Layout().tasks()
-    check_output(out, TASKS, force=args.force)  # a foreign or unwritable --out, before building
+    # the corpus files are inputs: `--out mycorpus.txt --force` replaced the text
+    inputs = [name for name in args.corpora if is_corpus_file(name)]
+    # a foreign, unwritable or input --out, before building
+    check_output(out, TASKS, force=args.force, protect=inputs)
     texts = {name: get_corpus(name).split(args.split) for name in args.corpora}
-    manifest = build_tasks(out, texts, seed=args.seed, spec=spec, force=args.force)
+    manifest = build_tasks(out, texts, seed=args.seed, spec=spec, force=args.force, protect=inputs)
     for task, info in manifest["tasks"].items():
         print(f"{task:<28} {info['n']:>5} questions  (chance {info['chance']:.3f})")
     print(f"wrote {out}")

@@ -53,6 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ppl-out")
     p.add_argument("--zeroshot-out")
     p.add_argument("--efficiency-out")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an output file even if it is not one svdzoo evaluate wrote",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--seed", type=int, default=1234)
@@ -65,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from svdzoo.errors import ConfigError
-    from svdzoo.io import check_file_output, read_json, write_json
+    from svdzoo.io import check_file_output, json_with, read_json, write_json
     from svdzoo.models import (
         check_seqlen,
         is_compressed_dir,
@@ -102,9 +107,19 @@ def run(args: argparse.Namespace) -> int:
     # `--ppl-out` naming it replaced the text with the JSON), checked before the model loads
     outs = [args.ppl_out, args.zeroshot_out, args.efficiency_out]
     inputs = [args.model, args.task_dir, *args.corpora]
-    for i, out in enumerate(outs):
+    # an existing file is replaced only if it is this output's kind, as a rerun leaves it
+    kinds = [("perplexity", "a perplexity file"), ("tasks", "a zero-shot file"),
+             ("throughput", "an efficiency file")]  # fmt: skip
+    for i, (out, (key, what)) in enumerate(zip(outs, kinds, strict=True)):
         if out:
-            check_file_output(out, protect=inputs, others=outs[:i] + outs[i + 1 :])
+            check_file_output(
+                out,
+                protect=inputs,
+                others=outs[:i] + outs[i + 1 :],
+                ours=json_with("model", "method", "ratio", key),
+                what=what,
+                force=args.force,
+            )
     if args.corpora:  # fail on an unknown corpus before loading the model
         from svdzoo.data import get_corpus
 

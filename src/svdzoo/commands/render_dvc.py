@@ -19,6 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write nothing; exit 1 when --out is not what this command would write",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even if it is not a dvc.yaml this command wrote",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,9 +45,15 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"{args.out} is current")
         return 0
-    from svdzoo.io import check_file_output
+    from svdzoo.io import check_file_output, text_starting
 
-    check_file_output(args.out, protect=[args.params])
+    check_file_output(
+        args.out,
+        protect=[args.params],
+        ours=text_starting(dvc_render.GENERATED),
+        what="a dvc.yaml",
+        force=args.force,
+    )
     write_text(args.out, dvc_render.render_file(args.params))
     print(f"wrote {args.out}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "validate-params"
+STAMP = "params valid\n"  # the stamp's whole text
 HELP = "validate a params.yaml (schema, method/corpus/task names, ratio range) and summarise it"
 
 
@@ -14,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--schema", help="JSON schema (default: workflow/schemas/params.schema.json nearby)"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+    p.add_argument(
+        "--force", action="store_true", help="replace --stamp even if svdzoo did not write it"
+    )
     p.add_argument(
         "--stamp",
         help="write this file (always the same text) when valid: DVC's first stage, which "
@@ -31,9 +35,15 @@ def run(args: argparse.Namespace) -> int:
     from svdzoo.errors import ConfigError
 
     if args.stamp:  # before the checks: the stamp must never replace the params it vouches for
-        from svdzoo.io import check_file_output
+        from svdzoo.io import check_file_output, text_starting
 
-        check_file_output(args.stamp, protect=[args.params, args.schema, args.dvc_yaml])
+        check_file_output(
+            args.stamp,
+            protect=[args.params, args.schema, args.dvc_yaml],
+            ours=text_starting(STAMP),
+            what="a params stamp",
+            force=args.force,
+        )
     params = load_params(args.params, args.schema)
     if args.stamp and "base" in read_yaml(args.params):
         # the stamp is DVC's check, and DVC interpolates the file as it is written
@@ -48,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stamp:
         from svdzoo.io import write_text
 
-        write_text(args.stamp, "params valid\n")
+        write_text(args.stamp, STAMP)
     if not args.quiet:
         n_models, n_methods, n_ratios = (
             len(params["models"]),

@@ -89,6 +89,7 @@ import json
 import logging
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -316,11 +317,13 @@ def build_tasks(
     n_examples: int = 200,
     spec: TaskSpec | None = None,
     force: bool = False,
+    protect: Iterable[str | Path | None] = (),
 ) -> dict:
     """Write every task for every `{corpus: held-out text}` into `out_dir` (atomically).
 
     Returns the manifest (also written as `tasks_manifest.json`). An existing `out_dir` is
-    replaced only if it is an earlier task directory (or `force`).
+    replaced only if it is an earlier task directory (or `force`), and never one of
+    `protect` (the corpus files), force or not.
     """
     spec = spec or TaskSpec(n_examples=n_examples)
     spec.validate()
@@ -363,7 +366,7 @@ def build_tasks(
             log.info("%s: %d questions", task, len(questions))
     files[f"{GROUP}.yaml"] = _group_yaml(names)
     files["tasks_manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    with atomic_dir(out_dir, TASKS, force=force) as tmp:
+    with atomic_dir(out_dir, TASKS, force=force, protect=protect) as tmp:
         for fname, content in files.items():
             (tmp / fname).write_text(content, encoding="utf-8")
     return manifest
