@@ -27,7 +27,7 @@ from helpers import kill_when_ready, random_tiny
 
 from svdzoo import cli, io
 from svdzoo.calibration import load_stats
-from svdzoo.calibration.cache import base_manifest, write_cache
+from svdzoo.calibration.cache import base_manifest, seal, write_cache
 from svdzoo.compression import compress, save_compressed
 from svdzoo.io import atomic_dir, write_json
 from svdzoo.tokenizer import build_byte_tokenizer
@@ -580,6 +580,9 @@ def test_swapped_weights_and_edited_specs_are_cache_errors(two_compressed, tmp_p
     name = next(n for n, r in man["modules"].items() if not r["dense"])
     man["modules"][name]["spec"] = {"kind": "lowrank", "rank": "many"}
     (edited / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(CacheError, match="edited after it was written"):
+        load_compressed(edited)
+    (edited / MANIFEST).write_text(json.dumps(seal(man)))  # as if written so, by a bug
     with pytest.raises(CacheError, match="unusable spec"):
         load_compressed(edited)
     with pytest.raises(CacheError, match="is not an svdzoo compressed model"):
@@ -588,9 +591,46 @@ def test_swapped_weights_and_edited_specs_are_cache_errors(two_compressed, tmp_p
     shutil.copytree(a, legacy)
     man = json.loads((legacy / MANIFEST).read_text())
     del man["weights_sha256"]
-    (legacy / MANIFEST).write_text(json.dumps(man))
+    (legacy / MANIFEST).write_text(json.dumps(seal(man)))
     with pytest.raises(CacheError, match="weights_sha256"):
         load_compressed(legacy)
+    del man["manifest_sha256"]  # an older svdzoo's: no seal
+    (legacy / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(CacheError, match="no manifest_sha256"):
+        load_compressed(legacy)
+
+
+@pytest.mark.parametrize("damage", ["ratio", "method", "binary", "string"])
+def test_an_edited_or_damaged_compressed_manifest_is_one_line_before_evaluating(
+    damage, two_compressed, tmp_path, capsys
+):
+    """An edited `ratio` (0.4 to 0.2) was recorded in every metric file, a ratio of "abc"
+    broke the log line, bytes that are not JSON made the directory a dense model ("no
+    model.safetensors") and a JSON string a TypeError. One line, nothing written."""
+    import shutil
+
+    from svdzoo.compression import MANIFEST
+
+    a, _ = two_compressed
+    model = tmp_path / "m"
+    shutil.copytree(a, model)
+    man = json.loads((model / MANIFEST).read_text())
+    text = {
+        "ratio": json.dumps({**man, "ratio": 0.2}),
+        "method": json.dumps({**man, "method": "svd-llm"}),
+        "binary": None,
+        "string": json.dumps("method"),
+    }[damage]
+    if text is None:
+        (model / MANIFEST).write_bytes(b"\xff\xfe\x00garbage")
+    else:
+        (model / MANIFEST).write_text(text)
+    out = tmp_path / "p.json"
+    rc, err = svdzoo(capsys, "evaluate", "--model", model, "--corpora", "pydoc", "--seqlen",
+                     "16", "--max-windows", "1", "--device", "cpu", "--ppl-out", out)  # fmt: skip
+    assert rc == 2
+    one_line_error(err, MANIFEST, "compress")
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- 5. non-finite numbers

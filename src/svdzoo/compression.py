@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
 import shutil
 import time
@@ -30,7 +31,7 @@ from svdzoo import (
     param_counts,
 )
 from svdzoo.errors import CacheError, ConfigError
-from svdzoo.io import COMPRESSED_MODEL, atomic_dir, read_json, write_json
+from svdzoo.io import COMPRESSED_MODEL, atomic_dir, write_json
 from svdzoo.methods import get_method
 from svdzoo.methods.base import (
     FISHER,
@@ -496,7 +497,7 @@ def write_compressed(
     """The files of a compressed model, into an existing (temporary) directory."""
     from safetensors.torch import save_file
 
-    from svdzoo.calibration.cache import file_sha256
+    from svdzoo.calibration.cache import file_sha256, seal
 
     # config.json names the loader svdzoo ships beside the weights (`auto_map`), so plain
     # transformers loads the compressed model with trust_remote_code=True (and, without
@@ -519,14 +520,46 @@ def write_compressed(
     # the weights' hash ties them to this manifest: another run's file is refused on load;
     # so does the config's (rope_theta, norm eps, tied embeddings change no shape: another
     # config would load without an error, as another model)
+    # sealed: an edited `ratio` or `method` would relabel every metric of this model
     write_json(
         out_dir / MANIFEST,
-        {
-            **manifest,
-            "weights_sha256": file_sha256(out_dir / WEIGHTS),
-            "config_sha256": file_sha256(out_dir / CONFIG),
-        },
+        seal(
+            {
+                **manifest,
+                "weights_sha256": file_sha256(out_dir / WEIGHTS),
+                "config_sha256": file_sha256(out_dir / CONFIG),
+            }
+        ),
     )
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """A compressed model's manifest, checked before anything is computed from it: readable,
+    sealed as written (`check_seal`), naming a method and a ratio in [0, 1). CacheError
+    otherwise (an edited ratio was recorded in every metric file; bytes that are not JSON
+    made the directory pass for a dense model)."""
+    from svdzoo.calibration.cache import check_seal
+
+    mpath = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CacheError(f"{mpath}: unreadable ({exc}); compress the model again") from exc
+    if not isinstance(manifest, dict):
+        raise CacheError(f"{mpath}: not a compressed model's manifest; compress the model again")
+    check_seal(manifest, str(mpath), "compress the model again")
+    method, ratio = manifest.get("method"), manifest.get("ratio")
+    if (
+        not isinstance(method, str)
+        or isinstance(ratio, bool)
+        or not isinstance(ratio, int | float)
+        or not 0.0 <= ratio < 1.0
+    ):
+        raise CacheError(
+            f"{mpath}: method {method!r} and ratio {ratio!r} are not a compression's "
+            "(a method name and a ratio in [0, 1)); compress the model again"
+        )
+    return manifest
 
 
 def _tied_output_keys(model: nn.Module) -> set[str]:
@@ -560,7 +593,7 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
             f"{path} is not an svdzoo compressed model (no {MANIFEST} naming a method); "
             "a dense model loads with svdzoo.models.load_model"
         )
-    manifest = read_json(path / MANIFEST)
+    manifest = read_manifest(path)
     if not (path / WEIGHTS).exists():
         raise CacheError(
             f"compressed model {path} has a manifest but no {WEIGHTS} (an unfinished write, "

@@ -251,10 +251,13 @@ def is_compressed_dir(path: Path) -> bool:
     manifest = path / MANIFEST
     if not (path.is_dir() and manifest.exists()):
         return False
+    if (path / "svdzoo-lowrank.safetensors").exists():  # a damaged manifest is still one
+        return True
     try:
-        return "method" in json.loads(manifest.read_text())
-    except json.JSONDecodeError:
+        obj = json.loads(manifest.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return False
+    return isinstance(obj, dict) and "method" in obj
 
 
 def _could_be_hub_id(name: str) -> bool:

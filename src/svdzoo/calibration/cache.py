@@ -335,16 +335,18 @@ def seal(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def check_seal(manifest: Mapping[str, Any], where: str) -> None:
+def check_seal(
+    manifest: Mapping[str, Any],
+    where: str,
+    redo: str = "recompute it (the same command with --force)",
+) -> None:
     if SEAL not in manifest:
         raise CacheError(
-            f"{where}: the manifest has no {SEAL} (written by an older svdzoo, or edited); "
-            "recompute it (the same command with --force)"
+            f"{where}: the manifest has no {SEAL} (written by an older svdzoo, or edited); {redo}"
         )
     if manifest[SEAL] != manifest_digest(manifest):
         raise CacheError(
-            f"{where}: the manifest was edited after it was written ({SEAL} does not match); "
-            "recompute it (the same command with --force)"
+            f"{where}: the manifest was edited after it was written ({SEAL} does not match); {redo}"
         )
 
 

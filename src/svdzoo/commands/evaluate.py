@@ -69,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from svdzoo.compression import read_manifest
     from svdzoo.errors import ConfigError
-    from svdzoo.io import check_file_output, json_with, read_json, write_json
+    from svdzoo.io import check_file_output, json_with, write_json
     from svdzoo.models import (
         check_seqlen,
         is_compressed_dir,
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         load_tokenizer,
         resolve_device,
     )
-    from svdzoo.paths import DENSE, MANIFEST
+    from svdzoo.paths import DENSE
     from svdzoo.provenance import software
 
     if args.ppl_out and not args.corpora:
@@ -142,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         task_manager = prepare_tasks(args.tasks, Path(args.task_dir) if args.task_dir else None)
     torch.manual_seed(args.seed)
     path = Path(args.model)
-    manifest = read_json(path / MANIFEST) if is_compressed_dir(path) else None
+    # checked (sealed, a ratio in [0, 1)) before its labels go into every metric file
+    manifest = read_manifest(path) if is_compressed_dir(path) else None
     labels = {
         "model": args.model_name or args.model,
         "method": args.method or (manifest["method"] if manifest else DENSE),
