@@ -240,3 +240,58 @@ def test_wordorder_distractors_are_never_also_right() -> None:
         assert q["context"] + q["choices"][q["gold"]] in text
         right = [c for c in q["choices"] if q["context"] + c in text]
         assert right == [q["choices"][q["gold"]]], (q["id"], right)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "edited-yaml", "missing", "manifest-list"])
+def test_task_files_are_checked_against_their_manifest(task_dir: Path, tmp_path: Path,
+                                                       damage: str) -> None:  # fmt: skip
+    """A question file cut to 2 lines was scored on 2 questions while the manifest said 15;
+    a task manifest holding `[]` was an AttributeError after the model had loaded. Each is
+    one TaskBuildError naming the file, before any model loads (`prepare_tasks`)."""
+    import shutil
+
+    from svdzoo.evaluation.tasks import check_task_files
+    from svdzoo.evaluation.zeroshot import prepare_tasks
+
+    tasks = tmp_path / "tasks"
+    shutil.copytree(task_dir, tasks)
+    task = "alpha_continuation"
+    check_task_files(tasks, [task])  # as built
+    check_task_files(tasks, [GROUP])
+    jsonl, yaml = tasks / f"{task}.jsonl", tasks / f"{task}.yaml"
+    if damage == "truncated":
+        jsonl.write_text("".join(jsonl.read_text().splitlines(keepends=True)[:2]))
+        needle = f"{task}.jsonl is not the file build-tasks wrote"
+    elif damage == "edited-yaml":
+        yaml.write_text(yaml.read_text() + "num_fewshot: 5\n")
+        needle = f"{task}.yaml is not the file build-tasks wrote"
+    elif damage == "missing":
+        jsonl.unlink()
+        needle = f"{task}.jsonl is not the file"
+    else:
+        (tasks / "tasks_manifest.json").write_text("[]")
+        needle = "not a task manifest"
+    for requested in ([task], [GROUP]):
+        with pytest.raises(TaskBuildError, match=needle):
+            prepare_tasks(requested, tasks)
+    other = "beta_wordorder"  # an intact task of the same directory is still taken
+    if damage != "manifest-list":
+        check_task_files(tasks, [other])
+
+
+def test_a_task_manifest_of_an_older_build_asks_for_a_rebuild(task_dir: Path,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    import shutil
+
+    from svdzoo.evaluation.tasks import check_task_files
+
+    tasks = tmp_path / "tasks"
+    shutil.copytree(task_dir, tasks)
+    manifest = json.loads((tasks / "tasks_manifest.json").read_text())
+    for info in manifest["tasks"].values():
+        del info["sha256"]
+    (tasks / "tasks_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TaskBuildError, match="records no sha256 .* older svdzoo.*build-tasks"):
+        check_task_files(tasks, [GROUP])
+    (tasks / "tasks_manifest.json").unlink()  # no manifest: one's own lm-eval tasks
+    check_task_files(tasks, [GROUP])

@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -193,9 +194,12 @@ def test_stale_tasks_are_refused_before_lm_eval_asserts(
     stale = tmp_path / "stale"
     shutil.copytree(task_dir, stale)
     manifest = json.loads((stale / "tasks_manifest.json").read_text())
-    (stale / "tasks_manifest.json").write_text(json.dumps({**manifest, "version": 1}))
     tail = _cut_inside_words(read_questions(task_dir, "pydoc_wordorder"), keep=-1)
-    (stale / "pydoc_wordorder.jsonl").write_text("".join(json.dumps(q) + "\n" for q in tail))
+    body = "".join(json.dumps(q) + "\n" for q in tail)
+    (stale / "pydoc_wordorder.jsonl").write_text(body)
+    # a version-1 build, consistent with its manifest (the files' hashes pass)
+    manifest["tasks"]["pydoc_wordorder"]["sha256"] = hashlib.sha256(body.encode()).hexdigest()
+    (stale / "tasks_manifest.json").write_text(json.dumps({**manifest, "version": 1}))
     tok = tokenizers["byte-bpe"]
     assert check_encodings(hflm(tok), {"tail": tail})["tail"]["empty"] > 0
     with pytest.raises(ZeroShotError, match=r"no token(.|\n)*rebuild them"):

@@ -13,8 +13,8 @@ import pytest
 from helpers import random_tiny
 from torch import nn
 
-from svdzoo.evaluation.tasks import build_tasks, task_names
-from svdzoo.evaluation.zeroshot import ZeroShotError, run_zeroshot, summarise
+from svdzoo.evaluation.tasks import TaskBuildError, build_tasks, task_names
+from svdzoo.evaluation.zeroshot import ZeroShotError, prepare_tasks, run_zeroshot, summarise
 from svdzoo.tokenizer import build_byte_tokenizer
 
 TEXT = "\n".join(
@@ -81,6 +81,10 @@ def test_a_corrupt_task_yaml_is_named_not_just_not_found(task_dir: Path, tmp_pat
     (broken / "toy_continuation.yaml").write_text(
         "task: toy_continuation\ndataset_kwargs: {data_files: ["
     )
+    # built by svdzoo: the manifest's sha256 names the file before lm-eval indexes it
+    with pytest.raises(TaskBuildError, match=r"toy_continuation\.yaml is not the file build"):
+        prepare_tasks(["toy_continuation"], broken)
+    (broken / "tasks_manifest.json").unlink()  # one's own tasks: lm-eval's indexer's turn
     with pytest.raises(ZeroShotError, match=r"not found.*toy_continuation\.yaml: .*build-tasks"):
         run_zeroshot(
             random_tiny("llama", max_position_embeddings=512),

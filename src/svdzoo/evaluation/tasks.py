@@ -101,6 +101,7 @@ log = logging.getLogger(__name__)
 GROUP = "svdzoo_offline"
 TASK_KINDS = ("continuation", "wordorder")
 TASKS_VERSION = 2
+MANIFEST = "tasks_manifest.json"
 # lm-eval scores `context + TARGET_DELIMITER + continuation`; the scored text carries its own
 # leading space.
 TARGET_DELIMITER = ""
@@ -361,15 +362,57 @@ def build_tasks(
                 "chance": 1.0 / spec.n_choices,
                 "gold0_fraction": golds.count(0) / len(golds),
                 "text_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
+                # the files as written: an edited or truncated question file was scored
+                # silently on other questions (`check_task_files`)
+                "sha256": _sha256(files[f"{task}.jsonl"]),
+                "yaml_sha256": _sha256(files[f"{task}.yaml"]),
             }
             names.append(task)
             log.info("%s: %d questions", task, len(questions))
     files[f"{GROUP}.yaml"] = _group_yaml(names)
-    files["tasks_manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     with atomic_dir(out_dir, TASKS, force=force, protect=protect) as tmp:
         for fname, content in files.items():
-            (tmp / fname).write_text(content, encoding="utf-8")
+            (tmp / fname).write_bytes(content.encode("utf-8"))  # the bytes that were hashed
     return manifest
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_task_files(task_dir: str | Path, tasks: Iterable[str]) -> None:
+    """The requested offline tasks' files are the ones `build_tasks` wrote (their sha256 in
+    the manifest), checked before any model loads. TaskBuildError naming the file otherwise:
+    a question file cut to 2 lines was scored on 2 questions while the manifest said 15. A
+    directory without a task manifest (one's own lm-eval tasks) is not checked."""
+    task_dir = Path(task_dir)
+    mpath = task_dir / MANIFEST
+    if not mpath.exists():
+        return
+    rebuild = "rebuild the tasks with `svdzoo build-tasks`"
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TaskBuildError(f"{mpath}: unreadable ({exc}); {rebuild}") from exc
+    built = manifest.get("tasks") if isinstance(manifest, dict) else None
+    if not isinstance(built, dict):
+        raise TaskBuildError(f"{mpath}: not a task manifest; {rebuild}")
+    tasks = set(tasks)
+    for task in sorted(set(built) if GROUP in tasks else tasks & set(built)):
+        info = built[task] if isinstance(built[task], dict) else {}
+        for suffix, key in ((".jsonl", "sha256"), (".yaml", "yaml_sha256")):
+            path = task_dir / f"{task}{suffix}"
+            want = info.get(key)
+            if want is None:
+                raise TaskBuildError(
+                    f"{mpath} records no {key} for {task} (built by an older svdzoo); {rebuild}"
+                )
+            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != want:
+                raise TaskBuildError(
+                    f"{path} is not the file build-tasks wrote (edited, truncated, replaced or "
+                    f"missing); {rebuild}"
+                )
 
 
 def read_questions(task_dir: str | Path, task: str) -> list[dict]:

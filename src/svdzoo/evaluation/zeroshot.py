@@ -145,6 +145,10 @@ def prepare_tasks(tasks: list[str], task_dir: Path | None):
     (pass the result to `run_zeroshot(task_manager=...)`)."""
     if not tasks:
         raise ZeroShotError("no zero-shot tasks requested")
+    if task_dir is not None and Path(task_dir).is_dir():
+        from svdzoo.evaluation.tasks import check_task_files
+
+        check_task_files(task_dir, tasks)  # edited or truncated question files
     tm = _task_manager(list(tasks), task_dir)
     _load_tasks(tm, list(tasks))
     return tm
@@ -196,15 +200,16 @@ def check_encodings(lm, questions: dict[str, list[dict]]) -> dict[str, dict]:
 
 def _preflight(lm, tasks: list[str], task_dir: Path | None) -> None:
     """Refuse offline tasks that this tokenizer cannot score (see the module docstring)."""
-    from svdzoo.evaluation.tasks import TASKS_VERSION
+    from svdzoo.evaluation.tasks import MANIFEST, TASKS_VERSION
 
     questions = offline_questions(tasks, task_dir)
     if not questions:
         return
     try:
-        built = json.loads((Path(task_dir) / "tasks_manifest.json").read_text()).get("version")
+        manifest = json.loads((Path(task_dir) / MANIFEST).read_text())
     except (OSError, ValueError):
-        built = None
+        manifest = None
+    built = manifest.get("version") if isinstance(manifest, dict) else None
     stale = (
         f" The tasks in {task_dir} were built by version {built} of the task builder; this is"
         f" version {TASKS_VERSION}: rebuild them with `svdzoo build-tasks`."
