@@ -112,6 +112,7 @@ def figure(df: pd.DataFrame, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     df = relative(df)
     fig, axes = plt.subplots(1, len(CORPORA), figsize=(5.5 * len(CORPORA), 3.6), squeeze=False)
@@ -123,6 +124,8 @@ def figure(df: pd.DataFrame, path: Path) -> None:
             ax.plot(g.ratio * 100, g.vs_svd_llm, marker="o", label=label)
         ax.axhline(1.0, color="grey", ls="--", lw=1, label="svd-llm (uniform)")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
         ax.set_title(f"{corpus}: perplexity / svd-llm's (below 1: V2 wins)")
         ax.set_xlabel("parameters removed (%)")
         ax.set_ylabel("ratio to svd-llm")
@@ -144,6 +147,7 @@ def markdown(df: pd.DataFrame, args: argparse.Namespace, how: str) -> str:
     spread = df.pivot_table(index="setting", columns="ratio", values="type_spread").reindex(order)
     spread.columns = [f"{round(r * 100)} %" for r in spread.columns]
     tokens = int(df.calibration_tokens.iloc[0])
+    threads = torch.get_num_threads()
     return "\n".join(
         [
             "# SVD-LLM V2's allocation against the token count of its losses",
@@ -152,7 +156,8 @@ def markdown(df: pd.DataFrame, args: argparse.Namespace, how: str) -> str:
             f"Perplexity on {args.eval_windows} held-out windows of {args.seqlen} tokens per "
             f"corpus, and in brackets over `svd-llm`'s (uniform ratios, the same Gram). "
             f"`python {Path(__file__).name}` on {platform.platform()}, {os.cpu_count()} CPUs, "
-            f"{torch.get_num_threads()} threads, {how}." + (f" {args.note}" if args.note else ""),
+            f"{threads} thread{'s' if threads != 1 else ''}, {how}."
+            + (f" {args.note}" if args.note else ""),
             "",
             table.to_markdown(),
             "",
