@@ -295,6 +295,24 @@ def test_execution_flags_reach_the_command_and_the_command_line_wins(tmp_path):
         C.execution_flags(f, "calibrate")
 
 
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        ("execution: [1, 2]\n", "`execution` must map commands"),
+        ("execution: 5\n", "`execution` must map commands"),
+        ("execution:\n  calibrate: [device]\n", "execution.calibrate must map flags"),
+        ("execution:\n  calibrate: cpu\n", "execution.calibrate must map flags"),
+    ],
+)
+def test_an_execution_section_of_the_wrong_shape_is_one_error(tmp_path, body, match):
+    """`svdzoo --execution FILE` alone (no validate-params before it): a list or a number
+    was an AttributeError or TypeError, and `calibrate: cpu` was read letter by letter."""
+    f = tmp_path / "p.yaml"
+    f.write_text(body)
+    with pytest.raises(ConfigError, match=match):
+        C.execution_flags(f, "calibrate")
+
+
 def test_reference_option_typo_is_refused(default):
     bad = copy.deepcopy(default)
     ref = next(k for k, v in bad["models"].items() if v["source"] == "reference")

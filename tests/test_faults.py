@@ -1221,6 +1221,34 @@ def test_an_unknown_device_is_refused_before_the_weights_are_read(compressed, mo
         load_compressed(comp, device="bogus")
 
 
+@pytest.mark.parametrize("device", ["mps", "xpu", "meta", "cuda:7"])
+def test_a_device_this_machine_lacks_is_one_line(device, model_dir, tmp_path, capsys):
+    """mps, xpu and meta crashed inside the model load (RuntimeError, AssertionError)."""
+    rc, err = svdzoo(capsys, "evaluate", "--model", model_dir, "--corpora", "pydoc",
+                     "--seqlen", "16", "--max-windows", "1", "--device", device,
+                     "--ppl-out", tmp_path / "p.json")  # fmt: skip
+    assert rc == 2
+    one_line_error(err, repr(device))
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(model_dir, tmp_path, capsys, monkeypatch):
+    """A KeyboardInterrupt printed its whole traceback and exited 1; the clean-up of the
+    partial output ran either way (atomic writes)."""
+    from svdzoo import compression
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compression, "_compress", interrupted)
+    out = tmp_path / "c"
+    rc, err = svdzoo(capsys, *compress_args(model_dir, out))
+    assert rc == 130
+    assert err.strip().splitlines()[-1] == "svdzoo compress: interrupted; nothing was completed"
+    assert "Traceback" not in err
+    assert not out.exists() and leftovers(tmp_path, "c") == []
+
+
 @pytest.mark.parametrize("command", ["calibrate", "compress", "evaluate", "sensitivity"])
 def test_model_without_tokenizer_is_one_line_before_loading(command, model_dir, gram_n2, tmp_path,
                                                             capsys, no_model_load):  # fmt: skip

@@ -97,6 +97,18 @@ def test_validation_split_shorter_than_seqlen_is_refused_before_training(tmp_pat
     assert not (tmp_path / "m").exists()
 
 
+def test_a_diverging_training_is_one_error_and_writes_nothing(tmp_path):
+    """`--lr 60` ended in `OverflowError: math range error` (exp of the validation loss), or
+    in an error naming the hidden temporary directory when the loss was NaN."""
+    from svdzoo.errors import ModelError
+
+    cfg = TrainConfig(family="opt", corpus="pydoc", **{**MICRO, "lr": 60.0, "warmup": 0})
+    with pytest.raises(ModelError, match=r"diverged: .*lower --lr \(now 60\)"):
+        train_reference(cfg, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    assert not [p for p in tmp_path.iterdir()]  # no temporary left either
+
+
 def test_training_threads_do_not_outlive_the_training(tmp_path):
     """`threads` set torch's thread count for the rest of the process (an API caller, or
     the test session, then ran everything after on one thread)."""

@@ -424,6 +424,20 @@ def test_published_csv_with_a_dash_is_a_clear_error(tmp_path: Path, capsys) -> N
     assert rc == 2 and "ptb_ppl" in err and "line 3" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00source,table\n", b'"unclosed,a\n1,2'])
+def test_an_unreadable_published_csv_is_one_line(tmp_path: Path, capsys, content) -> None:
+    """An empty file, bytes that are not UTF-8 and a broken quote were pandas tracebacks."""
+    results = make_tree(tmp_path)
+    pub = tmp_path / "pub.csv"
+    pub.write_bytes(content)
+    rc = main(
+        ["report", "--results", str(results), "--out", str(tmp_path / "o"),
+         "--published", str(pub), "--no-figures"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "pub.csv" in err and "Traceback" not in err, err
+
+
 def test_rerun_removes_stale_tables_and_figures(tmp_path: Path) -> None:
     """A second report must not leave the first one's files beside its own: here the
     published comparison said 14.0 while table1 said 20.0, and a deleted model's tables

@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except SvdzooError as exc:
         print(f"svdzoo {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the outputs' clean-up has run (atomic writes): no traceback
+        print(f"svdzoo {args.command}: interrupted; nothing was completed", file=sys.stderr)
+        return 130
     if rc == 0 and args.command not in QUESTIONS:
         cost = usage.measure(args.command, started)
         if cost is not None:

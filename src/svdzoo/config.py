@@ -545,7 +545,19 @@ def execution_flags(params_file: str | Path, command: str) -> list[str]:
         raise ConfigError(f"--execution {path}: {exc}") from exc
     if command not in EXEC_ONLY:
         return []
-    values = (data.get("execution") or {}).get(command) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--execution {path}: not a params file (a mapping of sections)")
+    section = data.get("execution")
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError(
+            f"--execution {path}: `execution` must map commands to their flags, got {section!r}"
+        )
+    values = (section or {}).get(command) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"--execution {path}: execution.{command} must map flags to values "
+            f"(e.g. `device: cpu`), got {values!r}"
+        )
     check_execution(command, values, where=f"{path}: execution.{command}")
     return cli_flags(values)
 

@@ -210,8 +210,22 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ModelError(
             f"unknown device {device!r}; use auto, cpu, cuda or cuda:N (or another torch device)"
         ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {device!r} requested but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelError(
+                f"device {device!r} requested but there are {torch.cuda.device_count()} CUDA "
+                f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
+        return dev
+    if dev.type == "cpu":
+        return dev
+    # mps, xpu, ...: the backend must be there; `meta` holds no data to compute with
+    backend = getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if dev.type == "meta" or not callable(available) or not available():
+        raise ModelError(f"device {device!r} is not available here; use auto, cpu, cuda or cuda:N")
     return dev
 
 

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from svdzoo.data import get_corpus, tokenize
-from svdzoo.errors import ConfigError
+from svdzoo.errors import ConfigError, ModelError
 from svdzoo.io import REFERENCE_MODEL, atomic_dir, check_output, write_json
 from svdzoo.provenance import software
 from svdzoo.reference_config import TrainConfig
@@ -141,6 +141,8 @@ def _train(cfg: TrainConfig, out_dir: str | Path, force: bool) -> dict:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         loss = model(input_ids=batch, labels=batch).loss
+        if not math.isfinite(loss.item()):  # stop at once: every later step is NaN too
+            raise _diverged(cfg, f"the training loss is {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -151,6 +153,8 @@ def _train(cfg: TrainConfig, out_dir: str | Path, force: bool) -> dict:
     train_time = time.perf_counter() - t0
     model.eval()
     val_loss = _mean_loss(model, val_ids, cfg.seqlen)
+    if not (math.isfinite(val_loss) and val_loss < 700):  # exp() of it must be a number
+        raise _diverged(cfg, f"the validation loss is {val_loss:.4g}")
     summary = {
         "config": asdict(cfg),
         "n_params": n_params,
@@ -171,6 +175,13 @@ def _train(cfg: TrainConfig, out_dir: str | Path, force: bool) -> dict:
         tok.save_pretrained(tmp)
         write_json(tmp / "train_log.json", {"summary": summary, "curve": curve})
     return summary
+
+
+def _diverged(cfg: TrainConfig, what: str) -> ModelError:
+    return ModelError(
+        f"training {cfg.family} on {cfg.corpus} diverged: {what}; lower --lr (now "
+        f"{cfg.lr:g}) or raise --warmup (now {cfg.warmup}); nothing was written"
+    )
 
 
 @torch.no_grad()

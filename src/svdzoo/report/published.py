@@ -48,7 +48,12 @@ def load_published(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise PublishedError(f"published results file {path} {not_there(path, 'file')}")
-    wide = pd.read_csv(path)
+    try:
+        wide = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        # an empty file, a ragged row, bytes that are not UTF-8: pandas' traceback before
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PublishedError(f"{path}: not a readable CSV ({why})") from exc
     need = {"source", "table", "model", "method", "ratio", *METRICS}
     missing = need - set(wide.columns)
     if missing:
