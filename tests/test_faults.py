@@ -1380,3 +1380,33 @@ def test_build_tasks_refuses_a_foreign_out_before_reading_corpora(tmp_path, caps
     assert rc == 2
     one_line_error(err, out, "--force")
     assert snapshot(out) == {"notes.txt": b"keep me\n"}
+
+
+def test_a_corpus_shorter_than_seqlen_is_refused_before_the_model_loads(
+    model_dir, tmp_path, capsys, no_model_load
+):
+    """`calibrate --corpus small.txt --seqlen 2000` failed only once the weights had loaded."""
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("\n\n".join(f"x = {i}" for i in range(21)))  # ~120 train tokens
+    rc, err = svdzoo(capsys, "calibrate", "--model", model_dir, "--corpus", corpus,
+                     "--nsamples", "2", "--seqlen", "200", "--seed", "0",
+                     "--out", tmp_path / "g")  # fmt: skip
+    assert rc == 2
+    one_line_error(err, "seqlen 200 is longer than its train split")
+
+
+def test_an_unreachable_ratio_is_refused_before_the_allocation(model_dir, tmp_path, capsys,
+                                                               monkeypatch):  # fmt: skip
+    """`--ratio 0.999`: refused after the allocation had run ("achieved ratio 0.9875 misses
+    target 0.9990"), and after calibration in calibrate-compress."""
+    from svdzoo import allocation
+
+    def never(*args, **kwargs):
+        raise AssertionError("allocated before the unreachable ratio was refused")
+
+    monkeypatch.setattr(allocation, "uniform", never)
+    rc, err = svdzoo(capsys, "compress", "--model", model_dir, "--method", "svd", "--ratio",
+                     "0.999", "--out", tmp_path / "c")  # fmt: skip
+    assert rc == 2
+    one_line_error(err, "ratio 0.999 cannot be reached", "at most")
+    assert not (tmp_path / "c").exists()

@@ -151,8 +151,8 @@ def calibrate_and_compress(
     from svdzoo import lapack
     from svdzoo.api import check_model_input, compress_loaded
     from svdzoo.compression import KIND as COMPRESSED
-    from svdzoo.compression import check_ratio, with_options
-    from svdzoo.data import get_corpus
+    from svdzoo.compression import check_ratio, check_reachable, matrix_infos, with_options
+    from svdzoo.data import calibration_windows, get_corpus
     from svdzoo.io import atomic_dir, check_output
     from svdzoo.methods import get_method
     from svdzoo.methods.base import check_options
@@ -199,7 +199,9 @@ def calibrate_and_compress(
     inputs = (model, corpus, *(p.path for p in products))
     with atomic_dir(out, COMPRESSED, force=force, protect=inputs) as tmp:
         tokenizer = load_tokenizer(model)  # a model without a tokenizer fails before loading
+        calibration_windows(tokenizer, corp, nsamples, seqlen, seed)  # a corpus too short
         lm = load_model(model, dtype=dtype, device="cpu")  # Gram calibration streams layers
+        check_reachable(matrix_infos(lm), ratio)  # before any statistics are computed
         # hashed once: calibration, the tables and compression leave the weights as they are
         # until compression, the last step, replaces them
         with fingerprint_known(lm) as fp:

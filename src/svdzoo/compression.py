@@ -99,6 +99,20 @@ def check_ratio(ratio: float) -> None:
         )
 
 
+def check_reachable(infos: list[allocation.MatrixInfo], ratio: float) -> None:
+    """The ratio is one the targeted matrices can lose: at rank 1 each still keeps `m + n`
+    parameters (or stays dense where that is not smaller). `--ratio 0.999` was refused
+    only after the statistics were computed and the allocation had run."""
+    total = sum(i.m * i.n for i in infos)
+    floor = sum(min(i.m + i.n, i.m * i.n) for i in infos)
+    most = 1.0 - floor / total if total else 0.0
+    if float(ratio) > most:
+        raise ConfigError(
+            f"compression ratio {ratio:g} cannot be reached: at rank 1 the targeted matrices "
+            f"keep {floor:,} of their {total:,} parameters, so at most {most:.4f} can be removed"
+        )
+
+
 def check_statistics(method: Method, stats: Statistics, model_fp: str) -> None:
     """Every product the method needs is present and was computed on this very model."""
     missing = [k for k in sorted(method.needs) if not stats.has(k)]
@@ -350,6 +364,7 @@ def _compress(
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     t0 = time.perf_counter()
     infos = matrix_infos(model)
+    check_reachable(infos, ratio)
     by_name = {i.name: i for i in infos}
     modules = {name: (layer, t, lin) for name, layer, t, lin in adapter.iter_targets(model)}
     # a search factorises each matrix at several ranks, a spectrum allocator reads every
