@@ -1244,7 +1244,10 @@ def test_ctrl_c_is_one_line_and_exit_130(model_dir, tmp_path, capsys, monkeypatc
     out = tmp_path / "c"
     rc, err = svdzoo(capsys, *compress_args(model_dir, out))
     assert rc == 130
-    assert err.strip().splitlines()[-1] == "svdzoo compress: interrupted; nothing was completed"
+    assert err.strip().splitlines()[-1] == (
+        "svdzoo compress: interrupted; the output being written was removed (outputs already "
+        "finished are kept)"
+    )
     assert "Traceback" not in err
     assert not out.exists() and leftovers(tmp_path, "c") == []
 
@@ -1392,7 +1395,14 @@ def test_a_corpus_shorter_than_seqlen_is_refused_before_the_model_loads(
                      "--nsamples", "2", "--seqlen", "200", "--seed", "0",
                      "--out", tmp_path / "g")  # fmt: skip
     assert rc == 2
+    one_line_error(err, "seqlen 200 is longer than its train split", "bytes")
+    rc, err = svdzoo(capsys, "calibrate-compress", "--model", model_dir, "--method", "svd-llm",
+                     "--ratio", "0.4", "--corpus", corpus, "--nsamples", "2", "--seqlen", "200",
+                     "--seed", "0", "--stats-root", tmp_path / "stats",
+                     "--out", tmp_path / "c")  # fmt: skip
+    assert rc == 2
     one_line_error(err, "seqlen 200 is longer than its train split")
+    assert not (tmp_path / "c").exists()
 
 
 def test_an_unreachable_ratio_is_refused_before_the_allocation(model_dir, tmp_path, capsys,
@@ -1410,3 +1420,10 @@ def test_an_unreachable_ratio_is_refused_before_the_allocation(model_dir, tmp_pa
     assert rc == 2
     one_line_error(err, "ratio 0.999 cannot be reached", "at most")
     assert not (tmp_path / "c").exists()
+    rc, err = svdzoo(capsys, "calibrate-compress", "--model", model_dir, "--method", "svd-llm",
+                     "--ratio", "0.999", "--corpus", "pydoc", "--nsamples", "2", "--seqlen",
+                     "16", "--seed", "0", "--stats-root", tmp_path / "stats",
+                     "--out", tmp_path / "c")  # fmt: skip
+    assert rc == 2
+    one_line_error(err, "ratio 0.999 cannot be reached")
+    assert not list((tmp_path).rglob("manifest.json"))  # no Gram cache was computed

@@ -184,3 +184,19 @@ def test_fallback_is_taken_where_a_cholesky_whitening_uses_it(method, options):
 
     check_options(get_method(method), options)
     assert inert_options(get_method(method), options) == {}
+
+
+def test_the_listing_marks_an_option_its_parts_ignore_as_registered(capsys):
+    """`svdzoo methods --options` listed `fallback` for svd-llm-v2, which refuses it alone."""
+    from svdzoo.cli import main
+
+    assert main(["methods", "--options"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = {
+        lines[i].split()[0]: lines[i + 1].split("options:", 1)[1]
+        for i in range(len(lines) - 1)
+        if "options:" in lines[i + 1] and not lines[i].startswith(" ")
+    }
+    assert "fallback (with whitening=cholesky)" in listed["svd-llm-v2"]
+    assert "fallback (with" not in listed["adasvd-cr"] and "fallback" in listed["adasvd-cr"]
+    assert "fallback (with" not in listed["svd-llm"]

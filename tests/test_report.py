@@ -665,3 +665,23 @@ def test_a_report_stopped_midway_is_finished_by_the_next(tmp_path: Path, monkeyp
     assert sorted(recorded) == sorted(
         p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name[0] != "."
     )
+
+
+def test_an_edited_sealed_compressed_manifest_is_refused(tmp_path: Path, capsys) -> None:
+    """A sealed manifest edited after compress wrote it (its ratio, its allocation) went
+    into the tables and heatmaps; one whose seal matches (or that has none) is read."""
+    import json
+
+    from svdzoo.calibration.cache import seal
+    from svdzoo.paths import Layout
+
+    results = make_tree(tmp_path)
+    path = Layout(results.parent).compressed_manifest(MODELS[0], "svd-llm", 0.4)
+    manifest = seal(json.loads(path.read_text()))
+    path.write_text(json.dumps(manifest))
+    argv = ["report", "--results", str(results), "--force"]  # the figures read manifests
+    assert main([*argv, "--out", str(tmp_path / "ok")]) == 0
+    path.write_text(json.dumps({**manifest, "ratio": 0.2}))
+    rc = main([*argv, "--out", str(tmp_path / "edited")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "edited after it was written" in err and "Traceback" not in err

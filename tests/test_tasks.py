@@ -242,7 +242,9 @@ def test_wordorder_distractors_are_never_also_right() -> None:
         assert right == [q["choices"][q["gold"]]], (q["id"], right)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "edited-yaml", "missing", "manifest-list"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "edited-yaml", "missing", "manifest-list", "loader", "group"]
+)
 def test_task_files_are_checked_against_their_manifest(task_dir: Path, tmp_path: Path,
                                                        damage: str) -> None:  # fmt: skip
     """A question file cut to 2 lines was scored on 2 questions while the manifest said 15;
@@ -268,6 +270,14 @@ def test_task_files_are_checked_against_their_manifest(task_dir: Path, tmp_path:
     elif damage == "missing":
         jsonl.unlink()
         needle = f"{task}.jsonl is not the file"
+    elif damage == "loader":  # the code lm-eval runs to read every task
+        loader = tasks / "svdzoo_jsonl.py"
+        loader.write_text(loader.read_text() + "\n# edited\n")
+        needle = "svdzoo_jsonl.py is not the file build-tasks wrote"
+    elif damage == "group":
+        group = tasks / f"{GROUP}.yaml"
+        group.write_text(group.read_text() + "\n")
+        needle = f"{GROUP}.yaml is not the file build-tasks wrote"
     else:
         (tasks / "tasks_manifest.json").write_text("[]")
         needle = "not a task manifest"
@@ -275,7 +285,7 @@ def test_task_files_are_checked_against_their_manifest(task_dir: Path, tmp_path:
         with pytest.raises(TaskBuildError, match=needle):
             prepare_tasks(requested, tasks)
     other = "beta_wordorder"  # an intact task of the same directory is still taken
-    if damage != "manifest-list":
+    if damage in ("truncated", "edited-yaml", "missing"):
         check_task_files(tasks, [other])
 
 

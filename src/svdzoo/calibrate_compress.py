@@ -152,7 +152,7 @@ def calibrate_and_compress(
     from svdzoo.api import check_model_input, compress_loaded
     from svdzoo.compression import KIND as COMPRESSED
     from svdzoo.compression import check_ratio, check_reachable, matrix_infos, with_options
-    from svdzoo.data import calibration_windows, get_corpus
+    from svdzoo.data import check_train_length, get_corpus
     from svdzoo.io import atomic_dir, check_output
     from svdzoo.methods import get_method
     from svdzoo.methods.base import check_options
@@ -187,6 +187,8 @@ def calibrate_and_compress(
     check_model_name(name)
     tag = calib_tag(corpus, nsamples, seqlen, seed)
     products = plan_products(method, ratio, name, tag, stats_root)
+    if products:  # the statistics read the corpus: one too short fails before the model loads
+        check_train_length(corp, seqlen)
     check_apart(out, products)
     grids = {
         p.kind: check_ratios(sensitivity_ratios, p.kind.removeprefix("sensitivity-"))
@@ -199,7 +201,6 @@ def calibrate_and_compress(
     inputs = (model, corpus, *(p.path for p in products))
     with atomic_dir(out, COMPRESSED, force=force, protect=inputs) as tmp:
         tokenizer = load_tokenizer(model)  # a model without a tokenizer fails before loading
-        calibration_windows(tokenizer, corp, nsamples, seqlen, seed)  # a corpus too short
         lm = load_model(model, dtype=dtype, device="cpu")  # Gram calibration streams layers
         check_reachable(matrix_infos(lm), ratio)  # before any statistics are computed
         # hashed once: calibration, the tables and compression leave the weights as they are

@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"svdzoo {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the outputs' clean-up has run (atomic writes): no traceback
-        print(f"svdzoo {args.command}: interrupted; nothing was completed", file=sys.stderr)
+        print(
+            f"svdzoo {args.command}: interrupted; the output being written was removed "
+            "(outputs already finished are kept)",
+            file=sys.stderr,
+        )
         return 130
     if rc == 0 and args.command not in QUESTIONS:
         cost = usage.measure(args.command, started)

@@ -313,6 +313,21 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def check_train_length(corpus: Corpus | str, seqlen: int) -> None:
+    """Refuse a train split too short for one window of `seqlen` tokens without tokenizing
+    it (seconds on a large corpus): a tokenizer without special tokens gives at most one
+    token per UTF-8 byte, plus one (a leading word marker), so `bytes + 1 <= seqlen` can
+    never fill a window. Shorter texts in tokens are still refused by
+    `calibration_windows`."""
+    corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
+    n = len(corpus.train.encode("utf-8"))
+    if n + 1 <= seqlen:
+        raise CorpusError(
+            f"corpus {corpus.name!r}: seqlen {seqlen} is longer than its train split ({n} "
+            f"bytes, so at most {n + 1} tokens)"
+        )
+
+
 def calibration_windows(
     tokenizer, corpus: Corpus | str, nsamples: int, seqlen: int, seed: int
 ) -> torch.Tensor:

@@ -221,10 +221,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return dev
     if dev.type == "cpu":
         return dev
-    # mps, xpu, ...: the backend must be there; `meta` holds no data to compute with
-    backend = getattr(torch, dev.type, None)
-    available = getattr(backend, "is_available", None)
-    if dev.type == "meta" or not callable(available) or not available():
+    # mps, xpu, ...: the backend must be there (`torch.backends.mps`, `torch.xpu`, as each
+    # torch version exposes it); `meta` holds no data to compute with
+    checks = [
+        getattr(getattr(owner, dev.type, None), "is_available", None)
+        for owner in (torch.backends, torch)
+    ]
+    available = any(callable(c) and c() for c in checks)
+    if dev.type == "meta" or not available:
         raise ModelError(f"device {device!r} is not available here; use auto, cpu, cuda or cuda:N")
     return dev
 

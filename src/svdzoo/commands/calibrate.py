@@ -95,14 +95,13 @@ def run(args: argparse.Namespace) -> int:
 
     resolve_dtype(args.dtype)
     device = resolve_device(args.device)
-    from svdzoo.data import calibration_windows, get_corpus
+    from svdzoo.data import check_train_length, get_corpus
 
-    get_corpus(args.corpus)  # an unknown or unreachable corpus fails before the model loads
+    # an unknown or unreachable corpus, or one too short for --seqlen, before the model loads
+    check_train_length(get_corpus(args.corpus), args.seqlen)
     load_device = "cpu" if args.kind == "gram" else device
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
     check_seqlen(load_config(args.model), args.seqlen)  # before the weights load
-    # a train split shorter than --seqlen, before the weights load (0.2 s on SmolLM2's pydoc)
-    calibration_windows(tokenizer, args.corpus, args.nsamples, args.seqlen, args.seed)
     model = load_model(args.model, dtype=args.dtype, device=load_device)
     common = dict(
         corpus=args.corpus,

@@ -31,5 +31,23 @@ def run(args: argparse.Namespace) -> int:
             f"{name:<22} {m.description}  [needs: {needs}{'; sequential' if m.sequential else ''}{'; searches' if m.probes else ''}]"
         )
         if args.options:
-            print(f"{'':<22} options: {', '.join(sorted(accepted_options(m))) or '-'}")
+            print(f"{'':<22} options: {', '.join(_listed(m, accepted_options(m))) or '-'}")
     return 0
+
+
+def _listed(method, names) -> list[str]:
+    """Option names, each one its parts ignore as registered marked with what makes it
+    count (`fallback (with whitening=cholesky)`): refused alone (`base.inert_options`)."""
+    from svdzoo.methods.base import inert_options
+
+    out = []
+    for name in sorted(names):
+        part = next(
+            (p for p in (method.factoriser, method.allocator, method.spectrum_factoriser)
+             if p is not None and hasattr(p, name)),
+            None,
+        )  # fmt: skip
+        if part is not None and inert_options(method, {name: getattr(part, name)}):
+            name = f"{name} (with whitening=cholesky)" if name == "fallback" else f"{name} (inert)"
+        out.append(name)
+    return out

@@ -102,6 +102,7 @@ GROUP = "svdzoo_offline"
 TASK_KINDS = ("continuation", "wordorder")
 TASKS_VERSION = 2
 MANIFEST = "tasks_manifest.json"
+LOADER = "svdzoo_jsonl.py"  # the dataset loader every task YAML names
 # lm-eval scores `context + TARGET_DELIMITER + continuation`; the scored text carries its own
 # leading space.
 TARGET_DELIMITER = ""
@@ -334,7 +335,7 @@ def build_tasks(
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise TaskBuildError(f"corpus name {name!r} cannot be used in a task name")
     manifest: dict = {"seed": seed, "spec": spec.__dict__, "version": TASKS_VERSION, "tasks": {}}
-    files: dict[str, str] = {"svdzoo_jsonl.py": _LOADER}
+    files: dict[str, str] = {LOADER: _LOADER}
     names: list[str] = []
     for corpus, text in texts.items():
         for kind in TASK_KINDS:
@@ -370,6 +371,8 @@ def build_tasks(
             names.append(task)
             log.info("%s: %d questions", task, len(questions))
     files[f"{GROUP}.yaml"] = _group_yaml(names)
+    # what lm-eval runs for every task: the loader and the group
+    manifest["support_sha256"] = {f: _sha256(files[f]) for f in (LOADER, f"{GROUP}.yaml")}
     files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     with atomic_dir(out_dir, TASKS, force=force, protect=protect) as tmp:
         for fname, content in files.items():
@@ -399,20 +402,30 @@ def check_task_files(task_dir: str | Path, tasks: Iterable[str]) -> None:
     if not isinstance(built, dict):
         raise TaskBuildError(f"{mpath}: not a task manifest; {rebuild}")
     tasks = set(tasks)
-    for task in sorted(set(built) if GROUP in tasks else tasks & set(built)):
+    wanted = sorted(set(built) if GROUP in tasks else tasks & set(built))
+    if not wanted:
+        return
+    support = manifest.get("support_sha256")
+    if not isinstance(support, dict):
+        raise TaskBuildError(
+            f"{mpath} records no support_sha256 (built by an older svdzoo); {rebuild}"
+        )
+    expected = dict(support)
+    for task in wanted:
         info = built[task] if isinstance(built[task], dict) else {}
         for suffix, key in ((".jsonl", "sha256"), (".yaml", "yaml_sha256")):
-            path = task_dir / f"{task}{suffix}"
-            want = info.get(key)
-            if want is None:
+            if info.get(key) is None:
                 raise TaskBuildError(
                     f"{mpath} records no {key} for {task} (built by an older svdzoo); {rebuild}"
                 )
-            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != want:
-                raise TaskBuildError(
-                    f"{path} is not the file build-tasks wrote (edited, truncated, replaced or "
-                    f"missing); {rebuild}"
-                )
+            expected[f"{task}{suffix}"] = info[key]
+    for name, want in expected.items():
+        path = task_dir / name
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != want:
+            raise TaskBuildError(
+                f"{path} is not the file build-tasks wrote (edited, truncated, replaced or "
+                f"missing); {rebuild}"
+            )
 
 
 def read_questions(task_dir: str | Path, task: str) -> list[dict]:

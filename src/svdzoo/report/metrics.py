@@ -123,6 +123,21 @@ def discover(results_dir: str | Path) -> dict[tuple[str, str, float], Run]:
     return runs
 
 
+def _sealed(path: Path) -> dict:
+    """A compressed model's manifest, refused when edited after it was written (its
+    `manifest_sha256`; manifests of svdzoo before the seal carry none and are read as
+    they are): an edited ratio or allocation went into the tables and heatmaps."""
+    from svdzoo.calibration.cache import SEAL, manifest_digest
+
+    obj = _read(path)
+    if SEAL in obj and obj[SEAL] != manifest_digest(obj):
+        raise MetricsError(
+            f"{path}: edited after it was written ({SEAL} does not match); re-run the "
+            "compress stage that writes it"
+        )
+    return obj
+
+
 def _read(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
@@ -340,7 +355,7 @@ def load_manifests(results_dir: str | Path) -> dict[tuple[str, str, float], dict
         parts = path.relative_to(results_dir).parts
         ratio = _parse_ratio(parts[ir])
         if ratio is not None:
-            out[(parts[im], parts[ix], ratio)] = _read(path)
+            out[(parts[im], parts[ix], ratio)] = _sealed(path)
     # a compressed model deleted once evaluated (keep_compressed: false) left its
     # allocation in efficiency.json
     pattern, im, ix, ir = _glob_pattern(layout.efficiency)
