@@ -1427,3 +1427,22 @@ def test_an_unreachable_ratio_is_refused_before_the_allocation(model_dir, tmp_pa
     assert rc == 2
     one_line_error(err, "ratio 0.999 cannot be reached")
     assert not list((tmp_path).rglob("manifest.json"))  # no Gram cache was computed
+
+
+def test_a_refused_command_leaves_no_empty_directories(model_dir, tmp_path, capsys,
+                                                       monkeypatch):  # fmt: skip
+    """The checks before compute created `--out`'s missing parents, so a command refused
+    after them (here: svd-llm without its Gram statistics) left `n1/n2/n3` behind."""
+    monkeypatch.chdir(tmp_path)
+    rc, err = svdzoo(capsys, "compress", "--model", model_dir, "--method", "svd-llm",
+                     "--ratio", "0.4", "--out", "n1/n2/n3/out")  # fmt: skip
+    assert rc == 2
+    one_line_error(err, "gram")
+    assert not (tmp_path / "n1").exists()
+    rc, err = svdzoo(capsys, "evaluate", "--model", model_dir, "--corpora", "nonesuch",
+                     "--seqlen", "16", "--ppl-out", "m1/m2/p.json")  # fmt: skip
+    assert rc == 2
+    assert not (tmp_path / "m1").exists()
+    rc, err = svdzoo(capsys, *compress_args(model_dir, "k1/k2/out"))  # written: created then
+    assert rc == 0, err
+    assert (tmp_path / "k1" / "k2" / "out" / "manifest.json").is_file()

@@ -270,13 +270,19 @@ def _added_files(path: Path) -> list[str]:
 
 
 def _preflight(
-    path: _PathLike, kind: str | None, force: bool, protect: Iterable[_PathLike | None]
+    path: _PathLike,
+    kind: str | None,
+    force: bool,
+    protect: Iterable[_PathLike | None],
+    create: bool = True,
 ) -> Path:
-    """The checks every write runs before it locks the target (see `check_output`)."""
+    """The checks every write runs before it locks the target (see `check_output`);
+    `create=False` (a check before compute) creates no missing parent, so a command
+    refused later leaves no empty directories behind."""
     path = Path(path)
     _refuse_protected(path, protect)
     _check_existing(path, kind, force)
-    _ensure_parent(path)
+    (_ensure_parent if create else _check_parent)(path)
     return path
 
 
@@ -296,7 +302,9 @@ def check_output(
     process is writing; a path whose directory cannot be created or written. Stale
     temporaries that a killed writer left beside the target are removed (and logged).
     """
-    path = _preflight(path, kind, force, protect)
+    path = _preflight(path, kind, force, protect, create=False)
+    if not path.parent.is_dir():  # nothing can be writing there, nor have left temporaries
+        return
     with _target_lock(path):
         _sweep(path)
 
@@ -314,6 +322,16 @@ def existing_ancestor(path: Path, what: str, hint: str = "") -> Path | None:
                 raise OutputError(f"{what}: {above} is not a directory{hint}")
             return above
     return None
+
+
+def _check_parent(path: Path) -> None:
+    """What `_ensure_parent` needs, created nothing: the nearest existing directory above
+    `path` can take the missing ones."""
+    above = existing_ancestor(path.parent, f"cannot write {path}")
+    if above is None:
+        raise OutputError(f"cannot write {path}: no directory above it exists")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: {above} is not writable")
 
 
 def _ensure_parent(path: Path) -> None:
@@ -665,7 +683,7 @@ def check_file_output(
             f"refusing to replace {path}: it is not {what} that svdzoo wrote; move it, "
             "choose another path, or pass --force"
         )
-    _ensure_parent(path)
+    _check_parent(path)  # created by the write itself (`atomic_path`), not before compute
     return path
 
 
