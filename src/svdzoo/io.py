@@ -34,6 +34,11 @@ is ever replaced, and a crash leaves nothing that the next write does not clean 
   (safetensors does) is given the umask's mode before the output appears.
 - **A full disk is one line**: ENOSPC / EDQUOT while writing becomes `OutputError` naming the
   target; the partial write is removed.
+
+Single files (`atomic_path`, `write_json`) are written to a temporary sibling and renamed.
+`check_file_output` refuses, before compute, a file at the path that its `ours` does not
+recognise as an earlier output of the same kind (`json_with`, `text_starting`), unless
+`force`. Neither check creates a missing directory: the write does.
 """
 
 from __future__ import annotations
