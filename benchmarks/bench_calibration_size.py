@@ -30,13 +30,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+from results_io import run_or_rebuild, save_csv, save_figure  # noqa: E402
 
 from svdzoo.calibration import calibrate  # noqa: E402
 from svdzoo.compression import Statistics, compress  # noqa: E402
 from svdzoo.data import evaluation_windows  # noqa: E402
 from svdzoo.evaluation.perplexity import perplexity  # noqa: E402
-from svdzoo.io import atomic_path, write_text  # noqa: E402
+from svdzoo.io import write_text  # noqa: E402
 from svdzoo.models import load_model, load_tokenizer  # noqa: E402
 from svdzoo.sensitivity import load_sensitivity  # noqa: E402
 
@@ -104,12 +104,6 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def save_csv(df: pd.DataFrame, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out.with_suffix(".csv")) as tmp:
-        df.to_csv(tmp, index=False)
-
-
 def figure(df: pd.DataFrame, path: Path) -> None:
     import matplotlib
 
@@ -136,10 +130,7 @@ def figure(df: pd.DataFrame, path: Path) -> None:
             ax.set_xlabel("calibration tokens")
             ax.set_ylabel("perplexity")
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,15 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.from_csv is None and not (args.model / "config.json").is_file():
         raise SystemExit(f"{args.model}: no model there; run `svdzoo fetch-model` or the workflow")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    if args.from_csv is not None:
-        df, how = pd.read_csv(args.from_csv), f"rebuilt from `{args.from_csv.name}`"
-    else:
-        t0 = time.perf_counter()
-        df = run(args)
-        how = f"{time.perf_counter() - t0:.0f} s"
+    df, how = run_or_rebuild(args, run)
     save_csv(df, args.out)
     figure(df, args.out.with_suffix(".png"))
     cells = df[df.method != "dense"]

@@ -30,12 +30,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from results_io import run_or_rebuild, save_csv, save_figure  # noqa: E402
 
 from svdzoo.calibration import load_stats  # noqa: E402
 from svdzoo.compression import Statistics, compress  # noqa: E402
 from svdzoo.data import evaluation_windows  # noqa: E402
 from svdzoo.evaluation.perplexity import perplexity  # noqa: E402
-from svdzoo.io import atomic_path, write_text  # noqa: E402
+from svdzoo.io import write_text  # noqa: E402
 from svdzoo.methods.svd_llm_v2 import calibration_tokens  # noqa: E402
 from svdzoo.models import load_model, load_tokenizer  # noqa: E402
 
@@ -91,12 +92,6 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def save_csv(df: pd.DataFrame, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out.with_suffix(".csv")) as tmp:
-        df.to_csv(tmp, index=False)
-
-
 def relative(df: pd.DataFrame) -> pd.DataFrame:
     """Each row's perplexity over svd-llm's at the same ratio and corpus."""
     base = df[df.method == "svd-llm"].set_index(["ratio", "corpus"]).ppl
@@ -130,10 +125,7 @@ def figure(df: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("parameters removed (%)")
         ax.set_ylabel("ratio to svd-llm")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(df: pd.DataFrame, args: argparse.Namespace, how: str) -> str:
@@ -199,15 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{args.model}: no model there; run `svdzoo fetch-model`")
         if not (args.gram / "manifest.json").is_file():
             raise SystemExit(f"{args.gram}: no Gram cache there; run `svdzoo calibrate`")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    if args.from_csv is not None:
-        df, how = pd.read_csv(args.from_csv), f"rebuilt from `{args.from_csv.name}`"
-    else:
-        t0 = time.perf_counter()
-        df = run(args)
-        how = f"{time.perf_counter() - t0:.0f} s"
+    df, how = run_or_rebuild(args, run)
     save_csv(df, args.out)
     figure(df, args.out.with_suffix(".png"))
     write_text(args.out.with_suffix(".md"), markdown(df, args, how))
