@@ -55,7 +55,7 @@ from svdzoo.models import (
     replace_module,
     resolve_device,
 )
-from svdzoo.paths import MANIFEST
+from svdzoo.paths import MANIFEST, WEIGHTS
 from svdzoo.provenance import made_with
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ log = logging.getLogger(__name__)
 # Not transformers' `model.safetensors`: a plain `AutoModelForCausalLM.from_pretrained` of a
 # compressed directory must fail (no weights file it knows) instead of silently returning a
 # randomly initialised dense model. `load_compressed` is the loader.
-WEIGHTS = "svdzoo-lowrank.safetensors"
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 REMOTE_MODULE = "modeling_svdzoo"  # svdzoo/hf/modeling_svdzoo.py, copied into each model

@@ -264,12 +264,12 @@ def load_tokenizer(model_id: str | os.PathLike[str]):
 
 def is_compressed_dir(path: Path) -> bool:
     """A directory written by `svdzoo compress` (its manifest names the method)."""
-    from svdzoo.paths import MANIFEST
+    from svdzoo.paths import MANIFEST, WEIGHTS
 
     manifest = path / MANIFEST
     if not (path.is_dir() and manifest.exists()):
         return False
-    if (path / "svdzoo-lowrank.safetensors").exists():  # a damaged manifest is still one
+    if (path / WEIGHTS).exists():  # a damaged manifest is still one
         return True
     try:
         obj = json.loads(manifest.read_text())

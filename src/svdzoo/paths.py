@@ -8,6 +8,7 @@ from pathlib import Path
 
 DENSE = "dense"
 MANIFEST = "manifest.json"  # of a compressed model directory
+WEIGHTS = "svdzoo-lowrank.safetensors"  # the factors of a compressed model directory
 SUMMARY = "summary.json"  # the report's headline metrics (DVC metrics)
 PLOTS = "plots"  # the report's plot data (DVC plots)
 

@@ -94,11 +94,8 @@ class ColumnPreserving:
             raise ConfigError(f"oversample must be >= 0, got {self.oversample!r}")
 
     def inert(self) -> dict[str, str]:
-        """Fields that do nothing as configured (`base.inert_options` refuses them)."""
-        if self.whitening == "eigen":
-            return {"fallback": "eigen whitening drops the directions of no energy and never "
-                    "falls back; `fallback` is what Cholesky whitening does with a singular Gram"}  # fmt: skip
-        return {}
+        """Fields that do nothing as configured: the whitening's (`Whitened.inert`)."""
+        return Whitened(self.whitening, fallback=self.fallback).inert()
 
     @property
     def precision(self) -> str:

@@ -127,14 +127,11 @@ def _sealed(path: Path) -> dict:
     """A compressed model's manifest, refused when edited after it was written (its
     `manifest_sha256`; manifests of svdzoo before the seal carry none and are read as
     they are): an edited ratio or allocation went into the tables and heatmaps."""
-    from svdzoo.calibration.cache import SEAL, manifest_digest
+    from svdzoo.calibration.cache import SEAL, check_seal
 
     obj = _read(path)
-    if SEAL in obj and obj[SEAL] != manifest_digest(obj):
-        raise MetricsError(
-            f"{path}: edited after it was written ({SEAL} does not match); re-run the "
-            "compress stage that writes it"
-        )
+    if SEAL in obj:
+        check_seal(obj, str(path), "re-run the compress stage that writes it")
     return obj
 
 
