@@ -2,21 +2,47 @@
 # Set up (or reuse) the virtual environment, then run the default reproduction or the tests.
 #   bash workflow/scripts/run.sh reproduce [snakemake args...]
 #   bash workflow/scripts/run.sh test [pytest args...]
+#   bash workflow/scripts/run.sh lock      # rewrite the pins from a fresh, unpinned environment
 # Environment: PYTHON (default python3), SVDZOO_VENV (default .venv),
-# SVDZOO_TORCH (default "torch==2.13.0"; set e.g. "torch" after configuring a CUDA index for GPUs).
+# SVDZOO_TORCH (default "torch==2.13.0"; set e.g. "torch" after configuring a CUDA index for GPUs),
+# SVDZOO_CONSTRAINTS (default workflow/envs/constraints.txt, the tested versions; empty: unpinned).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 mode="${1:-}"
 [ $# -gt 0 ] && shift
 case "$mode" in
-  reproduce|test|setup) ;;
-  *) echo "usage: bash workflow/scripts/run.sh {reproduce|test|setup} [args...]" >&2; exit 2 ;;
+  reproduce|test|setup|lock) ;;
+  *) echo "usage: bash workflow/scripts/run.sh {reproduce|test|setup|lock} [args...]" >&2; exit 2 ;;
 esac
 
 PYTHON="${PYTHON:-python3}"
 VENV="${SVDZOO_VENV:-.venv}"
 TORCH_SPEC="${SVDZOO_TORCH:-torch==2.13.0}"
+LOCK=workflow/envs/constraints.txt
+CONSTRAINTS="${SVDZOO_CONSTRAINTS-$LOCK}"
+
+if [ "$mode" = lock ]; then
+  # the newest releases that pyproject.toml allows, in a throwaway environment, frozen
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  echo "[svdzoo] resolving the newest allowed releases in a fresh environment ($tmp)" >&2
+  "$PYTHON" -m venv "$tmp/venv"
+  "$tmp/venv/bin/python" -m pip install -q --upgrade pip
+  "$tmp/venv/bin/python" -m pip install -q "$TORCH_SPEC"
+  "$tmp/venv/bin/python" -m pip install -q -e ".[dev,slurm]"
+  "$tmp/venv/bin/python" workflow/scripts/write_lock.py "$LOCK"
+  exit 0
+fi
+
+pin=()
+if [ -n "$CONSTRAINTS" ]; then
+  if [ ! -f "$CONSTRAINTS" ]; then
+    echo "[svdzoo] SVDZOO_CONSTRAINTS=$CONSTRAINTS does not exist; set it to a pip constraints file, or to nothing to install unpinned" >&2
+    exit 2
+  fi
+  pin=(-c "$CONSTRAINTS")
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[svdzoo] creating virtual environment $VENV" >&2
@@ -25,16 +51,16 @@ fi
 PY="$VENV/bin/python"
 
 stamp="$VENV/.svdzoo-install"
-want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) $TORCH_SPEC"
+want="$(cat pyproject.toml ${CONSTRAINTS:+"$CONSTRAINTS"} | sha256sum | cut -d' ' -f1) $TORCH_SPEC ${CONSTRAINTS:-unpinned}"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "[svdzoo] installing dependencies into $VENV" >&2
-  "$PY" -m pip install -q --upgrade pip
+  "$PY" -m pip install -q --upgrade pip "${pin[@]}"
   # torch first, pinned: every later requirement is then already satisfied by it, so no
   # CUDA build is pulled in behind our back.
   if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install -q "$TORCH_SPEC"
   fi
-  "$PY" -m pip install -q -e ".[dev,slurm]"
+  "$PY" -m pip install -q "${pin[@]}" -e ".[dev,slurm]"
   echo "$want" > "$stamp"
 fi
 
@@ -47,6 +73,8 @@ case "$mode" in
     exec snakemake --cores all "$@" ;;
   test)
     export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+    # tests/test_lock.py then checks that the environment holds the pinned versions
+    [ -n "$CONSTRAINTS" ] && export SVDZOO_INSTALLED_WITH="$CONSTRAINTS"
     # the Snakemake report is checked in a real browser: Debian's Chromium + ChromeDriver
     if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
       if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
