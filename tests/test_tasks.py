@@ -138,6 +138,18 @@ def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_fewer_questions_than_asked_for_is_refused(tmp_path: Path) -> None:
+    """It was a logged warning, and a 3-question task then sat in the tables beside
+    200-question ones. The error names every short task and how many it can have."""
+    with pytest.raises(TaskBuildError, match="too short for 100000 questions") as err:
+        build_tasks(tmp_path / "x", {"alpha": _text(40)}, seed=0, n_examples=100_000)
+    assert "alpha_continuation " in str(err.value) and "alpha_wordorder " in str(err.value)
+    assert "nothing was written" in str(err.value)
+    assert not (tmp_path / "x").exists()
+    most = int(str(err.value).split("alpha_continuation ")[1].split(",")[0])
+    assert 0 < most < 100_000
+
+
 def _first_choice_lm():
     """An lm-eval LM that always prefers choice 0: tests the task and metric wiring. It
     keeps the `(context, continuation)` of every request in `.seen`."""

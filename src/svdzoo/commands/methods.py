@@ -37,17 +37,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _listed(method, names) -> list[str]:
     """Option names, each one its parts ignore as registered marked with what makes it
-    count (`fallback (with whitening=cholesky)`): refused alone (`base.inert_options`)."""
-    from svdzoo.methods.base import inert_options
+    count (`fallback (with whitening=cholesky)`, the parts' `option_needs`): refused alone
+    (`base.inert_options`)."""
+    from svdzoo.methods.base import unmet_needs
 
-    out = []
-    for name in sorted(names):
-        part = next(
-            (p for p in (method.factoriser, method.allocator, method.spectrum_factoriser)
-             if p is not None and hasattr(p, name)),
-            None,
-        )  # fmt: skip
-        if part is not None and inert_options(method, {name: getattr(part, name)}):
-            name = f"{name} (with whitening=cholesky)" if name == "fallback" else f"{name} (inert)"
-        out.append(name)
-    return out
+    unmet = unmet_needs(method)
+    return [f"{n} ({unmet[n]})" if n in unmet else n for n in sorted(names)]

@@ -337,6 +337,7 @@ def build_tasks(
     manifest: dict = {"seed": seed, "spec": spec.__dict__, "version": TASKS_VERSION, "tasks": {}}
     files: dict[str, str] = {LOADER: _LOADER}
     names: list[str] = []
+    short: list[str] = []
     for corpus, text in texts.items():
         for kind in TASK_KINDS:
             task = f"{corpus}_{kind}"
@@ -344,12 +345,7 @@ def build_tasks(
             if not questions:
                 raise TaskBuildError(f"{task}: no questions could be built from the text")
             if len(questions) < spec.n_examples:
-                log.warning(
-                    "%s: only %d of %d questions (text too short)",
-                    task,
-                    len(questions),
-                    spec.n_examples,
-                )
+                short.append(f"{task} {len(questions)}")
             body = "".join(
                 json.dumps(q, ensure_ascii=False, sort_keys=True) + "\n" for q in questions
             )
@@ -370,6 +366,14 @@ def build_tasks(
             }
             names.append(task)
             log.info("%s: %d questions", task, len(questions))
+    if short:
+        # fewer questions than asked for was a logged warning, and a task of 3 questions
+        # then stood in the tables beside tasks of 200 with nothing to tell them apart
+        raise TaskBuildError(
+            f"the text is too short for {spec.n_examples} questions per task: "
+            f"{', '.join(short)} can be built; lower n_examples (`--n-examples`, "
+            "`offline_tasks: n-examples`) or use a longer text; nothing was written"
+        )
     files[f"{GROUP}.yaml"] = _group_yaml(names)
     # what lm-eval runs for every task: the loader and the group
     manifest["support_sha256"] = {f: _sha256(files[f]) for f in (LOADER, f"{GROUP}.yaml")}

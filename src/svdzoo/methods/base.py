@@ -229,28 +229,59 @@ def check_options(method: Method, options: Mapping[str, Any] | None) -> None:
 
 
 def inert_options(method: Method, options: Mapping[str, Any] | None) -> dict[str, str]:
-    """Options that every part taking them ignores as configured (a part's `inert()`:
-    `fallback` under eigen whitening), with the reason: accepted, they would change
-    nothing while the manifest recorded them."""
+    """Options that every part taking them ignores as configured (a part's `option_needs`:
+    `fallback` under eigen whitening), with the reason: accepted, they would change nothing
+    while the manifest recorded them."""
     if not options:
         return {}
-    configured_method = with_options(method, options)
-    parts = [
-        p
-        for p in (
-            configured_method.factoriser,
-            configured_method.allocator,
-            configured_method.spectrum_factoriser,
-        )
-        if dataclasses.is_dataclass(p)
-    ]
+    parts = _parts(with_options(method, options))
     out: dict[str, str] = {}
     for key in options:
         takers = [p for p in parts if key in _fields(p)]
-        reasons = [getattr(p, "inert", dict)().get(key) for p in takers]
+        reasons = [_unmet(p, key) for p in takers]
         if takers and all(reasons):
             out[key] = str(reasons[0])
     return out
+
+
+def unmet_needs(method: Method) -> dict[str, Needs]:
+    """The options that every part taking them would ignore as `method` is configured, each
+    with what it needs to count (`svdzoo methods --options`: "fallback (with
+    whitening=cholesky)")."""
+    parts = _parts(method)
+    out: dict[str, Needs] = {}
+    for part in parts:
+        for key in getattr(part, "option_needs", {}):
+            takers = [p for p in parts if key in _fields(p)]
+            if key not in out and all(_unmet(p, key) for p in takers):
+                out[key] = part.option_needs[key]
+    return out
+
+
+def _parts(method: Method) -> list[Any]:
+    candidates = (method.factoriser, method.allocator, method.spectrum_factoriser)
+    return [p for p in candidates if dataclasses.is_dataclass(p)]
+
+
+def _unmet(part: Any, key: str) -> str | None:
+    needs = getattr(part, "option_needs", {}).get(key)
+    if needs is None or getattr(part, needs.field) == needs.value:
+        return None
+    return needs.why
+
+
+@dataclass(frozen=True)
+class Needs:
+    """An option that counts only while another field of its part has one value (a part's
+    `option_needs`, as `option_ranges` declares ranges): `fallback` under eigen whitening
+    was accepted, recorded in the manifest and ignored."""
+
+    field: str
+    value: Any
+    why: str  # what happens instead, for the refusal
+
+    def __str__(self) -> str:
+        return f"with {self.field}={self.value}"
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class ColumnPreserving:
     # `0.05 * mean(diag H) I` (methods.md), not SVD-LLM's eigen-shift
     fallback: str = "diag-damp"
     option_ranges = {"accept": Range(0.0, 1.0), "oversample": Range(0.0)}  # `base.check_options`
+    option_needs = Whitened.option_needs  # the same whitening's fallback
 
     def __post_init__(self) -> None:  # refused when configured, before any compute
         if self.search not in column_split.SEARCHES:
@@ -92,10 +93,6 @@ class ColumnPreserving:
             )
         if not float(self.oversample) >= 0:
             raise ConfigError(f"oversample must be >= 0, got {self.oversample!r}")
-
-    def inert(self) -> dict[str, str]:
-        """Fields that do nothing as configured: the whitening's (`Whitened.inert`)."""
-        return Whitened(self.whitening, fallback=self.fallback).inert()
 
     @property
     def precision(self) -> str:

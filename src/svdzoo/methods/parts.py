@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from svdzoo import allocation, linalg
 from svdzoo.errors import ConfigError
 from svdzoo.lazy import torch
-from svdzoo.methods.base import AllocationContext, MatrixContext, Range
+from svdzoo.methods.base import AllocationContext, MatrixContext, Needs, Range
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,12 @@ class Whitened:
     # "eigen-shift" (SVD-LLM's official fix, the default), "diag-damp" (Duo-SVD's code:
     # `0.05 * mean(diag H) I`) or "raise"; unused by eigen whitening
     fallback: str = "eigen-shift"
+    option_needs = {  # `base.inert_options` refuses an option whose need is unmet
+        "fallback": Needs(
+            "whitening", "cholesky", "eigen whitening drops the directions of no energy and "
+            "never falls back; `fallback` is what Cholesky whitening does with a singular Gram"
+        )
+    }  # fmt: skip
 
     def __post_init__(self) -> None:  # refused when configured, before any compute
         if self.whitening not in ("cholesky", "eigen"):
@@ -97,13 +103,6 @@ class Whitened:
         if self.fallback not in linalg.FALLBACKS:
             raise ConfigError(f"fallback must be one of {linalg.FALLBACKS}, got {self.fallback!r}")
         _check_precision(self.precision)
-
-    def inert(self) -> dict[str, str]:
-        """Fields that do nothing as configured (`base.inert_options` refuses them)."""
-        if self.whitening == "eigen":
-            return {"fallback": "eigen whitening drops the directions of no energy and never "
-                    "falls back; `fallback` is what Cholesky whitening does with a singular Gram"}  # fmt: skip
-        return {}
 
     def whitener(self, H: torch.Tensor):
         if self.whitening == "cholesky":
