@@ -375,7 +375,7 @@ def test_corrupted_or_truncated_file_raises(cache_dir):
     with pytest.raises(CacheError, match="truncated"):
         load_stats(out)
     (out / "manifest.json").write_text("{not json")
-    with pytest.raises(CacheError, match="corrupted manifest"):
+    with pytest.raises(CacheError, match="is not valid JSON"):
         load_stats(out)
     with pytest.raises(CacheError, match="no manifest"):
         load_stats(out.parent / "nowhere")

@@ -600,6 +600,33 @@ def test_swapped_weights_and_edited_specs_are_cache_errors(two_compressed, tmp_p
         load_compressed(legacy)
 
 
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (None, "cannot read .*m.json: No such file or directory; do this"),
+        (b"\xff\xfe\x00garbage", "m.json is not valid JSON .*codec.*; do this"),
+        (b"{not json", "m.json is not valid JSON .*; do this"),
+        (b'"method"', "m.json: expected a JSON object, found str; do this"),
+    ],
+)
+def test_every_json_reader_names_the_file_and_the_remedy(tmp_path, content, needle):
+    """The one read-decode-check behind the manifests (statistics, sensitivity, compressed,
+    tasks) and the metric files: each way a file can be wrong is one error of the caller's
+    type, never a JSONDecodeError, UnicodeDecodeError or AttributeError."""
+
+    class Wrong(Exception):
+        pass
+
+    path = tmp_path / "m.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(Wrong, match=needle):
+        io.read_json_object(path, Wrong, "do this")
+    path.write_bytes(b'{"a": 1}')
+    assert io.read_json_object(path, Wrong) == {"a": 1}
+    assert io.read_json_object(tmp_path / "elsewhere", Wrong, raw=b'{"b": 2}') == {"b": 2}
+
+
 @pytest.mark.parametrize("damage", ["ratio", "method", "binary", "string"])
 def test_an_edited_or_damaged_compressed_manifest_is_one_line_before_evaluating(
     damage, two_compressed, tmp_path, capsys

@@ -221,7 +221,10 @@ def test_cache_round_trip_and_errors(tmp_path, duo_table):
     with pytest.raises(CacheError, match="missing"):
         load_sensitivity(out)
     (out / "manifest.json").write_text("{not json")
-    with pytest.raises(CacheError, match="corrupted"):
+    with pytest.raises(CacheError, match="is not valid JSON .*; compute the table again"):
+        load_sensitivity(out)
+    (out / "manifest.json").write_text("[]")
+    with pytest.raises(CacheError, match="expected a JSON object, found list"):
         load_sensitivity(out)
     with pytest.raises(CacheError, match="no manifest"):
         load_sensitivity(tmp_path / "nowhere")

@@ -292,7 +292,7 @@ def test_task_files_are_checked_against_their_manifest(task_dir: Path, tmp_path:
         needle = f"{GROUP}.yaml is not the file build-tasks wrote"
     else:
         (tasks / "tasks_manifest.json").write_text("[]")
-        needle = "not a task manifest"
+        needle = "expected a JSON object, found list"
     for requested in ([task], [GROUP]):
         with pytest.raises(TaskBuildError, match=needle):
             prepare_tasks(requested, tasks)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import logging
 import shutil
 import time
@@ -31,7 +30,7 @@ from svdzoo import (
     param_counts,
 )
 from svdzoo.errors import CacheError, ConfigError
-from svdzoo.io import COMPRESSED_MODEL, atomic_dir, write_json
+from svdzoo.io import COMPRESSED_MODEL, atomic_dir, read_json_object, write_json
 from svdzoo.methods import get_method
 from svdzoo.methods.base import (
     FISHER,
@@ -555,12 +554,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     from svdzoo.calibration.cache import check_seal
 
     mpath = Path(path) / MANIFEST
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CacheError(f"{mpath}: unreadable ({exc}); compress the model again") from exc
-    if not isinstance(manifest, dict):
-        raise CacheError(f"{mpath}: not a compressed model's manifest; compress the model again")
+    manifest = read_json_object(mpath, CacheError, "compress the model again")
     check_seal(manifest, str(mpath), "compress the model again")
     method, ratio = manifest.get("method"), manifest.get("ratio")
     if (

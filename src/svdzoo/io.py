@@ -773,6 +773,29 @@ def read_json(path: _PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_json_object(
+    path: _PathLike,
+    error: type[Exception],
+    remedy: str | None = None,
+    *,
+    raw: bytes | None = None,
+) -> dict[str, Any]:
+    """The JSON object at `path` (or its bytes `raw`, read already), else `error` naming the
+    file, what is wrong and `remedy`: the read-decode-check every manifest and metric file
+    reader shares, so a damaged one is one line, never a traceback."""
+    tail = f"; {remedy}" if remedy else ""
+    try:
+        text = (Path(path).read_bytes() if raw is None else raw).decode("utf-8")
+        obj = json.loads(text)
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror or exc}{tail}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path} is not valid JSON ({exc}){tail}") from exc
+    if not isinstance(obj, dict):
+        raise error(f"{path}: expected a JSON object, found {type(obj).__name__}{tail}")
+    return obj
+
+
 def write_text(path: _PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from svdzoo import linalg
 from svdzoo.codehash import recorded
 from svdzoo.errors import CacheError, ConfigError
-from svdzoo.io import atomic_dir
+from svdzoo.io import atomic_dir, read_json_object
 from svdzoo.provenance import made_with
 
 log = logging.getLogger(__name__)
@@ -708,11 +708,8 @@ def load_sensitivity(
     mpath, tpath = path / MANIFEST, path / TABLE
     if not mpath.exists():
         raise CacheError(f"{path}: no {MANIFEST}; not a sensitivity table (or never completed)")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CacheError(f"{mpath}: corrupted manifest ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("sensitivity") not in KINDS:
+    manifest = read_json_object(mpath, CacheError, "compute the table again")
+    if manifest.get("sensitivity") not in KINDS:
         raise CacheError(f"{mpath}: not a sensitivity table manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CacheError(

@@ -29,7 +29,7 @@ import torch
 from svdzoo.calibration.stats import CalibrationStats, FisherStats, _Cached
 from svdzoo.codehash import recorded
 from svdzoo.errors import CacheError
-from svdzoo.io import atomic_dir
+from svdzoo.io import atomic_dir, read_json_object
 from svdzoo.provenance import made_with
 
 MANIFEST = "manifest.json"
@@ -302,11 +302,8 @@ def _manifest_in(path: Path, dfd: int) -> dict[str, Any]:
         )
     with os.fdopen(fd, "rb") as f:
         raw = f.read()
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CacheError(f"{mpath}: corrupted manifest ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("kind") not in KINDS:
+    manifest = read_json_object(mpath, CacheError, "compute the statistics again", raw=raw)
+    if manifest.get("kind") not in KINDS:
         raise CacheError(f"{mpath}: not a statistics cache manifest (kind must be one of {KINDS})")
     check_seal(manifest, str(mpath))
     return manifest

@@ -94,7 +94,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from svdzoo.errors import SvdzooError
-from svdzoo.io import TASKS, atomic_dir
+from svdzoo.io import TASKS, atomic_dir, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -398,11 +398,8 @@ def check_task_files(task_dir: str | Path, tasks: Iterable[str]) -> None:
     if not mpath.exists():
         return
     rebuild = "rebuild the tasks with `svdzoo build-tasks`"
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TaskBuildError(f"{mpath}: unreadable ({exc}); {rebuild}") from exc
-    built = manifest.get("tasks") if isinstance(manifest, dict) else None
+    manifest = read_json_object(mpath, TaskBuildError, rebuild)
+    built = manifest.get("tasks")
     if not isinstance(built, dict):
         raise TaskBuildError(f"{mpath}: not a task manifest; {rebuild}")
     tasks = set(tasks)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from svdzoo.errors import SvdzooError
-from svdzoo.io import not_there
+from svdzoo.io import not_there, read_json_object
 from svdzoo.paths import Layout, ratio_tag
 
 log = logging.getLogger(__name__)
@@ -136,17 +136,7 @@ def _sealed(path: Path) -> dict:
 
 
 def _read(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MetricsError(
-            f"{path} is not valid JSON ({exc}); re-run the stage that writes it"
-        ) from exc
-    except OSError as exc:
-        raise MetricsError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if not isinstance(obj, dict):
-        raise MetricsError(f"{path}: expected a JSON object, found {type(obj).__name__}")
-    return obj
+    return read_json_object(path, MetricsError, "re-run the stage that writes it")
 
 
 def _need(obj: dict, key: str, path: Path, kind: type = object):
