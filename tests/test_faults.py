@@ -606,7 +606,7 @@ def test_swapped_weights_and_edited_specs_are_cache_errors(two_compressed, tmp_p
         (None, "cannot read .*m.json: No such file or directory; do this"),
         (b"\xff\xfe\x00garbage", "m.json is not valid JSON .*codec.*; do this"),
         (b"{not json", "m.json is not valid JSON .*; do this"),
-        (b'"method"', "m.json: expected a JSON object, found str; do this"),
+        (b'"method"', "m.json: expected a JSON object, found str, so it is not a manifest; do"),
     ],
 )
 def test_every_json_reader_names_the_file_and_the_remedy(tmp_path, content, needle):
@@ -621,8 +621,10 @@ def test_every_json_reader_names_the_file_and_the_remedy(tmp_path, content, need
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(Wrong, match=needle):
-        io.read_json_object(path, Wrong, "do this")
+        io.read_json_object(path, Wrong, "do this", kind="a manifest")
     path.write_bytes(b'{"a": 1}')
+    assert io.read_json_object(path, Wrong) == {"a": 1}
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}')  # an editor's byte-order mark
     assert io.read_json_object(path, Wrong) == {"a": 1}
     assert io.read_json_object(tmp_path / "elsewhere", Wrong, raw=b'{"b": 2}') == {"b": 2}
 

@@ -53,11 +53,11 @@ def project_requirements() -> list[Requirement]:
 
 def test_every_requirement_is_pinned_within_its_range():
     pins = read_pins(LOCK)
-    left = _write_lock().left_to_torch()
+    wl = _write_lock()
     checked = 0
     for req in project_requirements():
-        key = _write_lock().canonical(req.name)
-        if key in left:
+        key = wl.canonical(req.name)
+        if wl.left_to_machine(key):
             assert key not in pins, f"{req.name} is left to SVDZOO_TORCH but pinned"
             continue
         assert key in pins, (
@@ -70,24 +70,28 @@ def test_every_requirement_is_pinned_within_its_range():
     assert checked >= 20
 
 
-def test_torch_and_its_requirements_are_left_to_the_machine():
+def test_only_what_differs_between_builds_of_torch_is_left_out():
+    """torch's CPU and CUDA wheels of one version ask the same of filelock, sympy, jinja2
+    (the report's templates) or fsspec, so those are pinned; torch, triton and the CUDA
+    libraries come with the machine's build."""
     pins = read_pins(LOCK)
-    assert "torch" not in pins and "triton" not in pins
-    assert not [k for k in pins if k.startswith("nvidia-")]
-    assert "svdzoo" not in pins
-    # torch's optional extras (pyyaml) are not torch's requirements: svdzoo needs pyyaml
-    assert "pyyaml" in pins and "pip" in pins
-
-
-def test_requirement_names_are_read_like_pip():
     wl = _write_lock()
-    assert wl.requirement_name("typing-extensions>=4.10.0") == "typing-extensions"
-    assert wl.requirement_name("Jinja2") == "jinja2"
-    assert wl.requirement_name('optree>=0.13.0; extra == "optree"') == "optree"
-    assert wl.requirement_name("ruamel.yaml[jinja2] (>=0.17)") == "ruamel-yaml"
-    assert wl.is_optional('pyyaml; extra == "pyyaml"')
-    assert not wl.is_optional('nvidia-nccl-cu12==2.27; platform_system == "Linux"')
-    assert not wl.is_optional("sympy>=1.13.3")
+    assert not [k for k in pins if wl.left_to_machine(k)]
+    assert "svdzoo" not in pins
+    for needed in ("filelock", "sympy", "jinja2", "fsspec", "pyyaml", "pip", "setuptools"):
+        assert needed in pins, needed
+    for name in ("torch", "triton", "nvidia-cublas-cu12", "cuda-pathfinder", "cuda_bindings"):
+        assert wl.left_to_machine(name), name
+    for name in ("torchvision-extra", "sympy", "nvidiapy", "Jinja2"):
+        assert not wl.left_to_machine(name), name
+
+
+def test_the_conda_environment_file_carries_the_locks_hash():
+    """Snakemake keys a --use-conda environment on the file's text alone: without the hash,
+    an environment made under an older lock was reused after `run.sh lock`."""
+    wl = _write_lock()
+    env = (ROOT / "workflow" / "envs" / "svdzoo.yaml").read_text()
+    assert wl.STAMP.findall(env) == [wl.stamp_line(LOCK.read_text())]
 
 
 @pytest.mark.skipif(
@@ -116,3 +120,17 @@ def test_the_conda_environment_uses_the_same_pins():
     (path,) = [line.split(None, 1)[1] for line in pip if line.startswith("-c ")]
     for base in (ROOT / "workflow" / "envs", ROOT / ".snakemake" / "conda"):
         assert (base / path).resolve() == LOCK
+
+
+def test_writing_the_lock_pins_this_environment_and_stamps_the_conda_file(tmp_path):
+    wl = _write_lock()
+    env = tmp_path / "env.yaml"
+    env.write_text((ROOT / "workflow" / "envs" / "svdzoo.yaml").read_text())
+    lock = tmp_path / "constraints.txt"
+    assert wl.main([str(lock), str(env)]) == 0
+    pins = read_pins(lock)
+    assert pins["pyyaml"] == metadata.version("pyyaml") and "torch" not in pins
+    assert wl.STAMP.findall(env.read_text()) == [wl.stamp_line(lock.read_text())]
+    env.write_text("dependencies: []\n")  # no line to stamp: refused, nothing written
+    lock.unlink()
+    assert wl.main([str(lock), str(env)]) == 2 and not lock.exists()

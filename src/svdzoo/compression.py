@@ -554,7 +554,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     from svdzoo.calibration.cache import check_seal
 
     mpath = Path(path) / MANIFEST
-    manifest = read_json_object(mpath, CacheError, "compress the model again")
+    manifest = read_json_object(
+        mpath, CacheError, "compress the model again", kind="a compressed model's manifest"
+    )
     check_seal(manifest, str(mpath), "compress the model again")
     method, ratio = manifest.get("method"), manifest.get("ratio")
     if (

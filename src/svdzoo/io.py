@@ -778,21 +778,24 @@ def read_json_object(
     error: type[Exception],
     remedy: str | None = None,
     *,
+    kind: str | None = None,
     raw: bytes | None = None,
 ) -> dict[str, Any]:
     """The JSON object at `path` (or its bytes `raw`, read already), else `error` naming the
-    file, what is wrong and `remedy`: the read-decode-check every manifest and metric file
-    reader shares, so a damaged one is one line, never a traceback."""
+    file, what is wrong, the `kind` of file expected and `remedy`: the read-decode-check
+    every manifest and metric file reader shares, so a damaged one is one line, never a
+    traceback. A UTF-8 byte-order mark (an editor's re-save) is read past."""
     tail = f"; {remedy}" if remedy else ""
     try:
-        text = (Path(path).read_bytes() if raw is None else raw).decode("utf-8")
+        text = (Path(path).read_bytes() if raw is None else raw).decode("utf-8-sig")
         obj = json.loads(text)
     except OSError as exc:
         raise error(f"cannot read {path}: {exc.strerror or exc}{tail}") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise error(f"{path} is not valid JSON ({exc}){tail}") from exc
     if not isinstance(obj, dict):
-        raise error(f"{path}: expected a JSON object, found {type(obj).__name__}{tail}")
+        what = f", so it is not {kind}" if kind else ""
+        raise error(f"{path}: expected a JSON object, found {type(obj).__name__}{what}{tail}")
     return obj
 
 

@@ -708,7 +708,9 @@ def load_sensitivity(
     mpath, tpath = path / MANIFEST, path / TABLE
     if not mpath.exists():
         raise CacheError(f"{path}: no {MANIFEST}; not a sensitivity table (or never completed)")
-    manifest = read_json_object(mpath, CacheError, "compute the table again")
+    manifest = read_json_object(
+        mpath, CacheError, "compute the table again", kind="a sensitivity table's manifest"
+    )
     if manifest.get("sensitivity") not in KINDS:
         raise CacheError(f"{mpath}: not a sensitivity table manifest")
     if manifest.get("format_version") != FORMAT_VERSION:

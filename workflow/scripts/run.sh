@@ -5,7 +5,8 @@
 #   bash workflow/scripts/run.sh lock      # rewrite the pins from a fresh, unpinned environment
 # Environment: PYTHON (default python3), SVDZOO_VENV (default .venv),
 # SVDZOO_TORCH (default "torch==2.13.0"; set e.g. "torch" after configuring a CUDA index for GPUs),
-# SVDZOO_CONSTRAINTS (default workflow/envs/constraints.txt, the tested versions; empty: unpinned).
+# SVDZOO_CONSTRAINTS (default workflow/envs/constraints.txt, the tested versions; empty: unpinned;
+# a relative path is from the repository root, as SVDZOO_VENV's is).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -31,7 +32,7 @@ if [ "$mode" = lock ]; then
   "$tmp/venv/bin/python" -m pip install -q --upgrade pip
   "$tmp/venv/bin/python" -m pip install -q "$TORCH_SPEC"
   "$tmp/venv/bin/python" -m pip install -q -e ".[dev,slurm]"
-  "$tmp/venv/bin/python" workflow/scripts/write_lock.py "$LOCK"
+  "$tmp/venv/bin/python" workflow/scripts/write_lock.py "$LOCK" workflow/envs/svdzoo.yaml
   exit 0
 fi
 
@@ -54,13 +55,13 @@ stamp="$VENV/.svdzoo-install"
 want="$(cat pyproject.toml ${CONSTRAINTS:+"$CONSTRAINTS"} | sha256sum | cut -d' ' -f1) $TORCH_SPEC ${CONSTRAINTS:-unpinned}"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "[svdzoo] installing dependencies into $VENV" >&2
-  "$PY" -m pip install -q --upgrade pip "${pin[@]}"
+  "$PY" -m pip install -q --upgrade pip ${pin[@]+"${pin[@]}"}
   # torch first, pinned: every later requirement is then already satisfied by it, so no
   # CUDA build is pulled in behind our back.
   if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install -q "$TORCH_SPEC"
   fi
-  "$PY" -m pip install -q "${pin[@]}" -e ".[dev,slurm]"
+  "$PY" -m pip install -q ${pin[@]+"${pin[@]}"} -e ".[dev,slurm]"
   echo "$want" > "$stamp"
 fi
 
@@ -74,7 +75,8 @@ case "$mode" in
   test)
     export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
     # tests/test_lock.py then checks that the environment holds the pinned versions
-    [ -n "$CONSTRAINTS" ] && export SVDZOO_INSTALLED_WITH="$CONSTRAINTS"
+    if [ -n "$CONSTRAINTS" ]; then export SVDZOO_INSTALLED_WITH="$CONSTRAINTS"
+    else unset SVDZOO_INSTALLED_WITH; fi
     # the Snakemake report is checked in a real browser: Debian's Chromium + ChromeDriver
     if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
       if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

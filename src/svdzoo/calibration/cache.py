@@ -302,7 +302,13 @@ def _manifest_in(path: Path, dfd: int) -> dict[str, Any]:
         )
     with os.fdopen(fd, "rb") as f:
         raw = f.read()
-    manifest = read_json_object(mpath, CacheError, "compute the statistics again", raw=raw)
+    manifest = read_json_object(
+        mpath,
+        CacheError,
+        "compute the statistics again",
+        kind="a statistics cache's manifest",
+        raw=raw,
+    )
     if manifest.get("kind") not in KINDS:
         raise CacheError(f"{mpath}: not a statistics cache manifest (kind must be one of {KINDS})")
     check_seal(manifest, str(mpath))

@@ -398,7 +398,7 @@ def check_task_files(task_dir: str | Path, tasks: Iterable[str]) -> None:
     if not mpath.exists():
         return
     rebuild = "rebuild the tasks with `svdzoo build-tasks`"
-    manifest = read_json_object(mpath, TaskBuildError, rebuild)
+    manifest = read_json_object(mpath, TaskBuildError, rebuild, kind="a task manifest")
     built = manifest.get("tasks")
     if not isinstance(built, dict):
         raise TaskBuildError(f"{mpath}: not a task manifest; {rebuild}")

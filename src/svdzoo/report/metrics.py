@@ -136,7 +136,9 @@ def _sealed(path: Path) -> dict:
 
 
 def _read(path: Path) -> dict:
-    return read_json_object(path, MetricsError, "re-run the stage that writes it")
+    return read_json_object(
+        path, MetricsError, "re-run the stage that writes it", kind="a metric file"
+    )
 
 
 def _need(obj: dict, key: str, path: Path, kind: type = object):
