@@ -96,6 +96,17 @@ def test_every_manifest_names_the_library_versions_it_was_made_with(saved):
         assert software["transformers"] == transformers.__version__
         assert {"scipy", "lm-eval"} <= software.keys(), software
         assert software["mkl_cbwr"] == os.environ["MKL_CBWR"]  # set by `import svdzoo`
+        assert "cpu_lapack" not in software  # the default, scipy's, is not spelled out
+
+
+def test_a_chosen_cpu_lapack_is_recorded(monkeypatch):
+    """Duo-SVD's factors came out with other signs on torch's LAPACK (the same splits)."""
+    from svdzoo.provenance import software
+
+    monkeypatch.setenv("SVDZOO_CPU_LAPACK", "Torch ")
+    assert software()["cpu_lapack"] == "torch"
+    monkeypatch.setenv("SVDZOO_CPU_LAPACK", "")
+    assert "cpu_lapack" not in software()
 
 
 def test_compress_api_refuses_a_table_under_the_wrong_key(saved):

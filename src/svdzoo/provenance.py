@@ -32,10 +32,15 @@ def software() -> dict[str, str]:
     shadows the installed package); the others from package metadata, importing nothing.
     A distribution that is not installed is left out; `cuda` is torch's CUDA version when
     torch is imported and built with CUDA; `mkl_cbwr` is MKL's reproducibility mode (set by
-    `import svdzoo`), which decides whether its GEMMs' bits follow the thread count."""
+    `import svdzoo`), which decides whether its GEMMs' bits follow the thread count;
+    `cpu_lapack` is `SVDZOO_CPU_LAPACK` where set (`svdzoo.lapack`): Duo-SVD's split search
+    on torch's MKL chose the same splits as on OpenBLAS, but 46 of 487 factor tensors came
+    out with other signs."""
     found = {"python": platform.python_version()}
     if os.environ.get("MKL_CBWR"):
         found["mkl_cbwr"] = os.environ["MKL_CBWR"]
+    if os.environ.get("SVDZOO_CPU_LAPACK", "").strip():
+        found["cpu_lapack"] = os.environ["SVDZOO_CPU_LAPACK"].strip().lower()
     for dist, module in DISTRIBUTIONS.items():
         loaded = getattr(sys.modules.get(module), "__version__", None)
         if isinstance(loaded, str):
