@@ -122,6 +122,33 @@ def test_readme_python_api(llama, tiny_llama_dir, tmp_path):
         assert torch.equal(m(input_ids=x).logits, back(input_ids=x).logits)
     assert manifest["method"] == "svd-llm" and abs(manifest["achieved_ratio"] - 0.4) <= 0.005
     assert svdzoo.load_tokenizer(tmp_path / "out")("def f").input_ids == t("def f").input_ids
+    # what it was made from, as the CLI's models record it (the API's lacked both)
+    saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert saved["base_model"] == str(tiny_llama_dir)
+    gram = saved["statistics"]["gram"]
+    assert gram["path"] is None and gram["corpus"] == "pydoc" and gram["nsamples"] == 16
+    assert gram["manifest_sha256"] == s.gram.manifest["manifest_sha256"]
+
+
+def test_the_api_names_a_wrong_input_instead_of_a_traceback(llama, tiny_llama_dir):
+    """Found by a new-user audit: each was an AttributeError, a TypeError or a message
+    about something else."""
+    model, _, stats, _ = llama
+    with pytest.raises(ConfigError, match=r"must be a number .* got the str '0.40'.*float"):
+        compress(copy.deepcopy(model), "svd", "0.40")  # a ratio as params.yaml spells it
+    with pytest.raises(ConfigError, match="must be a number"):
+        compress(copy.deepcopy(model), "svd", True)
+    with pytest.raises(ConfigError, match="compresses a loaded model .*svdzoo.load_model"):
+        compress(str(tiny_llama_dir), "svd", 0.4)
+    twice = copy.deepcopy(model)
+    compress(twice, "svd", 0.4)
+    with pytest.raises(ModelError, match="already compressed .*load the dense model again"):
+        compress(twice, "svd", 0.2)
+    with pytest.raises(ConfigError, match="nsamples must be an integer, got the str '4'"):
+        svdzoo.calibrate_and_compress(
+            tiny_llama_dir, "svd-llm", 0.4, "never", corpus="pydoc", nsamples="4", seqlen=64,
+            seed=3,
+        )  # fmt: skip
 
 
 def test_compression_is_deterministic(llama):

@@ -600,6 +600,23 @@ def test_swapped_weights_and_edited_specs_are_cache_errors(two_compressed, tmp_p
         load_compressed(legacy)
 
 
+def test_a_closed_pipe_ends_the_command_quietly():
+    """`svdzoo methods --options | head` ended in a BrokenPipeError traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line: every write fails
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "svdzoo.cli", "methods", "--options"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    err = proc.stderr.decode()
+    assert proc.returncode == 141 and "Traceback" not in err and "Exception" not in err, err
+
+
 @pytest.mark.parametrize(
     "content,needle",
     [

@@ -124,3 +124,15 @@ def test_hub_task_offline_is_a_clear_error() -> None:
             task_dir=None,
             limit=2,
         )
+
+
+def test_an_offline_task_without_its_directory_says_to_pass_it() -> None:
+    """`--tasks pydoc_continuation` without `--task-dir` was only "not found among
+    lm-eval's tasks". Indexes lm-eval's bundled tasks."""
+    from svdzoo.evaluation.zeroshot import _task_manager
+
+    with pytest.raises(ZeroShotError, match=r"pydoc_continuation looks like .*--task-dir"):
+        _task_manager(["pydoc_continuation", "no_such_task"], None)
+    with pytest.raises(ZeroShotError) as err:
+        _task_manager(["no_such_task"], None)
+    assert "--task-dir" not in str(err.value)

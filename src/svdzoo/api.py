@@ -25,7 +25,7 @@ from svdzoo.compression import (
     write_compressed,
 )
 from svdzoo.errors import CacheError, ConfigError
-from svdzoo.io import atomic_dir, not_there
+from svdzoo.io import atomic_dir, not_there, read_json_object
 from svdzoo.methods import get_method
 from svdzoo.methods.base import FISHER, GRAM, SENS_ASVD, SENS_DUO, check_options
 from svdzoo.models import (
@@ -88,16 +88,18 @@ def _identity(product: Any) -> dict[str, Any]:
 
 
 def statistics_identity(stats: Statistics, paths: Mapping[str, Any]) -> dict[str, Any]:
-    """What each statistics product was computed from, for the compressed model's manifest."""
+    """What each statistics product was computed from, for the compressed model's manifest;
+    `path` is None for a product whose directory the caller does not know (the in-memory
+    `compress`)."""
     products = {
         "gram": stats.gram,
         "fisher": stats.fisher,
         **{f"sensitivity-{k}": v for k, v in stats.sensitivity.items()},
     }
     return {
-        kind: {"path": str(paths[kind]), **_identity(product)}
+        kind: {"path": str(paths[kind]) if paths.get(kind) else None, **_identity(product)}
         for kind, product in products.items()
-        if product is not None and paths.get(kind)
+        if product is not None
     }
 
 
@@ -144,9 +146,16 @@ def check_model_input(model: str | Path, dtype: str, device: str) -> None:
     resolve_dtype(dtype)
     resolve_device(device)
     if is_compressed_dir(Path(model)):
+        from svdzoo.paths import MANIFEST
+
+        try:
+            base = read_json_object(Path(model) / MANIFEST, CacheError).get("base_model")
+        except CacheError:
+            base = None
+        named = f" ({base})" if isinstance(base, str) and base else ""
         raise ConfigError(
             f"model {str(model)!r} is an svdzoo-compressed directory; compress its base "
-            "model instead (its manifest.json names it as base_model)"
+            f"model{named} instead"
         )
 
 

@@ -15,6 +15,7 @@ or replaced) is remade with it, as the workflow would. The model is loaded once.
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,12 @@ def calibrate_and_compress(
     merged = {**registered.options, **(options or {})}
     configured = with_options(registered, merged)
     check_per_ratio(method, ratio)
+    counts = dict(nsamples=nsamples, seqlen=seqlen, seed=seed)
+    counts["sensitivity_nsamples"] = sensitivity_nsamples
+    for key, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            # nsamples="4" (read from a file) was a TypeError from the comparison below
+            raise ConfigError(f"{key} must be an integer, got the {type(value).__name__} {value!r}")
     if nsamples < 1 or seqlen < 2 or sensitivity_nsamples < 1:
         raise ConfigError(
             f"nsamples and sensitivity_nsamples must be >= 1 and seqlen >= 2 (got {nsamples}, "

@@ -98,11 +98,26 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:  # `svdzoo methods --options | head`: the reader has gone
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, as a shell reports a command the pipe ended
     if rc == 0 and args.command not in QUESTIONS:
         cost = usage.measure(args.command, started)
         if cost is not None:
             logging.getLogger("svdzoo.cli").info(cost.line())
     return rc
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit does not
+    fail on the closed pipe again (Python's documented recipe for SIGPIPE)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stdout without a descriptor
+        pass
 
 
 if __name__ == "__main__":

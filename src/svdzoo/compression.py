@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import numbers
 import shutil
 import time
 from collections.abc import Mapping
@@ -91,7 +92,14 @@ class Statistics:
 
 
 def check_ratio(ratio: float) -> None:
-    if not (isinstance(ratio, int | float) and 0.0 < float(ratio) < 1.0):
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        # a ratio read from params.yaml is the string "0.40"; it was "must be in (0, 1)"
+        hint = f"; convert it: float({ratio!r})" if isinstance(ratio, str) else ""
+        raise ConfigError(
+            f"compression ratio must be a number (the fraction of parameters removed, in "
+            f"(0, 1)), got the {type(ratio).__name__} {ratio!r}{hint}"
+        )
+    if not 0.0 < float(ratio) < 1.0:
         raise ConfigError(
             f"compression ratio must be in (0, 1) (fraction of parameters removed), got {ratio!r}"
         )
@@ -321,10 +329,25 @@ def compress(
     The model runs in evaluation mode throughout (searches and sequential methods replay
     calibration data through it: dropout would make them random) and is returned in the
     mode it came in."""
+    if not isinstance(model, nn.Module):
+        # a path or hub id failed with "'str' object has no attribute 'training'"
+        raise ConfigError(
+            f"compress() compresses a loaded model in place, got the {type(model).__name__} "
+            f"{model!r}: load it first (svdzoo.load_model), or give the directory or hub id "
+            "to svdzoo.compress_to_dir or svdzoo.calibrate_and_compress"
+        )
     with eval_mode(model):
-        return _compress(
+        manifest = _compress(
             model, method, ratio, stats=stats, tokenizer=tokenizer, device=device, options=options
         )
+    # what it was made from, as the CLI's models record it (`api.compress_loaded` replaces
+    # both with the paths it was given): saved through the API, a model named neither
+    from svdzoo.api import statistics_identity
+
+    source = getattr(getattr(model, "config", None), "_name_or_path", None)
+    manifest["base_model"] = str(source) if source else None
+    manifest["statistics"] = statistics_identity(stats or Statistics(), {})
+    return manifest
 
 
 def _compress(

@@ -79,6 +79,12 @@ class FamilyAdapter:
         for t in self.targets:
             mod = _get(layer, t)
             if not isinstance(mod, nn.Linear):
+                if type(mod).__name__ in ("LowRankLinear", "ColumnPreservingLinear"):
+                    # compressing the same in-memory model twice
+                    raise ModelError(
+                        f"{self.name}: this model is already compressed ({type(mod).__name__}"
+                        f" at {t}); load the dense model again to compress it anew"
+                    )
                 raise ModelError(
                     f"{self.name}: expected nn.Linear at {t}, found {type(mod).__name__}"
                 )

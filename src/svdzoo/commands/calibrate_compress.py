@@ -106,9 +106,15 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
         check_corpus_path(str(settings["corpus"]), args.stats_root)
     missing = [k for k in ("model", "corpus", "nsamples", "seqlen") if settings.get(k) is None]
     if missing:
+        hint = (
+            f"; {args.method} reads no statistics: `svdzoo compress --model M --method "
+            f"{args.method} --ratio R --out DIR` needs no calibration set"
+            if "model" not in missing and not method_requirements(args.method)
+            else ""
+        )
         raise ConfigError(
             "give " + ", ".join(f"--{k}" for k in missing) + ", or --params FILE and "
-            "--model-name to take them from a workflow params file"
+            "--model-name to take them from a workflow params file" + hint
         )
     return settings, options
 

@@ -75,8 +75,24 @@ def _task_manager(tasks: list[str], task_dir: Path | None):
         )
         raise ZeroShotError(
             f"unknown zero-shot task(s) {unknown}: not found{where} among lm-eval's tasks{why}"
+            + _offline_hint(unknown, task_dir)
         )
     return tm
+
+
+def _offline_hint(unknown: list[str], task_dir: Path | None) -> str:
+    """svdzoo's offline tasks are found only in their task directory (`svdzoo build-tasks`
+    writes data/tasks); without `--task-dir` their names were just "not found"."""
+    from svdzoo.evaluation.tasks import GROUP, TASK_KINDS
+
+    offline = [t for t in unknown if t == GROUP or t.endswith(tuple(f"_{k}" for k in TASK_KINDS))]
+    if not offline or task_dir is not None:
+        return ""
+    return (
+        f"; {', '.join(offline)} {'looks' if len(offline) == 1 else 'look'} like svdzoo's offline tasks: pass their directory with "
+        "--task-dir (`task_dir=` in Python; the workflow's is data/tasks, `svdzoo "
+        "build-tasks` makes one)"
+    )
 
 
 def _unreadable_yamls(task_dir: Path) -> list[str]:
