@@ -125,6 +125,7 @@ def test_readme_python_api(llama, tiny_llama_dir, tmp_path):
     # what it was made from, as the CLI's models record it (the API's lacked both)
     saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert saved["base_model"] == str(tiny_llama_dir)
+    assert saved["threads"] == torch.get_num_threads()  # LAPACK's bits follow it
     gram = saved["statistics"]["gram"]
     assert gram["path"] is None and gram["corpus"] == "pydoc" and gram["nsamples"] == 16
     assert gram["manifest_sha256"] == s.gram.manifest["manifest_sha256"]

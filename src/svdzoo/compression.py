@@ -347,6 +347,9 @@ def compress(
     source = getattr(getattr(model, "config", None), "_name_or_path", None)
     manifest["base_model"] = str(source) if source else None
     manifest["statistics"] = statistics_identity(stats or Statistics(), {})
+    # LAPACK's SVD, eigh and Cholesky give other bits on another CPU thread count (at
+    # round-off; MKL's strict mode covers only its GEMMs): the count that made these
+    manifest["threads"] = torch.get_num_threads()
     return manifest
 
 
