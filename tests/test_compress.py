@@ -145,6 +145,17 @@ def test_the_api_names_a_wrong_input_instead_of_a_traceback(llama, tiny_llama_di
     compress(twice, "svd", 0.4)
     with pytest.raises(ModelError, match="already compressed .*load the dense model again"):
         compress(twice, "svd", 0.2)
+    import numpy as np
+
+    from svdzoo.calibrate_compress import _integer
+
+    # numpy scalars pass as the plain numbers they are (np.float32 failed in the allocator
+    # after the statistics were computed, np.int64 when the cache's manifest was written)
+    m32 = copy.deepcopy(model)
+    assert compress(m32, "svd", np.float32(0.4))["ratio"] == pytest.approx(0.4)
+    assert type(_integer("nsamples", np.int64(4))) is int
+    with pytest.raises(ConfigError, match="seed must be an integer, got the bool"):
+        _integer("seed", True)
     with pytest.raises(ConfigError, match="nsamples must be an integer, got the str '4'"):
         svdzoo.calibrate_and_compress(
             tiny_llama_dir, "svd-llm", 0.4, "never", corpus="pydoc", nsamples="4", seqlen=64,

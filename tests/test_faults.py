@@ -617,6 +617,27 @@ def test_a_closed_pipe_ends_the_command_quietly():
     assert proc.returncode == 141 and "Traceback" not in err and "Exception" not in err, err
 
 
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch, capsys):
+    """Only stdout's reader going away ends a command quietly; a pipe or socket of the
+    command's own that breaks is reported (a review found it swallowed as exit 141)."""
+    import socket
+
+    from svdzoo.commands import corpora
+
+    def run(args):
+        mine, theirs = socket.socketpair()
+        theirs.close()
+        try:
+            for _ in range(100):
+                mine.send(b"x" * 65536)
+        finally:
+            mine.close()
+
+    monkeypatch.setattr(corpora, "run", run)
+    rc, err = svdzoo(capsys, "corpora")
+    assert rc == 1 and "svdzoo corpora: error:" in err and "Broken pipe" in err, err
+
+
 @pytest.mark.parametrize(
     "content,needle",
     [
@@ -1238,6 +1259,12 @@ def test_compressing_a_compressed_model_is_one_line_before_loading(compressed, t
     assert rc == 2, err
     one_line_error(err, cdir, "svdzoo-compressed", "base model")
     assert not (tmp_path / "out").exists()
+    # nor calibrated: its Gram cache would serve no method (it was computed and written)
+    rc, err = svdzoo(capsys, "calibrate", "--model", cdir, "--corpus", "pydoc", "--nsamples",
+                     "2", "--seqlen", "16", "--seed", "0", "--out", tmp_path / "gram")  # fmt: skip
+    assert rc == 2, err
+    one_line_error(err, cdir, "svdzoo-compressed", "calibrate its base model")
+    assert not (tmp_path / "gram").exists()
 
 
 def test_an_unknown_device_is_refused_before_the_weights_are_read(compressed, model_dir,

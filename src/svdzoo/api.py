@@ -185,7 +185,7 @@ def compress_to_dir(
     must be an earlier compressed model unless `force`; a second process writing the same
     `out` meanwhile is refused.
     """
-    check_ratio(ratio)
+    ratio = check_ratio(ratio)
     lapack.check_environment()  # SVDZOO_CPU_LAPACK, before the model loads
     registered = get_method(method)
     check_options(registered, options)

@@ -15,7 +15,7 @@ or replaced) is remade with it, as the workflow would. The model is loaded once.
 from __future__ import annotations
 
 import logging
-import numbers
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +122,18 @@ def check_table_options(method: Any, options: Mapping[str, Any], grids: Mapping)
         )
 
 
+def _integer(key: str, value: Any) -> int:
+    """`value` as a plain int (a numpy integer too), or ConfigError naming `key`."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} must be an integer, got the bool {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ConfigError(
+            f"{key} must be an integer, got the {type(value).__name__} {value!r}"
+        ) from None
+
+
 def calibrate_and_compress(
     model: str | Path,
     method: str,
@@ -169,19 +181,21 @@ def calibrate_and_compress(
     from svdzoo.paths import calib_tag
     from svdzoo.sensitivity import check_ratios
 
-    check_ratio(ratio)
+    ratio = check_ratio(ratio)
     lapack.check_environment()
     registered = get_method(method)
     check_options(registered, options)
     merged = {**registered.options, **(options or {})}
     configured = with_options(registered, merged)
     check_per_ratio(method, ratio)
-    counts = dict(nsamples=nsamples, seqlen=seqlen, seed=seed)
-    counts["sensitivity_nsamples"] = sensitivity_nsamples
-    for key, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            # nsamples="4" (read from a file) was a TypeError from the comparison below
-            raise ConfigError(f"{key} must be an integer, got the {type(value).__name__} {value!r}")
+    # nsamples="4" (read from a file) was a TypeError from the comparison below, and a
+    # numpy integer failed after the calibration, when its manifest was written
+    nsamples, seqlen, seed = (
+        _integer("nsamples", nsamples),
+        _integer("seqlen", seqlen),
+        _integer("seed", seed),
+    )
+    sensitivity_nsamples = _integer("sensitivity_nsamples", sensitivity_nsamples)
     if nsamples < 1 or seqlen < 2 or sensitivity_nsamples < 1:
         raise ConfigError(
             f"nsamples and sensitivity_nsamples must be >= 1 and seqlen >= 2 (got {nsamples}, "

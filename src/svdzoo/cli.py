@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except BrokenPipeError:  # `svdzoo methods --options | head`: the reader has gone
+    except BrokenPipeError as exc:  # `svdzoo methods --options | head`: the reader has gone
+        if not _stdout_closed():  # another pipe or socket: an error like any other
+            print(f"svdzoo {args.command}: error: {exc}", file=sys.stderr)
+            return 1
         _silence_stdout()
         return 141  # 128 + SIGPIPE, as a shell reports a command the pipe ended
     if rc == 0 and args.command not in QUESTIONS:
@@ -106,6 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         if cost is not None:
             logging.getLogger("svdzoo.cli").info(cost.line())
     return rc
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone: poll reports an error on the write
+    end of such a pipe (Linux, macOS). False where that cannot be told."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or a stdout without a descriptor
+        return False
 
 
 def _silence_stdout() -> None:

@@ -91,7 +91,9 @@ class Statistics:
         }[kind]
 
 
-def check_ratio(ratio: float) -> None:
+def check_ratio(ratio: float) -> float:
+    """`ratio` as a plain float, or ConfigError before any compute (np.float32 and
+    Fraction passed here and failed in the allocator after the statistics were computed)."""
     if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
         # a ratio read from params.yaml is the string "0.40"; it was "must be in (0, 1)"
         hint = f"; convert it: float({ratio!r})" if isinstance(ratio, str) else ""
@@ -103,6 +105,7 @@ def check_ratio(ratio: float) -> None:
         raise ConfigError(
             f"compression ratio must be in (0, 1) (fraction of parameters removed), got {ratio!r}"
         )
+    return float(ratio)
 
 
 def check_reachable(infos: list[allocation.MatrixInfo], ratio: float) -> None:
@@ -363,7 +366,7 @@ def _compress(
     device: str | torch.device | None,
     options: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
-    check_ratio(ratio)
+    ratio = check_ratio(ratio)
     lapack.check_environment()
     method = get_method(method) if isinstance(method, str) else method
     check_options(method, options)

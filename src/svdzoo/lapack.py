@@ -6,8 +6,8 @@ of the OpenBLAS one that scipy ships (r = 576: 12.2 against 7.8 ms in float32, 2
 against 13.6 ms in float64; r = 1024: 59.8 against 36.9 and 103.8 against 64.4 ms; one
 thread; docs/results.md, "Compression speed"): MKL's tridiagonalisation runs its BLAS-2
 half slowly on non-Intel CPUs. GEMMs are as fast in both, so only these solves move. On
-an Intel Xeon with AMX (2026-12-07, `benchmarks/bench_cpu_lapack.py`) the two are within
-+-11 % up to r = 1024, MKL 0.85-1.11 x OpenBLAS's time, and MKL is ahead from r = 1536 in
+an Intel Xeon with AMX (2026-12-07, `benchmarks/bench_cpu_lapack.py`) MKL takes 0.85-1.11 x
+OpenBLAS's time up to r = 1024, and is ahead from r = 1536 in
 float64 and r = 2048 in float32 (0.55-0.66 x); the split search on SmolLM2 took the same
 time on either there, so OpenBLAS stays the default everywhere.
 
