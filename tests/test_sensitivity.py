@@ -204,6 +204,7 @@ def test_cache_round_trip_and_errors(tmp_path, duo_table):
         out, kind="duo", expect={"model_fingerprint": manifest["model_fingerprint"]}
     )
     assert loaded.table == duo_table.table and loaded.ratios == duo_table.ratios
+    assert loaded.manifest["threads"] == torch.get_num_threads()  # LAPACK's bits follow it
     with pytest.raises(CacheError, match="model_fingerprint"):
         load_sensitivity(out, expect={"model_fingerprint": "0" * 16})
     with pytest.raises(CacheError, match="nsamples"):

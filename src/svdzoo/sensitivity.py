@@ -567,6 +567,9 @@ def compute_sensitivity(
         "metric": METRIC[kind],
         "format_version": FORMAT_VERSION,
         **made_with(),
+        # its whitened SVDs are LAPACK's, whose bits follow the CPU thread count (a
+        # compressed manifest records it too); the Gram cache's bytes do not
+        "threads": torch.get_num_threads(),
         "model": gm.get("model"),
         "model_fingerprint": model_fp,
         "family": adapter.name,
