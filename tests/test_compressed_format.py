@@ -100,3 +100,24 @@ def test_plain_transformers_loader_initialises_no_factor_at_random(tmp_path, mon
     x = torch.tensor([[10, 20, 30, 40, 50]])
     with torch.no_grad():
         assert torch.equal(plain(input_ids=x).logits, model(input_ids=x).logits)
+
+
+def test_a_compressed_directory_carries_a_model_card(tmp_path):
+    """README.md says how to load it (plain transformers without trust_remote_code finds
+    no weights it knows) and what made it; its metadata is what the Hub reads."""
+    from huggingface_hub import ModelCard
+
+    from svdzoo.model_card import _hub_id
+
+    model = random_tiny("llama")
+    manifest = compress(model, "svd", 0.4)
+    save_compressed(model, manifest, tmp_path / "c")
+    card = ModelCard.load(tmp_path / "c" / "README.md")
+    assert card.data.library_name == "transformers" and "svd" in card.data.tags
+    assert card.data.base_model is None  # built in memory: nothing to name
+    assert "trust_remote_code=True" in card.text and "`svd`" in card.text
+    assert f"{manifest['achieved_ratio']:.1%}" in card.text
+    # the Hub's base_model is a hub id, never a local path
+    assert _hub_id("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+    assert _hub_id(str(tmp_path)) is None and _hub_id("data/models/smollm2-135m") is None
+    assert _hub_id("./a") is None and _hub_id(None) is None

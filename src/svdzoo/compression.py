@@ -46,6 +46,7 @@ from svdzoo.methods.base import (
     factorise,
     with_options,
 )
+from svdzoo.model_card import write_model_card
 from svdzoo.models import (
     adapter_for,
     check_finite_weights,
@@ -559,6 +560,7 @@ def write_compressed(
     if generation is not None and getattr(model, "can_generate", lambda: False)():
         generation.save_pretrained(out_dir)
     save_file(_state_without_tied(model), str(out_dir / WEIGHTS), metadata={"format": "pt"})
+    write_model_card(out_dir, manifest)  # README.md: how to load it, what made it
     # the weights' hash ties them to this manifest: another run's file is refused on load;
     # so does the config's (rope_theta, norm eps, tied embeddings change no shape: another
     # config would load without an error, as another model)
