@@ -115,9 +115,13 @@ def test_a_compressed_directory_carries_a_model_card(tmp_path):
     card = ModelCard.load(tmp_path / "c" / "README.md")
     assert card.data.library_name == "transformers" and "svd" in card.data.tags
     assert card.data.base_model is None  # built in memory: nothing to name
-    assert "trust_remote_code=True" in card.text and "`svd`" in card.text
-    assert f"{manifest['achieved_ratio']:.1%}" in card.text
-    # the Hub's base_model is a hub id, never a local path
+    text = " ".join(card.text.split())
+    assert "trust_remote_code=True" in text and "`svd`" in text
+    assert f"{manifest['achieved_ratio']:.1%}" in text and "(target 40 %)" in text
+    assert "a rerun replaces an edited card" in text  # it is written anew with the model
+    # the Hub's base_model is a valid hub id, never a local path
     assert _hub_id("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+    assert _hub_id("gpt2") == "gpt2"
     assert _hub_id(str(tmp_path)) is None and _hub_id("data/models/smollm2-135m") is None
-    assert _hub_id("./a") is None and _hub_id(None) is None
+    for not_an_id in ("./a", "~/m", "user/my model", "C:/m", "", None):
+        assert _hub_id(not_an_id) is None, not_an_id

@@ -352,8 +352,10 @@ def compress(
     manifest["base_model"] = str(source) if source else None
     manifest["statistics"] = statistics_identity(stats or Statistics(), {})
     # LAPACK's SVD, eigh and Cholesky give other bits on another CPU thread count (at
-    # round-off; MKL's strict mode covers only its GEMMs): the count that made these
-    manifest["threads"] = torch.get_num_threads()
+    # round-off; MKL's strict mode covers only its GEMMs): the count that made these. On a
+    # GPU (cuSOLVER) it would only tie the manifest to the host's core count
+    where = resolve_device(device) if device is not None else next(model.parameters()).device
+    manifest["threads"] = torch.get_num_threads() if where.type == "cpu" else None
     return manifest
 
 

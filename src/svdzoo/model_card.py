@@ -13,11 +13,12 @@ CARD = "README.md"
 
 
 def _hub_id(base: Any) -> str | None:
-    """`base_model` as the Hub's metadata takes it: a hub id, not a local path."""
-    if not isinstance(base, str) or not base or Path(base).exists():
+    """`base_model` as the Hub's metadata takes it: a valid hub id that is no local path."""
+    from svdzoo.models import _could_be_hub_id
+
+    if not isinstance(base, str) or not base or Path(base).expanduser().exists():
         return None
-    parts = base.split("/")
-    return base if len(parts) == 2 and all(parts) and not base.startswith(".") else None
+    return base if _could_be_hub_id(base) else None
 
 
 def card_text(manifest: Mapping[str, Any]) -> str:
@@ -28,8 +29,9 @@ def card_text(manifest: Mapping[str, Any]) -> str:
 
     method, base = manifest["method"], manifest.get("base_model")
     registered = REGISTRY.get(method)
-    paper = f" ({registered.paper})" if registered and registered.paper else ""
-    what = f"{registered.description}{paper}" if registered else method
+    paper = f"; {registered.paper}" if registered and registered.paper else ""
+    what = f" ({registered.description}{paper})" if registered else ""
+    title = Path(str(base)).resolve().name if base else ""
     data = ModelCardData(
         library_name="transformers",
         base_model=_hub_id(base),
@@ -42,11 +44,11 @@ def card_text(manifest: Mapping[str, Any]) -> str:
 {data.to_yaml()}
 ---
 
-# {Path(str(base)).name if base else "A model"}, compressed with `{method}`
+# {title or "A model"}, compressed with `{method}`
 
-The targeted linear layers were replaced by low-rank factors with svdzoo {__version__}:
-`{method}`, {what}, removing {float(achieved):.1%} of their parameters (target
-{float(manifest["ratio"]):.0%}).{size} Base model: `{base or "not recorded"}`.
+The targeted linear layers were replaced by low-rank factors with svdzoo {__version__},
+method `{method}`{what}, removing {float(achieved):.1%} of their parameters (target
+{100 * float(manifest["ratio"]):g} %).{size} Base model: `{base or "not recorded"}`.
 
 ## Load
 
@@ -67,7 +69,8 @@ checking the weights against the manifest.
 
 `manifest.json` holds everything about its making: the method's options, the calibration
 statistics it used, the rank and kept columns of every matrix, the library versions and
-the thread count. This card is generated from it; the manifest is the record.
+the thread count. This card is generated from it and written anew with the model (a rerun
+replaces an edited card: edit a copy for an upload); the manifest is the record.
 """
 
 

@@ -567,9 +567,10 @@ def compute_sensitivity(
         "metric": METRIC[kind],
         "format_version": FORMAT_VERSION,
         **made_with(),
-        # its whitened SVDs are LAPACK's, whose bits follow the CPU thread count (a
-        # compressed manifest records it too); the Gram cache's bytes do not
-        "threads": torch.get_num_threads(),
+        # its whitened SVDs are LAPACK's on a CPU, whose bits follow the thread count (a
+        # compressed manifest records it too); the Gram cache's bytes do not. On a GPU
+        # (cuSOLVER) it would only tie the manifest to the host's core count
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "model": gm.get("model"),
         "model_fingerprint": model_fp,
         "family": adapter.name,
