@@ -21,16 +21,17 @@ from svdzoo.compression import (
     compress,
     load_compressed,
     save_compressed,
+    statistics_identity,
     with_options,
     write_compressed,
 )
 from svdzoo.errors import CacheError, ConfigError
-from svdzoo.io import atomic_dir, not_there, read_json_object
+from svdzoo.io import atomic_dir, not_there
 from svdzoo.methods import get_method
 from svdzoo.methods.base import FISHER, GRAM, SENS_ASVD, SENS_DUO, check_options
 from svdzoo.models import (
+    check_not_compressed,
     count_params,
-    is_compressed_dir,
     load_model,
     load_tokenizer,
     resolve_device,
@@ -72,35 +73,6 @@ def load_statistics(
 
             stats.sensitivity[kind] = load_sensitivity(path, kind=kind)
     return stats
-
-
-def _identity(product: Any) -> dict[str, Any]:
-    m = getattr(product, "manifest", None) or {}
-    gram = m.get("gram") or {}
-    return {
-        "corpus": m.get("corpus"),
-        "nsamples": m.get("nsamples") if "sensitivity" not in m else gram.get("nsamples"),
-        "seqlen": m.get("seqlen"),
-        "seed": m.get("seed"),
-        "sha256": m.get("sha256"),
-        "manifest_sha256": m.get("manifest_sha256"),
-    }
-
-
-def statistics_identity(stats: Statistics, paths: Mapping[str, Any]) -> dict[str, Any]:
-    """What each statistics product was computed from, for the compressed model's manifest;
-    `path` is None for a product whose directory the caller does not know (the in-memory
-    `compress`)."""
-    products = {
-        "gram": stats.gram,
-        "fisher": stats.fisher,
-        **{f"sensitivity-{k}": v for k, v in stats.sensitivity.items()},
-    }
-    return {
-        kind: {"path": str(paths[kind]) if paths.get(kind) else None, **_identity(product)}
-        for kind, product in products.items()
-        if product is not None
-    }
 
 
 def check_calibration(stats: Statistics, tag: str) -> None:
@@ -145,18 +117,7 @@ def check_model_input(model: str | Path, dtype: str, device: str) -> None:
     the first target, or, with statistics, as "computed on another model")."""
     resolve_dtype(dtype)
     resolve_device(device)
-    if is_compressed_dir(Path(model)):
-        from svdzoo.paths import MANIFEST
-
-        try:
-            base = read_json_object(Path(model) / MANIFEST, CacheError).get("base_model")
-        except CacheError:
-            base = None
-        named = f" ({base})" if isinstance(base, str) and base else ""
-        raise ConfigError(
-            f"model {str(model)!r} is an svdzoo-compressed directory; compress its base "
-            f"model{named} instead"
-        )
+    check_not_compressed(model, "compress")
 
 
 def compress_to_dir(

@@ -57,7 +57,7 @@ from svdzoo.models import (
     resolve_device,
 )
 from svdzoo.paths import MANIFEST, WEIGHTS
-from svdzoo.provenance import made_with
+from svdzoo.provenance import cpu_threads, made_with
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,35 @@ class Statistics:
             SENS_DUO: "duo" in self.sensitivity,
             SENS_ASVD: "asvd" in self.sensitivity,
         }[kind]
+
+
+def _identity(product: Any) -> dict[str, Any]:
+    m = getattr(product, "manifest", None) or {}
+    gram = m.get("gram") or {}
+    return {
+        "corpus": m.get("corpus"),
+        "nsamples": m.get("nsamples") if "sensitivity" not in m else gram.get("nsamples"),
+        "seqlen": m.get("seqlen"),
+        "seed": m.get("seed"),
+        "sha256": m.get("sha256"),
+        "manifest_sha256": m.get("manifest_sha256"),
+    }
+
+
+def statistics_identity(stats: Statistics, paths: Mapping[str, Any]) -> dict[str, Any]:
+    """What each statistics product was computed from, for the compressed model's manifest;
+    `path` is None for a product whose directory the caller does not know (the in-memory
+    `compress`)."""
+    products = {
+        "gram": stats.gram,
+        "fisher": stats.fisher,
+        **{f"sensitivity-{k}": v for k, v in stats.sensitivity.items()},
+    }
+    return {
+        kind: {"path": str(paths[kind]) if paths.get(kind) else None, **_identity(product)}
+        for kind, product in products.items()
+        if product is not None
+    }
 
 
 def check_ratio(ratio: float) -> float:
@@ -341,22 +370,9 @@ def compress(
             "to svdzoo.compress_to_dir or svdzoo.calibrate_and_compress"
         )
     with eval_mode(model):
-        manifest = _compress(
+        return _compress(
             model, method, ratio, stats=stats, tokenizer=tokenizer, device=device, options=options
         )
-    # what it was made from, as the CLI's models record it (`api.compress_loaded` replaces
-    # both with the paths it was given): saved through the API, a model named neither
-    from svdzoo.api import statistics_identity
-
-    source = getattr(getattr(model, "config", None), "_name_or_path", None)
-    manifest["base_model"] = str(source) if source else None
-    manifest["statistics"] = statistics_identity(stats or Statistics(), {})
-    # LAPACK's SVD, eigh and Cholesky give other bits on another CPU thread count (at
-    # round-off; MKL's strict mode covers only its GEMMs): the count that made these. On a
-    # GPU (cuSOLVER) it would only tie the manifest to the host's core count
-    where = resolve_device(device) if device is not None else next(model.parameters()).device
-    manifest["threads"] = torch.get_num_threads() if where.type == "cpu" else None
-    return manifest
 
 
 def _compress(
@@ -480,6 +496,7 @@ def _compress(
         )
     params_dense = sum(i.m * i.n for i in infos)
     params_comp = sum(r["params"] for r in records.values())
+    source = getattr(getattr(model, "config", None), "_name_or_path", None)
     manifest = {
         "method": method.name,
         "ratio": float(ratio),
@@ -496,8 +513,14 @@ def _compress(
             getattr(method.factoriser, "precision", "float64"), device
         ),
         "base_fingerprint": model_fp,
+        # what it was made from, as the CLI's models record it (`api.compress_loaded`
+        # replaces both with the paths it was given): saved through the API, a model
+        # named neither
+        "base_model": str(source) if source else None,
+        "statistics": statistics_identity(stats or Statistics(), {}),
         "family": adapter.name,
         **made_with(),
+        "threads": cpu_threads(device),
         "code": codehash.recorded("compress", method.name),
         "modules": records,
     }

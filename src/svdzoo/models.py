@@ -284,6 +284,28 @@ def is_compressed_dir(path: Path) -> bool:
     return isinstance(obj, dict) and "method" in obj
 
 
+def check_not_compressed(model: str | os.PathLike[str], doing: str) -> None:
+    """Refuse an svdzoo-compressed directory where a dense model is needed, naming its base
+    model: no method compresses factored linears again, so neither compressing one (the
+    error came after loading, from the first target) nor its statistics (computed and
+    written, then of no use) can serve."""
+    from svdzoo.io import read_json_object
+    from svdzoo.paths import MANIFEST
+
+    path = Path(model)
+    if not is_compressed_dir(path):
+        return
+    try:
+        base = read_json_object(path / MANIFEST, ModelError).get("base_model")
+    except ModelError:
+        base = None
+    named = f" ({base})" if isinstance(base, str) and base else ""
+    raise ConfigError(
+        f"model {str(model)!r} is an svdzoo-compressed directory; {doing} its base "
+        f"model{named} instead (no method compresses a compressed model again)"
+    )
+
+
 def _could_be_hub_id(name: str) -> bool:
     """Whether a name that is no local directory could still be a hub repository; a path
     such as '/data/m' or './m' cannot, and the hub's download advice would mislead."""

@@ -57,6 +57,16 @@ def software() -> dict[str, str]:
     return found
 
 
+def cpu_threads(device: Any) -> int | None:
+    """The CPU thread count an output's LAPACK work ran on, for its manifest (`threads`):
+    SVD, eigh and Cholesky give other bits on another count (at round-off; MKL's strict
+    mode covers only its GEMMs). None on a GPU (cuSOLVER), where it would only tie the
+    manifest to the host's core count."""
+    import torch
+
+    return torch.get_num_threads() if torch.device(device).type == "cpu" else None
+
+
 def made_with() -> dict[str, Any]:
     """What every statistics cache, sensitivity table and compressed model records of its
     making: svdzoo's version and `software()`, always together."""

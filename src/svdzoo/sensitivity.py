@@ -57,7 +57,7 @@ from svdzoo import linalg
 from svdzoo.codehash import recorded
 from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import atomic_dir, read_json_object
-from svdzoo.provenance import made_with
+from svdzoo.provenance import cpu_threads, made_with
 
 log = logging.getLogger(__name__)
 
@@ -567,10 +567,7 @@ def compute_sensitivity(
         "metric": METRIC[kind],
         "format_version": FORMAT_VERSION,
         **made_with(),
-        # its whitened SVDs are LAPACK's on a CPU, whose bits follow the thread count (a
-        # compressed manifest records it too); the Gram cache's bytes do not. On a GPU
-        # (cuSOLVER) it would only tie the manifest to the host's core count
-        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "threads": cpu_threads(device),  # its whitened SVDs are LAPACK's (the Gram's are not)
         "model": gm.get("model"),
         "model_fingerprint": model_fp,
         "family": adapter.name,

@@ -95,17 +95,9 @@ def run(args: argparse.Namespace) -> int:
 
     resolve_dtype(args.dtype)
     device = resolve_device(args.device)
-    from pathlib import Path
+    from svdzoo.models import check_not_compressed
 
-    from svdzoo.models import is_compressed_dir
-
-    if is_compressed_dir(Path(args.model)):
-        # its statistics have no use: no method compresses a compressed model again
-        raise ConfigError(
-            f"--model {args.model} is an svdzoo-compressed directory; the statistics are of "
-            "the model a method compresses: calibrate its base model (its manifest's "
-            "base_model)"
-        )
+    check_not_compressed(args.model, "calibrate")
     from svdzoo.data import check_train_length, get_corpus
 
     # an unknown or unreachable corpus, or one too short for --seqlen, before the model loads

@@ -235,13 +235,8 @@ def inert_options(method: Method, options: Mapping[str, Any] | None) -> dict[str
     if not options:
         return {}
     parts = _parts(with_options(method, options))
-    out: dict[str, str] = {}
-    for key in options:
-        takers = [p for p in parts if key in _fields(p)]
-        reasons = [_unmet(p, key) for p in takers]
-        if takers and all(reasons):
-            out[key] = str(reasons[0])
-    return out
+    ignored = {key: _ignored(parts, key) for key in options}
+    return {key: needs.why for key, needs in ignored.items() if needs is not None}
 
 
 def unmet_needs(method: Method) -> dict[str, Needs]:
@@ -249,13 +244,9 @@ def unmet_needs(method: Method) -> dict[str, Needs]:
     with what it needs to count (`svdzoo methods --options`: "fallback (with
     whitening=cholesky)")."""
     parts = _parts(method)
-    out: dict[str, Needs] = {}
-    for part in parts:
-        for key in getattr(part, "option_needs", {}):
-            takers = [p for p in parts if key in _fields(p)]
-            if key not in out and all(_unmet(p, key) for p in takers):
-                out[key] = part.option_needs[key]
-    return out
+    declared = {key for part in parts for key in getattr(part, "option_needs", {})}
+    ignored = {key: _ignored(parts, key) for key in declared}
+    return {key: needs for key, needs in ignored.items() if needs is not None}
 
 
 def _parts(method: Method) -> list[Any]:
@@ -263,11 +254,18 @@ def _parts(method: Method) -> list[Any]:
     return [p for p in candidates if dataclasses.is_dataclass(p)]
 
 
-def _unmet(part: Any, key: str) -> str | None:
+def _ignored(parts: list[Any], key: str) -> Needs | None:
+    """What option `key` needs to count, when every part taking it ignores it as
+    configured (the first taker's); None when some part acts on it."""
+    unmet = [_unmet(p, key) for p in parts if key in _fields(p)]
+    return unmet[0] if unmet and all(unmet) else None
+
+
+def _unmet(part: Any, key: str) -> Needs | None:
     needs = getattr(part, "option_needs", {}).get(key)
     if needs is None or getattr(part, needs.field) == needs.value:
         return None
-    return needs.why
+    return needs
 
 
 @dataclass(frozen=True)
