@@ -10,14 +10,14 @@ wheel on a GPU), triton and the CUDA libraries (`nvidia-*`, `cuda-*`) its CUDA w
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
+
+from svdzoo.io import write_text
 
 HEADER = """\
 # The versions `bash workflow/scripts/run.sh` installs (pip -c): the environment that the
@@ -56,15 +56,6 @@ def stamp_line(lock_text: str) -> str:
     return f"# constraints sha256: {hashlib.sha256(lock_text.encode()).hexdigest()}"
 
 
-def _write(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as f:
-        f.write(text)
-    os.chmod(f.name, 0o644)
-    os.replace(f.name, path)
-
-
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -75,8 +66,8 @@ def main(argv: list[str]) -> int:
         print(f"{env}: needs one line '# constraints sha256: <64 hex>' to update", file=sys.stderr)
         return 2
     text = HEADER + "".join(f"{line}\n" for line in pins())
-    _write(lock, text)
-    _write(env, STAMP.sub(stamp_line(text), env_text))
+    write_text(lock, text)  # svdzoo's atomic write: a temporary sibling, renamed
+    write_text(env, STAMP.sub(stamp_line(text), env_text))
     print(f"wrote {lock}: {text.count('==')} pins; stamped its hash into {env}", file=sys.stderr)
     return 0
 
