@@ -27,6 +27,9 @@ import hashlib
 import sys
 from pathlib import Path
 
+from svdzoo import plugins
+from svdzoo.plugins import Plugin
+
 PACKAGE = Path(__file__).resolve().parent
 ROOT_NAME = "svdzoo"
 # workflow stage -> the command module it runs
@@ -79,8 +82,12 @@ def _nodes(tree: ast.AST):
 def _imports(module: str) -> frozenset[str]:
     """svdzoo modules `module` imports anywhere in its body, with their parent packages."""
     path = module_file(module)
-    if path is None:
-        return frozenset()
+    return frozenset() if path is None else _file_imports(path)
+
+
+@functools.cache
+def _file_imports(path: Path) -> frozenset[str]:
+    """svdzoo modules the source file `path` imports anywhere, with their parent packages."""
     found: set[str] = set()
     for node in _nodes(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         names: list[str] = []
@@ -113,6 +120,21 @@ def method_modules() -> dict[str, str]:
     return out
 
 
+def plugin_methods() -> dict[str, Plugin]:
+    """Method name -> the installed plugin (svdzoo.plugins) that registers it. Only when
+    a plugin is installed does this import the registry (and torch) to learn its names."""
+    if not plugins.plugins():
+        return {}
+    from svdzoo.methods import plugin_methods as registered
+
+    return registered()
+
+
+def all_methods() -> list[str]:
+    """Every registered method name: svdzoo's own and the plugins'."""
+    return sorted(set(method_modules()) | set(plugin_methods()))
+
+
 def closure(start: str, cut: frozenset[str] = frozenset()) -> set[str]:
     """Every svdzoo module reachable from `start` by imports, not entering `cut`."""
     seen: set[str] = set()
@@ -126,36 +148,54 @@ def closure(start: str, cut: frozenset[str] = frozenset()) -> set[str]:
     return seen
 
 
-def stage_files(stage: str, method: str | None = None) -> list[Path]:
-    """The source files `stage` runs (for `compress`, with `method`'s own module)."""
+def _entries(stage: str, method: str | None = None) -> list[tuple[str, Path]]:
+    """(name in the hash, file) for every source file `stage` runs (for `compress`, with
+    `method`'s own module, or its plugin's package)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; one of {sorted(STAGES)}")
     methods = method_modules()
     cut = frozenset(methods.values()) | NEVER_RUN.get(stage, frozenset())
     modules = closure(STAGES[stage], cut)
+    extra: list[tuple[str, Path]] = []
     if stage == "compress":
-        if method is None or method not in methods:
+        never = NEVER_RUN.get(stage, frozenset())
+        if method in methods:
+            # the method's module and whatever it imports, other method modules included (a
+            # composition built from another paper's parts reruns when those parts change)
+            modules |= closure(methods[method], never)
+        elif method is not None and method in (found := plugin_methods()):
+            # a plugin's method: every file of its package, and the svdzoo parts they import
+            extra = [
+                (f"plugins/{label}", path) for label, path in plugins.source_files(found[method])
+            ]
+            for _, path in extra:
+                for imported in _file_imports(path):
+                    modules |= closure(imported, never)
+        else:
             raise ValueError(f"compress needs a registered method, got {method!r}")
-        # the method's module and whatever it imports, other method modules included (a
-        # composition built from another paper's parts reruns when those parts change)
-        modules |= closure(methods[method], NEVER_RUN.get(stage, frozenset()))
     files = {module_file(m) for m in modules} | {PACKAGE / f for f in DATA_FILES.get(stage, ())}
-    return sorted(f for f in files if f is not None)
+    own = [(f.relative_to(PACKAGE).as_posix(), f) for f in files if f is not None]
+    return sorted(own, key=lambda e: e[1]) + extra  # svdzoo's own in path order, as ever
+
+
+def stage_files(stage: str, method: str | None = None) -> list[Path]:
+    """The source files `stage` runs (for `compress`, with `method`'s own module)."""
+    return [path for _, path in _entries(stage, method)]
 
 
 @functools.cache
 def code_hash(stage: str, method: str | None = None) -> str:
-    """sha256 (first 16 hex digits) over the stage's files: relative path and bytes."""
+    """sha256 (first 16 hex digits) over the stage's files: name and bytes."""
     h = hashlib.sha256()
-    for path in stage_files(stage, method):
-        h.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0")
+    for name, path in _entries(stage, method):
+        h.update(name.encode() + b"\0")
         h.update(path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
 def recorded(stage: str, method: str | None = None) -> str | None:
-    """`code_hash` for a manifest; None for code it cannot attribute (a method defined
-    outside svdzoo's modules)."""
+    """`code_hash` for a manifest; None for code it cannot attribute (a method registered
+    at run time, outside svdzoo's modules and its plugins)."""
     try:
         return code_hash(stage, method)
     except ValueError:
@@ -189,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         "--methods", nargs="+", default=None, help="methods to stamp for compress (default: all)"
     )
     args = p.parse_args(argv)
-    methods = sorted(method_modules()) if args.methods is None else args.methods
-    unknown = sorted(set(methods) - set(method_modules()))
+    known = all_methods()
+    methods = known if args.methods is None else args.methods
+    unknown = sorted(set(methods) - set(known))
     if unknown:
         print(f"svdzoo.codehash: error: unknown methods {unknown}", file=sys.stderr)
         return 2

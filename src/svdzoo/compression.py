@@ -32,7 +32,7 @@ from svdzoo import (
 )
 from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import COMPRESSED_MODEL, atomic_dir, read_json_object, write_json
-from svdzoo.methods import get_method
+from svdzoo.methods import get_method, plugin_of
 from svdzoo.methods.base import (
     FISHER,
     GRAM,
@@ -522,6 +522,8 @@ def _compress(
         **made_with(),
         "threads": cpu_threads(device),
         "code": codehash.recorded("compress", method.name),
+        # the package a method registered through an entry point came from (svdzoo.plugins)
+        "plugin": plugin.record() if (plugin := plugin_of(method.name)) else None,
         "modules": records,
     }
     manifest["model_params_dense"] = (

@@ -80,6 +80,33 @@ def _cmd(*parts: str) -> str:
     return " ".join(p for p in parts if p)
 
 
+def _plugin_sources(methods: Sequence[str], root: Path) -> list[str]:
+    """The source directories (or files) of the plugins (svdzoo.plugins) whose methods
+    are configured, relative to the project: the code stamps depend on them, so editing
+    a plugin reruns its compressions under DVC as under Snakemake."""
+    from svdzoo import codehash, plugins
+
+    found = codehash.plugin_methods()
+    out: list[str] = []
+    for method in methods:
+        if method not in found:
+            continue
+        for src in plugins.sources(found[method]):
+            try:
+                rel = src.relative_to(root.resolve()).as_posix()
+            except ValueError:
+                raise ConfigError(
+                    f"method {method!r} comes from {found[method].describe()}, whose source is "
+                    f"{src}, outside the DVC project {root.resolve()}: DVC tracks files inside "
+                    "the project only, so an edit to it would rerun nothing. Install it from a "
+                    "directory inside the project (`pip install -e plugins/<name>`), or run it "
+                    "through Snakemake, which hashes it wherever it is"
+                ) from None
+            if rel not in out:
+                out.append(rel)
+    return out
+
+
 def _stats_stages(needed: set[str], duo_independent: bool) -> dict[str, Any]:
     """Gram, Fisher and the ratio-independent sensitivity tables some method reads."""
     stages: dict[str, Any] = {}
@@ -190,8 +217,8 @@ def _evaluate(model: str, method: str, ratio: str, target: str, tasks: bool) -> 
     }
 
 
-def render_stages(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The dvc.yaml mapping for `params` (validated)."""
+def render_stages(params: Mapping[str, Any], root: str | Path = ".") -> dict[str, Any]:
+    """The dvc.yaml mapping for `params` (validated), for the DVC project at `root`."""
     hub = [k for k, s in params["models"].items() if s["source"] not in C.LOCAL_SOURCES]
     if hub:
         raise ConfigError(
@@ -215,7 +242,7 @@ def render_stages(params: Mapping[str, Any]) -> dict[str, Any]:
         },
         "code": {
             "cmd": f"python -m svdzoo.codehash --out {CODE}",
-            "deps": ["src/svdzoo"],
+            "deps": ["src/svdzoo", *_plugin_sources(methods, Path(root))],
             "outs": [{CODE: {"cache": False}}],
         },
         "model": {
@@ -347,8 +374,8 @@ def _str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
-def render(params: Mapping[str, Any]) -> str:
-    body = yaml.dump(render_stages(params), Dumper=_Dumper, sort_keys=False, width=92)
+def render(params: Mapping[str, Any], root: str | Path = ".") -> str:
+    body = yaml.dump(render_stages(params, root), Dumper=_Dumper, sort_keys=False, width=92)
     return HEADER + "\n" + body
 
 
@@ -374,21 +401,24 @@ def _read_names(obj: Any) -> set[str]:
     return set()
 
 
-def render_file(params_file: str | Path) -> str:
-    """dvc.yaml for a params file. DVC interpolates the file as written, without the
+def render_file(params_file: str | Path, root: str | Path | None = None) -> str:
+    """dvc.yaml for a params file, to be written in the directory `root` (default: the
+    params file's; dvc.yaml's paths are relative to its own directory). DVC interpolates the file as written, without the
     defaults `load_params` fills in: a section it reads must be in the file, or DVC
     cannot parse the stages (`Could not find 'offline_tasks'`) or save them (`Parameters
     'compress' are missing`)."""
     params = C.load_params(params_file)
     written = C.read_yaml(params_file)
-    missing = sorted(_read_names(render_stages(params)) - set(written))
+    root = Path(params_file).parent if root is None else Path(root)
+    stages = render_stages(params, root)
+    missing = sorted(_read_names(stages) - set(written))
     if missing:
         raise ConfigError(
             f"{params_file}: dvc.yaml reads {', '.join(missing)} from it, and DVC reads the "
             "file as written, without svdzoo's defaults; add "
             + ", ".join(f"`{k}: {_flow(params[k])}`" for k in missing)
         )
-    return render(params)
+    return render(params, root)
 
 
 def _flow(value: Any) -> str:
@@ -400,7 +430,7 @@ def stale(params_file: str | Path, dvc_yaml: str | Path) -> str | None:
     """Why `dvc_yaml` does not match the params (None when it does)."""
     from svdzoo.io import not_there
 
-    text = render_file(params_file)
+    text = render_file(params_file, Path(dvc_yaml).parent)
     path = Path(dvc_yaml)
     if not path.is_file():  # a directory is not "does not exist"
         return f"{path} {not_there(path, 'file')}"

@@ -50,7 +50,7 @@ def commit_outputs(
                    "--dvc-yaml", str(project / "dvc.yaml")])  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"params.yaml did not validate (svdzoo validate-params: rc {rc})")
-    codehash.write_stamps(project / "data" / "code", sorted(codehash.method_modules()))
+    codehash.write_stamps(project / "data" / "code", codehash.all_methods())
     from dvc.repo import Repo
 
     current = None

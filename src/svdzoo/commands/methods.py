@@ -18,17 +18,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svdzoo.methods import REGISTRY
+    from svdzoo.methods import REGISTRY, plugin_methods
     from svdzoo.methods.base import accepted_options
 
+    plugins = plugin_methods()
     for name in sorted(REGISTRY):
         m = REGISTRY[name]
         if args.names:
             print(name)
             continue
         needs = ",".join(sorted(m.needs)) or "-"
+        origin = f"; from {plugins[name].dist}" if name in plugins else ""
         print(
-            f"{name:<22} {m.description}  [needs: {needs}{'; sequential' if m.sequential else ''}{'; searches' if m.probes else ''}]"
+            f"{name:<22} {m.description}  [needs: {needs}{'; sequential' if m.sequential else ''}{'; searches' if m.probes else ''}{origin}]"
         )
         if args.options:
             print(f"{'':<22} options: {', '.join(_listed(m, accepted_options(m))) or '-'}")

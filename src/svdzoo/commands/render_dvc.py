@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 NAME = "render-dvc"
 HELP = (
@@ -54,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
         what="a dvc.yaml",
         force=args.force,
     )
-    write_text(args.out, dvc_render.render_file(args.params))
+    write_text(args.out, dvc_render.render_file(args.params, Path(args.out).parent))
     print(f"wrote {args.out}")
     return 0

@@ -6,7 +6,8 @@ import importlib
 import pkgutil
 
 from svdzoo.errors import ConfigError
-from svdzoo.methods.base import REGISTRY, STATS_KINDS, Method, register
+from svdzoo.methods.base import REGISTERED_BY, REGISTRY, STATS_KINDS, Method, register
+from svdzoo.plugins import Plugin, load_plugins, plugin_of_module
 
 # Each module registers its methods on import (one module per paper, plus svdzoo's own
 # compositions). They are found, not listed: a static list here would put every method
@@ -14,6 +15,21 @@ from svdzoo.methods.base import REGISTRY, STATS_KINDS, Method, register
 # all compressions.
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
+
+# then other packages' methods (entry points in the group `svdzoo.methods`; svdzoo.plugins)
+load_plugins()
+
+
+def plugin_of(name: str) -> Plugin | None:
+    """The installed plugin whose package registered method `name` (None: svdzoo's own, or
+    registered by code that is no plugin)."""
+    return plugin_of_module(REGISTERED_BY.get(name, ""))
+
+
+def plugin_methods() -> dict[str, Plugin]:
+    """Registered method name -> the installed plugin that registered it."""
+    found = {name: plugin_of(name) for name in REGISTRY}
+    return {name: plugin for name, plugin in found.items() if plugin is not None}
 
 
 def get_method(name: str) -> Method:
@@ -40,6 +56,8 @@ __all__ = [
     "Method",
     "get_method",
     "method_names",
+    "plugin_methods",
+    "plugin_of",
     "register",
     "requirements",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -378,6 +379,9 @@ def with_options(method: Method, opts: Mapping[str, Any]) -> Method:
 
 
 REGISTRY: dict[str, Method] = {}
+# method name -> the module whose code called `register` (a plugin's methods are told from
+# svdzoo's by it, however the plugin came to be imported first)
+REGISTERED_BY: dict[str, str] = {}
 
 
 def register(method: Method) -> Method:
@@ -387,4 +391,5 @@ def register(method: Method) -> Method:
     if unknown:
         raise ValueError(f"method {method.name!r} needs unknown statistics {sorted(unknown)}")
     REGISTRY[method.name] = method
+    REGISTERED_BY[method.name] = sys._getframe(1).f_globals.get("__name__", "")
     return method
