@@ -11,9 +11,12 @@ evaluations and the report, through their inputs) and nothing else. `methods/__i
 finds the method modules at run time instead of importing a list, so adding a method
 module changes no other stage's hash.
 
+A method from a plugin (svdzoo.plugins) is hashed with every source file of the plugin's
+own package, and the svdzoo modules those import.
+
 Snakemake passes `code_hash(stage, method)` as a rule parameter; DVC depends on the stamp
 files `python -m svdzoo.codehash --out data/code` writes (one per stage, one per method),
-from a stage that depends on `src/svdzoo`: it reruns on any source edit, but a stamp
+from a stage that depends on `src/svdzoo` (and on the configured plugins' sources): it reruns on any source edit, but a stamp
 changes, and so reruns its stages, only when that stage's own code did. Every manifest
 records the hash of the code that wrote it. Light on purpose: no torch import.
 """
@@ -28,9 +31,16 @@ import sys
 from pathlib import Path
 
 from svdzoo import plugins
+from svdzoo.errors import ConfigError
 from svdzoo.plugins import Plugin
 
 PACKAGE = Path(__file__).resolve().parent
+
+
+class UnknownMethod(ValueError):
+    """A stage, or a compression method, that no svdzoo module or plugin defines."""
+
+
 ROOT_NAME = "svdzoo"
 # workflow stage -> the command module it runs
 STAGES: dict[str, str] = {
@@ -152,7 +162,7 @@ def _entries(stage: str, method: str | None = None) -> list[tuple[str, Path]]:
     """(name in the hash, file) for every source file `stage` runs (for `compress`, with
     `method`'s own module, or its plugin's package)."""
     if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; one of {sorted(STAGES)}")
+        raise UnknownMethod(f"unknown stage {stage!r}; one of {sorted(STAGES)}")
     methods = method_modules()
     cut = frozenset(methods.values()) | NEVER_RUN.get(stage, frozenset())
     modules = closure(STAGES[stage], cut)
@@ -169,10 +179,17 @@ def _entries(stage: str, method: str | None = None) -> list[tuple[str, Path]]:
                 (f"plugins/{label}", path) for label, path in plugins.source_files(found[method])
             ]
             for _, path in extra:
-                for imported in _file_imports(path):
-                    modules |= closure(imported, never)
+                try:
+                    imported = _file_imports(path)
+                except SyntaxError as exc:
+                    raise ConfigError(
+                        f"{found[method].describe()}: {path} is not Python this interpreter "
+                        f"parses ({exc.msg}, line {exc.lineno}), so its code hash cannot be made"
+                    ) from None
+                for name in imported:
+                    modules |= closure(name, never)
         else:
-            raise ValueError(f"compress needs a registered method, got {method!r}")
+            raise UnknownMethod(f"compress needs a registered method, got {method!r}")
     files = {module_file(m) for m in modules} | {PACKAGE / f for f in DATA_FILES.get(stage, ())}
     own = [(f.relative_to(PACKAGE).as_posix(), f) for f in files if f is not None]
     return sorted(own, key=lambda e: e[1]) + extra  # svdzoo's own in path order, as ever
@@ -198,7 +215,12 @@ def recorded(stage: str, method: str | None = None) -> str | None:
     at run time, outside svdzoo's modules and its plugins)."""
     try:
         return code_hash(stage, method)
-    except ValueError:
+    except UnknownMethod:
+        return None
+    except ConfigError as exc:  # a plugin's source it cannot read: the work done stands
+        import logging
+
+        logging.getLogger(__name__).warning("no code hash recorded: %s", exc)
         return None
 
 

@@ -102,6 +102,13 @@ def _plugin_sources(methods: Sequence[str], root: Path) -> list[str]:
                     "directory inside the project (`pip install -e plugins/<name>`), or run it "
                     "through Snakemake, which hashes it wherever it is"
                 ) from None
+            if {"site-packages", "dist-packages"} & set(src.parts):
+                raise ConfigError(
+                    f"method {method!r} comes from {found[method].describe()}, installed into "
+                    f"the environment at {src}: DVC does not track the environment, so an edit "
+                    "to the plugin would rerun nothing. Install it editable from a directory "
+                    "inside the project (`pip install -e plugins/<name>`)"
+                )
             if rel not in out:
                 out.append(rel)
     return out

@@ -39,8 +39,12 @@ def commit_outputs(
         log.info("DVC tracks params.yaml; this run used %s, so nothing is committed", params_file)
         return []
     from svdzoo import cli, codehash, dvc_render
+    from svdzoo.errors import ConfigError
 
-    why = dvc_render.stale(project / "params.yaml", project / "dvc.yaml")
+    try:
+        why = dvc_render.stale(project / "params.yaml", project / "dvc.yaml")
+    except ConfigError as exc:  # e.g. a plugin DVC cannot track: Snakemake's run stands
+        why = str(exc)
     if why:
         log.warning("dvc: nothing committed: %s (run `svdzoo render-dvc`, then "
                     "`snakemake` again to commit)", why)  # fmt: skip

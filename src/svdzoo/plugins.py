@@ -86,46 +86,78 @@ def load_plugins() -> None:
 
 
 def plugin_of_module(module: str) -> Plugin | None:
-    """The installed plugin whose top-level package holds `module` (None for svdzoo's)."""
-    top = module.split(".")[0]
-    if not top or top == "svdzoo":
+    """The installed plugin that `module` belongs to (None for svdzoo's own): the one
+    whose entry-point module holds it (the longest, where one plugin's module is inside
+    another's), else the one whose own package (`own_package`) holds it."""
+    if not module or module.split(".")[0] == "svdzoo":
         return None
-    return next((p for p in plugins() if p.module.split(".")[0] == top), None)
+
+    def inside(pkg: str) -> bool:
+        return module == pkg or module.startswith(pkg + ".")
+
+    named = [p for p in plugins() if inside(p.module)]
+    if named:
+        return max(named, key=lambda p: len(p.module))
+    owners = [p for p in plugins() if inside(own_package(p))]
+    return owners[0] if len(owners) == 1 else None
 
 
-def sources(plugin: Plugin) -> list[Path]:
-    """Where the plugin's top-level package lives (its directories, or its one module
-    file), found without importing it: what its compressions' code hash covers and what
-    a DVC stage depends on."""
-    top = plugin.module.split(".")[0]
+def _spec(name: str, plugin: Plugin):
     try:
-        spec = importlib.util.find_spec(top)
+        spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
         spec = None
     if spec is None:
         raise ConfigError(
-            f"{plugin.describe()}: module {top!r} is not importable; reinstall or uninstall "
+            f"{plugin.describe()}: module {name!r} is not importable; reinstall or uninstall "
             f"{plugin.dist.split()[0]}"
         )
-    if spec.submodule_search_locations:  # a package (a namespace one may have several)
+    return spec
+
+
+def _namespace(spec) -> bool:
+    return spec.origin in (None, "namespace") and bool(spec.submodule_search_locations)
+
+
+@functools.cache
+def own_package(plugin: Plugin) -> str:
+    """The package that is the plugin's own: its module's top-level package, or, below
+    namespace packages that several distributions share (`acme.a`, `acme.b`), the first
+    regular package or module on the way to its module. Found without importing it
+    (`find_spec` imports only the namespace packages above)."""
+    parts = plugin.module.split(".")
+    for i in range(1, len(parts) + 1):
+        name = ".".join(parts[:i])
+        if not _namespace(_spec(name, plugin)):
+            return name
+    return plugin.module
+
+
+def sources(plugin: Plugin) -> list[Path]:
+    """Where the plugin's own package lives (its directory, or its one module file):
+    what its compressions' code hash covers and what a DVC stage depends on."""
+    spec = _spec(own_package(plugin), plugin)
+    if spec.submodule_search_locations:
         return sorted(Path(loc).resolve() for loc in spec.submodule_search_locations)
     if not spec.origin or not spec.origin.endswith(".py"):
         raise ConfigError(
-            f"{plugin.describe()}: {top!r} is not Python source ({spec.origin}), so its "
-            "compressions could not rerun when it changes; install it from source"
+            f"{plugin.describe()}: {own_package(plugin)!r} is not Python source "
+            f"({spec.origin}), so its compressions could not rerun when it changes; install "
+            "it from source"
         )
     return [Path(spec.origin).resolve()]
 
 
 def source_files(plugin: Plugin) -> list[tuple[str, Path]]:
-    """(label, file) for every Python source file of the plugin's top-level package, the
-    label its path from the directory above that package: the hash's names for them."""
+    """(label, file) for every Python source file of the plugin's own package, the label
+    its path as the package's dotted name spells it (`acme/a/x.py`): the hash's names."""
+    prefix = own_package(plugin).replace(".", "/")
     out = []
     for src in sources(plugin):
         if src.is_file():
-            out.append((src.name, src))
+            out.append((f"{prefix}.py", src))
             continue
         for path in src.rglob("*.py"):
             if "__pycache__" not in path.parts:
-                out.append(((src.name / path.relative_to(src)).as_posix(), path))
+                out.append((f"{prefix}/{path.relative_to(src).as_posix()}", path))
     return sorted(out)

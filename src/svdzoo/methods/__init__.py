@@ -16,9 +16,6 @@ from svdzoo.plugins import Plugin, load_plugins, plugin_of_module
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
 
-# then other packages' methods (entry points in the group `svdzoo.methods`; svdzoo.plugins)
-load_plugins()
-
 
 def plugin_of(name: str) -> Plugin | None:
     """The installed plugin whose package registered method `name` (None: svdzoo's own, or
@@ -61,3 +58,7 @@ __all__ = [
     "register",
     "requirements",
 ]
+
+# Then other packages' methods (entry points in the group `svdzoo.methods`; svdzoo.plugins),
+# last, so that a plugin can use every name above (`get_method` to derive its own).
+load_plugins()
