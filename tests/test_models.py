@@ -261,3 +261,21 @@ def test_multimodal_gemma3_checkpoint_is_supported(tok):
     gram = calibrate(model, tok, corpus="pydoc", nsamples=2, seqlen=16, seed=0, device="cpu",
                      progress=False)  # fmt: skip
     assert gram.num_layers == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "compressed"),
+    [
+        ('{"method": "svd-llm"}', True),
+        ('\ufeff{"method": "svd-llm"}', True),  # re-saved by an editor with a byte-order mark
+        ('{"model": "x"}', False),  # another tool's manifest
+        ('["method"]', False),
+        ("{not json", False),
+    ],
+)
+def test_a_compressed_directory_is_told_by_its_manifest(tmp_path, text, compressed):
+    """Without its weights file (a damaged copy) a directory is compressed when its
+    manifest names a method; read through `io.read_json_object`, as every manifest is."""
+    (tmp_path / "manifest.json").write_text(text, encoding="utf-8")
+    assert models.is_compressed_dir(tmp_path) is compressed
+    assert models.is_compressed_dir(tmp_path / "missing") is False

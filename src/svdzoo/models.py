@@ -277,11 +277,13 @@ def is_compressed_dir(path: Path) -> bool:
         return False
     if (path / WEIGHTS).exists():  # a damaged manifest is still one
         return True
-    try:
-        obj = json.loads(manifest.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    from svdzoo.io import read_json_object
+
+    raw = manifest.read_bytes()  # an unreadable manifest is an error, not "no"
+    try:  # the shared reader: an editor's byte-order mark is read past
+        return "method" in read_json_object(manifest, ValueError, raw=raw)
+    except ValueError:
         return False
-    return isinstance(obj, dict) and "method" in obj
 
 
 def check_not_compressed(model: str | os.PathLike[str], doing: str) -> None:

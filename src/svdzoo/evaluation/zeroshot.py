@@ -20,7 +20,6 @@ not pay its import time.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -221,11 +220,12 @@ def _preflight(lm, tasks: list[str], task_dir: Path | None) -> None:
     questions = offline_questions(tasks, task_dir)
     if not questions:
         return
-    try:
-        manifest = json.loads((Path(task_dir) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        manifest = None
-    built = manifest.get("version") if isinstance(manifest, dict) else None
+    from svdzoo.io import read_json_object
+
+    try:  # only a hint rides on it: unreadable or damaged is "unknown"
+        built = read_json_object(Path(task_dir) / MANIFEST, ValueError).get("version")
+    except ValueError:
+        built = None
     stale = (
         f" The tasks in {task_dir} were built by version {built} of the task builder; this is"
         f" version {TASKS_VERSION}: rebuild them with `svdzoo build-tasks`."
