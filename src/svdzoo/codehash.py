@@ -16,8 +16,9 @@ own package, and the svdzoo modules those import.
 
 Snakemake passes `code_hash(stage, method)` as a rule parameter; DVC depends on the stamp
 files `python -m svdzoo.codehash --out data/code` writes (one per stage, one per method),
-from a stage that depends on `src/svdzoo` (and on the configured plugins' sources): it reruns on any source edit, but a stamp
-changes, and so reruns its stages, only when that stage's own code did. Every manifest
+from a stage that depends on `src/svdzoo` (and on the configured plugins' sources): it
+reruns on any source edit, but a stamp changes, and so reruns its stages, only when that
+stage's own code did. Every manifest
 records the hash of the code that wrote it. Light on purpose: no torch import.
 """
 
@@ -27,6 +28,7 @@ import argparse
 import ast
 import functools
 import hashlib
+import logging
 import sys
 from pathlib import Path
 
@@ -35,12 +37,6 @@ from svdzoo.errors import ConfigError
 from svdzoo.plugins import Plugin
 
 PACKAGE = Path(__file__).resolve().parent
-
-
-class UnknownMethod(ValueError):
-    """A stage, or a compression method, that no svdzoo module or plugin defines."""
-
-
 ROOT_NAME = "svdzoo"
 # workflow stage -> the command module it runs
 STAGES: dict[str, str] = {
@@ -62,6 +58,10 @@ NEVER_RUN: dict[str, frozenset[str]] = {
 }
 # files a stage copies into its outputs (not imported, so not found by the closure)
 DATA_FILES: dict[str, tuple[str, ...]] = {"compress": ("hf/modeling_svdzoo.py",)}
+
+
+class UnknownMethod(ValueError):
+    """A stage, or a compression method, that no svdzoo module or plugin defines."""
 
 
 def module_file(module: str) -> Path | None:
@@ -164,11 +164,10 @@ def _entries(stage: str, method: str | None = None) -> list[tuple[str, Path]]:
     if stage not in STAGES:
         raise UnknownMethod(f"unknown stage {stage!r}; one of {sorted(STAGES)}")
     methods = method_modules()
-    cut = frozenset(methods.values()) | NEVER_RUN.get(stage, frozenset())
-    modules = closure(STAGES[stage], cut)
+    never = NEVER_RUN.get(stage, frozenset())
+    modules = closure(STAGES[stage], frozenset(methods.values()) | never)
     extra: list[tuple[str, Path]] = []
     if stage == "compress":
-        never = NEVER_RUN.get(stage, frozenset())
         if method in methods:
             # the method's module and whatever it imports, other method modules included (a
             # composition built from another paper's parts reruns when those parts change)
@@ -218,8 +217,6 @@ def recorded(stage: str, method: str | None = None) -> str | None:
     except UnknownMethod:
         return None
     except ConfigError as exc:  # a plugin's source it cannot read: the work done stands
-        import logging
-
         logging.getLogger(__name__).warning("no code hash recorded: %s", exc)
         return None
 

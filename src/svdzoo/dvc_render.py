@@ -87,17 +87,18 @@ def _plugin_sources(methods: Sequence[str], root: Path) -> list[str]:
     from svdzoo import codehash, plugins
 
     found = codehash.plugin_methods()
+    project = root.resolve()
     out: list[str] = []
     for method in methods:
         if method not in found:
             continue
         for src in plugins.sources(found[method]):
             try:
-                rel = src.relative_to(root.resolve()).as_posix()
+                rel = src.relative_to(project).as_posix()
             except ValueError:
                 raise ConfigError(
                     f"method {method!r} comes from {found[method].describe()}, whose source is "
-                    f"{src}, outside the DVC project {root.resolve()}: DVC tracks files inside "
+                    f"{src}, outside the DVC project {project}: DVC tracks files inside "
                     "the project only, so an edit to it would rerun nothing. Install it from a "
                     "directory inside the project (`pip install -e plugins/<name>`), or run it "
                     "through Snakemake, which hashes it wherever it is"
@@ -410,9 +411,9 @@ def _read_names(obj: Any) -> set[str]:
 
 def render_file(params_file: str | Path, root: str | Path | None = None) -> str:
     """dvc.yaml for a params file, to be written in the directory `root` (default: the
-    params file's; dvc.yaml's paths are relative to its own directory). DVC interpolates the file as written, without the
-    defaults `load_params` fills in: a section it reads must be in the file, or DVC
-    cannot parse the stages (`Could not find 'offline_tasks'`) or save them (`Parameters
+    params file's; dvc.yaml's paths are relative to its own directory). DVC interpolates
+    the file as written, without the defaults `load_params` fills in: a section it reads
+    must be in the file, or DVC cannot parse the stages (`Could not find 'offline_tasks'`) or save them (`Parameters
     'compress' are missing`)."""
     params = C.load_params(params_file)
     written = C.read_yaml(params_file)

@@ -9,8 +9,8 @@ distribution declares, in its `pyproject.toml`,
 naming a module that registers methods on import (`svdzoo.methods.register`), and is
 installed into svdzoo's environment (`pip install -e .`). Importing `svdzoo.methods` then
 imports it, so the CLI, the API, params validation, Snakemake and DVC all know its
-methods. Its compressions rerun when any source file of its top-level package changes
-(`svdzoo.codehash`). `SVDZOO_DISABLE_PLUGINS=1` loads none (pytest's
+methods. Its compressions rerun when any source file of its own package changes
+(`own_package`, `svdzoo.codehash`). `SVDZOO_DISABLE_PLUGINS=1` loads none (pytest's
 `PYTEST_DISABLE_PLUGIN_AUTOLOAD`). Standard library only: `svdzoo.codehash` asks which
 plugins exist without importing torch.
 """
