@@ -64,6 +64,16 @@ def ppl(df: pd.DataFrame, method: str, ratio: float, corpus: str) -> float | Non
     return float(s.iloc[0]) if len(s) else None
 
 
+def dense_note(project: Path, model: str) -> str:
+    """What "dense" is, from the prepared model's own provenance record (prepare-model)."""
+    source = project / "data" / "models" / model / "svdzoo_source.json"
+    try:
+        weights = json.loads(source.read_text(encoding="utf-8-sig")).get("weights")
+    except (OSError, ValueError):
+        return ""
+    return f" The dense model is the {weights}." if weights else ""
+
+
 def zeroshot_mean(df: pd.DataFrame) -> pd.DataFrame:
     """Mean accuracy over the tasks (the report's `acc` of dataset `mean`), per method x ratio."""
     acc = df[(df.metric == "acc") & (df.dataset == "mean")]
@@ -136,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Params: `{args.params.name}` (calibration {params['calibration']}). Perplexity on the"
         f" test split of each corpus (seqlen {params['evaluation']['seqlen']}, at most"
         f" {params['evaluation'].get('max-windows', 'all')} windows); time = `svdzoo compress`"
-        " wall time of that run, shared statistics excluded. The dense model is the"
-        " Q4_1-dequantized float32 release.",
+        " wall time of that run, shared statistics excluded."
+        + dense_note(args.results.resolve().parent, args.model),
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs."
         + (f" Workflow wall time: {wall / 60:.1f} min." if wall else ""),
         "",

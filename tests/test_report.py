@@ -513,6 +513,18 @@ def test_real_model_claim_factor_below_one_is_not_zero() -> None:
     assert "x0.0)" not in row and "x0.018)" in row, row
 
 
+def test_real_model_dense_note_names_each_models_own_release(tmp_path: Path) -> None:
+    """The note said Q4_1 for every model, also for Gemma 3's Q4_K_M release."""
+    mod = load_benchmark("bench_real_model")
+    source = tmp_path / "data" / "models" / "g" / "svdzoo_source.json"
+    write_json(source, {"weights": "Q4_K_M-dequantized float32 release"})
+    assert (
+        mod.dense_note(tmp_path, "g")
+        == " The dense model is the Q4_K_M-dequantized float32 release."
+    )
+    assert mod.dense_note(tmp_path, "trained-here") == ""
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_achieved_ratio_and_allocation_survive_a_deleted_compressed_model(
     tmp_path: Path,
