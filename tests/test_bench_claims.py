@@ -1,0 +1,36 @@
+"""The cross-model claims table: each seed method's perplexity over SVD-LLM's, matched on
+model, ratio and corpus, and a verdict that says where the claim holds."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from helpers import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark("bench_claims")
+
+
+def rows(model: str, values: dict[tuple[str, float, str], float]) -> list[tuple]:
+    return [(model, m, r, "perplexity", c, v) for (m, r, c), v in values.items()]
+
+
+def test_claims_are_matched_per_model_ratio_and_corpus(bench) -> None:
+    df = pd.DataFrame(
+        rows("a", {("svd-llm", 0.4, "x"): 10.0, ("adasvd", 0.4, "x"): 5.0, ("svd", 0.4, "x"): 1e6})
+        + rows("b", {("svd-llm", 0.4, "x"): 10.0, ("adasvd", 0.4, "x"): 20.0})
+        # a ratio SVD-LLM lacks is dropped, not compared with another ratio's number
+        + rows("b", {("adasvd", 0.6, "x"): 1.0})
+        + [("a", "adasvd", 0.4, "compression_time_s", "-", 3.0)],
+        columns=["model", "method", "ratio", "metric", "dataset", "value"],
+    )
+    claims = bench.against_base(df)
+    assert claims[["model", "method", "ratio_to_svd_llm"]].values.tolist() == [
+        ["a", "adasvd", 0.5],
+        ["b", "adasvd", 2.0],
+    ]  # plain SVD is a baseline, not a seed method: not a claim
+    table = bench.verdicts(claims)
+    assert table.loc[("adasvd", 0.4), "claim"] == "mixed (1 of 2)"
+    assert table.loc[("adasvd", 0.4), "a x"] == "x0.50"
