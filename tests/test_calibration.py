@@ -25,6 +25,7 @@ from svdzoo.calibration import (  # noqa: E402
     save_stats,
     stream_gram_stats,
 )
+from svdzoo.data import calibration_windows, window_prefix  # noqa: E402
 from svdzoo.errors import CacheError, OutputError  # noqa: E402
 from svdzoo.models import adapter_for, fingerprint  # noqa: E402
 
@@ -79,6 +80,10 @@ def test_gram_equals_whole_model_hooks(family, tok, windows):
         model, tok, corpus="pydoc", nsamples=4, seqlen=32, seed=0, batch_size=BATCH,
         device="cpu", progress=False,
     )  # fmt: skip
+    prefix = window_prefix(model.config)  # Gemma's windows start with its BOS
+    assert prefix == ((2,) if family == "gemma3" else ())
+    if prefix:
+        windows = calibration_windows(tok, "pydoc", nsamples=4, seqlen=32, seed=0, prefix=prefix)
     xs, io = direct_stats(model, windows, BATCH)
     adapter = adapter_for(model)
     for i in range(len(adapter.layers(model))):
@@ -88,7 +93,7 @@ def test_gram_equals_whole_model_hooks(family, tok, windows):
             assert H.dtype == torch.float64
             assert rel(H, X.T @ X) < 1e-10
             assert rel(stats.absmean(i, g), X.abs().mean(0)) < 1e-10
-            assert stats.count(i, g) == X.shape[0] == 4 * 32
+            assert stats.count(i, g) == X.shape[0] == 4 * (32 + len(prefix))
             for t in members[1:]:  # every member reads the same input, so one Gram is right
                 assert torch.equal(xs[(i, g, t)], xs[(i, g, members[0])])
         pairs = io[i]

@@ -8,7 +8,7 @@ import transformers as tf
 from helpers import random_tiny
 
 from svdzoo import models
-from svdzoo.errors import ModelError
+from svdzoo.errors import CacheError, ModelError
 from svdzoo.models import (
     adapter_for,
     fingerprint,
@@ -209,7 +209,17 @@ def test_gemma3_compresses_with_every_kind_of_method(tok):
     ]
     gram = calibrate(base, tok, corpus="pydoc", nsamples=4, seqlen=16, seed=0, device="cpu",
                      progress=False)  # fmt: skip
+    # every window starts with Gemma's BOS, and the cache says so (data.window_prefix)
+    assert gram.manifest["window_prefix"] == [2] and gram.manifest["tokens"] == 4 * 17
+    assert next(iter(gram.manifest["counts"].values())) == 4 * 17
     duo = compute_sensitivity(base, tok, gram, "duo", nsamples=2, batch_size=2, ratios=[0.3, 0.6])
+    # statistics made on windows without it (before this was known) are refused, not used
+    stale = copy.copy(gram)
+    stale.manifest = {k: v for k, v in gram.manifest.items() if k != "window_prefix"}
+    with pytest.raises(CacheError, match=r"windows starting with no prefix.*start with \[2\]"):
+        compress(copy.deepcopy(base), "svd-llm", 0.4, stats=Statistics(gram=stale))
+    with pytest.raises(CacheError, match="windows starting with no prefix"):
+        compute_sensitivity(base, tok, stale, "duo", nsamples=2, batch_size=2, ratios=[0.3])
     for method in ("svd-llm", "adasvd", "duo-svd-independent"):
         model = copy.deepcopy(base)
         stats = Statistics(gram=gram, sensitivity={"duo": duo})

@@ -170,7 +170,7 @@ def calibrate_and_compress(
     from svdzoo.methods import get_method
     from svdzoo.methods.base import check_options
     from svdzoo.models import (
-        check_seqlen,
+        check_window_seqlen,
         dtype_name,
         fingerprint_known,
         load_config,
@@ -203,7 +203,7 @@ def calibrate_and_compress(
         )
     check_model_input(model, dtype, device)
     corp = get_corpus(corpus)  # an unknown or unreachable corpus fails before the model loads
-    check_seqlen(load_config(model), seqlen)
+    check_window_seqlen(load_config(model), seqlen)
     name = model_name or default_model_name(model)
     check_model_name(name)
     tag = calib_tag(corpus, nsamples, seqlen, seed)

@@ -152,8 +152,11 @@ def check_reachable(infos: list[allocation.MatrixInfo], ratio: float) -> None:
         )
 
 
-def check_statistics(method: Method, stats: Statistics, model_fp: str) -> None:
-    """Every product the method needs is present and was computed on this very model."""
+def check_statistics(method: Method, stats: Statistics, model_fp: str, config: Any = None) -> None:
+    """Every product the method needs is present and was computed on this very model (and,
+    given its `config`, on the windows it reads: `data.window_prefix`)."""
+    from svdzoo.calibration.cache import check_window_prefix
+
     missing = [k for k in sorted(method.needs) if not stats.has(k)]
     if missing:
         raise ConfigError(
@@ -182,6 +185,8 @@ def check_statistics(method: Method, stats: Statistics, model_fp: str) -> None:
             raise CacheError(
                 f"{kind} statistics were computed on another model (fingerprint {fp}, this model is {model_fp})"
             )
+        if config is not None and kind in ("gram", "fisher"):
+            check_window_prefix(manifest, config, f"the {kind} statistics")
     if stats.gram is not None:
         calib = _calib_key(stats.gram.manifest)
         for kind, product in products.items():
@@ -399,7 +404,7 @@ def _compress(
     adapter = adapter_for(model)
     check_finite_weights(model, "the model to compress")
     model_fp = fingerprint(model)
-    check_statistics(method, stats, model_fp)
+    check_statistics(method, stats, model_fp, model.config)
     if method.replays_calibration and tokenizer is None:
         raise ConfigError(
             f"method {method.name!r} runs the model on calibration data and needs the tokenizer"

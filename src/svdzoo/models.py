@@ -431,6 +431,16 @@ def check_seqlen(model: nn.Module | object, seqlen: int, what: str = "--seqlen")
         )
 
 
+def check_window_seqlen(config: object, seqlen: int) -> None:
+    """`check_seqlen` for calibration and evaluation windows, which begin with the model's
+    `data.window_prefix` (Gemma's BOS) before their `seqlen` tokens."""
+    from svdzoo.data import window_prefix
+
+    prefix = window_prefix(config)
+    what = "--seqlen plus the window's BOS token" if prefix else "--seqlen"
+    check_seqlen(config, seqlen + len(prefix), what)
+
+
 # models whose fingerprint a caller has taken and vouches for (`fingerprint_known`)
 _KNOWN: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 

@@ -410,13 +410,16 @@ def truncated_weight(W: torch.Tensor, wh: linalg.Whitener, svd, k: int) -> torch
     return (U[:, :k] * sigma[:k]) @ wh.unapply(Vh[:k])
 
 
-def _check_gram_matches(model_fp: str, gram_stats: Any) -> None:
+def _check_gram_matches(model_fp: str, gram_stats: Any, config: Any) -> None:
+    from svdzoo.calibration.cache import check_window_prefix
+
     fp = gram_stats.manifest.get("model_fingerprint")
     if fp is not None and fp != model_fp:
         raise CacheError(
             f"the Gram statistics were computed on another model (fingerprint {fp}, "
             f"this model is {model_fp})"
         )
+    check_window_prefix(gram_stats.manifest, config, "the Gram statistics")
 
 
 def gram_corpus(gram_manifest: Mapping[str, Any], corpus: Any = None) -> Any:
@@ -468,7 +471,7 @@ def compute_sensitivity(
     `linalg.resolve_precision`). The model is left exactly as it
     was (every probe is undone, even on error).
     """
-    from svdzoo.data import calibration_windows
+    from svdzoo.data import calibration_windows, window_prefix
     from svdzoo.models import adapter_for, eval_mode, fingerprint, resolve_device
 
     grid = check_ratios(ratios, kind)
@@ -490,7 +493,7 @@ def compute_sensitivity(
         )
     corp = gram_corpus(gm, corpus)
     model_fp = fingerprint(model)  # hashed once: the probes leave the weights as they were
-    _check_gram_matches(model_fp, gram_stats)
+    _check_gram_matches(model_fp, gram_stats, model.config)
     adapter = adapter_for(model)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     precision = linalg.resolve_precision("auto", device)  # Gram eigh SVDs on a GPU (issue 16)
@@ -498,7 +501,8 @@ def compute_sensitivity(
         raise ConfigError(f"max_tokens must be positive, got {max_tokens}")
     with eval_mode(model):
         t0 = time.perf_counter()
-        windows = calibration_windows(tokenizer, corp, nsamples, seqlen, seed)
+        prefix = window_prefix(model.config)  # the Gram's own (checked above)
+        windows = calibration_windows(tokenizer, corp, nsamples, seqlen, seed, prefix=prefix)
         batches = _batches(windows, batch_size)
         ref = _reference(model, batches, kind)
         dense_value = 0.0 if kind == "duo" else math.exp(ref.nll / ref.tokens)

@@ -137,7 +137,7 @@ def model_manifest(
     Gram and Fisher caches record these the same way; `fields` add the product's own keys
     (its groups or targets, reduction, ...).
     """
-    from svdzoo.data import get_corpus
+    from svdzoo.data import get_corpus, window_prefix
     from svdzoo.models import adapter_for, dtype_name, fingerprint
 
     adapter = adapter_for(model)
@@ -155,6 +155,7 @@ def model_manifest(
         nsamples=nsamples,
         seqlen=seqlen,
         seed=seed,
+        window_prefix=list(window_prefix(model.config)),
         dtype=dtype_name(model),
         code=recorded("calibrate"),
         # recorded only where it changes the result (Fisher: samples per gradient); the
@@ -350,6 +351,21 @@ def check_seal(
     if manifest[SEAL] != manifest_digest(manifest):
         raise CacheError(
             f"{where}: the manifest was edited after it was written ({SEAL} does not match); {redo}"
+        )
+
+
+def check_window_prefix(manifest: Mapping[str, Any], config: Any, what: str) -> None:
+    """Statistics measured on windows the model would not see now (a Gemma cache made
+    before windows began with its BOS) are refused, naming both prefixes."""
+    from svdzoo.data import window_prefix
+
+    want = list(window_prefix(config))
+    have = list(manifest.get("window_prefix") or [])  # none recorded: made without one
+    if have != want:
+        raise CacheError(
+            f"{what} were computed on windows starting with {have or 'no prefix'}, but this "
+            f"model's windows start with {want or 'no prefix'} (svdzoo.data.window_prefix); "
+            "recompute them"
         )
 
 

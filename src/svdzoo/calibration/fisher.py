@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from svdzoo.calibration.cache import model_manifest, save_stats
 from svdzoo.calibration.capture import module_device
+from svdzoo.data import window_prefix
 from svdzoo.errors import ModelError
 from svdzoo.io import check_output
 from svdzoo.models import adapter_for, eval_mode, resolve_device
@@ -107,7 +108,7 @@ def fisher_manifest(
         model_id=model_id, batch_size=batch_size,
         targets=[full for full, *_ in adapter_for(model).iter_targets(model)],
         batches=-(-nsamples // batch_size),
-        tokens=nsamples * seqlen,
+        tokens=nsamples * (seqlen + len(window_prefix(model.config))),
         reduction="row = sum_batches sum_j (dL/dW_ij)^2; col = sum_batches sum_i (dL/dW_ij)^2",
     )  # fmt: skip
 
@@ -133,7 +134,9 @@ def calibrate_fisher(
         model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
         model_id=model_id, batch_size=batch_size,
     )  # fmt: skip
-    windows = calibration_windows(tokenizer, corpus, nsamples, seqlen, seed)
+    windows = calibration_windows(
+        tokenizer, corpus, nsamples, seqlen, seed, prefix=manifest["window_prefix"]
+    )
     info = fisher_information(
         model, windows, device=device, batch_size=batch_size, progress=progress
     )

@@ -187,13 +187,15 @@ def calibrate(
         model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
         model_id=model_id,
     )  # fmt: skip
-    windows = calibration_windows(tokenizer, corpus, nsamples, seqlen, seed)
+    windows = calibration_windows(
+        tokenizer, corpus, nsamples, seqlen, seed, prefix=manifest["window_prefix"]
+    )
     tensors: dict[str, torch.Tensor] = {}
     counts = stream_gram_stats(
         model, windows, tensors.__setitem__, device=device, batch_size=batch_size,
         memory_budget=memory_budget, offload_dir=offload_dir, progress=progress,
     )  # fmt: skip
-    manifest.update(counts=counts, tokens=nsamples * seqlen, tensors=list(tensors))
+    manifest.update(counts=counts, tokens=windows.numel(), tensors=list(tensors))
     return CalibrationStats(manifest, tensors.__getitem__)
 
 
@@ -224,12 +226,14 @@ def calibrate_to_dir(
         model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
         model_id=model_id,
     )  # fmt: skip
-    windows = calibration_windows(tokenizer, corpus, nsamples, seqlen, seed)
+    windows = calibration_windows(
+        tokenizer, corpus, nsamples, seqlen, seed, prefix=manifest["window_prefix"]
+    )
     with CacheDirWriter(Path(out), manifest, force=force) as w:
         counts = stream_gram_stats(
             model, windows, w.add, device=device, batch_size=batch_size,
             memory_budget=memory_budget, offload_dir=offload_dir,
             layer_callback=layer_callback, progress=progress,
         )  # fmt: skip
-        w.manifest.update(counts=counts, tokens=nsamples * seqlen)
+        w.manifest.update(counts=counts, tokens=windows.numel())
     return w.manifest

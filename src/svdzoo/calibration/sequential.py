@@ -169,6 +169,7 @@ class SequentialCalibrator:
             manifest["nsamples"],
             manifest["seqlen"],
             manifest["seed"],
+            prefix=manifest.get("window_prefix") or (),  # the cache's own windows
         )
         kwargs.setdefault("batch_size", manifest.get("batch_size", 8))
         return cls(model, windows, **kwargs)

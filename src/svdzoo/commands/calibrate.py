@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     # a foreign, protected, unwritable or busy --out fails here, before the model loads
     check_output(args.out, args.kind, force=args.force, protect=(args.model, args.corpus))
     from svdzoo.models import (
-        check_seqlen,
+        check_window_seqlen,
         load_config,
         load_model,
         load_tokenizer,
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     check_train_length(get_corpus(args.corpus), args.seqlen)
     load_device = "cpu" if args.kind == "gram" else device
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
-    check_seqlen(load_config(args.model), args.seqlen)  # before the weights load
+    check_window_seqlen(load_config(args.model), args.seqlen)  # before the weights load
     model = load_model(args.model, dtype=args.dtype, device=load_device)
     common = dict(
         corpus=args.corpus,

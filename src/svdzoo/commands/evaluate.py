@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from svdzoo.io import check_file_output, json_with, write_json
     from svdzoo.models import (
         check_seqlen,
+        check_window_seqlen,
         is_compressed_dir,
         load_config,
         load_model,
@@ -155,13 +156,15 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
     config = load_config(args.model)  # windows past the position range fail before loading
     windows: dict[str, torch.Tensor] = {}
+    prefix: tuple[int, ...] = ()
     if args.ppl_out:
-        from svdzoo.data import evaluation_windows
+        from svdzoo.data import evaluation_windows, window_prefix
 
-        check_seqlen(config, args.seqlen)
+        prefix = window_prefix(config)  # Gemma's BOS; none for the papers' families
+        check_window_seqlen(config, args.seqlen)
         for corpus in args.corpora:  # a split shorter than --seqlen fails before loading
             windows[corpus] = evaluation_windows(
-                tokenizer, corpus, args.seqlen, max_windows=args.max_windows
+                tokenizer, corpus, args.seqlen, max_windows=args.max_windows, prefix=prefix
             )
     if args.efficiency_out:
         check_seqlen(
@@ -205,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
                 **labels,
                 **made_with,
                 "seqlen": args.seqlen,
+                "window_prefix": list(prefix),
                 "perplexity": ppl,
                 "diverged": diverged,
                 "n_windows": nwin,

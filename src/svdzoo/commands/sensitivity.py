@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from svdzoo.errors import CacheError, ConfigError
     from svdzoo.io import check_output
     from svdzoo.models import (
-        check_seqlen,
+        check_window_seqlen,
         fingerprint_known,
         load_config,
         load_model,
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     # an unknown corpus, or not the Gram cache's, fails before the model loads and is hashed
     gram_corpus(gram.manifest, args.corpus)
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
-    check_seqlen(load_config(args.model), args.seqlen or gram.manifest["seqlen"])
+    check_window_seqlen(load_config(args.model), args.seqlen or gram.manifest["seqlen"])
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     # the windows and grid asked of a table found at --out are the ones a new table measures
     windows = dict(nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, ratios=grid)

@@ -102,7 +102,9 @@ def replay_windows(manifest: Mapping[str, Any], tokenizer: Any, opts: Mapping[st
         int(manifest["seqlen"]),
         int(manifest["seed"]),
     )
-    windows = calibration_windows(tokenizer, corpus, nsamples, seqlen, seed)
+    # the cache's own windows: a cache made before windows had prefixes recorded none
+    prefix = manifest.get("window_prefix") or ()
+    windows = calibration_windows(tokenizer, corpus, nsamples, seqlen, seed, prefix=prefix)
     want = int_option(opts, "seq_nsamples", nsamples, 1)
     if want > nsamples:
         raise ConfigError(f"seq_nsamples must be in [1, {nsamples}], got {want}")
