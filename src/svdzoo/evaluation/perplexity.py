@@ -1,7 +1,8 @@
 """Perplexity as the SVD-compression papers measure it.
 
 The split is tokenised whole and cut into non-overlapping `seqlen` windows (remainder
-dropped); perplexity is exp of the mean next-token negative log-likelihood over every
+dropped), each after the model's `data.window_prefix` (Gemma's BOS; none for the papers'
+families); perplexity is exp of the mean next-token negative log-likelihood over every
 predicted token of every window.
 """
 
