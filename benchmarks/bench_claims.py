@@ -30,6 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from results_io import save_figure  # noqa: E402
 
 from svdzoo.io import write_text  # noqa: E402
 
@@ -91,11 +92,7 @@ def figure(claims: pd.DataFrame, out: Path) -> None:
                       fontsize=7)  # fmt: skip
         ax.set_title(f"perplexity / SVD-LLM's, {corpus} (below 1: the claim holds)", fontsize=9)
         fig.colorbar(im, ax=ax, label="log2")
-    fig.tight_layout()
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
+    save_figure(fig, out)
 
 
 def _cells(shape: tuple[int, int]):

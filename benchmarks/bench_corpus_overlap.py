@@ -45,6 +45,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from results_io import save_figure  # noqa: E402
 
 from svdzoo.data import get_corpus  # noqa: E402
 from svdzoo.io import write_text  # noqa: E402
@@ -214,11 +215,7 @@ def figure(df: pd.DataFrame, out: Path, ngram: int) -> None:
     ax.set_title("Held-out text also in the train split")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
+    save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> int:
