@@ -88,9 +88,16 @@ def figure(claims: pd.DataFrame, out: Path) -> None:
                 ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7,
                         color="white" if dark else "black")  # fmt: skip
         ax.set_yticks(range(len(grid.index)), grid.index, fontsize=8)
-        ax.set_xticks(range(grid.shape[1]), [f"{m}\n{r:.0%}" for m, r in grid.columns],
-                      fontsize=7)  # fmt: skip
-        ax.set_title(f"perplexity / SVD-LLM's, {corpus} (below 1: the claim holds)", fontsize=9)
+        ax.set_xticks(range(grid.shape[1]), [f"{r:.0%}" for _, r in grid.columns], fontsize=7)
+        models = list(dict.fromkeys(m for m, _ in grid.columns))
+        for m in models:  # each model's name over its block of ratios, blocks separated
+            cols = [j for j, (mm, _) in enumerate(grid.columns) if mm == m]
+            ax.text((cols[0] + cols[-1]) / 2, -0.65, m, ha="center", va="bottom", fontsize=8)
+            if cols[0] > 0:
+                ax.axvline(cols[0] - 0.5, color="k", lw=1.5)
+        ax.set_title(
+            f"perplexity / SVD-LLM's, {corpus} (below 1: the claim holds)", fontsize=9, pad=22
+        )
         fig.colorbar(im, ax=ax, label="log2")
     save_figure(fig, out)
 
