@@ -34,10 +34,10 @@ from results_io import run_or_rebuild, save_csv, save_figure  # noqa: E402
 
 from svdzoo.calibration import calibrate  # noqa: E402
 from svdzoo.compression import Statistics, compress  # noqa: E402
-from svdzoo.data import evaluation_windows  # noqa: E402
+from svdzoo.data import evaluation_windows, window_prefix  # noqa: E402
 from svdzoo.evaluation.perplexity import perplexity  # noqa: E402
 from svdzoo.io import write_text  # noqa: E402
-from svdzoo.models import load_model, load_tokenizer  # noqa: E402
+from svdzoo.models import load_config, load_model, load_tokenizer  # noqa: E402
 from svdzoo.sensitivity import load_sensitivity  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,8 +63,10 @@ def sizes(args: argparse.Namespace) -> list[tuple[int, int]]:
 
 def run(args: argparse.Namespace) -> pd.DataFrame:
     tok = load_tokenizer(args.model)
+    prefix = window_prefix(load_config(args.model))  # Gemma's BOS, as `svdzoo evaluate` does
     windows = {
-        c: evaluation_windows(tok, c, args.seqlen, max_windows=args.eval_windows) for c in CORPORA
+        c: evaluation_windows(tok, c, args.seqlen, max_windows=args.eval_windows, prefix=prefix)
+        for c in CORPORA
     }
     dense = load_model(args.model)
     rows = [

@@ -129,12 +129,14 @@ def real_model(
     """SmolLM2's activations in `dtype`, summed both ways from one forward pass; per group,
     the Gram's error, and per matrix SVD-LLM's loss from either Gram."""
     from svdzoo.calibration.capture import group_input_hooks
-    from svdzoo.data import calibration_windows
+    from svdzoo.data import calibration_windows, window_prefix
     from svdzoo.models import adapter_for, load_model, load_tokenizer
 
     model = load_model(model_dir).to(dtype).eval()
     tok = load_tokenizer(model_dir)
-    windows = calibration_windows(tok, "pydoc", nsamples, seqlen, 3)
+    windows = calibration_windows(
+        tok, "pydoc", nsamples, seqlen, 3, prefix=window_prefix(model.config)
+    )
     adapter = adapter_for(model)
     exact: dict[tuple[int, str], GramAccumulator] = {}
     f64: dict[tuple[int, str], list[torch.Tensor]] = {}

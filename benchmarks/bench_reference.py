@@ -26,7 +26,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from svdzoo.compression import compress  # noqa: E402
-from svdzoo.data import evaluation_windows  # noqa: E402
+from svdzoo.data import evaluation_windows, window_prefix  # noqa: E402
 from svdzoo.evaluation.perplexity import perplexity  # noqa: E402
 from svdzoo.io import write_json, write_text  # noqa: E402
 from svdzoo.models import adapter_for, count_params, load_model, load_tokenizer  # noqa: E402
@@ -48,7 +48,8 @@ def measure(path: Path, seqlen: int, ratio: float, batch_size: int) -> list[dict
     compress(variants["svd"], "svd", ratio)
     rows = []
     for corpus in CORPORA:
-        windows = evaluation_windows(tok, corpus, seqlen)
+        prefix = window_prefix(variants["dense"].config)  # as `svdzoo evaluate` does
+        windows = evaluation_windows(tok, corpus, seqlen, prefix=prefix)
         ppl = {k: perplexity(m, windows, batch_size=batch_size) for k, m in variants.items()}
         rows.append(
             {

@@ -34,11 +34,11 @@ from results_io import run_or_rebuild, save_csv, save_figure  # noqa: E402
 
 from svdzoo.calibration import load_stats  # noqa: E402
 from svdzoo.compression import Statistics, compress  # noqa: E402
-from svdzoo.data import evaluation_windows  # noqa: E402
+from svdzoo.data import evaluation_windows, window_prefix  # noqa: E402
 from svdzoo.evaluation.perplexity import perplexity  # noqa: E402
 from svdzoo.io import write_text  # noqa: E402
 from svdzoo.methods.svd_llm_v2 import calibration_tokens  # noqa: E402
-from svdzoo.models import load_model, load_tokenizer  # noqa: E402
+from svdzoo.models import load_config, load_model, load_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results" / "v2-loss-scale"
@@ -68,8 +68,10 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     tok = load_tokenizer(args.model)
     gram = load_stats(args.gram)
     tokens = calibration_tokens(gram)
+    prefix = window_prefix(load_config(args.model))  # Gemma's BOS, as `svdzoo evaluate` does
     windows = {
-        c: evaluation_windows(tok, c, args.seqlen, max_windows=args.eval_windows) for c in CORPORA
+        c: evaluation_windows(tok, c, args.seqlen, max_windows=args.eval_windows, prefix=prefix)
+        for c in CORPORA
     }
     rows = []
     for label, method, n in settings(args, tokens):

@@ -198,8 +198,10 @@ def test_a_missing_local_path_is_named_as_a_path_not_a_hub_download(monkeypatch,
 def test_gemma3_compresses_with_every_kind_of_method(tok):
     """Gemma 3 (sliding + full layers): a whitened, a sequential and a table-driven method
     run end to end and keep the tiny model's perplexity finite."""
-    from svdzoo.calibration import calibrate
+    from svdzoo.calibration import calibrate, calibrate_fisher
     from svdzoo.compression import Statistics, compress
+    from svdzoo.errors import ConfigError
+    from svdzoo.models import check_window_seqlen
     from svdzoo.sensitivity import compute_sensitivity
 
     base = random_tiny("gemma3", layers=3)
@@ -220,6 +222,17 @@ def test_gemma3_compresses_with_every_kind_of_method(tok):
         compress(copy.deepcopy(base), "svd-llm", 0.4, stats=Statistics(gram=stale))
     with pytest.raises(CacheError, match="windows starting with no prefix"):
         compute_sensitivity(base, tok, stale, "duo", nsamples=2, batch_size=2, ratios=[0.3])
+    fisher = calibrate_fisher(base, tok, corpus="pydoc", nsamples=2, seqlen=16, seed=0,
+                              progress=False)  # fmt: skip
+    assert fisher.manifest["window_prefix"] == [2] and fisher.manifest["tokens"] == 2 * 17
+    stale_fisher = copy.copy(fisher)
+    stale_fisher.manifest = {k: v for k, v in fisher.manifest.items() if k != "window_prefix"}
+    with pytest.raises(CacheError, match="fisher statistics were computed on windows starting"):
+        compress(copy.deepcopy(base), "fwsvd", 0.4, stats=Statistics(fisher=stale_fisher))
+    # the BOS takes a position: a window may hold one token less than the position range
+    check_window_seqlen(base.config, 127)
+    with pytest.raises(ConfigError, match="plus the BOS token.*use at most 127"):
+        check_window_seqlen(base.config, 128)
     for method in ("svd-llm", "adasvd", "duo-svd-independent"):
         model = copy.deepcopy(base)
         stats = Statistics(gram=gram, sensitivity={"duo": duo})

@@ -437,8 +437,13 @@ def check_window_seqlen(config: object, seqlen: int) -> None:
     from svdzoo.data import window_prefix
 
     prefix = window_prefix(config)
-    what = "--seqlen plus the window's BOS token" if prefix else "--seqlen"
-    check_seqlen(config, seqlen + len(prefix), what)
+    limit = getattr(text_config(config), "max_position_embeddings", None)
+    if prefix and limit is not None and seqlen + len(prefix) > int(limit):
+        raise ConfigError(
+            f"--seqlen {seqlen} plus the BOS token every window of this model starts with "
+            f"exceeds its max_position_embeddings ({limit}); use at most {int(limit) - len(prefix)}"
+        )
+    check_seqlen(config, seqlen)
 
 
 # models whose fingerprint a caller has taken and vouches for (`fingerprint_known`)
