@@ -29,6 +29,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from results_io import save_figure  # noqa: E402
 
@@ -82,7 +83,7 @@ def figure(claims: pd.DataFrame, out: Path) -> None:
         grid = grid.reindex([m for m in SEED if m in grid.index])
         im = ax.imshow(grid.map(math.log2).to_numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax,
                        aspect="auto")  # fmt: skip
-        for (i, j), v in ((ij, grid.to_numpy()[ij]) for ij in _cells(grid.shape)):
+        for (i, j), v in np.ndenumerate(grid.to_numpy()):
             if not math.isnan(v):
                 dark = abs(math.log2(v)) > 0.6 * vmax
                 ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7,
@@ -100,10 +101,6 @@ def figure(claims: pd.DataFrame, out: Path) -> None:
         )
         fig.colorbar(im, ax=ax, label="log2")
     save_figure(fig, out)
-
-
-def _cells(shape: tuple[int, int]):
-    return ((i, j) for i in range(shape[0]) for j in range(shape[1]))
 
 
 def main(argv: list[str] | None = None) -> int:

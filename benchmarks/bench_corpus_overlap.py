@@ -30,7 +30,6 @@ It writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -100,9 +99,11 @@ def scored_prefix(corpus, tokenizer_dir: Path, seqlen: int, max_windows: int) ->
     return tok.decode(ids.flatten().tolist())
 
 
-def task_overlap(train: str, task_file: Path) -> dict[str, float]:
+def task_overlap(train: str, task_dir: Path, task: str) -> dict[str, float]:
     """Questions whose gold text (context, then the right choice) occurs verbatim in train."""
-    rows = [json.loads(line) for line in task_file.read_text(encoding="utf-8").splitlines() if line]
+    from svdzoo.evaluation.tasks import read_questions
+
+    rows = read_questions(task_dir, task)
     hits = 0
     for r in rows:
         gold = r["choices"][r["gold"]]
@@ -135,13 +136,18 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
             add(name, part, ngram_overlap(train, text, args.ngram))
         if args.tasks:
             for task_file in sorted(args.tasks.glob(f"{name}_*.jsonl")):
-                add(name, f"task {task_file.stem}", task_overlap(train, task_file))
+                add(name, f"task {task_file.stem}", task_overlap(train, args.tasks, task_file.stem))
     return pd.DataFrame(rows, columns=["corpus", "part", "measure", "value"])
 
 
-def markdown(df: pd.DataFrame, args: argparse.Namespace) -> str:
+def _text_measures(df: pd.DataFrame) -> pd.DataFrame:
+    """The split and window rows (not the tasks'), one column per measure."""
     text = df[~df.part.str.startswith("task ")]
-    wide = text.pivot_table(index=["corpus", "part"], columns="measure", values="value", sort=False)
+    return text.pivot_table(index=["corpus", "part"], columns="measure", values="value", sort=False)
+
+
+def markdown(df: pd.DataFrame, args: argparse.Namespace) -> str:
+    wide = _text_measures(df)
     table = pd.DataFrame(
         {
             "characters": wide["chars"].map("{:,.0f}".format),
@@ -200,8 +206,7 @@ def markdown(df: pd.DataFrame, args: argparse.Namespace) -> str:
 
 
 def figure(df: pd.DataFrame, out: Path, ngram: int) -> None:
-    text = df[~df.part.str.startswith("task ")]
-    wide = text.pivot_table(index=["corpus", "part"], columns="measure", values="value", sort=False)
+    wide = _text_measures(df)
     labels = [f"{c}\n{p}" for c, p in wide.index]
     x = range(len(labels))
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels)), 4))

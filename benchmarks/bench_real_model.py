@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_methods import figure, run_workflow, to_markdown, wide  # noqa: E402
 
 from svdzoo.config import load_params, ratios  # noqa: E402
-from svdzoo.io import write_text  # noqa: E402
+from svdzoo.io import read_json_object, write_text  # noqa: E402
 from svdzoo.report.metrics import collect  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,8 +68,8 @@ def dense_note(project: Path, model: str) -> str:
     """What "dense" is, from the prepared model's own provenance record (prepare-model)."""
     source = project / "data" / "models" / model / "svdzoo_source.json"
     try:
-        weights = json.loads(source.read_text(encoding="utf-8-sig")).get("weights")
-    except (OSError, ValueError):
+        weights = read_json_object(source, ValueError).get("weights")
+    except ValueError:  # none (a model trained here), unreadable or damaged: nothing to say
         return ""
     return f" The dense model is the {weights}." if weights else ""
 

@@ -45,5 +45,5 @@ def test_task_questions_are_matched_on_their_gold_text(bench, tmp_path: Path) ->
     ]
     f = tmp_path / "c_task.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    got = bench.task_overlap(TRAIN, f)
+    got = bench.task_overlap(TRAIN, tmp_path, "c_task")
     assert (got["questions"], got["questions_in_train"]) == (3, 2)
