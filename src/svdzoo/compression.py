@@ -152,9 +152,9 @@ def check_reachable(infos: list[allocation.MatrixInfo], ratio: float) -> None:
         )
 
 
-def check_statistics(method: Method, stats: Statistics, model_fp: str, config: Any = None) -> None:
-    """Every product the method needs is present and was computed on this very model (and,
-    given its `config`, on the windows it reads: `data.window_prefix`)."""
+def check_statistics(method: Method, stats: Statistics, model_fp: str, config: Any) -> None:
+    """Every product the method needs is present and was computed on this very model (its
+    fingerprint `model_fp`), on the windows it reads (its `config`: `data.window_prefix`)."""
     from svdzoo.calibration.cache import check_window_prefix
 
     missing = [k for k in sorted(method.needs) if not stats.has(k)]
@@ -185,7 +185,7 @@ def check_statistics(method: Method, stats: Statistics, model_fp: str, config: A
             raise CacheError(
                 f"{kind} statistics were computed on another model (fingerprint {fp}, this model is {model_fp})"
             )
-        if config is not None and kind in ("gram", "fisher"):
+        if kind in ("gram", "fisher"):
             check_window_prefix(manifest, config, f"the {kind} statistics")
     if stats.gram is not None:
         calib = _calib_key(stats.gram.manifest)

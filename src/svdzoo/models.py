@@ -417,17 +417,21 @@ def check_finite_weights(model: nn.Module, what: str) -> None:
         )
 
 
-def check_seqlen(model: nn.Module | object, seqlen: int, what: str = "--seqlen") -> None:
+def check_seqlen(
+    model: nn.Module | object, seqlen: int, what: str = "--seqlen", prefix: int = 0
+) -> None:
     """Refuse windows longer than the model's position range, for every family (`model`
-    or its config, `load_config`: the commands check before the weights load).
+    or its config, `load_config`: the commands check before the weights load); `prefix`
+    positions (a window's BOS, `check_window_seqlen`) come before the `seqlen` tokens.
 
     Past `max_position_embeddings` OPT's learned positions raise an IndexError and rotary
     models run silently out of distribution."""
     limit = getattr(text_config(model), "max_position_embeddings", None)
-    if limit is not None and seqlen > int(limit):
+    if limit is not None and seqlen + prefix > int(limit):
+        bos = " plus the BOS token every window of this model starts with" if prefix else ""
         raise ConfigError(
-            f"{what} {seqlen} exceeds the model's max_position_embeddings ({limit}); "
-            f"use at most {limit}"
+            f"{what} {seqlen}{bos} exceeds the model's max_position_embeddings ({limit}); "
+            f"use at most {int(limit) - prefix}"
         )
 
 
@@ -436,14 +440,7 @@ def check_window_seqlen(config: object, seqlen: int) -> None:
     `data.window_prefix` (Gemma's BOS) before their `seqlen` tokens."""
     from svdzoo.data import window_prefix
 
-    prefix = window_prefix(config)
-    limit = getattr(text_config(config), "max_position_embeddings", None)
-    if prefix and limit is not None and seqlen + len(prefix) > int(limit):
-        raise ConfigError(
-            f"--seqlen {seqlen} plus the BOS token every window of this model starts with "
-            f"exceeds its max_position_embeddings ({limit}); use at most {int(limit) - len(prefix)}"
-        )
-    check_seqlen(config, seqlen)
+    check_seqlen(config, seqlen, prefix=len(window_prefix(config)))
 
 
 # models whose fingerprint a caller has taken and vouches for (`fingerprint_known`)
