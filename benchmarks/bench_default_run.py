@@ -110,13 +110,13 @@ def cost_words(df: pd.DataFrame) -> str:
     return f"CPU time from {exact} {lines}, wall time for the other {other}"
 
 
-def figure(stages: pd.DataFrame, path: Path) -> None:
+def figure(stages: pd.DataFrame, path: Path, title: str) -> None:
     pivot = stages.pivot_table(index="rule", columns="model", values="cost_min", aggfunc="sum")
     pivot = pivot.loc[pivot.sum(axis=1).sort_values().index]
     ax = pivot.plot.barh(stacked=True, figsize=(7, 4))
     ax.set_xlabel("minutes, summed over jobs (CPU time; wall time where no usage line)")
     ax.set_ylabel("")
-    ax.set_title("Default run: where the time goes")
+    ax.set_title(f"{title}: where the time goes")
     plt.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     plt.savefig(tmp, dpi=120)
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cores", type=int, default=2, help="cores the run had (for the bound)")
     ap.add_argument("--wall-s", type=float, help="measured wall time of the whole run, if known")
     ap.add_argument("--note", default="", help="a line about how the run was made")
+    ap.add_argument("--title", default="The default run", help="which run the project made")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
 
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text(args.out.with_suffix(".csv"), df.to_csv(index=False))
     lines = [
-        "# The default run: time per stage",
+        f"# {args.title}: time per stage",
         "",
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs. {len(df)} jobs measured."
         + (f" {args.note}" if args.note else ""),
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     write_text(args.out.with_suffix(".md"), "\n".join(lines))
-    figure(stages, args.out.with_suffix(".png"))
+    figure(stages, args.out.with_suffix(".png"), args.title)
     print("\n".join(lines))
     return 0
 

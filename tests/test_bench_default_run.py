@@ -49,7 +49,10 @@ def test_the_report_bounds_the_run_by_the_cost_not_the_samples(bench, tmp_path):
     assert "the jobs' cost: **2.0 min**" in md and "CPU time from each job's usage line" in md
     assert "cannot take less than **1.0 min**" in md
     assert "Snakemake's benchmark files count 0.5 CPU-min" in md
+    assert md.startswith("# The default run: time per stage")
     assert out.with_suffix(".png").stat().st_size > 0
+    bench.main(["--project", str(tmp_path), "--out", str(out), "--title", "The Gemma grid"])
+    assert out.with_suffix(".md").read_text().startswith("# The Gemma grid: time per stage")
 
 
 def test_snakemakes_own_cpu_is_reported_when_its_log_has_it(bench, tmp_path):
