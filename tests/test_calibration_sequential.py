@@ -168,6 +168,36 @@ def test_from_manifest_refuses_another_text_under_the_corpus_name():
         SequentialCalibrator.from_manifest(model, tok, other, device="cpu", progress=False)
 
 
+def test_a_sequential_method_replays_the_same_windows_and_refuses_the_same_faults(tmp_path):
+    """AdaSVD's and ResSVD's replay (`methods.sequential.replay_windows`) and
+    `from_manifest` cut their windows through one function, `cache.cached_windows`: they
+    had two copies of the corpus, fingerprint and prefix logic, one raising ConfigError."""
+    from svdzoo.calibration import calibrate
+    from svdzoo.calibration.cache import cached_windows
+    from svdzoo.errors import CacheError, ConfigError
+    from svdzoo.methods.sequential import replay_windows
+
+    tok = build_byte_tokenizer()
+    model = random_tiny("llama", layers=2)
+    cached = calibrate(
+        model, tok, corpus="pydoc", nsamples=3, seqlen=16, seed=5, device="cpu", progress=False
+    )
+    whole = cached_windows(cached.manifest, tok)
+    assert whole.shape == (3, 16)
+    assert torch.equal(replay_windows(cached.manifest, tok, {}), whole)
+    assert torch.equal(replay_windows(cached.manifest, tok, {"seq_nsamples": 2}), whole[:2])
+    with pytest.raises(ConfigError, match=r"seq_nsamples must be in \[1, 3\]"):
+        replay_windows(cached.manifest, tok, {"seq_nsamples": 4})
+    other = {**cached.manifest, "corpus_fingerprint": "0123456789abcdef"}
+    with pytest.raises(CacheError, match="0123456789abcdef"):
+        replay_windows(other, tok, {})
+    missing = str(tmp_path / "gone.txt")
+    with pytest.raises(CacheError, match="calibration_corpus=PATH"):
+        replay_windows(cached.manifest, tok, {"calibration_corpus": missing})
+    with pytest.raises(CacheError, match=r"lacks \['seed'\]"):
+        cached_windows({k: v for k, v in cached.manifest.items() if k != "seed"}, tok)
+
+
 def test_custom_accumulator_sees_every_batch(windows):
     """A caller-supplied accumulator (e.g. stack-of-batch averaging) receives the token rows."""
     from svdzoo.calibration.stats import CrossGramAccumulator

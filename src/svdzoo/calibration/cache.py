@@ -369,6 +369,51 @@ def check_window_prefix(manifest: Mapping[str, Any], config: Any, what: str) -> 
         )
 
 
+def cached_windows(
+    manifest: Mapping[str, Any],
+    tokenizer: Any,
+    *,
+    corpus: str | None = None,
+    hint: str = "",
+) -> torch.Tensor:
+    """The calibration windows a cache was computed on, cut again from its corpus (or
+    `corpus`, a path to the same text), its nsamples/seqlen/seed and its recorded prefix.
+
+    Replaying through the same model then gives back the cached statistics. A corpus whose
+    text is not the cache's (an edited file, another Python's `pydoc`) would give other
+    windows under the same name: refused by its fingerprint, before any forward pass.
+    `hint` ends the message when the corpus cannot be loaded."""
+    from svdzoo.data import calibration_windows, get_corpus
+    from svdzoo.errors import CorpusError
+
+    missing = [k for k in ("corpus", "nsamples", "seqlen", "seed") if manifest.get(k) is None]
+    if missing:
+        raise CacheError(f"the cache's manifest lacks {missing}: cannot replay its windows")
+    source = str(corpus or manifest["corpus"])
+    try:
+        text = get_corpus(source)
+    except CorpusError as exc:
+        raise CacheError(
+            f"cannot load calibration corpus {source!r} to replay the cache's windows ({exc})"
+            + (f"; {hint}" if hint else "")
+        ) from exc
+    fp = manifest.get("corpus_fingerprint")
+    if fp is not None and text.fingerprint != fp:
+        raise CacheError(
+            f"calibration corpus {source!r} is not the one the cache was computed on "
+            f"(fingerprint {text.fingerprint}, the cache's {fp})"
+        )
+    return calibration_windows(
+        tokenizer,
+        text,
+        int(manifest["nsamples"]),
+        int(manifest["seqlen"]),
+        int(manifest["seed"]),
+        # a cache made before windows had prefixes recorded none, and had none
+        prefix=manifest.get("window_prefix") or (),
+    )
+
+
 def check_expected(
     manifest: Mapping[str, Any], expect: Mapping[str, Any] | None, where: str
 ) -> None:

@@ -65,7 +65,7 @@ from svdzoo.calibration.store import (
     as_budget,
     to_host,
 )
-from svdzoo.errors import CacheError, SvdzooError
+from svdzoo.errors import SvdzooError
 from svdzoo.models import adapter_for, eval_mode, resolve_device
 
 log = logging.getLogger(__name__)
@@ -154,23 +154,9 @@ class SequentialCalibrator:
         A corpus whose text is not the cache's (an edited file, another Python's `pydoc`)
         would give other windows under the same name: refused by its fingerprint.
         """
-        from svdzoo.data import calibration_windows, get_corpus
+        from svdzoo.calibration.cache import cached_windows
 
-        corpus = get_corpus(manifest["corpus"])
-        fp = manifest.get("corpus_fingerprint")
-        if fp is not None and corpus.fingerprint != fp:
-            raise CacheError(
-                f"calibration corpus {manifest['corpus']!r} is not the one the cache was "
-                f"computed on (fingerprint {corpus.fingerprint}, the cache's {fp})"
-            )
-        windows = calibration_windows(
-            tokenizer,
-            corpus,
-            manifest["nsamples"],
-            manifest["seqlen"],
-            manifest["seed"],
-            prefix=manifest.get("window_prefix") or (),  # the cache's own windows
-        )
+        windows = cached_windows(manifest, tokenizer)
         kwargs.setdefault("batch_size", manifest.get("batch_size", 8))
         return cls(model, windows, **kwargs)
 

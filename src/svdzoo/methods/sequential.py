@@ -77,39 +77,19 @@ def int_option(opts: Mapping[str, Any], key: str, default: int, minimum: int) ->
 
 def replay_windows(manifest: Mapping[str, Any], tokenizer: Any, opts: Mapping[str, Any]):
     """The calibration windows the Gram cache was computed on (first `seq_nsamples`)."""
-    from svdzoo.data import calibration_windows, get_corpus
-    from svdzoo.errors import CorpusError
+    from svdzoo.calibration.cache import cached_windows
 
-    missing = [k for k in ("corpus", "nsamples", "seqlen", "seed") if manifest.get(k) is None]
-    if missing:
-        raise ConfigError(f"the Gram manifest lacks {missing}: cannot replay its calibration set")
-    source = opts.get("calibration_corpus") or manifest["corpus"]
-    try:
-        corpus = get_corpus(str(source))
-    except CorpusError as exc:
-        raise ConfigError(
-            f"cannot load calibration corpus {source!r} for the sequential pass ({exc}); "
-            "pass its path with the option calibration_corpus=PATH"
-        ) from exc
-    fp = manifest.get("corpus_fingerprint")
-    if fp is not None and corpus.fingerprint != fp:
-        raise ConfigError(
-            f"calibration corpus {source!r} is not the one the Gram cache was computed on "
-            f"(fingerprint {corpus.fingerprint} vs {fp})"
-        )
-    nsamples, seqlen, seed = (
-        int(manifest["nsamples"]),
-        int(manifest["seqlen"]),
-        int(manifest["seed"]),
+    windows = cached_windows(
+        manifest,
+        tokenizer,
+        corpus=opts.get("calibration_corpus"),
+        hint="pass its path with the option calibration_corpus=PATH",
     )
-    # the cache's own windows: a cache made before windows had prefixes recorded none
-    prefix = manifest.get("window_prefix") or ()
-    windows = calibration_windows(tokenizer, corpus, nsamples, seqlen, seed, prefix=prefix)
-    want = int_option(opts, "seq_nsamples", nsamples, 1)
-    if want > nsamples:
-        raise ConfigError(f"seq_nsamples must be in [1, {nsamples}], got {want}")
-    windows = windows[:want]
-    return windows
+    total = len(windows)
+    want = int_option(opts, "seq_nsamples", total, 1)
+    if want > total:
+        raise ConfigError(f"seq_nsamples must be in [1, {total}], got {want}")
+    return windows[:want]
 
 
 def stacked_accumulator(mini_bsz: int, seqlen: int) -> Callable[[int, torch.device], Any]:
