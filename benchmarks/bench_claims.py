@@ -13,6 +13,9 @@ does. This script reads the tidy CSVs that `bench_real_model.py` writes, one per
     python benchmarks/bench_claims.py --csv benchmarks/results/real-model.csv \
         --csv benchmarks/results/real-model-gemma3.csv
 
+`--methods` compares other methods the same way, e.g. each seed method's ablations (its
+parts alone) from a `gemma3-270m-ablations.yaml` run, to see which part carries a claim.
+
 Perplexity only: with 15 questions per task, the zero-shot means have a standard error of
 about 0.06, too coarse to rank methods that are close.
 """
@@ -42,13 +45,13 @@ BASE = "svd-llm"
 SEED = ("svd-llm-v2", "adasvd", "ressvd", "duo-svd", "duo-svd-independent")
 
 
-def against_base(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per model, seed method, ratio and corpus: its perplexity over SVD-LLM's."""
+def against_base(df: pd.DataFrame, methods: tuple[str, ...] = SEED) -> pd.DataFrame:
+    """One row per model, method, ratio and corpus: its perplexity over SVD-LLM's."""
     ppl = df[df.metric == "perplexity"].rename(columns={"dataset": "corpus", "value": "ppl"})
     ppl = ppl.assign(ratio=ppl.ratio.round(6))
     base = ppl[ppl.method == BASE][["model", "ratio", "corpus", "ppl"]]
     base = base.rename(columns={"ppl": "svd_llm_ppl"})
-    out = ppl[ppl.method.isin(SEED)].merge(base, on=["model", "ratio", "corpus"], how="inner")
+    out = ppl[ppl.method.isin(methods)].merge(base, on=["model", "ratio", "corpus"], how="inner")
     out["ratio_to_svd_llm"] = out.ppl / out.svd_llm_ppl
     cols = ["model", "method", "ratio", "corpus", "ppl", "svd_llm_ppl", "ratio_to_svd_llm"]
     return out[cols].sort_values(["method", "ratio", "model", "corpus"]).reset_index(drop=True)
@@ -71,16 +74,17 @@ def verdicts(claims: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def figure(claims: pd.DataFrame, out: Path) -> None:
+def figure(claims: pd.DataFrame, out: Path, methods: tuple[str, ...] = SEED) -> None:
     corpora = sorted(claims.corpus.unique())
-    fig, axes = plt.subplots(1, len(corpora), figsize=(6.5 * len(corpora), 3.6), squeeze=False)
+    height = 3.6 + 0.25 * max(0, len(methods) - len(SEED))
+    fig, axes = plt.subplots(1, len(corpora), figsize=(6.5 * len(corpora), height), squeeze=False)
     vmax = max(1.0, float(claims.ratio_to_svd_llm.map(math.log2).abs().max()))
     for ax, corpus in zip(axes[0], corpora, strict=True):
         sub = claims[claims.corpus == corpus]
         grid = sub.pivot_table(
             index="method", columns=["model", "ratio"], values="ratio_to_svd_llm"
         )
-        grid = grid.reindex([m for m in SEED if m in grid.index])
+        grid = grid.reindex([m for m in methods if m in grid.index])
         im = ax.imshow(grid.map(math.log2).to_numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax,
                        aspect="auto")  # fmt: skip
         for (i, j), v in np.ndenumerate(grid.to_numpy()):
@@ -107,21 +111,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", type=Path, action="append", required=True,
                     help="a bench_real_model.py CSV (repeatable, one per model)")  # fmt: skip
+    ap.add_argument("--methods", nargs="+", default=list(SEED),
+                    help=f"methods to compare with {BASE} (default: the seed papers')")  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS / "claims")
     args = ap.parse_args(argv)
     missing = [str(p) for p in args.csv if not p.is_file()]
     if missing:
         ap.error(f"no such CSV: {', '.join(missing)} (run bench_real_model.py first)")
     df = pd.concat([pd.read_csv(p) for p in args.csv], ignore_index=True)
-    claims = against_base(df)
+    methods = tuple(args.methods)
+    claims = against_base(df, methods)
     if claims.empty:
-        ap.error(f"no seed method has perplexities beside {BASE}'s in {args.csv}")
+        ap.error(f"none of {list(methods)} has perplexities beside {BASE}'s in {args.csv}")
     write_text(args.out.with_suffix(".csv"), claims.to_csv(index=False))
     table = verdicts(claims).reset_index()
     table["ratio"] = table["ratio"].map("{:.0%}".format)
     cmd = " ".join(["python benchmarks/bench_claims.py", *(sys.argv[1:] if argv is None else argv)])
     lines = [
-        "# The seed papers' claims against SVD-LLM, on every real model",
+        "# The seed papers' claims against SVD-LLM, on every real model"
+        if methods == SEED
+        else f"# {', '.join(methods)} against SVD-LLM",
         "",
         f"`{cmd}` ({platform.platform()}). Each cell is the method's perplexity over SVD-LLM's at"
         " the same ratio, model and corpus (below 1: the claim holds); `claim` counts the cells"
@@ -133,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     write_text(args.out.with_suffix(".md"), "\n".join(lines))
-    figure(claims, args.out.with_suffix(".png"))
+    figure(claims, args.out.with_suffix(".png"), methods)
     print("\n".join(lines))
     return 0
 

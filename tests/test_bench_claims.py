@@ -34,3 +34,24 @@ def test_claims_are_matched_per_model_ratio_and_corpus(bench) -> None:
     table = bench.verdicts(claims)
     assert table.loc[("adasvd", 0.4), "claim"] == "mixed (1 of 2)"
     assert table.loc[("adasvd", 0.4), "a x"] == "x0.50"
+
+
+def test_other_methods_are_compared_when_named(bench, tmp_path) -> None:
+    """`--methods` puts ablations (a seed method's parts alone) in the same table and
+    heatmap; only the named methods appear."""
+    csv = tmp_path / "m.csv"
+    pd.DataFrame(
+        rows(
+            "a",
+            {("svd-llm", 0.2, "x"): 10.0, ("adasvd-cr", 0.2, "x"): 7.5, ("adasvd", 0.2, "x"): 5.0},
+        ),  # fmt: skip
+        columns=["model", "method", "ratio", "metric", "dataset", "value"],
+    ).to_csv(csv, index=False)
+    out = tmp_path / "parts"
+    assert bench.main(["--csv", str(csv), "--methods", "adasvd-cr", "--out", str(out)]) == 0
+    got = pd.read_csv(out.with_suffix(".csv"))
+    assert got[["method", "ratio_to_svd_llm"]].values.tolist() == [["adasvd-cr", 0.75]]
+    assert out.with_suffix(".md").read_text().startswith("# adasvd-cr against SVD-LLM")
+    assert out.with_suffix(".png").stat().st_size > 0
+    with pytest.raises(SystemExit):  # nothing to compare: an error, not an empty table
+        bench.main(["--csv", str(csv), "--methods", "ressvd", "--out", str(out)])
