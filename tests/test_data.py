@@ -76,6 +76,35 @@ def test_gemma_windows_begin_with_bos_and_the_papers_families_with_nothing(tok):
     assert (ev[:, 0] == 2).all()
 
 
+# windows that feed no model: token statistics of the text, and a corpus-cache warm-up
+NO_MODEL_WINDOWS = {"benchmarks/bench_corpus_overlap.py", "benchmarks/bench_calibration.py"}
+
+
+def test_every_window_a_model_reads_is_cut_with_its_prefix():
+    """`prefix` defaults to none (the tests' byte-level models need none), so a new caller
+    that forgets it would feed a Gemma model windows without its BOS again, silently. Every
+    call in the package and the benchmarks names it, but those that feed no model."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = sorted((root / "src").rglob("*.py")) + sorted((root / "benchmarks").glob("*.py"))
+    calls, missing = 0, []
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", None))
+            if name not in ("calibration_windows", "evaluation_windows"):
+                continue
+            calls += 1
+            if rel not in NO_MODEL_WINDOWS and "prefix" not in {k.arg for k in node.keywords}:
+                missing.append(f"{rel}:{node.lineno}")
+    assert calls >= 10  # the scan sees the callers (6 in src, 5 in benchmarks today)
+    assert not missing, f"windows cut without prefix= (svdzoo.data.window_prefix): {missing}"
+
+
 def test_local_txt_and_jsonl(tmp_path, tok):
     docs = [" ".join([f"document number {i}"] * 5) for i in range(40)]
     txt = tmp_path / "c.txt"
