@@ -107,7 +107,7 @@ def _cpu_child(args: dict[str, Any], q: mp.Queue) -> None:
     if args["threads"]:
         torch.set_num_threads(args["threads"])
     model, tok, name = _reference_model(args["model"])
-    calibration_windows(tok, args["corpus"], 1, args["seqlen"], 0)  # warm the corpus cache
+    calibration_windows(tok, args["corpus"], 1, args["seqlen"], 0, prefix=())  # warm the cache
     import gc
 
     gc.collect()

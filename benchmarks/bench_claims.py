@@ -119,8 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         ap.error(f"no such CSV: {', '.join(missing)} (run bench_real_model.py first)")
     df = pd.concat([pd.read_csv(p) for p in args.csv], ignore_index=True)
-    methods = tuple(args.methods)
+    methods = tuple(dict.fromkeys(args.methods))
+    if BASE in methods:
+        ap.error(f"{BASE} is what every method is compared with; leave it out of --methods")
     claims = against_base(df, methods)
+    absent = [m for m in methods if m not in set(claims.method)]
+    if absent and methods != SEED:  # a mistyped name would quietly lose its row
+        ap.error(f"no perplexities beside {BASE}'s for {absent} in {[str(p) for p in args.csv]}")
     if claims.empty:
         ap.error(f"none of {list(methods)} has perplexities beside {BASE}'s in {args.csv}")
     write_text(args.out.with_suffix(".csv"), claims.to_csv(index=False))

@@ -95,7 +95,7 @@ def scored_prefix(corpus, tokenizer_dir: Path, seqlen: int, max_windows: int) ->
     from svdzoo.models import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
-    ids = evaluation_windows(tok, corpus, seqlen, max_windows=max_windows)
+    ids = evaluation_windows(tok, corpus, seqlen, max_windows=max_windows, prefix=())
     return tok.decode(ids.flatten().tolist())
 
 

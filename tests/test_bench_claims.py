@@ -53,5 +53,6 @@ def test_other_methods_are_compared_when_named(bench, tmp_path) -> None:
     assert got[["method", "ratio_to_svd_llm"]].values.tolist() == [["adasvd-cr", 0.75]]
     assert out.with_suffix(".md").read_text().startswith("# adasvd-cr against SVD-LLM")
     assert out.with_suffix(".png").stat().st_size > 0
-    with pytest.raises(SystemExit):  # nothing to compare: an error, not an empty table
-        bench.main(["--csv", str(csv), "--methods", "ressvd", "--out", str(out)])
+    for bad in (["ressvd"], ["adasvd", "adasvd-crr"], ["svd-llm"]):
+        with pytest.raises(SystemExit):  # absent, mistyped or the base itself: an error
+            bench.main(["--csv", str(csv), "--methods", *bad, "--out", str(out)])

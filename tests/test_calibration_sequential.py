@@ -186,12 +186,12 @@ def test_a_sequential_method_replays_the_same_windows_and_refuses_the_same_fault
     assert whole.shape == (3, 16)
     assert torch.equal(replay_windows(cached.manifest, tok, {}), whole)
     assert torch.equal(replay_windows(cached.manifest, tok, {"seq_nsamples": 2}), whole[:2])
-    with pytest.raises(ConfigError, match=r"seq_nsamples must be in \[1, 3\]"):
-        replay_windows(cached.manifest, tok, {"seq_nsamples": 4})
     other = {**cached.manifest, "corpus_fingerprint": "0123456789abcdef"}
     with pytest.raises(CacheError, match="0123456789abcdef"):
         replay_windows(other, tok, {})
     missing = str(tmp_path / "gone.txt")
+    with pytest.raises(ConfigError, match=r"seq_nsamples must be in \[1, 3\]"):  # before the corpus
+        replay_windows(cached.manifest, tok, {"seq_nsamples": 4, "calibration_corpus": missing})
     with pytest.raises(CacheError, match="calibration_corpus=PATH"):
         replay_windows(cached.manifest, tok, {"calibration_corpus": missing})
     with pytest.raises(CacheError, match=r"lacks \['seed'\]"):

@@ -79,17 +79,18 @@ def replay_windows(manifest: Mapping[str, Any], tokenizer: Any, opts: Mapping[st
     """The calibration windows the Gram cache was computed on (first `seq_nsamples`)."""
     from svdzoo.calibration.cache import cached_windows
 
+    total, want = manifest.get("nsamples"), None
+    if total is not None:  # checked before the corpus is cut (cached_windows refuses None)
+        want = int_option(opts, "seq_nsamples", int(total), 1)
+        if want > int(total):
+            raise ConfigError(f"seq_nsamples must be in [1, {total}], got {want}")
     windows = cached_windows(
         manifest,
         tokenizer,
         corpus=opts.get("calibration_corpus"),
         hint="pass its path with the option calibration_corpus=PATH",
     )
-    total = len(windows)
-    want = int_option(opts, "seq_nsamples", total, 1)
-    if want > total:
-        raise ConfigError(f"seq_nsamples must be in [1, {total}], got {want}")
-    return windows[:want]
+    return windows if want is None else windows[:want]
 
 
 def stacked_accumulator(mini_bsz: int, seqlen: int) -> Callable[[int, torch.device], Any]:
