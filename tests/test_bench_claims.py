@@ -56,3 +56,31 @@ def test_other_methods_are_compared_when_named(bench, tmp_path) -> None:
     for bad in (["ressvd"], ["adasvd", "adasvd-crr"], ["svd-llm"]):
         with pytest.raises(SystemExit):  # absent, mistyped or the base itself: an error
             bench.main(["--csv", str(csv), "--methods", *bad, "--out", str(out)])
+
+
+def test_one_collapsed_method_does_not_wash_out_the_colours(bench, tmp_path, monkeypatch) -> None:
+    """ASVD without its allocation is 1e7 x SVD-LLM's perplexity on Gemma: the colour scale
+    saturates at CLIP_LOG2, so 0.5 x and 2 x stay visibly blue and red."""
+    seen = {}
+
+    def imshow(self, data, **kw):
+        seen["vmax"] = kw["vmax"]
+        return real(self, data, **kw)
+
+    import matplotlib.axes
+
+    real = matplotlib.axes.Axes.imshow
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", imshow)
+    claims = pd.DataFrame(
+        {
+            "model": "a",
+            "method": ["adasvd", "asvd-uniform"],
+            "ratio": 0.2,
+            "corpus": "x",
+            "ratio_to_svd_llm": [0.5, 1e7],
+        }  # fmt: skip
+    )
+    bench.figure(claims, tmp_path / "c", ("adasvd", "asvd-uniform"))
+    assert seen["vmax"] == bench.CLIP_LOG2
+    bench.figure(claims.iloc[:1], tmp_path / "d", ("adasvd",))
+    assert seen["vmax"] == 1.0  # a small spread keeps its own scale (at least 2 x)
