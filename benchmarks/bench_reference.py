@@ -47,8 +47,8 @@ def measure(path: Path, seqlen: int, ratio: float, batch_size: int) -> list[dict
     zero_targets(variants["zeroed"])
     compress(variants["svd"], "svd", ratio)
     rows = []
+    prefix = window_prefix(variants["dense"].config)  # as `svdzoo evaluate` does
     for corpus in CORPORA:
-        prefix = window_prefix(variants["dense"].config)  # as `svdzoo evaluate` does
         windows = evaluation_windows(tok, corpus, seqlen, prefix=prefix)
         ppl = {k: perplexity(m, windows, batch_size=batch_size) for k, m in variants.items()}
         rows.append(

@@ -44,7 +44,7 @@ def test_other_methods_are_compared_when_named(bench, tmp_path) -> None:
         rows(
             "a",
             {("svd-llm", 0.2, "x"): 10.0, ("adasvd-cr", 0.2, "x"): 7.5, ("adasvd", 0.2, "x"): 5.0},
-        ),  # fmt: skip
+        ),
         columns=["model", "method", "ratio", "metric", "dataset", "value"],
     ).to_csv(csv, index=False)
     out = tmp_path / "parts"
@@ -78,7 +78,7 @@ def test_one_collapsed_method_does_not_wash_out_the_colours(bench, tmp_path, mon
             "ratio": 0.2,
             "corpus": "x",
             "ratio_to_svd_llm": [0.5, 1e7],
-        }  # fmt: skip
+        }
     )
     bench.figure(claims, tmp_path / "c", ("adasvd", "asvd-uniform"))
     assert seen["vmax"] == bench.CLIP_LOG2

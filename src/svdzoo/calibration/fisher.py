@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 
 from svdzoo.calibration.cache import model_manifest, save_stats
 from svdzoo.calibration.capture import module_device
-from svdzoo.data import window_prefix
 from svdzoo.errors import ModelError
 from svdzoo.io import check_output
 from svdzoo.models import adapter_for, eval_mode, resolve_device
@@ -108,7 +107,6 @@ def fisher_manifest(
         model_id=model_id, batch_size=batch_size,
         targets=[full for full, *_ in adapter_for(model).iter_targets(model)],
         batches=-(-nsamples // batch_size),
-        tokens=nsamples * (seqlen + len(window_prefix(model.config))),
         reduction="row = sum_batches sum_j (dL/dW_ij)^2; col = sum_batches sum_i (dL/dW_ij)^2",
     )  # fmt: skip
 
@@ -144,7 +142,7 @@ def calibrate_fisher(
     for full, (row, col) in info.items():
         tensors[f"{full}.row"] = row
         tensors[f"{full}.col"] = col
-    manifest["tensors"] = list(tensors)
+    manifest.update(tokens=windows.numel(), tensors=list(tensors))  # as the Gram's
     return FisherStats(manifest, tensors.__getitem__)
 
 
