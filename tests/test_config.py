@@ -296,6 +296,25 @@ def test_execution_flags_reach_the_command_and_the_command_line_wins(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "value, match",
+    [
+        ("[cpu, --force]", "takes one value, not a list"),
+        ('"--force"', "would be read as a flag"),
+    ],
+)
+def test_an_execution_value_cannot_smuggle_in_a_flag(tmp_path, value, match):
+    """`svdzoo --execution FILE compress` alone: `device: [cpu, --force]` became the words
+    `--device cpu --force`, and the user's directory at --out was replaced without their
+    asking for --force. Each value is checked against its flag, as validate-params does."""
+    f = tmp_path / "p.yaml"
+    f.write_text(f"execution:\n  compress:\n    device: {value}\n")
+    with pytest.raises(ConfigError, match=f"execution.compress.device: .*{match}"):
+        C.execution_flags(f, "compress")
+    f.write_text("execution:\n  compress:\n    device: cpu\n")
+    assert C.execution_flags(f, "compress") == ["--device", "cpu"]
+
+
+@pytest.mark.parametrize(
     "body,match",
     [
         ("execution: [1, 2]\n", "`execution` must map commands"),

@@ -270,6 +270,60 @@ def test_killed_writer_leaves_nothing_after_the_next_write(tmp_path, caplog):
     assert "stale temporary" in logged and stale[0] in logged
 
 
+@pytest.mark.parametrize("name", [".out.previous.tmp", ".out.old_copy.tmp", ".out.1.previous.tmp"])
+def test_a_user_folder_named_like_a_temporary_is_not_swept(tmp_path, name):
+    """The sweep matched any 8 characters where svdzoo writes `<pid>.<8 hex>`, and deleted
+    a user's `.out.previous.tmp` beside `--out out` without --force."""
+    mine = tmp_path / name
+    mine.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    with atomic_dir(tmp_path / "out", "thing") as tmp:
+        (tmp / "data").write_text("new")
+    assert (mine / "keep.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("spelling", [".", ""])
+def test_a_cache_named_as_the_working_directory_is_read(tmp_path, monkeypatch, spelling):
+    """`--stats .` from inside a cache: the reader put its lock-file check beside a path
+    with no name and crashed (`PosixPath('.') has an empty name`)."""
+    write_cache(tmp_path / "gram", base_manifest("gram", tag=7), {"x": torch.full((4,), 7)})
+    monkeypatch.chdir(tmp_path / "gram")
+    st = load_stats(spelling)
+    assert st.manifest["tag"] == 7 and int(st.tensor("x")[0]) == 7
+
+
+def test_a_symlinked_output_directory_is_refused_before_anything_is_written(tmp_path):
+    """`--out clink` with `clink -> big/c_real`: the swap replaced the link with a new
+    directory on the link's file system, and the output the link pointed to stayed, stale."""
+    from svdzoo.errors import OutputError
+    from svdzoo.io import check_output
+
+    real = tmp_path / "big" / "real"
+    with atomic_dir(real, "thing") as tmp:
+        (tmp / "data").write_text("old")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    with pytest.raises(OutputError, match="symbolic link"):
+        check_output(link, "thing")
+    with pytest.raises(OutputError, match="symbolic link"), atomic_dir(link, "thing") as tmp:
+        (tmp / "data").write_text("new")
+    assert link.is_symlink() and (real / "data").read_text() == "old"
+    assert leftovers(tmp_path, "link") == []
+
+
+def test_a_symlinked_output_file_is_replaced_not_written_through(tmp_path):
+    """A single file's link (as DVC's symlink cache makes them) is replaced by the new file;
+    the file it pointed to is never changed."""
+    cached = tmp_path / "cache" / "ab12"
+    cached.parent.mkdir()
+    cached.write_text('{"old": 1}')
+    link = tmp_path / "ppl.json"
+    link.symlink_to(cached)
+    write_json(link, {"new": 2})
+    assert not link.is_symlink() and json.loads(link.read_text()) == {"new": 2}
+    assert cached.read_text() == '{"old": 1}'
+
+
 # ---------------------------------------------------------------- 3. concurrent writers
 
 ROUNDS = 60

@@ -444,6 +444,14 @@ def command_options(command: str) -> frozenset[str]:
     return frozenset(_command_actions(command))
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def check_flag_value(command: str, key: str, value: Any) -> str | None:
     """Why `--key value` (as `cli_flags` writes it) would not parse in `svdzoo COMMAND`,
     else None: the key's type and choices are checked, and a `dtype` named, here rather
@@ -457,6 +465,8 @@ def check_flag_value(command: str, key: str, value: Any) -> str | None:
     if isinstance(value, (list, tuple)) and action.nargs not in ("+", "*"):
         return f"--{key} takes one value, not a list"
     for item in items:
+        if str(item).startswith("-") and not _is_number(str(item)):
+            return f"{item!r} would be read as a flag of its own, not as the value of --{key}"
         try:
             parsed = action.type(str(item)) if callable(action.type) else str(item)
         except (ValueError, TypeError, ArgumentTypeError):
@@ -536,8 +546,9 @@ def check_execution(command: str, values: Mapping[str, Any], where: str) -> None
 def execution_flags(params_file: str | Path, command: str) -> list[str]:
     """`execution.<command>` of a params file as CLI flags (`svdzoo --execution FILE`).
 
-    Read with plain YAML and checked against `EXEC_ONLY` only: the file was validated as a
-    whole before the workflow started, and a job must not depend on anything else in it."""
+    Read with plain YAML and checked against `EXEC_ONLY` and each flag's own type only: the
+    file was validated as a whole before the workflow started, and a job must not depend on
+    anything else in it."""
     path = Path(params_file)
     try:
         data = read_params(path)
@@ -558,7 +569,12 @@ def execution_flags(params_file: str | Path, command: str) -> list[str]:
             f"--execution {path}: execution.{command} must map flags to values "
             f"(e.g. `device: cpu`), got {values!r}"
         )
-    check_execution(command, values, where=f"{path}: execution.{command}")
+    where = f"{path}: execution.{command}"
+    check_execution(command, values, where=where)
+    for key, value in values.items():  # `device: [cpu, --force]` became two words: --force
+        why = check_flag_value(command, key, value)
+        if why:
+            raise ConfigError(f"{where}.{key}: {why}")
     return cli_flags(values)
 
 

@@ -15,7 +15,8 @@ is ever replaced, and a crash leaves nothing that the next write does not clean 
   (`--force`) replaces it. Never replaced, even with `force`: an input given in `protect`
   (or a directory holding one, or a path inside one) and the current directory or one of
   its parents. An empty
-  directory holds nothing to lose and is replaced.
+  directory holds nothing to lose and is replaced. A symbolic link as the target is refused:
+  the swap would replace the link itself and leave the output it points to stale.
 - **Checked before compute.** `check_output` runs the same checks without writing, so a
   command fails in a second rather than after hours of compression; `atomic_dir` runs them
   again when it starts and, under the lock, at the moment it replaces the target.
@@ -35,7 +36,9 @@ is ever replaced, and a crash leaves nothing that the next write does not clean 
 - **A full disk is one line**: ENOSPC / EDQUOT while writing becomes `OutputError` naming the
   target; the partial write is removed.
 
-Single files (`atomic_path`, `write_json`) are written to a temporary sibling and renamed.
+Single files (`atomic_path`, `write_json`) are written to a temporary sibling and renamed;
+a symbolic link at the path is replaced by the file, never written through (a DVC cache
+linked in with `cache.type: symlink` is never changed).
 `check_file_output` refuses, before compute, a file at the path that its `ours` does not
 recognise as an earlier output of the same kind (`json_with`, `text_starting`), unless
 `force`. Neither check creates a missing directory: the write does.
@@ -285,6 +288,12 @@ def _preflight(
     `create=False` (a check before compute) creates no missing parent, so a command
     refused later leaves no empty directories behind."""
     path = Path(path)
+    if path.is_symlink():  # the swap would replace the link and leave its target stale
+        raise OutputError(
+            f"{path} is a symbolic link (to {os.readlink(path)}); an output directory is "
+            "replaced as a whole, which would replace the link, not what it points to. "
+            "Give the target's own path"
+        )
     _refuse_protected(path, protect)
     _check_existing(path, kind, force)
     (_ensure_parent if create else _check_parent)(path)
@@ -385,8 +394,10 @@ def _target_lock(path: Path) -> Iterator[None]:
 
 
 def _temp_pattern(path: Path) -> re.Pattern[str]:
-    # ours: .NAME.<pid>.<8 hex>.tmp; before locking existed: .NAME.<8 mkdtemp chars>.tmp
-    return re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)\.)?[a-z0-9_]{{8}}\.tmp")
+    # exactly what `_new_temp` names (.NAME.<pid>.<8 hex>.tmp), nothing looser: a sweep
+    # deletes what matches, and `.NAME.previous.tmp` was a user's folder (the form written
+    # before locking existed, 8 mkdtemp characters, is no longer swept)
+    return re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp")
 
 
 def _try_lock_dir(tmp: Path) -> int | None:
@@ -428,9 +439,8 @@ def _sweep(path: Path) -> None:
         except FileNotFoundError:
             continue
         if fd is None:
-            pid = f"pid {m.group(1)}" if m.group(1) else "another process"
             raise OutputError(
-                f"{path} is being written by another process ({pid}, temporary {tmp}); "
+                f"{path} is being written by another process (pid {m.group(1)}, temporary {tmp}); "
                 "wait for it to finish, or write somewhere else"
             )
         try:

@@ -272,12 +272,13 @@ def _pinned(path: str | os.PathLike[str], read):
     before its files are open, `read` raises `_Replaced` and the new one is read.
     """
     path = Path(path)
-    lock = path.with_name(f".{path.name}.lock")
+    named = Path(os.path.abspath(path))  # `.` and `..` have no name to put a lock beside
+    lock = named.with_name(f".{named.name}.lock") if named.name else None
     for attempt in range(100):
         try:
             dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
-            if attempt < 50 and lock.exists():  # a writer is moving it in (non-Linux)
+            if attempt < 50 and lock is not None and lock.exists():  # a writer is moving it in
                 time.sleep(0.01)
                 continue
             raise CacheError(
