@@ -9,9 +9,9 @@
 #   bash benchmarks/run_duo_accept.sh PROJECT OUTDIR "0.05 0.10 0.20 1.0" "0.80"
 #
 # A model already scored in OUTDIR is reused (rerun after a stop). Two jobs at a time, one
-# thread each. Writes OUTDIR/duo-accept.csv and prints it.
+# thread each. Writes OUTDIR/duo-accept.{csv,md,png} (bench_duo_accept.py) and prints the table.
 set -euo pipefail
-PROJECT=$(cd "$1" && pwd); OUT=$(mkdir -p "$2" && cd "$2" && pwd)
+HERE=$(cd "$(dirname "$0")" && pwd); PROJECT=$(cd "$1" && pwd); OUT=$(mkdir -p "$2" && cd "$2" && pwd)
 ACCEPTS=${3:-"0.01 0.05 0.10 0.20 1.0"}; RATIOS=${4:-"0.40 0.60 0.80"}
 cd "$PROJECT"
 if [ -f .venv/bin/activate ]; then source .venv/bin/activate; fi
@@ -33,17 +33,4 @@ one() {  # accept ratio
 export -f one
 for r in $RATIOS; do for a in $ACCEPTS; do echo "$a $r"; done; done |
   xargs -n 2 -P 2 bash -c 'one "$@"' _ || { echo "a job failed: see $OUT/*.log" >&2; exit 1; }
-python - "$OUT" <<'PY'
-import json, sys
-from pathlib import Path
-out = Path(sys.argv[1]); rows = ["accept,ratio,pydoc,pysource,splits,achieved"]
-for f in sorted(out.glob("duo-svd-a*-r*.ppl.json")):
-    d = out / f.name.removesuffix(".ppl.json")
-    p = json.loads(f.read_text())["perplexity"]
-    m = json.loads((d / "manifest.json").read_text())
-    splits = sum(1 for x in m["modules"].values() if x.get("kept_columns"))
-    a, r = d.name.removeprefix("duo-svd-a").split("-r")
-    rows.append(f"{a},{r},{p['pydoc']:.4f},{p['pysource']:.4f},{splits},{m['achieved_ratio']:.4f}")
-(out / "duo-accept.csv").write_text("\n".join(rows) + "\n")
-print("\n".join(rows))
-PY
+python "$HERE/bench_duo_accept.py" --dir "$OUT" --out "$OUT/duo-accept"
