@@ -332,6 +332,27 @@ def test_an_execution_section_of_the_wrong_shape_is_one_error(tmp_path, body, ma
         C.execution_flags(f, "calibrate")
 
 
+def test_a_llama_reference_with_an_odd_head_size_is_refused(default):
+    """hidden 6 / heads 2: validate-params passed it, and training crashed inside
+    transformers' rotary embedding (`size of tensor a (3) must match ... (4)`)."""
+    bad = copy.deepcopy(default)
+    ref = next(k for k, v in bad["models"].items() if v["source"] == "reference")
+    bad["models"][ref].update(family="llama")
+    bad["models"][ref]["options"] = {"hidden": 6, "heads": 2, "kv-heads": 1}
+    _fails(bad, f"models.{ref}.options", "must be even")
+    bad["models"][ref]["options"] = {"hidden": 8, "heads": 2, "kv-heads": 1}
+    C.validate_params(bad, SCHEMA)
+
+
+@pytest.mark.parametrize("section", ["calibration", "evaluation"])
+def test_a_seqlen_a_reference_model_cannot_take_is_refused(default, section):
+    """Found by `svdzoo calibrate` only after the model was trained."""
+    bad = copy.deepcopy(default)
+    ref = next(k for k, v in bad["models"].items() if v["source"] == "reference")
+    bad[section]["seqlen"] = 4096
+    _fails(bad, f"{section}.seqlen 4096", f"{ref!r} takes")
+
+
 def test_reference_option_typo_is_refused(default):
     bad = copy.deepcopy(default)
     ref = next(k for k, v in bad["models"].items() if v["source"] == "reference")

@@ -754,6 +754,19 @@ def test_an_edited_or_damaged_compressed_manifest_is_one_line_before_evaluating(
     assert not out.exists()
 
 
+def test_metrics_name_the_compressed_model_they_measured(two_compressed, tmp_path, capsys):
+    """So the report can refuse metrics of an earlier compression at the same path."""
+    from svdzoo.compression import MANIFEST
+
+    a, _ = two_compressed
+    out = tmp_path / "p.json"
+    rc, _ = svdzoo(capsys, "evaluate", "--model", a, "--corpora", "pydoc", "--seqlen", "16",
+                   "--max-windows", "1", "--device", "cpu", "--ppl-out", out)  # fmt: skip
+    assert rc == 0
+    sha = json.loads((a / MANIFEST).read_text())["manifest_sha256"]
+    assert json.loads(out.read_text())["compressed_manifest_sha256"] == sha
+
+
 # ---------------------------------------------------------------- 5. non-finite numbers
 
 

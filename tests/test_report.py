@@ -697,3 +697,76 @@ def test_an_edited_sealed_compressed_manifest_is_refused(tmp_path: Path, capsys)
     rc = main([*argv, "--out", str(tmp_path / "edited")])
     err = capsys.readouterr().err
     assert rc == 2 and "edited after it was written" in err and "Traceback" not in err
+
+
+def test_an_edited_manifest_is_refused_without_figures_too(tmp_path: Path, capsys) -> None:
+    """With --no-figures the tables read the manifest unsealed: an edited achieved_ratio
+    went into them."""
+    from svdzoo.calibration.cache import seal
+
+    results = make_tree(tmp_path)
+    path = Layout(results.parent).compressed_manifest(MODELS[0], "svd-llm", 0.4)
+    manifest = seal(json.loads(path.read_text()))
+    path.write_text(json.dumps({**manifest, "achieved_ratio": 0.9}))
+    argv = ["report", "--results", str(results), "--no-figures", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "edited after it was written" in capsys.readouterr().err
+
+
+def test_metrics_of_an_earlier_compression_are_refused(tmp_path: Path) -> None:
+    """Compressed again, not evaluated again: the old perplexity sat beside the new
+    manifest's ratios. Each metric file names the manifest it measured."""
+    from svdzoo.calibration.cache import seal
+
+    results = make_tree(tmp_path)
+    layout = Layout(results.parent)
+    path = layout.compressed_manifest(MODELS[0], "svd-llm", 0.4)
+    old = seal(json.loads(path.read_text()))
+    path.write_text(json.dumps(old))
+    ppl = layout.ppl(MODELS[0], "svd-llm", 0.4)
+    obj = json.loads(ppl.read_text())
+    ppl.write_text(json.dumps({**obj, "compressed_manifest_sha256": old["manifest_sha256"]}))
+    collect(results)  # measured on the model that is there
+    path.write_text(json.dumps(seal({**old, "compression_time_s": 99.0})))  # compressed again
+    with pytest.raises(MetricsError, match="earlier compressed model"):
+        collect(results)
+
+
+@pytest.mark.parametrize(
+    "kind, change",
+    [
+        ("ppl", {"seqlen": 64}),
+        ("ppl", {"n_windows": {"wikitext2": 2, "pydoc": 4}}),
+        ("zeroshot", {"n_samples": {"arc_easy": 4}}),
+    ],
+)
+def test_runs_evaluated_differently_are_not_compared(tmp_path: Path, kind, change) -> None:
+    """One method scored on other windows or other tasks was bolded against the rest."""
+    results = make_tree(tmp_path)
+    layout = Layout(results.parent)
+    if kind == "zeroshot":  # every run first records its tasks' sample counts
+        for method, ratio in RUNS:
+            f = layout.zeroshot(MODELS[0], method, ratio)
+            f.write_text(json.dumps({**json.loads(f.read_text()), "n_samples": {"arc_easy": 8}}))
+    collect(results)
+    f = getattr(layout, kind)(MODELS[0], "svd", 0.4)
+    f.write_text(json.dumps({**json.loads(f.read_text()), **change}))
+    with pytest.raises(MetricsError, match="evaluated differently"):
+        collect(results)
+
+
+def test_a_metric_file_of_another_model_is_named(tmp_path: Path, caplog) -> None:
+    results = make_tree(tmp_path)
+    f = Layout(results.parent).ppl(MODELS[0], "dense", 0.0)
+    f.write_text(json.dumps({**json.loads(f.read_text()), "model": "other"}))
+    with caplog.at_level(logging.WARNING):
+        collect(results)
+    assert "says model='other'" in caplog.text
+
+
+def test_a_corpus_given_by_path_stays_inside_the_plots_folder(tmp_path: Path) -> None:
+    from svdzoo.report.summary import plot_file
+
+    f = plot_file(tmp_path / "out", "tiny", "ppl-../../../corpus.txt")
+    assert f.parent == tmp_path / "out" / "plots" / "tiny" and "/" not in f.name
+    assert plot_file(tmp_path, "m", "ppl-pydoc").name == "ppl-pydoc.csv"

@@ -342,9 +342,16 @@ def _check_reference_options(p: Mapping[str, Any]) -> None:
             continue
         fixed = {k: spec[k] for k in ("family", "corpus", "steps", "seed")}
         try:
-            train_config(fixed, spec.get("options") or {})
+            cfg = train_config(fixed, spec.get("options") or {})
         except ConfigError as exc:
             raise ConfigError(f"models.{key}.options: {exc}") from None
+        for section in ("calibration", "evaluation"):  # else found once the model is trained
+            seqlen = (p.get(section) or {}).get("seqlen")
+            if isinstance(seqlen, int) and seqlen > cfg.max_positions:
+                raise ConfigError(
+                    f"{section}.seqlen {seqlen} is longer than reference model {key!r} takes "
+                    f"({cfg.max_positions} positions: 2048, or its options.seqlen if longer)"
+                )
 
 
 def _check_unambiguous_names(p: Mapping[str, Any]) -> None:

@@ -39,7 +39,7 @@ def build_config(cfg: TrainConfig, vocab_size: int, pad_id: int, eos_id: int):
             num_hidden_layers=cfg.layers,
             num_attention_heads=cfg.heads,
             num_key_value_heads=cfg.kv_heads,  # grouped-query attention
-            max_position_embeddings=max(2048, cfg.seqlen),
+            max_position_embeddings=cfg.max_positions,
             tie_word_embeddings=True,
             initializer_range=cfg.init_std,
             pad_token_id=pad_id,
@@ -54,7 +54,7 @@ def build_config(cfg: TrainConfig, vocab_size: int, pad_id: int, eos_id: int):
         ffn_dim=cfg.ffn,
         num_hidden_layers=cfg.layers,
         num_attention_heads=cfg.heads,
-        max_position_embeddings=max(2048, cfg.seqlen),
+        max_position_embeddings=cfg.max_positions,
         word_embed_proj_dim=cfg.hidden,
         do_layer_norm_before=True,
         enable_bias=True,

@@ -34,6 +34,11 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
 
+    @property
+    def max_positions(self) -> int:
+        """The longest window the trained model takes (its `max_position_embeddings`)."""
+        return max(2048, self.seqlen)
+
     def validate(self) -> None:
         if self.family not in REFERENCE_FAMILIES:
             raise ConfigError(
@@ -44,6 +49,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.hidden % self.heads or self.heads % self.kv_heads:
             raise ConfigError("hidden must be divisible by heads, and heads by kv_heads")
+        if self.family == "llama" and (self.hidden // self.heads) % 2:
+            raise ConfigError(  # rotary embeddings rotate pairs of a head's dimensions
+                f"a llama head's size hidden/heads must be even for its rotary position "
+                f"embeddings, got {self.hidden}/{self.heads} = {self.hidden // self.heads}"
+            )
         if self.steps < 1 or self.batch < 1 or self.seqlen < 8:
             raise ConfigError("steps and batch must be positive and seqlen at least 8")
         if not (math.isfinite(self.lr) and self.lr > 0):

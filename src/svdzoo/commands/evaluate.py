@@ -152,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         "ratio": args.ratio if args.ratio is not None else (manifest["ratio"] if manifest else 0.0),
     }
     made_with = {"software": software()}  # in every metrics file, beside its labels
+    if manifest is not None:  # which compression was measured: the report refuses metrics
+        made_with["compressed_manifest_sha256"] = manifest.get("manifest_sha256")  # of another
     device = resolve_device(args.device)
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
     config = load_config(args.model)  # windows past the position range fail before loading

@@ -188,7 +188,7 @@ def _num(x) -> float:
 
 
 def _check_labels(obj: dict, run: Run, path: Path) -> None:
-    for key, want in (("method", run.method), ("ratio", run.ratio)):
+    for key, want in (("model", run.model), ("method", run.method), ("ratio", run.ratio)):
         got = obj.get(key)
         if got is None:
             continue
@@ -196,6 +196,38 @@ def _check_labels(obj: dict, run: Run, path: Path) -> None:
         if not same:
             log.warning(
                 "%s says %s=%r but sits at %s=%r; using the path", path, key, got, key, want
+            )
+
+
+def _check_measured(obj: dict, manifest: dict | None, path: Path, where: Path | None) -> None:
+    """A metric file measured on another compressed model than the one now at its run's
+    path (compressed again, not evaluated again) is refused: its numbers would sit beside
+    the new manifest's ratios. Files from before evaluate recorded this are read as they are."""
+    measured = obj.get("compressed_manifest_sha256")
+    now = (manifest or {}).get("manifest_sha256")
+    if measured and now and measured != now:
+        raise MetricsError(
+            f"{path} was measured on an earlier compressed model than the one at {where.parent} "
+            f"(manifest_sha256 {measured[:12]}, now {now[:12]}); re-run `svdzoo evaluate` on it"
+        )
+
+
+# what must agree among one model's runs for their numbers to be compared: perplexity's
+# windows, and the zero-shot tasks with their sample counts (a mean over other tasks)
+_SETTINGS = {"ppl": ("seqlen", "n_windows", "window_prefix"), "zeroshot": ("n_samples",)}
+
+
+def _check_settings(seen: dict, kind: str, obj: dict, path: Path) -> None:
+    for key in _SETTINGS.get(kind, ()):
+        if key not in obj:
+            continue
+        first = seen.setdefault((kind, key), (path, obj[key]))
+        if first[1] != obj[key]:
+            raise MetricsError(
+                f"{path} and {first[0]} were evaluated differently ({key}: "
+                f"{json.dumps(obj[key])[:80]} vs {json.dumps(first[1])[:80]}), so their "
+                "numbers cannot be compared; re-run `svdzoo evaluate` on one with the other's "
+                "settings"
             )
 
 
@@ -309,19 +341,25 @@ def collect(
             raise MetricsError(msg)
         log.warning("%s", msg)
     rows = []
+    settings: dict[str, dict[tuple[str, str], tuple[Path, object]]] = {}
     for (model, method, ratio), run in sorted(runs.items()):
         seen_time = False
         manifest, manifest_path = None, run.manifest
+        current = _sealed(run.manifest) if run.manifest is not None else None
+        if current is not None:
+            _check_labels({k: current.get(k) for k in ("method", "ratio")}, run, run.manifest)
         for kind, path in sorted(run.files.items()):
             obj = _read(path)
             _check_labels(obj, run, path)
+            _check_measured(obj, current, path, run.manifest)
+            _check_settings(settings.setdefault(model, {}), kind, obj, path)
             if kind == "efficiency" and isinstance(obj.get("manifest"), dict):
                 manifest, manifest_path = obj["manifest"], path  # the model may be deleted
             for metric, dataset, value, stderr in _READERS[kind](obj, path):
                 seen_time |= metric == "compression_time_s"
                 rows.append((model, method, ratio, metric, dataset, value, stderr))
-        if run.manifest is not None:
-            manifest, manifest_path = _read(run.manifest), run.manifest
+        if current is not None:
+            manifest, manifest_path = current, run.manifest
         if manifest is not None:
             for metric, dataset, value, stderr in _rows_manifest(manifest, manifest_path):
                 if metric == "compression_time_s" and seen_time:

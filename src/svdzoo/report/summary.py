@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,10 @@ def plot_metrics(corpora: Iterable[str], has_tasks: bool) -> list[str]:
 
 
 def plot_file(results: str | Path, model: str, metric: str) -> Path:
-    return Path(results) / PLOTS / model / f"{metric}.csv"
+    """`plots/<model>/<metric>.csv`, the metric made a file name: a corpus given by path
+    (`ppl-../../corpus.txt`) wrote outside the report's folder."""
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", metric).lstrip(".")
+    return Path(results) / PLOTS / model / f"{name}.csv"
 
 
 def _headline(tidy: pd.DataFrame) -> pd.DataFrame:
