@@ -72,8 +72,9 @@ class CapturedGrams:
         model = load_model(model_dir)
         adapter = adapter_for(model)
         windows = calibration_windows(
-            load_tokenizer(model_dir), corpus, nsamples, seqlen, seed, window_prefix(model.config)
-        )
+            load_tokenizer(model_dir), corpus, nsamples, seqlen, seed,
+            prefix=window_prefix(model.config),
+        )  # fmt: skip
         self.grams: dict[tuple[int, str], torch.Tensor] = {}
         hooks = []
         for i, layer in enumerate(adapter.layers(model)):
