@@ -69,4 +69,20 @@ onsuccess:
 
     # only what this run's DAG holds: Snakemake made or checked it against the current
     # params; an output outside it may be from other params and is left to `dvc repro`
-    commit_outputs(PARAMS_FILE, produced=[str(f) for job in workflow.dag.jobs for f in job.output])
+    outputs = [f for job in workflow.dag.jobs for f in job.output]
+
+    def endtime(f):  # of the job that made `f` (None without a record)
+        from snakemake.io import IOFile
+
+        try:  # keyed by path, as Snakemake's own `--cleanup-metadata` reads it
+            return getattr(workflow.persistence.metadata(IOFile(str(f))), "endtime", None)
+        except (AttributeError, KeyError):  # a Snakemake without this API: no check
+            return None
+
+    from svdzoo.dvc_track import rewritten_after_snakemake
+
+    commit_outputs(
+        PARAMS_FILE,
+        produced=[str(f) for f in outputs],
+        rewritten=rewritten_after_snakemake((str(f), endtime(f)) for f in outputs),
+    )

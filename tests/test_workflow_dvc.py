@@ -106,6 +106,33 @@ def test_snakemake_outputs_are_dvc_tracked(micro_run, tmp_path):
     assert not re.search(r"^tasks:", out, re.M), out  # what the run made is committed
 
 
+def test_outputs_dvc_rewrote_are_not_committed_as_current_by_snakemake(micro_run, tmp_path):
+    """`dvc exp run -S evaluation.max-windows=3` rewrites the evaluations; with the params
+    put back, Snakemake (which knows nothing of that) still takes its own earlier results
+    as current. Its commit recorded the 3-window files as current for the 4-window params,
+    and then neither engine reran anything. Now those stages are left stale for `dvc
+    repro`, with a warning, and `dvc repro` puts the right files back."""
+    ws = tmp_path / "rewritten"
+    shutil.copytree(micro_run, ws, symlinks=True)
+    run(ws, str(BIN / "svdzoo"), "render-dvc")
+    git, dvc = init_dvc_repo(ws)
+    assert "dvc: committed" in smk(ws, "--forcerun", "report")
+    run(ws, git, "add", "-A")
+    run(ws, git, "commit", "-q", "-m", "snakemake run")
+    ran = stages_run(run(ws, dvc, "exp", "run", "-S", "evaluation.max-windows=3"))
+    assert "evaluate@tiny-svd-0.40" in ran, sorted(ran)
+    ppl = ws / "results/metrics/tiny/svd/r0.40/ppl.json"
+    assert json.loads(ppl.read_text())["n_windows"] == {"pydoc": 3}
+    run(ws, git, "checkout", "--", "params.yaml")  # back to 4 windows
+    out = smk(ws, "--forcerun", "report")
+    assert "changed after Snakemake made it" in out, out[-3000:]
+    status = run(ws, dvc, "status")
+    assert "evaluate@tiny-svd-0.40" in status, status
+    run(ws, dvc, "repro")
+    assert json.loads(ppl.read_text())["n_windows"] == {"pydoc": 4}
+    assert "up to date" in run(ws, dvc, "status")
+
+
 # ---------------------------------------------------------------- DVC
 
 
