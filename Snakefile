@@ -65,24 +65,14 @@ onsuccess:
     smk_logger.info(scheduler_line())
     # In a DVC project: the outputs this run made are recorded in dvc.lock, so a following
     # `dvc repro` is a no-op and `dvc exp run -S` reruns only what changes (svdzoo.dvc_track).
-    from svdzoo.dvc_track import commit_outputs
+    from svdzoo.dvc_track import commit_outputs, recorded_endtimes, rewritten_after_snakemake
 
     # only what this run's DAG holds: Snakemake made or checked it against the current
-    # params; an output outside it may be from other params and is left to `dvc repro`
-    outputs = [f for job in workflow.dag.jobs for f in job.output]
-
-    def endtime(f):  # of the job that made `f` (None without a record)
-        from snakemake.io import IOFile
-
-        try:  # keyed by path, as Snakemake's own `--cleanup-metadata` reads it
-            return getattr(workflow.persistence.metadata(IOFile(str(f))), "endtime", None)
-        except (AttributeError, KeyError):  # a Snakemake without this API: no check
-            return None
-
-    from svdzoo.dvc_track import rewritten_after_snakemake
-
+    # params (an output outside it may be from other params and is left to `dvc repro`),
+    # and not rewritten since Snakemake's job made it (by `dvc exp run`, say)
+    outputs = [str(f) for job in workflow.dag.jobs for f in job.output]
     commit_outputs(
         PARAMS_FILE,
-        produced=[str(f) for f in outputs],
-        rewritten=rewritten_after_snakemake((str(f), endtime(f)) for f in outputs),
+        produced=outputs,
+        rewritten=rewritten_after_snakemake(recorded_endtimes(workflow, outputs)),
     )

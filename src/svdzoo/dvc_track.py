@@ -38,6 +38,21 @@ def snakemake_mtime(path: str | Path) -> float:
     return path.lstat().st_mtime
 
 
+def recorded_endtimes(workflow, paths: Iterable[str]) -> list[tuple[str, float | None]]:
+    """`(path, endtime)` of each output from Snakemake's records (None without one), as its
+    own `--cleanup-metadata` reads them; all None on a Snakemake without this API."""
+    from snakemake.io import IOFile
+
+    out = []
+    for path in paths:
+        try:
+            record = workflow.persistence.metadata(IOFile(path))
+        except (AttributeError, KeyError):
+            record = None
+        out.append((path, getattr(record, "endtime", None)))
+    return out
+
+
 def rewritten_after_snakemake(records: Iterable[tuple[str | Path, float | None]]) -> list[str]:
     """The outputs, of `(path, endtime of the Snakemake job that made it)`, that changed
     after that job finished. An output without a record, or missing, is not listed; one
