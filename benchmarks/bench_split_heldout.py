@@ -35,10 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pandas as pd  # noqa: E402
-from results_io import run_or_rebuild, save_csv, save_figure  # noqa: E402
+from results_io import run_or_rebuild, save_figure, write_results  # noqa: E402
 from tqdm import tqdm  # noqa: E402
-
-from svdzoo.io import write_text  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "split-heldout"
 MODEL = "smollm2-135m"
@@ -256,11 +254,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
     df, how = run_or_rebuild(args, measure)
-    save_csv(df, args.out)
-    text = report(df, how, args)
-    write_text(args.out.with_suffix(".md"), text)
-    plot(df, args.out.with_suffix(".png"))
-    print(text)
+    write_results(args.out, df, report(df, how, args), lambda path: plot(df, path))
 
 
 if __name__ == "__main__":

@@ -45,3 +45,14 @@ def save_figure(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def write_results(out: Path, df: pd.DataFrame, text: str, draw: Callable[[Path], None]) -> None:
+    """OUT.csv, OUT.md (`text`, also printed) and OUT.png (`draw(path)`); `out` is a stem
+    that may hold dots (`...-r0.40`), which `with_suffix` would cut."""
+    from svdzoo.io import write_text
+
+    save_csv(df, out.with_name(out.name + ".csv"))  # its with_suffix keeps ".csv"
+    write_text(out.with_name(out.name + ".md"), text)
+    draw(out.with_name(out.name + ".png"))
+    print(text)
