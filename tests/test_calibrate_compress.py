@@ -179,6 +179,13 @@ def test_the_command_line_runs_it(tiny_llama_dir, tiny_opt_dir, tmp_path, monkey
         ({"method": "duo-svd", "ratio": 0.333}, ConfigError, "two decimals"),
         ({"method": "asvd", "options": {"alpha": 0.3}}, ConfigError, "alpha"),
         ({"method": "duo-svd-independent", "options": {"base": 0.35}}, ConfigError, "grid"),
+        # the tables are chosen by the method: this one's Gram and table were computed, then
+        # compress refused the table
+        (
+            {"method": "duo-svd-independent", "options": {"protocol": "per-ratio"}},
+            ConfigError,
+            "protocol: 'per-ratio' changes which statistics",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_any_compute(tiny_llama_dir, tmp_path, change, error, match):

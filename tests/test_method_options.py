@@ -128,6 +128,19 @@ def test_an_option_the_method_does_not_take_is_refused_before_compute(llama, met
         ("svd-llm-v2", {"fallback": "raise"}, "'fallback' would do nothing here: eigen"),
         ("svd-llm-v2-truncation", {"fallback": "diag-damp"}, "'fallback' would do nothing"),
         ("duo-svd-columns", {"whitening": "eigen", "fallback": "raise"}, "'fallback' would do"),
+        # accepted, recorded and ignored: two manifests, one model (a review found them)
+        ("svdzoo-kl-ada", {"columns": False, "accept": 0.5}, "'accept' would do nothing"),
+        (
+            "adasvd-compensated-comp",
+            {"start": "whitened", "whitening": "cholesky"},
+            "'whitening' would do nothing here: the whitened start",
+        ),
+        ("ressvd", {"K": 3, "step": 2}, "'step' would do nothing here: a fixed K"),
+        ("ressvd", {"K": 3, "search_nsamples": 4}, "'search_nsamples' would do nothing"),
+        # no value (`--option rmax=`, `min_retained: null`): float(None) once the model loaded
+        ("svd-llm-v2", {"rmax": None}, "'rmax' has no value"),
+        ("adasvd-cr", {"mrr_fraction": None}, "'mrr_fraction' has no value"),
+        ("duo-svd-independent", {"min_retained": None}, "'min_retained' has no value"),
     ],
 )
 def test_a_bad_option_value_is_refused_before_compute(llama, method, options, match):
@@ -138,6 +151,39 @@ def test_a_bad_option_value_is_refused_before_compute(llama, method, options, ma
     assert all(
         isinstance(mod, torch.nn.Linear) for n, mod in m.named_modules() if n.endswith("proj")
     )
+
+
+def test_svd_llm_fp32_records_its_float32_arithmetic(llama):
+    """It recorded float64, the manifest's default for a part naming no precision."""
+    man, _ = _run(llama, "svd-llm-fp32", 0.4, {})
+    assert man["precision"] == "float32"
+
+
+def test_option_kinds_read_real_annotations_too():
+    """A plugin's dataclass without `from __future__ import annotations` has types, not
+    strings, as annotations: `damp=abc` was not checked and failed after the model loaded."""
+    import dataclasses
+
+    from svdzoo.methods.base import Method, check_options, option_kinds
+    from svdzoo.methods.parts import Uniform
+
+    source = (
+        "import dataclasses\n"
+        "@dataclasses.dataclass(frozen=True)\n"
+        "class Damped:\n"
+        "    damp: float = 0.1\n"
+        "    steps: int | None = None\n"
+        "    def __call__(self, ctx, rank):\n"
+        "        raise AssertionError\n"
+    )
+    namespace: dict = {}  # compiled without the future import this file has
+    exec(compile(source, "plugin", "exec", dont_inherit=True), namespace)
+    part = namespace["Damped"]()
+    assert not isinstance(dataclasses.fields(part)[0].type, str)
+    method = Method("x", "", "", frozenset(), factoriser=part, allocator=Uniform())
+    assert option_kinds(method) == {"damp": "a number", "steps": "an integer"}
+    with pytest.raises(ConfigError, match="'damp' must be a number"):
+        check_options(method, {"damp": "abc"})
 
 
 @pytest.mark.parametrize("method", ["svd-llm", "svd"])

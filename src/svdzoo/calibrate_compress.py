@@ -165,6 +165,7 @@ def calibrate_and_compress(
     from svdzoo.api import check_model_input, compress_loaded
     from svdzoo.compression import KIND as COMPRESSED
     from svdzoo.compression import check_ratio, check_reachable, matrix_infos, with_options
+    from svdzoo.config import rewired
     from svdzoo.data import check_train_length, get_corpus
     from svdzoo.io import atomic_dir, check_output
     from svdzoo.methods import get_method
@@ -187,6 +188,9 @@ def calibrate_and_compress(
     check_options(registered, options)
     merged = {**registered.options, **(options or {})}
     configured = with_options(registered, merged)
+    why = rewired(registered, configured)
+    if why:
+        raise ConfigError(f"--option {why}")
     check_per_ratio(method, ratio)
     # nsamples="4" (read from a file) was a TypeError from the comparison below, and a
     # numpy integer failed after the calibration, when its manifest was written

@@ -391,19 +391,27 @@ def _check_method_options(p: Mapping[str, Any]) -> None:
             configured = with_options(method, {**method.options, **opts})
         except ConfigError as exc:
             raise ConfigError(f"method_options.{name}: {exc}") from exc
-        # the allocator's `kind` and `protocol` choose which sensitivity table compress
-        # reads; both engines wire each method to the table its registered parts read
-        # (method_requirements, per_ratio_methods), so another one fails only in compress
-        for field in WIRED_FIELDS:
-            have = getattr(method.allocator, field, None)
-            want = getattr(configured.allocator, field, None)
-            if want != have:
-                raise ConfigError(
-                    f"method_options.{name}.{field}: {want!r} changes which statistics "
-                    f"{name!r} reads (its {field} is {have!r}), which the workflow wires "
-                    "from the method itself; use the registered method that reads it "
-                    "(e.g. duo-svd: per-ratio table, duo-svd-independent: one table)"
-                )
+        why = rewired(method, configured)
+        if why:
+            raise ConfigError(f"method_options.{name}.{why}")
+
+
+def rewired(method: Any, configured: Any) -> str | None:
+    """`FIELD: why`, when an option changes the allocator's `kind` or `protocol`, which
+    choose the sensitivity table it reads: the workflow and `calibrate-compress` make the
+    table the registered method reads, so another one failed only in compress, after the
+    statistics were computed."""
+    for field in WIRED_FIELDS:
+        have = getattr(method.allocator, field, None)
+        want = getattr(configured.allocator, field, None)
+        if want != have:
+            return (
+                f"{field}: {want!r} changes which statistics {method.name!r} reads (its "
+                f"{field} is {have!r}), which are chosen from the method itself; use the "
+                "registered method that reads it (e.g. duo-svd: per-ratio table, "
+                "duo-svd-independent: one table)"
+            )
+    return None
 
 
 def option_value(value: Any) -> str:

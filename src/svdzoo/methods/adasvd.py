@@ -52,6 +52,7 @@ from svdzoo.methods.base import (
     AllocationContext,
     MatrixContext,
     Method,
+    Needs,
     register,
 )
 from svdzoo.methods.parts import Uniform, Whitened
@@ -65,6 +66,9 @@ STARTS = ("compensated", "whitened")
 @dataclass(frozen=True)
 class AdaComp:
     """The paper's adaComp: SVD-LLM's truncation, then `tau` U-steps (data) and V-steps (weights)."""
+
+    # the SVD of its start, a `Whitened` at its default: the manifest's `precision`
+    precision = "auto"
 
     tau: int = 1
     whitening: str = "cholesky"
@@ -117,6 +121,14 @@ class AdaCompCompensated:
     tau: int = 1
     start: str = "compensated"
     whitening: str = "eigen"
+    option_needs = {  # `base.inert_options`
+        "whitening": Needs(
+            "start",
+            "compensated",
+            "the whitened start is SVD-LLM's Cholesky truncation; "
+            "`whitening` is the compensated start's",
+        )
+    }
 
     def __post_init__(self) -> None:  # refused when configured, not after the replay began
         if self.start not in STARTS:

@@ -212,10 +212,16 @@ def check_options(method: Method, options: Mapping[str, Any] | None) -> None:
             f"method {method.name!r} takes no option {', '.join(map(repr, unknown))}; "
             f"its options: {known}"
         )
+    for key, value in (options or {}).items():  # `rmax=` or `min_retained: null`: a
+        if value is None:  # TypeError from float(None) once the model had loaded
+            raise ConfigError(
+                f"method {method.name!r}: option {key!r} has no value; give one, or leave "
+                "the option out for its default"
+            )
     kinds = option_kinds(method)
     for key, value in (options or {}).items():
         want = kinds.get(key)
-        if value is None or want is None or _kind(value) in _ACCEPTS[want]:
+        if want is None or _kind(value) in _ACCEPTS[want]:
             continue
         raise ConfigError(f"method {method.name!r}: option {key!r} must be {want}, got {value!r}")
     ranges = option_ranges(method)
@@ -237,7 +243,10 @@ def inert_options(method: Method, options: Mapping[str, Any] | None) -> dict[str
         return {}
     parts = _parts(with_options(method, options))
     ignored = {key: _ignored(parts, key) for key in options}
-    return {key: needs.why for key, needs in ignored.items() if needs is not None}
+    out = {key: needs.why for key, needs in ignored.items() if needs is not None}
+    for part in parts:  # what one option makes of others (ResSVD: `K` ends the search)
+        out.update(getattr(part, "inert_with", lambda _: {})(dict(options)))
+    return out
 
 
 def unmet_needs(method: Method) -> dict[str, Needs]:
@@ -251,7 +260,11 @@ def unmet_needs(method: Method) -> dict[str, Needs]:
 
 
 def _parts(method: Method) -> list[Any]:
-    candidates = (method.factoriser, method.allocator, method.spectrum_factoriser)
+    # the spectrum part counts only where the allocator reads spectra (`accepted_options`)
+    spectrum = method.spectrum_factoriser
+    if not getattr(method.allocator, "reads_spectra", False):
+        spectrum = None
+    candidates = (method.factoriser, method.allocator, spectrum)
     return [p for p in candidates if dataclasses.is_dataclass(p)]
 
 
@@ -353,7 +366,10 @@ def option_kinds(method: Method) -> dict[str, str]:
         if part is None or not dataclasses.is_dataclass(part):
             continue
         for f in dataclasses.fields(part):
-            names = {t.strip() for t in str(f.type).split("|")} - {"None"}
+            # a string under `from __future__ import annotations`, else the type itself
+            # (a plugin without that import: `<class 'float'>` matched no kind)
+            text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            names = {t.strip() for t in text.split("|")} - {"None", "NoneType"}
             if len(names) == 1 and (kind := _ANNOTATIONS.get(names.pop())):
                 out[f.name] = kind
     return out

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from svdzoo import column_split, linalg
 from svdzoo.methods.adasvd import PAPER as ADASVD_PAPER
 from svdzoo.methods.adasvd import AdaComp, _check_tau, adacomp_data, adacomp_gram
-from svdzoo.methods.base import GRAM, SENS_DUO, MatrixContext, Method, Range, register
+from svdzoo.methods.base import GRAM, SENS_DUO, MatrixContext, Method, Needs, Range, register
 from svdzoo.methods.duo_svd import MIN_RETAINED, ColumnPreserving, KnapsackKL
 from svdzoo.methods.parts import Whitened
 
@@ -53,6 +53,9 @@ class ColumnAdaComp:
     # like adaComp, it reads only the compressed stream's Gram from the sequential pass
     sequential_stats = ("H_actual",)
     option_ranges = {"accept": Range(0.0, 1.0)}  # `base.check_options`
+    option_needs = {  # `base.inert_options`
+        "accept": Needs("columns", True, "with columns off there is no split to accept")
+    }
 
     def __post_init__(self) -> None:  # refused when configured, not after the replay began
         _check_tau(self.tau)

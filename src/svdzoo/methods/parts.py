@@ -152,6 +152,8 @@ class Whitened:
 class WhitenedOfficialFP32:
     """SVD-LLM's official numerics: float32 SVD of `W L`, float32-cast `inv(L)`."""
 
+    precision = "float32"  # for the manifest (it recorded float64)
+
     def __call__(self, ctx: MatrixContext, rank: int):
         return linalg.truncate_fp32_official(ctx.W, Whitened("cholesky").whitener_of(ctx), rank)
 

@@ -70,6 +70,9 @@ MAX_RATIO = Range(0.0, 1.0, low_open=True, high_open=True)  # a layer's share re
 class Residual:
     """The paper's residual compensation: whitened stage 1, plain SVD of the weight residual."""
 
+    # both truncations are `Whitened` at its default: the manifest's `precision`
+    precision = "auto"
+
     beta: float = 0.05
     whitening: str = "cholesky"
 
@@ -109,6 +112,14 @@ class LastKSearch:
     probes = True
     extra_options = {"K": "an integer"}  # option -> its kind (`base.check_options`)
     option_ranges = {"K": POSITIVE_INT, "step": POSITIVE_INT, "max_ratio": MAX_RATIO}
+
+    @staticmethod
+    def inert_with(options: dict) -> dict[str, str]:
+        """Options a fixed `K` makes idle (`base.inert_options`): nothing is searched."""
+        if options.get("K") is None:
+            return {}
+        why = "a fixed K compresses its last K blocks with no search"
+        return {key: why for key in ("step", "search_nsamples") if key in options}
 
     def candidates(self, num_layers: int) -> list[int]:
         step = self.step if self.step is not None else max(1, num_layers // 8)
