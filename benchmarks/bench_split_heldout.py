@@ -25,6 +25,7 @@ with a held-out Gram from `svdzoo calibrate ... --seed 4`:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -74,23 +75,16 @@ class CapturedGrams:
             prefix=window_prefix(model.config),
         )  # fmt: skip
         self.grams: dict[tuple[int, str], torch.Tensor] = {}
-        hooks = []
-        for i, layer in enumerate(adapter.layers(model)):
+        with torch.no_grad(), contextlib.ExitStack() as hooks:
+            for i, layer in enumerate(adapter.layers(model)):
 
-            def add(group: str, x: torch.Tensor, i: int = i) -> None:
-                x = x.to(torch.float64)
-                self.grams[(i, group)] = self.grams.get((i, group), 0) + x.T @ x
+                def add(group: str, x: torch.Tensor, i: int = i) -> None:
+                    x = x.to(torch.float64)
+                    self.grams[(i, group)] = self.grams.get((i, group), 0) + x.T @ x
 
-            hooks.append(group_input_hooks(layer, adapter, add))
-        with torch.no_grad():
-            for h in hooks:
-                h.__enter__()
-            try:
-                for w in tqdm(windows.split(4), desc=f"inputs of {model_dir.name}"):
-                    model(w)
-            finally:
-                for h in hooks:
-                    h.__exit__(None, None, None)
+                hooks.enter_context(group_input_hooks(layer, adapter, add))
+            for w in tqdm(windows.split(4), desc=f"inputs of {model_dir.name}"):
+                model(w)
 
     def gram(self, layer: int, group: str):
         return self.grams[(layer, group)]

@@ -113,17 +113,18 @@ def commit_outputs(
     def committable(stage) -> bool:
         if not all(Path(p.fs_path).exists() for p in [*stage.deps, *stage.outs]):
             return False
-        if any(Path(p.fs_path).resolve() in changed for p in stage.outs):
-            return False
         return current is None or all(Path(p.fs_path).resolve() in current for p in stage.outs)
 
     with Repo(str(project)) as repo:
         stages = list(repo.index.stages)
-        done = [s.addressing for s in stages if committable(s)]
-        # rewritten by DVC and still current in dvc.lock (a `dvc repro` settled them): fine
         rewrote = [s for s in stages if any(Path(p.fs_path).resolve() in changed for p in s.outs)]
-        with repo.lock:  # `Stage.changed` reads the workspace under DVC's lock
-            stale = [s.addressing for s in rewrote if s.changed()]
+        skip = {s.addressing for s in rewrote}
+        done = [s.addressing for s in stages if s.addressing not in skip and committable(s)]
+        # rewritten by DVC and still current in dvc.lock (a `dvc repro` settled them): fine
+        stale = []
+        if rewrote:
+            with repo.lock:  # `Stage.changed` reads the workspace under DVC's lock
+                stale = [s.addressing for s in rewrote if s.changed()]
         if stale:
             log.warning("dvc: %s not committed: %s output changed after Snakemake made it "
                         "(`dvc repro` or `dvc exp run` rewrote it, maybe for other params) "

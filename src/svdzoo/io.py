@@ -393,8 +393,13 @@ def _target_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _temp_name(path: Path) -> Path:
+    """A fresh name `.NAME.<pid>.<8 hex>.tmp` beside `path`, the form `_temp_pattern` sweeps."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 def _temp_pattern(path: Path) -> re.Pattern[str]:
-    # exactly what `_new_temp` names (.NAME.<pid>.<8 hex>.tmp), nothing looser: a sweep
+    # exactly what `_temp_name` makes (.NAME.<pid>.<8 hex>.tmp), nothing looser: a sweep
     # deletes what matches, and `.NAME.previous.tmp` was a user's folder (the form written
     # before locking existed, 8 mkdtemp characters, is no longer swept)
     return re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp")
@@ -459,7 +464,7 @@ def _sweep(path: Path) -> None:
 def _new_temp(path: Path) -> Path:
     """A fresh `.NAME.<pid>.<random>.tmp` directory beside `path`, with umask permissions."""
     while True:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        tmp = _temp_name(path)
         try:
             os.mkdir(tmp, 0o777)
             return tmp
@@ -745,7 +750,7 @@ def atomic_path(path: _PathLike) -> Iterator[Path]:
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     while True:
-        tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        tmp_path = _temp_name(path)
         try:
             os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             break

@@ -347,7 +347,7 @@ def collect(
         manifest, manifest_path = None, run.manifest
         current = _sealed(run.manifest) if run.manifest is not None else None
         if current is not None:
-            _check_labels({k: current.get(k) for k in ("method", "ratio")}, run, run.manifest)
+            _check_labels(current, run, run.manifest)  # it names no model: method, ratio
         for kind, path in sorted(run.files.items()):
             obj = _read(path)
             _check_labels(obj, run, path)
