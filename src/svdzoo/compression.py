@@ -46,6 +46,7 @@ from svdzoo.methods.base import (
     factorise,
     with_options,
 )
+from svdzoo.methods.probe import Candidate
 from svdzoo.model_card import write_model_card
 from svdzoo.models import (
     adapter_for,
@@ -352,6 +353,20 @@ def _probe(model, method, stats, tokenizer, modules, context, device, opts):
     )
 
 
+def _kl_probe(model, method, stats, tokenizer, opts):
+    """The original model's next-token distributions on calibration windows, for a
+    selector (`methods.probe.KLProbe`)."""
+    from svdzoo.methods.probe import KLProbe, probe_windows
+
+    if stats.gram is None:
+        raise ConfigError(
+            f"method {method.name!r} probes on calibration data: it needs the Gram statistics"
+        )
+    windows = probe_windows(stats.gram.manifest, tokenizer, opts)
+    log.info("%s: probing candidates on %d calibration windows", method.name, windows.shape[0])
+    return KLProbe(model, windows)
+
+
 def compress(
     model: nn.Module,
     method: str | Method,
@@ -440,6 +455,8 @@ def _compress(
     )
     if method.probes:
         actx.probe = _probe(model, method, stats, tokenizer, modules, context, device, opts)
+    # taken before any matrix is replaced: the original model's output is the reference
+    kl_probe = _kl_probe(model, method, stats, tokenizer, opts) if method.selector else None
     log.info(
         "allocating ranks for %s at ratio %.2f over %d matrices", method.name, ratio, len(infos)
     )
@@ -476,6 +493,7 @@ def _compress(
                 records[name] = _module_record(by_name[name], lin, True)
     else:
         reused, kept_of = 0, getattr(actx.probe, "kept", None)
+        candidates: list[Candidate] = []
         for name in tqdm(list(modules), desc=f"compress {method.name}", unit="matrix"):
             layer, t, lin = modules[name]
             info, rank = by_name[name], ranks[name]
@@ -489,9 +507,21 @@ def _compress(
                 replace_built(name, kept.to(lin.weight.device))
                 continue
             ctx = context(model, name, layer, t, lin, stats, device)
-            replace(name, factorise(method.factoriser, ctx, rank))
+            if method.selector is None:
+                replace(name, factorise(method.factoriser, ctx, rank))
+                continue
+            now, later, gain = factorise(
+                functools.partial(method.selector.offer, method.factoriser), ctx, rank
+            )
+            replace(name, now)
+            if later is not None:
+                candidates.append(Candidate(name, gain, build_module(lin, later)))
         if reused:
             log.info("%d matrices as the search's best trial built them", reused)
+        if method.selector is not None:
+            actx.report["split_probe"] = method.selector.select(
+                candidates, kl_probe, model.get_submodule, replace_built
+            )
     elapsed = time.perf_counter() - t0
     if whiteners.misses:
         log.info(

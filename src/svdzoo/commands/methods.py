@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         needs = ",".join(sorted(m.needs)) or "-"
         origin = f"; from {plugins[name].dist}" if name in plugins else ""
         print(
-            f"{name:<22} {m.description}  [needs: {needs}{'; sequential' if m.sequential else ''}{'; searches' if m.probes else ''}{origin}]"
+            f"{name:<22} {m.description}  [needs: {needs}{'; sequential' if m.sequential else ''}{'; searches' if m.probes else ''}{'; probes its candidates' if m.selector else ''}{origin}]"
         )
         if args.options:
             print(f"{'':<22} options: {', '.join(_listed(m, accepted_options(m))) or '-'}")

@@ -161,6 +161,13 @@ class Method:
     sequential: bool = False  # factorise layer by layer on compressed-model inputs
     options: Mapping[str, Any] = field(default_factory=dict)
     spectrum_factoriser: Factoriser | None = None  # what an allocator's spectrum oracle uses
+    # once every matrix is factored, keeps the candidates its factoriser also offered only
+    # where the model's output on calibration windows says they pay (`methods.split_probe`)
+    selector: Any = None
+
+    def __post_init__(self) -> None:
+        if self.selector is not None and self.sequential:
+            raise ValueError(f"method {self.name!r}: a selector needs the one-pass factorisation")
 
     @property
     def probes(self) -> bool:
@@ -170,7 +177,7 @@ class Method:
     @property
     def replays_calibration(self) -> bool:
         """It runs the model on the calibration windows (needs the tokenizer)."""
-        return self.sequential or self.probes
+        return self.sequential or self.probes or self.selector is not None
 
 
 # Options read by the sequential pass (`methods.sequential`) and by the probe of searching
@@ -189,6 +196,7 @@ def accepted_options(method: Method) -> set[str]:
     """Every `--option` key that changes what `method` does: the fields of its parts, the
     extra keys its allocator reads (`extra_options`), and the sequential/probe options."""
     names = _fields(method.factoriser) | _fields(method.allocator) | set(method.options)
+    names |= _fields(method.selector)
     # the spectrum part runs only for an allocator that reads spectra: otherwise its fields
     # (e.g. `precision`, `fallback` of adasvd-compensated's) would be accepted and ignored
     if method.spectrum_factoriser and getattr(method.allocator, "reads_spectra", False):
@@ -196,7 +204,7 @@ def accepted_options(method: Method) -> set[str]:
     names |= set(getattr(method.allocator, "extra_options", ()))
     if method.sequential:
         names |= SEQUENTIAL_OPTIONS
-    if method.probes:
+    if method.probes or method.selector is not None:
         names |= PROBE_OPTIONS
     return names
 
@@ -264,7 +272,7 @@ def _parts(method: Method) -> list[Any]:
     spectrum = method.spectrum_factoriser
     if not getattr(method.allocator, "reads_spectra", False):
         spectrum = None
-    candidates = (method.factoriser, method.allocator, spectrum)
+    candidates = (method.factoriser, method.allocator, spectrum, method.selector)
     return [p for p in candidates if dataclasses.is_dataclass(p)]
 
 
@@ -327,7 +335,7 @@ POSITIVE_INT = Range(1.0)
 def option_ranges(method: Method) -> dict[str, Range]:
     """Each numeric option's range, as the method's parts declare it (`option_ranges`)."""
     out: dict[str, Range] = {}
-    for part in (method.spectrum_factoriser, method.allocator, method.factoriser):
+    for part in (method.spectrum_factoriser, method.allocator, method.factoriser, method.selector):
         out.update(getattr(part, "option_ranges", {}) if part is not None else {})
     return out
 
@@ -362,7 +370,7 @@ def option_kinds(method: Method) -> dict[str, str]:
     out: dict[str, str] = {k: kind for k, v in method.options.items() if (kind := _kind(v))}
     extra = getattr(method.allocator, "extra_options", {})
     out.update(extra if isinstance(extra, Mapping) else {})
-    for part in (method.spectrum_factoriser, method.allocator, method.factoriser):
+    for part in (method.spectrum_factoriser, method.allocator, method.factoriser, method.selector):
         if part is None or not dataclasses.is_dataclass(part):
             continue
         for f in dataclasses.fields(part):
@@ -391,6 +399,7 @@ def with_options(method: Method, opts: Mapping[str, Any]) -> Method:
         factoriser=configured(method.factoriser, opts),
         allocator=configured(method.allocator, opts),
         spectrum_factoriser=None if spectrum is None else configured(spectrum, opts),
+        selector=None if method.selector is None else configured(method.selector, opts),
     )
 
 

@@ -115,6 +115,12 @@ class ColumnPreserving:
         return ctx.svds.get((self.whitening, plain._damping, precision, "U", ctx.name), make)
 
     def __call__(self, ctx: MatrixContext, rank: int):
+        base, split = self.alternatives(ctx, rank)
+        return base if split is None else split
+
+    def alternatives(self, ctx: MatrixContext, rank: int):
+        """`(plain truncation, split or None)` at `rank`: both, for a selector that keeps a
+        split only where the model's output says it pays (`methods.split_probe`)."""
         ctx.require("H")
         plain = Whitened(self.whitening, "float64", self.fallback)
         S = plain.whitener_of(ctx)  # shared by the matrices that read the same input
@@ -136,7 +142,7 @@ class ColumnPreserving:
             fallback=self.fallback,
         )
         if split is None:  # the trade does not pay on this layer: plain whitened truncation
-            return base
+            return base, None
         log.debug(
             "%s: kept %d columns, rank %d -> %d, loss %.4g -> %.4g",
             ctx.name,
@@ -146,7 +152,7 @@ class ColumnPreserving:
             split.baseline_loss,
             split.loss,
         )
-        return split
+        return base, split
 
     def spectrum(self, ctx: MatrixContext) -> torch.Tensor:
         # the SVD __call__ reuses
