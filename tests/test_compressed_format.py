@@ -125,3 +125,75 @@ def test_a_compressed_directory_carries_a_model_card(tmp_path):
     assert _hub_id(str(tmp_path)) is None and _hub_id("data/models/smollm2-135m") is None
     for not_an_id in ("./a", "~/m", "user/my model", "C:/m", "", None):
         assert _hub_id(not_an_id) is None, not_an_id
+
+
+def test_a_compressed_model_loads_by_hub_id_from_the_hub_cache(tmp_path):
+    """What the model card promises: `from_pretrained("owner/repo", trust_remote_code=True)`
+    of a compressed model on the Hub (here, as the Hub cache holds a downloaded one; tests
+    run offline). The loader refused every id that was not a local directory."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    model = random_tiny("llama")
+    manifest = compress(model, "svd", 0.4)
+    save_compressed(model, manifest, tmp_path / "c")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-svd"
+    shutil.copytree(tmp_path / "c", repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    plain = AutoModelForCausalLM.from_pretrained(
+        "someone/tiny-svd", trust_remote_code=True, cache_dir=tmp_path / "hub"
+    )
+    x = torch.tensor([[10, 20, 30, 40, 50]])
+    with torch.no_grad():
+        assert torch.equal(plain(input_ids=x).logits, model(input_ids=x).logits)
+    from svdzoo.hf.modeling_svdzoo import SvdzooForCausalLM
+
+    with pytest.raises(OSError, match="someone/absent: not a local directory.*from the Hub"):
+        SvdzooForCausalLM.from_pretrained("someone/absent", cache_dir=tmp_path / "hub")
+
+
+def test_saving_a_model_that_is_not_the_manifests_is_refused(tmp_path):
+    """The dense original saved with a compressed manifest was written, sealed and hashed,
+    and failed only when loaded, perhaps in another job."""
+    import copy
+
+    from svdzoo.errors import ConfigError
+
+    model = random_tiny("llama")
+    dense = copy.deepcopy(model)
+    manifest = compress(model, "svd", 0.4)
+    with pytest.raises(ConfigError, match="not the one the manifest describes .*dense here"):
+        save_compressed(dense, manifest, tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    save_compressed(model, manifest, tmp_path / "c")
+    other = compress(copy.deepcopy(dense), "svd", 0.6)
+    with pytest.raises(ConfigError, match="modules differ"):
+        save_compressed(model, other, tmp_path / "d")
+
+
+def test_loading_allocates_no_factor_before_the_files(tmp_path, monkeypatch):
+    """The factored modules are built on meta, as the rest of the model is: built in float32
+    on the CPU, a 7B model's factors were gigabytes allocated only to be replaced."""
+    from svdzoo import lowrank
+
+    model = random_tiny("llama")
+    manifest = compress(model, "svd", 0.4)
+    save_compressed(model, manifest, tmp_path / "c")
+    built = []
+    build = lowrank.build_from_spec
+
+    def spy(*args, **kwargs):
+        module = build(*args, **kwargs)
+        built.append(all(p.is_meta for p in module.parameters()))
+        return module
+
+    monkeypatch.setattr(lowrank, "build_from_spec", spy)
+    back = load_compressed(tmp_path / "c")
+    assert built and all(built)
+    assert not any(p.is_meta for p in back.parameters())
+    x = torch.tensor([[10, 20, 30, 40, 50]])
+    with torch.no_grad():
+        assert torch.equal(back(input_ids=x).logits, model(input_ids=x).logits)

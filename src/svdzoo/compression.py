@@ -592,8 +592,34 @@ def save_compressed(
 
     An existing `out_dir` is replaced only if it is an earlier compressed model (or `force`).
     """
+    check_model_fits(model, manifest)
     with atomic_dir(out_dir, KIND, force=force) as tmp:
         write_compressed(model, manifest, tmp, tokenizer)
+
+
+def check_model_fits(model: nn.Module, manifest: Mapping[str, Any]) -> None:
+    """Refuse to save a model whose modules are not the manifest's (another model, or the
+    dense original): the directory would be written and sealed, and fail only on load."""
+    import json
+
+    wrong = []
+    for name, rec in (manifest.get("modules") or {}).items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            wrong.append(f"{name} (absent)")
+            continue
+        try:
+            spec = json.loads(json.dumps(lowrank.module_spec(module)))
+        except lowrank.SpecError:
+            spec = None  # a dense linear
+        if spec != (None if rec.get("dense") else json.loads(json.dumps(rec.get("spec")))):
+            wrong.append(f"{name} ({'dense' if spec is None else spec['type']} here)")
+    if wrong:
+        raise ConfigError(
+            f"this model is not the one the manifest describes ({len(wrong)} modules differ, "
+            f"e.g. {', '.join(wrong[:3])}): save the model compress() returned this manifest for"
+        )
 
 
 def write_compressed(
@@ -726,7 +752,8 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
             if rec.get("dense"):
                 continue
             try:
-                new = lowrank.build_from_spec(rec["spec"], dtype=torch.float32, device="cpu")
+                # on meta like the rest: every factor is then assigned from the file
+                new = lowrank.build_from_spec(rec["spec"], dtype=torch.float32, device="meta")
                 replace_module(model, name, new)
             except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
                 raise CacheError(
@@ -751,6 +778,9 @@ def load_compressed(path: str | Path, dtype: Any = "float32", device: Any = "cpu
         raise CacheError(
             f"compressed model {path}: weights do not match the manifest (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise CacheError(f"compressed model {path}: {WEIGHTS} holds no values for {left[:5]}")
     model.to(device=dev)
     # the parameters in `dtype`, the buffers as built (not `to(dtype)`, which would round
     # the rotary frequencies to float16 where the dense model keeps them float32)

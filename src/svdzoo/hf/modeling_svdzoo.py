@@ -131,6 +131,29 @@ def _no_save_pretrained(self, save_directory, *args, **kwargs):
     )
 
 
+def _snapshot(repo_id: str, kwargs: dict) -> str:
+    """The local copy of a Hub repository's compressed model (downloaded into the Hub cache
+    unless it is there, as transformers does for its own files): the manifest, the config
+    and the factors, at the revision asked for."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(
+            repo_id,
+            revision=kwargs.get("revision"),
+            cache_dir=kwargs.get("cache_dir"),
+            token=kwargs.get("token"),
+            local_files_only=bool(kwargs.get("local_files_only", False)),
+            force_download=bool(kwargs.get("force_download", False)),
+            allow_patterns=[MANIFEST, WEIGHTS, "config.json", "generation_config.json"],
+        )
+    except Exception as exc:  # an invalid id, an absent repository, offline and not cached
+        raise OSError(
+            f"{repo_id}: not a local directory, and its svdzoo compressed model could not "
+            f"be fetched from the Hub ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
 # `from_pretrained` options that would change what is loaded, which this loader does not do
 UNSUPPORTED = (
     "quantization_config",
@@ -156,7 +179,7 @@ class SvdzooForCausalLM(PreTrainedModel):
                 "(its factors are stored as they are; quantize or load them with svdzoo)"
             )
         if not os.path.isdir(path):
-            raise OSError(f"{path}: an svdzoo compressed model loads from a local directory")
+            path = _snapshot(path, kwargs)
         with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
             manifest = json.load(f)
         weights = os.path.join(path, WEIGHTS)
