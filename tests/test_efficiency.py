@@ -75,3 +75,17 @@ def test_bad_arguments_fail_before_compute() -> None:
         measure_efficiency(model, prompt_len=250, gen_len=32)
     with pytest.raises(EfficiencyError, match="batch sizes"):
         measure_efficiency(model, batch_sizes=(0,))
+
+
+def test_the_prefill_computes_the_last_positions_logits_only() -> None:
+    """As `generate` does (`logits_to_keep=1`): the LM head over all 16 prompt positions was
+    time and memory of the uncompressed head in every model's measurement."""
+    model = random_tiny("llama", max_position_embeddings=256)
+    positions = []
+    hook = model.lm_head.register_forward_hook(lambda m, i, out: positions.append(out.shape[1]))
+    try:
+        out = measure_efficiency(model, batch_sizes=(2,), prompt_len=16, gen_len=3, repeats=1)
+    finally:
+        hook.remove()
+    assert positions and set(positions) == {1}
+    assert out["prefill_logits"] == "last"

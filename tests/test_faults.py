@@ -767,6 +767,24 @@ def test_metrics_name_the_compressed_model_they_measured(two_compressed, tmp_pat
     assert json.loads(out.read_text())["compressed_manifest_sha256"] == sha
 
 
+def test_metrics_name_their_dtype_and_efficiency_is_measured_first(two_compressed, tmp_path,
+                                                                   capsys):  # fmt: skip
+    """The report compares one model's runs only in one dtype, so every file records it;
+    efficiency runs before perplexity, whose memory the allocator would keep and so hide
+    from the RSS growth that peak memory on a CPU is read from."""
+    a, _ = two_compressed
+    ppl, eff = tmp_path / "p.json", tmp_path / "e.json"
+    rc, _ = svdzoo(capsys, "evaluate", "--model", a, "--corpora", "pydoc", "--seqlen", "16",
+                   "--max-windows", "1", "--device", "cpu", "--dtype", "bfloat16",
+                   "--ppl-out", ppl, "--efficiency-out", eff, "--efficiency-batch-sizes", "1",
+                   "--efficiency-prompt-len", "4", "--efficiency-gen-len", "2",
+                   "--efficiency-repeats", "1")  # fmt: skip
+    assert rc == 0
+    assert json.loads(ppl.read_text())["dtype"] == json.loads(eff.read_text())["dtype"]
+    assert json.loads(ppl.read_text())["dtype"] == "bfloat16"
+    assert eff.stat().st_mtime_ns <= ppl.stat().st_mtime_ns
+
+
 # ---------------------------------------------------------------- 5. non-finite numbers
 
 
@@ -922,6 +940,23 @@ def test_evaluate_refuses_a_ratio_label_no_run_can_have(tmp_path, capsys, ratio)
     assert rc == 2, err
     one_line_error(err, "--ratio must be in [0, 1)")
     assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--corpora", "pydoc", "--efficiency-out", "e.json"], "--corpora are for perplexity"),
+        (["--tasks", "x", "--ppl-out", "p.json", "--corpora", "pydoc"], "--tasks are for zero"),
+    ],
+)
+def test_evaluate_refuses_work_it_would_skip(tmp_path, capsys, monkeypatch, flags, message):
+    """`--ppl-out p.json --tasks svdzoo_offline` (no --zeroshot-out) exited 0 with no
+    zero-shot run and no word of it; so did --corpora without --ppl-out."""
+    monkeypatch.chdir(tmp_path)
+    rc, err = svdzoo(capsys, "evaluate", "--model", tmp_path / "absent", *flags)
+    assert rc == 2, err
+    one_line_error(err, message)
+    assert not list(tmp_path.glob("*.json"))
 
 
 # ---------------------------------------------------------------- failing late

@@ -733,21 +733,26 @@ def test_metrics_of_an_earlier_compression_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "kind, change",
+    "kind, base, change",
     [
-        ("ppl", {"seqlen": 64}),
-        ("ppl", {"n_windows": {"wikitext2": 2, "pydoc": 4}}),
-        ("zeroshot", {"n_samples": {"arc_easy": 4}}),
+        ("ppl", {}, {"seqlen": 64}),
+        ("ppl", {}, {"n_windows": {"wikitext2": 2, "pydoc": 4}}),
+        ("ppl", {"dtype": "float32"}, {"dtype": "bfloat16"}),
+        ("zeroshot", {"n_samples": {"arc_easy": 8}}, {"n_samples": {"arc_easy": 4}}),
+        ("efficiency", {"dtype": "float32"}, {"dtype": "bfloat16"}),
+        ("efficiency", {"device": "cpu"}, {"device": "cuda:0"}),
+        ("efficiency", {"prompt_len": 128}, {"prompt_len": 120}),
     ],
 )
-def test_runs_evaluated_differently_are_not_compared(tmp_path: Path, kind, change) -> None:
-    """One method scored on other windows or other tasks was bolded against the rest."""
+def test_runs_evaluated_differently_are_not_compared(tmp_path: Path, kind, base, change) -> None:
+    """One method scored on other windows or other tasks was bolded against the rest; one
+    measured in bfloat16 or on another device showed half the weight bytes or another speed
+    as if compression had made them."""
     results = make_tree(tmp_path)
     layout = Layout(results.parent)
-    if kind == "zeroshot":  # every run first records its tasks' sample counts
-        for method, ratio in RUNS:
-            f = layout.zeroshot(MODELS[0], method, ratio)
-            f.write_text(json.dumps({**json.loads(f.read_text()), "n_samples": {"arc_easy": 8}}))
+    for method, ratio in RUNS:  # every run first records the setting as measured
+        f = getattr(layout, kind)(MODELS[0], method, ratio)
+        f.write_text(json.dumps({**json.loads(f.read_text()), **base}))
     collect(results)
     f = getattr(layout, kind)(MODELS[0], "svd", 0.4)
     f.write_text(json.dumps({**json.loads(f.read_text()), **change}))

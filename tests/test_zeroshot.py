@@ -136,3 +136,28 @@ def test_an_offline_task_without_its_directory_says_to_pass_it() -> None:
     with pytest.raises(ZeroShotError) as err:
         _task_manager(["no_such_task"], None)
     assert "--task-dir" not in str(err.value)
+
+
+def test_own_tasks_with_a_jsonl_of_their_own_format_run(tmp_path: Path) -> None:
+    """A directory of one's own lm-eval tasks (no task manifest) whose data file is named
+    after the task: the encoding check took it for svdzoo's question format and stopped
+    with `KeyError: 'context'` after the model had loaded."""
+    import json
+
+    own = tmp_path / "own"
+    own.mkdir()
+    rows = [
+        {"question": f"item {i} belongs to group", "choices": [" one", " two"], "label": i % 2}
+        for i in range(6)
+    ]
+    (own / "mytask.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (own / "mytask.yaml").write_text(
+        "task: mytask\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {own / 'mytask.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    model, tok = random_tiny("llama", max_position_embeddings=512), build_byte_tokenizer()
+    out = run_zeroshot(model, tok, ["mytask"], task_dir=own)
+    assert out["n_samples"] == {"mytask": 6} and 0.0 <= out["tasks"]["mytask"]["acc"] <= 1.0

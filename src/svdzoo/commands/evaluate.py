@@ -88,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--ppl-out needs --corpora")
     if args.zeroshot_out and not args.tasks:
         raise ConfigError("--zeroshot-out needs --tasks")
+    # asked for and silently not done (exit 0, no file, no word)
+    if args.corpora and not args.ppl_out:
+        raise ConfigError("--corpora are for perplexity: give --ppl-out FILE too")
+    if args.tasks and not args.zeroshot_out:
+        raise ConfigError("--tasks are for zero-shot accuracy: give --zeroshot-out FILE too")
     if not (args.ppl_out or args.zeroshot_out or args.efficiency_out):
         raise ConfigError(
             "nothing to do: give at least one of --ppl-out, --zeroshot-out, --efficiency-out"
@@ -175,6 +180,23 @@ def run(args: argparse.Namespace) -> int:
             "--efficiency-prompt-len + --efficiency-gen-len",
         )
     model = load_model(args.model, dtype=args.dtype, device=device)
+    # the arithmetic measured in: the report compares one model's runs only in one dtype
+    made_with["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
+
+    if args.efficiency_out:  # first: peak memory on a CPU is the RSS growth during the runs,
+        # which memory the allocator kept from perplexity or zero-shot would hide
+        from svdzoo.evaluation.efficiency import measure_efficiency
+
+        res = measure_efficiency(
+            model,
+            batch_sizes=tuple(args.efficiency_batch_sizes),
+            prompt_len=args.efficiency_prompt_len,
+            gen_len=args.efficiency_gen_len,
+            repeats=args.efficiency_repeats,
+            device=device,
+            manifest=manifest,
+        )
+        write_json(args.efficiency_out, {**labels, **made_with, **res})
 
     if args.ppl_out:
         from svdzoo.evaluation.perplexity import perplexity
@@ -232,18 +254,4 @@ def run(args: argparse.Namespace) -> int:
             task_manager=task_manager,
         )
         write_json(args.zeroshot_out, {**labels, **made_with, **res})
-
-    if args.efficiency_out:
-        from svdzoo.evaluation.efficiency import measure_efficiency
-
-        res = measure_efficiency(
-            model,
-            batch_sizes=tuple(args.efficiency_batch_sizes),
-            prompt_len=args.efficiency_prompt_len,
-            gen_len=args.efficiency_gen_len,
-            repeats=args.efficiency_repeats,
-            device=device,
-            manifest=manifest,
-        )
-        write_json(args.efficiency_out, {**labels, **made_with, **res})
     return 0

@@ -170,13 +170,19 @@ def prepare_tasks(tasks: list[str], task_dir: Path | None):
 
 
 def offline_questions(tasks: list[str], task_dir: Path | None) -> dict[str, list[dict]]:
-    """The questions of the requested tasks that are offline tasks in `task_dir` (the group
-    `svdzoo_offline` stands for all of them); hub tasks are left out."""
-    from svdzoo.evaluation.tasks import GROUP, read_questions
+    """The questions of the requested tasks that `build-tasks` made in `task_dir` (the group
+    `svdzoo_offline` stands for all of them), as its task manifest lists them; hub tasks and
+    one's own lm-eval tasks in a directory (a `.jsonl` of any format) are left out."""
+    from svdzoo.evaluation.tasks import GROUP, MANIFEST, read_questions
+    from svdzoo.io import read_json_object
 
-    if task_dir is None or not Path(task_dir).is_dir():
+    if task_dir is None or not (Path(task_dir) / MANIFEST).is_file():
         return {}
-    local = {p.stem for p in Path(task_dir).glob("*.jsonl")}
+    try:  # check_task_files has refused a damaged manifest of requested tasks already
+        built = read_json_object(Path(task_dir) / MANIFEST, ValueError).get("tasks")
+    except ValueError:
+        return {}
+    local = set(built) if isinstance(built, dict) else set()
     names = local if GROUP in tasks else local & set(tasks)
     return {t: read_questions(task_dir, t) for t in sorted(names)}
 

@@ -213,8 +213,17 @@ def _check_measured(obj: dict, manifest: dict | None, path: Path, where: Path | 
 
 
 # what must agree among one model's runs for their numbers to be compared: perplexity's
-# windows, and the zero-shot tasks with their sample counts (a mean over other tasks)
-_SETTINGS = {"ppl": ("seqlen", "n_windows", "window_prefix"), "zeroshot": ("n_samples",)}
+# windows, the zero-shot tasks with their sample counts (a mean over other tasks), the
+# dtype, and where and how efficiency was measured (bfloat16 halves the weight bytes of
+# any model; another device or thread count, every time). Files without a key (written
+# before it was recorded) are not compared on it.
+_SETTINGS = {
+    "ppl": ("seqlen", "n_windows", "window_prefix", "dtype"),
+    "zeroshot": ("n_samples", "dtype"),
+    "efficiency": (
+        "device", "dtype", "prompt_len", "gen_len", "torch_threads", "prefill_logits"
+    ),
+}  # fmt: skip
 
 
 def _check_settings(seen: dict, kind: str, obj: dict, path: Path) -> None:
