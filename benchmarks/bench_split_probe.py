@@ -78,9 +78,11 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
             for variant, (model, ppl) in files.items():
                 row = {"table": table, "ratio": float(ratio), "variant": variant}
                 row.update(json.loads(ppl.read_text())["perplexity"])
+                if model is not None:  # made here: its compression time
+                    manifest = json.loads((model / "manifest.json").read_text())
+                    row["compress_s"] = manifest["compression_time_s"]
                 if variant == "probed":
-                    probe = json.loads((model / "manifest.json").read_text())["allocation"]
-                    probe = probe["split_probe"]
+                    probe = manifest["allocation"]["split_probe"]
                     row.update(kept=probe["kept"], candidates=len(probe["candidates"]),
                                kl_without=probe["kl_without_splits"], kl=probe["kl"])  # fmt: skip
                 rows.append(row)
@@ -93,7 +95,9 @@ def report(df: pd.DataFrame, how: str, args: argparse.Namespace) -> str:
         "",
         f"`python benchmarks/bench_split_probe.py` ({how}, {platform.machine()}); perplexity "
         f"on at most {args.max_windows} windows of 256 tokens; the probe reads 8 calibration "
-        "windows (pydoc, the calibration corpus).",
+        "windows (pydoc, the calibration corpus). `compress_s`: the manifest's compression "
+        "time of the models made here (the probe's forward passes included), on this host "
+        "and whatever else ran on it.",
         "",
     ]
     for (table, ratio), g in df.groupby(["table", "ratio"], sort=False):
@@ -110,7 +114,7 @@ def report(df: pd.DataFrame, how: str, args: argparse.Namespace) -> str:
             f"{int(probed['kept'])} of {int(probed['candidates'])} splits, calibration KL "
             f"{probed['kl_without']:.4f} -> {probed['kl']:.4f}"
         )
-    cols = ["table", "ratio", "variant", *args.corpora, "kept", "candidates"]
+    cols = ["table", "ratio", "variant", *args.corpora, "kept", "candidates", "compress_s"]
     lines += ["", df[cols].to_markdown(index=False, floatfmt=".2f"), ""]
     return "\n".join(lines)
 
