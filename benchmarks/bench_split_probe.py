@@ -32,8 +32,6 @@ import pandas as pd
 from results_io import run_or_rebuild, save_figure, write_results
 
 OUT = Path(__file__).resolve().parent / "results" / "split-probe"
-MODEL = "smollm2-135m"
-STATS = Path("data/stats") / MODEL / "pydoc-n32-l256-s3"
 TABLES = {"independent": "sensitivity-duo", "per-ratio": "sensitivity-duo-r{ratio}"}
 ALL = {"independent": "duo-svd-independent", "per-ratio": "duo-svd"}
 MADE = {"no split": "duo-svd-allocation", "probed": "svdzoo-duo-probed"}
@@ -47,13 +45,13 @@ def _run(cmd: list[str], log: Path) -> None:
 
 def _made(args, table: str, variant: str, ratio: str) -> tuple[Path, Path]:
     """The compressed model and its ppl.json, made unless `--work` has them."""
-    method = MADE[variant]
+    method, stats = MADE[variant], Path("data/stats") / args.model / args.calibration
     out = args.work / f"{method}-{'ind' if table == 'independent' else 'pr'}-r{ratio}"
     ppl = out.with_name(out.name + ".ppl.json")
     if not (out / "manifest.json").is_file():
-        _run(["svdzoo", "compress", "--model", f"data/models/{MODEL}",
-              "--stats", str(STATS / "gram"),
-              "--sensitivity-duo", str(STATS / TABLES[table].format(ratio=ratio)),
+        _run(["svdzoo", "compress", "--model", f"data/models/{args.model}",
+              "--stats", str(stats / "gram"),
+              "--sensitivity-duo", str(stats / TABLES[table].format(ratio=ratio)),
               "--method", method, "--ratio", ratio, "--option", f"protocol={table}",
               "--out", str(out), "--force"], out.with_name(out.name + ".log"))  # fmt: skip
     if not ppl.is_file():
@@ -68,7 +66,7 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
     rows = []
     for table, ratios in (("independent", args.ratios), ("per-ratio", args.per_ratio)):
         for ratio in ratios:
-            metrics = args.results / "metrics" / MODEL
+            metrics = args.results / "metrics" / args.model
             files = {"all splits": (None, metrics / ALL[table] / f"r{ratio}" / "ppl.json")}
             for variant in MADE:
                 if table == "per-ratio" and variant == "no split":  # a workflow method
@@ -91,9 +89,9 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
 
 def report(df: pd.DataFrame, how: str, args: argparse.Namespace) -> str:
     lines = [
-        f"# Duo-SVD's column splits kept by a KL probe ({MODEL})",
+        f"# Duo-SVD's column splits kept by a KL probe ({args.model})",
         "",
-        f"`python benchmarks/bench_split_probe.py` ({how}, {platform.machine()}); perplexity "
+        f"`python benchmarks/bench_split_probe.py --model {args.model}` ({how}, {platform.machine()}); perplexity "
         f"on at most {args.max_windows} windows of 256 tokens; the probe reads 8 calibration "
         "windows (pydoc, the calibration corpus). `compress_s`: the manifest's compression "
         "time of the models made here (the probe's forward passes included), on this host "
@@ -135,7 +133,7 @@ def plot(df: pd.DataFrame, args: argparse.Namespace, path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("parameters removed (%)")
         ax.set_ylabel(f"{c} perplexity / no split")
-        ax.set_title(f"{MODEL}: {c}")
+        ax.set_title(f"{args.model}: {c}")
         ax.legend(fontsize=7)
     save_figure(fig, path)
 
@@ -144,6 +142,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--work", type=Path, default=Path("split-probe-runs"))
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--calibration", default="pydoc-n32-l256-s3", help="the stats directory")
     p.add_argument("--ratios", nargs="+", default=["0.20", "0.40", "0.60", "0.80"])
     p.add_argument("--per-ratio", nargs="*", default=["0.40", "0.80"])
     p.add_argument("--corpora", nargs="+", default=["pydoc", "pysource"])
