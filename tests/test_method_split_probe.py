@@ -17,7 +17,8 @@ from svdzoo.compression import Statistics, compress  # noqa: E402
 from svdzoo.errors import ConfigError  # noqa: E402
 from svdzoo.methods import get_method  # noqa: E402
 from svdzoo.methods.base import check_options  # noqa: E402
-from svdzoo.methods.probe import KLProbe, probe_windows  # noqa: E402
+from svdzoo.methods.probe import probe_windows  # noqa: E402
+from svdzoo.methods.split_probe import KLProbe, ProbedSplits  # noqa: E402
 from svdzoo.sensitivity import compute_sensitivity  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -86,6 +87,7 @@ def test_the_greedy_pass_keeps_a_split_only_when_the_kl_drops(runs):
         assert c["kept"] == (c["kl"] < kl)
         kl = c["kl"] if c["kept"] else kl
     assert report["kl"] == kl <= report["kl_without_splits"]
+    assert report["windows"] == 8  # the method's search_nsamples, within the Gram's 32
 
 
 def test_the_recorded_kls_are_the_models(setup, runs):
@@ -124,10 +126,36 @@ def test_kl_probe_is_zero_for_the_original_and_grows_with_damage(setup):
 def test_options_and_shape_are_checked_before_compute():
     probed = get_method("svdzoo-duo-probed")
     check_options(probed, {"margin": 0.01, "search_nsamples": 4, "accept": 0.0})
-    with pytest.raises(ConfigError, match="margin"):
-        check_options(probed, {"margin": 1.5})
+    for bad in ({"margin": 1.5}, {"margin": 1.0}, {"search_nsamples": 0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):  # 1.0: no split could stay
+            check_options(probed, bad)
     with pytest.raises(ConfigError, match="takes no option 'margin'"):
         check_options(get_method("duo-svd-independent"), {"margin": 0.01})
     assert probed.replays_calibration
     with pytest.raises(ValueError, match="selector"):
         dataclasses.replace(probed, sequential=True)
+    with pytest.raises(ValueError, match="selector"):  # its reused trial modules skip it
+        dataclasses.replace(probed, allocator=get_method("ressvd").allocator)
+
+
+def test_a_trial_whose_kl_is_not_finite_is_rejected_and_recorded_as_null():
+    """An overflowing split (NaN KL) stays out, and the manifest stays writable JSON."""
+    installed = {"a": "plain-a", "b": "plain-b", "c": "plain-c"}
+    kls = iter([1.0, float("nan"), 0.9, 0.95])
+
+    class Probe:
+        windows = torch.zeros(3, 4)
+
+        def __call__(self):
+            return next(kls)
+
+    report = ProbedSplits().select(
+        [("a", 0.3, "split-a"), ("b", 0.2, "split-b"), ("c", 0.1, "split-c")],
+        Probe(),
+        installed.__getitem__,
+        installed.__setitem__,
+    )
+    assert installed == {"a": "plain-a", "b": "split-b", "c": "plain-c"}
+    assert [r["kl"] for r in report["candidates"]] == [None, 0.9, 0.95]
+    assert [r["kept"] for r in report["candidates"]] == [False, True, False]
+    assert (report["kept"], report["kl"], report["windows"]) == (1, 0.9, 3)

@@ -46,7 +46,6 @@ from svdzoo.methods.base import (
     factorise,
     with_options,
 )
-from svdzoo.methods.probe import Candidate
 from svdzoo.model_card import write_model_card
 from svdzoo.models import (
     adapter_for,
@@ -353,10 +352,10 @@ def _probe(model, method, stats, tokenizer, modules, context, device, opts):
     )
 
 
-def _kl_probe(model, method, stats, tokenizer, opts):
-    """The original model's next-token distributions on calibration windows, for a
-    selector (`methods.probe.KLProbe`)."""
-    from svdzoo.methods.probe import KLProbe, probe_windows
+def _selector_probe(model, method, stats, tokenizer, opts):
+    """The selector's measure of the model as it is now against the model as it was when
+    this is called (before any matrix is replaced), on calibration windows."""
+    from svdzoo.methods.probe import probe_windows
 
     if stats.gram is None:
         raise ConfigError(
@@ -364,7 +363,7 @@ def _kl_probe(model, method, stats, tokenizer, opts):
         )
     windows = probe_windows(stats.gram.manifest, tokenizer, opts)
     log.info("%s: probing candidates on %d calibration windows", method.name, windows.shape[0])
-    return KLProbe(model, windows)
+    return method.selector.probe(model, windows)
 
 
 def compress(
@@ -456,7 +455,7 @@ def _compress(
     if method.probes:
         actx.probe = _probe(model, method, stats, tokenizer, modules, context, device, opts)
     # taken before any matrix is replaced: the original model's output is the reference
-    kl_probe = _kl_probe(model, method, stats, tokenizer, opts) if method.selector else None
+    probe = _selector_probe(model, method, stats, tokenizer, opts) if method.selector else None
     log.info(
         "allocating ranks for %s at ratio %.2f over %d matrices", method.name, ratio, len(infos)
     )
@@ -493,7 +492,7 @@ def _compress(
                 records[name] = _module_record(by_name[name], lin, True)
     else:
         reused, kept_of = 0, getattr(actx.probe, "kept", None)
-        candidates: list[Candidate] = []
+        candidates: list[tuple[str, float, nn.Module]] = []  # a selector's, on the CPU
         for name in tqdm(list(modules), desc=f"compress {method.name}", unit="matrix"):
             layer, t, lin = modules[name]
             info, rank = by_name[name], ranks[name]
@@ -515,12 +514,15 @@ def _compress(
             )
             replace(name, now)
             if later is not None:
-                candidates.append(Candidate(name, gain, build_module(lin, later)))
+                candidates.append((name, gain, build_module(lin, later).to("cpu")))
         if reused:
             log.info("%d matrices as the search's best trial built them", reused)
         if method.selector is not None:
             actx.report["split_probe"] = method.selector.select(
-                candidates, kl_probe, model.get_submodule, replace_built
+                candidates,
+                probe,
+                model.get_submodule,
+                lambda name, new: replace_built(name, new.to(modules[name][2].weight.device)),
             )
     elapsed = time.perf_counter() - t0
     if whiteners.misses:

@@ -166,8 +166,12 @@ class Method:
     selector: Any = None
 
     def __post_init__(self) -> None:
-        if self.selector is not None and self.sequential:
-            raise ValueError(f"method {self.name!r}: a selector needs the one-pass factorisation")
+        if self.selector is not None and (self.sequential or self.probes):
+            # the sequential pass and a search's reused trial modules bypass the selector
+            raise ValueError(
+                f"method {self.name!r}: a selector needs the one-pass factorisation of a "
+                "non-searching allocator"
+            )
 
     @property
     def probes(self) -> bool:
@@ -335,6 +339,8 @@ POSITIVE_INT = Range(1.0)
 def option_ranges(method: Method) -> dict[str, Range]:
     """Each numeric option's range, as the method's parts declare it (`option_ranges`)."""
     out: dict[str, Range] = {}
+    if method.probes or method.selector is not None:  # windows of the probe (`probe_windows`)
+        out["search_nsamples"] = POSITIVE_INT
     for part in (method.spectrum_factoriser, method.allocator, method.factoriser, method.selector):
         out.update(getattr(part, "option_ranges", {}) if part is not None else {})
     return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from svdzoo.errors import ConfigError
@@ -120,50 +119,6 @@ class OutputErrorProbe:
         error = num / den if den > 0 else float("inf")
         self._keep(error, built)
         return error
-
-
-@dataclass
-class Candidate:
-    """A module a selector may install in place of the one installed (`Method.selector`)."""
-
-    name: str
-    gain: float  # the factoriser's own estimate of what it gains (a split's layer-error cut)
-    module: nn.Module
-
-
-class KLProbe:
-    """`probe()`: mean per-token `KL(p_original || p_model)` of the next-token distributions
-    over the probe windows, the model as it is now against the model as it was when the
-    probe was made (the reference log-probabilities are taken then and kept on the CPU:
-    windows x seqlen x vocab float32, 0.4 GB for 8 x 256 tokens of SmolLM2). Duo-SVD's own
-    sensitivity measure, read on the whole model instead of one module at a time."""
-
-    def __init__(self, model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -> None:
-        self.model = model
-        self.windows = windows
-        self.batch_size = batch_size
-        self.reference = [lp.cpu() for lp in self._logprobs()]
-        log.info(
-            "KL probe: reference log-probabilities of %d windows (%.2f GB)",
-            windows.shape[0],
-            sum(r.numel() * r.element_size() for r in self.reference) / 2**30,
-        )
-
-    def _logprobs(self):
-        device = next(self.model.parameters()).device
-        with torch.no_grad():
-            for start in range(0, self.windows.shape[0], self.batch_size):
-                ids = self.windows[start : start + self.batch_size].to(device)
-                logits = self.model(input_ids=ids, use_cache=False).logits
-                yield torch.log_softmax(logits.to(torch.float32), dim=-1)
-
-    def __call__(self) -> float:
-        total, count = 0.0, 0
-        for ref, lp in zip(self.reference, self._logprobs(), strict=True):
-            kl = nn.functional.kl_div(lp, ref.to(lp.device), reduction="sum", log_target=True)
-            total += float(kl)
-            count += ref.shape[0] * ref.shape[1]
-        return total / count
 
 
 def probe_windows(manifest: Mapping[str, Any], tokenizer: Any, opts: Mapping[str, Any]):
