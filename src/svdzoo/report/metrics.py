@@ -236,7 +236,9 @@ def _check_settings(seen: dict, kind: str, obj: dict, path: Path) -> None:
                 f"{path} and {first[0]} were evaluated differently ({key}: "
                 f"{json.dumps(obj[key])[:80]} vs {json.dumps(first[1])[:80]}), so their "
                 "numbers cannot be compared; re-run `svdzoo evaluate` on one with the other's "
-                "settings"
+                "settings (an execution setting such as the device or thread count reruns "
+                "nothing by itself in the workflow: force the evaluations, e.g. `snakemake "
+                "--forcerun evaluate evaluate_dense`)"
             )
 
 
