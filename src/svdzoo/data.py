@@ -147,8 +147,10 @@ def _ptb() -> Corpus:
             files = {s: PTB_URL.format(split=n) for s, n in names.items()}
         ds = datasets.load_dataset("text", data_files=files)
         # each raw line is " words ... " (a leading and a trailing space): strip it as
-        # `ptb_text_only` did, so the sentences join with one space as in the papers
-        parts = [" ".join(line.strip() for line in ds[s]["text"]) for s in SPLITS]
+        # `ptb_text_only` did, and join the sentences with a blank line as SVD-LLM's
+        # `get_test_data` (which every seed paper's perplexity comes from) and GPTQ's
+        # `get_ptb` do; a single space is GPTQ's `ptb-new`, another text
+        parts = ["\n\n".join(line.strip() for line in ds[s]["text"]) for s in SPLITS]
         return Corpus("ptb", *parts, description="Penn Treebank (text builder)")
 
     return _load_hub(
@@ -166,11 +168,13 @@ def _ptb() -> Corpus:
 
 C4_TRAIN = "en/c4-train.00000-of-01024.json.gz"
 C4_VAL = "en/c4-validation.00000-of-00008.json.gz"
-C4_EVAL_DOCS = 1100
+# SVD-LLM's `get_test_data`: the first 2000 documents of the validation shard, joined with
+# a blank line (1100 joined with a space and cut to 256 windows is GPTQ's `c4-new`)
+C4_EVAL_DOCS = 2000
 
 
 def _c4() -> Corpus:
-    """First train shard for calibration, first validation shard (first 1100 docs) for eval."""
+    """First train shard for calibration, first validation shard (first 2000 docs) for eval."""
 
     def load() -> Corpus:
         import datasets
@@ -180,7 +184,7 @@ def _c4() -> Corpus:
         )
         train = "\n\n".join(ds["train"]["text"])
         val_docs = ds["validation"]["text"][:C4_EVAL_DOCS]
-        text = " ".join(val_docs)
+        text = "\n\n".join(val_docs)
         return Corpus("c4", train, text, text, description="C4 en, first shards (hub)")
 
     return _load_hub(
@@ -308,10 +312,30 @@ get_corpus.cache_clear = _cached_corpus.cache_clear  # type: ignore[attr-defined
 # ---------------------------------------------------------------- token windows
 
 
+# Above this many characters a split is tokenized in pieces that end at a blank line: a
+# fast tokenizer's output for one call holds hundreds of bytes per token (the first C4
+# train shard, about 0.8 GB of text, would need on the order of 100 GB). Every corpus of the
+# default run and WikiText-2, PTB and C4's evaluation text are far below it, so their
+# tokens are one call's exactly.
+TOKENIZE_PIECE_CHARS = 32 << 20
+
+
 def tokenize(tokenizer, text: str) -> torch.Tensor:
-    """The whole split as one 1-D LongTensor, as the papers' protocol does."""
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
+    """The whole split as one 1-D LongTensor, as the papers' protocol does (in pieces that
+    end at a blank line above `TOKENIZE_PIECE_CHARS`)."""
+    pieces, start = [], 0
+    while len(text) - start > TOKENIZE_PIECE_CHARS:
+        cut = text.find("\n\n", start + TOKENIZE_PIECE_CHARS)
+        if cut < 0:
+            break
+        pieces.append(text[start : cut + 2])
+        start = cut + 2
+    pieces.append(text[start:])
+    out = []
+    for piece in pieces:
+        ids = tokenizer(piece, add_special_tokens=False, return_attention_mask=False)
+        out.append(torch.tensor(ids["input_ids"], dtype=torch.long))
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def check_train_length(corpus: Corpus | str, seqlen: int) -> None:

@@ -239,12 +239,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _hub_hint(model_id: str) -> str:
+def _hub_hint(model_id: str, exc: BaseException | None = None) -> str:
+    """What to do about a model that is no local directory and did not load from the hub;
+    transformers' own first line comes first (a gated repository, a mistyped id and an
+    offline machine each need something else)."""
+    said = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else ""
     return (
-        f"model {model_id!r} is neither a local directory nor in the Hugging Face cache. "
-        "This machine is offline (HF_HUB_OFFLINE=1) or the hub is unreachable: download it "
-        f"on a connected machine with `huggingface-cli download {model_id}` and copy "
-        "~/.cache/huggingface, or pass a local path to a saved model."
+        (f"{said} " if said else "")
+        + f"(model {model_id!r} is neither a local directory nor loadable from the Hugging "
+        "Face cache or hub.) Check the id; for a gated model accept its licence and run `hf "
+        "auth login`; offline (HF_HUB_OFFLINE=1), download it on a connected machine with "
+        f"`hf download {model_id}` and copy ~/.cache/huggingface, or pass a local path to "
+        "a saved model."
     )
 
 
@@ -256,7 +262,7 @@ def load_tokenizer(model_id: str | os.PathLike[str]):
         tok = AutoTokenizer.from_pretrained(str(model_id))
     except (OSError, ValueError) as exc:
         if not Path(model_id).is_dir():
-            raise ModelError(_hub_hint(str(model_id))) from exc
+            raise ModelError(_hub_hint(str(model_id), exc)) from exc
         # a saved model without tokenizer files: transformers raises a multi-line ValueError
         raise ModelError(
             f"model directory {str(model_id)!r} has no usable tokenizer "
@@ -356,7 +362,7 @@ def load_config(model_id: str | os.PathLike[str]):
     try:
         return AutoConfig.from_pretrained(str(model_id))
     except OSError as exc:
-        raise ModelError(_hub_hint(str(model_id))) from exc
+        raise ModelError(_hub_hint(str(model_id), exc)) from exc
     except ValueError as exc:  # a config.json without a model type transformers knows
         raise ModelError(f"{model_id}: {str(exc).splitlines()[0]}") from exc
 
