@@ -249,6 +249,33 @@ def test_published_percent_is_normalised_and_mapping_applies() -> None:
     assert comp["diff"].tolist() == [pytest.approx(0.40 - 0.4263)]
 
 
+def test_zero_shot_is_compared_over_the_papers_own_tasks() -> None:
+    """SVD-LLM averages six tasks (no ARC-c): our mean over seven was set beside it. AdaSVD
+    averages MMLU in, which we do not run: the row says it is not comparable."""
+    pub = load_published(PUBLISHED)
+    accs = {"openbookqa": 0.3, "arc_easy": 0.6, "arc_challenge": 0.1, "winogrande": 0.6,
+            "hellaswag": 0.5, "piqa": 0.7, "mathqa": 0.2}  # fmt: skip
+    rows = [("l", m, r, "acc", t, a, None) for m, r in (("svd-llm", 0.2), ("adasvd", 0.4))
+            for t, a in accs.items()]  # fmt: skip
+    rows += [("l", m, r, "acc", "mean", sum(accs.values()) / 7, None)
+             for m, r in (("svd-llm", 0.2), ("adasvd", 0.4))]  # fmt: skip
+    ours = pd.DataFrame(rows, columns=COLUMNS)
+
+    def row(model: str, method: str, source: str) -> pd.Series:
+        comp = compare(ours, pub, {"l": model})
+        comp = comp[(comp["method"] == method) & comp["source"].str.startswith(source)]
+        assert len(comp) == 1, comp
+        return comp.iloc[0]
+
+    six = sum(v for t, v in accs.items() if t != "arc_challenge") / 6
+    svd_llm = row("LLaMA-7B", "svd-llm", "SVD-LLM (")
+    assert svd_llm["reproduced"] == pytest.approx(six)
+    assert "ours over the same tasks" in svd_llm["note"]
+    ada = row("LLaMA-2-7B", "adasvd", "AdaSVD")
+    assert ada["reproduced"] == pytest.approx(sum(accs.values()) / 7)
+    assert "not comparable" in ada["note"] and "mmlu" in ada["note"]
+
+
 def test_no_matching_rows_writes_a_clear_file(tmp_path: Path) -> None:
     results = make_tree(tmp_path)
     build_report(

@@ -6,11 +6,13 @@ without an entry a key matches a published name case-insensitively. Our `dense` 
 is the papers' `original`. Metrics: `wikitext2_ppl`, `ptb_ppl`, `c4_ppl` (our corpora
 `wikitext2`, `ptb`, `c4`) and `zero_shot_avg` (our mean accuracy, a fraction). AdaSVD
 reports accuracy in percent: any `zero_shot_avg` above 1 is divided by 100. The papers
-average different task sets (see their `note`), so compare zero-shot with care.
+average different task sets (a source's `note`: "zero_shot_avg over ..."): ours is taken
+over the same tasks, or the row says it is not comparable (`_same_tasks`).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -97,6 +99,56 @@ def ours_long(tidy: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+# the papers' task names (published.csv's notes) -> lm-eval's
+PAPER_TASKS = {
+    "openbookqa": "openbookqa", "arc-e": "arc_easy", "arc-c": "arc_challenge",
+    "winogrande": "winogrande", "hellaswag": "hellaswag", "piqa": "piqa",
+    "mathqa": "mathqa", "mmlu": "mmlu",
+}  # fmt: skip
+_OVER = re.compile(r"zero_shot_avg over ([^()]+)")
+
+
+def paper_tasks(published: pd.DataFrame) -> dict[str, list[str]]:
+    """Each source's zero-shot task list, from a note `zero_shot_avg over A B C` on any of
+    its rows, in lm-eval's names (a name it does not know is kept as written)."""
+    out: dict[str, list[str]] = {}
+    for source, note in published[["source", "note"]].drop_duplicates().itertuples(index=False):
+        found = _OVER.search(str(note))
+        if found:
+            names = found.group(1).split()
+            out[str(source)] = [PAPER_TASKS.get(n.lower(), n) for n in names]
+    return out
+
+
+def _same_tasks(merged: pd.DataFrame, tidy: pd.DataFrame, published: pd.DataFrame):
+    """A paper's zero-shot mean is compared with ours over the same tasks: the papers
+    average six or five tasks (SVD-LLM leaves ARC-c out, AdaSVD puts MMLU in) where our
+    `mean` covers the seven we ran. Where we lack one of its tasks, our mean stays and the
+    note says the two are not comparable."""
+    lists = paper_tasks(published)
+    acc = tidy[(tidy["metric"] == "acc") & (tidy["dataset"] != "mean")]
+    for i in merged.index[merged["metric"] == ZERO_SHOT]:
+        row = merged.loc[i]
+        tasks = lists.get(str(row["source"]))
+        if not tasks:
+            continue
+        ours = acc[
+            (acc["model"] == row["model"])
+            & (acc["method"] == row["method"])
+            & (acc["ratio"].astype(float).round(4) == row["ratio"])
+        ].set_index("dataset")["value"]
+        missing = [t for t in tasks if t not in ours.index]
+        if missing:
+            merged.loc[i, "note"] = (
+                f"{row['note']} (not comparable: our mean is over {', '.join(ours.index) or 'our tasks'}; "
+                f"we did not run {', '.join(missing)})".strip()
+            )
+        else:
+            merged.loc[i, "reproduced"] = float(ours[tasks].mean())
+            merged.loc[i, "note"] = f"{row['note']} (ours over the same tasks)".strip()
+    return merged
+
+
 def compare(
     tidy: pd.DataFrame, published: pd.DataFrame, model_names: dict[str, str] | None = None
 ) -> pd.DataFrame:
@@ -117,6 +169,7 @@ def compare(
     ).rename(columns={"value": "reproduced"})
     if merged.empty:
         return pd.DataFrame(columns=OUT_COLUMNS)
+    merged = _same_tasks(merged, tidy, published)
     merged["diff"] = merged["reproduced"] - merged["published"]
     merged["rel_diff"] = merged["diff"] / merged["published"].abs()
     merged = merged.sort_values(["model", "ratio", "method", "metric", "source"], kind="stable")
@@ -147,8 +200,9 @@ def write(
         show["ratio"] = show["ratio"].map(lambda v: f"{v:.2f}")
         body = show.drop(columns=["note"]).to_markdown(index=False, disable_numparse=True)
         body += (
-            "\n\nzero_shot_avg is a fraction (AdaSVD's percentages divided by 100); papers "
-            "average different task sets, see the CSV's note column."
+            "\n\nzero_shot_avg is a fraction (AdaSVD's percentages divided by 100), ours "
+            "taken over each paper's own tasks where we ran them all; the CSV's note column "
+            "says which rows are not comparable."
         )
     write_text(md_path, f"{title}\n\n{body}\n")
     return [csv_path, md_path]
