@@ -1621,3 +1621,14 @@ def test_a_refused_command_leaves_no_empty_directories(model_dir, tmp_path, caps
     rc, err = svdzoo(capsys, *compress_args(model_dir, "k1/k2/out"))  # written: created then
     assert rc == 0, err
     assert (tmp_path / "k1" / "k2" / "out" / "manifest.json").is_file()
+
+
+def test_python_m_svdzoo_is_the_command():
+    """`python -m svdzoo` failed with "No module named svdzoo.__main__"."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "svdzoo", "methods", "--names"],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "svd-llm" in out.stdout.split()
