@@ -1197,10 +1197,10 @@ def test_evaluate_refuses_a_corpus_file_as_its_output(model_dir, tmp_path, capsy
     text = "def f(x):\n    return x + 1\n\n" * 400
     corpus.write_text(text)
     (tmp_path / "sub").mkdir()
-    for flag in ("--ppl-out", "--efficiency-out"):
+    for flags in (["--ppl-out"], ["--ppl-out", "p.json", "--efficiency-out"]):
         rc, err = svdzoo(capsys, "evaluate", "--model", model_dir, "--corpora", "corpus.txt",
                          "--seqlen", "16", "--max-windows", "1", "--device", "cpu",
-                         flag, "./sub/../corpus.txt")  # fmt: skip
+                         *flags, "./sub/../corpus.txt")  # fmt: skip
         assert rc == 2
         one_line_error(err, "input corpus.txt")
         assert corpus.read_text() == text

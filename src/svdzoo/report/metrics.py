@@ -215,15 +215,15 @@ def _check_measured(obj: dict, manifest: dict | None, path: Path, where: Path | 
 # what must agree among one model's runs for their numbers to be compared: perplexity's
 # windows, the zero-shot tasks with their sample counts (a mean over other tasks), the
 # dtype, and where and how efficiency was measured (bfloat16 halves the weight bytes of
-# any model; another device or thread count, every time). Files without a key (written
-# before it was recorded) are not compared on it.
+# any model; another device changes every time). Files without a key (written before it
+# was recorded) are not compared on it. The thread count is recorded, not compared: DVC
+# runs its stages on torch's default threads and Snakemake on the rule's, so one
+# project's evaluations legitimately mix them.
 _SETTINGS = {
     "ppl": ("seqlen", "n_windows", "window_prefix", "dtype"),
     "zeroshot": ("n_samples", "dtype"),
-    "efficiency": (
-        "device", "dtype", "prompt_len", "gen_len", "torch_threads", "prefill_logits"
-    ),
-}  # fmt: skip
+    "efficiency": ("device", "dtype", "prompt_len", "gen_len", "prefill_logits"),
+}
 
 
 def _check_settings(seen: dict, kind: str, obj: dict, path: Path) -> None:
@@ -236,7 +236,7 @@ def _check_settings(seen: dict, kind: str, obj: dict, path: Path) -> None:
                 f"{path} and {first[0]} were evaluated differently ({key}: "
                 f"{json.dumps(obj[key])[:80]} vs {json.dumps(first[1])[:80]}), so their "
                 "numbers cannot be compared; re-run `svdzoo evaluate` on one with the other's "
-                "settings (an execution setting such as the device or thread count reruns "
+                "settings (an execution setting such as the device reruns "
                 "nothing by itself in the workflow: force the evaluations, e.g. `snakemake "
                 "--forcerun evaluate evaluate_dense`)"
             )
