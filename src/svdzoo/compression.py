@@ -325,16 +325,25 @@ def _module_record(info: allocation.MatrixInfo, module: nn.Module, dense: bool) 
     }
 
 
-def _probe(model, method, stats, tokenizer, modules, context, device, opts):
-    """The end-to-end error oracle of searching allocators (`methods.probe`)."""
-    from svdzoo.methods.probe import OutputErrorProbe, probe_windows
+def _probe_windows(method, stats, tokenizer, opts, does: str, what: str):
+    """The calibration windows a search or a selector runs the model on (`probe_windows`),
+    which the Gram cache's manifest names."""
+    from svdzoo.methods.probe import probe_windows
 
     if stats.gram is None:
         raise ConfigError(
-            f"method {method.name!r} searches on calibration data: it needs the Gram statistics"
+            f"method {method.name!r} {does} on calibration data: it needs the Gram statistics"
         )
     windows = probe_windows(stats.gram.manifest, tokenizer, opts)
-    log.info("%s: probing allocations on %d calibration windows", method.name, windows.shape[0])
+    log.info("%s: probing %s on %d calibration windows", method.name, what, windows.shape[0])
+    return windows
+
+
+def _probe(model, method, stats, tokenizer, modules, context, device, opts):
+    """The end-to-end error oracle of searching allocators (`methods.probe`)."""
+    from svdzoo.methods.probe import OutputErrorProbe
+
+    windows = _probe_windows(method, stats, tokenizer, opts, "searches", "allocations")
 
     def factorise_at(name: str, rank: int):
         layer, t, lin = modules[name]
@@ -355,14 +364,7 @@ def _probe(model, method, stats, tokenizer, modules, context, device, opts):
 def _selector_probe(model, method, stats, tokenizer, opts):
     """The selector's measure of the model as it is now against the model as it was when
     this is called (before any matrix is replaced), on calibration windows."""
-    from svdzoo.methods.probe import probe_windows
-
-    if stats.gram is None:
-        raise ConfigError(
-            f"method {method.name!r} probes on calibration data: it needs the Gram statistics"
-        )
-    windows = probe_windows(stats.gram.manifest, tokenizer, opts)
-    log.info("%s: probing candidates on %d calibration windows", method.name, windows.shape[0])
+    windows = _probe_windows(method, stats, tokenizer, opts, "probes", "candidates")
     return method.selector.probe(model, windows)
 
 
@@ -602,8 +604,6 @@ def save_compressed(
 def check_model_fits(model: nn.Module, manifest: Mapping[str, Any]) -> None:
     """Refuse to save a model whose modules are not the manifest's (another model, or the
     dense original): the directory would be written and sealed, and fail only on load."""
-    import json
-
     wrong = []
     for name, rec in (manifest.get("modules") or {}).items():
         try:
@@ -611,11 +611,11 @@ def check_model_fits(model: nn.Module, manifest: Mapping[str, Any]) -> None:
         except AttributeError:
             wrong.append(f"{name} (absent)")
             continue
-        try:
-            spec = json.loads(json.dumps(lowrank.module_spec(module)))
+        try:  # plain ints and bools, as the manifest holds them in memory and in JSON
+            spec = lowrank.module_spec(module)
         except lowrank.SpecError:
             spec = None  # a dense linear
-        if spec != (None if rec.get("dense") else json.loads(json.dumps(rec.get("spec")))):
+        if spec != (None if rec.get("dense") else rec.get("spec")):
             wrong.append(f"{name} ({'dense' if spec is None else spec['type']} here)")
     if wrong:
         raise ConfigError(

@@ -121,9 +121,10 @@ class ProbedSplits:
                 install(name, plain)
             finite = trial if math.isfinite(trial) else None
             rows.append({"matrix": name, "gain": gain, "kl": finite, "kept": kept})
+        kept = sum(r["kept"] for r in rows)
         log.info(
             "split probe: kept %d of %d splits; KL %.5g without any -> %.5g",
-            sum(r["kept"] for r in rows),
+            kept,
             len(rows),
             start,
             kl,
@@ -132,7 +133,7 @@ class ProbedSplits:
             "windows": int(probe.windows.shape[0]),
             "kl_without_splits": start,
             "kl": kl,
-            "kept": sum(r["kept"] for r in rows),
+            "kept": kept,
             "candidates": rows,
         }
 
