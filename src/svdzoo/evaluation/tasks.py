@@ -388,22 +388,40 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+_REBUILD = "rebuild the tasks with `svdzoo build-tasks`"
+
+
+def read_task_manifest(task_dir: str | Path) -> dict | None:
+    """The manifest `build_tasks` wrote in `task_dir`, its `tasks` a dict; None where there
+    is none (one's own lm-eval tasks). The one reader of it: the file check before the
+    model loads and the tokenizer check after both go through here. TaskBuildError naming
+    the file when it is damaged."""
+    mpath = Path(task_dir) / MANIFEST
+    if not mpath.exists():
+        return None
+    manifest = read_json_object(mpath, TaskBuildError, _REBUILD, kind="a task manifest")
+    if not isinstance(manifest.get("tasks"), dict):
+        raise TaskBuildError(f"{mpath}: not a task manifest; {_REBUILD}")
+    return manifest
+
+
+def built_task_names(manifest: dict, tasks: Iterable[str]) -> list[str]:
+    """Which of `tasks` the manifest's directory built (the group stands for all)."""
+    built, tasks = manifest["tasks"], set(tasks)
+    return sorted(set(built) if GROUP in tasks else tasks & set(built))
+
+
 def check_task_files(task_dir: str | Path, tasks: Iterable[str]) -> None:
     """The requested offline tasks' files are the ones `build_tasks` wrote (their sha256 in
     the manifest), checked before any model loads. TaskBuildError naming the file otherwise:
     a question file cut to 2 lines was scored on 2 questions while the manifest said 15. A
     directory without a task manifest (one's own lm-eval tasks) is not checked."""
     task_dir = Path(task_dir)
-    mpath = task_dir / MANIFEST
-    if not mpath.exists():
+    manifest = read_task_manifest(task_dir)
+    if manifest is None:
         return
-    rebuild = "rebuild the tasks with `svdzoo build-tasks`"
-    manifest = read_json_object(mpath, TaskBuildError, rebuild, kind="a task manifest")
-    built = manifest.get("tasks")
-    if not isinstance(built, dict):
-        raise TaskBuildError(f"{mpath}: not a task manifest; {rebuild}")
-    tasks = set(tasks)
-    wanted = sorted(set(built) if GROUP in tasks else tasks & set(built))
+    mpath, rebuild, built = task_dir / MANIFEST, _REBUILD, manifest["tasks"]
+    wanted = built_task_names(manifest, tasks)
     if not wanted:
         return
     support = manifest.get("support_sha256")

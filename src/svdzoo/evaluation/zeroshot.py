@@ -169,22 +169,22 @@ def prepare_tasks(tasks: list[str], task_dir: Path | None):
     return tm
 
 
-def offline_questions(tasks: list[str], task_dir: Path | None) -> dict[str, list[dict]]:
+def offline_questions(
+    tasks: list[str], task_dir: Path | None, manifest: dict | None = None
+) -> dict[str, list[dict]]:
     """The questions of the requested tasks that `build-tasks` made in `task_dir` (the group
-    `svdzoo_offline` stands for all of them), as its task manifest lists them; hub tasks and
-    one's own lm-eval tasks in a directory (a `.jsonl` of any format) are left out."""
-    from svdzoo.evaluation.tasks import GROUP, MANIFEST, read_questions
-    from svdzoo.io import read_json_object
+    `svdzoo_offline` stands for all of them), as its task manifest (`manifest`, else read
+    from `task_dir`) lists them; hub tasks and one's own lm-eval tasks in a directory (a
+    `.jsonl` of any format) are left out."""
+    from svdzoo.evaluation.tasks import built_task_names, read_questions, read_task_manifest
 
-    if task_dir is None or not (Path(task_dir) / MANIFEST).is_file():
+    if task_dir is None:
         return {}
-    try:  # check_task_files has refused a damaged manifest of requested tasks already
-        built = read_json_object(Path(task_dir) / MANIFEST, ValueError).get("tasks")
-    except ValueError:
+    if manifest is None:
+        manifest = read_task_manifest(task_dir)
+    if manifest is None:
         return {}
-    local = set(built) if isinstance(built, dict) else set()
-    names = local if GROUP in tasks else local & set(tasks)
-    return {t: read_questions(task_dir, t) for t in sorted(names)}
+    return {t: read_questions(task_dir, t) for t in built_task_names(manifest, tasks)}
 
 
 def check_encodings(lm, questions: dict[str, list[dict]]) -> dict[str, dict]:
@@ -221,17 +221,13 @@ def check_encodings(lm, questions: dict[str, list[dict]]) -> dict[str, dict]:
 
 def _preflight(lm, tasks: list[str], task_dir: Path | None) -> None:
     """Refuse offline tasks that this tokenizer cannot score (see the module docstring)."""
-    from svdzoo.evaluation.tasks import MANIFEST, TASKS_VERSION
+    from svdzoo.evaluation.tasks import TASKS_VERSION, read_task_manifest
 
-    questions = offline_questions(tasks, task_dir)
+    manifest = read_task_manifest(task_dir) if task_dir is not None else None
+    questions = offline_questions(tasks, task_dir, manifest)
     if not questions:
         return
-    from svdzoo.io import read_json_object
-
-    try:  # only a hint rides on it: unreadable or damaged is "unknown"
-        built = read_json_object(Path(task_dir) / MANIFEST, ValueError).get("version")
-    except ValueError:
-        built = None
+    built = manifest.get("version")
     stale = (
         f" The tasks in {task_dir} were built by version {built} of the task builder; this is"
         f" version {TASKS_VERSION}: rebuild them with `svdzoo build-tasks`."
