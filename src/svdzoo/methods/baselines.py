@@ -66,7 +66,7 @@ register(
 register(
     Method(
         name="svd-llm-fp32",
-        description="SVD-LLM on the official code's numeric path: float32 SVD of W L and float32-cast inv(L)",
+        description="SVD-LLM with the official code's float32 factorisation (float32 SVD of W L, float32-cast inv(L)); its Gram is svdzoo's float64 sum, not the official float32 one",
         paper="Wang et al., ICLR 2025 (official code's numerics)",
         needs=frozenset({GRAM}),
         factoriser=WhitenedOfficialFP32(),

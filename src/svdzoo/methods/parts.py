@@ -150,7 +150,9 @@ class Whitened:
 
 @dataclass(frozen=True)
 class WhitenedOfficialFP32:
-    """SVD-LLM's official numerics: float32 SVD of `W L`, float32-cast `inv(L)`."""
+    """SVD-LLM's official factorisation numerics: float32 SVD of `W L`, float32-cast
+    `inv(L)`. Not its Gram: the official hook sums `X^T X` in float32, svdzoo's cache in
+    float64, and its Cholesky retry shifts by an absolute 1e-6 (svdzoo's is relative)."""
 
     precision = "float32"  # for the manifest (it recorded float64)
 
