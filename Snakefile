@@ -67,12 +67,14 @@ onsuccess:
     # `dvc repro` is a no-op and `dvc exp run -S` reruns only what changes (svdzoo.dvc_track).
     from svdzoo.dvc_track import commit_outputs, recorded_endtimes, rewritten_after_snakemake
 
-    # only what this run's DAG holds: Snakemake made or checked it against the current
-    # params (an output outside it may be from other params and is left to `dvc repro`),
-    # and not rewritten since Snakemake's job made it (by `dvc exp run`, say)
-    outputs = [str(f) for job in workflow.dag.jobs for f in job.output]
+    # only what this run's DAG holds and Snakemake has a record of: it made it, or checked
+    # it against the current params and code (an output outside the DAG may be from other
+    # params, and one without a record, from `dvc repro` or `dvc pull`, was never checked:
+    # both are left to `dvc repro`), and not rewritten since Snakemake's job made it (by
+    # `dvc exp run`, say)
+    records = recorded_endtimes(workflow, [str(f) for job in workflow.dag.jobs for f in job.output])
     commit_outputs(
         PARAMS_FILE,
-        produced=outputs,
-        rewritten=rewritten_after_snakemake(recorded_endtimes(workflow, outputs)),
+        produced=[path for path, endtime in records if endtime is not None],
+        rewritten=rewritten_after_snakemake(records),
     )

@@ -133,6 +133,33 @@ def test_outputs_dvc_rewrote_are_not_committed_as_current_by_snakemake(micro_run
     assert "up to date" in run(ws, dvc, "status")
 
 
+def test_outputs_snakemake_has_no_record_of_are_left_to_dvc(micro_run, tmp_path):
+    """Outputs that `dvc repro` made or `dvc pull` fetched have no Snakemake record, so
+    Snakemake checks them by mtime only and misses a params change. Its commit recorded
+    them as current for the new params (8-window metrics for 4-window params, say), and
+    then neither engine reran them. Now only outputs Snakemake has a record of are
+    committed; the others stay stale in `dvc status` for `dvc repro`."""
+    ws = tmp_path / "pulled"
+    shutil.copytree(micro_run, ws, symlinks=True)
+    run(ws, str(BIN / "svdzoo"), "render-dvc")
+    git, dvc = init_dvc_repo(ws)
+    assert "dvc: committed" in smk(ws, "--forcerun", "report")  # every stage current ...
+    shutil.rmtree(ws / ".snakemake" / "metadata")  # ... with no Snakemake record, as after
+    # `dvc repro` or `dvc pull`
+    assert "up to date" in run(ws, dvc, "status")
+    edited = yaml.safe_load((ws / "params.yaml").read_text())
+    edited["evaluation"]["max-windows"] = 3
+    write_params(ws, edited)
+    out = smk(ws, "--forcerun", "report")
+    assert "dvc: committed" in out, out[-3000:]
+    status = run(ws, dvc, "status")
+    assert "evaluate@tiny-svd-0.40" in status, status  # 4-window metrics, 3-window params
+    assert not re.search(r"^report:", status, re.M), status  # it ran, and is committed
+    run(ws, dvc, "repro")
+    ppl = ws / "results/metrics/tiny/svd/r0.40/ppl.json"
+    assert json.loads(ppl.read_text())["n_windows"] == {"pydoc": 3}
+
+
 # ---------------------------------------------------------------- DVC
 
 

@@ -5,8 +5,10 @@ The design is a Snakemake DAG with DVC-tracked outputs: in a DVC project, the Sn
 the run produced up to date and `dvc exp run -S ...` recomputes only what the change
 touches. It writes the two DVC-only products first (the params check's stamp and the code
 stamps, `svdzoo.codehash`), then commits each stage whose dependencies and outputs all
-exist and whose outputs are all in the run's DAG (`produced`): Snakemake either made them
-in this run or checked them against the current params, code and inputs. A stage outside
+exist and whose outputs are all in the run's DAG with a Snakemake record (`produced`):
+Snakemake either made them or checked them against the current params, code and inputs.
+An output without a record (made by `dvc repro`, fetched by `dvc pull`) was checked by
+mtime only, so a params change goes unseen: it is left to DVC. A stage outside
 the DAG is left to `dvc repro`, however complete it looks: its outputs may be from other
 parameters (a run of one target checks nothing else), and committing them would record
 stale outputs as current. Nor is a stage whose output changed after the Snakemake job that
