@@ -1452,6 +1452,36 @@ def test_model_without_tokenizer_is_one_line_before_loading(command, model_dir, 
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["calibrate", "compress", "evaluate", "sensitivity"])
+def test_another_models_tokenizer_is_one_line_before_loading(command, model_dir, gram_n2,
+                                                             tmp_path, capsys, no_model_load):  # fmt: skip
+    """Tokenizer files of a model with a larger vocabulary beside the weights: the first
+    forward pass stopped with a raw `IndexError: index out of range in self` from the
+    embedding, after the model had loaded (a review helper's finding)."""
+    import json
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(model_dir, mixed)
+    config = json.loads((mixed / "config.json").read_text())
+    config["vocab_size"] = 16  # the byte tokenizer has more: as another model's would
+    (mixed / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    argv = {
+        "calibrate": ["calibrate", "--model", mixed, "--corpus", "pydoc", "--nsamples", "2",
+                      "--seqlen", "16", "--seed", "0", "--device", "cpu", "--out", out],
+        "compress": compress_args(mixed, out),
+        "evaluate": ["evaluate", "--model", mixed, "--corpora", "pydoc", "--seqlen", "16",
+                     "--max-windows", "1", "--device", "cpu", "--ppl-out", out],
+        "sensitivity": ["sensitivity", "--model", mixed, "--stats", gram_n2, "--kind", "duo",
+                        "--nsamples", "1", "--device", "cpu", "--out", out],
+    }[command]  # fmt: skip
+    rc, err = svdzoo(capsys, *argv)
+    assert rc == 2, err
+    one_line_error(err, mixed, "vocab_size")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("case", ["task-dir", "efficiency"])
 def test_evaluate_checks_tasks_and_efficiency_before_perplexity(case, model_dir, tmp_path, capsys,
                                                                 caplog):  # fmt: skip

@@ -271,7 +271,30 @@ def load_tokenizer(model_id: str | os.PathLike[str]):
         ) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    check_tokenizer_fits(tok, model_id)
     return tok
+
+
+def check_tokenizer_fits(tokenizer, model_id: str | os.PathLike[str]) -> None:
+    """Refuse a tokenizer whose vocabulary the model's embedding cannot index (another
+    model's tokenizer files beside the weights), before the weights load: the forward pass
+    would stop with an `IndexError` from the embedding, after minutes of loading. Its base
+    vocabulary is compared, not added special tokens: some releases list tokens past the
+    embedding that text never encodes to."""
+    try:
+        config = load_config(model_id)
+    except ModelError:  # reported, with its reason, where the model loads
+        return
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is None:  # a multimodal config keeps it with its text decoder's
+        vocab = getattr(getattr(config, "text_config", None), "vocab_size", None)
+    base = getattr(tokenizer, "vocab_size", None)
+    if isinstance(vocab, int) and isinstance(base, int) and base > vocab:
+        raise ModelError(
+            f"{model_id}: its tokenizer has {base} tokens but the model's embedding only "
+            f"{vocab} (config.json vocab_size): the tokenizer files are another model's; "
+            "save the model's own tokenizer next to its weights"
+        )
 
 
 def is_compressed_dir(path: Path) -> bool:
