@@ -1348,6 +1348,62 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr(api, "load_model", refuse)
 
 
+@pytest.fixture(scope="module")
+def duo_tables(model_dir, gram_n2, tmp_path_factory) -> dict[str, Path]:
+    """Duo-SVD KL tables of the tiny model: ratio-independent, and per-ratio around 0.20."""
+    root = tmp_path_factory.mktemp("duo-tables")
+    out = {}
+    for name, extra in (("independent", []), ("per-ratio", ["--base-ratio", "0.2"])):
+        out[name] = root / name
+        rc = cli.main(["sensitivity", "--model", str(model_dir), "--stats", str(gram_n2),
+                       "--kind", "duo", "--nsamples", "1", "--ratios", "0.2", "0.8",
+                       "--device", "cpu", "--out", str(out[name]), *extra])  # fmt: skip
+        assert rc == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    "table, flags, needle",
+    [
+        ("independent", ["--method", "duo-svd", "--ratio", "0.2"], "needs a per-ratio"),
+        ("per-ratio", ["--method", "duo-svd", "--ratio", "0.4"], "measured around ratio 0.2"),
+        ("per-ratio", ["--method", "duo-svd", "--ratio", "0.2", "--option", "protocol=bogus"],
+         "protocol must be one of"),
+        ("per-ratio", ["--method", "duo-svd", "--ratio", "0.2", "--option", "kind=bogus"],
+         "kind must be a sensitivity table"),
+        ("per-ratio", ["--method", "asvd", "--ratio", "0.2", "--option", "kind=bogus"],
+         "kind must be a sensitivity table"),
+        ("per-ratio", ["--method", "duo-svd", "--ratio", "0.2", "--option", "kind=asvd"],
+         "pass --sensitivity-asvd"),
+    ],
+)  # fmt: skip
+def test_a_duo_table_or_option_that_cannot_work_is_one_line_before_loading(
+    table, flags, needle, model_dir, gram_n2, duo_tables, tmp_path, capsys, no_model_load
+):
+    """A ratio-independent table for the per-ratio method, a per-ratio table of another
+    ratio, or an unknown `protocol` / `kind`: each failed after the statistics and the
+    model had loaded ("allocating ranks ..."; for `protocol=bogus` as "needs a bogus
+    sensitivity-duo table"). The tables' manifests say it before anything loads."""
+    out = tmp_path / "c"
+    rc, err = svdzoo(capsys, "compress", "--model", model_dir, "--stats", gram_n2,
+                     "--sensitivity-duo", duo_tables[table], *flags, "--out", out)  # fmt: skip
+    assert rc == 2, err
+    one_line_error(err, needle)
+    assert not out.exists()
+
+
+def test_statistics_of_another_dtype_are_one_line_before_loading(model_dir, gram_n2, tmp_path,
+                                                                  capsys, no_model_load):  # fmt: skip
+    """A float32 Gram for a bfloat16 compression was refused after the model had loaded,
+    as "computed on another model" (the same model, in another dtype)."""
+    out = tmp_path / "c"
+    rc, err = svdzoo(capsys, "compress", "--model", model_dir, "--stats", gram_n2, "--method",
+                     "svd-llm", "--ratio", "0.4", "--dtype", "bfloat16", "--out", out)  # fmt: skip
+    assert rc == 2, err
+    one_line_error(err, "computed with the model in float32", "--dtype float32")
+    assert not out.exists()
+
+
 def test_compressing_a_compressed_model_is_one_line_before_loading(compressed, tmp_path, capsys,
                                                                    no_model_load):  # fmt: skip
     """A compressed directory given as `--model`: its factored linears cannot be compressed

@@ -17,7 +17,9 @@ from svdzoo import lapack
 from svdzoo.compression import KIND as COMPRESSED
 from svdzoo.compression import (
     Statistics,
+    check_allocator_table,
     check_ratio,
+    check_statistics_dtype,
     compress,
     load_compressed,
     save_compressed,
@@ -152,7 +154,7 @@ def compress_to_dir(
     check_options(registered, options)
     # the values too (an unknown whitening, a negative tau): the parts refuse them when
     # configured, which `compress` does only after the statistics and the model loaded
-    with_options(registered, {**registered.options, **(options or {})})
+    configured = with_options(registered, {**registered.options, **(options or {})})
     _require_paths(
         method,
         {GRAM: stats, FISHER: fisher, SENS_DUO: sensitivity_duo, SENS_ASVD: sensitivity_asvd},
@@ -163,6 +165,8 @@ def compress_to_dir(
         statistics = load_statistics(stats, fisher, sensitivity_duo, sensitivity_asvd)
         if calibration is not None:
             check_calibration(statistics, calibration)
+        check_statistics_dtype(statistics, str(resolve_dtype(dtype)).removeprefix("torch."))
+        check_allocator_table(configured, statistics, ratio)  # protocol, base ratio
         tokenizer = load_tokenizer(model)  # a model without a tokenizer fails before loading
         lm = load_model(model, dtype=dtype, device=device)
         paths = {

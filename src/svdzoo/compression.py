@@ -213,6 +213,40 @@ def check_statistics(method: Method, stats: Statistics, model_fp: str, config: A
                 )
 
 
+def check_statistics_dtype(stats: Statistics, dtype: str) -> None:
+    """Statistics computed with the model in another dtype (`calibrate --dtype float16`)
+    fingerprint another model: say so before the weights load (it was refused afterwards
+    as "computed on another model", the same model)."""
+    products = {"gram": stats.gram, "fisher": stats.fisher,
+                **{f"sensitivity-{k}": v for k, v in stats.sensitivity.items()}}  # fmt: skip
+    for kind, product in products.items():
+        made = (getattr(product, "manifest", None) or {}).get("dtype")
+        if made is not None and str(made) != str(dtype):
+            raise ConfigError(
+                f"the {kind} statistics were computed with the model in {made}, and this "
+                f"compression loads it in {dtype}: pass --dtype {made}, or compute them again "
+                f"with --dtype {dtype}"
+            )
+
+
+def check_allocator_table(method: Method, stats: Statistics, ratio: float) -> None:
+    """The sensitivity table the (configured) allocator reads is there and fits it (Duo-SVD:
+    its protocol and, per ratio, its base ratio), from the table's manifest: checked once
+    the statistics are read, before the model loads (it failed after "allocating ranks")."""
+    kind = getattr(method.allocator, "kind", None)
+    if kind is None:
+        return
+    table = stats.sensitivity.get(kind)
+    if table is None:
+        raise ConfigError(
+            f"method {method.name!r} allocates by the sensitivity-{kind} table: pass "
+            f"--sensitivity-{kind} DIR (svdzoo sensitivity --kind {kind})"
+        )
+    check = getattr(method.allocator, "check_table", None)
+    if check is not None:
+        check(table, ratio)
+
+
 def _check_table_alpha(method: Method, stats: Statistics) -> None:
     """ASVD allocates by a perplexity table measured with its own activation scaling
     (`svdzoo sensitivity --kind asvd`: alpha 0.5, as the manifest's `factoriser` says);

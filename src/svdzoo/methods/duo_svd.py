@@ -53,7 +53,7 @@ from svdzoo.methods.base import (
     Range,
     register,
 )
-from svdzoo.methods.parts import Uniform, Whitened
+from svdzoo.methods.parts import Uniform, Whitened, check_table_kind
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,9 @@ class ColumnPreserving:
         return Whitened(self.whitening, "float64", self.fallback).spectrum(ctx)
 
 
+PROTOCOLS = ("per-ratio", "independent")  # KnapsackKL's tables (sensitivity --base-ratio or not)
+
+
 @dataclass(frozen=True)
 class KnapsackKL:
     """Duo-SVD module-adaptive allocation: knapsack over the KL sensitivity table."""
@@ -174,6 +177,11 @@ class KnapsackKL:
         "base": Range(0.0, 1.0, low_open=True),
     }
 
+    def __post_init__(self) -> None:  # refused when configured, before anything loads
+        check_table_kind(self.kind)
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+
     def check_table(self, table, target: float) -> None:
         """The table must follow this allocator's protocol (and be for this ratio)."""
         have = table.manifest.get("protocol", "independent") if hasattr(table, "manifest") else None
@@ -181,8 +189,8 @@ class KnapsackKL:
             return  # a plain mapping (tests, API users): taken as given
         if have != self.protocol:
             raise ConfigError(
-                f"this method needs a {self.protocol} sensitivity-{self.kind} table, got a "
-                f"{have} one ({'svdzoo sensitivity --kind duo --base-ratio R' if self.protocol == 'per-ratio' else 'svdzoo sensitivity --kind duo'})"
+                f"this method needs a {self.protocol} sensitivity-{self.kind} table, got "
+                f"{'an' if have[:1] in 'aeiou' else 'a'} {have} one ({'svdzoo sensitivity --kind duo --base-ratio R' if self.protocol == 'per-ratio' else 'svdzoo sensitivity --kind duo'})"
             )
         base = table.manifest.get("base_ratio")
         if self.protocol == "per-ratio" and (base is None or abs(float(base) - target) > 1e-6):

@@ -171,11 +171,20 @@ class Uniform:
         return allocation.uniform(infos, target)
 
 
+def check_table_kind(kind: str) -> None:
+    """A sensitivity allocator's `kind` is a table `svdzoo sensitivity` makes."""
+    if kind not in ("duo", "asvd"):
+        raise ConfigError(f"kind must be a sensitivity table, duo or asvd, got {kind!r}")
+
+
 @dataclass(frozen=True)
 class SensitivityThreshold:
     """ASVD: one perplexity threshold over the (module, retained ratio) sensitivity table."""
 
     kind: str = "asvd"
+
+    def __post_init__(self) -> None:  # refused when configured, before anything loads
+        check_table_kind(self.kind)
 
     def __call__(self, infos: list, target: float, ctx: AllocationContext) -> dict[str, int]:
         table = ctx.sensitivity.get(self.kind)
