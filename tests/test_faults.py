@@ -519,6 +519,27 @@ def test_compressed_manifest_records_the_statistics_identity(model_dir, gram_n2,
     }
 
 
+def test_statistics_a_method_does_not_read_are_not_recorded_as_used(model_dir, gram_n2,
+                                                                   duo_tables, tmp_path, capsys,
+                                                                   caplog):  # fmt: skip
+    """Plain `svd` given a Gram cache, or `svd-llm` given a KL table: they were loaded,
+    hash-checked and recorded in the manifest (and the model card) as the statistics the
+    model was made with. Now each is named in a warning and left out."""
+    runs = {"svd": ["--stats", gram_n2], "svd-llm": ["--stats", gram_n2, "--sensitivity-duo",
+                                                      duo_tables["independent"]]}  # fmt: skip
+    recorded = {}
+    for method, flags in runs.items():
+        out = tmp_path / method
+        with caplog.at_level(logging.WARNING):
+            rc, err = svdzoo(capsys, "compress", "--model", model_dir, "--method", method,
+                             "--ratio", "0.4", *flags, "--out", out)  # fmt: skip
+        assert rc == 0, err
+        recorded[method] = sorted(json.loads((out / "manifest.json").read_text())["statistics"])
+    assert recorded == {"svd": [], "svd-llm": ["gram"]}
+    assert f"reads no gram statistics: {gram_n2} is neither read" in caplog.text
+    assert "'svd-llm' reads no sensitivity-duo statistics" in caplog.text
+
+
 # ---------------------------------------------------------------- 8. compressed directories
 
 

@@ -112,6 +112,23 @@ def _require_paths(method_name: str, given: Mapping[str, Any]) -> None:
             )
 
 
+def _read_by(method: Any, given: Mapping[str, Any]) -> dict[str, Any]:
+    """`given` without the statistics `method` does not read, each named in a warning: they
+    were loaded, hash-checked (a 45-80 GB Gram at 7B) and recorded in the manifest and the
+    model card as the statistics it used (plain `svd` with a Gram cache)."""
+    needed = set(method.needs)
+    kind = getattr(method.allocator, "kind", None)  # the table its allocator reads
+    if kind is not None:
+        needed.add(f"sensitivity-{kind}")
+    out = dict(given)
+    for k, path in given.items():
+        if path is not None and k not in needed:
+            log.warning("method %r reads no %s statistics: %s is neither read nor recorded",
+                        method.name, k, path)  # fmt: skip
+            out[k] = None
+    return out
+
+
 def check_model_input(model: str | Path, dtype: str, device: str) -> None:
     """Refuse what `load_model` would refuse only after the statistics and the weights
     loaded: an unknown dtype or device (an unavailable GPU), and an svdzoo-compressed
@@ -155,14 +172,13 @@ def compress_to_dir(
     # the values too (an unknown whitening, a negative tau): the parts refuse them when
     # configured, which `compress` does only after the statistics and the model loaded
     configured = with_options(registered, {**registered.options, **(options or {})})
-    _require_paths(
-        method,
-        {GRAM: stats, FISHER: fisher, SENS_DUO: sensitivity_duo, SENS_ASVD: sensitivity_asvd},
-    )
+    given = {GRAM: stats, FISHER: fisher, SENS_DUO: sensitivity_duo, SENS_ASVD: sensitivity_asvd}
+    _require_paths(method, given)
+    inputs = (model, *given.values())  # kept from --out, read or not
+    used = _read_by(configured, given)
     check_model_input(model, dtype, device)
-    inputs = (model, stats, fisher, sensitivity_duo, sensitivity_asvd)
     with atomic_dir(out, COMPRESSED, force=force, protect=inputs) as tmp:
-        statistics = load_statistics(stats, fisher, sensitivity_duo, sensitivity_asvd)
+        statistics = load_statistics(*(used[k] for k in (GRAM, FISHER, SENS_DUO, SENS_ASVD)))
         if calibration is not None:
             check_calibration(statistics, calibration)
         check_statistics_dtype(statistics, str(resolve_dtype(dtype)).removeprefix("torch."))
