@@ -20,6 +20,7 @@ import pytest
 import yaml
 from test_workflow import (
     BIN,
+    ROOT,
     MICRO,
     init_dvc_repo,
     jobs_of,
@@ -158,6 +159,22 @@ def test_outputs_snakemake_has_no_record_of_are_left_to_dvc(micro_run, tmp_path)
     run(ws, dvc, "repro")
     ppl = ws / "results/metrics/tiny/svd/r0.40/ppl.json"
     assert json.loads(ppl.read_text())["n_windows"] == {"pydoc": 3}
+
+
+def test_snakemakes_directory_stamp_is_not_part_of_dvcs_hash(tmp_path):
+    """Snakemake writes `.snakemake_timestamp` into each directory output; DVC hashed it,
+    so a directory Snakemake made and the same one from `dvc repro` differed, and every
+    stage after it reran. The repository's .dvcignore leaves it out."""
+    ws = tmp_path / "stamp"
+    ws.mkdir()
+    shutil.copy2(ROOT / ".dvcignore", ws / ".dvcignore")
+    (ws / "dvc.yaml").write_text(
+        "stages:\n  make:\n    cmd: mkdir -p out && echo data > out/a\n    outs: [out]\n"
+    )
+    git, dvc = init_dvc_repo(ws)
+    run(ws, dvc, "repro")
+    (ws / "out" / ".snakemake_timestamp").touch()
+    assert "up to date" in run(ws, dvc, "status")
 
 
 # ---------------------------------------------------------------- DVC
