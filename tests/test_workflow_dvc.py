@@ -20,8 +20,8 @@ import pytest
 import yaml
 from test_workflow import (
     BIN,
-    ROOT,
     MICRO,
+    ROOT,
     init_dvc_repo,
     jobs_of,
     make_workspace,
@@ -159,6 +159,16 @@ def test_outputs_snakemake_has_no_record_of_are_left_to_dvc(micro_run, tmp_path)
     run(ws, dvc, "repro")
     ppl = ws / "results/metrics/tiny/svd/r0.40/ppl.json"
     assert json.loads(ppl.read_text())["n_windows"] == {"pydoc": 3}
+    # docs/workflow.md's hand-over: with `dvc status` clean, `--touch --forceall` gives
+    # Snakemake its records without recomputing, and it sees the next params change
+    shutil.rmtree(ws / ".snakemake" / "metadata")
+    before = ppl.read_bytes()
+    smk(ws, "--touch", "--forceall")
+    assert ppl.read_bytes() == before
+    edited["evaluation"]["max-windows"] = 2
+    write_params(ws, edited)
+    planned = {rule for rule, _ in jobs_of(smk(ws, "-n"))}
+    assert "evaluate" in planned, planned
 
 
 def test_snakemakes_directory_stamp_is_not_part_of_dvcs_hash(tmp_path):
