@@ -435,6 +435,62 @@ def test_diverged_points_stay_on_the_ppl_figure(tmp_path: Path) -> None:
         figures._plt().close(fig)
 
 
+def test_a_missing_run_breaks_the_line_and_many_methods_stay_apart(tmp_path: Path) -> None:
+    """svd-llm without r0.40: its line ran straight from 0.2 to 0.6 as if it had been
+    measured there; and past 10 methods the colours repeated (asvd and
+    duo-svd-allocation drawn alike in the 16-method ablation figure)."""
+    from svdzoo.report import figures
+
+    values = {("dense", 0.0): 6.0, ("svd-llm", 0.2): 8.0, ("svd-llm", 0.6): 30.0}
+    values |= {(f"m{i:02d}", r): 10.0 + i for i in range(12) for r in (0.2, 0.4, 0.6)}
+    df = _ppl_rows(values)
+    fig = figures._metric_vs_ratio(df, "perplexity", ["c"], logy=True, ylabel="p", title="t")
+    try:
+        lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+        x, y = lines["svd-llm"].get_data()
+        assert list(x) == [0.2, 0.4, 0.6] and math.isnan(y[1]), (x, y)
+        looks = [(ln.get_color(), ln.get_marker(), ln.get_linestyle())
+                 for name, ln in lines.items() if name != "dense"]  # fmt: skip
+        assert len(looks) == 13 and len(set(looks)) == 13, looks
+    finally:
+        figures._plt().close(fig)
+
+
+def test_uniform_ranks_get_no_allocation_heatmap() -> None:
+    """Rounding spreads a uniform method's per-matrix ratios (plain svd-llm on SmolLM2:
+    0.3958-0.4028 at 40 %), and every method got a heatmap of that noise."""
+    from svdzoo.report import figures
+
+    def manifest(ranks: list[int]) -> dict:
+        shapes = [(576, 576), (192, 576), (1536, 576)]
+        mods = {}
+        for i, ((m, n), k) in enumerate(zip(shapes * 2, ranks, strict=True)):
+            mods[f"model.layers.{i // 3}.t{i % 3}"] = {
+                "m": m, "n": n, "rank": k, "dense": False, "layer": i // 3, "type": f"t{i % 3}",
+                "ratio": 1 - k * (m + n) / (m * n),
+            }  # fmt: skip
+        return {"ratio": 0.4, "modules": mods}
+
+    floor = [
+        math.floor(0.6 * m * n / (m + n)) for m, n in [(576, 576), (192, 576), (1536, 576)] * 2
+    ]
+    assert not figures.is_allocating(manifest([k + (i % 2) for i, k in enumerate(floor)]))
+    assert figures.is_allocating(manifest([k + 20 * (i % 2) for i, k in enumerate(floor)]))
+
+
+def test_report_files_are_the_same_bytes_every_run(report: Path, tmp_path: Path) -> None:
+    """The PDFs held their CreationDate, so every report was a new output to DVC."""
+    again = tmp_path / "again"
+    shutil.copytree(report / "metrics", again / "metrics")
+    shutil.copytree(report / "compressed", again / "compressed")
+    build_report(again, again, published=PUBLISHED, model_names={"ref-llama": "NoSuchModel"})
+    for sub in ("figures", "tables", "plots"):
+        for f in sorted((report / sub).rglob("*")):
+            if f.is_file():
+                twin = again / f.relative_to(report)
+                assert f.read_bytes() == twin.read_bytes(), f
+
+
 def test_published_csv_with_a_dash_is_a_clear_error(tmp_path: Path, capsys) -> None:
     results = make_tree(tmp_path)
     pub = tmp_path / "pub.csv"

@@ -222,8 +222,8 @@ def summary(
         ("model_achieved_ratio", "achieved ratio (model)", 1.0),
         ("achieved_ratio", "achieved ratio (targets)", 1.0),
         ("params_total", "params (M)", 1e6),
-        ("weight_bytes", "weights (MB)", 2**20),
-        ("peak_memory_bytes", "peak memory (MB)", 2**20),
+        ("weight_bytes", "weights (MiB)", 2**20),
+        ("peak_memory_bytes", "peak memory (MiB)", 2**20),
         ("compression_time_s", "compression time (s)", 1.0),
     ):
         if (sub["metric"] == metric).any():
