@@ -1423,6 +1423,13 @@ def test_statistics_of_another_dtype_are_one_line_before_loading(model_dir, gram
     assert rc == 2, err
     one_line_error(err, "computed with the model in float32", "--dtype float32")
     assert not out.exists()
+    # the same for a sensitivity table in bfloat16 (docs/workflow.md's fast 7B path)
+    rc, err = svdzoo(capsys, "sensitivity", "--model", model_dir, "--stats", gram_n2, "--kind",
+                     "duo", "--nsamples", "1", "--dtype", "bfloat16", "--device", "cpu",
+                     "--out", out)  # fmt: skip
+    assert rc == 2, err
+    one_line_error(err, "Gram statistics were computed with the model in float32")
+    assert not out.exists()
 
 
 def test_compressing_a_compressed_model_is_one_line_before_loading(compressed, tmp_path, capsys,

@@ -217,16 +217,13 @@ def check_statistics_dtype(stats: Statistics, dtype: str) -> None:
     """Statistics computed with the model in another dtype (`calibrate --dtype float16`)
     fingerprint another model: say so before the weights load (it was refused afterwards
     as "computed on another model", the same model)."""
+    from svdzoo.calibration.cache import check_made_in_dtype
+
     products = {"gram": stats.gram, "fisher": stats.fisher,
                 **{f"sensitivity-{k}": v for k, v in stats.sensitivity.items()}}  # fmt: skip
     for kind, product in products.items():
-        made = (getattr(product, "manifest", None) or {}).get("dtype")
-        if made is not None and str(made) != str(dtype):
-            raise ConfigError(
-                f"the {kind} statistics were computed with the model in {made}, and this "
-                f"compression loads it in {dtype}: pass --dtype {made}, or compute them again "
-                f"with --dtype {dtype}"
-            )
+        manifest = getattr(product, "manifest", None) or {}
+        check_made_in_dtype(manifest, dtype, f"the {kind} statistics", "compression")
 
 
 def check_allocator_table(method: Method, stats: Statistics, ratio: float) -> None:

@@ -28,7 +28,7 @@ import torch
 
 from svdzoo.calibration.stats import CalibrationStats, FisherStats, _Cached
 from svdzoo.codehash import recorded
-from svdzoo.errors import CacheError
+from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import atomic_dir, read_json_object
 from svdzoo.provenance import made_with
 
@@ -352,6 +352,18 @@ def check_seal(
     if manifest[SEAL] != manifest_digest(manifest):
         raise CacheError(
             f"{where}: the manifest was edited after it was written ({SEAL} does not match); {redo}"
+        )
+
+
+def check_made_in_dtype(manifest: Mapping[str, Any], dtype: str, what: str, doing: str) -> None:
+    """Statistics computed with the model in another dtype fingerprint another model: say
+    so before the weights load (it was refused afterwards as "computed on another model",
+    the same model)."""
+    made = manifest.get("dtype")
+    if made is not None and str(made) != str(dtype):
+        raise ConfigError(
+            f"{what} were computed with the model in {made}, and this {doing} loads it in "
+            f"{dtype}: pass --dtype {made}, or compute them again with --dtype {dtype}"
         )
 
 

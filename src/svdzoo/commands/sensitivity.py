@@ -104,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
             )
     # an unknown corpus, or not the Gram cache's, fails before the model loads and is hashed
     gram_corpus(gram.manifest, args.corpus)
+    from svdzoo.calibration.cache import check_made_in_dtype
+
+    check_made_in_dtype(gram.manifest, args.dtype, "the Gram statistics", "table")
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
     check_window_seqlen(load_config(args.model), args.seqlen or gram.manifest["seqlen"])
     model = load_model(args.model, dtype=args.dtype, device=args.device)
