@@ -1413,6 +1413,36 @@ def test_a_duo_table_or_option_that_cannot_work_is_one_line_before_loading(
     assert not out.exists()
 
 
+def test_statistics_made_with_another_tokenizer_are_refused_before_loading(
+    model_dir, gram_n2, tmp_path, capsys, no_model_load
+):
+    """The same weights with another tokenizer (two ids swapped, as a hub repository that
+    fixes its tokenizer keeps the weights): the model's fingerprint is the same, so the
+    Gram cache, measured on other tokens, was used without a word, and `sensitivity` cut
+    its windows again with the new tokenizer from the old cache (a review helper found a
+    Gram 127 % off reused). Now the cache records the tokenizer and is refused."""
+    import shutil
+
+    other = tmp_path / "retokenized"
+    shutil.copytree(model_dir, other)
+    spec = json.loads((other / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["e"], vocab["t"] = vocab["t"], vocab["e"]
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    assert "tokenizer_fingerprint" in json.loads((gram_n2 / "manifest.json").read_text())
+    out = tmp_path / "out"
+    for argv in (
+        ["compress", "--model", other, "--stats", gram_n2, "--method", "svd-llm", "--ratio",
+         "0.4", "--out", out],
+        ["sensitivity", "--model", other, "--stats", gram_n2, "--kind", "duo", "--nsamples",
+         "1", "--device", "cpu", "--out", out],
+    ):  # fmt: skip
+        rc, err = svdzoo(capsys, *argv)
+        assert rc == 2, err
+        one_line_error(err, "computed with another tokenizer")
+        assert not out.exists()
+
+
 def test_statistics_of_another_dtype_are_one_line_before_loading(model_dir, gram_n2, tmp_path,
                                                                   capsys, no_model_load):  # fmt: skip
     """A float32 Gram for a bfloat16 compression was refused after the model had loaded,

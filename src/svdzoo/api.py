@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from svdzoo import lapack
+from svdzoo.calibration.cache import check_tokenizer
 from svdzoo.compression import KIND as COMPRESSED
 from svdzoo.compression import (
     Statistics,
@@ -184,6 +185,9 @@ def compress_to_dir(
         check_statistics_dtype(statistics, str(resolve_dtype(dtype)).removeprefix("torch."))
         check_allocator_table(configured, statistics, ratio)  # protocol, base ratio
         tokenizer = load_tokenizer(model)  # a model without a tokenizer fails before loading
+        for kind, product in (("gram", statistics.gram), ("fisher", statistics.fisher)):
+            if product is not None:  # measured on the tokens this tokenizer makes
+                check_tokenizer(product.manifest, tokenizer, f"the {kind} statistics")
         lm = load_model(model, dtype=dtype, device=device)
         paths = {
             "gram": stats,

@@ -166,7 +166,7 @@ def calibrate_and_compress(
     from svdzoo.compression import KIND as COMPRESSED
     from svdzoo.compression import check_ratio, check_reachable, matrix_infos, with_options
     from svdzoo.config import rewired
-    from svdzoo.data import check_train_length, get_corpus
+    from svdzoo.data import check_train_length, get_corpus, tokenizer_fingerprint
     from svdzoo.io import atomic_dir, check_output
     from svdzoo.methods import get_method
     from svdzoo.methods.base import check_options
@@ -234,7 +234,7 @@ def calibrate_and_compress(
             requests = _Requests(
                 fp, corp, dict(corpus=corpus, nsamples=nsamples, seqlen=seqlen,
                 seed=seed), dtype_name(lm), device,
-                sensitivity_nsamples, grids,
+                sensitivity_nsamples, grids, tokenizer_fingerprint(tokenizer),
             )  # fmt: skip
             found = requests.existing(products, recompute_stats)  # before any compute
             stats = _statistics(products, found, lm, tokenizer, requests, name, (model, corpus))
@@ -258,6 +258,7 @@ class _Requests:
     device: str
     sensitivity_nsamples: int
     grids: Mapping[str, Sequence[float]]
+    tokenizer_fp: str | None = None  # the windows' tokens (data.tokenizer_fingerprint)
 
     def expect(self, p: Product, gram_manifest: Mapping[str, Any] | None = None) -> dict:
         from svdzoo.calibration import expected
@@ -269,7 +270,7 @@ class _Requests:
             return expected(
                 None, model_fingerprint=self.fingerprint, **self.calib,
                 corpus_fingerprint=self.corpus.fingerprint, dtype=self.dtype,
-                code=recorded("calibrate"), **extra,
+                tokenizer_fingerprint=self.tokenizer_fp, code=recorded("calibrate"), **extra,
             )  # fmt: skip
         return table_request(
             self.fingerprint, gram_manifest, nsamples=self.sensitivity_nsamples,

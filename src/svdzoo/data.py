@@ -338,6 +338,31 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
+# Text whose token ids stand for how a tokenizer splits: words, code, numbers, runs of
+# whitespace, accents, CJK and an emoji (what normalisers, pre-tokenisers and merges touch).
+_TOKENIZER_PROBE = (
+    "The quick brown fox jumps over the lazy dog.\n\n"
+    "def f(x: int) -> int:\n    return x ** 2  # squared\n\t\tindent   three\n"
+    "3.14159 1,234,567 0x1F 2026-12-07 e-mail: a@b.org https://example.com/a?b=c\n"
+    "naïve café Ünïcödé — “quotes” ‘single’ … 日本語のテキスト 中文 한국어 🙂\n"
+)
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """What decides the token ids a text becomes: the vocabulary and the ids of a fixed
+    text (`add_special_tokens=False`, as `tokenize` cuts windows). Statistics record it, so
+    a cache is not reused under another tokenizer: a hub repository that fixes its
+    tokenizer without touching the weights keeps the model's fingerprint, while the
+    windows cut again are other tokens (a Gram 127 % off, reused without a word). Read
+    from behaviour, not from the serialised file, so a new `tokenizers` release that writes
+    the same tokenizer differently changes nothing."""
+    ids = tokenizer(_TOKENIZER_PROBE, add_special_tokens=False, return_attention_mask=False)
+    h = hashlib.sha256()
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
+    h.update(json.dumps(list(ids["input_ids"])).encode())
+    return h.hexdigest()[:16]
+
+
 def check_train_length(corpus: Corpus | str, seqlen: int) -> None:
     """Refuse a train split too short for one window of `seqlen` tokens without tokenizing
     it (seconds on a large corpus): a tokenizer without special tokens gives at most one

@@ -130,6 +130,7 @@ def model_manifest(
     seed: int,
     model_id: str | None,
     batch_size: int | None = None,
+    tokenizer_fingerprint: str | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     """`base_manifest` plus what identifies the model and the calibration data.
@@ -161,6 +162,12 @@ def model_manifest(
         # recorded only where it changes the result (Fisher: samples per gradient); the
         # Gram's batch size is execution-only and its bytes do not depend on it
         **({} if batch_size is None else {"batch_size": batch_size}),
+        # the tokens the windows are (`check_tokenizer`); None from callers without one
+        **(
+            {}
+            if tokenizer_fingerprint is None
+            else {"tokenizer_fingerprint": tokenizer_fingerprint}
+        ),
         **fields,
     )
 
@@ -355,6 +362,23 @@ def check_seal(
         )
 
 
+def check_tokenizer(manifest: Mapping[str, Any], tokenizer: Any, what: str) -> None:
+    """Statistics made with another tokenizer (the same weights) were measured on other
+    tokens: refused, naming both (a cache without the record predates it and is taken
+    as is)."""
+    from svdzoo.data import tokenizer_fingerprint
+
+    made = manifest.get("tokenizer_fingerprint")
+    if made is None:
+        return
+    now = tokenizer_fingerprint(tokenizer)
+    if made != now:
+        raise CacheError(
+            f"{what} were computed with another tokenizer (fingerprint {made}, this model's "
+            f"is {now}): the same text gives other tokens now; compute them again"
+        )
+
+
 def check_made_in_dtype(manifest: Mapping[str, Any], dtype: str, what: str, doing: str) -> None:
     """Statistics computed with the model in another dtype fingerprint another model: say
     so before the weights load (it was refused afterwards as "computed on another model",
@@ -402,6 +426,7 @@ def cached_windows(
     missing = [k for k in ("corpus", "nsamples", "seqlen", "seed") if manifest.get(k) is None]
     if missing:
         raise CacheError(f"the cache's manifest lacks {missing}: cannot replay its windows")
+    check_tokenizer(manifest, tokenizer, "the cache's statistics")
     source = str(corpus or manifest["corpus"])
     try:
         text = get_corpus(source)

@@ -100,11 +100,11 @@ def fisher_information(
 
 def fisher_manifest(
     model: nn.Module, *, corpus: Any, nsamples: int, seqlen: int, seed: int,
-    model_id: str | None, batch_size: int,
+    model_id: str | None, batch_size: int, tokenizer_fingerprint: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     return model_manifest(
         "fisher", model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
-        model_id=model_id, batch_size=batch_size,
+        model_id=model_id, batch_size=batch_size, tokenizer_fingerprint=tokenizer_fingerprint,
         targets=[full for full, *_ in adapter_for(model).iter_targets(model)],
         batches=-(-nsamples // batch_size),
         reduction="row = sum_batches sum_j (dL/dW_ij)^2; col = sum_batches sum_i (dL/dW_ij)^2",
@@ -126,10 +126,11 @@ def calibrate_fisher(
 ):
     """Fisher statistics of `model` on `nsamples` windows of `corpus`, held in memory."""
     from svdzoo.calibration.stats import FisherStats
-    from svdzoo.data import calibration_windows
+    from svdzoo.data import calibration_windows, tokenizer_fingerprint
 
     manifest = fisher_manifest(
         model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         model_id=model_id, batch_size=batch_size,
     )  # fmt: skip
     windows = calibration_windows(

@@ -150,6 +150,7 @@ def gram_manifest(
     seqlen: int,
     seed: int,
     model_id: str | None,
+    tokenizer_fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Everything that identifies a Gram cache (tensor names and hash are added on write).
 
@@ -159,7 +160,7 @@ def gram_manifest(
     take the model's dtype)."""
     return model_manifest(
         "gram", model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
-        model_id=model_id,
+        model_id=model_id, tokenizer_fingerprint=tokenizer_fingerprint,
         groups={g: list(m) for g, m in adapter_for(model).groups.items()},
         gram_sums=gram_sums(next(model.parameters()).dtype),
     )  # fmt: skip
@@ -181,10 +182,11 @@ def calibrate(
     progress: bool = True,
 ) -> CalibrationStats:
     """Gram statistics of `model` on `nsamples` windows of `corpus`, held in memory."""
-    from svdzoo.data import calibration_windows
+    from svdzoo.data import calibration_windows, tokenizer_fingerprint
 
     manifest = gram_manifest(
         model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         model_id=model_id,
     )  # fmt: skip
     windows = calibration_windows(
@@ -220,10 +222,11 @@ def calibrate_to_dir(
     """Like `calibrate`, but streams each layer's tensors into the cache at `out`.
 
     An existing `out` is replaced only if it is a Gram cache (or `force`)."""
-    from svdzoo.data import calibration_windows
+    from svdzoo.data import calibration_windows, tokenizer_fingerprint
 
     manifest = gram_manifest(
         model, corpus=corpus, nsamples=nsamples, seqlen=seqlen, seed=seed,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         model_id=model_id,
     )  # fmt: skip
     windows = calibration_windows(

@@ -108,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_made_in_dtype(gram.manifest, args.dtype, "the Gram statistics", "table")
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
+    from svdzoo.calibration.cache import check_tokenizer
+
+    check_tokenizer(gram.manifest, tokenizer, "the Gram statistics")  # before the model loads
     check_window_seqlen(load_config(args.model), args.seqlen or gram.manifest["seqlen"])
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     # the windows and grid asked of a table found at --out are the ones a new table measures
