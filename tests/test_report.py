@@ -702,6 +702,39 @@ def test_out_never_replaces_a_file_no_report_wrote(tmp_path: Path, capsys) -> No
         build_report(results, tmp_path / "afile", figures=False)
 
 
+@pytest.mark.parametrize(
+    "where, needle",
+    [
+        ("compressed/llama-7b/svd-llm/r0.40", "is inside"),
+        ("metrics/llama-7b/asvd", "is inside"),
+        ("metrics", "is inside"),
+        ("model", "holds config.json"),
+        ("run-metrics", "holds ppl.json"),
+    ],
+)
+def test_out_in_an_input_or_a_model_is_refused_even_with_force(
+    tmp_path: Path, capsys, where: str, needle: str
+) -> None:
+    """`report --out` into a compressed model's folder, a run's metrics or results/metrics
+    itself wrote the report beside them (exit 0): a later `compress --out` there was
+    refused and an upload of the model carried the report; all are DVC outputs."""
+    results = make_tree(tmp_path)
+    out = {"model": tmp_path / "model", "run-metrics": tmp_path / "run-metrics"}.get(
+        where, results / where
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    if where == "model":
+        (out / "config.json").write_text("{}")
+    if where == "run-metrics":
+        (out / "ppl.json").write_text("{}")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    argv = ["report", "--results", str(results), "--out", str(out), "--no-figures", "--force"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err, err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
 def test_one_report_at_a_time_and_a_killed_one_leaves_nothing(tmp_path: Path) -> None:
     """The report is staged in `.svdzoo-report.<pid>.<random>.tmp` inside --out: a killed
     report's staging folder is removed by the next, and one still held (a report running)

@@ -45,6 +45,38 @@ def _recorded(out_dir: Path) -> list[str]:
     return out
 
 
+# folders of the results tree that the report reads or that the runs write
+_RESULT_INPUTS = ("metrics", "compressed", "logs", "benchmarks")
+_METRIC_FILES = ("ppl.json", "zeroshot.json", "efficiency.json")
+
+
+def _refuse_inputs_and_outputs(out_dir: Path, results_dir: Path) -> None:
+    """`--out` inside the tree the report reads, or in a model, a cache or a run's metric
+    folder, is refused even with --force: the report's files went in beside a compressed
+    model's manifest (a later `compress --out` there was then refused, an upload of it
+    carried them) or into `results/metrics` itself, all DVC outputs."""
+    from svdzoo.io import recognise
+
+    out, res = out_dir.resolve(), results_dir.resolve()
+    if out != res:
+        for sub in _RESULT_INPUTS:
+            if out.is_relative_to(res / sub):
+                raise OutputError(
+                    f"--out {out_dir} is inside {res / sub}, which the runs write and the "
+                    "report reads; give the report a folder of its own"
+                )
+    kind = recognise(out_dir)
+    if kind is not None:
+        raise OutputError(f"--out {out_dir} is an svdzoo {kind} output; give the report a "
+                          "folder of its own")  # fmt: skip
+    held = [f for f in ("config.json", *_METRIC_FILES) if (out_dir / f).is_file()]
+    if held:
+        raise OutputError(
+            f"--out {out_dir} holds {', '.join(held)} (a model or a run's metrics); give the "
+            "report a folder of its own"
+        )
+
+
 def _refuse_replacing(out_dir: Path, results_dir: Path, planned: list[str], force: bool) -> None:
     """`--out` into a folder of the user's replaced any file that happened to share a
     report file's name (their metrics.csv, tables/table1_x.csv). A file may be replaced only
@@ -160,6 +192,7 @@ def build_report(
     manifests = metrics.load_manifests(results_dir) if figures else None
     if os.path.lexists(out_dir) and not out_dir.is_dir():
         raise OutputError(f"--out {out_dir} is a file; the report needs a directory")
+    _refuse_inputs_and_outputs(out_dir, results_dir)
     # staging_dir creates out_dir; one report into a folder at a time; a killed one's
     # staging folder goes with the next
     with staging_dir(out_dir / STAGING) as stage:
