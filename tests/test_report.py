@@ -274,6 +274,21 @@ def test_zero_shot_is_compared_over_the_papers_own_tasks() -> None:
     ada = row("LLaMA-2-7B", "adasvd", "AdaSVD")
     assert ada["reproduced"] == pytest.approx(sum(accs.values()) / 7)
     assert "not comparable" in ada["note"] and "mmlu" in ada["note"]
+    # SVD-LLM V2 names no task list in published.csv: our 7-task mean was set beside its
+    # mean with an empty note, as if comparable
+    v2 = row("LLaMA-7B", "svd-llm", "SVD-LLM V2")
+    assert "not comparable" in v2["note"] and "does not record" in v2["note"], v2["note"]
+
+
+def test_v2_ablation_rows_meet_their_published_rows() -> None:
+    """SVD-LLM V2's ablation rows are named `svd-llm-v2 (allocation only)` / `(truncation
+    only)` in published.csv, ours `svd-llm-v2-allocation` / `-truncation`: they never met."""
+    pub = load_published(PUBLISHED)
+    rows = [("l", m, 0.2, "perplexity", "wikitext2", v, None)
+            for m, v in (("svd-llm-v2-allocation", 8.0), ("svd-llm-v2-truncation", 7.5))]  # fmt: skip
+    comp = compare(pd.DataFrame(rows, columns=COLUMNS), pub, {"l": "LLaMA-7B"})
+    got = dict(zip(comp["method"], comp["published"], strict=True))
+    assert got == {"svd-llm-v2-allocation": 7.91, "svd-llm-v2-truncation": 7.43}, comp
 
 
 def test_no_matching_rows_writes_a_clear_file(tmp_path: Path) -> None:

@@ -24,7 +24,11 @@ from svdzoo.paths import DENSE
 CORPUS_COLUMNS = {"wikitext2": "wikitext2_ppl", "ptb": "ptb_ppl", "c4": "c4_ppl"}
 ZERO_SHOT = "zero_shot_avg"
 METRICS = (*CORPUS_COLUMNS.values(), ZERO_SHOT)
-METHOD_ALIASES = {DENSE: "original"}
+METHOD_ALIASES = {  # our name -> the published table's
+    DENSE: "original",
+    "svd-llm-v2-allocation": "svd-llm-v2 (allocation only)",  # its Table 6 ablation
+    "svd-llm-v2-truncation": "svd-llm-v2 (truncation only)",
+}
 OUT_COLUMNS = [
     "model",
     "published_model",
@@ -130,7 +134,12 @@ def _same_tasks(merged: pd.DataFrame, tidy: pd.DataFrame, published: pd.DataFram
     for i in merged.index[merged["metric"] == ZERO_SHOT]:
         row = merged.loc[i]
         tasks = lists.get(str(row["source"]))
-        if not tasks:
+        if not tasks:  # the paper's tasks are not recorded (SVD-LLM V2's rows)
+            ran = sorted(acc.loc[acc["model"] == row["model"], "dataset"].unique())
+            merged.loc[i, "note"] = (
+                f"{row['note']} (not comparable: published.csv does not record this paper's "
+                f"tasks; our mean is over {', '.join(ran) or 'our tasks'})".strip()
+            )
             continue
         ours = acc[
             (acc["model"] == row["model"])
@@ -198,11 +207,12 @@ def write(
             show[col] = show[col].map(lambda v: f"{v:.4g}")
         show["rel_diff"] = show["rel_diff"].map(lambda v: f"{100 * v:+.1f}%")
         show["ratio"] = show["ratio"].map(lambda v: f"{v:.2f}")
+        show["comparable"] = show["note"].map(lambda n: "no" if "not comparable" in str(n) else "")
         body = show.drop(columns=["note"]).to_markdown(index=False, disable_numparse=True)
         body += (
             "\n\nzero_shot_avg is a fraction (AdaSVD's percentages divided by 100), ours "
-            "taken over each paper's own tasks where we ran them all; the CSV's note column "
-            "says which rows are not comparable."
+            "taken over each paper's own tasks where we ran them all and the paper names them; "
+            "rows marked `no` compare different task sets (the CSV's note column says which)."
         )
     write_text(md_path, f"{title}\n\n{body}\n")
     return [csv_path, md_path]
