@@ -900,6 +900,17 @@ def test_a_metric_file_of_another_model_is_named(tmp_path: Path, caplog) -> None
     assert "says model='other'" in caplog.text
 
 
+@pytest.mark.parametrize("key, value", [("ratio", 0.5), ("method", "svd")])
+def test_a_metric_file_of_another_run_is_refused(tmp_path: Path, key, value) -> None:
+    """svd-llm's r0.40 metrics copied to r0.50 were read with a warning and made a second
+    svd-llm row at 0.50 holding the 0.40 numbers."""
+    results = make_tree(tmp_path)
+    f = Layout(results.parent).ppl(MODELS[0], "svd-llm", 0.4)
+    f.write_text(json.dumps({**json.loads(f.read_text()), key: value}))
+    with pytest.raises(MetricsError, match=f"says {key}=.* it is another run's file"):
+        collect(results)
+
+
 def test_a_corpus_given_by_path_stays_inside_the_plots_folder(tmp_path: Path) -> None:
     from svdzoo.report.summary import plot_file
 

@@ -188,14 +188,24 @@ def _num(x) -> float:
 
 
 def _check_labels(obj: dict, run: Run, path: Path) -> None:
+    """A file at another run's path: its model name may differ (`evaluate --model-name`),
+    a warning; another method or ratio is an error (svd-llm's r0.40 copied to r0.50 made a
+    second svd-llm row at 0.50 with the 0.40 numbers)."""
     for key, want in (("model", run.model), ("method", run.method), ("ratio", run.ratio)):
         got = obj.get(key)
         if got is None:
             continue
         same = abs(_num(got) - want) < 5e-3 if key == "ratio" else got == want
-        if not same:
+        if same:
+            continue
+        if key == "model":
             log.warning(
                 "%s says %s=%r but sits at %s=%r; using the path", path, key, got, key, want
+            )
+        else:
+            raise MetricsError(
+                f"{path} says {key}={got!r} but sits at {key}={want!r}: it is another run's "
+                "file; move it back, or evaluate this run again"
             )
 
 
