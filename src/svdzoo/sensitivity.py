@@ -57,6 +57,7 @@ from svdzoo import linalg
 from svdzoo.codehash import recorded
 from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import atomic_dir, read_json_object
+from svdzoo.output_kl import mean_token_kl, summed_token_kl
 from svdzoo.provenance import cpu_threads, made_with
 
 log = logging.getLogger(__name__)
@@ -194,11 +195,9 @@ def _measure(model: nn.Module, batches: list[torch.Tensor], kind: str, ref: _Ref
         total, count = 0.0, 0
         for ids, lp0 in zip(batches, ref.logprobs, strict=True):
             lp = F.log_softmax(_logits(model, ids), dim=-1)
-            lp0 = lp0.to(lp.device)
-            kl = (lp0.exp() * (lp0 - lp)).sum(-1)  # per token, float32
-            total += float(kl.double().sum())
-            count += kl.numel()
-        return max(total / count, 0.0)  # tiny negative round-off is 0
+            total += summed_token_kl(lp0, lp)
+            count += lp.shape[0] * lp.shape[1]
+        return mean_token_kl(total, count)
     nll = sum(_nll(_logits(model, ids), ids) for ids in batches)
     mean = nll / ref.tokens
     return math.exp(mean) if mean < 700 else float("inf")
@@ -354,15 +353,13 @@ def _batch_value(
 ) -> float:
     """duo: summed per-token KL(original || perturbed); asvd: summed next-token NLL."""
     if kind == "duo":
-        lp = F.log_softmax(logits, dim=-1)
-        lp0 = ref.logprobs[b].to(lp.device)
-        return float((lp0.exp() * (lp0 - lp)).sum(-1).double().sum())
+        return summed_token_kl(ref.logprobs[b], F.log_softmax(logits, dim=-1))
     return _nll(logits, ids)
 
 
 def _finish(total: float, kind: str, ref: _Reference, count: int) -> float:
     if kind == "duo":
-        return max(total / count, 0.0)  # tiny negative round-off is 0
+        return mean_token_kl(total, count)
     mean = total / ref.tokens
     return math.exp(mean) if mean < 700 else float("inf")
 

@@ -29,6 +29,7 @@ from svdzoo.lazy import nn, torch
 from svdzoo.linalg import NumericsError
 from svdzoo.methods.base import FRACTION, GRAM, SENS_DUO, Method, register
 from svdzoo.methods.duo_svd import MIN_RETAINED, ColumnPreserving, KnapsackKL
+from svdzoo.output_kl import mean_token_kl, summed_token_kl
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class KLProbe:
     over the probe windows, the model as it is now against the model as it was when the
     probe was made. The reference log-probabilities are kept on the CPU in float32:
     windows x seqlen x vocab, 0.38 GB for 8 x 256 tokens of SmolLM2, 2.1 GB for 8 x 2048
-    of a 32k vocabulary. Duo-SVD's own sensitivity measure, on the whole model."""
+    of a 32k vocabulary. Duo-SVD's own sensitivity measure (`output_kl`, as its table
+    computes it), on the whole model."""
 
     def __init__(self, model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -> None:
         self.model = model
@@ -64,10 +66,9 @@ class KLProbe:
     def __call__(self) -> float:
         total, count = 0.0, 0
         for ref, lp in zip(self.reference, self._logprobs(), strict=True):
-            kl = nn.functional.kl_div(lp, ref.to(lp.device), reduction="sum", log_target=True)
-            total += float(kl)
+            total += summed_token_kl(ref, lp)
             count += ref.shape[0] * ref.shape[1]
-        return total / count
+        return mean_token_kl(total, count)
 
 
 @dataclass(frozen=True)
