@@ -221,6 +221,22 @@ def test_out_inside_an_input_is_refused_even_with_force(inside, model_dir, tmp_p
             assert snapshot(model) == before
 
 
+def test_an_out_name_too_long_for_its_temporary_is_one_line(model_dir, tmp_path, capsys):
+    """A 240-character --out: the temporary beside it (22 bytes more) exceeded the
+    filesystem's name limit, a raw `OSError: [Errno 36]` traceback (in calibrate after the
+    model had loaded); a file output went the same way."""
+    out = tmp_path / ("a" * 240)
+    rc, err = svdzoo(capsys, *compress_args(model_dir, out))
+    assert rc == 2
+    one_line_error(err, "choose a shorter name")
+    assert not out.exists() and leftovers(tmp_path, out.name) == []
+    from svdzoo.errors import OutputError
+    from svdzoo.io import atomic_path
+
+    with pytest.raises(OutputError, match="choose a shorter name"), atomic_path(out):
+        pass
+
+
 def test_out_existing_file_is_refused(model_dir, tmp_path, capsys):
     out = tmp_path / "results.csv"
     out.write_text("a,b\n1,2\n")

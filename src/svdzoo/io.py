@@ -295,9 +295,32 @@ def _preflight(
             "Give the target's own path"
         )
     _refuse_protected(path, protect)
+    _check_name_length(path)
     _check_existing(path, kind, force)
     (_ensure_parent if create else _check_parent)(path)
     return path
+
+
+# what `_temp_name` adds to a name: ".", ".<pid, up to 7 digits>.<8 hex>.tmp"
+_TEMP_EXTRA = len(".") + len(".4194304.") + 8 + len(".tmp")
+
+
+def _check_name_length(path: Path) -> None:
+    """A name whose temporary beside it would be too long for the filesystem: a raw
+    `OSError: [Errno 36] File name too long` from the write (in `calibrate`, after the
+    model had loaded)."""
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.is_dir()), Path("."))
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    room = limit - _TEMP_EXTRA
+    if len(path.name.encode("utf-8")) > room:
+        raise OutputError(
+            f"output name {path.name[:40]}... is {len(path.name.encode('utf-8'))} bytes; "
+            f"svdzoo writes it through a temporary beside it, so it can be at most {room} "
+            "bytes here: choose a shorter name"
+        )
 
 
 def check_output(
@@ -745,6 +768,7 @@ def atomic_path(path: _PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     _refuse_directory(path)
+    _check_name_length(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
