@@ -979,6 +979,23 @@ def test_evaluate_refuses_a_ratio_label_no_run_can_have(tmp_path, capsys, ratio)
     assert not (tmp_path / "p.json").exists()
 
 
+@pytest.mark.parametrize("flag, value", [("--ratio", "0.2"), ("--method", "svd-llm")])
+def test_evaluate_refuses_labels_that_contradict_the_manifest(two_compressed, tmp_path, capsys,
+                                                               flag, value):  # fmt: skip
+    """`evaluate --model <svd at 40 %> --ratio 0.2` wrote ratio 0.2 into every metric file:
+    a run mislabelled in the report. The manifest's own labels (or none given) pass."""
+    rc, err = svdzoo(capsys, "evaluate", "--model", two_compressed[0], "--corpora", "pydoc",
+                     "--seqlen", "16", "--max-windows", "1", "--device", "cpu", flag, value,
+                     "--ppl-out", tmp_path / "p.json")  # fmt: skip
+    assert rc == 2, err
+    one_line_error(err, f"{flag} {value} contradicts")
+    assert not (tmp_path / "p.json").exists()
+    rc, err = svdzoo(capsys, "evaluate", "--model", two_compressed[0], "--corpora", "pydoc",
+                     "--seqlen", "16", "--max-windows", "1", "--device", "cpu", "--ratio",
+                     "0.40", "--method", "svd", "--ppl-out", tmp_path / "p.json")  # fmt: skip
+    assert rc == 0, err
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

@@ -151,6 +151,17 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.model)
     # checked (sealed, a ratio in [0, 1)) before its labels go into every metric file
     manifest = read_manifest(path) if is_compressed_dir(path) else None
+    if manifest is not None:  # its labels are the manifest's: others made a mislabelled run
+        said = {"method": args.method, "ratio": args.ratio}
+        for key, given in said.items():
+            have = manifest[key]
+            if given is not None and (
+                abs(float(given) - float(have)) > 5e-3 if key == "ratio" else given != have
+            ):
+                raise ConfigError(
+                    f"--{key} {given} contradicts {path}'s manifest ({key} {have}); leave "
+                    f"--{key} out (it is read from the manifest) or evaluate the right model"
+                )
     labels = {
         "model": args.model_name or args.model,
         "method": args.method or (manifest["method"] if manifest else DENSE),
