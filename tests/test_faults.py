@@ -979,6 +979,13 @@ def test_evaluate_refuses_a_ratio_label_no_run_can_have(tmp_path, capsys, ratio)
     assert not (tmp_path / "p.json").exists()
 
 
+def test_bad_efficiency_batch_sizes_name_the_format(tmp_path, capsys):
+    """argparse printed `invalid <lambda> value: '1,x'`."""
+    rc, err = svdzoo(capsys, "evaluate", "--model", tmp_path, "--efficiency-batch-sizes", "1,x",
+                     "--efficiency-out", tmp_path / "e.json")  # fmt: skip
+    assert rc == 2 and "<lambda>" not in err and "such as 1,4,16" in err, err
+
+
 @pytest.mark.parametrize("flag, value", [("--ratio", "0.2"), ("--method", "svd-llm")])
 def test_evaluate_refuses_labels_that_contradict_the_manifest(two_compressed, tmp_path, capsys,
                                                                flag, value):  # fmt: skip

