@@ -26,6 +26,7 @@ take this script's own CSV, so the report can be rebuilt after the projects are 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -83,7 +84,23 @@ def cpu_rows(results: Path, params: dict) -> list[tuple]:
     return rows
 
 
+def check_seed(results: Path, params: dict, seed: int) -> None:
+    """Every compressed run of `results` that read statistics made them with `seed`: the
+    runs' paths do not name the seed, so a second seed's config run in the same project
+    replaced the first seed's runs, which were then labelled with the wrong seed."""
+    wrong = []
+    for manifest in sorted((results / "compressed" / MODEL).glob("*/r*/manifest.json")):
+        stats = json.loads(manifest.read_text()).get("statistics") or {}
+        seeds = {s.get("seed") for s in stats.values() if isinstance(s, dict)} - {None}
+        if seeds and seeds != {seed}:
+            wrong.append(f"{manifest.parent} (seed {sorted(seeds)})")
+    if wrong:
+        sys.exit(f"{results}: runs calibrated on another seed than {seed}: " + ", ".join(wrong)
+                 + "; run each seed's config in its own clone")  # fmt: skip
+
+
 def tidy(results: Path, params: dict, seed: int) -> pd.DataFrame:
+    check_seed(results, params, seed)
     df = collect(results)
     keep = (
         (df["model"] == MODEL)

@@ -114,3 +114,17 @@ def test_the_exact_cpu_time_is_read_from_the_log_and_only_then_from_snakemake(be
         ("smollm2-135m", "svd-llm", 0.4, bench.CPU, "-", 77.25),
         ("smollm2-135m", "adasvd", 0.4, bench.SAMPLED, "-", 47.0),
     ]
+
+
+def test_runs_of_another_calibration_seed_are_refused(bench, tmp_path):
+    """compose-seed4.yaml run in compose.yaml's project replaced the seed-3 runs (their paths
+    name no seed), which the report then labelled seed 3."""
+    import json
+
+    run = tmp_path / "results" / "compressed" / bench.MODEL / "svd-llm" / "r0.40"
+    run.mkdir(parents=True)
+    manifest = {"statistics": {"gram": {"corpus": "pydoc", "seed": 4}}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match="another seed than 3: .*seed \\[4\\]"):
+        bench.check_seed(tmp_path / "results", {}, 3)
+    bench.check_seed(tmp_path / "results", {}, 4)
