@@ -383,7 +383,9 @@ def test_snakemake_report_renders_in_a_browser(micro_ws, tmp_path):
     page = tmp_path / "report.html"
     run(micro_ws, str(BIN / "snakemake"), "--report", str(page))
     figures = sorted(p.name for p in (micro_ws / "results" / "figures").glob("*.png"))
-    assert len(figures) >= 5
+    # svd and svd-llm allocate uniformly: no allocation heatmap (it drew rounding noise)
+    assert figures == [f"{s}_tiny.png" for s in ("compression_time", "efficiency_vs_ratio",
+                                                 "ppl_vs_ratio", "zeroshot_vs_ratio")]  # fmt: skip
     browser = _browser()
     try:
         wait = WebDriverWait(browser, 20)
