@@ -226,3 +226,17 @@ def test_a_section_dvc_reads_must_be_written_in_the_params_file(in_root, tmp_pat
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     assert cli.main(["render-dvc", str(path), "--out", str(out)]) == 0
     assert cli.main(["render-dvc", str(path), "--out", str(out), "--check"]) == 0
+
+
+def test_the_report_stage_does_not_rerun_when_methods_are_reordered(in_root):
+    """Its params were `models`, `methods` and `ratios`, which only name the runs it checks
+    for (it reads every run under results/metrics, a dep): reordering `methods` reran it.
+    Now `report` and any model's `published_name`."""
+    params = load_params(ROOT / "params.yaml")
+    shuffled = stages_for(methods=list(reversed(params["methods"])))
+    assert shuffled["report"]["params"] == ["report"]
+    assert stages_for()["report"]["params"] == ["report"]
+    models = copy.deepcopy(params["models"])
+    models["smollm2-135m"]["published_name"] = "SmolLM2-135M"
+    named = stages_for(models=models)["report"]
+    assert named["params"] == ["report", "models.smollm2-135m.published_name"]

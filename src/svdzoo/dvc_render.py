@@ -225,6 +225,16 @@ def _evaluate(model: str, method: str, ratio: str, target: str, tasks: bool) -> 
     }
 
 
+def _published_names(params: Mapping[str, Any]) -> list[str]:
+    """`models.<key>.published_name` of each model that sets it (the report's model names
+    for the published comparison); DVC refuses a params key that is not there."""
+    return [
+        f"models.{key}.published_name"
+        for key, spec in (params.get("models") or {}).items()
+        if isinstance(spec, Mapping) and "published_name" in spec
+    ]
+
+
 def render_stages(params: Mapping[str, Any], root: str | Path = ".") -> dict[str, Any]:
     """The dvc.yaml mapping for `params` (validated), for the DVC project at `root`."""
     hub = [k for k, s in params["models"].items() if s["source"] not in C.LOCAL_SOURCES]
@@ -290,7 +300,10 @@ def render_stages(params: Mapping[str, Any], root: str | Path = ".") -> dict[str
     stages["report"] = {
         "cmd": f"svdzoo report --params {PARAMS} --results {results} --out {results}",
         "deps": [_code("report"), str(L.results / "metrics"), *([published] if published else [])],
-        "params": ["models", "methods", "ratios", "report"],
+        # what changes its output: `report` and the models' published names. Not `methods`,
+        # `ratios` or `models` as a whole: they only name the runs it checks are there, and
+        # it reads every run under results/metrics (a dep), so reordering `methods` reran it
+        "params": ["report", *_published_names(params)],
         "outs": [
             str(L.metrics_csv),
             str(L.tables),
