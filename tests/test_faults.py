@@ -1146,6 +1146,26 @@ def test_gram_bytes_do_not_depend_on_batch_size_or_threads(model_dir, tmp_path, 
     assert "batch_size" not in json.loads(digests["b1-t1"]["manifest.json"])
 
 
+@pytest.mark.parametrize("kind", ["duo", "asvd"])
+def test_sensitivity_table_bytes_do_not_depend_on_batch_size(model_dir, tmp_path, kind):
+    """`--batch-size` and `--max-tokens` are execution-only flags, yet the table's sums were
+    regrouped by batch (a batch's subtotal added at once): batch 5 gave other bytes than
+    batch 2 (2.2e-16 relative), so DVC saw a new output. Now each window is added in turn."""
+    gram = tmp_path / "gram"
+    assert cli.main(["calibrate", "--model", str(model_dir), "--corpus", "pydoc", "--nsamples",
+                     "5", "--seqlen", "16", "--seed", "0", "--device", "cpu",
+                     "--out", str(gram)]) == 0  # fmt: skip
+    tables = {}
+    for name, flags in {"b2": ["--batch-size", "2"],
+                        "b5-t64": ["--batch-size", "5", "--max-tokens", "64"]}.items():  # fmt: skip
+        out = tmp_path / name
+        assert cli.main(["sensitivity", "--model", str(model_dir), "--stats", str(gram),
+                         "--kind", kind, "--nsamples", "5", "--ratios", "0.2", "0.6",
+                         "--device", "cpu", *flags, "--out", str(out)]) == 0  # fmt: skip
+        tables[name] = {f.name: f.read_bytes() for f in sorted(out.iterdir())}
+    assert tables["b2"] == tables["b5-t64"]
+
+
 # ---------------------------------------------------------------- 11. permissions
 
 

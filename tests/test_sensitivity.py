@@ -169,7 +169,9 @@ def test_asvd_table(llama, asvd_table):
     windows = calibration_windows(tok, "pydoc", 8, CALIB["seqlen"], CALIB["seed"])
     dense = perplexity(model, windows)
     for row in asvd_table.values():
-        assert row[1.0] == pytest.approx(dense, rel=1e-9)  # 1.0 holds the dense perplexity
+        # 1.0 holds the dense perplexity; the table sums each window's NLL in float64 (the
+        # same bytes for any batch size), evaluate a batch's in float32: round-off apart
+        assert row[1.0] == pytest.approx(dense, rel=1e-6)
     mean04 = sum(r[0.4] for r in asvd_table.values()) / len(asvd_table)
     assert mean04 > dense
     assert asvd_table.manifest["metric"] == "ppl"

@@ -57,7 +57,7 @@ from svdzoo import linalg
 from svdzoo.codehash import recorded
 from svdzoo.errors import CacheError, ConfigError
 from svdzoo.io import atomic_dir, read_json_object
-from svdzoo.output_kl import mean_token_kl, summed_token_kl
+from svdzoo.output_kl import add_up, mean_token_kl, window_kls
 from svdzoo.provenance import cpu_threads, made_with
 
 log = logging.getLogger(__name__)
@@ -164,13 +164,14 @@ def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids.to(dev), use_cache=False).logits.float()
 
 
-def _nll(logits: torch.Tensor, ids: torch.Tensor) -> float:
+def _window_nlls(logits: torch.Tensor, ids: torch.Tensor) -> list[float]:
+    """Each window's summed next-token NLL (float32 per token, float64 over the window),
+    for `add_up`: the same total however the windows were batched."""
     ids = ids.to(logits.device)
-    return float(
-        F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
-        ).double()
+    nll = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
     )
+    return nll.view(ids.shape[0], -1).double().sum(-1).tolist()
 
 
 @torch.no_grad()
@@ -180,7 +181,7 @@ def _reference(model: nn.Module, batches: list[torch.Tensor], kind: str) -> _Ref
         logits = _logits(model, ids)
         if kind == "duo":
             logprobs.append(F.log_softmax(logits, dim=-1).cpu())
-        nll += _nll(logits, ids)
+        nll = add_up(nll, _window_nlls(logits, ids))
         tokens += ids.shape[0] * (ids.shape[1] - 1)
     return _Reference(logprobs, nll, tokens)
 
@@ -195,10 +196,12 @@ def _measure(model: nn.Module, batches: list[torch.Tensor], kind: str, ref: _Ref
         total, count = 0.0, 0
         for ids, lp0 in zip(batches, ref.logprobs, strict=True):
             lp = F.log_softmax(_logits(model, ids), dim=-1)
-            total += summed_token_kl(lp0, lp)
+            total = add_up(total, window_kls(lp0, lp))
             count += lp.shape[0] * lp.shape[1]
         return mean_token_kl(total, count)
-    nll = sum(_nll(_logits(model, ids), ids) for ids in batches)
+    nll = 0.0
+    for ids in batches:
+        nll = add_up(nll, _window_nlls(_logits(model, ids), ids))
     mean = nll / ref.tokens
     return math.exp(mean) if mean < 700 else float("inf")
 
@@ -339,7 +342,7 @@ class _LayerwiseProber:
                     logits = self.logits(index, b, repeat=len(chunk))
                     parts = logits.view(len(chunk), *ids.shape, logits.shape[-1])
                     for i in range(len(chunk)):
-                        acc[i] += _batch_value(parts[i], ids, kind, ref, b)
+                        acc[i] = add_up(acc[i], _batch_value(parts[i], ids, kind, ref, b))
                     count += ids.shape[0] * ids.shape[1]
                 for i, p in enumerate(chunk):
                     out[p] = _finish(acc[i], kind, ref, count)
@@ -350,11 +353,11 @@ class _LayerwiseProber:
 
 def _batch_value(
     logits: torch.Tensor, ids: torch.Tensor, kind: str, ref: _Reference, b: int
-) -> float:
-    """duo: summed per-token KL(original || perturbed); asvd: summed next-token NLL."""
+) -> list[float]:
+    """Per window, duo: summed per-token KL(original || perturbed); asvd: summed NLL."""
     if kind == "duo":
-        return summed_token_kl(ref.logprobs[b], F.log_softmax(logits, dim=-1))
-    return _nll(logits, ids)
+        return window_kls(ref.logprobs[b], F.log_softmax(logits, dim=-1))
+    return _window_nlls(logits, ids)
 
 
 def _finish(total: float, kind: str, ref: _Reference, count: int) -> float:
@@ -491,6 +494,9 @@ def compute_sensitivity(
     corp = gram_corpus(gm, corpus)
     model_fp = fingerprint(model)  # hashed once: the probes leave the weights as they were
     _check_gram_matches(model_fp, gram_stats, model.config)
+    from svdzoo.calibration.cache import check_tokenizer
+
+    check_tokenizer(gm, tokenizer, "the Gram statistics")  # its windows are cut again here
     adapter = adapter_for(model)
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     precision = linalg.resolve_precision("auto", device)  # Gram eigh SVDs on a GPU (issue 16)
@@ -526,7 +532,9 @@ def compute_sensitivity(
                             linalg.whitened_svd(ctx.W, wh, precision),
                             probe_rank(m, n, base_p),
                         )
-                        originals[name] = lin.weight.detach().clone()
+                        # on the CPU: a copy of every target beside the model on the GPU
+                        # was 26 GB more at LLaMA-7B in float32
+                        originals[name] = lin.weight.detach().to("cpu", copy=True)
                         lin.weight.data.copy_(
                             W.to(dtype=lin.weight.dtype, device=lin.weight.device)
                         )

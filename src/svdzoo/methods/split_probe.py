@@ -29,7 +29,7 @@ from svdzoo.lazy import nn, torch
 from svdzoo.linalg import NumericsError
 from svdzoo.methods.base import FRACTION, GRAM, SENS_DUO, Method, register
 from svdzoo.methods.duo_svd import MIN_RETAINED, ColumnPreserving, KnapsackKL
-from svdzoo.output_kl import mean_token_kl, summed_token_kl
+from svdzoo.output_kl import add_up, mean_token_kl, window_kls
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class KLProbe:
     def __call__(self) -> float:
         total, count = 0.0, 0
         for ref, lp in zip(self.reference, self._logprobs(), strict=True):
-            total += summed_token_kl(ref, lp)
+            total = add_up(total, window_kls(ref, lp))
             count += ref.shape[0] * ref.shape[1]
         return mean_token_kl(total, count)
 
