@@ -240,3 +240,6 @@ def test_the_report_stage_does_not_rerun_when_methods_are_reordered(in_root):
     models["smollm2-135m"]["published_name"] = "SmolLM2-135M"
     named = stages_for(models=models)["report"]
     assert named["params"] == ["report", "models.smollm2-135m.published_name"]
+    # DVC splits a param path at dots: a dotted model key is covered by `models` whole
+    models["qwen2.5-0.5b"] = models.pop("smollm2-135m")
+    assert stages_for(models=models)["report"]["params"] == ["report", "models"]

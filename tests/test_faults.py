@@ -1505,6 +1505,53 @@ def test_statistics_made_with_another_tokenizer_are_refused_before_loading(
         assert not out.exists()
 
 
+def test_another_models_statistics_are_named_so_before_they_are_hashed(
+    model_dir, tmp_path, capsys, monkeypatch
+):
+    """A Gram cache of another model (another depth, another tokenizer) was refused as
+    "computed with another tokenizer" once that check came first; and the checks of the
+    manifests ran only after the tensors' sha256 (minutes for a 7B Gram)."""
+    import shutil
+
+    from svdzoo.calibration import cache
+
+    other = tmp_path / "other"
+    random_tiny("llama", layers=3).save_pretrained(other)
+    shutil.copy2(model_dir / "tokenizer.json", other / "tokenizer.json")
+    shutil.copy2(model_dir / "tokenizer_config.json", other / "tokenizer_config.json")
+    spec = json.loads((other / "tokenizer.json").read_text())
+    spec["model"]["vocab"]["e"], spec["model"]["vocab"]["t"] = (
+        spec["model"]["vocab"]["t"], spec["model"]["vocab"]["e"],
+    )  # fmt: skip
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    gram = tmp_path / "gram"
+    assert cli.main(["calibrate", "--model", str(other), "--corpus", "pydoc", "--nsamples", "2",
+                     "--seqlen", "16", "--seed", "0", "--device", "cpu", "--out", str(gram)]) == 0  # fmt: skip
+
+    def no_hashing(fd):
+        raise AssertionError("the tensors were hashed before the manifests were checked")
+
+    monkeypatch.setattr(cache, "_fd_sha256", no_hashing)
+    from svdzoo import api, models
+
+    def no_model(*args, **kwargs):  # from here on (the calibration above loads one)
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    monkeypatch.setattr(api, "load_model", no_model)
+    out = tmp_path / "out"
+    for argv in (
+        ["compress", "--model", model_dir, "--stats", gram, "--method", "svd-llm", "--ratio",
+         "0.4", "--out", out],
+        ["sensitivity", "--model", model_dir, "--stats", gram, "--kind", "duo", "--nsamples",
+         "1", "--device", "cpu", "--out", out],
+    ):  # fmt: skip
+        rc, err = svdzoo(capsys, *argv)
+        assert rc == 2, err
+        one_line_error(err, "computed on another model", "3 layers", "2 layers")
+        assert not out.exists()
+
+
 def test_statistics_of_another_dtype_are_one_line_before_loading(model_dir, gram_n2, tmp_path,
                                                                   capsys, no_model_load):  # fmt: skip
     """A float32 Gram for a bfloat16 compression was refused after the model had loaded,

@@ -491,6 +491,12 @@ def test_uniform_ranks_get_no_allocation_heatmap() -> None:
     ]
     assert not figures.is_allocating(manifest([k + (i % 2) for i, k in enumerate(floor)]))
     assert figures.is_allocating(manifest([k + 20 * (i % 2) for i, k in enumerate(floor)]))
+    # and from efficiency.json's copy, all the report has once the model is deleted
+    # (keep_compressed: false): it kept no shapes or ranks, so the heatmap came back
+    from svdzoo.evaluation.efficiency import manifest_summary
+
+    summary = manifest_summary(manifest([k + (i % 2) for i, k in enumerate(floor)]))
+    assert not figures.is_allocating(summary)
 
 
 def test_report_files_are_the_same_bytes_every_run(report: Path, tmp_path: Path) -> None:
@@ -870,6 +876,8 @@ def test_metrics_of_an_earlier_compression_are_refused(tmp_path: Path) -> None:
         ("ppl", {}, {"n_windows": {"wikitext2": 2, "pydoc": 4}}),
         ("ppl", {"dtype": "float32"}, {"dtype": "bfloat16"}),
         ("zeroshot", {"n_samples": {"arc_easy": 8}}, {"n_samples": {"arc_easy": 4}}),
+        # an older file (no n_samples) missing a task: its mean is over other tasks
+        ("zeroshot", {}, {"tasks": {"task_a": {"acc": 0.5, "acc_stderr": 0.02}}}),
         ("efficiency", {"dtype": "float32"}, {"dtype": "bfloat16"}),
         ("efficiency", {"device": "cpu"}, {"device": "cuda:0"}),
         ("efficiency", {"prompt_len": 128}, {"prompt_len": 120}),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from svdzoo import lapack
-from svdzoo.calibration.cache import check_tokenizer
+from svdzoo.calibration.cache import check_same_architecture, check_tokenizer
 from svdzoo.compression import KIND as COMPRESSED
 from svdzoo.compression import (
     Statistics,
@@ -35,6 +35,7 @@ from svdzoo.methods.base import FISHER, GRAM, SENS_ASVD, SENS_DUO, check_options
 from svdzoo.models import (
     check_not_compressed,
     count_params,
+    load_config,
     load_model,
     load_tokenizer,
     resolve_device,
@@ -59,17 +60,21 @@ def load_statistics(
     fisher: str | Path | None = None,
     sensitivity_duo: str | Path | None = None,
     sensitivity_asvd: str | Path | None = None,
+    *,
+    verify: bool = True,
 ) -> Statistics:
-    """Load (and integrity-check) whichever cached calibration products are given."""
+    """Load (and integrity-check) whichever cached calibration products are given.
+    `verify=False` skips the tensor files' sha256 (minutes for a 7B Gram cache), for checks
+    of their manifests that should come first; sizes and manifests are still checked."""
     stats = Statistics()
     if gram is not None:
         from svdzoo.calibration import load_stats
 
-        stats.gram = load_stats(gram)
+        stats.gram = load_stats(gram, verify=verify)
     if fisher is not None:
         from svdzoo.calibration import load_fisher
 
-        stats.fisher = load_fisher(fisher)
+        stats.fisher = load_fisher(fisher, verify=verify)
     for kind, path in (("duo", sensitivity_duo), ("asvd", sensitivity_asvd)):
         if path is not None:
             from svdzoo.sensitivity import load_sensitivity
@@ -118,9 +123,8 @@ def _read_by(method: Any, given: Mapping[str, Any]) -> dict[str, Any]:
     were loaded, hash-checked (a 45-80 GB Gram at 7B) and recorded in the manifest and the
     model card as the statistics it used (plain `svd` with a Gram cache)."""
     needed = set(method.needs)
-    kind = getattr(method.allocator, "kind", None)  # the table its allocator reads
-    if kind is not None:
-        needed.add(f"sensitivity-{kind}")
+    if getattr(method.allocator, "reads_table", False):  # the table its allocator reads
+        needed.add(f"sensitivity-{method.allocator.kind}")
     out = dict(given)
     for k, path in given.items():
         if path is not None and k not in needed:
@@ -178,16 +182,22 @@ def compress_to_dir(
     inputs = (model, *given.values())  # kept from --out, read or not
     used = _read_by(configured, given)
     check_model_input(model, dtype, device)
+    products = [used[k] for k in (GRAM, FISHER, SENS_DUO, SENS_ASVD)]
     with atomic_dir(out, COMPRESSED, force=force, protect=inputs) as tmp:
-        statistics = load_statistics(*(used[k] for k in (GRAM, FISHER, SENS_DUO, SENS_ASVD)))
+        # the manifests' checks first: the tensors' sha256 takes minutes for a 7B Gram
+        peek = load_statistics(*products, verify=False)
         if calibration is not None:
-            check_calibration(statistics, calibration)
-        check_statistics_dtype(statistics, str(resolve_dtype(dtype)).removeprefix("torch."))
-        check_allocator_table(configured, statistics, ratio)  # protocol, base ratio
+            check_calibration(peek, calibration)
+        config = load_config(model)
+        grams = [(k, p) for k, p in (("gram", peek.gram), ("fisher", peek.fisher)) if p]
+        for kind, product in grams:  # another model's first: its dtype or tokenizer may differ too
+            check_same_architecture(product.manifest, config, f"the {kind} statistics")
+        check_statistics_dtype(peek, str(resolve_dtype(dtype)).removeprefix("torch."))
+        check_allocator_table(configured, peek, ratio)  # protocol, base ratio
         tokenizer = load_tokenizer(model)  # a model without a tokenizer fails before loading
-        for kind, product in (("gram", statistics.gram), ("fisher", statistics.fisher)):
-            if product is not None:  # measured on the tokens this tokenizer makes
-                check_tokenizer(product.manifest, tokenizer, f"the {kind} statistics")
+        for kind, product in grams:  # measured on the tokens this tokenizer makes
+            check_tokenizer(product.manifest, tokenizer, f"the {kind} statistics")
+        statistics = load_statistics(*products)
         lm = load_model(model, dtype=dtype, device=device)
         paths = {
             "gram": stats,

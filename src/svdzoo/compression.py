@@ -230,9 +230,9 @@ def check_allocator_table(method: Method, stats: Statistics, ratio: float) -> No
     """The sensitivity table the (configured) allocator reads is there and fits it (Duo-SVD:
     its protocol and, per ratio, its base ratio), from the table's manifest: checked once
     the statistics are read, before the model loads (it failed after "allocating ranks")."""
-    kind = getattr(method.allocator, "kind", None)
-    if kind is None:
+    if not getattr(method.allocator, "reads_table", False):
         return
+    kind = method.allocator.kind
     table = stats.sensitivity.get(kind)
     if table is None:
         raise ConfigError(
@@ -452,6 +452,12 @@ def _compress(
     check_finite_weights(model, "the model to compress")
     model_fp = fingerprint(model)
     check_statistics(method, stats, model_fp, model.config)
+    if tokenizer is not None:  # the tokens the statistics were measured on
+        from svdzoo.calibration.cache import check_tokenizer
+
+        for kind, product in (("gram", stats.gram), ("fisher", stats.fisher)):
+            if product is not None:
+                check_tokenizer(product.manifest, tokenizer, f"the {kind} statistics")
     if method.replays_calibration and tokenizer is None:
         raise ConfigError(
             f"method {method.name!r} runs the model on calibration data and needs the tokenizer"

@@ -227,12 +227,18 @@ def _evaluate(model: str, method: str, ratio: str, target: str, tasks: bool) -> 
 
 def _published_names(params: Mapping[str, Any]) -> list[str]:
     """`models.<key>.published_name` of each model that sets it (the report's model names
-    for the published comparison); DVC refuses a params key that is not there."""
-    return [
-        f"models.{key}.published_name"
+    for the published comparison); DVC refuses a params key that is not there. DVC splits
+    a param's path at dots, so a model key with one (`qwen2.5-0.5b`) is named by the whole
+    `models` section instead ("Parameters 'models.qwen2.5-0.5b.published_name' are
+    missing")."""
+    keys = [
+        key
         for key, spec in (params.get("models") or {}).items()
         if isinstance(spec, Mapping) and "published_name" in spec
     ]
+    if any("." in key for key in keys):
+        return ["models"]
+    return [f"models.{key}.published_name" for key in keys]
 
 
 def render_stages(params: Mapping[str, Any], root: str | Path = ".") -> dict[str, Any]:

@@ -362,6 +362,24 @@ def check_seal(
         )
 
 
+def check_same_architecture(manifest: Mapping[str, Any], config: Any, what: str) -> None:
+    """Statistics of a model of another type or depth are another model's: said so from
+    the config alone, before the dtype and tokenizer checks, which another model would
+    also fail (its Gram was called "computed with another tokenizer")."""
+    text = getattr(config, "text_config", None)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(text, "num_hidden_layers", None)
+    have = (manifest.get("model_type"), manifest.get("num_layers"))
+    now = (getattr(config, "model_type", None), layers)
+    if None in have or None in now:
+        return
+    text_type = getattr(text, "model_type", None)
+    if (have[0] not in (now[0], text_type)) or have[1] != now[1]:
+        raise CacheError(
+            f"{what} were computed on another model ({manifest.get('model')!r}: "
+            f"{have[0]}, {have[1]} layers; this one is {now[0]}, {now[1]} layers)"
+        )
+
+
 def check_tokenizer(manifest: Mapping[str, Any], tokenizer: Any, what: str) -> None:
     """Statistics made with another tokenizer (the same weights) were measured on other
     tokens: refused, naming both (a cache without the record predates it and is taken

@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         protect=[args.stats, args.model, args.corpus],
     )
-    gram = load_stats(args.stats)
+    # the manifest's checks first: the tensors' sha256 takes minutes for a 7B Gram cache
+    gram = load_stats(args.stats, verify=False)
     # `compress` accepts a table only from the Gram cache's own calibration set (corpus,
     # seqlen, seed); refuse a mismatch now rather than after the probes have run
     for flag, value in (("seqlen", args.seqlen), ("seed", args.seed)):
@@ -104,14 +105,19 @@ def run(args: argparse.Namespace) -> int:
             )
     # an unknown corpus, or not the Gram cache's, fails before the model loads and is hashed
     gram_corpus(gram.manifest, args.corpus)
-    from svdzoo.calibration.cache import check_made_in_dtype
+    from svdzoo.calibration.cache import (
+        check_made_in_dtype,
+        check_same_architecture,
+        check_tokenizer,
+    )
 
+    config = load_config(args.model)  # another model's Gram first: its dtype may differ too
+    check_same_architecture(gram.manifest, config, "the Gram statistics")
     check_made_in_dtype(gram.manifest, args.dtype, "the Gram statistics", "table")
     tokenizer = load_tokenizer(args.model)  # a model without a tokenizer fails before loading
-    from svdzoo.calibration.cache import check_tokenizer
-
     check_tokenizer(gram.manifest, tokenizer, "the Gram statistics")  # before the model loads
-    check_window_seqlen(load_config(args.model), args.seqlen or gram.manifest["seqlen"])
+    check_window_seqlen(config, args.seqlen or gram.manifest["seqlen"])
+    gram = load_stats(args.stats)  # now its sha256
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     # the windows and grid asked of a table found at --out are the ones a new table measures
     windows = dict(nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, ratios=grid)

@@ -153,8 +153,11 @@ def manifest_summary(manifest: dict | None) -> dict | None:
         "compression_time_s",
     )
     out: dict = {k: manifest.get(k) for k in keys}
+    # shape and rank too: the report tells rounding from allocation by them (a uniform
+    # method's heatmap of rounding noise came back once its model was deleted)
+    fields = ("layer", "type", "ratio", "dense", "m", "n", "rank", "kept_columns")
     out["modules"] = {
-        name: {k: mod.get(k) for k in ("layer", "type", "ratio", "dense")}
+        name: {k: mod.get(k) for k in fields}
         for name, mod in (manifest.get("modules") or {}).items()
     }
     return out

@@ -170,6 +170,7 @@ class KnapsackKL:
     min_retained: float = MIN_RETAINED
     resolution: int = 8192
     protocol: str = "per-ratio"  # or "independent": which table it accepts
+    reads_table = True  # the sensitivity-<kind> table (compression.check_allocator_table)
     extra_options = {"base": "a number"}  # option -> its kind (`base.check_options`)
     option_ranges = {
         "min_retained": Range(0.0, 1.0),

@@ -182,6 +182,7 @@ class SensitivityThreshold:
     """ASVD: one perplexity threshold over the (module, retained ratio) sensitivity table."""
 
     kind: str = "asvd"
+    reads_table = True  # the sensitivity-<kind> table (compression.check_allocator_table)
 
     def __post_init__(self) -> None:  # refused when configured, before anything loads
         check_table_kind(self.kind)

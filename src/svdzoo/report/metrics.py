@@ -231,12 +231,16 @@ def _check_measured(obj: dict, manifest: dict | None, path: Path, where: Path | 
 # project's evaluations legitimately mix them.
 _SETTINGS = {
     "ppl": ("seqlen", "n_windows", "window_prefix", "dtype"),
-    "zeroshot": ("n_samples", "dtype"),
+    "zeroshot": ("n_samples", "task_names", "dtype"),
     "efficiency": ("device", "dtype", "prompt_len", "gen_len", "prefill_logits"),
 }
 
 
 def _check_settings(seen: dict, kind: str, obj: dict, path: Path) -> None:
+    if kind == "zeroshot" and isinstance(obj.get("tasks"), dict):
+        # the task set itself: a file without `n_samples` (an older one) missing a task was
+        # compared by a mean over other tasks
+        obj = {**obj, "task_names": sorted(obj["tasks"])}
     for key in _SETTINGS.get(kind, ()):
         if key not in obj:
             continue

@@ -134,18 +134,19 @@ def _same_tasks(merged: pd.DataFrame, tidy: pd.DataFrame, published: pd.DataFram
     for i in merged.index[merged["metric"] == ZERO_SHOT]:
         row = merged.loc[i]
         tasks = lists.get(str(row["source"]))
+        run = acc[
+            (acc["model"] == row["model"])
+            & (acc["method"] == row["method"])
+            & (acc["ratio"].astype(float).round(4) == row["ratio"])
+        ]
         if not tasks:  # the paper's tasks are not recorded (SVD-LLM V2's rows)
-            ran = sorted(acc.loc[acc["model"] == row["model"], "dataset"].unique())
+            ran = sorted(run["dataset"].unique())
             merged.loc[i, "note"] = (
                 f"{row['note']} (not comparable: published.csv does not record this paper's "
                 f"tasks; our mean is over {', '.join(ran) or 'our tasks'})".strip()
             )
             continue
-        ours = acc[
-            (acc["model"] == row["model"])
-            & (acc["method"] == row["method"])
-            & (acc["ratio"].astype(float).round(4) == row["ratio"])
-        ].set_index("dataset")["value"]
+        ours = run.set_index("dataset")["value"]
         missing = [t for t in tasks if t not in ours.index]
         if missing:
             merged.loc[i, "note"] = (
