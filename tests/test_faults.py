@@ -1475,6 +1475,28 @@ def test_a_duo_table_or_option_that_cannot_work_is_one_line_before_loading(
     assert not out.exists()
 
 
+def swap_two_token_ids(model: Path) -> None:
+    """Another tokenizer of the same size: "e" and "t" trade ids, as a fixed release might."""
+    spec = json.loads((model / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["e"], vocab["t"] = vocab["t"], vocab["e"]
+    (model / "tokenizer.json").write_text(json.dumps(spec))
+
+
+def refused_with_statistics(capsys, model: Path, gram: Path, out: Path, *needles: str) -> None:
+    """`compress` and `sensitivity` of `model` with `gram` each stop with one line."""
+    for argv in (
+        ["compress", "--model", model, "--stats", gram, "--method", "svd-llm", "--ratio",
+         "0.4", "--out", out],
+        ["sensitivity", "--model", model, "--stats", gram, "--kind", "duo", "--nsamples",
+         "1", "--device", "cpu", "--out", out],
+    ):  # fmt: skip
+        rc, err = svdzoo(capsys, *argv)
+        assert rc == 2, err
+        one_line_error(err, *needles)
+        assert not out.exists()
+
+
 def test_statistics_made_with_another_tokenizer_are_refused_before_loading(
     model_dir, gram_n2, tmp_path, capsys, no_model_load
 ):
@@ -1487,22 +1509,10 @@ def test_statistics_made_with_another_tokenizer_are_refused_before_loading(
 
     other = tmp_path / "retokenized"
     shutil.copytree(model_dir, other)
-    spec = json.loads((other / "tokenizer.json").read_text())
-    vocab = spec["model"]["vocab"]
-    vocab["e"], vocab["t"] = vocab["t"], vocab["e"]
-    (other / "tokenizer.json").write_text(json.dumps(spec))
+    swap_two_token_ids(other)
     assert "tokenizer_fingerprint" in json.loads((gram_n2 / "manifest.json").read_text())
-    out = tmp_path / "out"
-    for argv in (
-        ["compress", "--model", other, "--stats", gram_n2, "--method", "svd-llm", "--ratio",
-         "0.4", "--out", out],
-        ["sensitivity", "--model", other, "--stats", gram_n2, "--kind", "duo", "--nsamples",
-         "1", "--device", "cpu", "--out", out],
-    ):  # fmt: skip
-        rc, err = svdzoo(capsys, *argv)
-        assert rc == 2, err
-        one_line_error(err, "computed with another tokenizer")
-        assert not out.exists()
+    refused_with_statistics(capsys, other, gram_n2, tmp_path / "out",
+                            "computed with another tokenizer")  # fmt: skip
 
 
 def test_another_models_statistics_are_named_so_before_they_are_hashed(
@@ -1519,11 +1529,7 @@ def test_another_models_statistics_are_named_so_before_they_are_hashed(
     random_tiny("llama", layers=3).save_pretrained(other)
     shutil.copy2(model_dir / "tokenizer.json", other / "tokenizer.json")
     shutil.copy2(model_dir / "tokenizer_config.json", other / "tokenizer_config.json")
-    spec = json.loads((other / "tokenizer.json").read_text())
-    spec["model"]["vocab"]["e"], spec["model"]["vocab"]["t"] = (
-        spec["model"]["vocab"]["t"], spec["model"]["vocab"]["e"],
-    )  # fmt: skip
-    (other / "tokenizer.json").write_text(json.dumps(spec))
+    swap_two_token_ids(other)
     gram = tmp_path / "gram"
     assert cli.main(["calibrate", "--model", str(other), "--corpus", "pydoc", "--nsamples", "2",
                      "--seqlen", "16", "--seed", "0", "--device", "cpu", "--out", str(gram)]) == 0  # fmt: skip
@@ -1539,17 +1545,8 @@ def test_another_models_statistics_are_named_so_before_they_are_hashed(
 
     monkeypatch.setattr(models, "load_model", no_model)
     monkeypatch.setattr(api, "load_model", no_model)
-    out = tmp_path / "out"
-    for argv in (
-        ["compress", "--model", model_dir, "--stats", gram, "--method", "svd-llm", "--ratio",
-         "0.4", "--out", out],
-        ["sensitivity", "--model", model_dir, "--stats", gram, "--kind", "duo", "--nsamples",
-         "1", "--device", "cpu", "--out", out],
-    ):  # fmt: skip
-        rc, err = svdzoo(capsys, *argv)
-        assert rc == 2, err
-        one_line_error(err, "computed on another model", "3 layers", "2 layers")
-        assert not out.exists()
+    refused_with_statistics(capsys, model_dir, gram, tmp_path / "out",
+                            "computed on another model", "3 layers", "2 layers")  # fmt: skip
 
 
 def test_statistics_of_another_dtype_are_one_line_before_loading(model_dir, gram_n2, tmp_path,
@@ -1650,6 +1647,19 @@ def test_ctrl_c_is_one_line_and_exit_130(model_dir, tmp_path, capsys, monkeypatc
     assert not out.exists() and leftovers(tmp_path, "c") == []
 
 
+def model_command(command: str, model: Path, out: Path, gram: Path) -> list:
+    """A small run of `command` on `model`, writing `out`: the commands that load a model."""
+    return {
+        "calibrate": ["calibrate", "--model", model, "--corpus", "pydoc", "--nsamples", "2",
+                      "--seqlen", "16", "--seed", "0", "--device", "cpu", "--out", out],
+        "compress": compress_args(model, out),
+        "evaluate": ["evaluate", "--model", model, "--corpora", "pydoc", "--seqlen", "16",
+                     "--max-windows", "1", "--device", "cpu", "--ppl-out", out],
+        "sensitivity": ["sensitivity", "--model", model, "--stats", gram, "--kind", "duo",
+                        "--nsamples", "1", "--device", "cpu", "--out", out],
+    }[command]  # fmt: skip
+
+
 @pytest.mark.parametrize("command", ["calibrate", "compress", "evaluate", "sensitivity"])
 def test_model_without_tokenizer_is_one_line_before_loading(command, model_dir, gram_n2, tmp_path,
                                                             capsys, no_model_load):  # fmt: skip
@@ -1660,16 +1670,7 @@ def test_model_without_tokenizer_is_one_line_before_loading(command, model_dir, 
     for name in ("config.json", "model.safetensors"):
         (bare / name).write_bytes((model_dir / name).read_bytes())
     out = tmp_path / "out"
-    argv = {
-        "calibrate": ["calibrate", "--model", bare, "--corpus", "pydoc", "--nsamples", "2",
-                      "--seqlen", "16", "--seed", "0", "--device", "cpu", "--out", out],
-        "compress": compress_args(bare, out),
-        "evaluate": ["evaluate", "--model", bare, "--corpora", "pydoc", "--seqlen", "16",
-                     "--max-windows", "1", "--device", "cpu", "--ppl-out", out],
-        "sensitivity": ["sensitivity", "--model", bare, "--stats", gram_n2, "--kind", "duo",
-                        "--nsamples", "1", "--device", "cpu", "--out", out],
-    }[command]  # fmt: skip
-    rc, err = svdzoo(capsys, *argv)
+    rc, err = svdzoo(capsys, *model_command(command, bare, out, gram_n2))
     assert rc == 2, err
     one_line_error(err, bare, "tokenizer")
     assert not out.exists()
@@ -1690,16 +1691,7 @@ def test_another_models_tokenizer_is_one_line_before_loading(command, model_dir,
     config["vocab_size"] = 16  # the byte tokenizer has more: as another model's would
     (mixed / "config.json").write_text(json.dumps(config))
     out = tmp_path / "out"
-    argv = {
-        "calibrate": ["calibrate", "--model", mixed, "--corpus", "pydoc", "--nsamples", "2",
-                      "--seqlen", "16", "--seed", "0", "--device", "cpu", "--out", out],
-        "compress": compress_args(mixed, out),
-        "evaluate": ["evaluate", "--model", mixed, "--corpora", "pydoc", "--seqlen", "16",
-                     "--max-windows", "1", "--device", "cpu", "--ppl-out", out],
-        "sensitivity": ["sensitivity", "--model", mixed, "--stats", gram_n2, "--kind", "duo",
-                        "--nsamples", "1", "--device", "cpu", "--out", out],
-    }[command]  # fmt: skip
-    rc, err = svdzoo(capsys, *argv)
+    rc, err = svdzoo(capsys, *model_command(command, mixed, out, gram_n2))
     assert rc == 2, err
     one_line_error(err, mixed, "vocab_size")
     assert not out.exists()
