@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from svdzoo import lapack
-from svdzoo.calibration.cache import check_same_architecture, check_tokenizer
+from svdzoo.calibration.cache import check_same_architecture
 from svdzoo.compression import KIND as COMPRESSED
 from svdzoo.compression import (
     Statistics,
     check_allocator_table,
     check_ratio,
     check_statistics_dtype,
+    check_statistics_tokenizer,
     compress,
     load_compressed,
     save_compressed,
@@ -195,8 +196,7 @@ def compress_to_dir(
         check_statistics_dtype(peek, str(resolve_dtype(dtype)).removeprefix("torch."))
         check_allocator_table(configured, peek, ratio)  # protocol, base ratio
         tokenizer = load_tokenizer(model)  # a model without a tokenizer fails before loading
-        for kind, product in grams:  # measured on the tokens this tokenizer makes
-            check_tokenizer(product.manifest, tokenizer, f"the {kind} statistics")
+        check_statistics_tokenizer(peek, tokenizer)
         statistics = load_statistics(*products)
         lm = load_model(model, dtype=dtype, device=device)
         paths = {

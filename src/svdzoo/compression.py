@@ -91,6 +91,14 @@ class Statistics:
             SENS_ASVD: "asvd" in self.sensitivity,
         }[kind]
 
+    def products(self) -> dict[str, Any]:
+        """Every product by kind (`gram`, `fisher`, `sensitivity-duo`, ...), None where absent."""
+        return {
+            "gram": self.gram,
+            "fisher": self.fisher,
+            **{f"sensitivity-{k}": v for k, v in self.sensitivity.items()},
+        }
+
 
 def _identity(product: Any) -> dict[str, Any]:
     m = getattr(product, "manifest", None) or {}
@@ -109,14 +117,9 @@ def statistics_identity(stats: Statistics, paths: Mapping[str, Any]) -> dict[str
     """What each statistics product was computed from, for the compressed model's manifest;
     `path` is None for a product whose directory the caller does not know (the in-memory
     `compress`)."""
-    products = {
-        "gram": stats.gram,
-        "fisher": stats.fisher,
-        **{f"sensitivity-{k}": v for k, v in stats.sensitivity.items()},
-    }
     return {
         kind: {"path": str(paths[kind]) if paths.get(kind) else None, **_identity(product)}
-        for kind, product in products.items()
+        for kind, product in stats.products().items()
         if product is not None
     }
 
@@ -162,11 +165,7 @@ def check_statistics(method: Method, stats: Statistics, model_fp: str, config: A
         raise ConfigError(
             f"method {method.name!r} needs statistics {missing}; compute them first (svdzoo calibrate/sensitivity)"
         )
-    products = {
-        "gram": stats.gram,
-        "fisher": stats.fisher,
-        **{f"sensitivity-{k}": v for k, v in stats.sensitivity.items()},
-    }
+    products = stats.products()
     for kind, product in products.items():
         if product is None:
             continue
@@ -219,11 +218,19 @@ def check_statistics_dtype(stats: Statistics, dtype: str) -> None:
     as "computed on another model", the same model)."""
     from svdzoo.calibration.cache import check_made_in_dtype
 
-    products = {"gram": stats.gram, "fisher": stats.fisher,
-                **{f"sensitivity-{k}": v for k, v in stats.sensitivity.items()}}  # fmt: skip
-    for kind, product in products.items():
+    for kind, product in stats.products().items():
         manifest = getattr(product, "manifest", None) or {}
         check_made_in_dtype(manifest, dtype, f"the {kind} statistics", "compression")
+
+
+def check_statistics_tokenizer(stats: Statistics, tokenizer: Any) -> None:
+    """The Gram and Fisher statistics were measured on the tokens `tokenizer` makes
+    (`calibration.cache.check_tokenizer`)."""
+    from svdzoo.calibration.cache import check_tokenizer
+
+    for kind, product in (("gram", stats.gram), ("fisher", stats.fisher)):
+        if product is not None:
+            check_tokenizer(product.manifest, tokenizer, f"the {kind} statistics")
 
 
 def check_allocator_table(method: Method, stats: Statistics, ratio: float) -> None:
@@ -453,11 +460,7 @@ def _compress(
     model_fp = fingerprint(model)
     check_statistics(method, stats, model_fp, model.config)
     if tokenizer is not None:  # the tokens the statistics were measured on
-        from svdzoo.calibration.cache import check_tokenizer
-
-        for kind, product in (("gram", stats.gram), ("fisher", stats.fisher)):
-            if product is not None:
-                check_tokenizer(product.manifest, tokenizer, f"the {kind} statistics")
+        check_statistics_tokenizer(stats, tokenizer)
     if method.replays_calibration and tokenizer is None:
         raise ConfigError(
             f"method {method.name!r} runs the model on calibration data and needs the tokenizer"
